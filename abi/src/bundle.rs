@@ -1,0 +1,336 @@
+//! The app bundle inside an image, and the run-time configuration a host hands to the guest.
+//!
+//! An image is the kernel ELF with one extra `PT_LOAD` segment, the *bundle*, loaded at
+//! [`bundle_load_addr`] (right after the kernel's last loaded byte, page aligned), so every
+//! PVH loader (QEMU, Firecracker, Cloud Hypervisor, our VMM) places it in guest memory
+//! without knowing anything about it. Layout of the bundle:
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 8 | magic `WASMVMB\0` |
+//! | 8 | 4 | [`ABI_VERSION`](crate::ABI_VERSION) |
+//! | 12 | 4 | header length (64) |
+//! | 16 | 4 | manifest length `M` |
+//! | 20 | 4 | flags (0) |
+//! | 24 | 8 | module length `N` |
+//! | 32 | 32 | SHA-256 of the module |
+//! | 64 | M | manifest: [records](crate::Records) |
+//! | 64+M | N | the wasm module |
+
+#[cfg(feature = "alloc")]
+use alloc::vec::Vec;
+
+use crate::{ABI_VERSION, DecodeError, le_u32, le_u64};
+
+pub const BUNDLE_MAGIC: [u8; 8] = *b"WASMVMB\0";
+pub const BUNDLE_HEADER_LEN: usize = 64;
+/// Alignment of the bundle's load address and file offset.
+pub const BUNDLE_ALIGN: u64 = 4096;
+
+/// Where the bundle segment is loaded, given the end (exclusive) of the kernel's highest
+/// `PT_LOAD` segment in memory. The packer writes the segment there and the kernel looks there.
+pub const fn bundle_load_addr(kernel_end: u64) -> u64 {
+    crate::align_up(kernel_end, BUNDLE_ALIGN)
+}
+
+/// The fixed-size header at the start of a bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BundleHeader {
+    pub manifest_len: u32,
+    pub module_len: u64,
+    pub module_sha256: [u8; 32],
+}
+
+impl BundleHeader {
+    /// Validates the header at the start of `bytes`.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() < BUNDLE_HEADER_LEN {
+            return Err(DecodeError::Truncated);
+        }
+        if bytes[..8] != BUNDLE_MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        let version = le_u32(bytes, 8)?;
+        if version != ABI_VERSION {
+            return Err(DecodeError::VersionMismatch { found: version });
+        }
+        if le_u32(bytes, 12)? as usize != BUNDLE_HEADER_LEN {
+            return Err(DecodeError::Malformed("bundle header length"));
+        }
+        let mut module_sha256 = [0u8; 32];
+        module_sha256.copy_from_slice(&bytes[32..64]);
+        Ok(BundleHeader {
+            manifest_len: le_u32(bytes, 16)?,
+            module_len: le_u64(bytes, 24)?,
+            module_sha256,
+        })
+    }
+
+    /// Total bundle length: header, manifest and module.
+    pub fn total_len(&self) -> u64 {
+        BUNDLE_HEADER_LEN as u64 + self.manifest_len as u64 + self.module_len
+    }
+
+    pub fn encode(&self) -> [u8; BUNDLE_HEADER_LEN] {
+        let mut b = [0u8; BUNDLE_HEADER_LEN];
+        b[..8].copy_from_slice(&BUNDLE_MAGIC);
+        b[8..12].copy_from_slice(&ABI_VERSION.to_le_bytes());
+        b[12..16].copy_from_slice(&(BUNDLE_HEADER_LEN as u32).to_le_bytes());
+        b[16..20].copy_from_slice(&self.manifest_len.to_le_bytes());
+        b[24..32].copy_from_slice(&self.module_len.to_le_bytes());
+        b[32..64].copy_from_slice(&self.module_sha256);
+        b
+    }
+}
+
+/// A whole bundle, borrowed: the validated header with its manifest and module bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct BundleRef<'a> {
+    pub header: BundleHeader,
+    pub manifest: &'a [u8],
+    pub module: &'a [u8],
+}
+
+impl<'a> BundleRef<'a> {
+    /// Splits `bytes` (which may extend past the bundle) into header, manifest and module.
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        let header = BundleHeader::decode(bytes)?;
+        let manifest_end = BUNDLE_HEADER_LEN
+            .checked_add(header.manifest_len as usize)
+            .ok_or(DecodeError::Malformed("manifest length"))?;
+        let module_end = usize::try_from(header.module_len)
+            .ok()
+            .and_then(|n| manifest_end.checked_add(n))
+            .ok_or(DecodeError::Malformed("module length"))?;
+        if bytes.len() < module_end {
+            return Err(DecodeError::Truncated);
+        }
+        Ok(BundleRef {
+            header,
+            manifest: &bytes[BUNDLE_HEADER_LEN..manifest_end],
+            module: &bytes[manifest_end..module_end],
+        })
+    }
+}
+
+/// Record tags of the bundle manifest and of the run configuration.
+pub mod tag {
+    /// One argument after argv[0], in order (repeatable).
+    pub const ARG: u32 = 1;
+    /// One environment variable `KEY=VALUE` (repeatable).
+    pub const ENV: u32 = 2;
+    /// argv[0] as the app sees it.
+    pub const ARGV0: u32 = 3;
+    /// Bytes of guest RAM the module needs at least (u64), for the host's default `--memory`.
+    pub const MIN_MEMORY: u32 = 4;
+    /// The module's file name, shown by `inspect` and the default argv[0].
+    pub const MODULE_NAME: u32 = 5;
+    /// Run configuration only: the ARG records replace the packed arguments (empty value).
+    pub const ARGS_REPLACE: u32 = 6;
+    /// Run configuration only: wall-clock time at launch, nanoseconds since the Unix epoch (u64).
+    pub const REALTIME_NS: u32 = 7;
+    /// Run configuration only: 32 bytes of fresh host entropy for the guest's CSPRNG seed.
+    pub const RANDOM_SEED: u32 = 8;
+}
+
+/// Packed configuration of the app, stored in the bundle manifest.
+#[cfg(feature = "alloc")]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Manifest {
+    pub module_name: Vec<u8>,
+    pub argv0: Option<Vec<u8>>,
+    pub args: Vec<Vec<u8>>,
+    /// `KEY=VALUE` entries, in order.
+    pub env: Vec<Vec<u8>>,
+    pub min_memory: u64,
+}
+
+#[cfg(feature = "alloc")]
+impl Manifest {
+    pub fn encode(&self) -> Vec<u8> {
+        use crate::records::push_record;
+        let mut out = Vec::new();
+        push_record(&mut out, tag::MODULE_NAME, &self.module_name);
+        if let Some(argv0) = &self.argv0 {
+            push_record(&mut out, tag::ARGV0, argv0);
+        }
+        for arg in &self.args {
+            push_record(&mut out, tag::ARG, arg);
+        }
+        for var in &self.env {
+            push_record(&mut out, tag::ENV, var);
+        }
+        push_record(&mut out, tag::MIN_MEMORY, &self.min_memory.to_le_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut m = Manifest::default();
+        for record in crate::Records::new(bytes) {
+            let record = record?;
+            match record.tag {
+                tag::MODULE_NAME => m.module_name = record.value.to_vec(),
+                tag::ARGV0 => m.argv0 = Some(record.value.to_vec()),
+                tag::ARG => m.args.push(record.value.to_vec()),
+                tag::ENV => m.env.push(record.value.to_vec()),
+                tag::MIN_MEMORY => m.min_memory = le_u64(record.value, 0)?,
+                _ => {}
+            }
+        }
+        Ok(m)
+    }
+}
+
+pub const RUN_CONFIG_MAGIC: [u8; 8] = *b"WASMVMR\0";
+
+/// Per-run settings the host hands to a booting guest (under QEMU as the PVH module given
+/// with `-initrd`): a 16-byte header (magic, [`ABI_VERSION`], records length) and records.
+#[cfg(feature = "alloc")]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunConfig {
+    pub argv0: Option<Vec<u8>>,
+    /// `Some` replaces the packed arguments after argv[0].
+    pub args: Option<Vec<Vec<u8>>>,
+    /// `KEY=VALUE` entries that override or extend the packed environment.
+    pub env: Vec<Vec<u8>>,
+    pub realtime_ns: Option<u64>,
+    pub random_seed: Option<[u8; 32]>,
+}
+
+#[cfg(feature = "alloc")]
+impl RunConfig {
+    pub fn encode(&self) -> Vec<u8> {
+        use crate::records::push_record;
+        let mut body = Vec::new();
+        if let Some(argv0) = &self.argv0 {
+            push_record(&mut body, tag::ARGV0, argv0);
+        }
+        if let Some(args) = &self.args {
+            push_record(&mut body, tag::ARGS_REPLACE, &[]);
+            for arg in args {
+                push_record(&mut body, tag::ARG, arg);
+            }
+        }
+        for var in &self.env {
+            push_record(&mut body, tag::ENV, var);
+        }
+        if let Some(ns) = self.realtime_ns {
+            push_record(&mut body, tag::REALTIME_NS, &ns.to_le_bytes());
+        }
+        if let Some(seed) = &self.random_seed {
+            push_record(&mut body, tag::RANDOM_SEED, seed);
+        }
+        let mut out = Vec::with_capacity(16 + body.len());
+        out.extend_from_slice(&RUN_CONFIG_MAGIC);
+        out.extend_from_slice(&ABI_VERSION.to_le_bytes());
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() < 16 {
+            return Err(DecodeError::Truncated);
+        }
+        if bytes[..8] != RUN_CONFIG_MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        let version = le_u32(bytes, 8)?;
+        if version != ABI_VERSION {
+            return Err(DecodeError::VersionMismatch { found: version });
+        }
+        let len = le_u32(bytes, 12)? as usize;
+        let body = bytes.get(16..16 + len).ok_or(DecodeError::Truncated)?;
+        let mut c = RunConfig::default();
+        for record in crate::Records::new(body) {
+            let record = record?;
+            match record.tag {
+                tag::ARGV0 => c.argv0 = Some(record.value.to_vec()),
+                tag::ARGS_REPLACE => c.args = Some(Vec::new()),
+                tag::ARG => c.args.get_or_insert_with(Vec::new).push(record.value.to_vec()),
+                tag::ENV => c.env.push(record.value.to_vec()),
+                tag::REALTIME_NS => c.realtime_ns = Some(le_u64(record.value, 0)?),
+                tag::RANDOM_SEED => {
+                    let seed = record
+                        .value
+                        .try_into()
+                        .map_err(|_| DecodeError::Malformed("random seed length"))?;
+                    c.random_seed = Some(seed);
+                }
+                _ => {}
+            }
+        }
+        Ok(c)
+    }
+}
+
+/// The ELF note the kernel carries so hosts can read its versions without booting it.
+pub mod kernel_note {
+    /// Note owner name.
+    pub const NAME: &[u8] = b"wasmvm";
+    /// Note type whose descriptor is the kernel's [`ABI_VERSION`](crate::ABI_VERSION) (u32).
+    pub const TYPE_ABI_VERSION: u32 = 1;
+    /// Note type whose descriptor is the kernel's version string (UTF-8, NUL padded).
+    pub const TYPE_KERNEL_VERSION: u32 = 2;
+}
+
+#[cfg(all(test, feature = "alloc"))]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    #[test]
+    fn bundle_round_trip() {
+        let manifest = Manifest {
+            module_name: b"hello.wasm".to_vec(),
+            argv0: None,
+            args: vec![b"a".to_vec(), b"".to_vec()],
+            env: vec![b"K=V".to_vec()],
+            min_memory: 1 << 20,
+        };
+        let m = manifest.encode();
+        let module = b"\0asm\x01\0\0\0";
+        let header = BundleHeader {
+            manifest_len: m.len() as u32,
+            module_len: module.len() as u64,
+            module_sha256: [7; 32],
+        };
+        let mut bytes = header.encode().to_vec();
+        bytes.extend_from_slice(&m);
+        bytes.extend_from_slice(module);
+        let b = BundleRef::decode(&bytes).unwrap();
+        assert_eq!(b.header, header);
+        assert_eq!(b.module, module);
+        assert_eq!(Manifest::decode(b.manifest).unwrap(), manifest);
+        assert_eq!(
+            BundleRef::decode(&bytes[..bytes.len() - 1]).unwrap_err(),
+            DecodeError::Truncated
+        );
+        bytes[8] = 99;
+        assert_eq!(
+            BundleRef::decode(&bytes).unwrap_err(),
+            DecodeError::VersionMismatch { found: 99 }
+        );
+    }
+
+    #[test]
+    fn run_config_round_trip() {
+        let c = RunConfig {
+            argv0: Some(b"x".to_vec()),
+            args: Some(vec![]),
+            env: vec![b"A=1".to_vec()],
+            realtime_ns: Some(5),
+            random_seed: Some([3; 32]),
+        };
+        assert_eq!(RunConfig::decode(&c.encode()).unwrap(), c);
+        let none = RunConfig::default();
+        assert_eq!(RunConfig::decode(&none.encode()).unwrap().args, None);
+        assert_eq!(RunConfig::decode(b"short").unwrap_err(), DecodeError::Truncated);
+    }
+
+    #[test]
+    fn load_address_is_page_aligned() {
+        assert_eq!(bundle_load_addr(0x10_0001), 0x10_1000);
+        assert_eq!(bundle_load_addr(0x10_1000), 0x10_1000);
+    }
+}

@@ -1,0 +1,34 @@
+//! WASI preview1 error numbers (`errno`).
+
+/// A WASI errno; `Errno::SUCCESS` is 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Errno(pub u16);
+
+impl Errno {
+    pub const SUCCESS: Errno = Errno(0);
+    pub const TOOBIG: Errno = Errno(1);
+    pub const ACCES: Errno = Errno(2);
+    pub const AGAIN: Errno = Errno(6);
+    pub const BADF: Errno = Errno(8);
+    pub const EXIST: Errno = Errno(20);
+    pub const FAULT: Errno = Errno(21);
+    pub const INVAL: Errno = Errno(28);
+    pub const IO: Errno = Errno(29);
+    pub const ISDIR: Errno = Errno(31);
+    pub const NOENT: Errno = Errno(44);
+    pub const NOMEM: Errno = Errno(48);
+    pub const NOSYS: Errno = Errno(52);
+    pub const NOTDIR: Errno = Errno(54);
+    pub const NOTSUP: Errno = Errno(58);
+    pub const OVERFLOW: Errno = Errno(61);
+    pub const PERM: Errno = Errno(63);
+    pub const SPIPE: Errno = Errno(70);
+    pub const NOTCAPABLE: Errno = Errno(76);
+
+    pub fn raw(self) -> u32 {
+        self.0 as u32
+    }
+}
+
+/// Result of one WASI call body: success, or an errno to return to the guest.
+pub type WasiResult<T = ()> = Result<T, Errno>;

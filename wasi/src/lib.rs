@@ -1,0 +1,27 @@
+//! WASI preview1 (`wasi_snapshot_preview1`) for the wasmvm guest, written once over the
+//! [`Platform`] trait so that the same code runs in the kernel and in host unit tests.
+//!
+//! `no_std` + `alloc` and free of `unsafe`: guest memory is a plain `&mut [u8]` and every
+//! pointer and length the guest passes goes through [`memory::GuestMemory`], which turns
+//! anything out of bounds into `EFAULT`. A call returns a WASI errno, or [`Exit`] when the app
+//! calls `proc_exit`.
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod errno;
+pub mod memory;
+pub mod platform;
+pub mod signature;
+mod state;
+
+pub use errno::Errno;
+pub use memory::GuestMemory;
+pub use platform::{Clock, Platform, Stdio};
+pub use signature::{Func, FUNCTIONS, MODULE, Sig, ValType};
+pub use state::Wasi;
+
+/// The app called `proc_exit` with this status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit(pub u32);

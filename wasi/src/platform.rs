@@ -1,0 +1,44 @@
+//! What WASI needs from the machine underneath: the kernel implements this over its devices,
+//! host tests over buffers.
+
+/// An output stream of the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stdio {
+    Stdout,
+    Stderr,
+}
+
+/// WASI clock ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    Realtime,
+    Monotonic,
+    ProcessCpuTime,
+    ThreadCpuTime,
+}
+
+impl Clock {
+    pub fn from_id(id: u32) -> Option<Clock> {
+        Some(match id {
+            0 => Clock::Realtime,
+            1 => Clock::Monotonic,
+            2 => Clock::ProcessCpuTime,
+            3 => Clock::ThreadCpuTime,
+            _ => return None,
+        })
+    }
+}
+
+pub trait Platform {
+    /// Writes all of `bytes` to stdout or stderr.
+    fn write(&mut self, stream: Stdio, bytes: &[u8]);
+    /// Reads stdin into `buf`, waiting until at least one byte or end of file; 0 means end of
+    /// file.
+    fn read_stdin(&mut self, buf: &mut [u8]) -> usize;
+    /// Current time of `clock` in nanoseconds (realtime: since the Unix epoch).
+    fn now_ns(&mut self, clock: Clock) -> u64;
+    /// Resolution of `clock` in nanoseconds.
+    fn resolution_ns(&self, clock: Clock) -> u64;
+    /// Fills `buf` with cryptographically secure random bytes.
+    fn random(&mut self, buf: &mut [u8]);
+}
