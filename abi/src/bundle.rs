@@ -247,7 +247,10 @@ impl RunConfig {
             match record.tag {
                 tag::ARGV0 => c.argv0 = Some(record.value.to_vec()),
                 tag::ARGS_REPLACE => c.args = Some(Vec::new()),
-                tag::ARG => c.args.get_or_insert_with(Vec::new).push(record.value.to_vec()),
+                tag::ARG => c
+                    .args
+                    .get_or_insert_with(Vec::new)
+                    .push(record.value.to_vec()),
                 tag::ENV => c.env.push(record.value.to_vec()),
                 tag::REALTIME_NS => c.realtime_ns = Some(le_u64(record.value, 0)?),
                 tag::RANDOM_SEED => {
@@ -325,7 +328,10 @@ mod tests {
         assert_eq!(RunConfig::decode(&c.encode()).unwrap(), c);
         let none = RunConfig::default();
         assert_eq!(RunConfig::decode(&none.encode()).unwrap().args, None);
-        assert_eq!(RunConfig::decode(b"short").unwrap_err(), DecodeError::Truncated);
+        assert_eq!(
+            RunConfig::decode(b"short").unwrap_err(),
+            DecodeError::Truncated
+        );
     }
 
     #[test]

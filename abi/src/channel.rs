@@ -51,7 +51,9 @@ impl FrameHeader {
         }
         let len = le_u32(bytes, 4)?;
         if len > MAX_FRAME_PAYLOAD {
-            return Err(DecodeError::Malformed("frame longer than MAX_FRAME_PAYLOAD"));
+            return Err(DecodeError::Malformed(
+                "frame longer than MAX_FRAME_PAYLOAD",
+            ));
         }
         Ok(FrameHeader {
             kind: bytes[0],
@@ -74,6 +76,7 @@ pub enum ExitKind {
 }
 
 impl ExitKind {
+    #[cfg_attr(not(feature = "alloc"), allow(dead_code))]
     fn from_u32(v: u32) -> Option<Self> {
         Some(match v {
             1 => ExitKind::Exited,
@@ -86,6 +89,7 @@ impl ExitKind {
 }
 
 /// Record tags inside an exit record.
+#[cfg_attr(not(feature = "alloc"), allow(dead_code))]
 mod exit_tag {
     pub const KIND: u32 = 1;
     pub const STATUS: u32 = 2;

@@ -15,6 +15,7 @@ extern crate alloc;
 
 pub mod bundle;
 pub mod channel;
+pub mod cmdline;
 pub mod exit;
 pub mod pvh;
 mod records;

@@ -132,7 +132,10 @@ mod tests {
         };
         assert_eq!(StartInfo::decode(&s.encode()), Ok(s));
         assert_eq!(StartInfo::decode(&[0; 56]), Err(DecodeError::BadMagic));
-        assert_eq!(StartInfo::decode(&s.encode()[..20]), Err(DecodeError::Truncated));
+        assert_eq!(
+            StartInfo::decode(&s.encode()[..20]),
+            Err(DecodeError::Truncated)
+        );
         let e = MemmapEntry {
             addr: 0,
             size: 0x9fc00,

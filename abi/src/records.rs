@@ -71,12 +71,24 @@ mod tests {
         push_record(&mut buf, 9, b"");
         let all: Vec<_> = Records::new(&buf).collect();
         assert_eq!(all.len(), 2);
-        assert_eq!(all[0], Ok(Record { tag: 7, value: b"abc" }));
+        assert_eq!(
+            all[0],
+            Ok(Record {
+                tag: 7,
+                value: b"abc"
+            })
+        );
         assert_eq!(all[1], Ok(Record { tag: 9, value: b"" }));
 
         let cut = &buf[..buf.len() - 1];
         let mut it = Records::new(cut);
-        assert_eq!(it.next(), Some(Ok(Record { tag: 7, value: b"abc" })));
+        assert_eq!(
+            it.next(),
+            Some(Ok(Record {
+                tag: 7,
+                value: b"abc"
+            }))
+        );
         assert_eq!(it.next(), Some(Err(DecodeError::Truncated)));
         assert_eq!(it.next(), None);
     }

@@ -1,2 +1,166 @@
+//! The wasmvm guest kernel.
+//!
+//! One app, no processes, no interrupts. `arch::boot` does the ring-0 setup in a few dozen
+//! instructions and drops to CPL 3, where [`kernel_main`] sets up the heap, finds the host
+//! channel, and runs the bundled wasm module in wasmi until it exits, traps or panics; every
+//! ending reaches the host as an exit record (see `wasmvm_abi::channel`).
 #![no_std]
 #![no_main]
+
+extern crate alloc;
+
+mod app;
+mod arch;
+mod channel;
+mod clock;
+mod heap;
+mod phys;
+mod platform;
+mod virtio;
+
+use alloc::format;
+use alloc::string::String;
+
+use virtio_drivers::device::console::VirtIOConsole;
+use virtio_drivers::transport::DeviceType;
+use wasmvm_abi::bundle::{BUNDLE_HEADER_LEN, BundleHeader, BundleRef, RunConfig, bundle_load_addr};
+use wasmvm_abi::channel::{ExitKind, ExitRecord, to_host};
+use wasmvm_abi::pvh::MEMMAP_TYPE_RAM;
+use wasmvm_abi::{ABI_VERSION, align_up, cmdline};
+
+/// ELF notes that let `wasmvm inspect` read the kernel's versions without booting it.
+#[repr(C, align(4))]
+struct Note<const N: usize> {
+    namesz: u32,
+    descsz: u32,
+    kind: u32,
+    name: [u8; 8],
+    desc: [u8; N],
+}
+
+const fn padded<const N: usize>(s: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    let mut i = 0;
+    while i < s.len() && i < N {
+        out[i] = s[i];
+        i += 1;
+    }
+    out
+}
+
+#[used]
+#[unsafe(link_section = ".note.wasmvm")]
+static ABI_NOTE: Note<4> = Note {
+    namesz: 7,
+    descsz: 4,
+    kind: wasmvm_abi::bundle::kernel_note::TYPE_ABI_VERSION,
+    name: padded(b"wasmvm\0"),
+    desc: ABI_VERSION.to_le_bytes(),
+};
+
+#[used]
+#[unsafe(link_section = ".note.wasmvm")]
+static VERSION_NOTE: Note<16> = Note {
+    namesz: 7,
+    descsz: 16,
+    kind: wasmvm_abi::bundle::kernel_note::TYPE_KERNEL_VERSION,
+    name: padded(b"wasmvm\0"),
+    desc: padded(env!("CARGO_PKG_VERSION").as_bytes()),
+};
+
+fn fail(kind: ExitKind, message: String) -> ! {
+    channel::exit(&ExitRecord::failed(kind, message))
+}
+
+/// Entered at CPL 3 from `arch::boot` with the physical address of `hvm_start_info`.
+#[unsafe(no_mangle)]
+extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
+    let Some((start, cmdline)) = phys::start_info(start_info_paddr) else {
+        fail(ExitKind::BootFailed, String::new())
+    };
+    let (_, kernel_end) = phys::kernel_range();
+    let bundle_addr = bundle_load_addr(kernel_end);
+    let header = phys::loader_bytes(bundle_addr, BUNDLE_HEADER_LEN as u64)
+        .ok_or(wasmvm_abi::DecodeError::Truncated)
+        .and_then(BundleHeader::decode);
+    let bundle_end = match &header {
+        Ok(h) => bundle_addr + h.total_len(),
+        Err(_) => bundle_addr,
+    };
+
+    // The heap: the rest of the RAM region the kernel sits in, up to the first module the
+    // loader placed above us (under QEMU, the run configuration at the top of RAM).
+    let heap_start = align_up(bundle_end, 4096);
+    let mut heap_end = 0;
+    for entry in phys::memmap::<32>(&start).into_iter().flatten() {
+        if entry.kind == MEMMAP_TYPE_RAM
+            && entry.addr <= heap_start
+            && heap_start < entry.addr + entry.size
+        {
+            heap_end = (entry.addr + entry.size).min(1 << 32);
+        }
+    }
+    for i in 0..start.nr_modules {
+        if let Some((m_start, _)) = phys::module_range(&start, i)
+            && m_start >= heap_start
+        {
+            heap_end = heap_end.min(m_start & !0xfff);
+        }
+    }
+    if heap_end <= heap_start + (1 << 20) {
+        // No heap means no formatting and no virtio: nothing can be reported but a crash.
+        arch::triple_fault();
+    }
+    // SAFETY: [heap_start, heap_end) is RAM per the memory map, above the kernel and the
+    // bundle and below any module, so nothing else uses it.
+    unsafe { heap::init(heap_start, heap_end) };
+
+    if let Some(console) = cmdline::virtio_mmio_devices(cmdline)
+        .filter_map(|d| virtio::open(d, DeviceType::Console))
+        .find_map(|t| VirtIOConsole::new(t).ok())
+    {
+        channel::attach(console);
+    }
+
+    let run = match phys::module(&start, 0).map(RunConfig::decode) {
+        Some(Ok(run)) => Some(run),
+        Some(Err(e)) => fail(ExitKind::BootFailed, format!("run configuration: {e}")),
+        None => None,
+    };
+    clock::init(run.as_ref().and_then(|r| r.realtime_ns));
+
+    let header = match header {
+        Ok(h) => h,
+        Err(e) => fail(
+            ExitKind::BootFailed,
+            format!("no valid app bundle at {bundle_addr:#x}: {e}"),
+        ),
+    };
+    let bundle = match phys::loader_bytes(bundle_addr, header.total_len()).map(BundleRef::decode) {
+        Some(Ok(b)) => b,
+        Some(Err(e)) => fail(ExitKind::BootFailed, format!("app bundle: {e}")),
+        None => fail(
+            ExitKind::BootFailed,
+            String::from("app bundle lies outside memory"),
+        ),
+    };
+    let launch = match app::Launch::new(bundle, run) {
+        Ok(l) => l,
+        Err(e) => fail(ExitKind::BootFailed, e),
+    };
+    if channel::has_console() {
+        let (used, free) = heap::usage();
+        let line = format!(
+            "kernel: booted in {} us, heap {used} used / {free} free",
+            clock::monotonic_ns() / 1000
+        );
+        channel::send(to_host::LOG, line.as_bytes());
+    }
+    let record = app::run(launch);
+    channel::exit(&record)
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    fail(ExitKind::KernelPanic, format!("{info}"))
+}

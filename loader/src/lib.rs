@@ -1,1 +1,232 @@
-//! stub
+//! Everything that starts a wasmvm VM, as a library: image packing and parsing, module
+//! checks, the host end of the guest channel, and the VMM backends. The `wasmvm` CLI is a
+//! thin layer over this crate, and the integration tests drive it in-process.
+
+pub mod channel;
+pub mod elf;
+pub mod image;
+pub mod module;
+pub mod pack;
+pub mod qemu;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use thiserror::Error;
+use wasmvm_abi::channel::{ExitKind, ExitRecord, trap};
+use wasmvm_abi::exit;
+
+/// Which hypervisor accelerator QEMU uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    /// Software emulation: slow, but needs no `/dev/kvm`.
+    Tcg,
+}
+
+/// Per-run settings.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Guest RAM in MiB; `None` sizes it from the module's needs.
+    pub memory_mib: Option<u64>,
+    pub timeout: Option<Duration>,
+    /// Replace argv[0].
+    pub argv0: Option<Vec<u8>>,
+    /// Replace the packed arguments after argv[0].
+    pub args: Option<Vec<Vec<u8>>>,
+    /// `KEY=VALUE` entries that override or extend the packed environment.
+    pub env: Vec<Vec<u8>>,
+    pub accel: Accel,
+    /// The QEMU binary.
+    pub qemu: PathBuf,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            memory_mib: None,
+            timeout: None,
+            argv0: None,
+            args: None,
+            env: Vec::new(),
+            accel: Accel::Kvm,
+            qemu: std::env::var_os("WASMVM_QEMU")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64")),
+        }
+    }
+}
+
+/// The guest's standard streams, as the host provides them.
+pub struct RunIo<'a> {
+    /// Forwarded to the guest on a thread of its own, with end of file.
+    pub stdin: Box<dyn Read + Send>,
+    pub stdout: &'a mut (dyn Write + Send),
+    pub stderr: &'a mut (dyn Write + Send),
+    /// Kernel log lines and boot timings, for `--verbose`.
+    pub log: &'a mut (dyn FnMut(&str) + Send),
+}
+
+/// Why a VM was stopped from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Interrupt,
+    Terminate,
+}
+
+/// A handle that stops a running VM (e.g. from a signal-handling thread).
+#[derive(Debug, Clone)]
+pub struct Stopper(mpsc::Sender<RunEvent>);
+
+impl Stopper {
+    pub fn stop(&self, reason: StopReason) {
+        let _ = self.0.send(RunEvent::Stop(reason));
+    }
+}
+
+/// Events the backend's supervising loop waits for.
+#[derive(Debug)]
+pub(crate) enum RunEvent {
+    Stream(std::io::Result<channel::StreamEnd>),
+    Stop(StopReason),
+}
+
+/// A channel for run events, and the [`Stopper`] that feeds it.
+pub struct Control {
+    pub(crate) tx: mpsc::Sender<RunEvent>,
+    pub(crate) rx: mpsc::Receiver<RunEvent>,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        let (tx, rx) = mpsc::channel();
+        Control { tx, rx }
+    }
+}
+
+impl Control {
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.tx.clone())
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// The app exited with this WASI status.
+    Exited(i32),
+    Trapped {
+        message: String,
+        backtrace: Vec<String>,
+    },
+    KernelPanic(String),
+    BootFailed(String),
+    /// The VM ended without an exit record.
+    Crashed(String),
+    TimedOut,
+    Stopped(StopReason),
+}
+
+impl Ending {
+    pub(crate) fn from_record(r: ExitRecord) -> Self {
+        match r.kind {
+            ExitKind::Exited => Ending::Exited(r.status),
+            ExitKind::Trapped => Ending::Trapped {
+                message: if r.trap_code == Some(trap::HOST_ERROR) || r.trap_code.is_none() {
+                    r.message
+                } else {
+                    format!("wasm trap: {}", r.message)
+                },
+                backtrace: r.backtrace,
+            },
+            ExitKind::KernelPanic => Ending::KernelPanic(r.message),
+            ExitKind::BootFailed => Ending::BootFailed(r.message),
+        }
+    }
+
+    /// The process exit status, per the table in `wasmvm_abi::exit` and docs/cli.md.
+    pub fn status(&self) -> i32 {
+        match self {
+            Ending::Exited(s) => exit::app_status(*s),
+            Ending::Trapped { .. } => exit::TRAP,
+            Ending::KernelPanic(_) | Ending::BootFailed(_) => exit::KERNEL_PANIC,
+            Ending::Crashed(_) => exit::GUEST_CRASH,
+            Ending::TimedOut => exit::TIMEOUT,
+            Ending::Stopped(StopReason::Interrupt) => exit::INTERRUPTED,
+            Ending::Stopped(StopReason::Terminate) => exit::TERMINATED,
+        }
+    }
+
+    /// A message for the user, for every ending but a normal exit.
+    pub fn describe(&self) -> Option<String> {
+        Some(match self {
+            Ending::Exited(s) if (0..=exit::MAX_APP_STATUS).contains(s) => return None,
+            Ending::Exited(s) => {
+                format!("app exited with status {s}, outside WASI's range [0..126); reporting 1")
+            }
+            Ending::Trapped { message, backtrace } => {
+                let mut m = format!("app trapped: {message}");
+                for (i, f) in backtrace.iter().enumerate() {
+                    m.push_str(&format!("\n    {i}: {f}"));
+                }
+                m
+            }
+            Ending::KernelPanic(m) => format!("guest kernel panicked: {m}"),
+            Ending::BootFailed(m) => format!("guest could not start the app: {m}"),
+            Ending::Crashed(m) => format!("guest crashed: {m}"),
+            Ending::TimedOut => "timed out: the VM was stopped".to_string(),
+            Ending::Stopped(StopReason::Interrupt) => "interrupted: the VM was stopped".to_string(),
+            Ending::Stopped(StopReason::Terminate) => "terminated: the VM was stopped".to_string(),
+        })
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Image(#[from] image::ImageError),
+    #[error(
+        "QEMU (`{0}`) was not found: install it (Debian: `apt-get install qemu-system-x86`) or set WASMVM_QEMU"
+    )]
+    QemuMissing(String),
+    #[error("KVM is not usable: {0}")]
+    KvmUnavailable(String),
+    #[error("QEMU failed to start the VM (status {status}): {stderr}")]
+    QemuFailed { status: String, stderr: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// Checks that `/dev/kvm` can be opened for reading and writing.
+pub fn check_kvm() -> Result<(), RunError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map(drop)
+        .map_err(|e| {
+            RunError::KvmUnavailable(match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    "/dev/kvm does not exist: enable virtualization (or nested virtualization) \
+                     for this machine, or pass --accel tcg"
+                        .to_string()
+                }
+                std::io::ErrorKind::PermissionDenied => {
+                    "permission denied on /dev/kvm: add yourself to the `kvm` group".to_string()
+                }
+                _ => format!("/dev/kvm: {e}"),
+            })
+        })
+}
+
+/// Default guest RAM for a module: kernel, interpreter state and twice the module's
+/// minimum memory (room to grow), rounded up to 2 MiB; at least 64 MiB.
+pub fn default_memory_mib(module_len: u64, min_memory: u64) -> u64 {
+    let bytes = (32 << 20) + 8 * module_len + 2 * min_memory;
+    (bytes.div_ceil(2 << 20) * 2).max(64)
+}

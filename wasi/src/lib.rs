@@ -19,7 +19,7 @@ mod state;
 pub use errno::Errno;
 pub use memory::GuestMemory;
 pub use platform::{Clock, Platform, Stdio};
-pub use signature::{Func, FUNCTIONS, MODULE, Sig, ValType};
+pub use signature::{FUNCTIONS, Func, MODULE, Sig, ValType};
 pub use state::Wasi;
 
 /// The app called `proc_exit` with this status.

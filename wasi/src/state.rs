@@ -2,11 +2,11 @@
 
 use alloc::vec::Vec;
 
+use crate::Exit;
 use crate::errno::{Errno, WasiResult};
 use crate::memory::GuestMemory;
 use crate::platform::{Clock, Platform, Stdio};
 use crate::signature::Func;
-use crate::Exit;
 
 /// `filetype::character_device`.
 const FILETYPE_CHARACTER_DEVICE: u8 = 2;
@@ -58,7 +58,9 @@ impl<P: Platform> Wasi<P> {
             Func::FdRead => self.fd_read(&mut mem, a32(0), a32(1), a32(2), a32(3)),
             Func::FdClose => self.fd_close(a32(0)),
             Func::FdFdstatGet => self.fd_fdstat_get(&mut mem, a32(0), a32(1)),
-            Func::FdPrestatGet | Func::FdPrestatDirName => self.check_fd(a32(0)).and(Err(Errno::BADF)),
+            Func::FdPrestatGet | Func::FdPrestatDirName => {
+                self.check_fd(a32(0)).and(Err(Errno::BADF))
+            }
             Func::FdSeek | Func::FdTell => self.check_fd(a32(0)).and(Err(Errno::SPIPE)),
             Func::RandomGet => self.random_get(&mut mem, a32(0), a32(1)),
             Func::SchedYield => Ok(()),
@@ -75,7 +77,12 @@ impl<P: Platform> Wasi<P> {
         }
     }
 
-    fn strings_sizes(list: &[Vec<u8>], mem: &mut GuestMemory, count_ptr: u32, size_ptr: u32) -> WasiResult {
+    fn strings_sizes(
+        list: &[Vec<u8>],
+        mem: &mut GuestMemory,
+        count_ptr: u32,
+        size_ptr: u32,
+    ) -> WasiResult {
         let bytes: usize = list.iter().map(|s| s.len() + 1).sum();
         mem.write_u32(count_ptr, list.len() as u32)?;
         mem.write_u32(size_ptr, u32::try_from(bytes).map_err(|_| Errno::OVERFLOW)?)
@@ -103,7 +110,14 @@ impl<P: Platform> Wasi<P> {
         mem.write_u64(out, self.platform.now_ns(clock))
     }
 
-    fn fd_write(&mut self, mem: &mut GuestMemory, fd: u32, iovs: u32, count: u32, nwritten: u32) -> WasiResult {
+    fn fd_write(
+        &mut self,
+        mem: &mut GuestMemory,
+        fd: u32,
+        iovs: u32,
+        count: u32,
+        nwritten: u32,
+    ) -> WasiResult {
         self.check_fd(fd)?;
         let stream = match fd {
             1 => Stdio::Stdout,
@@ -119,7 +133,14 @@ impl<P: Platform> Wasi<P> {
         mem.write_u32(nwritten, total)
     }
 
-    fn fd_read(&mut self, mem: &mut GuestMemory, fd: u32, iovs: u32, count: u32, nread: u32) -> WasiResult {
+    fn fd_read(
+        &mut self,
+        mem: &mut GuestMemory,
+        fd: u32,
+        iovs: u32,
+        count: u32,
+        nread: u32,
+    ) -> WasiResult {
         self.check_fd(fd)?;
         if fd != 0 {
             return Err(Errno::BADF);
@@ -149,8 +170,11 @@ impl<P: Platform> Wasi<P> {
 
     fn fd_fdstat_get(&mut self, mem: &mut GuestMemory, fd: u32, out: u32) -> WasiResult {
         self.check_fd(fd)?;
-        let rights = if fd == 0 { RIGHT_FD_READ } else { RIGHT_FD_WRITE }
-            | RIGHT_FD_FDSTAT_SET_FLAGS
+        let rights = if fd == 0 {
+            RIGHT_FD_READ
+        } else {
+            RIGHT_FD_WRITE
+        } | RIGHT_FD_FDSTAT_SET_FLAGS
             | RIGHT_FD_FILESTAT_GET
             | RIGHT_POLL_FD_READWRITE;
         let mut stat = [0u8; 24];
@@ -222,15 +246,27 @@ mod tests {
     fn args_round_trip() {
         let mut w = wasi();
         let mut mem = vec![0u8; 256];
-        assert_eq!(w.call(Func::ArgsSizesGet, &mut mem, &[0, 4]), Ok(Errno::SUCCESS));
+        assert_eq!(
+            w.call(Func::ArgsSizesGet, &mut mem, &[0, 4]),
+            Ok(Errno::SUCCESS)
+        );
         assert_eq!((u32_at(&mem, 0), u32_at(&mem, 4)), (2, 8));
-        assert_eq!(w.call(Func::ArgsGet, &mut mem, &[16, 64]), Ok(Errno::SUCCESS));
+        assert_eq!(
+            w.call(Func::ArgsGet, &mut mem, &[16, 64]),
+            Ok(Errno::SUCCESS)
+        );
         assert_eq!(u32_at(&mem, 16), 64);
         assert_eq!(u32_at(&mem, 20), 68);
         assert_eq!(&mem[64..72], b"app\0x y\0");
         // A buffer that runs off the end of memory is EFAULT, not a panic.
-        assert_eq!(w.call(Func::ArgsGet, &mut mem, &[16, 250]), Ok(Errno::FAULT));
-        assert_eq!(w.call(Func::EnvironSizesGet, &mut mem, &[0, 4]), Ok(Errno::SUCCESS));
+        assert_eq!(
+            w.call(Func::ArgsGet, &mut mem, &[16, 250]),
+            Ok(Errno::FAULT)
+        );
+        assert_eq!(
+            w.call(Func::EnvironSizesGet, &mut mem, &[0, 4]),
+            Ok(Errno::SUCCESS)
+        );
         assert_eq!((u32_at(&mem, 0), u32_at(&mem, 4)), (1, 4));
     }
 
@@ -243,15 +279,27 @@ mod tests {
         mem[4..8].copy_from_slice(&2u32.to_le_bytes());
         mem[8..12].copy_from_slice(&66u32.to_le_bytes());
         mem[12..16].copy_from_slice(&3u32.to_le_bytes());
-        assert_eq!(w.call(Func::FdWrite, &mut mem, &[1, 0, 2, 32]), Ok(Errno::SUCCESS));
+        assert_eq!(
+            w.call(Func::FdWrite, &mut mem, &[1, 0, 2, 32]),
+            Ok(Errno::SUCCESS)
+        );
         assert_eq!(u32_at(&mem, 32), 5);
-        assert_eq!(w.call(Func::FdWrite, &mut mem, &[2, 0, 1, 32]), Ok(Errno::SUCCESS));
+        assert_eq!(
+            w.call(Func::FdWrite, &mut mem, &[2, 0, 1, 32]),
+            Ok(Errno::SUCCESS)
+        );
         assert_eq!(w.platform().stdout, b"hello");
         assert_eq!(w.platform().stderr, b"he");
-        assert_eq!(w.call(Func::FdWrite, &mut mem, &[7, 0, 1, 32]), Ok(Errno::BADF));
+        assert_eq!(
+            w.call(Func::FdWrite, &mut mem, &[7, 0, 1, 32]),
+            Ok(Errno::BADF)
+        );
         // An iovec pointing outside memory.
         mem[0..4].copy_from_slice(&127u32.to_le_bytes());
-        assert_eq!(w.call(Func::FdWrite, &mut mem, &[1, 0, 1, 32]), Ok(Errno::FAULT));
+        assert_eq!(
+            w.call(Func::FdWrite, &mut mem, &[1, 0, 1, 32]),
+            Ok(Errno::FAULT)
+        );
     }
 
     #[test]
@@ -261,10 +309,16 @@ mod tests {
         let mut mem = vec![0u8; 128];
         mem[0..4].copy_from_slice(&64u32.to_le_bytes());
         mem[4..8].copy_from_slice(&10u32.to_le_bytes());
-        assert_eq!(w.call(Func::FdRead, &mut mem, &[0, 0, 1, 32]), Ok(Errno::SUCCESS));
+        assert_eq!(
+            w.call(Func::FdRead, &mut mem, &[0, 0, 1, 32]),
+            Ok(Errno::SUCCESS)
+        );
         assert_eq!(u32_at(&mem, 32), 3);
         assert_eq!(&mem[64..67], b"abc");
-        assert_eq!(w.call(Func::FdRead, &mut mem, &[0, 0, 1, 32]), Ok(Errno::SUCCESS));
+        assert_eq!(
+            w.call(Func::FdRead, &mut mem, &[0, 0, 1, 32]),
+            Ok(Errno::SUCCESS)
+        );
         assert_eq!(u32_at(&mem, 32), 0);
     }
 
@@ -274,11 +328,20 @@ mod tests {
         let mut mem = vec![0u8; 64];
         assert_eq!(w.call(Func::ProcExit, &mut mem, &[42]), Err(Exit(42)));
         assert_eq!(w.call(Func::PathOpen, &mut mem, &[0; 9]), Ok(Errno::NOSYS));
-        assert_eq!(w.call(Func::FdPrestatGet, &mut mem, &[3, 0]), Ok(Errno::BADF));
+        assert_eq!(
+            w.call(Func::FdPrestatGet, &mut mem, &[3, 0]),
+            Ok(Errno::BADF)
+        );
         assert_eq!(w.call(Func::FdClose, &mut mem, &[1]), Ok(Errno::SUCCESS));
         assert_eq!(w.call(Func::FdClose, &mut mem, &[1]), Ok(Errno::BADF));
-        assert_eq!(w.call(Func::RandomGet, &mut mem, &[0, 8]), Ok(Errno::SUCCESS));
+        assert_eq!(
+            w.call(Func::RandomGet, &mut mem, &[0, 8]),
+            Ok(Errno::SUCCESS)
+        );
         assert_eq!(&mem[..8], &[0xab; 8]);
-        assert_eq!(w.call(Func::ClockTimeGet, &mut mem, &[9, 0, 0]), Ok(Errno::INVAL));
+        assert_eq!(
+            w.call(Func::ClockTimeGet, &mut mem, &[9, 0, 0]),
+            Ok(Errno::INVAL)
+        );
     }
 }

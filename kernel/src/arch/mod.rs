@@ -1,0 +1,65 @@
+//! Everything that touches the CPU directly. The kernel's `unsafe` lives here and in
+//! `phys.rs`, `heap.rs` and `virtio.rs`.
+
+pub mod boot;
+pub mod mem;
+
+use core::arch::asm;
+
+/// Writes `value` to an I/O port below 0x100 with `out imm8, al`, the only port I/O form that
+/// works at CPL 3 on every KVM (see docs/design.md).
+#[inline(always)]
+pub fn out8<const PORT: u8>(value: u8) {
+    // SAFETY: IOPL is 3, so the instruction is allowed; port writes have no memory effects the
+    // compiler must know about.
+    unsafe {
+        asm!("out {port}, al", port = const PORT, in("al") value, options(nomem, nostack, preserves_flags))
+    }
+}
+
+/// Writes a byte to a 16-bit port with `out dx, al`. Works at CPL 3 under TCG and hardware
+/// KVM, but triple-faults under nested PVM: only for the serial fallback.
+#[inline(always)]
+pub fn out8_dx(port: u16, value: u8) {
+    // SAFETY: IOPL is 3; no memory effects.
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
+    }
+}
+
+/// Reads a byte from a 16-bit port (serial fallback only, see [`out8_dx`]).
+#[inline(always)]
+pub fn in8_dx(port: u16) -> u8 {
+    let v: u8;
+    // SAFETY: IOPL is 3; no memory effects.
+    unsafe {
+        asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags))
+    }
+    v
+}
+
+/// The time-stamp counter.
+#[inline(always)]
+pub fn rdtsc() -> u64 {
+    // SAFETY: `rdtsc` only reads the counter (CR4.TSD is clear, so it works at CPL 3).
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// `cpuid` (unprivileged).
+pub fn cpuid(leaf: u32) -> core::arch::x86_64::CpuidResult {
+    core::arch::x86_64::__cpuid(leaf)
+}
+
+/// Ends the VM from CPL 3 when nothing else can: an invalid opcode with an empty IDT is a
+/// triple fault, which QEMU with `-no-reboot` (and every VMM of ours) treats as the end.
+pub fn triple_fault() -> ! {
+    // SAFETY: deliberately raises #UD; there is no handler, so the CPU shuts down.
+    unsafe { asm!("ud2", options(noreturn)) }
+}
+
+/// The precompiled `alloc` for this target has unwinding landing pads that name
+/// `_Unwind_Resume`; with `panic = "abort"` they are unreachable, but the symbol must exist.
+#[unsafe(no_mangle)]
+extern "C" fn _Unwind_Resume() -> ! {
+    triple_fault()
+}

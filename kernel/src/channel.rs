@@ -1,0 +1,196 @@
+//! The framed host channel (see `wasmvm_abi::channel`) over the first virtio console, with a
+//! serial-port fallback for a bare `qemu -kernel app.img` that offers no console.
+
+use alloc::vec::Vec;
+
+use spin::Mutex;
+use virtio_drivers::device::console::VirtIOConsole;
+use virtio_drivers::transport::mmio::MmioTransport;
+use wasmvm_abi::channel::{
+    ExitRecord, FRAME_HEADER_LEN, FrameHeader, MAX_FRAME_PAYLOAD, to_guest, to_host,
+};
+
+use crate::arch;
+use crate::virtio::{KernelHal, Pinned};
+
+type Console = VirtIOConsole<KernelHal, MmioTransport<'static>>;
+
+/// Largest payload per frame we send: big enough to amortise one exit per frame.
+const SEND_CHUNK: usize = 64 * 1024;
+const COM1: u16 = 0x3f8;
+
+enum Link {
+    /// No device yet: early boot, or a VMM without a console. Output goes to COM1 unframed.
+    Serial,
+    Virtio(Pinned<Console>),
+}
+
+struct Channel {
+    link: Link,
+    /// Frame being assembled for one send.
+    frame: Vec<u8>,
+    /// Parser state of the host's stdin frames.
+    rx_header: [u8; FRAME_HEADER_LEN],
+    rx_header_len: usize,
+    rx_kind: u8,
+    rx_remaining: u32,
+    stdin_eof: bool,
+}
+
+static CHANNEL: Mutex<Channel> = Mutex::new(Channel {
+    link: Link::Serial,
+    frame: Vec::new(),
+    rx_header: [0; FRAME_HEADER_LEN],
+    rx_header_len: 0,
+    rx_kind: 0,
+    rx_remaining: 0,
+    stdin_eof: false,
+});
+
+/// Switches the channel to a virtio console.
+pub fn attach(console: Console) {
+    CHANNEL.lock().link = Link::Virtio(Pinned(console));
+}
+
+pub fn has_console() -> bool {
+    matches!(CHANNEL.lock().link, Link::Virtio(_))
+}
+
+/// Sends `bytes` as frames of `kind`.
+pub fn send(kind: u8, bytes: &[u8]) {
+    CHANNEL.lock().send(kind, bytes);
+}
+
+/// Reads stdin into `buf`, waiting (by polling: the guest cannot halt at CPL 3) until at
+/// least one byte arrives or the host signals end of file (then 0).
+pub fn read_stdin(buf: &mut [u8]) -> usize {
+    CHANNEL.lock().read_stdin(buf)
+}
+
+/// Sends the exit record and ends the VM. Never returns.
+pub fn exit(record: &ExitRecord) -> ! {
+    // A panic while the channel was locked cannot report through it; crash instead, which the
+    // host reports as a guest crash.
+    if let Some(mut channel) = CHANNEL.try_lock() {
+        match channel.link {
+            Link::Virtio(_) => channel.send(to_host::EXIT, &record.encode()),
+            Link::Serial => channel.serial_summary(record),
+        }
+    }
+    arch::out8::<{ wasmvm_abi::exit::EXIT_PORT as u8 }>(0);
+    // Without an exit device (a bare QEMU), end the VM by triple fault.
+    arch::triple_fault()
+}
+
+impl Channel {
+    fn send(&mut self, kind: u8, bytes: &[u8]) {
+        match &mut self.link {
+            Link::Serial => {
+                if kind == to_host::STDOUT || kind == to_host::STDERR {
+                    serial_write(bytes);
+                }
+            }
+            Link::Virtio(console) => {
+                for chunk in bytes
+                    .chunks(SEND_CHUNK)
+                    .chain(bytes.is_empty().then_some(&[][..]))
+                {
+                    let header = FrameHeader {
+                        kind,
+                        len: chunk.len() as u32,
+                    };
+                    self.frame.clear();
+                    self.frame.extend_from_slice(&header.encode());
+                    self.frame.extend_from_slice(chunk);
+                    if console.0.send_bytes(&self.frame).is_err() {
+                        // The device refused the buffer: the host side is gone. Nothing is
+                        // left to report to.
+                        arch::triple_fault();
+                    }
+                }
+            }
+        }
+    }
+
+    fn serial_summary(&mut self, record: &ExitRecord) {
+        use wasmvm_abi::channel::ExitKind;
+        let line = match record.kind {
+            ExitKind::Exited if record.status == 0 => return,
+            ExitKind::Exited => {
+                alloc::format!("[wasmvm] app exited with status {}\n", record.status)
+            }
+            _ => alloc::format!("[wasmvm] {:?}: {}\n", record.kind, record.message),
+        };
+        serial_write(line.as_bytes());
+    }
+
+    fn read_stdin(&mut self, buf: &mut [u8]) -> usize {
+        if buf.is_empty() {
+            return 0;
+        }
+        let Link::Virtio(console) = &mut self.link else {
+            return 0;
+        };
+        let mut n = 0;
+        loop {
+            if self.stdin_eof {
+                return n;
+            }
+            let byte = match console.0.recv(true) {
+                Ok(Some(b)) => b,
+                Ok(None) if n > 0 => return n,
+                Ok(None) => continue,
+                Err(_) => {
+                    self.stdin_eof = true;
+                    continue;
+                }
+            };
+            if self.rx_remaining == 0 {
+                // Assembling a frame header.
+                self.rx_header[self.rx_header_len] = byte;
+                self.rx_header_len += 1;
+                if self.rx_header_len < FRAME_HEADER_LEN {
+                    continue;
+                }
+                self.rx_header_len = 0;
+                match FrameHeader::decode(&self.rx_header) {
+                    Ok(h) if h.kind == to_guest::STDIN_EOF => self.stdin_eof = true,
+                    Ok(h) if h.len <= MAX_FRAME_PAYLOAD => {
+                        self.rx_kind = h.kind;
+                        self.rx_remaining = h.len;
+                    }
+                    // A garbled stream cannot be resynchronised: treat it as end of input.
+                    _ => self.stdin_eof = true,
+                }
+                continue;
+            }
+            self.rx_remaining -= 1;
+            if self.rx_kind == to_guest::STDIN {
+                buf[n] = byte;
+                n += 1;
+                if n == buf.len() {
+                    return n;
+                }
+            }
+        }
+    }
+}
+
+fn serial_write(bytes: &[u8]) {
+    for &b in bytes {
+        if b == b'\n' {
+            serial_byte(b'\r');
+        }
+        serial_byte(b);
+    }
+}
+
+fn serial_byte(b: u8) {
+    // Wait for the transmit holding register (bounded: a missing UART reads 0xff).
+    for _ in 0..100_000 {
+        if arch::in8_dx(COM1 + 5) & 0x20 != 0 {
+            break;
+        }
+    }
+    arch::out8_dx(COM1, b);
+}

@@ -1,0 +1,62 @@
+//! The kernel's implementation of the WASI [`Platform`]: the host channel for stdio, the
+//! kernel clocks, and a ChaCha20 stream seeded from host entropy for `random_get`.
+
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use wasmvm_abi::channel::to_host;
+use wasmvm_wasi::{Clock, Platform, Stdio};
+
+use crate::{arch, channel, clock};
+
+pub struct KernelPlatform {
+    rng: ChaCha20Rng,
+}
+
+impl KernelPlatform {
+    /// `seed` is fresh host entropy from the run configuration. Without one (a bare loader
+    /// that passes no configuration) the TSC is the only per-boot variation: weak, and
+    /// documented as such.
+    pub fn new(seed: Option<[u8; 32]>) -> Self {
+        let seed = seed.unwrap_or_else(|| {
+            let mut s = [0u8; 32];
+            for chunk in s.chunks_mut(8) {
+                chunk.copy_from_slice(&arch::rdtsc().to_le_bytes());
+            }
+            s
+        });
+        KernelPlatform {
+            rng: ChaCha20Rng::from_seed(seed),
+        }
+    }
+}
+
+impl Platform for KernelPlatform {
+    fn write(&mut self, stream: Stdio, bytes: &[u8]) {
+        let kind = match stream {
+            Stdio::Stdout => to_host::STDOUT,
+            Stdio::Stderr => to_host::STDERR,
+        };
+        channel::send(kind, bytes);
+    }
+
+    fn read_stdin(&mut self, buf: &mut [u8]) -> usize {
+        channel::read_stdin(buf)
+    }
+
+    fn now_ns(&mut self, clock: Clock) -> u64 {
+        match clock {
+            Clock::Realtime => clock::realtime_ns(),
+            Clock::Monotonic | Clock::ProcessCpuTime | Clock::ThreadCpuTime => {
+                clock::monotonic_ns()
+            }
+        }
+    }
+
+    fn resolution_ns(&self, _clock: Clock) -> u64 {
+        clock::resolution_ns()
+    }
+
+    fn random(&mut self, buf: &mut [u8]) {
+        self.rng.fill_bytes(buf);
+    }
+}

@@ -1,0 +1,187 @@
+//! The host end of the framed guest channel (`wasmvm_abi::channel`): demultiplexes the
+//! guest's stdout, stderr, log lines and exit record, and frames stdin for the guest.
+
+use std::io::{self, Read, Write};
+
+use wasmvm_abi::channel::{ExitRecord, FRAME_HEADER_LEN, FrameHeader, to_guest, to_host};
+
+/// Where the guest's output goes.
+pub struct Sinks<'a> {
+    pub stdout: &'a mut dyn Write,
+    pub stderr: &'a mut dyn Write,
+    /// Kernel log lines, shown with `--verbose`.
+    pub log: &'a mut dyn FnMut(&str),
+}
+
+/// How the guest's stream ended.
+#[derive(Debug)]
+pub enum StreamEnd {
+    /// The guest sent its exit record.
+    Exit(ExitRecord),
+    /// The stream closed without one.
+    Closed,
+    /// The guest sent bytes that are not a valid frame: it is treated as crashed.
+    Garbled(String),
+}
+
+/// Reads frames from `input` until the exit record or end of stream, writing output as it
+/// arrives. Output errors on the host side (e.g. a closed pipe) drop that stream's data
+/// rather than stopping the guest.
+pub fn pump_guest_output(input: &mut dyn Read, sinks: &mut Sinks) -> io::Result<StreamEnd> {
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    let mut payload = Vec::new();
+    loop {
+        match read_full(input, &mut header)? {
+            0 => return Ok(StreamEnd::Closed),
+            n if n < FRAME_HEADER_LEN => return Ok(StreamEnd::Closed),
+            _ => {}
+        }
+        let frame = match FrameHeader::decode(&header) {
+            Ok(f) => f,
+            Err(e) => return Ok(StreamEnd::Garbled(format!("bad frame header: {e}"))),
+        };
+        payload.resize(frame.len as usize, 0);
+        if read_full(input, &mut payload)? < payload.len() {
+            return Ok(StreamEnd::Closed);
+        }
+        match frame.kind {
+            to_host::STDOUT => {
+                let _ = sinks
+                    .stdout
+                    .write_all(&payload)
+                    .and_then(|()| sinks.stdout.flush());
+            }
+            to_host::STDERR => {
+                let _ = sinks
+                    .stderr
+                    .write_all(&payload)
+                    .and_then(|()| sinks.stderr.flush());
+            }
+            to_host::LOG => (sinks.log)(&String::from_utf8_lossy(&payload)),
+            to_host::EXIT => {
+                return Ok(match ExitRecord::decode(&payload) {
+                    Ok(r) => StreamEnd::Exit(r),
+                    Err(e) => StreamEnd::Garbled(format!("bad exit record: {e}")),
+                });
+            }
+            other => return Ok(StreamEnd::Garbled(format!("unknown frame kind {other}"))),
+        }
+    }
+}
+
+/// Reads until `buf` is full or end of stream; returns how much was read.
+fn read_full(input: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match input.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// Copies `input` to the guest as stdin frames, then sends end of file. Returns when input
+/// ends or the guest side is gone.
+pub fn pump_stdin(input: &mut dyn Read, output: &mut dyn Write) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => 0,
+        };
+        let kind = if n == 0 {
+            to_guest::STDIN_EOF
+        } else {
+            to_guest::STDIN
+        };
+        let header = FrameHeader {
+            kind,
+            len: n as u32,
+        }
+        .encode();
+        if output
+            .write_all(&header)
+            .and_then(|()| output.write_all(&buf[..n]))
+            .is_err()
+            || n == 0
+        {
+            let _ = output.flush();
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, data: &[u8]) -> Vec<u8> {
+        let mut v = FrameHeader {
+            kind,
+            len: data.len() as u32,
+        }
+        .encode()
+        .to_vec();
+        v.extend_from_slice(data);
+        v
+    }
+
+    #[test]
+    fn demultiplexes_until_exit() {
+        let mut stream = frame(to_host::STDOUT, b"out");
+        stream.extend(frame(to_host::STDERR, b"err"));
+        stream.extend(frame(to_host::LOG, b"booted"));
+        stream.extend(frame(to_host::EXIT, &ExitRecord::exited(3).encode()));
+        stream.extend(frame(to_host::STDOUT, b"after"));
+        let (mut out, mut err, mut logs) = (Vec::new(), Vec::new(), Vec::new());
+        let mut log = |l: &str| logs.push(l.to_string());
+        let end = pump_guest_output(
+            &mut &stream[..],
+            &mut Sinks {
+                stdout: &mut out,
+                stderr: &mut err,
+                log: &mut log,
+            },
+        )
+        .unwrap();
+        assert!(matches!(end, StreamEnd::Exit(r) if r.status == 3));
+        assert_eq!((out.as_slice(), err.as_slice()), (&b"out"[..], &b"err"[..]));
+        assert_eq!(logs, ["booted"]);
+    }
+
+    #[test]
+    fn truncated_or_garbled_streams_are_reported() {
+        let mut stream = frame(to_host::STDOUT, b"partial");
+        stream.truncate(10);
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut log = |_: &str| {};
+        let mut sinks = Sinks {
+            stdout: &mut out,
+            stderr: &mut err,
+            log: &mut log,
+        };
+        assert!(matches!(
+            pump_guest_output(&mut &stream[..], &mut sinks).unwrap(),
+            StreamEnd::Closed
+        ));
+        let bad = [9u8, 1, 0, 0, 0, 0, 0, 0];
+        assert!(matches!(
+            pump_guest_output(&mut &bad[..], &mut sinks).unwrap(),
+            StreamEnd::Garbled(_)
+        ));
+    }
+
+    #[test]
+    fn stdin_is_framed_with_eof() {
+        let mut out = Vec::new();
+        pump_stdin(&mut &b"abc"[..], &mut out);
+        let mut expected = frame(to_guest::STDIN, b"abc");
+        expected.extend(frame(to_guest::STDIN_EOF, b""));
+        assert_eq!(out, expected);
+    }
+}

@@ -1,0 +1,176 @@
+//! Host-side checks of a wasm module before it is packed: everything the guest would refuse,
+//! found early and reported all at once.
+
+use wasmi::{Config, Engine, ExternType, Module};
+use wasmvm_wasi::{FUNCTIONS, MODULE};
+
+/// What `pack` learned about a module that passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleInfo {
+    /// Minimum size of the exported memory, in bytes.
+    pub min_memory: u64,
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+}
+
+/// The engine configuration shared with the kernel: every proposal wasmi supports.
+pub fn engine_config() -> Config {
+    let mut config = Config::default();
+    config
+        .wasm_mutable_global(true)
+        .wasm_sign_extension(true)
+        .wasm_saturating_float_to_int(true)
+        .wasm_multi_value(true)
+        .wasm_multi_memory(true)
+        .wasm_bulk_memory(true)
+        .wasm_reference_types(true)
+        .wasm_tail_call(true)
+        .wasm_extended_const(true)
+        .wasm_simd(true);
+    config
+}
+
+fn wasi_type(t: wasmvm_wasi::ValType) -> wasmi::ValType {
+    match t {
+        wasmvm_wasi::ValType::I32 => wasmi::ValType::I32,
+        wasmvm_wasi::ValType::I64 => wasmi::ValType::I64,
+    }
+}
+
+/// Checks `bytes`; on failure returns every problem found, each a sentence naming it.
+pub fn check(bytes: &[u8]) -> Result<ModuleInfo, Vec<String>> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        let what = if bytes.starts_with(b"\x7fELF") {
+            "an ELF executable"
+        } else if bytes.is_empty() {
+            "an empty file"
+        } else {
+            "something else"
+        };
+        return Err(vec![format!(
+            "not a WebAssembly module: the file does not start with the `\\0asm` magic (it looks like {what})"
+        )]);
+    }
+    match u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes")) {
+        1 => {}
+        v if v & 0xffff == 0x0d => {
+            return Err(vec![
+                "this is a WebAssembly component (preview 2), not a core module: build for \
+                 wasm32-wasip1, or use a wasip1 adapter"
+                    .to_string(),
+            ]);
+        }
+        v => {
+            return Err(vec![format!(
+                "unsupported WebAssembly binary version {v:#x}"
+            )]);
+        }
+    }
+    let engine = Engine::new(&engine_config());
+    let module = Module::new(&engine, bytes)
+        .map_err(|e| vec![format!("invalid or unsupported module: {e}")])?;
+
+    let mut problems = Vec::new();
+    let mut imports = Vec::new();
+    for import in module.imports() {
+        let name = format!("{}.{}", import.module(), import.name());
+        imports.push(name.clone());
+        let ExternType::Func(ty) = import.ty() else {
+            problems.push(format!(
+                "imports `{name}`, which is not a function: wasmvm provides only WASI preview1 functions"
+            ));
+            continue;
+        };
+        let known = (import.module() == MODULE)
+            .then(|| FUNCTIONS.iter().find(|s| s.name == import.name()))
+            .flatten();
+        match known {
+            None => problems.push(format!("imports `{name}`, which wasmvm does not provide")),
+            Some(sig) => {
+                let params: Vec<_> = sig.params.iter().copied().map(wasi_type).collect();
+                let results: Vec<_> = sig.results.iter().copied().map(wasi_type).collect();
+                if ty.params() != params.as_slice() || ty.results() != results.as_slice() {
+                    problems.push(format!("imports `{name}` with the wrong signature {ty:?}"));
+                }
+            }
+        }
+    }
+
+    let mut exports = Vec::new();
+    let mut min_memory = 0;
+    let mut has_start = false;
+    for export in module.exports() {
+        exports.push(export.name().to_string());
+        match export.ty() {
+            ExternType::Func(ty) if export.name() == "_start" => {
+                if !ty.params().is_empty() || !ty.results().is_empty() {
+                    problems
+                        .push("`_start` must take no parameters and return nothing".to_string());
+                }
+                has_start = true;
+            }
+            ExternType::Memory(mem) if export.name() == "memory" => {
+                min_memory = mem.minimum().saturating_mul(65536);
+            }
+            _ => {}
+        }
+    }
+    if !has_start {
+        problems.push("exports no `_start` function: only WASI commands can be packed".to_string());
+    }
+    if problems.is_empty() {
+        Ok(ModuleInfo {
+            min_memory,
+            imports,
+            exports,
+        })
+    } else {
+        Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // (module (import "wasi_snapshot_preview1" "proc_exit" (func (param i32)))
+    //         (memory (export "memory") 1) (func (export "_start")))
+    const MINIMAL: &[u8] = &[
+        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x02, 0x60, 0x01, 0x7f, 0x00,
+        0x60, 0x00, 0x00, 0x02, 0x24, 0x01, 0x16, b'w', b'a', b's', b'i', b'_', b's', b'n', b'a',
+        b'p', b's', b'h', b'o', b't', b'_', b'p', b'r', b'e', b'v', b'i', b'e', b'w', b'1', 0x09,
+        b'p', b'r', b'o', b'c', b'_', b'e', b'x', b'i', b't', 0x00, 0x00, 0x03, 0x02, 0x01, 0x01,
+        0x05, 0x03, 0x01, 0x00, 0x01, 0x07, 0x13, 0x02, 0x06, b'm', b'e', b'm', b'o', b'r', b'y',
+        0x02, 0x00, 0x06, b'_', b's', b't', b'a', b'r', b't', 0x00, 0x01, 0x0a, 0x04, 0x01, 0x02,
+        0x00, 0x0b,
+    ];
+
+    #[test]
+    fn accepts_a_minimal_command() {
+        let info = check(MINIMAL).expect("valid");
+        assert_eq!(info.min_memory, 65536);
+        assert_eq!(info.imports, ["wasi_snapshot_preview1.proc_exit"]);
+    }
+
+    #[test]
+    fn names_each_problem() {
+        let text = check(b"hello world\n").unwrap_err();
+        assert!(text[0].contains("not a WebAssembly module"), "{text:?}");
+        let truncated = check(&MINIMAL[..MINIMAL.len() - 3]).unwrap_err();
+        assert!(
+            truncated[0].contains("invalid or unsupported module"),
+            "{truncated:?}"
+        );
+        let component = check(b"\0asm\x0d\0\x01\0").unwrap_err();
+        assert!(component[0].contains("component"), "{component:?}");
+        // Rename the import module to `env` (same length as... no: patch the name bytes).
+        let mut bad = MINIMAL.to_vec();
+        let at = bad.windows(9).position(|w| w == b"proc_exit").unwrap();
+        bad[at..at + 9].copy_from_slice(b"proc_exiz");
+        let errs = check(&bad).unwrap_err();
+        assert_eq!(
+            errs,
+            ["imports `wasi_snapshot_preview1.proc_exiz`, which wasmvm does not provide"]
+        );
+    }
+}

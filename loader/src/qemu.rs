@@ -1,0 +1,258 @@
+//! The QEMU backend: boots an image on `qemu-system-x86_64 -M microvm` with the virtio
+//! console carrying the framed guest channel over a socketpair, the run configuration as the
+//! PVH module (`-initrd`), and `isa-debug-exit` at the ABI's exit port.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use wasmvm_abi::bundle::RunConfig;
+use wasmvm_abi::exit::EXIT_PORT;
+
+use crate::channel::{Sinks, StreamEnd, pump_guest_output, pump_stdin};
+use crate::image::Image;
+use crate::{Accel, Control, Ending, RunError, RunEvent, RunIo, RunOptions, default_memory_mib};
+
+/// The fd number QEMU finds the channel socket at.
+const CHANNEL_FD: i32 = 3;
+
+fn io_err(context: &'static str) -> impl FnOnce(std::io::Error) -> RunError {
+    move |source| RunError::Io { context, source }
+}
+
+/// Fresh entropy for the guest's CSPRNG seed.
+fn host_seed() -> Result<[u8; 32], RunError> {
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut seed))
+        .map_err(io_err("reading /dev/urandom"))?;
+    Ok(seed)
+}
+
+/// The QEMU command line for `image`, without the process plumbing.
+pub fn command_line(
+    image: &Path,
+    run_config: &Path,
+    memory_mib: u64,
+    accel: Accel,
+) -> Vec<OsString> {
+    let mut args: Vec<OsString> = [
+        "-nodefaults",
+        "-no-user-config",
+        "-no-reboot",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        "none",
+        "-M",
+        "microvm,pit=off,pic=off,rtc=off,isa-serial=off,acpi=off",
+        "-accel",
+        match accel {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        },
+        "-smp",
+        "1",
+        "-global",
+        "virtio-mmio.force-legacy=false",
+        "-device",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    args.push(format!("isa-debug-exit,iobase={EXIT_PORT:#x},iosize=1").into());
+    args.extend(
+        [
+            "-chardev",
+            &format!("socket,id=wasmvm,fd={CHANNEL_FD}"),
+            "-device",
+            "virtio-serial-device,max_ports=1",
+            "-device",
+            "virtconsole,chardev=wasmvm",
+            "-m",
+            &format!("{memory_mib}M"),
+        ]
+        .iter()
+        .map(OsString::from),
+    );
+    args.push("-kernel".into());
+    args.push(image.into());
+    args.push("-initrd".into());
+    args.push(run_config.into());
+    args
+}
+
+fn spawn(opts: &RunOptions, args: &[OsString], guest_end: &UnixStream) -> Result<Child, RunError> {
+    let fd = guest_end.as_raw_fd();
+    let mut cmd = Command::new(&opts.qemu);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: only async-signal-safe calls between fork and exec: dup2 puts the guest end of
+    // the socketpair at CHANNEL_FD (dup2 clears close-on-exec on the copy).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, CHANNEL_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => RunError::QemuMissing(opts.qemu.display().to_string()),
+        _ => RunError::Io {
+            context: "starting QEMU",
+            source: e,
+        },
+    })
+}
+
+/// Boots the image at `image_path` and runs it to its end.
+pub fn run(
+    image_path: &Path,
+    opts: &RunOptions,
+    io: RunIo,
+    control: Control,
+) -> Result<Ending, RunError> {
+    let started = Instant::now();
+    let bytes = std::fs::read(image_path).map_err(io_err("reading the image"))?;
+    let image = Image::parse(&bytes)?;
+    let memory_mib = opts.memory_mib.unwrap_or_else(|| {
+        default_memory_mib(image.bundle.module.len() as u64, image.manifest.min_memory)
+    });
+    drop(bytes);
+    if opts.accel == Accel::Kvm {
+        crate::check_kvm()?;
+    }
+
+    let run_config = RunConfig {
+        argv0: opts.argv0.clone(),
+        args: opts.args.clone(),
+        env: opts.env.clone(),
+        realtime_ns: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_nanos() as u64),
+        random_seed: Some(host_seed()?),
+    };
+    let mut config_file = tempfile::Builder::new()
+        .prefix("wasmvm-run-")
+        .tempfile()
+        .map_err(io_err("creating the run configuration"))?;
+    config_file
+        .write_all(&run_config.encode())
+        .map_err(io_err("writing the run configuration"))?;
+
+    let (host_end, guest_end) = UnixStream::pair().map_err(io_err("creating the channel"))?;
+    let args = command_line(image_path, config_file.path(), memory_mib, opts.accel);
+    let mut child = spawn(opts, &args, &guest_end)?;
+    drop(guest_end);
+    (io.log)(&format!(
+        "host: QEMU started after {:.1} ms ({} MiB guest RAM)",
+        started.elapsed().as_secs_f64() * 1e3,
+        memory_mib
+    ));
+
+    // QEMU's own complaints, collected for error messages.
+    let mut qemu_stderr = child.stderr.take().expect("piped stderr");
+    let stderr_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = qemu_stderr.read_to_string(&mut s);
+        s
+    });
+
+    // stdin may block forever (a terminal): its thread is detached, not joined.
+    let mut stdin_sink = host_end
+        .try_clone()
+        .map_err(io_err("cloning the channel"))?;
+    let mut stdin = io.stdin;
+    std::thread::spawn(move || pump_stdin(&mut stdin, &mut stdin_sink));
+
+    let deadline = opts.timeout.map(|t| started + t);
+    let RunIo {
+        stdout,
+        stderr,
+        log,
+        ..
+    } = io;
+    let ending = std::thread::scope(|scope| {
+        let tx = control.tx.clone();
+        let mut reader = &host_end;
+        let mut log_line = |line: &str| {
+            log(&format!(
+                "guest: {line} (host +{:.1} ms)",
+                started.elapsed().as_secs_f64() * 1e3
+            ))
+        };
+        scope.spawn(move || {
+            let mut sinks = Sinks {
+                stdout,
+                stderr,
+                log: &mut log_line,
+            };
+            let _ = tx.send(RunEvent::Stream(pump_guest_output(&mut reader, &mut sinks)));
+        });
+        let event = loop {
+            let wait = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => Duration::from_secs(3600),
+            };
+            match control.rx.recv_timeout(wait) {
+                Ok(e) => break Some(e),
+                Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => break None,
+                Err(_) => continue,
+            }
+        };
+        let ending = match event {
+            Some(RunEvent::Stream(Ok(StreamEnd::Exit(record)))) => Ok(Ending::from_record(record)),
+            Some(RunEvent::Stream(Ok(StreamEnd::Garbled(why)))) => Ok(Ending::Crashed(why)),
+            Some(RunEvent::Stream(Ok(StreamEnd::Closed))) => Err(None),
+            Some(RunEvent::Stream(Err(e))) => Err(Some(e.to_string())),
+            Some(RunEvent::Stop(reason)) => Ok(Ending::Stopped(reason)),
+            None => Ok(Ending::TimedOut),
+        };
+        // Whatever happened, QEMU must be gone before we return; after an exit record it is
+        // already leaving through isa-debug-exit.
+        if !matches!(ending, Ok(Ending::Exited(_) | Ending::Trapped { .. })) {
+            let _ = child.kill();
+        }
+        let _ = host_end.shutdown(std::net::Shutdown::Both);
+        let status = child.wait();
+        (ending, status)
+    });
+    let (ending, status) = ending;
+    let qemu_stderr = stderr_reader.join().unwrap_or_default();
+    log(&format!(
+        "host: VM ended after {:.1} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    ));
+    drop(config_file);
+    match ending {
+        Ok(e) => Ok(e),
+        Err(why) => {
+            let status = status.map_err(io_err("waiting for QEMU"))?;
+            let qemu_stderr = qemu_stderr.trim().to_string();
+            if !status.success() && !qemu_stderr.is_empty() {
+                return Err(RunError::QemuFailed {
+                    status: status.to_string(),
+                    stderr: qemu_stderr,
+                });
+            }
+            let mut m = why.unwrap_or_else(|| {
+                "the VM stopped without an exit record (triple fault or reset)".to_string()
+            });
+            if !qemu_stderr.is_empty() {
+                m.push_str(&format!("; QEMU said: {qemu_stderr}"));
+            }
+            Ok(Ending::Crashed(m))
+        }
+    }
+}

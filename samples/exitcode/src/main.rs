@@ -1,0 +1,48 @@
+//! Exercises every way an app ends, chosen by its first argument:
+//! `exit N`, `stderr TEXT` (writes TEXT to stderr and "out" to stdout), `cat` (copies stdin to
+//! stdout), `trap` (executes `unreachable`), `spin` (never ends), `env` (prints its
+//! environment), `args` (prints argv, one per line).
+use std::io::{Read, Write};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("exit") => {
+            let code: i32 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(0);
+            std::process::exit(code);
+        }
+        Some("stderr") => {
+            print!("out");
+            eprint!("{}", args.get(2).map(String::as_str).unwrap_or("err"));
+        }
+        Some("cat") => {
+            let mut input = Vec::new();
+            std::io::stdin().read_to_end(&mut input).expect("read stdin");
+            std::io::stdout().write_all(&input).expect("write stdout");
+        }
+        Some("trap") => {
+            #[cfg(target_arch = "wasm32")]
+            core::arch::wasm32::unreachable();
+        }
+        Some("spin") => {
+            let mut x: u64 = 0;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+        Some("env") => {
+            for (k, v) in std::env::vars() {
+                println!("{k}={v}");
+            }
+        }
+        Some("args") => {
+            for a in &args {
+                println!("{a}");
+            }
+        }
+        other => {
+            eprintln!("usage: exitcode exit N | stderr TEXT | cat | trap | spin | env | args (got {other:?})");
+            std::process::exit(2);
+        }
+    }
+}

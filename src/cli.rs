@@ -1,0 +1,157 @@
+//! The command-line grammar (docs/cli.md is its prose twin; tests pin both).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wasmvm",
+    version,
+    about = "Turn a wasm32-wasip1 program into its own micro-VM"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a module and pack it with the kernel into one bootable image.
+    Pack {
+        /// The wasm32-wasip1 module.
+        module: PathBuf,
+        /// Where to write the image.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        app: AppArgs,
+    },
+    /// Boot an image (or pack a module in memory and boot it) and run the app.
+    Run {
+        /// An image from `wasmvm pack`, or a .wasm module.
+        image: PathBuf,
+        #[command(flatten)]
+        app: AppArgs,
+        /// Stop the VM after this long (e.g. 500ms, 30s, 2m; a bare number is seconds).
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<std::time::Duration>,
+        /// Guest RAM (e.g. 256M, 1G; a bare number is MiB). Default: from the module's needs.
+        #[arg(long, value_parser = parse_memory)]
+        memory: Option<u64>,
+        /// Which virtual machine monitor runs the image.
+        #[arg(long, value_enum, default_value_t = Vmm::Qemu)]
+        vmm: Vmm,
+        /// Hardware acceleration for QEMU: kvm, or tcg (software emulation, no /dev/kvm).
+        #[arg(long, value_enum, default_value_t = AccelArg::Kvm)]
+        accel: AccelArg,
+        /// Print boot timings and kernel log lines to stderr.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Show what an image holds: kernel and ABI version, module, imports, exports, args, env.
+    Inspect {
+        image: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check this machine: /dev/kvm, QEMU and the embedded kernel.
+    Doctor,
+}
+
+/// Options recorded in the image by `pack`, or overriding them at `run`.
+#[derive(Debug, Args, Clone)]
+pub struct AppArgs {
+    /// Set an environment variable for the app (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<OsString>,
+    /// argv[0] as the app sees it (default: the module's file name).
+    #[arg(long, value_name = "NAME")]
+    pub argv0: Option<OsString>,
+    /// Arguments for the app, after `--`.
+    #[arg(last = true, value_name = "ARGS")]
+    pub args: Vec<OsString>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Vmm {
+    Qemu,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AccelArg {
+    Kvm,
+    Tcg,
+}
+
+/// `500ms`, `30s`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 30s or 500ms"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use ms, s, m or h)")),
+    };
+    if !secs.is_finite() || secs <= 0.0 || secs > 1e9 {
+        return Err(format!("`{s}` is not a positive duration"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+/// `256M`, `1G`, `65536K`, or a bare number of MiB; returns MiB.
+pub fn parse_memory(s: &str) -> Result<u64, String> {
+    let upper = s.to_ascii_uppercase();
+    let trimmed = upper.trim_end_matches("IB").trim_end_matches('B');
+    let (num, mul_kib) = match trimmed.chars().last() {
+        Some('K') => (&trimmed[..trimmed.len() - 1], 1u64),
+        Some('M') => (&trimmed[..trimmed.len() - 1], 1024),
+        Some('G') => (&trimmed[..trimmed.len() - 1], 1024 * 1024),
+        _ => (trimmed, 1024),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like 512M or 1G"))?;
+    let mib = n.saturating_mul(mul_kib) / 1024;
+    if !(16..=3072).contains(&mib) {
+        return Err(format!("`{s}`: guest memory must be between 16M and 3G"));
+    }
+    Ok(mib)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5y").is_err());
+        assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("512M"), Ok(512));
+        assert_eq!(parse_memory("1G"), Ok(1024));
+        assert_eq!(parse_memory("1GiB"), Ok(1024));
+        assert_eq!(parse_memory("256"), Ok(256));
+        assert_eq!(parse_memory("65536K"), Ok(64));
+        assert!(parse_memory("4G").is_err());
+        assert!(parse_memory("lots").is_err());
+    }
+}

@@ -1,0 +1,312 @@
+//! The subcommands: argument plumbing between the CLI grammar and `wasmvm_loader`.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use wasmvm_abi::ABI_VERSION;
+use wasmvm_loader::image::{self, Image};
+use wasmvm_loader::pack::{PackOptions, check_env, pack_module};
+use wasmvm_loader::{Accel, Control, RunIo, RunOptions, StopReason, elf::Elf, module, qemu};
+
+use crate::KERNEL;
+use crate::cli::{AccelArg, AppArgs, Cli, Command};
+
+pub fn dispatch(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Pack {
+            module,
+            output,
+            app,
+        } => pack(&module, &output, &app),
+        Command::Run {
+            image,
+            app,
+            timeout,
+            memory,
+            vmm: _,
+            accel,
+            verbose,
+        } => {
+            let opts = RunOptions {
+                memory_mib: memory,
+                timeout,
+                accel: match accel {
+                    AccelArg::Kvm => Accel::Kvm,
+                    AccelArg::Tcg => Accel::Tcg,
+                },
+                ..RunOptions::default()
+            };
+            run(&image, &app, opts, verbose)
+        }
+        Command::Inspect { image, json } => inspect(&image, json),
+        Command::Doctor => doctor(),
+    }
+}
+
+fn bytes(s: &OsString) -> Vec<u8> {
+    s.clone().into_vec()
+}
+
+fn env_list(app: &AppArgs) -> Result<Vec<Vec<u8>>> {
+    app.env
+        .iter()
+        .map(|v| {
+            let v = bytes(v);
+            check_env(&v).map_err(|e| anyhow::anyhow!("--env {e}"))?;
+            Ok(v)
+        })
+        .collect()
+}
+
+fn pack_options(module: &Path, app: &AppArgs) -> Result<PackOptions> {
+    let module_name = module
+        .file_name()
+        .map(|n| n.as_bytes().to_vec())
+        .unwrap_or_else(|| b"app.wasm".to_vec());
+    Ok(PackOptions {
+        module_name,
+        argv0: app.argv0.as_ref().map(bytes),
+        args: app.args.iter().map(bytes).collect(),
+        env: env_list(app)?,
+    })
+}
+
+fn read_module(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn pack(module: &Path, output: &Path, app: &AppArgs) -> Result<i32> {
+    let wasm = read_module(module)?;
+    let opts = pack_options(module, app)?;
+    let image = pack_module(KERNEL, &wasm, &opts)
+        .with_context(|| format!("cannot pack {}", module.display()))?;
+    write_atomically(output, &image)?;
+    Ok(0)
+}
+
+/// Writes through a temporary file in the same directory, so a failed write never leaves a
+/// half image behind.
+fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.write_all(data)
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn is_wasm(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let n = f.read(&mut magic).unwrap_or(0);
+    Ok(n == 4 && &magic == b"\0asm")
+}
+
+fn run(target: &Path, app: &AppArgs, mut opts: RunOptions, verbose: bool) -> Result<i32> {
+    // A module is packed in memory (with the options as pack-time settings); an image takes
+    // them as run-time overrides.
+    let _packed;
+    let image_path = if is_wasm(target)? {
+        let wasm = read_module(target)?;
+        let packed_bytes = pack_module(KERNEL, &wasm, &pack_options(target, app)?)
+            .with_context(|| format!("cannot run {}", target.display()))?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix("wasmvm-image-")
+            .tempfile()
+            .context("cannot create a temporary image")?;
+        std::io::Write::write_all(&mut tmp, &packed_bytes)
+            .context("cannot write a temporary image")?;
+        let path = tmp.path().to_path_buf();
+        _packed = tmp;
+        path
+    } else {
+        opts.argv0 = app.argv0.as_ref().map(bytes);
+        if !app.args.is_empty() {
+            opts.args = Some(app.args.iter().map(bytes).collect());
+        }
+        opts.env = env_list(app)?;
+        target.to_path_buf()
+    };
+
+    let control = Control::default();
+    let stopper = control.stopper();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .context("cannot install signal handlers")?;
+    let signal_handle = signals.handle();
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            stopper.stop(if sig == signal_hook::consts::SIGINT {
+                StopReason::Interrupt
+            } else {
+                StopReason::Terminate
+            });
+        }
+    });
+
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
+    let mut log = |line: &str| {
+        if verbose {
+            eprintln!("[wasmvm] {line}");
+        }
+    };
+    let io = RunIo {
+        stdin: Box::new(std::io::stdin()),
+        stdout: &mut stdout,
+        stderr: &mut stderr,
+        log: &mut log,
+    };
+    let ending = qemu::run(&image_path, &opts, io, control)?;
+    signal_handle.close();
+    if let Some(message) = ending.describe() {
+        eprintln!("wasmvm: {message}");
+    }
+    Ok(ending.status())
+}
+
+fn inspect(path: &Path, json: bool) -> Result<i32> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let image =
+        Image::parse(&bytes).with_context(|| format!("cannot inspect {}", path.display()))?;
+    let info = module::check(image.bundle.module).map_err(|p| anyhow::anyhow!(p.join("; ")))?;
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let m = &image.manifest;
+    let value = serde_json::json!({
+        "kernel_version": image.kernel.version,
+        "abi_version": image.kernel.abi_version,
+        "image_size": bytes.len(),
+        "module": {
+            "name": text(&m.module_name),
+            "size": image.bundle.module.len(),
+            "sha256": image::hex(&image.bundle.header.module_sha256),
+            "min_memory": m.min_memory,
+            "imports": info.imports,
+            "exports": info.exports,
+        },
+        "argv0": m.argv0.as_deref().map(text),
+        "args": m.args.iter().map(|a| text(a)).collect::<Vec<_>>(),
+        "env": m.env.iter().map(|a| text(a)).collect::<Vec<_>>(),
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(0);
+    }
+    println!("image:          {} ({} bytes)", path.display(), bytes.len());
+    println!(
+        "kernel:         wasmvm-kernel {} (ABI version {})",
+        image.kernel.version,
+        image
+            .kernel
+            .abi_version
+            .map_or("unknown".to_string(), |v| v.to_string())
+    );
+    println!(
+        "module:         {} ({} bytes)",
+        text(&m.module_name),
+        image.bundle.module.len()
+    );
+    println!(
+        "sha256:         {}",
+        image::hex(&image.bundle.header.module_sha256)
+    );
+    println!("min memory:     {} KiB", m.min_memory / 1024);
+    if let Some(a) = &m.argv0 {
+        println!("argv0:          {}", text(a));
+    }
+    println!(
+        "args:           {:?}",
+        m.args.iter().map(|a| text(a)).collect::<Vec<_>>()
+    );
+    println!(
+        "env:            {:?}",
+        m.env.iter().map(|a| text(a)).collect::<Vec<_>>()
+    );
+    println!("imports ({}):", info.imports.len());
+    for i in &info.imports {
+        println!("  {i}");
+    }
+    println!("exports ({}):", info.exports.len());
+    for e in &info.exports {
+        println!("  {e}");
+    }
+    Ok(0)
+}
+
+fn doctor() -> Result<i32> {
+    let mut ok = true;
+    let mut report = |good: bool, what: &str, detail: String| {
+        ok &= good;
+        println!("[{}] {what}: {detail}", if good { " ok " } else { "FAIL" });
+    };
+    match Elf::parse(KERNEL) {
+        Ok(elf) => {
+            let v = image::kernel_version(&elf);
+            let good = v.abi_version == Some(ABI_VERSION);
+            report(
+                good,
+                "kernel",
+                format!(
+                    "wasmvm-kernel {} ({} bytes, ABI {:?}, this wasmvm speaks {ABI_VERSION})",
+                    v.version,
+                    KERNEL.len(),
+                    v.abi_version
+                ),
+            );
+        }
+        Err(e) => report(
+            false,
+            "kernel",
+            format!("the embedded kernel is broken: {e}; rebuild wasmvm"),
+        ),
+    }
+    match wasmvm_loader::check_kvm() {
+        Ok(()) => report(true, "kvm", "/dev/kvm is usable".to_string()),
+        Err(e) => report(
+            false,
+            "kvm",
+            format!("{e} (or use `wasmvm run --accel tcg`)"),
+        ),
+    }
+    let qemu = RunOptions::default().qemu;
+    match std::process::Command::new(&qemu).arg("--version").output() {
+        Ok(out) if out.status.success() => {
+            let first = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            report(true, "qemu", first);
+        }
+        Ok(out) => report(
+            false,
+            "qemu",
+            format!("`{} --version` failed: {}", qemu.display(), out.status),
+        ),
+        Err(_) => report(
+            false,
+            "qemu",
+            format!(
+                "`{}` not found: apt-get install qemu-system-x86 (or set WASMVM_QEMU)",
+                qemu.display()
+            ),
+        ),
+    }
+    if !ok {
+        bail!("some checks failed (see above)");
+    }
+    Ok(0)
+}
