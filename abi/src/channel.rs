@@ -29,7 +29,18 @@ pub mod to_guest {
     pub const STDIN: u8 = 1;
     /// Standard input has ended; the payload is empty.
     pub const STDIN_EOF: u8 = 2;
+    /// Flow control: the payload (`u32`) is a number of bytes the guest may send again.
+    pub const CREDIT: u8 = 3;
 }
+
+/// Flow control of guest output. The guest may have at most this many bytes (frame headers
+/// included) sent but not yet returned by the host in [`to_guest::CREDIT`] frames; the host
+/// returns the bytes of each frame once it has taken it off the wire. This keeps a VMM that
+/// drops console output it cannot deliver at once (QEMU's `virtconsole` does) from ever
+/// having more in flight than a socket buffer holds.
+pub const CHANNEL_WINDOW: u32 = 96 * 1024;
+/// Largest frame payload the guest sends, so that a frame always fits the window.
+pub const GUEST_FRAME_PAYLOAD: usize = 16 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {

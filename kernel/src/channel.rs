@@ -1,13 +1,15 @@
 //! The framed host channel (see `wasmvm_abi::channel`) over the first virtio console, with a
 //! serial-port fallback for a bare `qemu -kernel app.img` that offers no console.
 
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 use spin::Mutex;
 use virtio_drivers::device::console::VirtIOConsole;
 use virtio_drivers::transport::mmio::MmioTransport;
 use wasmvm_abi::channel::{
-    ExitRecord, FRAME_HEADER_LEN, FrameHeader, MAX_FRAME_PAYLOAD, to_guest, to_host,
+    CHANNEL_WINDOW, ExitRecord, FRAME_HEADER_LEN, FrameHeader, GUEST_FRAME_PAYLOAD, to_guest,
+    to_host,
 };
 
 use crate::arch;
@@ -15,8 +17,6 @@ use crate::virtio::{KernelHal, Pinned};
 
 type Console = VirtIOConsole<KernelHal, MmioTransport<'static>>;
 
-/// Largest payload per frame we send: big enough to amortise one exit per frame.
-const SEND_CHUNK: usize = 64 * 1024;
 const COM1: u16 = 0x3f8;
 
 enum Link {
@@ -29,21 +29,29 @@ struct Channel {
     link: Link,
     /// Frame being assembled for one send.
     frame: Vec<u8>,
-    /// Parser state of the host's stdin frames.
+    /// Bytes we may still send before the host returns credit.
+    credit: u32,
+    /// Parser state of the host's frames.
     rx_header: [u8; FRAME_HEADER_LEN],
     rx_header_len: usize,
     rx_kind: u8,
     rx_remaining: u32,
+    rx_credit: [u8; 4],
+    /// Stdin that arrived before the app asked for it.
+    stdin: VecDeque<u8>,
     stdin_eof: bool,
 }
 
 static CHANNEL: Mutex<Channel> = Mutex::new(Channel {
     link: Link::Serial,
     frame: Vec::new(),
+    credit: CHANNEL_WINDOW,
     rx_header: [0; FRAME_HEADER_LEN],
     rx_header_len: 0,
     rx_kind: 0,
     rx_remaining: 0,
+    rx_credit: [0; 4],
+    stdin: VecDeque::new(),
     stdin_eof: false,
 });
 
@@ -84,30 +92,42 @@ pub fn exit(record: &ExitRecord) -> ! {
 
 impl Channel {
     fn send(&mut self, kind: u8, bytes: &[u8]) {
-        match &mut self.link {
-            Link::Serial => {
-                if kind == to_host::STDOUT || kind == to_host::STDERR {
-                    serial_write(bytes);
-                }
+        if let Link::Serial = self.link {
+            if kind == to_host::STDOUT || kind == to_host::STDERR {
+                serial_write(bytes);
             }
-            Link::Virtio(console) => {
-                for chunk in bytes
-                    .chunks(SEND_CHUNK)
-                    .chain(bytes.is_empty().then_some(&[][..]))
-                {
-                    let header = FrameHeader {
-                        kind,
-                        len: chunk.len() as u32,
-                    };
-                    self.frame.clear();
-                    self.frame.extend_from_slice(&header.encode());
-                    self.frame.extend_from_slice(chunk);
-                    if console.0.send_bytes(&self.frame).is_err() {
-                        // The device refused the buffer: the host side is gone. Nothing is
-                        // left to report to.
-                        arch::triple_fault();
-                    }
-                }
+            return;
+        }
+        // The exit record may exceed one data frame; it is sent whole.
+        let chunk_len = if kind == to_host::EXIT {
+            bytes.len().max(1)
+        } else {
+            GUEST_FRAME_PAYLOAD
+        };
+        let empty: &[u8] = &[];
+        for chunk in bytes
+            .chunks(chunk_len)
+            .chain(bytes.is_empty().then_some(empty))
+        {
+            let len = (FRAME_HEADER_LEN + chunk.len()) as u32;
+            while self.credit < len.min(CHANNEL_WINDOW) {
+                self.poll_rx();
+            }
+            self.credit = self.credit.saturating_sub(len);
+            let header = FrameHeader {
+                kind,
+                len: chunk.len() as u32,
+            };
+            self.frame.clear();
+            self.frame.extend_from_slice(&header.encode());
+            self.frame.extend_from_slice(chunk);
+            let Link::Virtio(console) = &mut self.link else {
+                return;
+            };
+            if console.0.send_bytes(&self.frame).is_err() {
+                // The device refused the buffer: the host side is gone. Nothing is left to
+                // report to.
+                arch::triple_fault();
             }
         }
     }
@@ -125,53 +145,73 @@ impl Channel {
     }
 
     fn read_stdin(&mut self, buf: &mut [u8]) -> usize {
-        if buf.is_empty() {
+        if buf.is_empty() || matches!(self.link, Link::Serial) {
             return 0;
         }
-        let Link::Virtio(console) = &mut self.link else {
-            return 0;
-        };
-        let mut n = 0;
         loop {
-            if self.stdin_eof {
+            if !self.stdin.is_empty() {
+                let n = buf.len().min(self.stdin.len());
+                for (dst, src) in buf.iter_mut().zip(self.stdin.drain(..n)) {
+                    *dst = src;
+                }
                 return n;
             }
+            if self.stdin_eof {
+                return 0;
+            }
+            self.poll_rx();
+        }
+    }
+
+    /// Takes everything the host has sent so far off the device and parses it.
+    fn poll_rx(&mut self) {
+        loop {
+            let Link::Virtio(console) = &mut self.link else {
+                return;
+            };
             let byte = match console.0.recv(true) {
                 Ok(Some(b)) => b,
-                Ok(None) if n > 0 => return n,
-                Ok(None) => continue,
+                Ok(None) => return,
                 Err(_) => {
                     self.stdin_eof = true;
-                    continue;
+                    return;
                 }
             };
-            if self.rx_remaining == 0 {
-                // Assembling a frame header.
-                self.rx_header[self.rx_header_len] = byte;
-                self.rx_header_len += 1;
-                if self.rx_header_len < FRAME_HEADER_LEN {
-                    continue;
-                }
-                self.rx_header_len = 0;
-                match FrameHeader::decode(&self.rx_header) {
-                    Ok(h) if h.kind == to_guest::STDIN_EOF => self.stdin_eof = true,
-                    Ok(h) if h.len <= MAX_FRAME_PAYLOAD => {
-                        self.rx_kind = h.kind;
-                        self.rx_remaining = h.len;
-                    }
-                    // A garbled stream cannot be resynchronised: treat it as end of input.
-                    _ => self.stdin_eof = true,
-                }
-                continue;
+            self.rx_byte(byte);
+        }
+    }
+
+    fn rx_byte(&mut self, byte: u8) {
+        if self.rx_remaining == 0 {
+            self.rx_header[self.rx_header_len] = byte;
+            self.rx_header_len += 1;
+            if self.rx_header_len < FRAME_HEADER_LEN {
+                return;
             }
-            self.rx_remaining -= 1;
-            if self.rx_kind == to_guest::STDIN {
-                buf[n] = byte;
-                n += 1;
-                if n == buf.len() {
-                    return n;
+            self.rx_header_len = 0;
+            match FrameHeader::decode(&self.rx_header) {
+                Ok(h) if h.kind == to_guest::STDIN_EOF => self.stdin_eof = true,
+                Ok(h) => {
+                    self.rx_kind = h.kind;
+                    self.rx_remaining = h.len;
+                }
+                // A garbled stream cannot be resynchronised: treat it as end of input.
+                Err(_) => self.stdin_eof = true,
+            }
+            return;
+        }
+        self.rx_remaining -= 1;
+        match self.rx_kind {
+            to_guest::STDIN if !self.stdin_eof => self.stdin.push_back(byte),
+            to_guest::CREDIT => {
+                let i = 3 - self.rx_remaining.min(3) as usize;
+                self.rx_credit[i] = byte;
+                if self.rx_remaining == 0 {
+                    let returned = u32::from_le_bytes(self.rx_credit);
+                    self.credit = self.credit.saturating_add(returned).min(CHANNEL_WINDOW);
                 }
             }
+            _ => {}
         }
     }
 }

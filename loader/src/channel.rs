@@ -2,6 +2,7 @@
 //! guest's stdout, stderr, log lines and exit record, and frames stdin for the guest.
 
 use std::io::{self, Read, Write};
+use std::sync::Mutex;
 
 use wasmvm_abi::channel::{ExitRecord, FRAME_HEADER_LEN, FrameHeader, to_guest, to_host};
 
@@ -24,10 +25,30 @@ pub enum StreamEnd {
     Garbled(String),
 }
 
+/// Sends one frame to the guest. Frames from several threads (stdin, credit) go through one
+/// lock so they never interleave.
+pub fn send_frame<W: Write + ?Sized>(out: &Mutex<W>, kind: u8, payload: &[u8]) -> io::Result<()> {
+    let header = FrameHeader {
+        kind,
+        len: payload.len() as u32,
+    }
+    .encode();
+    let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
+    out.write_all(&header)?;
+    out.write_all(payload)?;
+    out.flush()
+}
+
 /// Reads frames from `input` until the exit record or end of stream, writing output as it
-/// arrives. Output errors on the host side (e.g. a closed pipe) drop that stream's data
-/// rather than stopping the guest.
-pub fn pump_guest_output(input: &mut dyn Read, sinks: &mut Sinks) -> io::Result<StreamEnd> {
+/// arrives and returning each frame's bytes to the guest as credit (see
+/// `wasmvm_abi::channel::CHANNEL_WINDOW`) once it has been written out, so a slow consumer
+/// slows the guest instead of losing data. Output errors on the host side (e.g. a closed
+/// pipe) drop that stream's data rather than stopping the guest.
+pub fn pump_guest_output(
+    input: &mut dyn Read,
+    sinks: &mut Sinks,
+    credit: &mut dyn FnMut(u32),
+) -> io::Result<StreamEnd> {
     let mut header = [0u8; FRAME_HEADER_LEN];
     let mut payload = Vec::new();
     loop {
@@ -66,6 +87,7 @@ pub fn pump_guest_output(input: &mut dyn Read, sinks: &mut Sinks) -> io::Result<
             }
             other => return Ok(StreamEnd::Garbled(format!("unknown frame kind {other}"))),
         }
+        credit((FRAME_HEADER_LEN + payload.len()) as u32);
     }
 }
 
@@ -86,7 +108,7 @@ fn read_full(input: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Copies `input` to the guest as stdin frames, then sends end of file. Returns when input
 /// ends or the guest side is gone.
-pub fn pump_stdin(input: &mut dyn Read, output: &mut dyn Write) {
+pub fn pump_stdin<W: Write + ?Sized>(input: &mut dyn Read, output: &Mutex<W>) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match input.read(&mut buf) {
@@ -99,18 +121,7 @@ pub fn pump_stdin(input: &mut dyn Read, output: &mut dyn Write) {
         } else {
             to_guest::STDIN
         };
-        let header = FrameHeader {
-            kind,
-            len: n as u32,
-        }
-        .encode();
-        if output
-            .write_all(&header)
-            .and_then(|()| output.write_all(&buf[..n]))
-            .is_err()
-            || n == 0
-        {
-            let _ = output.flush();
+        if send_frame(output, kind, &buf[..n]).is_err() || n == 0 {
             return;
         }
     }
@@ -166,20 +177,21 @@ mod tests {
             log: &mut log,
         };
         assert!(matches!(
-            pump_guest_output(&mut &stream[..], &mut sinks).unwrap(),
+            pump_guest_output(&mut &stream[..], &mut sinks, &mut |_| {}).unwrap(),
             StreamEnd::Closed
         ));
         let bad = [9u8, 1, 0, 0, 0, 0, 0, 0];
         assert!(matches!(
-            pump_guest_output(&mut &bad[..], &mut sinks).unwrap(),
+            pump_guest_output(&mut &bad[..], &mut sinks, &mut |_| {}).unwrap(),
             StreamEnd::Garbled(_)
         ));
     }
 
     #[test]
     fn stdin_is_framed_with_eof() {
-        let mut out = Vec::new();
-        pump_stdin(&mut &b"abc"[..], &mut out);
+        let out = Mutex::new(Vec::new());
+        pump_stdin(&mut &b"abc"[..], &out);
+        let out = out.into_inner().unwrap();
         let mut expected = frame(to_guest::STDIN, b"abc");
         expected.extend(frame(to_guest::STDIN_EOF, b""));
         assert_eq!(out, expected);

@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use thiserror::Error;
-use wasmvm_abi::channel::{ExitKind, ExitRecord, trap};
+use wasmvm_abi::channel::{ExitKind, ExitRecord};
 use wasmvm_abi::exit;
 
 /// Which hypervisor accelerator QEMU uses.
@@ -134,11 +134,7 @@ impl Ending {
         match r.kind {
             ExitKind::Exited => Ending::Exited(r.status),
             ExitKind::Trapped => Ending::Trapped {
-                message: if r.trap_code == Some(trap::HOST_ERROR) || r.trap_code.is_none() {
-                    r.message
-                } else {
-                    format!("wasm trap: {}", r.message)
-                },
+                message: r.message,
                 backtrace: r.backtrace,
             },
             ExitKind::KernelPanic => Ending::KernelPanic(r.message),

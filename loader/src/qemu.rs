@@ -9,12 +9,14 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use wasmvm_abi::bundle::RunConfig;
+use wasmvm_abi::channel::to_guest;
 use wasmvm_abi::exit::EXIT_PORT;
 
-use crate::channel::{Sinks, StreamEnd, pump_guest_output, pump_stdin};
+use crate::channel::{Sinks, StreamEnd, pump_guest_output, pump_stdin, send_frame};
 use crate::image::Image;
 use crate::{Accel, Control, Ending, RunError, RunEvent, RunIo, RunOptions, default_memory_mib};
 
@@ -170,11 +172,14 @@ pub fn run(
     });
 
     // stdin may block forever (a terminal): its thread is detached, not joined.
-    let mut stdin_sink = host_end
-        .try_clone()
-        .map_err(io_err("cloning the channel"))?;
+    let guest_writer = Arc::new(Mutex::new(
+        host_end
+            .try_clone()
+            .map_err(io_err("cloning the channel"))?,
+    ));
+    let stdin_sink = Arc::clone(&guest_writer);
     let mut stdin = io.stdin;
-    std::thread::spawn(move || pump_stdin(&mut stdin, &mut stdin_sink));
+    std::thread::spawn(move || pump_stdin(&mut stdin, &*stdin_sink));
 
     let deadline = opts.timeout.map(|t| started + t);
     let RunIo {
@@ -198,7 +203,14 @@ pub fn run(
                 stderr,
                 log: &mut log_line,
             };
-            let _ = tx.send(RunEvent::Stream(pump_guest_output(&mut reader, &mut sinks)));
+            let mut credit = |n: u32| {
+                let _ = send_frame(&guest_writer, to_guest::CREDIT, &n.to_le_bytes());
+            };
+            let _ = tx.send(RunEvent::Stream(pump_guest_output(
+                &mut reader,
+                &mut sinks,
+                &mut credit,
+            )));
         });
         let event = loop {
             let wait = match deadline {
