@@ -78,8 +78,8 @@ fn read_module(path: &Path) -> Result<Vec<u8>> {
 }
 
 fn pack(module: &Path, output: &Path, app: &AppArgs) -> Result<i32> {
-    let wasm = read_module(module)?;
     let opts = pack_options(module, app)?;
+    let wasm = read_module(module)?;
     let image = pack_module(KERNEL, &wasm, &opts)
         .with_context(|| format!("cannot pack {}", module.display()))?;
     write_atomically(output, &image)?;

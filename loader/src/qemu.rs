@@ -231,9 +231,10 @@ pub fn run(
             Some(RunEvent::Stop(reason)) => Ok(Ending::Stopped(reason)),
             None => Ok(Ending::TimedOut),
         };
-        // Whatever happened, QEMU must be gone before we return; after an exit record it is
-        // already leaving through isa-debug-exit.
-        if !matches!(ending, Ok(Ending::Exited(_) | Ending::Trapped { .. })) {
+        // Whatever happened, QEMU must be gone before we return. After an exit record it is
+        // already leaving through isa-debug-exit, and a closed stream means it has exited.
+        let leaving = matches!(ending, Ok(Ending::Exited(_) | Ending::Trapped { .. }) | Err(_));
+        if !leaving {
             let _ = child.kill();
         }
         let _ = host_end.shutdown(std::net::Shutdown::Both);
@@ -251,7 +252,12 @@ pub fn run(
         Ok(e) => Ok(e),
         Err(why) => {
             let status = status.map_err(io_err("waiting for QEMU"))?;
-            let qemu_stderr = qemu_stderr.trim().to_string();
+            // QEMU warns about CPU features it cannot offer; only other lines are failures.
+            let qemu_stderr = qemu_stderr
+                .lines()
+                .filter(|l| !l.contains("warning:"))
+                .collect::<Vec<_>>()
+                .join("\n");
             if !status.success() && !qemu_stderr.is_empty() {
                 return Err(RunError::QemuFailed {
                     status: status.to_string(),

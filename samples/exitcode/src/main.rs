@@ -25,6 +25,8 @@ fn main() {
             core::arch::wasm32::unreachable();
         }
         Some("spin") => {
+            // The readiness line tests wait for before they signal or time out the VM.
+            println!("spinning");
             let mut x: u64 = 0;
             loop {
                 x = std::hint::black_box(x.wrapping_add(1));

@@ -1,0 +1,104 @@
+//! Shared test plumbing: the `wasmvm` binary, samples built from source once per test
+//! process, and the KVM policy (`WASMVM_REQUIRE_KVM=1` turns a missing KVM into a failure;
+//! otherwise VM tests fall back to QEMU's TCG so they still boot a real VM).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+pub fn wasmvm() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_wasmvm"))
+}
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Builds every Rust sample for wasm32-wasip1 (once) and returns the path of `name`.
+pub fn sample(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let samples = root().join("samples");
+        let target = samples.join("target");
+        let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        cmd.current_dir(&samples)
+            .args(["build", "--release", "--locked", "--target", "wasm32-wasip1", "--target-dir"])
+            .arg(&target);
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy().into_owned();
+            if k.starts_with("CARGO_") || k == "RUSTFLAGS" || k.starts_with("RUSTC") {
+                cmd.env_remove(&k);
+            }
+        }
+        let out = cmd.output().expect("run cargo for the samples");
+        assert!(
+            out.status.success(),
+            "building samples failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        target.join("wasm32-wasip1/release")
+    });
+    dir.join(format!("{name}.wasm"))
+}
+
+/// `--accel` for VM tests: kvm when usable; tcg otherwise unless KVM is required.
+pub fn accel() -> &'static str {
+    static ACCEL: OnceLock<&str> = OnceLock::new();
+    ACCEL.get_or_init(|| {
+        let usable = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok();
+        if usable {
+            "kvm"
+        } else if std::env::var("WASMVM_REQUIRE_KVM").as_deref() == Ok("1") {
+            panic!("WASMVM_REQUIRE_KVM=1 but /dev/kvm is not usable");
+        } else {
+            eprintln!("note: /dev/kvm is not usable; VM tests run under TCG");
+            "tcg"
+        }
+    })
+}
+
+/// A scratch directory removed at the end of the test.
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("wasmvm-test-").tempdir().expect("tempdir")
+}
+
+/// `wasmvm pack MODULE -o OUT [extra...]`, asserting success.
+pub fn pack(module: &Path, out: &Path, extra: &[&str]) {
+    let o = wasmvm().arg("pack").arg(module).arg("-o").arg(out).args(extra).output().unwrap();
+    assert!(o.status.success(), "pack failed: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// `wasmvm run --accel A TARGET [extra...]` with stdin from `input`.
+pub fn run(target: &Path, extra: &[&str], input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = wasmvm()
+        .args(["run", "--accel", accel()])
+        .arg(target)
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

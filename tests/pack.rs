@@ -1,0 +1,129 @@
+//! `wasmvm pack` and `inspect`: validation, rejection messages, reproducibility. No VM.
+
+mod common;
+
+use common::*;
+
+fn pack_err(module_bytes: &[u8]) -> (i32, String) {
+    let dir = scratch();
+    let m = dir.path().join("app.wasm");
+    std::fs::write(&m, module_bytes).unwrap();
+    let o = wasmvm().arg("pack").arg(&m).arg("-o").arg(dir.path().join("app.img")).output().unwrap();
+    assert!(!dir.path().join("app.img").exists(), "a rejected module must not leave an image");
+    (o.status.code().unwrap(), stderr(&o))
+}
+
+#[test]
+fn rejects_a_text_file() {
+    let (code, err) = pack_err(b"this is not wasm\n");
+    assert_eq!(code, 253);
+    assert!(err.contains("not a WebAssembly module"), "{err}");
+}
+
+#[test]
+fn rejects_a_truncated_module() {
+    let full = std::fs::read(sample("hello")).unwrap();
+    let (code, err) = pack_err(&full[..full.len() / 2]);
+    assert_eq!(code, 253);
+    assert!(err.contains("invalid or unsupported module"), "{err}");
+}
+
+#[test]
+fn rejects_unknown_imports_listing_every_one() {
+    let wasm = wat::parse_str(
+        r#"(module
+            (import "env" "foo" (func))
+            (import "env" "bar" (func (param i32)))
+            (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+            (memory (export "memory") 1)
+            (func (export "_start")))"#,
+    )
+    .unwrap();
+    let (code, err) = pack_err(&wasm);
+    assert_eq!(code, 253);
+    assert!(err.contains("imports `env.foo`, which wasmvm does not provide"), "{err}");
+    assert!(err.contains("imports `env.bar`, which wasmvm does not provide"), "{err}");
+    assert!(!err.contains("fd_write"), "{err}");
+}
+
+#[test]
+fn rejects_wrong_wasi_signatures_components_and_missing_start() {
+    let wrong_sig = wat::parse_str(
+        r#"(module (import "wasi_snapshot_preview1" "proc_exit" (func (param i64)))
+            (memory (export "memory") 1) (func (export "_start")))"#,
+    )
+    .unwrap();
+    let (_, err) = pack_err(&wrong_sig);
+    assert!(err.contains("proc_exit` with the wrong signature"), "{err}");
+
+    let (_, err) = pack_err(b"\0asm\x0d\0\x01\0");
+    assert!(err.contains("component"), "{err}");
+
+    let reactor = wat::parse_str(r#"(module (memory (export "memory") 1) (func (export "run")))"#).unwrap();
+    let (_, err) = pack_err(&reactor);
+    assert!(err.contains("no `_start`"), "{err}");
+}
+
+#[test]
+fn packing_is_reproducible() {
+    let dir = scratch();
+    let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+    let args = ["--env", "K=V", "--", "x", "y"];
+    pack(&sample("hello"), &a, &args);
+    pack(&sample("hello"), &b, &args);
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+}
+
+#[test]
+fn inspect_reports_versions_module_and_settings() {
+    let dir = scratch();
+    let img = dir.path().join("hello.img");
+    pack(&sample("hello"), &img, &["--env", "GREETING=hi", "--argv0", "greeter", "--", "one", "two"]);
+    let o = wasmvm().arg("inspect").arg(&img).arg("--json").output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["abi_version"], 1);
+    assert_eq!(v["kernel_version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["module"]["name"], "hello.wasm");
+    assert_eq!(v["module"]["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(v["args"], serde_json::json!(["one", "two"]));
+    assert_eq!(v["env"], serde_json::json!(["GREETING=hi"]));
+    assert_eq!(v["argv0"], "greeter");
+    assert!(v["module"]["imports"].as_array().unwrap().iter().any(|i| i == "wasi_snapshot_preview1.fd_write"));
+    assert!(v["module"]["exports"].as_array().unwrap().iter().any(|e| e == "_start"));
+
+    let text = wasmvm().arg("inspect").arg(&img).output().unwrap();
+    assert!(stdout(&text).contains("ABI version 1"), "{}", stdout(&text));
+}
+
+#[test]
+fn inspect_refuses_non_images_and_tampered_bundles() {
+    let dir = scratch();
+    let o = wasmvm().arg("inspect").arg(sample("hello")).output().unwrap();
+    assert_eq!(o.status.code(), Some(253));
+    assert!(stderr(&o).contains("not a wasmvm image"), "{}", stderr(&o));
+
+    let img = dir.path().join("hello.img");
+    pack(&sample("hello"), &img, &[]);
+    let mut bytes = std::fs::read(&img).unwrap();
+    // Flip a byte in the middle of the module (it sits just before the program headers).
+    let at = bytes.len() - 4096;
+    bytes[at] ^= 0xff;
+    std::fs::write(&img, &bytes).unwrap();
+    let o = wasmvm().arg("inspect").arg(&img).output().unwrap();
+    assert_eq!(o.status.code(), Some(253));
+    assert!(stderr(&o).contains("checksum mismatch"), "{}", stderr(&o));
+}
+
+#[test]
+fn usage_errors_exit_253_and_version_works() {
+    let o = wasmvm().args(["run", "--timeout", "soon", "x.img"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(253));
+    assert!(stderr(&o).contains("not a duration"), "{}", stderr(&o));
+    let o = wasmvm().args(["pack", "a.wasm", "-o", "b.img", "--env", "NOEQUALS"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(253));
+    assert!(stderr(&o).contains("KEY=VALUE"), "{}", stderr(&o));
+    let o = wasmvm().arg("--version").output().unwrap();
+    assert!(o.status.success());
+    assert!(stdout(&o).contains(env!("CARGO_PKG_VERSION")));
+}

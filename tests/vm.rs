@@ -1,0 +1,214 @@
+//! Boots real images on KVM (or TCG where KVM is missing and not required) through the CLI
+//! and checks what the app and the user see.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+
+use common::*;
+
+#[test]
+fn hello_prints_its_greeting() {
+    let dir = scratch();
+    let img = dir.path().join("hello.img");
+    pack(&sample("hello"), &img, &[]);
+    let o = run(&img, &[], b"");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "Hello from a wasmvm VM!\n");
+    assert_eq!(stderr(&o), "");
+}
+
+#[test]
+fn exit_statuses_pass_through() {
+    let dir = scratch();
+    let img = dir.path().join("exit.img");
+    pack(&sample("exitcode"), &img, &[]);
+    for code in ["0", "1", "42", "125"] {
+        let o = run(&img, &["--", "exit", code], b"");
+        assert_eq!(o.status.code(), Some(code.parse().unwrap()), "{}", stderr(&o));
+        assert_eq!(stderr(&o), "");
+    }
+    // Like wasmtime: a status outside [0, 126) is an error reported as 1.
+    let o = run(&img, &["--", "exit", "200"], b"");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("outside WASI's range"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_trap_exits_134_with_its_message() {
+    let o = run(&sample("exitcode"), &["--", "trap"], b"");
+    assert_eq!(o.status.code(), Some(134));
+    assert!(
+        stderr(&o).contains("app trapped: wasm `unreachable` instruction executed"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn args_and_env_round_trip_and_run_time_overrides_win() {
+    let dir = scratch();
+    let img = dir.path().join("args.img");
+    pack(
+        &sample("exitcode"),
+        &img,
+        &["--env", "A=packed", "--env", "B=kept", "--", "args", "packed-arg"],
+    );
+    let o = run(&img, &[], b"");
+    assert_eq!(stdout(&o), "exitcode.wasm\nargs\npacked-arg\n");
+
+    let o = run(&img, &["--argv0", "renamed", "--", "args", "x y", "ü"], b"");
+    assert_eq!(stdout(&o), "renamed\nargs\nx y\nü\n");
+
+    let o = run(&img, &["--env", "A=run", "--env", "C=new", "--", "env"], b"");
+    let mut vars: Vec<_> = stdout(&o).lines().map(String::from).collect();
+    vars.sort();
+    assert_eq!(vars, ["A=run", "B=kept", "C=new"]);
+}
+
+#[test]
+fn stdout_and_stderr_stay_separate() {
+    let o = run(&sample("exitcode"), &["--", "stderr", "to-stderr"], b"");
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(stdout(&o), "out");
+    assert_eq!(stderr(&o), "to-stderr");
+}
+
+#[test]
+fn stdin_is_forwarded_intact_with_its_end_of_file() {
+    let o = run(&sample("exitcode"), &["--", "cat"], b"");
+    assert_eq!((o.status.code(), o.stdout.len()), (Some(0), 0));
+
+    // Several MB of binary data: every byte arrives, in order, through the flow-controlled
+    // channel in both directions.
+    let mut data = vec![0u8; 3 << 20];
+    let mut x: u32 = 12345;
+    for b in data.iter_mut() {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        *b = (x >> 16) as u8;
+    }
+    let o = run(&sample("exitcode"), &["--", "cat"], &data);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(o.stdout == data, "stdin copy differs ({} vs {} bytes)", o.stdout.len(), data.len());
+}
+
+#[test]
+fn a_timeout_stops_the_vm_with_status_252() {
+    let o = run(&sample("exitcode"), &["--timeout", "1s", "--", "spin"], b"");
+    assert_eq!(o.status.code(), Some(252), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "spinning\n");
+    assert!(stderr(&o).contains("timed out"), "{}", stderr(&o));
+}
+
+#[test]
+fn sigterm_and_sigint_stop_the_vm() {
+    for (signal, status) in [(libc_sigterm(), 143), (libc_sigint(), 130)] {
+        let mut child = wasmvm()
+            .args(["run", "--accel", accel()])
+            .arg(sample("exitcode"))
+            .args(["--", "spin"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line, "spinning\n");
+        let pid = child.id().to_string();
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(status), "{}", stderr(&o));
+    }
+}
+
+fn libc_sigterm() -> &'static str {
+    "TERM"
+}
+
+fn libc_sigint() -> &'static str {
+    "INT"
+}
+
+#[test]
+fn a_guest_crash_is_reported_as_such() {
+    // Overwrite the kernel's PVH entry with `ud2`: with no IDT the CPU triple-faults at once.
+    let dir = scratch();
+    let img = dir.path().join("crash.img");
+    pack(&sample("hello"), &img, &[]);
+    let mut bytes = std::fs::read(&img).unwrap();
+    let entry = u64::from_le_bytes(bytes[24..32].try_into().unwrap());
+    let phoff = u64::from_le_bytes(bytes[32..40].try_into().unwrap()) as usize;
+    let (vaddr, offset) = (
+        u64::from_le_bytes(bytes[phoff + 16..phoff + 24].try_into().unwrap()),
+        u64::from_le_bytes(bytes[phoff + 8..phoff + 16].try_into().unwrap()),
+    );
+    let at = (entry - vaddr + offset) as usize;
+    bytes[at..at + 2].copy_from_slice(&[0x0f, 0x0b]);
+    std::fs::write(&img, &bytes).unwrap();
+    let o = run(&img, &[], b"");
+    assert_eq!(o.status.code(), Some(251), "{}", stderr(&o));
+    assert!(stderr(&o).contains("guest crashed"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_bare_qemu_boots_the_image_and_ends() {
+    // The image is an ordinary PVH kernel: plain QEMU boots it with no wasmvm on the host,
+    // output on the serial port (TCG, where CPL-3 serial I/O works everywhere).
+    let dir = scratch();
+    let img = dir.path().join("hello.img");
+    pack(&sample("hello"), &img, &[]);
+    let o = std::process::Command::new("qemu-system-x86_64")
+        .args(["-M", "microvm", "-accel", "tcg", "-nographic", "-no-reboot", "-kernel"])
+        .arg(&img)
+        .stdin(Stdio::null())
+        .output()
+        .expect("qemu-system-x86_64 must be installed");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("Hello from a wasmvm VM!"), "{}", stdout(&o));
+}
+
+#[test]
+fn the_kernel_refuses_a_bundle_of_another_abi_version() {
+    let dir = scratch();
+    let img = dir.path().join("v2.img");
+    pack(&sample("hello"), &img, &[]);
+    let mut bytes = std::fs::read(&img).unwrap();
+    let magic = bytes.windows(8).rposition(|w| w == b"WASMVMB\0").unwrap();
+    bytes[magic + 8] = 2;
+    std::fs::write(&img, &bytes).unwrap();
+    // The host refuses it first...
+    let o = run(&img, &[], b"");
+    assert_eq!(o.status.code(), Some(253));
+    assert!(stderr(&o).contains("ABI version 2"), "{}", stderr(&o));
+    // ...and so does the kernel, booted without the host's check.
+    let o = std::process::Command::new("qemu-system-x86_64")
+        .args(["-M", "microvm", "-accel", "tcg", "-nographic", "-no-reboot", "-kernel"])
+        .arg(&img)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(stdout(&o).contains("ABI version 2"), "{}", stdout(&o));
+}
+
+#[test]
+fn run_packs_a_module_in_memory() {
+    let o = run(&sample("hello"), &["--env", "GREETING=hey", "--", "a"], b"");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "Hello from a wasmvm VM!\nargs: [\"a\"]\nGREETING=hey\n");
+}
+
+#[test]
+fn verbose_prints_boot_timings() {
+    let o = run(&sample("hello"), &["--verbose"], b"");
+    assert_eq!(o.status.code(), Some(0));
+    let err = stderr(&o);
+    assert!(err.contains("[wasmvm] host: QEMU started after"), "{err}");
+    assert!(err.contains("[wasmvm] guest: kernel: booted"), "{err}");
+    assert!(err.contains("[wasmvm] host: VM ended after"), "{err}");
+}
