@@ -8,8 +8,17 @@ fn pack_err(module_bytes: &[u8]) -> (i32, String) {
     let dir = scratch();
     let m = dir.path().join("app.wasm");
     std::fs::write(&m, module_bytes).unwrap();
-    let o = wasmvm().arg("pack").arg(&m).arg("-o").arg(dir.path().join("app.img")).output().unwrap();
-    assert!(!dir.path().join("app.img").exists(), "a rejected module must not leave an image");
+    let o = wasmvm()
+        .arg("pack")
+        .arg(&m)
+        .arg("-o")
+        .arg(dir.path().join("app.img"))
+        .output()
+        .unwrap();
+    assert!(
+        !dir.path().join("app.img").exists(),
+        "a rejected module must not leave an image"
+    );
     (o.status.code().unwrap(), stderr(&o))
 }
 
@@ -41,8 +50,14 @@ fn rejects_unknown_imports_listing_every_one() {
     .unwrap();
     let (code, err) = pack_err(&wasm);
     assert_eq!(code, 253);
-    assert!(err.contains("imports `env.foo`, which wasmvm does not provide"), "{err}");
-    assert!(err.contains("imports `env.bar`, which wasmvm does not provide"), "{err}");
+    assert!(
+        err.contains("imports `env.foo`, which wasmvm does not provide"),
+        "{err}"
+    );
+    assert!(
+        err.contains("imports `env.bar`, which wasmvm does not provide"),
+        "{err}"
+    );
     assert!(!err.contains("fd_write"), "{err}");
 }
 
@@ -59,7 +74,8 @@ fn rejects_wrong_wasi_signatures_components_and_missing_start() {
     let (_, err) = pack_err(b"\0asm\x0d\0\x01\0");
     assert!(err.contains("component"), "{err}");
 
-    let reactor = wat::parse_str(r#"(module (memory (export "memory") 1) (func (export "run")))"#).unwrap();
+    let reactor =
+        wat::parse_str(r#"(module (memory (export "memory") 1) (func (export "run")))"#).unwrap();
     let (_, err) = pack_err(&reactor);
     assert!(err.contains("no `_start`"), "{err}");
 }
@@ -78,8 +94,25 @@ fn packing_is_reproducible() {
 fn inspect_reports_versions_module_and_settings() {
     let dir = scratch();
     let img = dir.path().join("hello.img");
-    pack(&sample("hello"), &img, &["--env", "GREETING=hi", "--argv0", "greeter", "--", "one", "two"]);
-    let o = wasmvm().arg("inspect").arg(&img).arg("--json").output().unwrap();
+    pack(
+        &sample("hello"),
+        &img,
+        &[
+            "--env",
+            "GREETING=hi",
+            "--argv0",
+            "greeter",
+            "--",
+            "one",
+            "two",
+        ],
+    );
+    let o = wasmvm()
+        .arg("inspect")
+        .arg(&img)
+        .arg("--json")
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["abi_version"], 1);
@@ -89,8 +122,20 @@ fn inspect_reports_versions_module_and_settings() {
     assert_eq!(v["args"], serde_json::json!(["one", "two"]));
     assert_eq!(v["env"], serde_json::json!(["GREETING=hi"]));
     assert_eq!(v["argv0"], "greeter");
-    assert!(v["module"]["imports"].as_array().unwrap().iter().any(|i| i == "wasi_snapshot_preview1.fd_write"));
-    assert!(v["module"]["exports"].as_array().unwrap().iter().any(|e| e == "_start"));
+    assert!(
+        v["module"]["imports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i == "wasi_snapshot_preview1.fd_write")
+    );
+    assert!(
+        v["module"]["exports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == "_start")
+    );
 
     let text = wasmvm().arg("inspect").arg(&img).output().unwrap();
     assert!(stdout(&text).contains("ABI version 1"), "{}", stdout(&text));
@@ -99,7 +144,11 @@ fn inspect_reports_versions_module_and_settings() {
 #[test]
 fn inspect_refuses_non_images_and_tampered_bundles() {
     let dir = scratch();
-    let o = wasmvm().arg("inspect").arg(sample("hello")).output().unwrap();
+    let o = wasmvm()
+        .arg("inspect")
+        .arg(sample("hello"))
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(253));
     assert!(stderr(&o).contains("not a wasmvm image"), "{}", stderr(&o));
 
@@ -117,10 +166,16 @@ fn inspect_refuses_non_images_and_tampered_bundles() {
 
 #[test]
 fn usage_errors_exit_253_and_version_works() {
-    let o = wasmvm().args(["run", "--timeout", "soon", "x.img"]).output().unwrap();
+    let o = wasmvm()
+        .args(["run", "--timeout", "soon", "x.img"])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(253));
     assert!(stderr(&o).contains("not a duration"), "{}", stderr(&o));
-    let o = wasmvm().args(["pack", "a.wasm", "-o", "b.img", "--env", "NOEQUALS"]).output().unwrap();
+    let o = wasmvm()
+        .args(["pack", "a.wasm", "-o", "b.img", "--env", "NOEQUALS"])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(253));
     assert!(stderr(&o).contains("KEY=VALUE"), "{}", stderr(&o));
     let o = wasmvm().arg("--version").output().unwrap();

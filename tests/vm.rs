@@ -26,13 +26,22 @@ fn exit_statuses_pass_through() {
     pack(&sample("exitcode"), &img, &[]);
     for code in ["0", "1", "42", "125"] {
         let o = run(&img, &["--", "exit", code], b"");
-        assert_eq!(o.status.code(), Some(code.parse().unwrap()), "{}", stderr(&o));
+        assert_eq!(
+            o.status.code(),
+            Some(code.parse().unwrap()),
+            "{}",
+            stderr(&o)
+        );
         assert_eq!(stderr(&o), "");
     }
     // Like wasmtime: a status outside [0, 126) is an error reported as 1.
     let o = run(&img, &["--", "exit", "200"], b"");
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("outside WASI's range"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("outside WASI's range"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -53,7 +62,15 @@ fn args_and_env_round_trip_and_run_time_overrides_win() {
     pack(
         &sample("exitcode"),
         &img,
-        &["--env", "A=packed", "--env", "B=kept", "--", "args", "packed-arg"],
+        &[
+            "--env",
+            "A=packed",
+            "--env",
+            "B=kept",
+            "--",
+            "args",
+            "packed-arg",
+        ],
     );
     let o = run(&img, &[], b"");
     assert_eq!(stdout(&o), "exitcode.wasm\nargs\npacked-arg\n");
@@ -61,7 +78,11 @@ fn args_and_env_round_trip_and_run_time_overrides_win() {
     let o = run(&img, &["--argv0", "renamed", "--", "args", "x y", "ü"], b"");
     assert_eq!(stdout(&o), "renamed\nargs\nx y\nü\n");
 
-    let o = run(&img, &["--env", "A=run", "--env", "C=new", "--", "env"], b"");
+    let o = run(
+        &img,
+        &["--env", "A=run", "--env", "C=new", "--", "env"],
+        b"",
+    );
     let mut vars: Vec<_> = stdout(&o).lines().map(String::from).collect();
     vars.sort();
     assert_eq!(vars, ["A=run", "B=kept", "C=new"]);
@@ -90,7 +111,12 @@ fn stdin_is_forwarded_intact_with_its_end_of_file() {
     }
     let o = run(&sample("exitcode"), &["--", "cat"], &data);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(o.stdout == data, "stdin copy differs ({} vs {} bytes)", o.stdout.len(), data.len());
+    assert!(
+        o.stdout == data,
+        "stdin copy differs ({} vs {} bytes)",
+        o.stdout.len(),
+        data.len()
+    );
 }
 
 #[test]
@@ -114,7 +140,9 @@ fn sigterm_and_sigint_stop_the_vm() {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         assert_eq!(line, "spinning\n");
         let pid = child.id().to_string();
         let ok = std::process::Command::new("kill")
@@ -164,13 +192,25 @@ fn a_bare_qemu_boots_the_image_and_ends() {
     let img = dir.path().join("hello.img");
     pack(&sample("hello"), &img, &[]);
     let o = std::process::Command::new("qemu-system-x86_64")
-        .args(["-M", "microvm", "-accel", "tcg", "-nographic", "-no-reboot", "-kernel"])
+        .args([
+            "-M",
+            "microvm",
+            "-accel",
+            "tcg",
+            "-nographic",
+            "-no-reboot",
+            "-kernel",
+        ])
         .arg(&img)
         .stdin(Stdio::null())
         .output()
         .expect("qemu-system-x86_64 must be installed");
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).contains("Hello from a wasmvm VM!"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("Hello from a wasmvm VM!"),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[test]
@@ -188,7 +228,15 @@ fn the_kernel_refuses_a_bundle_of_another_abi_version() {
     assert!(stderr(&o).contains("ABI version 2"), "{}", stderr(&o));
     // ...and so does the kernel, booted without the host's check.
     let o = std::process::Command::new("qemu-system-x86_64")
-        .args(["-M", "microvm", "-accel", "tcg", "-nographic", "-no-reboot", "-kernel"])
+        .args([
+            "-M",
+            "microvm",
+            "-accel",
+            "tcg",
+            "-nographic",
+            "-no-reboot",
+            "-kernel",
+        ])
         .arg(&img)
         .stdin(Stdio::null())
         .output()
@@ -200,7 +248,10 @@ fn the_kernel_refuses_a_bundle_of_another_abi_version() {
 fn run_packs_a_module_in_memory() {
     let o = run(&sample("hello"), &["--env", "GREETING=hey", "--", "a"], b"");
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert_eq!(stdout(&o), "Hello from a wasmvm VM!\nargs: [\"a\"]\nGREETING=hey\n");
+    assert_eq!(
+        stdout(&o),
+        "Hello from a wasmvm VM!\nargs: [\"a\"]\nGREETING=hey\n"
+    );
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 pub mod channel;
 pub mod elf;
+pub mod host;
 pub mod image;
 pub mod module;
 pub mod pack;

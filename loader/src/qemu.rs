@@ -233,7 +233,10 @@ pub fn run(
         };
         // Whatever happened, QEMU must be gone before we return. After an exit record it is
         // already leaving through isa-debug-exit, and a closed stream means it has exited.
-        let leaving = matches!(ending, Ok(Ending::Exited(_) | Ending::Trapped { .. }) | Err(_));
+        let leaving = matches!(
+            ending,
+            Ok(Ending::Exited(_) | Ending::Trapped { .. }) | Err(_)
+        );
         if !leaving {
             let _ = child.kill();
         }

@@ -23,7 +23,14 @@ pub fn sample(name: &str) -> PathBuf {
         let target = samples.join("target");
         let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
         cmd.current_dir(&samples)
-            .args(["build", "--release", "--locked", "--target", "wasm32-wasip1", "--target-dir"])
+            .args([
+                "build",
+                "--release",
+                "--locked",
+                "--target",
+                "wasm32-wasip1",
+                "--target-dir",
+            ])
             .arg(&target);
         for (k, _) in std::env::vars_os() {
             let k = k.to_string_lossy().into_owned();
@@ -64,13 +71,27 @@ pub fn accel() -> &'static str {
 
 /// A scratch directory removed at the end of the test.
 pub fn scratch() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("wasmvm-test-").tempdir().expect("tempdir")
+    tempfile::Builder::new()
+        .prefix("wasmvm-test-")
+        .tempdir()
+        .expect("tempdir")
 }
 
 /// `wasmvm pack MODULE -o OUT [extra...]`, asserting success.
 pub fn pack(module: &Path, out: &Path, extra: &[&str]) {
-    let o = wasmvm().arg("pack").arg(module).arg("-o").arg(out).args(extra).output().unwrap();
-    assert!(o.status.success(), "pack failed: {}", String::from_utf8_lossy(&o.stderr));
+    let o = wasmvm()
+        .arg("pack")
+        .arg(module)
+        .arg("-o")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "pack failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// `wasmvm run --accel A TARGET [extra...]` with stdin from `input`.
