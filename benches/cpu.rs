@@ -86,8 +86,7 @@ fn main() {
 
     let (vm, host) = (median(vm_compute), median(host_compute));
     println!(
-        "CPU-bound sample (cpu.wasm {SIZE}), wasmi {}, median of {RUNS} runs, accel {}",
-        "2.0.0",
+        "CPU-bound sample (cpu.wasm {SIZE}), wasmi 2.0.0, median of {RUNS} runs, accel {}",
         common::accel()
     );
     println!("| where | compute (ms) | wall (ms) |");

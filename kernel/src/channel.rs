@@ -22,7 +22,7 @@ const COM1: u16 = 0x3f8;
 enum Link {
     /// No device yet: early boot, or a VMM without a console. Output goes to COM1 unframed.
     Serial,
-    Virtio(Pinned<Console>),
+    Virtio(alloc::boxed::Box<Pinned<Console>>),
 }
 
 struct Channel {
@@ -57,7 +57,7 @@ static CHANNEL: Mutex<Channel> = Mutex::new(Channel {
 
 /// Switches the channel to a virtio console.
 pub fn attach(console: Console) {
-    CHANNEL.lock().link = Link::Virtio(Pinned(console));
+    CHANNEL.lock().link = Link::Virtio(alloc::boxed::Box::new(Pinned(console)));
 }
 
 pub fn has_console() -> bool {

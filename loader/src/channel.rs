@@ -151,6 +151,7 @@ mod tests {
         stream.extend(frame(to_host::STDOUT, b"after"));
         let (mut out, mut err, mut logs) = (Vec::new(), Vec::new(), Vec::new());
         let mut log = |l: &str| logs.push(l.to_string());
+        let mut credited = 0;
         let end = pump_guest_output(
             &mut &stream[..],
             &mut Sinks {
@@ -158,9 +159,12 @@ mod tests {
                 stderr: &mut err,
                 log: &mut log,
             },
+            &mut |n| credited += n,
         )
         .unwrap();
         assert!(matches!(end, StreamEnd::Exit(r) if r.status == 3));
+        // Every data frame is returned as credit, headers included.
+        assert_eq!(credited, 3 * 8 + 3 + 3 + 6);
         assert_eq!((out.as_slice(), err.as_slice()), (&b"out"[..], &b"err"[..]));
         assert_eq!(logs, ["booted"]);
     }
