@@ -15,7 +15,16 @@ fn help(args: &[&str]) -> String {
 fn long_flags(help: &str) -> Vec<String> {
     help.split_whitespace()
         .filter(|w| w.starts_with("--") && w.len() > 2)
-        .map(|w| w.trim_end_matches([',', '.', ':']).split('=').next().unwrap().split('<').next().unwrap().to_string())
+        .map(|w| {
+            w.trim_end_matches([',', '.', ':'])
+                .split('=')
+                .next()
+                .unwrap()
+                .split('<')
+                .next()
+                .unwrap()
+                .to_string()
+        })
         .collect()
 }
 
@@ -23,12 +32,18 @@ fn long_flags(help: &str) -> Vec<String> {
 fn every_command_and_flag_is_documented() {
     let doc = std::fs::read_to_string(root().join("docs/cli.md")).unwrap();
     for cmd in ["pack", "run", "inspect", "doctor"] {
-        assert!(doc.contains(&format!("### `wasmvm {cmd}")), "docs/cli.md lacks `wasmvm {cmd}`");
+        assert!(
+            doc.contains(&format!("### `wasmvm {cmd}")),
+            "docs/cli.md lacks `wasmvm {cmd}`"
+        );
         for flag in long_flags(&help(&[cmd])) {
             if flag == "--help" || flag == "--version" {
                 continue;
             }
-            assert!(doc.contains(&format!("`{flag}")), "docs/cli.md lacks {flag} of `wasmvm {cmd}`");
+            assert!(
+                doc.contains(&format!("`{flag}")),
+                "docs/cli.md lacks {flag} of `wasmvm {cmd}`"
+            );
         }
     }
 }
@@ -49,7 +64,10 @@ fn exit_status_table_matches_the_abi() {
             .lines()
             .find(|l| l.starts_with(&format!("| {status} |")))
             .unwrap_or_else(|| panic!("docs/cli.md has no row for exit status {status}"));
-        assert!(row.contains(words), "row for {status} does not mention {words}: {row}");
+        assert!(
+            row.contains(words),
+            "row for {status} does not mention {words}: {row}"
+        );
     }
     assert!(doc.contains(&format!("0–{}", exit::MAX_APP_STATUS)));
 }

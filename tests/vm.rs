@@ -260,6 +260,7 @@ fn verbose_prints_boot_timings() {
     assert_eq!(o.status.code(), Some(0));
     let err = stderr(&o);
     assert!(err.contains("[wasmvm] host: QEMU started after"), "{err}");
-    assert!(err.contains("[wasmvm] guest: kernel: booted"), "{err}");
+    assert!(err.contains("[wasmvm] guest: kernel: ready"), "{err}");
+    assert!(err.contains("module compiled and instantiated in"), "{err}");
     assert!(err.contains("[wasmvm] host: VM ended after"), "{err}");
 }

@@ -5,19 +5,12 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use wasmi::{
-    Config, Engine, Error, Extern, FuncType, Linker, Memory, Module, Store, TrapCode, Val,
-};
+use wasmi::{Engine, Error, Linker, Module, Store, TrapCode};
 use wasmvm_abi::bundle::{BundleRef, Manifest, RunConfig};
 use wasmvm_abi::channel::{ExitKind, ExitRecord, trap};
-use wasmvm_wasi::{FUNCTIONS, MODULE, Wasi};
+use wasmvm_wasi::{Wasi, link};
 
 use crate::platform::KernelPlatform;
-
-struct HostState {
-    wasi: Wasi<KernelPlatform>,
-    memory: Option<Memory>,
-}
 
 /// Everything the app needs to start, merged from the bundle and the run configuration.
 pub struct Launch {
@@ -50,95 +43,34 @@ impl Launch {
     }
 }
 
-fn engine() -> Engine {
-    let mut config = Config::default();
-    config
-        .wasm_mutable_global(true)
-        .wasm_sign_extension(true)
-        .wasm_saturating_float_to_int(true)
-        .wasm_multi_value(true)
-        .wasm_multi_memory(true)
-        .wasm_bulk_memory(true)
-        .wasm_reference_types(true)
-        .wasm_tail_call(true)
-        .wasm_extended_const(true)
-        .wasm_simd(true);
-    Engine::new(&config)
-}
-
-fn val_type(t: wasmvm_wasi::ValType) -> wasmi::ValType {
-    match t {
-        wasmvm_wasi::ValType::I32 => wasmi::ValType::I32,
-        wasmvm_wasi::ValType::I64 => wasmi::ValType::I64,
-    }
-}
-
-fn link_wasi(linker: &mut Linker<HostState>) -> Result<(), Error> {
-    for sig in FUNCTIONS {
-        let ty = FuncType::new(
-            sig.params.iter().copied().map(val_type),
-            sig.results.iter().copied().map(val_type),
-        );
-        let func = sig.func;
-        linker.func_new(MODULE, sig.name, ty, move |mut caller, params, results| {
-            let mut args = [0u64; 9];
-            for (slot, v) in args.iter_mut().zip(params) {
-                *slot = match v {
-                    Val::I32(x) => *x as u32 as u64,
-                    Val::I64(x) => *x as u64,
-                    _ => 0,
-                };
-            }
-            let memory = match caller.data().memory {
-                Some(m) => m,
-                None => match caller.get_export("memory") {
-                    Some(Extern::Memory(m)) => m,
-                    _ => return Err(Error::new("the module exports no memory named `memory`")),
-                },
-            };
-            let (bytes, state) = memory.data_and_store_mut(&mut caller);
-            match state.wasi.call(func, bytes, &args[..params.len()]) {
-                Ok(errno) => {
-                    if let Some(slot) = results.first_mut() {
-                        *slot = Val::I32(errno.raw() as i32);
-                    }
-                    Ok(())
-                }
-                Err(exit) => Err(Error::i32_exit(exit.0 as i32)),
-            }
-        })?;
-    }
-    Ok(())
-}
-
 /// Runs the app to completion.
 pub fn run(launch: Launch) -> ExitRecord {
-    let engine = engine();
+    let started = crate::clock::monotonic_ns();
+    let engine = Engine::new(&link::engine_config());
     let module = match Module::new(&engine, launch.module) {
         Ok(m) => m,
         Err(e) => return ExitRecord::failed(ExitKind::BootFailed, format!("invalid module: {e}")),
     };
     let platform = KernelPlatform::new(launch.seed);
-    let state = HostState {
-        wasi: Wasi::new(platform, launch.args, launch.env),
-        memory: None,
-    };
-    let mut store = Store::new(&engine, state);
+    let mut store = Store::new(&engine, Wasi::new(platform, launch.args, launch.env));
     let mut linker = Linker::new(&engine);
-    if let Err(e) = link_wasi(&mut linker) {
+    if let Err(e) = link::add_to_linker(&mut linker) {
         return ExitRecord::failed(ExitKind::BootFailed, format!("linking WASI: {e}"));
     }
     let instance = match linker.instantiate_and_start(&mut store, &module) {
         Ok(i) => i,
         Err(e) => return outcome(e),
     };
-    store.data_mut().memory = instance.get_memory(&store, "memory");
     let start = match instance.get_typed_func::<(), ()>(&store, "_start") {
         Ok(f) => f,
         Err(e) => {
             return ExitRecord::failed(ExitKind::BootFailed, format!("no usable `_start`: {e}"));
         }
     };
+    crate::channel::log(&format!(
+        "kernel: module compiled and instantiated in {} us; calling _start",
+        (crate::clock::monotonic_ns() - started) / 1000
+    ));
     match start.call(&mut store, ()) {
         Ok(()) => ExitRecord::exited(0),
         Err(e) => outcome(e),

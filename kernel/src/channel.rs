@@ -60,13 +60,17 @@ pub fn attach(console: Console) {
     CHANNEL.lock().link = Link::Virtio(alloc::boxed::Box::new(Pinned(console)));
 }
 
-pub fn has_console() -> bool {
-    matches!(CHANNEL.lock().link, Link::Virtio(_))
-}
-
 /// Sends `bytes` as frames of `kind`.
 pub fn send(kind: u8, bytes: &[u8]) {
     CHANNEL.lock().send(kind, bytes);
+}
+
+/// Sends a kernel log line (shown by `wasmvm run --verbose`); dropped without a console.
+pub fn log(line: &str) {
+    let mut channel = CHANNEL.lock();
+    if let Link::Virtio(_) = channel.link {
+        channel.send(to_host::LOG, line.as_bytes());
+    }
 }
 
 /// Reads stdin into `buf`, waiting (by polling: the guest cannot halt at CPL 3) until at

@@ -72,6 +72,12 @@ pub fn init(realtime_at_launch_ns: Option<u64>) {
     REALTIME_AT_BOOT.store(realtime_at_launch_ns.unwrap_or(0), Ordering::Relaxed);
 }
 
+/// The kvmclock reading: nanoseconds since the hypervisor started the VM's clock (about VM
+/// creation), where KVM provides one.
+pub fn vm_clock_ns() -> Option<u64> {
+    kvmclock_ns()
+}
+
 /// Nanoseconds since boot; never goes backwards.
 pub fn monotonic_ns() -> u64 {
     raw_ns().saturating_sub(BOOT_NS.load(Ordering::Relaxed))

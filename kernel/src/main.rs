@@ -24,7 +24,7 @@ use alloc::string::String;
 use virtio_drivers::device::console::VirtIOConsole;
 use virtio_drivers::transport::DeviceType;
 use wasmvm_abi::bundle::{BUNDLE_HEADER_LEN, BundleHeader, BundleRef, RunConfig, bundle_load_addr};
-use wasmvm_abi::channel::{ExitKind, ExitRecord, to_host};
+use wasmvm_abi::channel::{ExitKind, ExitRecord};
 use wasmvm_abi::pvh::MEMMAP_TYPE_RAM;
 use wasmvm_abi::{ABI_VERSION, align_up, cmdline};
 
@@ -148,14 +148,14 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
         Ok(l) => l,
         Err(e) => fail(ExitKind::BootFailed, e),
     };
-    if channel::has_console() {
-        let (used, free) = heap::usage();
-        let line = format!(
-            "kernel: booted in {} us, heap {used} used / {free} free",
-            clock::monotonic_ns() / 1000
-        );
-        channel::send(to_host::LOG, line.as_bytes());
-    }
+    let (used, free) = heap::usage();
+    let since_vm_start = match clock::vm_clock_ns() {
+        Some(ns) => format!("{} us after VM start (kvmclock)", ns / 1000),
+        None => String::from("(no kvmclock: time since VM start unknown)"),
+    };
+    channel::log(&format!(
+        "kernel: ready {since_vm_start}, heap {used} bytes used / {free} free"
+    ));
     let record = app::run(launch);
     channel::exit(&record)
 }

@@ -4,10 +4,8 @@
 use std::io::{Read, Write};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use wasmi::{Engine, Error, Extern, FuncType, Linker, Module, Store, Val};
-use wasmvm_wasi::{Clock, FUNCTIONS, MODULE, Platform, Stdio, Wasi};
-
-use crate::module::engine_config;
+use wasmi::{Engine, Error, Linker, Module, Store};
+use wasmvm_wasi::{Clock, Platform, Stdio, Wasi, link};
 
 /// A [`Platform`] over the host process's own stdio and clocks.
 pub struct HostPlatform {
@@ -56,41 +54,11 @@ pub fn run(
     env: Vec<Vec<u8>>,
     platform: HostPlatform,
 ) -> Result<i32, Error> {
-    let engine = Engine::new(&engine_config());
+    let engine = Engine::new(&link::engine_config());
     let module = Module::new(&engine, wasm)?;
     let mut store = Store::new(&engine, Wasi::new(platform, args, env));
-    let mut linker = Linker::<Wasi<HostPlatform>>::new(&engine);
-    for sig in FUNCTIONS {
-        let t = |v: &wasmvm_wasi::ValType| match v {
-            wasmvm_wasi::ValType::I32 => wasmi::ValType::I32,
-            wasmvm_wasi::ValType::I64 => wasmi::ValType::I64,
-        };
-        let ty = FuncType::new(sig.params.iter().map(t), sig.results.iter().map(t));
-        let func = sig.func;
-        linker.func_new(MODULE, sig.name, ty, move |mut caller, params, results| {
-            let args: Vec<u64> = params
-                .iter()
-                .map(|v| match v {
-                    Val::I32(x) => *x as u32 as u64,
-                    Val::I64(x) => *x as u64,
-                    _ => 0,
-                })
-                .collect();
-            let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
-                return Err(Error::new("the module exports no memory named `memory`"));
-            };
-            let (bytes, wasi) = memory.data_and_store_mut(&mut caller);
-            match wasi.call(func, bytes, &args) {
-                Ok(errno) => {
-                    if let Some(slot) = results.first_mut() {
-                        *slot = Val::I32(errno.raw() as i32);
-                    }
-                    Ok(())
-                }
-                Err(exit) => Err(Error::i32_exit(exit.0 as i32)),
-            }
-        })?;
-    }
+    let mut linker = Linker::new(&engine);
+    link::add_to_linker(&mut linker)?;
     let instance = linker.instantiate_and_start(&mut store, &module)?;
     let start = instance.get_typed_func::<(), ()>(&store, "_start")?;
     match start.call(&mut store, ()) {

@@ -1,8 +1,8 @@
 //! Host-side checks of a wasm module before it is packed: everything the guest would refuse,
 //! found early and reported all at once.
 
-use wasmi::{Config, Engine, ExternType, Module};
-use wasmvm_wasi::{FUNCTIONS, MODULE};
+use wasmi::{Engine, ExternType, Module};
+use wasmvm_wasi::{FUNCTIONS, MODULE, link};
 
 /// What `pack` learned about a module that passed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,30 +11,6 @@ pub struct ModuleInfo {
     pub min_memory: u64,
     pub imports: Vec<String>,
     pub exports: Vec<String>,
-}
-
-/// The engine configuration shared with the kernel: every proposal wasmi supports.
-pub fn engine_config() -> Config {
-    let mut config = Config::default();
-    config
-        .wasm_mutable_global(true)
-        .wasm_sign_extension(true)
-        .wasm_saturating_float_to_int(true)
-        .wasm_multi_value(true)
-        .wasm_multi_memory(true)
-        .wasm_bulk_memory(true)
-        .wasm_reference_types(true)
-        .wasm_tail_call(true)
-        .wasm_extended_const(true)
-        .wasm_simd(true);
-    config
-}
-
-fn wasi_type(t: wasmvm_wasi::ValType) -> wasmi::ValType {
-    match t {
-        wasmvm_wasi::ValType::I32 => wasmi::ValType::I32,
-        wasmvm_wasi::ValType::I64 => wasmi::ValType::I64,
-    }
 }
 
 /// Checks `bytes`; on failure returns every problem found, each a sentence naming it.
@@ -66,7 +42,7 @@ pub fn check(bytes: &[u8]) -> Result<ModuleInfo, Vec<String>> {
             )]);
         }
     }
-    let engine = Engine::new(&engine_config());
+    let engine = Engine::new(&link::engine_config());
     let module = Module::new(&engine, bytes)
         .map_err(|e| vec![format!("invalid or unsupported module: {e}")])?;
 
@@ -87,9 +63,7 @@ pub fn check(bytes: &[u8]) -> Result<ModuleInfo, Vec<String>> {
         match known {
             None => problems.push(format!("imports `{name}`, which wasmvm does not provide")),
             Some(sig) => {
-                let params: Vec<_> = sig.params.iter().copied().map(wasi_type).collect();
-                let results: Vec<_> = sig.results.iter().copied().map(wasi_type).collect();
-                if ty.params() != params.as_slice() || ty.results() != results.as_slice() {
+                if *ty != link::func_type(sig) {
                     problems.push(format!("imports `{name}` with the wrong signature {ty:?}"));
                 }
             }

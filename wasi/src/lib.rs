@@ -11,6 +11,8 @@
 extern crate alloc;
 
 pub mod errno;
+#[cfg(feature = "wasmi")]
+pub mod link;
 pub mod memory;
 pub mod platform;
 pub mod signature;
