@@ -191,20 +191,7 @@ fn a_bare_qemu_boots_the_image_and_ends() {
     let dir = scratch();
     let img = dir.path().join("hello.img");
     pack(&sample("hello"), &img, &[]);
-    let o = std::process::Command::new("qemu-system-x86_64")
-        .args([
-            "-M",
-            "microvm",
-            "-accel",
-            "tcg",
-            "-nographic",
-            "-no-reboot",
-            "-kernel",
-        ])
-        .arg(&img)
-        .stdin(Stdio::null())
-        .output()
-        .expect("qemu-system-x86_64 must be installed");
+    let o = bare_qemu(&img);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         stdout(&o).contains("Hello from a wasmvm VM!"),
@@ -227,20 +214,7 @@ fn the_kernel_refuses_a_bundle_of_another_abi_version() {
     assert_eq!(o.status.code(), Some(253));
     assert!(stderr(&o).contains("ABI version 2"), "{}", stderr(&o));
     // ...and so does the kernel, booted without the host's check.
-    let o = std::process::Command::new("qemu-system-x86_64")
-        .args([
-            "-M",
-            "microvm",
-            "-accel",
-            "tcg",
-            "-nographic",
-            "-no-reboot",
-            "-kernel",
-        ])
-        .arg(&img)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let o = bare_qemu(&img);
     assert!(stdout(&o).contains("ABI version 2"), "{}", stdout(&o));
 }
 

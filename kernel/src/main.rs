@@ -101,10 +101,10 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
         }
     }
     for i in 0..start.nr_modules {
-        if let Some((m_start, _)) = phys::module_range(&start, i)
-            && m_start >= heap_start
+        if let Some(m) = phys::module_entry(&start, i)
+            && m.paddr >= heap_start
         {
-            heap_end = heap_end.min(m_start & !0xfff);
+            heap_end = heap_end.min(m.paddr & !0xfff);
         }
     }
     if heap_end <= heap_start + (1 << 20) {

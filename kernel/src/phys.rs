@@ -67,26 +67,19 @@ pub fn memmap<const N: usize>(start: &StartInfo) -> [Option<MemmapEntry>; N] {
     out
 }
 
-/// The `i`-th PVH module (under QEMU, `-initrd`), as bytes.
-pub fn module(start: &StartInfo, i: u32) -> Option<&'static [u8]> {
+/// The descriptor of the `i`-th PVH module (under QEMU, the `-initrd` file).
+pub fn module_entry(start: &StartInfo, i: u32) -> Option<pvh::Module> {
     if i >= start.nr_modules {
         return None;
     }
     let at = start
         .modlist_paddr
         .checked_add(i as u64 * pvh::MODLIST_ENTRY_LEN as u64)?;
-    let m = pvh::Module::decode(loader_bytes(at, pvh::MODLIST_ENTRY_LEN as u64)?).ok()?;
-    loader_bytes(m.paddr, m.size)
+    pvh::Module::decode(loader_bytes(at, pvh::MODLIST_ENTRY_LEN as u64)?).ok()
 }
 
-/// The raw descriptor of the `i`-th module, so the heap can avoid it.
-pub fn module_range(start: &StartInfo, i: u32) -> Option<(u64, u64)> {
-    if i >= start.nr_modules {
-        return None;
-    }
-    let at = start
-        .modlist_paddr
-        .checked_add(i as u64 * pvh::MODLIST_ENTRY_LEN as u64)?;
-    let m = pvh::Module::decode(loader_bytes(at, pvh::MODLIST_ENTRY_LEN as u64)?).ok()?;
-    Some((m.paddr, m.paddr.checked_add(m.size)?))
+/// The `i`-th PVH module's contents.
+pub fn module(start: &StartInfo, i: u32) -> Option<&'static [u8]> {
+    let m = module_entry(start, i)?;
+    loader_bytes(m.paddr, m.size)
 }

@@ -123,3 +123,22 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// Boots `image` on a bare `qemu-system-x86_64 -M microvm` under TCG, with no wasmvm on the
+/// host side: serial output, no channel, the VM ends by triple fault.
+pub fn bare_qemu(image: &Path) -> Output {
+    Command::new("qemu-system-x86_64")
+        .args([
+            "-M",
+            "microvm",
+            "-accel",
+            "tcg",
+            "-nographic",
+            "-no-reboot",
+            "-kernel",
+        ])
+        .arg(image)
+        .stdin(Stdio::null())
+        .output()
+        .expect("qemu-system-x86_64 must be installed")
+}
