@@ -70,6 +70,10 @@ pub struct AppArgs {
     /// argv[0] as the app sees it (default: the module's file name).
     #[arg(long, value_name = "NAME")]
     pub argv0: Option<OsString>,
+    /// Copy a host directory into the image and preopen it as GUEST (default: the same path;
+    /// repeatable). Writes stay in guest memory and vanish when the VM ends.
+    #[arg(long = "dir", value_name = "HOST[::GUEST]")]
+    pub dirs: Vec<OsString>,
     /// Arguments for the app, after `--`.
     #[arg(last = true, value_name = "ARGS")]
     pub args: Vec<OsString>,

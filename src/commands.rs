@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use wasmvm_abi::ABI_VERSION;
 use wasmvm_loader::image::{self, Image};
-use wasmvm_loader::pack::{PackOptions, check_env, pack_module};
+use wasmvm_loader::pack::{DirSpec, PackOptions, check_env, pack_module};
 use wasmvm_loader::{Accel, Control, RunIo, RunOptions, StopReason, elf::Elf, module, qemu};
 
 use crate::KERNEL;
@@ -70,6 +70,11 @@ fn pack_options(module: &Path, app: &AppArgs) -> Result<PackOptions> {
         argv0: app.argv0.as_ref().map(bytes),
         args: app.args.iter().map(bytes).collect(),
         env: env_list(app)?,
+        dirs: app
+            .dirs
+            .iter()
+            .map(|d| DirSpec::parse(d).map_err(|e| anyhow::anyhow!("--dir {e}")))
+            .collect::<Result<_>>()?,
     })
 }
 
@@ -131,6 +136,12 @@ fn run(target: &Path, app: &AppArgs, mut opts: RunOptions, verbose: bool) -> Res
         _packed = tmp;
         path
     } else {
+        if !app.dirs.is_empty() {
+            bail!(
+                "--dir is a packing option: give it to `wasmvm pack`, or run the .wasm module \
+                 directly; sharing live host directories with an image comes with the built-in VMM"
+            );
+        }
         opts.argv0 = app.argv0.as_ref().map(bytes);
         if !app.args.is_empty() {
             opts.args = Some(app.args.iter().map(bytes).collect());

@@ -238,3 +238,42 @@ fn verbose_prints_boot_timings() {
     assert!(err.contains("module compiled and instantiated in"), "{err}");
     assert!(err.contains("[wasmvm] host: VM ended after"), "{err}");
 }
+
+#[test]
+fn packed_directories_are_preopened_and_writable_in_guest_memory() {
+    let dir = scratch();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("sub")).unwrap();
+    std::fs::write(data.join("input.txt"), "hello files").unwrap();
+    let img = dir.path().join("files.img");
+    let spec = format!("{}::/data", data.display());
+    pack(&sample("files"), &img, &["--dir", &spec]);
+    let o = run(&img, &[], b"");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "initial: [\"input.txt\", \"sub/\"]\n\
+         input.txt: \"hello files\"\n\
+         result from offset 1: \"ELLO FILES!\\n\"\n\
+         size: 13\n\
+         out: [\"renamed.txt\"]\n\
+         escape: refused (Uncategorized)\n\
+         final: [\"input.txt\", \"sub/\"]\n"
+    );
+    // The guest's writes lived in its memory: the host directory is unchanged.
+    let mut names: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["input.txt", "sub"]);
+
+    // --dir belongs to packing; an image refuses it at run time with a clear message.
+    let o = run(&img, &["--dir", &spec], b"");
+    assert_eq!(o.status.code(), Some(253));
+    assert!(
+        stderr(&o).contains("--dir is a packing option"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -131,6 +131,62 @@ pub mod tag {
     pub const REALTIME_NS: u32 = 7;
     /// Run configuration only: 32 bytes of fresh host entropy for the guest's CSPRNG seed.
     pub const RANDOM_SEED: u32 = 8;
+    /// A preopened directory: its guest path. Preopens get descriptors 3, 4, ... in order.
+    pub const PREOPEN: u32 = 9;
+    /// One file, directory or symlink inside a preopen: `u32` preopen index, `u8` kind
+    /// ([`FsNodeKind`](super::FsNodeKind)), `u32` path length, the path (relative, `/`
+    /// separated, parents before children), then the contents (file data, symlink target).
+    pub const FS_NODE: u32 = 10;
+}
+
+/// What an [`FsNode`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsNodeKind {
+    Dir = 0,
+    File = 1,
+    Symlink = 2,
+}
+
+/// One entry of a packed directory tree.
+#[cfg(feature = "alloc")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsNode {
+    pub preopen: u32,
+    pub kind: FsNodeKind,
+    pub path: Vec<u8>,
+    pub contents: Vec<u8>,
+}
+
+#[cfg(feature = "alloc")]
+impl FsNode {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(9 + self.path.len() + self.contents.len());
+        v.extend_from_slice(&self.preopen.to_le_bytes());
+        v.push(self.kind as u8);
+        v.extend_from_slice(&(self.path.len() as u32).to_le_bytes());
+        v.extend_from_slice(&self.path);
+        v.extend_from_slice(&self.contents);
+        v
+    }
+
+    fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let preopen = le_u32(b, 0)?;
+        let kind = match b.get(4) {
+            Some(0) => FsNodeKind::Dir,
+            Some(1) => FsNodeKind::File,
+            Some(2) => FsNodeKind::Symlink,
+            Some(_) => return Err(DecodeError::Malformed("file system node kind")),
+            None => return Err(DecodeError::Truncated),
+        };
+        let len = le_u32(b, 5)? as usize;
+        let path = b.get(9..9 + len).ok_or(DecodeError::Truncated)?.to_vec();
+        Ok(FsNode {
+            preopen,
+            kind,
+            path,
+            contents: b[9 + len..].to_vec(),
+        })
+    }
 }
 
 /// Packed configuration of the app, stored in the bundle manifest.
@@ -143,6 +199,10 @@ pub struct Manifest {
     /// `KEY=VALUE` entries, in order.
     pub env: Vec<Vec<u8>>,
     pub min_memory: u64,
+    /// Guest paths of the preopened directories, in descriptor order.
+    pub preopens: Vec<Vec<u8>>,
+    /// Their contents.
+    pub fs_nodes: Vec<FsNode>,
 }
 
 #[cfg(feature = "alloc")]
@@ -161,6 +221,12 @@ impl Manifest {
             push_record(&mut out, tag::ENV, var);
         }
         push_record(&mut out, tag::MIN_MEMORY, &self.min_memory.to_le_bytes());
+        for p in &self.preopens {
+            push_record(&mut out, tag::PREOPEN, p);
+        }
+        for n in &self.fs_nodes {
+            push_record(&mut out, tag::FS_NODE, &n.encode());
+        }
         out
     }
 
@@ -174,6 +240,8 @@ impl Manifest {
                 tag::ARG => m.args.push(record.value.to_vec()),
                 tag::ENV => m.env.push(record.value.to_vec()),
                 tag::MIN_MEMORY => m.min_memory = le_u64(record.value, 0)?,
+                tag::PREOPEN => m.preopens.push(record.value.to_vec()),
+                tag::FS_NODE => m.fs_nodes.push(FsNode::decode(record.value)?),
                 _ => {}
             }
         }
@@ -290,6 +358,21 @@ mod tests {
             args: vec![b"a".to_vec(), b"".to_vec()],
             env: vec![b"K=V".to_vec()],
             min_memory: 1 << 20,
+            preopens: vec![b"/".to_vec()],
+            fs_nodes: vec![
+                FsNode {
+                    preopen: 0,
+                    kind: FsNodeKind::Dir,
+                    path: b"d".to_vec(),
+                    contents: vec![],
+                },
+                FsNode {
+                    preopen: 0,
+                    kind: FsNodeKind::File,
+                    path: b"d/f".to_vec(),
+                    contents: b"data".to_vec(),
+                },
+            ],
         };
         let m = manifest.encode();
         let module = b"\0asm\x01\0\0\0";

@@ -6,8 +6,9 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use wasmi::{Engine, Error, Linker, Module, Store, TrapCode};
-use wasmvm_abi::bundle::{BundleRef, Manifest, RunConfig};
+use wasmvm_abi::bundle::{BundleRef, FsNode, FsNodeKind, Manifest, RunConfig};
 use wasmvm_abi::channel::{ExitKind, ExitRecord, trap};
+use wasmvm_wasi::fs::Kind;
 use wasmvm_wasi::{Wasi, link};
 
 use crate::platform::KernelPlatform;
@@ -18,6 +19,10 @@ pub struct Launch {
     pub args: Vec<Vec<u8>>,
     pub env: Vec<Vec<u8>>,
     pub seed: Option<[u8; 32]>,
+    pub preopens: Vec<Vec<u8>>,
+    pub fs_nodes: Vec<FsNode>,
+    /// Wall-clock time for the packed files' timestamps.
+    pub now_ns: u64,
 }
 
 impl Launch {
@@ -39,6 +44,9 @@ impl Launch {
             args,
             env,
             seed: run.random_seed,
+            preopens: manifest.preopens,
+            fs_nodes: manifest.fs_nodes,
+            now_ns: run.realtime_ns.unwrap_or(0),
         })
     }
 }
@@ -52,7 +60,11 @@ pub fn run(launch: Launch) -> ExitRecord {
         Err(e) => return ExitRecord::failed(ExitKind::BootFailed, format!("invalid module: {e}")),
     };
     let platform = KernelPlatform::new(launch.seed);
-    let mut store = Store::new(&engine, Wasi::new(platform, launch.args, launch.env));
+    let mut wasi = Wasi::new(platform, launch.args, launch.env);
+    if let Err(e) = populate(&mut wasi, &launch.preopens, launch.fs_nodes, launch.now_ns) {
+        return ExitRecord::failed(ExitKind::BootFailed, e);
+    }
+    let mut store = Store::new(&engine, wasi);
     let mut linker = Linker::new(&engine);
     if let Err(e) = link::add_to_linker(&mut linker) {
         return ExitRecord::failed(ExitKind::BootFailed, format!("linking WASI: {e}"));
@@ -75,6 +87,45 @@ pub fn run(launch: Launch) -> ExitRecord {
         Ok(()) => ExitRecord::exited(0),
         Err(e) => outcome(e),
     }
+}
+
+/// Builds the packed directory trees in the WASI filesystem and preopens them, in order.
+fn populate(
+    wasi: &mut Wasi<KernelPlatform>,
+    preopens: &[Vec<u8>],
+    nodes: Vec<FsNode>,
+    now: u64,
+) -> Result<(), String> {
+    let mut roots = Vec::new();
+    for (i, guest) in preopens.iter().enumerate() {
+        let root = wasi
+            .fs()
+            .mkdir_all(format!("{i}").as_bytes())
+            .map_err(|e| format!("preopen {i}: errno {}", e.0))?;
+        roots.push((root, guest));
+    }
+    for node in nodes {
+        let shown = || String::from_utf8_lossy(&node.path).into_owned();
+        let &(root, _) = roots
+            .get(node.preopen as usize)
+            .ok_or_else(|| format!("packed file {} names a missing preopen", shown()))?;
+        let fs = wasi.fs();
+        let parent = fs
+            .parent(root, &node.path)
+            .map_err(|e| format!("packed file {}: errno {}", shown(), e.0))?;
+        let (dir, name) = (parent.dir, parent.name.to_vec());
+        let kind = match node.kind {
+            FsNodeKind::Dir => Kind::Dir(Default::default(), 0),
+            FsNodeKind::File => Kind::File(node.contents),
+            FsNodeKind::Symlink => Kind::Symlink(node.contents),
+        };
+        fs.create(dir, &name, kind, now)
+            .map_err(|e| format!("packed file {}: errno {}", shown(), e.0))?;
+    }
+    for (root, guest) in roots {
+        wasi.preopen(root, guest);
+    }
+    Ok(())
 }
 
 /// Classifies how a call into the module failed.

@@ -221,9 +221,10 @@ pub fn check_kvm() -> Result<(), RunError> {
         })
 }
 
-/// Default guest RAM for a module: kernel, interpreter state and twice the module's
-/// minimum memory (room to grow), rounded up to 2 MiB; at least 64 MiB.
-pub fn default_memory_mib(module_len: u64, min_memory: u64) -> u64 {
-    let bytes = (32 << 20) + 8 * module_len + 2 * min_memory;
+/// Default guest RAM for a bundle: kernel, interpreter state (about 8× the bundle, which
+/// holds the module and any packed files, copied once more into the heap) and twice the
+/// module's minimum memory (room to grow), rounded up to 2 MiB; at least 64 MiB.
+pub fn default_memory_mib(bundle_len: u64, min_memory: u64) -> u64 {
+    let bytes = (32 << 20) + 8 * bundle_len + 2 * min_memory;
     (bytes.div_ceil(2 << 20) * 2).max(64)
 }

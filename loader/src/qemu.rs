@@ -128,7 +128,7 @@ pub fn run(
     let bytes = std::fs::read(image_path).map_err(io_err("reading the image"))?;
     let image = Image::parse(&bytes)?;
     let memory_mib = opts.memory_mib.unwrap_or_else(|| {
-        default_memory_mib(image.bundle.module.len() as u64, image.manifest.min_memory)
+        default_memory_mib(image.bundle.header.total_len(), image.manifest.min_memory)
     });
     drop(bytes);
     if opts.accel == Accel::Kvm {

@@ -11,6 +11,7 @@
 extern crate alloc;
 
 pub mod errno;
+mod files;
 pub mod fs;
 #[cfg(feature = "wasmi")]
 pub mod link;

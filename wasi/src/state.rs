@@ -1,40 +1,127 @@
 //! The WASI state of one app (arguments, environment, descriptors) and the call dispatcher.
+//! Filesystem calls live in `files.rs`.
 
 use alloc::vec::Vec;
 
 use crate::Exit;
 use crate::errno::{Errno, WasiResult};
+use crate::fs::{Fs, Ino};
 use crate::memory::GuestMemory;
 use crate::platform::{Clock, Platform, Stdio};
 use crate::signature::Func;
 
-/// `filetype::character_device`.
-const FILETYPE_CHARACTER_DEVICE: u8 = 2;
-const RIGHT_FD_READ: u64 = 1 << 1;
-const RIGHT_FD_FDSTAT_SET_FLAGS: u64 = 1 << 3;
-const RIGHT_FD_WRITE: u64 = 1 << 6;
-const RIGHT_FD_FILESTAT_GET: u64 = 1 << 21;
-const RIGHT_POLL_FD_READWRITE: u64 = 1 << 27;
+pub(crate) mod filetype {
+    pub const CHARACTER_DEVICE: u8 = 2;
+    pub const DIRECTORY: u8 = 3;
+    pub const REGULAR_FILE: u8 = 4;
+    pub const SYMBOLIC_LINK: u8 = 7;
+}
+
+pub(crate) mod rights {
+    pub const FD_DATASYNC: u64 = 1 << 0;
+    pub const FD_READ: u64 = 1 << 1;
+    pub const FD_SEEK: u64 = 1 << 2;
+    pub const FD_FDSTAT_SET_FLAGS: u64 = 1 << 3;
+    pub const FD_SYNC: u64 = 1 << 4;
+    pub const FD_TELL: u64 = 1 << 5;
+    pub const FD_WRITE: u64 = 1 << 6;
+    pub const FD_ADVISE: u64 = 1 << 7;
+    pub const FD_ALLOCATE: u64 = 1 << 8;
+    pub const FD_READDIR: u64 = 1 << 14;
+    pub const FD_FILESTAT_GET: u64 = 1 << 21;
+    pub const FD_FILESTAT_SET_SIZE: u64 = 1 << 22;
+    pub const FD_FILESTAT_SET_TIMES: u64 = 1 << 23;
+    pub const POLL_FD_READWRITE: u64 = 1 << 27;
+    /// Every right of a regular file.
+    pub const FILE: u64 = FD_DATASYNC
+        | FD_READ
+        | FD_SEEK
+        | FD_FDSTAT_SET_FLAGS
+        | FD_SYNC
+        | FD_TELL
+        | FD_WRITE
+        | FD_ADVISE
+        | FD_ALLOCATE
+        | FD_FILESTAT_GET
+        | FD_FILESTAT_SET_SIZE
+        | FD_FILESTAT_SET_TIMES
+        | POLL_FD_READWRITE;
+    /// Every right of a directory (the path_* rights, readdir and stat).
+    pub const DIR: u64 = FD_FDSTAT_SET_FLAGS
+        | FD_SYNC
+        | FD_ADVISE
+        | FD_READDIR
+        | FD_FILESTAT_GET
+        | FD_FILESTAT_SET_TIMES
+        | (0x1ff << 9) // path_create_directory .. path_filestat_set_times
+        | (0b111 << 24) // path_symlink, path_remove_directory, path_unlink_file
+        | (1 << 15); // path_readlink
+    pub const STDIN: u64 = FD_READ | FD_FDSTAT_SET_FLAGS | FD_FILESTAT_GET | POLL_FD_READWRITE;
+    pub const STDOUT: u64 = FD_WRITE | FD_FDSTAT_SET_FLAGS | FD_FILESTAT_GET | POLL_FD_READWRITE;
+}
+
+pub(crate) mod fdflags {
+    pub const APPEND: u16 = 1 << 0;
+    pub const NONBLOCK: u16 = 1 << 2;
+}
+
 /// Largest buffer one `random_get` or `fd_read` fills in one go from the platform.
 const CHUNK: usize = 64 * 1024;
 
+/// What a descriptor refers to.
+#[derive(Debug, Clone)]
+pub(crate) enum Entry {
+    Stdin,
+    Out(Stdio),
+    Dir {
+        ino: Ino,
+        /// The guest path it was preopened as, for `fd_prestat_*`.
+        preopen: Option<Vec<u8>>,
+    },
+    File {
+        ino: Ino,
+        offset: u64,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Fd {
+    pub entry: Entry,
+    pub rights: u64,
+    pub inheriting: u64,
+    pub flags: u16,
+}
+
 /// The WASI world of one app.
 pub struct Wasi<P> {
-    platform: P,
+    pub(crate) platform: P,
     args: Vec<Vec<u8>>,
     env: Vec<Vec<u8>>,
-    /// Whether fds 0, 1 and 2 are still open.
-    stdio_open: [bool; 3],
+    pub(crate) fds: Vec<Option<Fd>>,
+    pub(crate) fs: Fs,
 }
 
 impl<P: Platform> Wasi<P> {
-    /// `args` includes argv[0]; `env` holds `KEY=VALUE` entries.
+    /// `args` includes argv[0]; `env` holds `KEY=VALUE` entries. Descriptors 0–2 are stdio.
     pub fn new(platform: P, args: Vec<Vec<u8>>, env: Vec<Vec<u8>>) -> Self {
+        let stdio = |entry, rights| {
+            Some(Fd {
+                entry,
+                rights,
+                inheriting: 0,
+                flags: 0,
+            })
+        };
         Wasi {
             platform,
             args,
             env,
-            stdio_open: [true; 3],
+            fds: alloc::vec![
+                stdio(Entry::Stdin, rights::STDIN),
+                stdio(Entry::Out(Stdio::Stdout), rights::STDOUT),
+                stdio(Entry::Out(Stdio::Stderr), rights::STDOUT),
+            ],
+            fs: Fs::new(),
         }
     }
 
@@ -42,39 +129,112 @@ impl<P: Platform> Wasi<P> {
         &mut self.platform
     }
 
+    /// The filesystem behind preopened directories, to fill before the app starts.
+    pub fn fs(&mut self) -> &mut Fs {
+        &mut self.fs
+    }
+
+    /// Preopens directory `ino` of [`Self::fs`] as `guest_path`; returns its descriptor.
+    pub fn preopen(&mut self, ino: Ino, guest_path: &[u8]) -> u32 {
+        self.insert(Fd {
+            entry: Entry::Dir {
+                ino,
+                preopen: Some(guest_path.to_vec()),
+            },
+            rights: rights::DIR,
+            inheriting: rights::DIR | rights::FILE,
+            flags: 0,
+        })
+    }
+
+    /// Puts `fd` in the lowest free slot.
+    pub(crate) fn insert(&mut self, fd: Fd) -> u32 {
+        match self.fds.iter().position(Option::is_none) {
+            Some(i) => {
+                self.fds[i] = Some(fd);
+                i as u32
+            }
+            None => {
+                self.fds.push(Some(fd));
+                (self.fds.len() - 1) as u32
+            }
+        }
+    }
+
+    pub(crate) fn fd(&self, fd: u32) -> WasiResult<&Fd> {
+        self.fds
+            .get(fd as usize)
+            .and_then(Option::as_ref)
+            .ok_or(Errno::BADF)
+    }
+
+    pub(crate) fn fd_mut(&mut self, fd: u32) -> WasiResult<&mut Fd> {
+        self.fds
+            .get_mut(fd as usize)
+            .and_then(Option::as_mut)
+            .ok_or(Errno::BADF)
+    }
+
+    pub(crate) fn now(&mut self) -> u64 {
+        self.platform.now_ns(Clock::Realtime)
+    }
+
     /// Runs one WASI function. `args` are the wasm arguments, zero-extended to 64 bits, in the
     /// order of the function's signature (the caller checked their count and types).
     pub fn call(&mut self, func: Func, memory: &mut [u8], args: &[u64]) -> Result<Errno, Exit> {
         let mut mem = GuestMemory::new(memory);
-        let a32 = |i: usize| args.get(i).copied().unwrap_or(0) as u32;
+        let a = |i: usize| args.get(i).copied().unwrap_or(0);
+        let a32 = |i: usize| a(i) as u32;
+        let m = &mut mem;
         let result = match func {
-            Func::ArgsGet => Self::strings_get(&self.args, &mut mem, a32(0), a32(1)),
-            Func::ArgsSizesGet => Self::strings_sizes(&self.args, &mut mem, a32(0), a32(1)),
-            Func::EnvironGet => Self::strings_get(&self.env, &mut mem, a32(0), a32(1)),
-            Func::EnvironSizesGet => Self::strings_sizes(&self.env, &mut mem, a32(0), a32(1)),
-            Func::ClockResGet => self.clock_res_get(&mut mem, a32(0), a32(1)),
-            Func::ClockTimeGet => self.clock_time_get(&mut mem, a32(0), a32(2)),
-            Func::FdWrite => self.fd_write(&mut mem, a32(0), a32(1), a32(2), a32(3)),
-            Func::FdRead => self.fd_read(&mut mem, a32(0), a32(1), a32(2), a32(3)),
+            Func::ArgsGet => Self::strings_get(&self.args, m, a32(0), a32(1)),
+            Func::ArgsSizesGet => Self::strings_sizes(&self.args, m, a32(0), a32(1)),
+            Func::EnvironGet => Self::strings_get(&self.env, m, a32(0), a32(1)),
+            Func::EnvironSizesGet => Self::strings_sizes(&self.env, m, a32(0), a32(1)),
+            Func::ClockResGet => self.clock_res_get(m, a32(0), a32(1)),
+            Func::ClockTimeGet => self.clock_time_get(m, a32(0), a32(2)),
+            Func::FdWrite => self.fd_write(m, a32(0), a32(1), a32(2), None, a32(3)),
+            Func::FdPwrite => self.fd_write(m, a32(0), a32(1), a32(2), Some(a(3)), a32(4)),
+            Func::FdRead => self.fd_read(m, a32(0), a32(1), a32(2), None, a32(3)),
+            Func::FdPread => self.fd_read(m, a32(0), a32(1), a32(2), Some(a(3)), a32(4)),
             Func::FdClose => self.fd_close(a32(0)),
-            Func::FdFdstatGet => self.fd_fdstat_get(&mut mem, a32(0), a32(1)),
-            Func::FdPrestatGet | Func::FdPrestatDirName => {
-                self.check_fd(a32(0)).and(Err(Errno::BADF))
+            Func::FdFdstatGet => self.fd_fdstat_get(m, a32(0), a32(1)),
+            Func::FdFdstatSetFlags => self.fd_fdstat_set_flags(a32(0), a32(1)),
+            Func::FdFdstatSetRights => self.fd_fdstat_set_rights(a32(0), a(1), a(2)),
+            Func::FdPrestatGet => self.fd_prestat_get(m, a32(0), a32(1)),
+            Func::FdPrestatDirName => self.fd_prestat_dir_name(m, a32(0), a32(1), a32(2)),
+            Func::FdSeek => self.fd_seek(m, a32(0), a(1) as i64, a32(2), a32(3)),
+            Func::FdTell => self.fd_seek(m, a32(0), 0, 1, a32(1)),
+            Func::FdSync | Func::FdDatasync => self.fd_sync(a32(0)),
+            Func::FdAdvise => self.fd_advise(a32(0), a32(3)),
+            Func::FdAllocate => self.fd_allocate(a32(0), a(1), a(2)),
+            Func::FdFilestatGet => self.fd_filestat_get(m, a32(0), a32(1)),
+            Func::FdFilestatSetSize => self.fd_filestat_set_size(a32(0), a(1)),
+            Func::FdFilestatSetTimes => self.fd_filestat_set_times(a32(0), a(1), a(2), a32(3)),
+            Func::FdReaddir => self.fd_readdir(m, a32(0), a32(1), a32(2), a(3), a32(4)),
+            Func::FdRenumber => self.fd_renumber(a32(0), a32(1)),
+            Func::PathOpen => self.path_open(m, args),
+            Func::PathCreateDirectory => self.path_create_directory(m, a32(0), a32(1), a32(2)),
+            Func::PathRemoveDirectory => self.path_remove(m, a32(0), a32(1), a32(2), true),
+            Func::PathUnlinkFile => self.path_remove(m, a32(0), a32(1), a32(2), false),
+            Func::PathFilestatGet => {
+                self.path_filestat_get(m, a32(0), a32(1), a32(2), a32(3), a32(4))
             }
-            Func::FdSeek | Func::FdTell => self.check_fd(a32(0)).and(Err(Errno::SPIPE)),
-            Func::RandomGet => self.random_get(&mut mem, a32(0), a32(1)),
+            Func::PathFilestatSetTimes => self.path_filestat_set_times(m, args),
+            Func::PathRename => self.path_rename(m, a32(0), a32(1), a32(2), a32(3), a32(4), a32(5)),
+            Func::PathSymlink => self.path_symlink(m, a32(0), a32(1), a32(2), a32(3), a32(4)),
+            Func::PathReadlink => self.path_readlink(m, args),
+            Func::PathLink => self.path_link(m, args),
+            Func::RandomGet => self.random_get(m, a32(0), a32(1)),
             Func::SchedYield => Ok(()),
             Func::ProcExit => return Err(Exit(a32(0))),
-            _ => Err(Errno::NOSYS),
+            Func::ProcRaise => Err(Errno::NOSYS),
+            Func::PollOneoff => Err(Errno::NOSYS),
+            Func::SockAccept | Func::SockRecv | Func::SockSend | Func::SockShutdown => {
+                self.fd(a32(0)).map(drop).and(Err(Errno::NOTSOCK))
+            }
         };
         Ok(result.err().unwrap_or(Errno::SUCCESS))
-    }
-
-    fn check_fd(&self, fd: u32) -> WasiResult {
-        match self.stdio_open.get(fd as usize) {
-            Some(true) => Ok(()),
-            _ => Err(Errno::BADF),
-        }
     }
 
     fn strings_sizes(
@@ -110,79 +270,6 @@ impl<P: Platform> Wasi<P> {
         mem.write_u64(out, self.platform.now_ns(clock))
     }
 
-    fn fd_write(
-        &mut self,
-        mem: &mut GuestMemory,
-        fd: u32,
-        iovs: u32,
-        count: u32,
-        nwritten: u32,
-    ) -> WasiResult {
-        self.check_fd(fd)?;
-        let stream = match fd {
-            1 => Stdio::Stdout,
-            2 => Stdio::Stderr,
-            _ => return Err(Errno::BADF),
-        };
-        let mut total: u32 = 0;
-        for (ptr, len) in mem.iovecs(iovs, count)? {
-            let data = mem.slice(ptr, len)?;
-            self.platform.write(stream, data);
-            total = total.checked_add(len).ok_or(Errno::INVAL)?;
-        }
-        mem.write_u32(nwritten, total)
-    }
-
-    fn fd_read(
-        &mut self,
-        mem: &mut GuestMemory,
-        fd: u32,
-        iovs: u32,
-        count: u32,
-        nread: u32,
-    ) -> WasiResult {
-        self.check_fd(fd)?;
-        if fd != 0 {
-            return Err(Errno::BADF);
-        }
-        let mut total: u32 = 0;
-        for (ptr, len) in mem.iovecs(iovs, count)? {
-            if len == 0 {
-                continue;
-            }
-            let len = len.min(CHUNK as u32);
-            let buf = mem.slice_mut(ptr, len)?;
-            let n = self.platform.read_stdin(buf);
-            total += n as u32;
-            // Like a POSIX read: return what arrived instead of waiting to fill every buffer.
-            if n < len as usize || n == 0 {
-                break;
-            }
-        }
-        mem.write_u32(nread, total)
-    }
-
-    fn fd_close(&mut self, fd: u32) -> WasiResult {
-        self.check_fd(fd)?;
-        self.stdio_open[fd as usize] = false;
-        Ok(())
-    }
-
-    fn fd_fdstat_get(&mut self, mem: &mut GuestMemory, fd: u32, out: u32) -> WasiResult {
-        self.check_fd(fd)?;
-        let rights = if fd == 0 {
-            RIGHT_FD_READ
-        } else {
-            RIGHT_FD_WRITE
-        } | RIGHT_FD_FDSTAT_SET_FLAGS
-            | RIGHT_FD_FILESTAT_GET
-            | RIGHT_POLL_FD_READWRITE;
-        let mut stat = [0u8; 24];
-        stat[0] = FILETYPE_CHARACTER_DEVICE;
-        stat[8..16].copy_from_slice(&rights.to_le_bytes());
-        mem.write_bytes(out, &stat)
-    }
-
     fn random_get(&mut self, mem: &mut GuestMemory, buf: u32, len: u32) -> WasiResult {
         let out = mem.slice_mut(buf, len)?;
         for chunk in out.chunks_mut(CHUNK) {
@@ -190,15 +277,37 @@ impl<P: Platform> Wasi<P> {
         }
         Ok(())
     }
+
+    /// Reads stdin into the iovecs: returns once some bytes arrived, like a POSIX read.
+    pub(crate) fn read_stdin(
+        &mut self,
+        mem: &mut GuestMemory,
+        iovs: &[(u32, u32)],
+    ) -> WasiResult<u32> {
+        let mut total: u32 = 0;
+        for &(ptr, len) in iovs {
+            if len == 0 {
+                continue;
+            }
+            let len = len.min(CHUNK as u32);
+            let buf = mem.slice_mut(ptr, len)?;
+            let n = self.platform.read_stdin(buf);
+            total += n as u32;
+            if n < len as usize {
+                break;
+            }
+        }
+        Ok(total)
+    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use alloc::vec;
 
     #[derive(Default)]
-    struct Mock {
+    pub(crate) struct Mock {
         stdout: Vec<u8>,
         stderr: Vec<u8>,
         stdin: Vec<u8>,
@@ -230,7 +339,7 @@ mod tests {
         }
     }
 
-    fn wasi() -> Wasi<Mock> {
+    pub(crate) fn wasi() -> Wasi<Mock> {
         Wasi::new(
             Mock::default(),
             vec![b"app".to_vec(), b"x y".to_vec()],
@@ -238,7 +347,7 @@ mod tests {
         )
     }
 
-    fn u32_at(mem: &[u8], at: usize) -> u32 {
+    pub(crate) fn u32_at(mem: &[u8], at: usize) -> u32 {
         u32::from_le_bytes(mem[at..at + 4].try_into().unwrap())
     }
 
@@ -327,7 +436,11 @@ mod tests {
         let mut w = wasi();
         let mut mem = vec![0u8; 64];
         assert_eq!(w.call(Func::ProcExit, &mut mem, &[42]), Err(Exit(42)));
-        assert_eq!(w.call(Func::PathOpen, &mut mem, &[0; 9]), Ok(Errno::NOSYS));
+        assert_eq!(w.call(Func::PathOpen, &mut mem, &[0; 9]), Ok(Errno::NOTDIR));
+        assert_eq!(
+            w.call(Func::PollOneoff, &mut mem, &[0; 4]),
+            Ok(Errno::NOSYS)
+        );
         assert_eq!(
             w.call(Func::FdPrestatGet, &mut mem, &[3, 0]),
             Ok(Errno::BADF)
