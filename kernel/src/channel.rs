@@ -79,6 +79,16 @@ pub fn read_stdin(buf: &mut [u8]) -> usize {
     CHANNEL.lock().read_stdin(buf)
 }
 
+/// Whether stdin has data or has ended, after taking what the host sent off the device.
+pub fn stdin_ready() -> bool {
+    let mut channel = CHANNEL.lock();
+    if let Link::Serial = channel.link {
+        return true;
+    }
+    channel.poll_rx();
+    !channel.stdin.is_empty() || channel.stdin_eof
+}
+
 /// Sends the exit record and ends the VM. Never returns.
 pub fn exit(record: &ExitRecord) -> ! {
     // A panic while the channel was locked cannot report through it; crash instead, which the

@@ -59,4 +59,8 @@ impl Platform for KernelPlatform {
     fn random(&mut self, buf: &mut [u8]) {
         self.rng.fill_bytes(buf);
     }
+
+    fn stdin_ready(&mut self) -> bool {
+        channel::stdin_ready()
+    }
 }

@@ -89,6 +89,17 @@ impl<P: Platform> Wasi<P> {
         }
     }
 
+    /// Moves a file descriptor's position.
+    fn set_offset(&mut self, fd: u32, pos: u64) {
+        if let Some(Fd {
+            entry: Entry::File { offset, .. },
+            ..
+        }) = self.fds.get_mut(fd as usize).and_then(Option::as_mut)
+        {
+            *offset = pos;
+        }
+    }
+
     fn file_data(&mut self, ino: Ino) -> WasiResult<&mut Vec<u8>> {
         match &mut self.fs.node_mut(ino)?.kind {
             Kind::File(data) => Ok(data),
@@ -142,13 +153,7 @@ impl<P: Platform> Wasi<P> {
                     total = total.checked_add(len).ok_or(Errno::INVAL)?;
                 }
                 if at.is_none() {
-                    if let Some(Fd {
-                        entry: Entry::File { offset, .. },
-                        ..
-                    }) = self.fds[fd as usize].as_mut()
-                    {
-                        *offset = pos;
-                    }
+                    self.set_offset(fd, pos);
                 }
                 let node = self.fs.node_mut(ino)?;
                 node.mtim = now;
@@ -191,13 +196,8 @@ impl<P: Platform> Wasi<P> {
                         break;
                     }
                 }
-                if at.is_none()
-                    && let Some(Fd {
-                        entry: Entry::File { offset, .. },
-                        ..
-                    }) = self.fds[fd as usize].as_mut()
-                {
-                    *offset = pos;
+                if at.is_none() {
+                    self.set_offset(fd, pos);
                 }
                 total
             }
@@ -341,13 +341,7 @@ impl<P: Platform> Wasi<P> {
             .checked_add(delta)
             .filter(|p| *p >= 0)
             .ok_or(Errno::INVAL)? as u64;
-        if let Some(Fd {
-            entry: Entry::File { offset, .. },
-            ..
-        }) = self.fds[fd as usize].as_mut()
-        {
-            *offset = pos;
-        }
+        self.set_offset(fd, pos);
         mem.write_u64(out, pos)
     }
 
@@ -473,6 +467,21 @@ impl<P: Platform> Wasi<P> {
         let (fd, dirflags, oflags) = (a(0) as u32, a(1) as u32, a(4) as u32);
         let (base, inheriting, flags, out) = (a(5), a(6), a(7) as u32, a(8) as u32);
         let dir = self.dir_ino(fd)?;
+        let dir_rights = self.fd(fd)?.rights;
+        let needed = rights::PATH_OPEN
+            | if oflags & OFLAG_CREAT != 0 {
+                rights::PATH_CREATE_FILE
+            } else {
+                0
+            }
+            | if oflags & OFLAG_TRUNC != 0 {
+                rights::PATH_FILESTAT_SET_SIZE
+            } else {
+                0
+            };
+        if dir_rights & needed != needed {
+            return Err(Errno::NOTCAPABLE);
+        }
         let path = path_arg(mem, a(2) as u32, a(3) as u32)?;
         if flags & !0x1f != 0 || oflags & !0xf != 0 {
             return Err(Errno::INVAL);
@@ -514,7 +523,7 @@ impl<P: Platform> Wasi<P> {
             }
         };
         let kind_rights = match entry {
-            Entry::Dir { .. } => rights::DIR | rights::FILE,
+            Entry::Dir { .. } => rights::DIR,
             _ => rights::FILE,
         };
         let new = self.insert(Fd {
@@ -597,16 +606,9 @@ impl<P: Platform> Wasi<P> {
         set_times(self.fs.node_mut(ino)?, a(4), a(5), a(6) as u32, now)
     }
 
-    pub(crate) fn path_rename(
-        &mut self,
-        mem: &mut GuestMemory,
-        fd: u32,
-        old: u32,
-        old_len: u32,
-        new_fd: u32,
-        new: u32,
-        new_len: u32,
-    ) -> WasiResult {
+    pub(crate) fn path_rename(&mut self, mem: &mut GuestMemory, args: &[u64]) -> WasiResult {
+        let a = |i: usize| args.get(i).copied().unwrap_or(0) as u32;
+        let (fd, old, old_len, new_fd, new, new_len) = (a(0), a(1), a(2), a(3), a(4), a(5));
         let from_dir = self.dir_ino(fd)?;
         let to_dir = self.dir_ino(new_fd)?;
         let old = path_arg(mem, old, old_len)?;
@@ -641,6 +643,10 @@ impl<P: Platform> Wasi<P> {
             } else {
                 Errno::NOENT
             });
+        }
+        // A link to an absolute path could never be followed beneath a preopen.
+        if target.first() == Some(&b'/') {
+            return Err(Errno::PERM);
         }
         let now = self.now();
         self.fs

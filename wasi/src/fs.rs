@@ -157,10 +157,11 @@ impl Fs {
             let p = self.parent(start, path)?;
             let ino = self.step(p.dir, p.name, &mut depth)?;
             if p.trailing_slash {
-                // `name/` names the directory even with NOFOLLOW.
-                return self.walk(start, path, &mut Vec::new(), &mut 0);
+                // `name/` names the directory a symlink points to even with NOFOLLOW.
+                self.walk(start, path, &mut Vec::new(), &mut 0)?
+            } else {
+                ino
             }
-            ino
         };
         if path.ends_with(b"/") && !self.node(ino)?.is_dir() {
             return Err(Errno::NOTDIR);

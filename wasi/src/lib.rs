@@ -17,6 +17,7 @@ pub mod fs;
 pub mod link;
 pub mod memory;
 pub mod platform;
+mod poll;
 pub mod signature;
 mod state;
 

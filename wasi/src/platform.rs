@@ -41,4 +41,15 @@ pub trait Platform {
     fn resolution_ns(&self, clock: Clock) -> u64;
     /// Fills `buf` with cryptographically secure random bytes.
     fn random(&mut self, buf: &mut [u8]);
+    /// Whether a read of stdin would return at once (data or end of file).
+    fn stdin_ready(&mut self) -> bool {
+        true
+    }
+    /// Waits until the monotonic clock reaches `deadline_ns` or stdin becomes ready (when
+    /// `or_stdin`). The default polls; a platform with a way to sleep overrides it.
+    fn wait_until(&mut self, deadline_ns: u64, or_stdin: bool) {
+        while self.now_ns(Clock::Monotonic) < deadline_ns && !(or_stdin && self.stdin_ready()) {
+            core::hint::spin_loop();
+        }
+    }
 }

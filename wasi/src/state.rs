@@ -27,7 +27,10 @@ pub(crate) mod rights {
     pub const FD_WRITE: u64 = 1 << 6;
     pub const FD_ADVISE: u64 = 1 << 7;
     pub const FD_ALLOCATE: u64 = 1 << 8;
+    pub const PATH_CREATE_FILE: u64 = 1 << 10;
+    pub const PATH_OPEN: u64 = 1 << 13;
     pub const FD_READDIR: u64 = 1 << 14;
+    pub const PATH_FILESTAT_SET_SIZE: u64 = 1 << 19;
     pub const FD_FILESTAT_GET: u64 = 1 << 21;
     pub const FD_FILESTAT_SET_SIZE: u64 = 1 << 22;
     pub const FD_FILESTAT_SET_TIMES: u64 = 1 << 23;
@@ -53,7 +56,7 @@ pub(crate) mod rights {
         | FD_READDIR
         | FD_FILESTAT_GET
         | FD_FILESTAT_SET_TIMES
-        | (0x1ff << 9) // path_create_directory .. path_filestat_set_times
+        | (0xfff << 9) // path_create_directory .. path_filestat_set_times
         | (0b111 << 24) // path_symlink, path_remove_directory, path_unlink_file
         | (1 << 15); // path_readlink
     pub const STDIN: u64 = FD_READ | FD_FDSTAT_SET_FLAGS | FD_FILESTAT_GET | POLL_FD_READWRITE;
@@ -221,7 +224,7 @@ impl<P: Platform> Wasi<P> {
                 self.path_filestat_get(m, a32(0), a32(1), a32(2), a32(3), a32(4))
             }
             Func::PathFilestatSetTimes => self.path_filestat_set_times(m, args),
-            Func::PathRename => self.path_rename(m, a32(0), a32(1), a32(2), a32(3), a32(4), a32(5)),
+            Func::PathRename => self.path_rename(m, args),
             Func::PathSymlink => self.path_symlink(m, a32(0), a32(1), a32(2), a32(3), a32(4)),
             Func::PathReadlink => self.path_readlink(m, args),
             Func::PathLink => self.path_link(m, args),
@@ -229,7 +232,7 @@ impl<P: Platform> Wasi<P> {
             Func::SchedYield => Ok(()),
             Func::ProcExit => return Err(Exit(a32(0))),
             Func::ProcRaise => Err(Errno::NOSYS),
-            Func::PollOneoff => Err(Errno::NOSYS),
+            Func::PollOneoff => self.poll_oneoff(m, a32(0), a32(1), a32(2), a32(3)),
             Func::SockAccept | Func::SockRecv | Func::SockSend | Func::SockShutdown => {
                 self.fd(a32(0)).map(drop).and(Err(Errno::NOTSOCK))
             }
@@ -432,15 +435,16 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn proc_exit_unimplemented_and_closed_fds() {
+    fn proc_exit_raise_and_closed_fds() {
         let mut w = wasi();
         let mut mem = vec![0u8; 64];
         assert_eq!(w.call(Func::ProcExit, &mut mem, &[42]), Err(Exit(42)));
         assert_eq!(w.call(Func::PathOpen, &mut mem, &[0; 9]), Ok(Errno::NOTDIR));
         assert_eq!(
             w.call(Func::PollOneoff, &mut mem, &[0; 4]),
-            Ok(Errno::NOSYS)
+            Ok(Errno::INVAL)
         );
+        assert_eq!(w.call(Func::ProcRaise, &mut mem, &[6]), Ok(Errno::NOSYS));
         assert_eq!(
             w.call(Func::FdPrestatGet, &mut mem, &[3, 0]),
             Ok(Errno::BADF)

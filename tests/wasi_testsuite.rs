@@ -1,0 +1,164 @@
+//! The official WASI preview1 conformance suite (`../shared/wasi-testsuite`, or
+//! `WASMVM_WASI_TESTSUITE`), driven through the CLI exactly as a user would: `wasmvm pack
+//! --dir ROOT::/ --env K=V` and `wasmvm run IMG -- ARGS`, on KVM. Prints `N passed, N failed`
+//! with the failing names; every failure must be listed, with its reason, in
+//! `tests/wasi-testsuite.expectations`, and every listed test must still fail.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+fn suite_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("WASMVM_WASI_TESTSUITE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared/wasi-testsuite"));
+    dir.join("tests").is_dir().then_some(dir)
+}
+
+fn expectations() -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(root().join("tests/wasi-testsuite.expectations")).unwrap();
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (name, reason) = l
+                .split_once(':')
+                .unwrap_or_else(|| panic!("bad line {l:?}"));
+            (name.trim().to_string(), reason.trim().to_string())
+        })
+        .collect()
+}
+
+/// Runs one test case; `Err` says how it failed.
+fn run_case(wasm: &Path) -> Result<(), String> {
+    let spec_path = wasm.with_extension("json");
+    let spec: serde_json::Value = match std::fs::read(&spec_path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("bad spec: {e}"))?,
+        Err(_) => serde_json::json!({}),
+    };
+    let dir = scratch();
+    let img = dir.path().join("t.img");
+    let mut pack_cmd = wasmvm();
+    pack_cmd.arg("pack").arg(wasm).arg("-o").arg(&img);
+    if let Some(root) = spec["root"].as_str() {
+        pack_cmd.arg("--dir").arg(format!(
+            "{}::/",
+            wasm.parent().unwrap().join(root).display()
+        ));
+    }
+    if let Some(env) = spec["env"].as_object() {
+        for (k, v) in env {
+            pack_cmd
+                .arg("--env")
+                .arg(format!("{k}={}", v.as_str().unwrap_or_default()));
+        }
+    }
+    let o = pack_cmd.output().unwrap();
+    if !o.status.success() {
+        return Err(format!("pack failed: {}", stderr(&o).trim()));
+    }
+    let args: Vec<String> = spec["args"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|v| v.as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut run_args = vec!["--timeout", "60s", "--"];
+    run_args.extend(args.iter().map(String::as_str));
+    let o = run(&img, &run_args, b"");
+    let want_code = spec["exit_code"].as_i64().unwrap_or(0) as i32;
+    let code = o.status.code().unwrap_or(-1);
+    if code != want_code {
+        let err = stderr(&o);
+        let last = err.lines().rev().take(3).collect::<Vec<_>>().join(" | ");
+        return Err(format!("exit code {code}, want {want_code}: {last}"));
+    }
+    if let Some(want) = spec["stdout"].as_str()
+        && !stdout(&o).starts_with(want)
+    {
+        return Err(format!(
+            "stdout {:?} does not start with {want:?}",
+            stdout(&o)
+        ));
+    }
+    Ok(())
+}
+
+#[test]
+fn wasi_testsuite_preview1() {
+    let Some(suite) = suite_dir() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the WASI test suite is missing (expected ../shared/wasi-testsuite)"
+        );
+        eprintln!("note: no WASI test suite found; set WASMVM_WASI_TESTSUITE to run it");
+        return;
+    };
+    let mut cases = Vec::new();
+    for lang in ["assemblyscript", "c", "rust"] {
+        let dir = suite
+            .join("tests")
+            .join(lang)
+            .join("testsuite/wasm32-wasip1");
+        let mut wasms: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+            .collect();
+        wasms.sort();
+        cases.extend(wasms.into_iter().map(|p| {
+            (
+                format!("{lang}/{}", p.file_stem().unwrap().to_string_lossy()),
+                p,
+            )
+        }));
+    }
+    let expected = expectations();
+    let (mut passed, mut failed) = (Vec::new(), Vec::new());
+    for (name, wasm) in &cases {
+        match run_case(wasm) {
+            Ok(()) => passed.push(name.clone()),
+            Err(why) => failed.push((name.clone(), why)),
+        }
+    }
+    for (name, why) in &failed {
+        let listed = if expected.contains_key(name) {
+            "expected"
+        } else {
+            "UNEXPECTED"
+        };
+        println!("FAIL {name} ({listed}): {why}");
+    }
+    println!("{} passed, {} failed", passed.len(), failed.len());
+    let unexpected: Vec<_> = failed
+        .iter()
+        .filter(|(n, _)| !expected.contains_key(n))
+        .map(|(n, _)| n)
+        .collect();
+    let stale: Vec<_> = passed
+        .iter()
+        .filter(|n| expected.contains_key(*n))
+        .collect();
+    let unknown: Vec<_> = expected
+        .keys()
+        .filter(|n| !cases.iter().any(|(c, _)| c == *n))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "failures not in tests/wasi-testsuite.expectations: {unexpected:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "listed as failing but passed (remove them): {stale:?}"
+    );
+    assert!(
+        unknown.is_empty(),
+        "expectations name tests that do not exist: {unknown:?}"
+    );
+    assert_eq!(passed.len() + failed.len(), cases.len());
+}

@@ -1,0 +1,175 @@
+//! `poll_oneoff`: clock and descriptor readiness subscriptions.
+
+use alloc::vec::Vec;
+
+use crate::errno::{Errno, WasiResult};
+use crate::memory::GuestMemory;
+use crate::platform::{Clock, Platform};
+use crate::state::{Entry, Wasi};
+
+const SUBSCRIPTION_LEN: u32 = 48;
+const EVENT_LEN: u32 = 32;
+const EVENTTYPE_CLOCK: u8 = 0;
+const EVENTTYPE_FD_READ: u8 = 1;
+const EVENTTYPE_FD_WRITE: u8 = 2;
+/// `subclockflags::subscription_clock_abstime`.
+const ABSTIME: u16 = 1;
+
+struct Event {
+    userdata: u64,
+    error: Errno,
+    kind: u8,
+    nbytes: u64,
+}
+
+impl<P: Platform> Wasi<P> {
+    pub(crate) fn poll_oneoff(
+        &mut self,
+        mem: &mut GuestMemory,
+        subs: u32,
+        events: u32,
+        count: u32,
+        nevents: u32,
+    ) -> WasiResult {
+        if count == 0 {
+            return Err(Errno::INVAL);
+        }
+        let table = mem
+            .slice(
+                subs,
+                count.checked_mul(SUBSCRIPTION_LEN).ok_or(Errno::FAULT)?,
+            )?
+            .to_vec();
+        // Validate the events buffer before waiting, so a bad pointer fails at once.
+        mem.slice(events, count.checked_mul(EVENT_LEN).ok_or(Errno::FAULT)?)?;
+        let u64_at =
+            |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
+        let u32_at =
+            |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"));
+
+        let now = self.platform.now_ns(Clock::Monotonic);
+        let mut ready = Vec::new();
+        let mut deadline: Option<(u64, u64)> = None; // (monotonic deadline, userdata)
+        let mut waits_on_stdin = false;
+        for sub in table.chunks_exact(SUBSCRIPTION_LEN as usize) {
+            let userdata = u64_at(sub, 0);
+            match sub[8] {
+                EVENTTYPE_CLOCK => {
+                    let id = u32_at(sub, 16);
+                    let timeout = u64_at(sub, 24);
+                    let flags = u16::from_le_bytes([sub[40], sub[41]]);
+                    let Some(clock) = Clock::from_id(id) else {
+                        ready.push(Event {
+                            userdata,
+                            error: Errno::INVAL,
+                            kind: EVENTTYPE_CLOCK,
+                            nbytes: 0,
+                        });
+                        continue;
+                    };
+                    let due = if flags & ABSTIME != 0 {
+                        let current = self.platform.now_ns(clock);
+                        now.saturating_add(timeout.saturating_sub(current))
+                    } else {
+                        now.saturating_add(timeout)
+                    };
+                    if deadline.is_none_or(|(d, _)| due < d) {
+                        deadline = Some((due, userdata));
+                    }
+                }
+                kind @ (EVENTTYPE_FD_READ | EVENTTYPE_FD_WRITE) => {
+                    let fd = u32_at(sub, 16);
+                    let event = |error, nbytes| Event {
+                        userdata,
+                        error,
+                        kind,
+                        nbytes,
+                    };
+                    match self.fd(fd).map(|d| d.entry.clone()) {
+                        Err(e) => ready.push(event(e, 0)),
+                        Ok(Entry::Stdin) if kind == EVENTTYPE_FD_READ => {
+                            if self.platform.stdin_ready() {
+                                ready.push(event(Errno::SUCCESS, 1));
+                            } else {
+                                waits_on_stdin = true;
+                            }
+                        }
+                        Ok(Entry::File { ino, offset }) => {
+                            let size = match &self.fs.node(ino)?.kind {
+                                crate::fs::Kind::File(d) => d.len() as u64,
+                                _ => 0,
+                            };
+                            let n = if kind == EVENTTYPE_FD_READ {
+                                size.saturating_sub(offset)
+                            } else {
+                                0
+                            };
+                            ready.push(event(Errno::SUCCESS, n));
+                        }
+                        Ok(Entry::Dir { .. }) => ready.push(event(Errno::BADF, 0)),
+                        Ok(_) => ready.push(event(Errno::SUCCESS, 0)),
+                    }
+                }
+                _ => ready.push(Event {
+                    userdata,
+                    error: Errno::INVAL,
+                    kind: sub[8],
+                    nbytes: 0,
+                }),
+            }
+        }
+        if ready.is_empty() {
+            match deadline {
+                Some((due, userdata)) => {
+                    self.platform.wait_until(due, waits_on_stdin);
+                    if waits_on_stdin && self.platform.stdin_ready() {
+                        ready.extend(self.stdin_events(&table));
+                    }
+                    if ready.is_empty() || self.platform.now_ns(Clock::Monotonic) >= due {
+                        ready.push(Event {
+                            userdata,
+                            error: Errno::SUCCESS,
+                            kind: EVENTTYPE_CLOCK,
+                            nbytes: 0,
+                        });
+                    }
+                }
+                None if waits_on_stdin => {
+                    self.platform.wait_until(u64::MAX, true);
+                    ready.extend(self.stdin_events(&table));
+                }
+                None => {}
+            }
+        }
+        for (i, e) in ready.iter().enumerate() {
+            let mut b = [0u8; EVENT_LEN as usize];
+            b[0..8].copy_from_slice(&e.userdata.to_le_bytes());
+            b[8..10].copy_from_slice(&e.error.0.to_le_bytes());
+            b[10] = e.kind;
+            b[16..24].copy_from_slice(&e.nbytes.to_le_bytes());
+            mem.write_bytes(events + i as u32 * EVENT_LEN, &b)?;
+        }
+        mem.write_u32(nevents, ready.len() as u32)
+    }
+
+    /// Read events for every stdin subscription in `table`.
+    fn stdin_events(&self, table: &[u8]) -> Vec<Event> {
+        table
+            .chunks_exact(SUBSCRIPTION_LEN as usize)
+            .filter(|s| s[8] == EVENTTYPE_FD_READ)
+            .filter(|s| {
+                matches!(
+                    self.fd(u32::from_le_bytes(s[16..20].try_into().expect("4 bytes")))
+                        .map(|d| &d.entry),
+                    Ok(Entry::Stdin)
+                )
+            })
+            .map(|s| Event {
+                userdata: u64::from_le_bytes(s[0..8].try_into().expect("8 bytes")),
+                error: Errno::SUCCESS,
+                kind: EVENTTYPE_FD_READ,
+                nbytes: 1,
+            })
+            .collect()
+    }
+}
