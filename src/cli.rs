@@ -81,7 +81,11 @@ pub struct AppArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Vmm {
+    /// QEMU `-M microvm` on KVM (or TCG with `--accel tcg`).
     Qemu,
+    /// No VM: the same image on the host with wasmi and wasi-common, the reference
+    /// behaviour the VM is tested against. Ignores --accel, --memory and --timeout.
+    Host,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -8,10 +8,12 @@ use anyhow::{Context, Result, bail};
 use wasmvm_abi::ABI_VERSION;
 use wasmvm_loader::image::{self, Image};
 use wasmvm_loader::pack::{DirSpec, PackOptions, check_env, pack_module};
-use wasmvm_loader::{Accel, Control, RunIo, RunOptions, StopReason, elf::Elf, module, qemu};
+use wasmvm_loader::{
+    Accel, Control, RunIo, RunOptions, StopReason, elf::Elf, module, qemu, reference,
+};
 
 use crate::KERNEL;
-use crate::cli::{AccelArg, AppArgs, Cli, Command};
+use crate::cli::{AccelArg, AppArgs, Cli, Command, Vmm};
 
 pub fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {
@@ -25,7 +27,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             app,
             timeout,
             memory,
-            vmm: _,
+            vmm,
             accel,
             verbose,
         } => {
@@ -38,7 +40,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                 },
                 ..RunOptions::default()
             };
-            run(&image, &app, opts, verbose)
+            run(&image, &app, opts, vmm, verbose)
         }
         Command::Inspect { image, json } => inspect(&image, json),
         Command::Doctor => doctor(),
@@ -118,7 +120,7 @@ fn is_wasm(path: &Path) -> Result<bool> {
     Ok(n == 4 && &magic == b"\0asm")
 }
 
-fn run(target: &Path, app: &AppArgs, mut opts: RunOptions, verbose: bool) -> Result<i32> {
+fn run(target: &Path, app: &AppArgs, mut opts: RunOptions, vmm: Vmm, verbose: bool) -> Result<i32> {
     // A module is packed in memory (with the options as pack-time settings); an image takes
     // them as run-time overrides.
     let _packed;
@@ -149,6 +151,14 @@ fn run(target: &Path, app: &AppArgs, mut opts: RunOptions, verbose: bool) -> Res
         opts.env = env_list(app)?;
         target.to_path_buf()
     };
+
+    if vmm == Vmm::Host {
+        let ending = reference::run(&image_path, &opts)?;
+        if let Some(message) = ending.describe() {
+            eprintln!("wasmvm: {message}");
+        }
+        return Ok(ending.status());
+    }
 
     let control = Control::default();
     let stopper = control.stopper();

@@ -249,6 +249,38 @@ impl Manifest {
     }
 }
 
+/// What the app finally sees: the packed settings with the run-time overrides applied.
+#[cfg(feature = "alloc")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppSettings {
+    /// argv, argv[0] included.
+    pub args: Vec<Vec<u8>>,
+    /// `KEY=VALUE` entries: the packed ones, then those the run configuration set.
+    pub env: Vec<Vec<u8>>,
+}
+
+#[cfg(feature = "alloc")]
+impl Manifest {
+    /// Applies `run`: its argv0 and arguments replace the packed ones, and each of its
+    /// `KEY=VALUE` entries replaces the packed variable of the same key or is added.
+    pub fn settings(&self, run: &RunConfig) -> AppSettings {
+        let argv0 = run
+            .argv0
+            .clone()
+            .or_else(|| self.argv0.clone())
+            .unwrap_or_else(|| self.module_name.clone());
+        let mut args = alloc::vec![argv0];
+        args.extend(run.args.clone().unwrap_or_else(|| self.args.clone()));
+        let key = |var: &[u8]| var.split(|&b| b == b'=').next().map(<[u8]>::to_vec);
+        let mut env = self.env.clone();
+        for var in &run.env {
+            env.retain(|old| key(old) != key(var));
+            env.push(var.clone());
+        }
+        AppSettings { args, env }
+    }
+}
+
 pub const RUN_CONFIG_MAGIC: [u8; 8] = *b"WASMVMR\0";
 
 /// Per-run settings the host hands to a booting guest (under QEMU as the PVH module given
@@ -397,6 +429,27 @@ mod tests {
             BundleRef::decode(&bytes).unwrap_err(),
             DecodeError::VersionMismatch { found: 99 }
         );
+    }
+
+    #[test]
+    fn run_time_settings_override_packed_ones() {
+        let m = Manifest {
+            module_name: b"app.wasm".to_vec(),
+            args: vec![b"packed".to_vec()],
+            env: vec![b"A=1".to_vec(), b"B=2".to_vec()],
+            ..Default::default()
+        };
+        let s = m.settings(&RunConfig::default());
+        assert_eq!(s.args, [b"app.wasm".to_vec(), b"packed".to_vec()]);
+        let run = RunConfig {
+            argv0: Some(b"x".to_vec()),
+            args: Some(vec![]),
+            env: vec![b"A=9".to_vec(), b"C=3".to_vec()],
+            ..Default::default()
+        };
+        let s = m.settings(&run);
+        assert_eq!(s.args, [b"x".to_vec()]);
+        assert_eq!(s.env, [b"B=2".to_vec(), b"A=9".to_vec(), b"C=3".to_vec()]);
     }
 
     #[test]

@@ -109,20 +109,21 @@ mod exit_tag {
     pub const FRAME: u32 = 5;
 }
 
-/// Trap codes, numbered as wasmi numbers them; the host turns them into wasmtime's messages.
+/// Trap codes, numbered as wasmi numbers its `TrapCode` (so `u8::from(code)` converts); the
+/// host turns them into wasmtime's messages.
 pub mod trap {
-    pub const UNREACHABLE: u32 = 0;
-    pub const MEMORY_OUT_OF_BOUNDS: u32 = 1;
-    pub const TABLE_OUT_OF_BOUNDS: u32 = 2;
-    pub const INDIRECT_CALL_TO_NULL: u32 = 3;
-    pub const INTEGER_DIVISION_BY_ZERO: u32 = 4;
-    pub const INTEGER_OVERFLOW: u32 = 5;
-    pub const BAD_CONVERSION_TO_INTEGER: u32 = 6;
-    pub const STACK_OVERFLOW: u32 = 7;
-    pub const BAD_SIGNATURE: u32 = 8;
-    pub const OUT_OF_FUEL: u32 = 9;
-    pub const GROWTH_OPERATION_LIMITED: u32 = 10;
-    pub const OUT_OF_SYSTEM_MEMORY: u32 = 11;
+    pub const UNREACHABLE: u32 = 1;
+    pub const MEMORY_OUT_OF_BOUNDS: u32 = 2;
+    pub const TABLE_OUT_OF_BOUNDS: u32 = 3;
+    pub const INDIRECT_CALL_TO_NULL: u32 = 4;
+    pub const INTEGER_DIVISION_BY_ZERO: u32 = 5;
+    pub const INTEGER_OVERFLOW: u32 = 6;
+    pub const BAD_CONVERSION_TO_INTEGER: u32 = 7;
+    pub const STACK_OVERFLOW: u32 = 8;
+    pub const BAD_SIGNATURE: u32 = 9;
+    pub const OUT_OF_FUEL: u32 = 10;
+    pub const GROWTH_OPERATION_LIMITED: u32 = 11;
+    pub const OUT_OF_SYSTEM_MEMORY: u32 = 12;
     /// A host function failed in a way that is not an errno (e.g. `proc_exit` out of range).
     pub const HOST_ERROR: u32 = 255;
 

@@ -5,7 +5,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use wasmi::{Engine, Error, Linker, Module, Store, TrapCode};
+use wasmi::{Engine, Error, Linker, Module, Store};
 use wasmvm_abi::bundle::{BundleRef, FsNode, FsNodeKind, Manifest, RunConfig};
 use wasmvm_abi::channel::{ExitKind, ExitRecord, trap};
 use wasmvm_wasi::fs::Kind;
@@ -30,19 +30,11 @@ impl Launch {
         let manifest =
             Manifest::decode(bundle.manifest).map_err(|e| format!("bundle manifest: {e}"))?;
         let run = run.unwrap_or_default();
-        let argv0 = run.argv0.or(manifest.argv0).unwrap_or(manifest.module_name);
-        let mut args = Vec::from([argv0]);
-        args.extend(run.args.unwrap_or(manifest.args));
-        let mut env = manifest.env;
-        for var in run.env {
-            let key = var.split(|&b| b == b'=').next().unwrap_or(&[]);
-            env.retain(|old| old.split(|&b| b == b'=').next() != Some(key));
-            env.push(var);
-        }
+        let settings = manifest.settings(&run);
         Ok(Launch {
             module: bundle.module,
-            args,
-            env,
+            args: settings.args,
+            env: settings.env,
             seed: run.random_seed,
             preopens: manifest.preopens,
             fs_nodes: manifest.fs_nodes,
@@ -135,7 +127,7 @@ fn outcome(e: Error) -> ExitRecord {
     }
     let (code, message) = match e.as_trap_code() {
         Some(code) => {
-            let ours = trap_code(code);
+            let ours = u8::from(code) as u32;
             (ours, String::from(trap::message(ours)))
         }
         None => (trap::HOST_ERROR, format!("{e}")),
@@ -143,23 +135,4 @@ fn outcome(e: Error) -> ExitRecord {
     let mut record = ExitRecord::failed(ExitKind::Trapped, message);
     record.trap_code = Some(code);
     record
-}
-
-fn trap_code(code: TrapCode) -> u32 {
-    match code {
-        TrapCode::UnreachableCodeReached => trap::UNREACHABLE,
-        TrapCode::MemoryOutOfBounds => trap::MEMORY_OUT_OF_BOUNDS,
-        TrapCode::TableOutOfBounds => trap::TABLE_OUT_OF_BOUNDS,
-        TrapCode::IndirectCallToNull => trap::INDIRECT_CALL_TO_NULL,
-        TrapCode::IntegerDivisionByZero => trap::INTEGER_DIVISION_BY_ZERO,
-        TrapCode::IntegerOverflow => trap::INTEGER_OVERFLOW,
-        TrapCode::BadConversionToInteger => trap::BAD_CONVERSION_TO_INTEGER,
-        TrapCode::StackOverflow => trap::STACK_OVERFLOW,
-        TrapCode::BadSignature => trap::BAD_SIGNATURE,
-        TrapCode::OutOfFuel => trap::OUT_OF_FUEL,
-        TrapCode::GrowthOperationLimited => trap::GROWTH_OPERATION_LIMITED,
-        TrapCode::OutOfSystemMemory => trap::OUT_OF_SYSTEM_MEMORY,
-        #[allow(unreachable_patterns)]
-        _ => trap::HOST_ERROR,
-    }
 }

@@ -4,11 +4,11 @@
 
 pub mod channel;
 pub mod elf;
-pub mod host;
 pub mod image;
 pub mod module;
 pub mod pack;
 pub mod qemu;
+pub mod reference;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -116,8 +116,10 @@ impl Control {
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ending {
-    /// The app exited with this WASI status.
+    /// The app exited with this WASI status (0–125).
     Exited(i32),
+    /// The app called `proc_exit` with a status outside WASI's range.
+    InvalidExitStatus,
     Trapped {
         message: String,
         backtrace: Vec<String>,
@@ -133,7 +135,10 @@ pub enum Ending {
 impl Ending {
     pub(crate) fn from_record(r: ExitRecord) -> Self {
         match r.kind {
-            ExitKind::Exited => Ending::Exited(r.status),
+            ExitKind::Exited if (0..=exit::MAX_APP_STATUS).contains(&r.status) => {
+                Ending::Exited(r.status)
+            }
+            ExitKind::Exited => Ending::InvalidExitStatus,
             ExitKind::Trapped => Ending::Trapped {
                 message: r.message,
                 backtrace: r.backtrace,
@@ -147,6 +152,7 @@ impl Ending {
     pub fn status(&self) -> i32 {
         match self {
             Ending::Exited(s) => exit::app_status(*s),
+            Ending::InvalidExitStatus => exit::APP_STATUS_OUT_OF_RANGE,
             Ending::Trapped { .. } => exit::TRAP,
             Ending::KernelPanic(_) | Ending::BootFailed(_) => exit::KERNEL_PANIC,
             Ending::Crashed(_) => exit::GUEST_CRASH,
@@ -159,9 +165,10 @@ impl Ending {
     /// A message for the user, for every ending but a normal exit.
     pub fn describe(&self) -> Option<String> {
         Some(match self {
-            Ending::Exited(s) if (0..=exit::MAX_APP_STATUS).contains(s) => return None,
-            Ending::Exited(s) => {
-                format!("app exited with status {s}, outside WASI's range [0..126); reporting 1")
+            Ending::Exited(_) => return None,
+            // wasmtime's words for the same case.
+            Ending::InvalidExitStatus => {
+                "exit with invalid exit status outside of [0..126)".to_string()
             }
             Ending::Trapped { message, backtrace } => {
                 let mut m = format!("app trapped: {message}");
@@ -188,6 +195,8 @@ pub enum RunError {
         "QEMU (`{0}`) was not found: install it (Debian: `apt-get install qemu-system-x86`) or set WASMVM_QEMU"
     )]
     QemuMissing(String),
+    #[error("host reference run failed: {0}")]
+    Host(String),
     #[error("KVM is not usable: {0}")]
     KvmUnavailable(String),
     #[error("QEMU failed to start the VM (status {status}): {stderr}")]

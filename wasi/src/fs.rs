@@ -3,7 +3,7 @@
 //!
 //! Paths are resolved beneath a starting directory the way wasmtime's capability model does:
 //! absolute paths, and `..` or symlinks that would climb above the directory the walk
-//! started from, fail with `ENOTCAPABLE`; symlinks nest at most [`MAX_SYMLINKS`] deep.
+//! started from, fail with `EPERM` (as wasmtime's cap-std does); symlinks nest at most [`MAX_SYMLINKS`] deep.
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -122,7 +122,7 @@ impl Fs {
             return Err(Errno::NOENT);
         }
         if path[0] == b'/' {
-            return Err(Errno::NOTCAPABLE);
+            return Err(Errno::PERM);
         }
         let trailing_slash = path.ends_with(b"/");
         let trimmed = trim_trailing_slashes(path);
@@ -147,7 +147,7 @@ impl Fs {
             return Err(Errno::NOENT);
         }
         if path[0] == b'/' {
-            return Err(Errno::NOTCAPABLE);
+            return Err(Errno::PERM);
         }
         let mut depth = Vec::new();
         let mut links = 0;
@@ -176,7 +176,7 @@ impl Fs {
             b"" | b"." => Ok(dir),
             b".." => {
                 self.entries(dir)?;
-                depth.pop().ok_or(Errno::NOTCAPABLE)
+                depth.pop().ok_or(Errno::PERM)
             }
             _ => {
                 let ino = *self.entries(dir)?.get(name).ok_or(Errno::NOENT)?;
@@ -205,7 +205,7 @@ impl Fs {
                         return Err(Errno::LOOP);
                     }
                     if target.first() == Some(&b'/') {
-                        return Err(Errno::NOTCAPABLE);
+                        return Err(Errno::PERM);
                     }
                     depth.truncate(parent_depth);
                     let target = target.clone();
@@ -417,9 +417,9 @@ mod tests {
         let f = file(&mut fs, sub, b"f", b"x");
         assert_eq!(fs.lookup(ROOT, b"a/b/f", true), Ok(f));
         assert_eq!(fs.lookup(ROOT, b"a/./b/../b/f", true), Ok(f));
-        assert_eq!(fs.lookup(ROOT, b"..", true), Err(Errno::NOTCAPABLE));
-        assert_eq!(fs.lookup(sub, b"../b/f", true), Err(Errno::NOTCAPABLE));
-        assert_eq!(fs.lookup(ROOT, b"/a", true), Err(Errno::NOTCAPABLE));
+        assert_eq!(fs.lookup(ROOT, b"..", true), Err(Errno::PERM));
+        assert_eq!(fs.lookup(sub, b"../b/f", true), Err(Errno::PERM));
+        assert_eq!(fs.lookup(ROOT, b"/a", true), Err(Errno::PERM));
         assert_eq!(fs.lookup(ROOT, b"a/b/f/", true), Err(Errno::NOTDIR));
         assert_eq!(fs.lookup(ROOT, b"a/b/f/x", true), Err(Errno::NOTDIR));
         assert_eq!(fs.lookup(ROOT, b"a/nope", true), Err(Errno::NOENT));
@@ -445,8 +445,8 @@ mod tests {
         assert_eq!(fs.lookup(ROOT, b"l", true), Ok(f));
         assert_eq!(fs.lookup(ROOT, b"l", false), Ok(link));
         assert_eq!(fs.lookup(ROOT, b"a/up/f", true), Ok(f));
-        assert_eq!(fs.lookup(ROOT, b"out", true), Err(Errno::NOTCAPABLE));
-        assert_eq!(fs.lookup(ROOT, b"abs", true), Err(Errno::NOTCAPABLE));
+        assert_eq!(fs.lookup(ROOT, b"out", true), Err(Errno::PERM));
+        assert_eq!(fs.lookup(ROOT, b"abs", true), Err(Errno::PERM));
         assert_eq!(fs.lookup(ROOT, b"loop", true), Err(Errno::LOOP));
     }
 

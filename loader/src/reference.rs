@@ -1,0 +1,132 @@
+//! Host reference mode (`wasmvm run --vmm host`): the same image, run on the host by the same
+//! wasmi version with `wasi-common` (through `wasmi_wasi`) as the WASI implementation. Tests
+//! use it as the oracle the VM must match byte for byte.
+//!
+//! Packed directories are written out to a temporary directory first and preopened from
+//! there, so, as in the VM, the app's writes vanish when it ends.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use wasmi::{Engine, Linker, Module, Store};
+use wasmi_wasi::WasiCtx;
+use wasmi_wasi::sync::{Dir, WasiCtxBuilder, ambient_authority};
+use wasmvm_abi::bundle::{FsNodeKind, RunConfig};
+use wasmvm_abi::channel::trap;
+use wasmvm_wasi::link::engine_config;
+
+use crate::image::Image;
+use crate::{Ending, RunError, RunOptions};
+
+fn io_err(context: &'static str) -> impl FnOnce(std::io::Error) -> RunError {
+    move |source| RunError::Io { context, source }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Stack for the interpreter thread: wasmi and wasi-common recurse more than a main
+/// thread's default allows in unoptimised builds.
+const STACK_SIZE: usize = 256 << 20;
+
+/// Runs the image at `image_path` on the host with inherited stdio.
+pub fn run(image_path: &Path, opts: &RunOptions) -> Result<Ending, RunError> {
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("wasmvm-host".into())
+            .stack_size(STACK_SIZE)
+            .spawn_scoped(scope, || run_here(image_path, opts))
+            .map_err(io_err("starting the interpreter thread"))?
+            .join()
+            .unwrap_or_else(|_| Err(RunError::Host("the interpreter thread panicked".into())))
+    })
+}
+
+fn run_here(image_path: &Path, opts: &RunOptions) -> Result<Ending, RunError> {
+    let bytes = std::fs::read(image_path).map_err(io_err("reading the image"))?;
+    let image = Image::parse(&bytes)?;
+    let run = RunConfig {
+        argv0: opts.argv0.clone(),
+        args: opts.args.clone(),
+        env: opts.env.clone(),
+        ..RunConfig::default()
+    };
+    let settings = image.manifest.settings(&run);
+
+    let scratch = tempfile::Builder::new()
+        .prefix("wasmvm-host-")
+        .tempdir()
+        .map_err(io_err("creating a scratch directory"))?;
+    let mut builder = WasiCtxBuilder::new();
+    builder.inherit_stdio();
+    for arg in &settings.args {
+        builder
+            .arg(&text(arg))
+            .map_err(|e| RunError::Host(e.to_string()))?;
+    }
+    for var in &settings.env {
+        let var = text(var);
+        let (k, v) = var.split_once('=').unwrap_or((&var, ""));
+        builder
+            .env(k, v)
+            .map_err(|e| RunError::Host(e.to_string()))?;
+    }
+    for (i, guest) in image.manifest.preopens.iter().enumerate() {
+        let root = scratch.path().join(i.to_string());
+        std::fs::create_dir(&root).map_err(io_err("creating a preopen"))?;
+        for node in image
+            .manifest
+            .fs_nodes
+            .iter()
+            .filter(|n| n.preopen == i as u32)
+        {
+            let path = root.join(std::ffi::OsStr::from_bytes(&node.path));
+            match node.kind {
+                FsNodeKind::Dir => std::fs::create_dir(&path),
+                FsNodeKind::File => std::fs::write(&path, &node.contents),
+                FsNodeKind::Symlink => {
+                    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&node.contents), &path)
+                }
+            }
+            .map_err(io_err("writing a packed file"))?;
+        }
+        let dir = Dir::open_ambient_dir(&root, ambient_authority())
+            .map_err(io_err("opening a preopen"))?;
+        builder
+            .preopened_dir(dir, text(guest))
+            .map_err(|e| RunError::Host(e.to_string()))?;
+    }
+
+    let engine = Engine::new(&engine_config());
+    let module =
+        Module::new(&engine, image.bundle.module).map_err(|e| RunError::Host(e.to_string()))?;
+    let mut store = Store::new(&engine, builder.build());
+    let mut linker = Linker::<WasiCtx>::new(&engine);
+    wasmi_wasi::add_to_linker(&mut linker, |ctx| ctx).map_err(|e| RunError::Host(e.to_string()))?;
+    let outcome = linker
+        .instantiate_and_start(&mut store, &module)
+        .and_then(|instance| instance.get_typed_func::<(), ()>(&store, "_start"))
+        .and_then(|start| start.call(&mut store, ()));
+    drop(store);
+    Ok(match outcome {
+        Ok(()) => Ending::Exited(0),
+        Err(e) => {
+            if let Some(status) = e.i32_exit_status() {
+                Ending::Exited(status)
+            } else if let Some(code) = e.as_trap_code() {
+                Ending::Trapped {
+                    message: trap::message(u8::from(code) as u32).to_string(),
+                    backtrace: Vec::new(),
+                }
+            } else if e.to_string().contains("invalid exit status") {
+                Ending::InvalidExitStatus
+            } else {
+                Ending::Trapped {
+                    message: e.to_string(),
+                    backtrace: Vec::new(),
+                }
+            }
+        }
+    })
+}
