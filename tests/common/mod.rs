@@ -142,3 +142,72 @@ pub fn bare_qemu(image: &Path) -> Output {
         .output()
         .expect("qemu-system-x86_64 must be installed")
 }
+
+/// Zig (from PyPI's `ziglang`), the toolchain of the C and Zig samples: `WASMVM_ZIG`, else
+/// installed on first use under `target/toolchains`. `None` when it cannot be had, which
+/// fails the caller under `WASMVM_REQUIRE_TOOLCHAINS=1` (as CI sets).
+pub fn zig() -> Option<PathBuf> {
+    static ZIG: OnceLock<Option<PathBuf>> = OnceLock::new();
+    ZIG.get_or_init(|| {
+        if let Some(p) = std::env::var_os("WASMVM_ZIG") {
+            return Some(PathBuf::from(p));
+        }
+        let dir = root().join("target/toolchains/ziglang-0.17.0");
+        let bin = dir.join("ziglang/zig");
+        if !bin.exists() {
+            let ok = Command::new("python3")
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                ])
+                .args(["--no-warn-script-location", "--target"])
+                .arg(&dir)
+                .arg("ziglang==0.17.0")
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok || !bin.exists() {
+                let required = std::env::var("WASMVM_REQUIRE_TOOLCHAINS").as_deref() == Ok("1");
+                assert!(
+                    !required,
+                    "WASMVM_REQUIRE_TOOLCHAINS=1 but `pip install ziglang` failed"
+                );
+                eprintln!("note: zig is not available (pip install ziglang failed); skipping");
+                return None;
+            }
+        }
+        Some(bin)
+    })
+    .clone()
+}
+
+/// Builds a C or Zig sample with zig into `out`; `None` if zig is unavailable.
+pub fn zig_sample(source: &str, out: &Path) -> Option<PathBuf> {
+    let zig = zig()?;
+    let src = root().join("samples").join(source);
+    let mut cmd = Command::new(zig);
+    cmd.env(
+        "ZIG_GLOBAL_CACHE_DIR",
+        root().join("target/toolchains/zig-cache"),
+    );
+    if source.ends_with(".c") {
+        cmd.args(["cc", "--target=wasm32-wasi", "-O2", "-s"])
+            .arg(&src)
+            .arg("-o")
+            .arg(out);
+    } else {
+        cmd.args(["build-exe", "-target", "wasm32-wasi", "-O", "ReleaseSmall"])
+            .arg(&src)
+            .arg(format!("-femit-bin={}", out.display()));
+        cmd.current_dir(out.parent().unwrap());
+    }
+    let o = cmd.output().expect("run zig");
+    assert!(
+        o.status.success(),
+        "zig failed on {source}:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    Some(out.to_path_buf())
+}
