@@ -1,5 +1,6 @@
 //! Samples in other languages, built from source by their own toolchains, run in a VM and
-//! in host reference mode with identical results: C (wasi-libc through `zig cc`) and Zig.
+//! in host reference mode with identical results: C (wasi-libc through `zig cc`), Zig, and
+//! AssemblyScript (npm `assemblyscript` with `@assemblyscript/wasi-shim`).
 
 mod common;
 
@@ -63,4 +64,21 @@ fn zig_sample_exits_7() {
     assert_eq!(o.status.code(), Some(7));
     assert_eq!(stdout(&o), "Hello from Zig in a wasmvm VM!\nargc: 3\n");
     assert_eq!(stderr(&o), "Zig stderr line\n");
+}
+
+#[test]
+fn assemblyscript_sample_exits_5() {
+    let dir = scratch();
+    let Some(wasm) = assemblyscript_sample(&dir.path().join("hello_as.wasm")) else {
+        return;
+    };
+    let o = both(&wasm, &["--env", "GREETING=hey", "--", "a", "b"]);
+    assert_eq!(o.status.code(), Some(5));
+    // The shim's console.error writes to fd 1 (in wasmtime too); the VM must match that.
+    assert_eq!(
+        stdout(&o),
+        "Hello from AssemblyScript in a wasmvm VM!\narg 1: a\narg 2: b\nGREETING=hey\n\
+         Error: AssemblyScript stderr line\n"
+    );
+    assert_eq!(stderr(&o), "");
 }

@@ -211,3 +211,47 @@ pub fn zig_sample(source: &str, out: &Path) -> Option<PathBuf> {
     );
     Some(out.to_path_buf())
 }
+
+/// Builds the AssemblyScript sample with the npm packages pinned in its package-lock.json
+/// into `out`; `None` if npm is unavailable (a failure under `WASMVM_REQUIRE_TOOLCHAINS=1`).
+pub fn assemblyscript_sample(out: &Path) -> Option<PathBuf> {
+    static INSTALLED: OnceLock<bool> = OnceLock::new();
+    let dir = root().join("samples/assemblyscript");
+    let installed = *INSTALLED.get_or_init(|| {
+        let ok = Command::new("npm")
+            .args(["ci", "--silent", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        let required = std::env::var("WASMVM_REQUIRE_TOOLCHAINS").as_deref() == Ok("1");
+        assert!(
+            ok || !required,
+            "WASMVM_REQUIRE_TOOLCHAINS=1 but `npm ci` failed"
+        );
+        if !ok {
+            eprintln!("note: npm is not available; skipping the AssemblyScript sample");
+        }
+        ok
+    });
+    if !installed {
+        return None;
+    }
+    let o = Command::new("npx")
+        .args([
+            "asc",
+            "hello.ts",
+            "--config",
+            "node_modules/@assemblyscript/wasi-shim/asconfig.json",
+        ])
+        .args(["-O3", "-o"])
+        .arg(out)
+        .current_dir(&dir)
+        .output()
+        .expect("run npx asc");
+    assert!(
+        o.status.success(),
+        "asc failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    Some(out.to_path_buf())
+}
