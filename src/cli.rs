@@ -74,6 +74,13 @@ pub struct AppArgs {
     /// repeatable). Writes stay in guest memory and vanish when the VM ends.
     #[arg(long = "dir", value_name = "HOST[::GUEST]")]
     pub dirs: Vec<OsString>,
+    /// Run a reactor module: call `_initialize` (if exported), then EXPORT; an i32 result
+    /// becomes the exit status.
+    #[arg(long, value_name = "EXPORT")]
+    pub invoke: Option<String>,
+    /// Link function imports wasmvm does not provide as stubs that return zero values.
+    #[arg(long)]
+    pub stub_imports: bool,
     /// Arguments for the app, after `--`.
     #[arg(last = true, value_name = "ARGS")]
     pub args: Vec<OsString>,

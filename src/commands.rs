@@ -77,6 +77,8 @@ fn pack_options(module: &Path, app: &AppArgs) -> Result<PackOptions> {
             .iter()
             .map(|d| DirSpec::parse(d).map_err(|e| anyhow::anyhow!("--dir {e}")))
             .collect::<Result<_>>()?,
+        invoke: app.invoke.clone(),
+        stub_imports: app.stub_imports,
     })
 }
 
@@ -138,6 +140,11 @@ fn run(target: &Path, app: &AppArgs, mut opts: RunOptions, vmm: Vmm, verbose: bo
         _packed = tmp;
         path
     } else {
+        if app.invoke.is_some() || app.stub_imports {
+            bail!(
+                "--invoke and --stub-imports are packing options: give them to `wasmvm pack`, or run the .wasm module directly"
+            );
+        }
         if !app.dirs.is_empty() {
             bail!(
                 "--dir is a packing option: give it to `wasmvm pack`, or run the .wasm module \
@@ -203,7 +210,16 @@ fn inspect(path: &Path, json: bool) -> Result<i32> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let image =
         Image::parse(&bytes).with_context(|| format!("cannot inspect {}", path.display()))?;
-    let info = module::check(image.bundle.module).map_err(|p| anyhow::anyhow!(p.join("; ")))?;
+    let entry = module::Entry {
+        invoke: image
+            .manifest
+            .invoke
+            .as_deref()
+            .and_then(|b| std::str::from_utf8(b).ok()),
+        stub_imports: image.manifest.stub_imports,
+    };
+    let info =
+        module::check(image.bundle.module, entry).map_err(|p| anyhow::anyhow!(p.join("; ")))?;
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     let m = &image.manifest;
     let value = serde_json::json!({

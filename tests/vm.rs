@@ -277,3 +277,52 @@ fn packed_directories_are_preopened_and_writable_in_guest_memory() {
         stderr(&o)
     );
 }
+
+#[test]
+fn reactors_run_with_invoke_and_unknown_imports_with_stubs() {
+    let wasm = wat::parse_str(
+        r#"(module
+            (import "env" "host_thing" (func $thing (param i32) (result i32)))
+            (import "wasi_snapshot_preview1" "fd_write"
+                (func $fd_write (param i32 i32 i32 i32) (result i32)))
+            (memory (export "memory") 1)
+            (global $inited (mut i32) (i32.const 0))
+            (data (i32.const 16) "reactor ran\n")
+            (func (export "_initialize") (global.set $inited (i32.const 1)))
+            (func (export "run") (result i32)
+                (i32.store (i32.const 0) (i32.const 16))
+                (i32.store (i32.const 4) (i32.const 12))
+                (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+                ;; 40 + the stub's zero + 2 if _initialize ran
+                (i32.add (i32.add (i32.const 40) (call $thing (i32.const 5)))
+                         (i32.mul (global.get $inited) (i32.const 2)))))"#,
+    )
+    .unwrap();
+    let dir = scratch();
+    let module = dir.path().join("reactor.wasm");
+    std::fs::write(&module, &wasm).unwrap();
+
+    // Without the options pack refuses, naming both problems.
+    let o = wasmvm()
+        .arg("pack")
+        .arg(&module)
+        .arg("-o")
+        .arg(dir.path().join("x.img"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(253));
+    assert!(
+        stderr(&o).contains("imports `env.host_thing`"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("no `_start`"), "{}", stderr(&o));
+
+    let img = dir.path().join("reactor.img");
+    pack(&module, &img, &["--invoke", "run", "--stub-imports"]);
+    for vmm in [&["--vmm", "qemu"][..], &["--vmm", "host"]] {
+        let o = run(&img, vmm, b"");
+        assert_eq!(o.status.code(), Some(42), "{vmm:?}: {}", stderr(&o));
+        assert_eq!(stdout(&o), "reactor ran\n");
+    }
+}

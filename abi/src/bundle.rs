@@ -137,6 +137,10 @@ pub mod tag {
     /// ([`FsNodeKind`](super::FsNodeKind)), `u32` path length, the path (relative, `/`
     /// separated, parents before children), then the contents (file data, symlink target).
     pub const FS_NODE: u32 = 10;
+    /// Reactor mode: the export to call (after `_initialize`) instead of `_start`.
+    pub const INVOKE: u32 = 11;
+    /// Link function imports the kernel does not provide as stubs returning zeros (empty).
+    pub const STUB_IMPORTS: u32 = 12;
 }
 
 /// What an [`FsNode`] is.
@@ -203,6 +207,11 @@ pub struct Manifest {
     pub preopens: Vec<Vec<u8>>,
     /// Their contents.
     pub fs_nodes: Vec<FsNode>,
+    /// Reactor mode: call `_initialize` (if exported), then this export; an i32 result is
+    /// the exit status.
+    pub invoke: Option<Vec<u8>>,
+    /// Link unknown function imports as stubs that return zero values.
+    pub stub_imports: bool,
 }
 
 #[cfg(feature = "alloc")]
@@ -227,6 +236,12 @@ impl Manifest {
         for n in &self.fs_nodes {
             push_record(&mut out, tag::FS_NODE, &n.encode());
         }
+        if let Some(export) = &self.invoke {
+            push_record(&mut out, tag::INVOKE, export);
+        }
+        if self.stub_imports {
+            push_record(&mut out, tag::STUB_IMPORTS, &[]);
+        }
         out
     }
 
@@ -242,6 +257,8 @@ impl Manifest {
                 tag::MIN_MEMORY => m.min_memory = le_u64(record.value, 0)?,
                 tag::PREOPEN => m.preopens.push(record.value.to_vec()),
                 tag::FS_NODE => m.fs_nodes.push(FsNode::decode(record.value)?),
+                tag::INVOKE => m.invoke = Some(record.value.to_vec()),
+                tag::STUB_IMPORTS => m.stub_imports = true,
                 _ => {}
             }
         }
@@ -405,6 +422,8 @@ mod tests {
                     contents: b"data".to_vec(),
                 },
             ],
+            invoke: Some(b"run".to_vec()),
+            stub_imports: true,
         };
         let m = manifest.encode();
         let module = b"\0asm\x01\0\0\0";

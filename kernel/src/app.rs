@@ -1,5 +1,6 @@
 //! Runs the app: decodes the bundle, merges the run configuration, links WASI into wasmi and
-//! calls `_start`, and turns however that ends into an [`ExitRecord`].
+//! calls `_start` (or a reactor's export), and turns however that ends into an
+//! [`ExitRecord`].
 
 use alloc::format;
 use alloc::string::String;
@@ -23,6 +24,8 @@ pub struct Launch {
     pub fs_nodes: Vec<FsNode>,
     /// Wall-clock time for the packed files' timestamps.
     pub now_ns: u64,
+    pub invoke: Option<String>,
+    pub stub_imports: bool,
 }
 
 impl Launch {
@@ -39,6 +42,10 @@ impl Launch {
             preopens: manifest.preopens,
             fs_nodes: manifest.fs_nodes,
             now_ns: run.realtime_ns.unwrap_or(0),
+            invoke: manifest
+                .invoke
+                .map(|b| String::from_utf8_lossy(&b).into_owned()),
+            stub_imports: manifest.stub_imports,
         })
     }
 }
@@ -58,25 +65,27 @@ pub fn run(launch: Launch) -> ExitRecord {
     }
     let mut store = Store::new(&engine, wasi);
     let mut linker = Linker::new(&engine);
-    if let Err(e) = link::add_to_linker(&mut linker) {
+    let linked = link::add_to_linker(&mut linker).and_then(|()| {
+        if launch.stub_imports {
+            link::add_stubs(&mut linker, &module)
+        } else {
+            Ok(())
+        }
+    });
+    if let Err(e) = linked {
         return ExitRecord::failed(ExitKind::BootFailed, format!("linking WASI: {e}"));
     }
     let instance = match linker.instantiate_and_start(&mut store, &module) {
         Ok(i) => i,
         Err(e) => return outcome(e),
     };
-    let start = match instance.get_typed_func::<(), ()>(&store, "_start") {
-        Ok(f) => f,
-        Err(e) => {
-            return ExitRecord::failed(ExitKind::BootFailed, format!("no usable `_start`: {e}"));
-        }
-    };
     crate::channel::log(&format!(
-        "kernel: module compiled and instantiated in {} us; calling _start",
-        (crate::clock::monotonic_ns() - started) / 1000
+        "kernel: module compiled and instantiated in {} us; calling {}",
+        (crate::clock::monotonic_ns() - started) / 1000,
+        launch.invoke.as_deref().unwrap_or("_start")
     ));
-    match start.call(&mut store, ()) {
-        Ok(()) => ExitRecord::exited(0),
+    match link::call_entry(&mut store, &instance, launch.invoke.as_deref()) {
+        Ok(status) => ExitRecord::exited(status.unwrap_or(0)),
         Err(e) => outcome(e),
     }
 }

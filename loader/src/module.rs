@@ -13,8 +13,17 @@ pub struct ModuleInfo {
     pub exports: Vec<String>,
 }
 
+/// How the module will be run, which changes what it must provide.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Entry<'a> {
+    /// Reactor mode: the export called instead of `_start`.
+    pub invoke: Option<&'a str>,
+    /// Unknown function imports become stubs instead of errors.
+    pub stub_imports: bool,
+}
+
 /// Checks `bytes`; on failure returns every problem found, each a sentence naming it.
-pub fn check(bytes: &[u8]) -> Result<ModuleInfo, Vec<String>> {
+pub fn check(bytes: &[u8], entry: Entry) -> Result<ModuleInfo, Vec<String>> {
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
         let what = if bytes.starts_with(b"\x7fELF") {
             "an ELF executable"
@@ -61,7 +70,10 @@ pub fn check(bytes: &[u8]) -> Result<ModuleInfo, Vec<String>> {
             .then(|| FUNCTIONS.iter().find(|s| s.name == import.name()))
             .flatten();
         match known {
-            None => problems.push(format!("imports `{name}`, which wasmvm does not provide")),
+            None if entry.stub_imports => {}
+            None => problems.push(format!(
+                "imports `{name}`, which wasmvm does not provide (--stub-imports links such imports as stubs returning zeros)"
+            )),
             Some(sig) => {
                 if *ty != link::func_type(sig) {
                     problems.push(format!("imports `{name}` with the wrong signature {ty:?}"));
@@ -72,16 +84,25 @@ pub fn check(bytes: &[u8]) -> Result<ModuleInfo, Vec<String>> {
 
     let mut exports = Vec::new();
     let mut min_memory = 0;
-    let mut has_start = false;
+    let mut has_entry = false;
+    let entry_name = entry.invoke.unwrap_or("_start");
     for export in module.exports() {
         exports.push(export.name().to_string());
         match export.ty() {
-            ExternType::Func(ty) if export.name() == "_start" => {
-                if !ty.params().is_empty() || !ty.results().is_empty() {
-                    problems
-                        .push("`_start` must take no parameters and return nothing".to_string());
+            ExternType::Func(ty) if export.name() == entry_name => {
+                let results_ok = ty.results().is_empty()
+                    || (entry.invoke.is_some() && ty.results() == [wasmi::ValType::I32]);
+                if !ty.params().is_empty() || !results_ok {
+                    problems.push(format!(
+                        "`{entry_name}` must take no parameters and return nothing{}",
+                        if entry.invoke.is_some() {
+                            " or an i32 status"
+                        } else {
+                            ""
+                        }
+                    ));
                 }
-                has_start = true;
+                has_entry = true;
             }
             ExternType::Memory(mem) if export.name() == "memory" => {
                 min_memory = mem.minimum().saturating_mul(65536);
@@ -89,8 +110,14 @@ pub fn check(bytes: &[u8]) -> Result<ModuleInfo, Vec<String>> {
             _ => {}
         }
     }
-    if !has_start {
-        problems.push("exports no `_start` function: only WASI commands can be packed".to_string());
+    if !has_entry {
+        problems.push(match entry.invoke {
+            Some(name) => format!("exports no function `{name}` to --invoke"),
+            None => {
+                "exports no `_start` function: pack a command, or a reactor with --invoke EXPORT"
+                    .to_string()
+            }
+        });
     }
     if problems.is_empty() {
         Ok(ModuleInfo {
@@ -121,30 +148,45 @@ mod tests {
 
     #[test]
     fn accepts_a_minimal_command() {
-        let info = check(MINIMAL).expect("valid");
+        let info = check(MINIMAL, Entry::default()).expect("valid");
         assert_eq!(info.min_memory, 65536);
         assert_eq!(info.imports, ["wasi_snapshot_preview1.proc_exit"]);
     }
 
     #[test]
     fn names_each_problem() {
-        let text = check(b"hello world\n").unwrap_err();
+        let text = check(b"hello world\n", Entry::default()).unwrap_err();
         assert!(text[0].contains("not a WebAssembly module"), "{text:?}");
-        let truncated = check(&MINIMAL[..MINIMAL.len() - 3]).unwrap_err();
+        let truncated = check(&MINIMAL[..MINIMAL.len() - 3], Entry::default()).unwrap_err();
         assert!(
             truncated[0].contains("invalid or unsupported module"),
             "{truncated:?}"
         );
-        let component = check(b"\0asm\x0d\0\x01\0").unwrap_err();
+        let component = check(b"\0asm\x0d\0\x01\0", Entry::default()).unwrap_err();
         assert!(component[0].contains("component"), "{component:?}");
         // Rename the import module to `env` (same length as... no: patch the name bytes).
         let mut bad = MINIMAL.to_vec();
         let at = bad.windows(9).position(|w| w == b"proc_exit").unwrap();
         bad[at..at + 9].copy_from_slice(b"proc_exiz");
-        let errs = check(&bad).unwrap_err();
+        let errs = check(&bad, Entry::default()).unwrap_err();
+        assert!(
+            errs[0].starts_with(
+                "imports `wasi_snapshot_preview1.proc_exiz`, which wasmvm does not provide"
+            ),
+            "{errs:?}"
+        );
+        let stubbed = Entry {
+            stub_imports: true,
+            ..Entry::default()
+        };
+        assert!(check(&bad, stubbed).is_ok());
+        let invoked = Entry {
+            invoke: Some("nope"),
+            ..Entry::default()
+        };
         assert_eq!(
-            errs,
-            ["imports `wasi_snapshot_preview1.proc_exiz`, which wasmvm does not provide"]
+            check(MINIMAL, invoked).unwrap_err(),
+            ["exports no function `nope` to --invoke"]
         );
     }
 }

@@ -20,6 +20,10 @@ pub struct PackOptions {
     pub env: Vec<Vec<u8>>,
     /// Host directories copied into the image and preopened at the guest path.
     pub dirs: Vec<DirSpec>,
+    /// Reactor mode: the export to call after `_initialize`.
+    pub invoke: Option<String>,
+    /// Link unknown function imports as stubs returning zeros.
+    pub stub_imports: bool,
 }
 
 /// `--dir HOST[::GUEST]`.
@@ -122,7 +126,11 @@ fn collect_dir(root: &Path, index: u32, out: &mut Vec<FsNode>) -> Result<(), Pac
 
 /// Checks `wasm` and packs it with `kernel` into image bytes.
 pub fn pack_module(kernel: &[u8], wasm: &[u8], opts: &PackOptions) -> Result<Vec<u8>, PackError> {
-    let info = module::check(wasm).map_err(PackError::Module)?;
+    let entry = module::Entry {
+        invoke: opts.invoke.as_deref(),
+        stub_imports: opts.stub_imports,
+    };
+    let info = module::check(wasm, entry).map_err(PackError::Module)?;
     let mut fs_nodes = Vec::new();
     for (i, dir) in opts.dirs.iter().enumerate() {
         collect_dir(&dir.host, i as u32, &mut fs_nodes)?;
@@ -135,6 +143,8 @@ pub fn pack_module(kernel: &[u8], wasm: &[u8], opts: &PackOptions) -> Result<Vec
         min_memory: info.min_memory,
         preopens: opts.dirs.iter().map(|d| d.guest.clone()).collect(),
         fs_nodes,
+        invoke: opts.invoke.as_ref().map(|s| s.as_bytes().to_vec()),
+        stub_imports: opts.stub_imports,
     };
     Ok(image::pack(kernel, wasm, &manifest)?)
 }

@@ -13,7 +13,7 @@ use wasmi_wasi::WasiCtx;
 use wasmi_wasi::sync::{Dir, WasiCtxBuilder, ambient_authority};
 use wasmvm_abi::bundle::{FsNodeKind, RunConfig};
 use wasmvm_abi::channel::trap;
-use wasmvm_wasi::link::engine_config;
+use wasmvm_wasi::link::{call_entry, engine_config};
 
 use crate::image::Image;
 use crate::{Ending, RunError, RunOptions};
@@ -104,13 +104,20 @@ fn run_here(image_path: &Path, opts: &RunOptions) -> Result<Ending, RunError> {
     let mut store = Store::new(&engine, builder.build());
     let mut linker = Linker::<WasiCtx>::new(&engine);
     wasmi_wasi::add_to_linker(&mut linker, |ctx| ctx).map_err(|e| RunError::Host(e.to_string()))?;
+    if image.manifest.stub_imports {
+        wasmvm_wasi::link::add_stubs(&mut linker, &module)
+            .map_err(|e| RunError::Host(e.to_string()))?;
+    }
+    let invoke = image.manifest.invoke.as_ref().map(|b| text(b));
     let outcome = linker
         .instantiate_and_start(&mut store, &module)
-        .and_then(|instance| instance.get_typed_func::<(), ()>(&store, "_start"))
-        .and_then(|start| start.call(&mut store, ()));
+        .and_then(|instance| call_entry(&mut store, &instance, invoke.as_deref()));
     drop(store);
     Ok(match outcome {
-        Ok(()) => Ending::Exited(0),
+        Ok(status) => match status.unwrap_or(0) {
+            s if (0..=wasmvm_abi::exit::MAX_APP_STATUS).contains(&s) => Ending::Exited(s),
+            _ => Ending::InvalidExitStatus,
+        },
         Err(e) => {
             if let Some(status) = e.i32_exit_status() {
                 Ending::Exited(status)

@@ -3,7 +3,9 @@
 
 use alloc::vec::Vec;
 
-use wasmi::{Caller, Config, Error, Extern, FuncType, Linker, Val};
+use wasmi::{
+    Caller, Config, Error, Extern, ExternType, FuncType, Instance, Linker, Module, Store, Val,
+};
 
 use crate::{FUNCTIONS, MODULE, Platform, Sig, ValType, Wasi};
 
@@ -87,4 +89,63 @@ impl<P: Platform + 'static> WasiView for Wasi<P> {
     fn wasi(&mut self) -> &mut Wasi<P> {
         self
     }
+}
+
+/// Links every function import of `module` that WASI does not provide as a stub returning
+/// zero values (wasmtime's `--default-values-unknown-imports`).
+pub fn add_stubs<T: 'static>(linker: &mut Linker<T>, module: &Module) -> Result<(), Error> {
+    for import in module.imports() {
+        let ExternType::Func(ty) = import.ty() else {
+            continue;
+        };
+        let provided =
+            import.module() == MODULE && FUNCTIONS.iter().any(|s| s.name == import.name());
+        if provided {
+            continue;
+        }
+        let results: Vec<wasmi::ValType> = ty.results().to_vec();
+        linker.func_new(
+            import.module(),
+            import.name(),
+            ty.clone(),
+            move |_, _, out| {
+                for (slot, t) in out.iter_mut().zip(&results) {
+                    *slot = Val::default_for_ty(*t);
+                }
+                Ok(())
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Runs the app's entry point: `_start`, or for a reactor `_initialize` (if exported) and
+/// then `invoke`. Returns the exit status an i32 result gives, if any.
+pub fn call_entry<T>(
+    store: &mut Store<T>,
+    instance: &Instance,
+    invoke: Option<&str>,
+) -> Result<Option<i32>, Error> {
+    let Some(export) = invoke else {
+        let start = instance.get_typed_func::<(), ()>(&*store, "_start")?;
+        start.call(&mut *store, ())?;
+        return Ok(None);
+    };
+    if let Ok(init) = instance.get_typed_func::<(), ()>(&*store, "_initialize") {
+        init.call(&mut *store, ())?;
+    }
+    let func = instance
+        .get_func(&*store, export)
+        .ok_or_else(|| Error::new(alloc::format!("no exported function `{export}`")))?;
+    let mut results: Vec<Val> = func
+        .ty(&*store)
+        .results()
+        .iter()
+        .map(|t| Val::default_for_ty(*t))
+        .collect();
+    func.call(&mut *store, &[], &mut results)?;
+    Ok(match results.first() {
+        Some(Val::I32(status)) => Some(*status),
+        _ => None,
+    })
 }
