@@ -64,3 +64,21 @@ fn files_match_the_host() {
 fn cpu_matches_the_host() {
     compare("cpu", &[], &["--", "200000"], b"");
 }
+
+#[test]
+fn clocks_random_and_sleep_match_the_host() {
+    compare("sysinfo", &["--env", "A=1"], &["--", "x"], b"");
+    let o = run(&sample("sysinfo"), &[], b"");
+    let out = stdout(&o);
+    for line in [
+        "realtime plausible: true",
+        "monotonic never backwards: true",
+        "slept at least 20ms: true",
+        "slept under 5s: true",
+        "random draws differ: true",
+        "random not zero: true",
+        "hashmap works: true",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+}

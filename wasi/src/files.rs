@@ -836,4 +836,141 @@ mod tests {
             Ok(Errno::PERM)
         );
     }
+
+    #[test]
+    fn links_times_rights_and_renumbering() {
+        let mut w = wasi();
+        let root = w.fs().mkdir_all(b"0").unwrap();
+        w.preopen(root, b"/");
+        let mut mem = vec![0u8; 1024];
+        let (f, fl) = put(&mut mem, 100, b"file");
+        let open = [3, 0, f, fl, OFLAG_CREAT as u64, rights::FILE, 0, 0, 200];
+        assert_eq!(w.call(Func::PathOpen, &mut mem, &open), Ok(Errno::SUCCESS));
+        let fd = u32_at(&mem, 200) as u64;
+
+        // symlink + readlink (truncating to the buffer), and the absolute-target refusal.
+        let (l, ll) = put(&mut mem, 120, b"link");
+        assert_eq!(
+            w.call(Func::PathSymlink, &mut mem, &[f, fl, 3, l, ll]),
+            Ok(Errno::SUCCESS)
+        );
+        assert_eq!(
+            w.call(Func::PathReadlink, &mut mem, &[3, l, ll, 300, 2, 204]),
+            Ok(Errno::SUCCESS)
+        );
+        assert_eq!((u32_at(&mem, 204), &mem[300..302]), (2, &b"fi"[..]));
+        assert_eq!(
+            w.call(Func::PathReadlink, &mut mem, &[3, f, fl, 300, 8, 204]),
+            Ok(Errno::INVAL)
+        );
+        let (a, al) = put(&mut mem, 140, b"/etc");
+        let (l2, l2l) = put(&mut mem, 150, b"abs");
+        assert_eq!(
+            w.call(Func::PathSymlink, &mut mem, &[a, al, 3, l2, l2l]),
+            Ok(Errno::PERM)
+        );
+
+        // A hard link shares the node: nlink 2 in path_filestat_get.
+        let (h, hl) = put(&mut mem, 160, b"hard");
+        assert_eq!(
+            w.call(Func::PathLink, &mut mem, &[3, 0, f, fl, 3, h, hl]),
+            Ok(Errno::SUCCESS)
+        );
+        assert_eq!(
+            w.call(Func::PathFilestatGet, &mut mem, &[3, 0, h, hl, 400]),
+            Ok(Errno::SUCCESS)
+        );
+        assert_eq!(mem[416], filetype::REGULAR_FILE);
+        assert_eq!(u64::from_le_bytes(mem[424..432].try_into().unwrap()), 2);
+        // Without SYMLINK_FOLLOW the link itself is seen.
+        assert_eq!(
+            w.call(Func::PathFilestatGet, &mut mem, &[3, 0, l, ll, 400]),
+            Ok(Errno::SUCCESS)
+        );
+        assert_eq!(mem[416], filetype::SYMBOLIC_LINK);
+
+        // Times: explicit values stick; contradictory flags are EINVAL.
+        let set = [fd, 5, 6, (FST_ATIM | FST_MTIM) as u64];
+        assert_eq!(
+            w.call(Func::FdFilestatSetTimes, &mut mem, &set),
+            Ok(Errno::SUCCESS)
+        );
+        assert_eq!(
+            w.call(Func::FdFilestatGet, &mut mem, &[fd, 400]),
+            Ok(Errno::SUCCESS)
+        );
+        let at = |m: &[u8], o: usize| u64::from_le_bytes(m[o..o + 8].try_into().unwrap());
+        assert_eq!((at(&mem, 440), at(&mem, 448)), (5, 6));
+        let bad = [fd, 0, 0, (FST_MTIM | FST_MTIM_NOW) as u64];
+        assert_eq!(
+            w.call(Func::FdFilestatSetTimes, &mut mem, &bad),
+            Ok(Errno::INVAL)
+        );
+
+        // fd_allocate grows; set_size truncates.
+        assert_eq!(
+            w.call(Func::FdAllocate, &mut mem, &[fd, 10, 6]),
+            Ok(Errno::SUCCESS)
+        );
+        assert_eq!(
+            w.call(Func::FdFilestatGet, &mut mem, &[fd, 400]),
+            Ok(Errno::SUCCESS)
+        );
+        assert_eq!(at(&mem, 432), 16);
+        assert_eq!(
+            w.call(Func::FdFilestatSetSize, &mut mem, &[fd, 3]),
+            Ok(Errno::SUCCESS)
+        );
+        assert_eq!(
+            w.call(Func::FdFilestatGet, &mut mem, &[fd, 400]),
+            Ok(Errno::SUCCESS)
+        );
+        assert_eq!(at(&mem, 432), 3);
+
+        // Rights only shrink, and a right taken away is enforced.
+        let keep = rights::FD_READ | rights::FD_SEEK;
+        assert_eq!(
+            w.call(Func::FdFdstatSetRights, &mut mem, &[fd, keep, 0]),
+            Ok(Errno::SUCCESS)
+        );
+        assert_eq!(
+            w.call(Func::FdFdstatSetRights, &mut mem, &[fd, rights::FILE, 0]),
+            Ok(Errno::NOTCAPABLE)
+        );
+        mem[0..8].copy_from_slice(&[44, 1, 0, 0, 1, 0, 0, 0]);
+        assert_eq!(
+            w.call(Func::FdWrite, &mut mem, &[fd, 0, 1, 204]),
+            Ok(Errno::BADF)
+        );
+        assert_eq!(
+            w.call(
+                Func::FdFdstatSetFlags,
+                &mut mem,
+                &[fd, fdflags::APPEND as u64]
+            ),
+            Ok(Errno::SUCCESS)
+        );
+        assert_eq!(
+            w.call(Func::FdFdstatSetFlags, &mut mem, &[fd, 1 << 4]),
+            Ok(Errno::NOTSUP)
+        );
+
+        // Renumber onto an open descriptor moves it; the source is closed.
+        assert_eq!(
+            w.call(Func::FdRenumber, &mut mem, &[fd, 2]),
+            Ok(Errno::SUCCESS)
+        );
+        assert_eq!(
+            w.call(Func::FdFdstatGet, &mut mem, &[2, 400]),
+            Ok(Errno::SUCCESS)
+        );
+        assert_eq!(mem[400], filetype::REGULAR_FILE);
+        assert_eq!(w.call(Func::FdClose, &mut mem, &[fd]), Ok(Errno::BADF));
+        assert_eq!(w.call(Func::FdRenumber, &mut mem, &[2, 9]), Ok(Errno::BADF));
+        assert_eq!(
+            w.call(Func::FdAdvise, &mut mem, &[2, 0, 0, 9]),
+            Ok(Errno::INVAL)
+        );
+        assert_eq!(w.call(Func::FdSync, &mut mem, &[2]), Ok(Errno::SUCCESS));
+    }
 }

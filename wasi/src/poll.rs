@@ -173,3 +173,64 @@ impl<P: Platform> Wasi<P> {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::errno::Errno;
+    use crate::signature::Func;
+    use crate::state::tests::{u32_at, wasi};
+
+    fn clock_sub(mem: &mut [u8], at: usize, userdata: u64, timeout: u64) {
+        mem[at..at + 8].copy_from_slice(&userdata.to_le_bytes());
+        mem[at + 8] = super::EVENTTYPE_CLOCK;
+        mem[at + 16..at + 20].copy_from_slice(&1u32.to_le_bytes()); // monotonic
+        mem[at + 24..at + 32].copy_from_slice(&timeout.to_le_bytes());
+    }
+
+    fn fd_sub(mem: &mut [u8], at: usize, userdata: u64, kind: u8, fd: u32) {
+        mem[at..at + 8].copy_from_slice(&userdata.to_le_bytes());
+        mem[at + 8] = kind;
+        mem[at + 16..at + 20].copy_from_slice(&fd.to_le_bytes());
+    }
+
+    #[test]
+    fn a_clock_alone_waits_for_its_deadline() {
+        let mut w = wasi();
+        let mut mem = vec![0u8; 512];
+        clock_sub(&mut mem, 0, 77, 5);
+        assert_eq!(
+            w.call(Func::PollOneoff, &mut mem, &[0, 100, 1, 200]),
+            Ok(Errno::SUCCESS)
+        );
+        assert_eq!(u32_at(&mem, 200), 1);
+        assert_eq!(u64::from_le_bytes(mem[100..108].try_into().unwrap()), 77);
+        assert_eq!(mem[110], super::EVENTTYPE_CLOCK);
+    }
+
+    #[test]
+    fn ready_descriptors_win_over_a_clock() {
+        let mut w = wasi();
+        let mut mem = vec![0u8; 512];
+        clock_sub(&mut mem, 0, 1, 1_000_000_000);
+        fd_sub(&mut mem, 48, 2, super::EVENTTYPE_FD_WRITE, 1);
+        fd_sub(&mut mem, 96, 3, super::EVENTTYPE_FD_READ, 42);
+        assert_eq!(
+            w.call(Func::PollOneoff, &mut mem, &[0, 200, 3, 500]),
+            Ok(Errno::SUCCESS)
+        );
+        assert_eq!(u32_at(&mem, 500), 2);
+        // stdout is writable; fd 42 is not open.
+        assert_eq!(u64::from_le_bytes(mem[200..208].try_into().unwrap()), 2);
+        assert_eq!(u64::from_le_bytes(mem[232..240].try_into().unwrap()), 3);
+        assert_eq!(u16::from_le_bytes([mem[240], mem[241]]), Errno::BADF.0);
+        // No subscriptions, or events that do not fit in memory, are errors.
+        assert_eq!(
+            w.call(Func::PollOneoff, &mut mem, &[0, 200, 0, 500]),
+            Ok(Errno::INVAL)
+        );
+        assert_eq!(
+            w.call(Func::PollOneoff, &mut mem, &[0, 500, 3, 0]),
+            Ok(Errno::FAULT)
+        );
+    }
+}
