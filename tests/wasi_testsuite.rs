@@ -11,11 +11,17 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 
+/// `WASMVM_WASI_TESTSUITE`, else `shared/wasi-testsuite` beside the checkout (where the
+/// workplace lays it for sessions and CI).
 fn suite_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("WASMVM_WASI_TESTSUITE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("../shared/wasi-testsuite"));
-    dir.join("tests").is_dir().then_some(dir)
+    let candidates = match std::env::var_os("WASMVM_WASI_TESTSUITE") {
+        Some(dir) => vec![PathBuf::from(dir)],
+        None => vec![
+            root().join("../shared/wasi-testsuite"),
+            root().join("../../shared/wasi-testsuite"),
+        ],
+    };
+    candidates.into_iter().find(|d| d.join("tests").is_dir())
 }
 
 fn expectations() -> BTreeMap<String, String> {

@@ -89,6 +89,15 @@ impl<P: Platform> Wasi<P> {
         }
     }
 
+    /// A copy of descriptor `fd`, which must hold `right` (else `EBADF`, as wasmtime).
+    fn fd_with(&self, fd: u32, right: u64) -> WasiResult<Fd> {
+        let d = self.fd(fd)?;
+        if d.rights & right == 0 {
+            return Err(Errno::BADF);
+        }
+        Ok(d.clone())
+    }
+
     /// Moves a file descriptor's position.
     fn set_offset(&mut self, fd: u32, pos: u64) {
         if let Some(Fd {
@@ -116,10 +125,7 @@ impl<P: Platform> Wasi<P> {
         at: Option<u64>,
         nwritten: u32,
     ) -> WasiResult {
-        let d = self.fd(fd)?.clone();
-        if d.rights & rights::FD_WRITE == 0 {
-            return Err(Errno::BADF);
-        }
+        let d = self.fd_with(fd, rights::FD_WRITE)?;
         let iovs = mem.iovecs(iovs, count)?;
         let mut total: u32 = 0;
         match d.entry {
@@ -174,10 +180,7 @@ impl<P: Platform> Wasi<P> {
         at: Option<u64>,
         nread: u32,
     ) -> WasiResult {
-        let d = self.fd(fd)?.clone();
-        if d.rights & rights::FD_READ == 0 {
-            return Err(Errno::BADF);
-        }
+        let d = self.fd_with(fd, rights::FD_READ)?;
         let iovs = mem.iovecs(iovs, count)?;
         let total = match d.entry {
             Entry::Stdin if at.is_some() => return Err(Errno::SPIPE),
@@ -389,13 +392,9 @@ impl<P: Platform> Wasi<P> {
     }
 
     pub(crate) fn fd_filestat_set_size(&mut self, fd: u32, size: u64) -> WasiResult {
-        let d = self.fd(fd)?.clone();
-        let Entry::File { ino, .. } = d.entry else {
+        let Entry::File { ino, .. } = self.fd_with(fd, rights::FD_FILESTAT_SET_SIZE)?.entry else {
             return Err(Errno::BADF);
         };
-        if d.rights & rights::FD_FILESTAT_SET_SIZE == 0 {
-            return Err(Errno::BADF);
-        }
         let now = self.now();
         self.file_data(ino)?
             .resize(usize::try_from(size).map_err(|_| Errno::FBIG)?, 0);
