@@ -12,8 +12,8 @@ mod common;
 
 use std::time::Instant;
 
-const RUNS: usize = 5;
-const SIZE: &str = "3000000";
+const RUNS: usize = 7;
+const SIZE: &str = "10000000";
 
 fn compute_us(stderr: &str) -> f64 {
     stderr
