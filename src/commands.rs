@@ -222,6 +222,19 @@ fn inspect(path: &Path, json: bool) -> Result<i32> {
         module::check(image.bundle.module, entry).map_err(|p| anyhow::anyhow!(p.join("; ")))?;
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     let m = &image.manifest;
+    let preopens: Vec<_> = m
+        .preopens
+        .iter()
+        .enumerate()
+        .map(|(i, guest)| {
+            let nodes = m.fs_nodes.iter().filter(|n| n.preopen == i as u32);
+            serde_json::json!({
+                "guest_path": text(guest),
+                "entries": nodes.clone().count(),
+                "bytes": nodes.map(|n| n.contents.len()).sum::<usize>(),
+            })
+        })
+        .collect();
     let value = serde_json::json!({
         "kernel_version": image.kernel.version,
         "abi_version": image.kernel.abi_version,
@@ -237,6 +250,9 @@ fn inspect(path: &Path, json: bool) -> Result<i32> {
         "argv0": m.argv0.as_deref().map(text),
         "args": m.args.iter().map(|a| text(a)).collect::<Vec<_>>(),
         "env": m.env.iter().map(|a| text(a)).collect::<Vec<_>>(),
+        "preopens": preopens,
+        "invoke": m.invoke.as_deref().map(text),
+        "stub_imports": m.stub_imports,
     });
     if json {
         println!("{}", serde_json::to_string_pretty(&value)?);

@@ -137,6 +137,30 @@ fn inspect_reports_versions_module_and_settings() {
             .any(|e| e == "_start")
     );
 
+    assert_eq!(v["preopens"], serde_json::json!([]));
+    assert_eq!(v["invoke"], serde_json::Value::Null);
+
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("a.txt"), "12345").unwrap();
+    let with_dir = dir.path().join("dir.img");
+    pack(
+        &sample("hello"),
+        &with_dir,
+        &["--dir", &format!("{}::/srv", data.display())],
+    );
+    let o = wasmvm()
+        .arg("inspect")
+        .arg(&with_dir)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v["preopens"],
+        serde_json::json!([{"guest_path": "/srv", "entries": 1, "bytes": 5}])
+    );
+
     let text = wasmvm().arg("inspect").arg(&img).output().unwrap();
     assert!(stdout(&text).contains("ABI version 1"), "{}", stdout(&text));
 }

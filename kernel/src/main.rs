@@ -76,6 +76,8 @@ fn fail(kind: ExitKind, message: String) -> ! {
 #[unsafe(no_mangle)]
 extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
     let Some((start, cmdline)) = phys::start_info(start_info_paddr) else {
+        // No heap yet, so no message can be allocated; without a channel the host sees a
+        // guest crash, which is what a loader that passes no start info has made of it.
         fail(ExitKind::BootFailed, String::new())
     };
     let (_, kernel_end) = phys::kernel_range();
