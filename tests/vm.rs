@@ -326,3 +326,44 @@ fn reactors_run_with_invoke_and_unknown_imports_with_stubs() {
         assert_eq!(stdout(&o), "reactor ran\n");
     }
 }
+
+#[test]
+fn packed_paths_cannot_leave_their_directory() {
+    // An image is untrusted input: patch a packed file's path to climb out (same length, so
+    // the rest of the bundle stays valid) and check both backends refuse it.
+    let dir = scratch();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("zzzz.txt"), "x").unwrap();
+    let img = dir.path().join("evil.img");
+    pack(
+        &sample("hello"),
+        &img,
+        &["--dir", &format!("{}::/d", data.display())],
+    );
+    for (from, to) in [
+        (&b"zzzz.txt"[..], &b"../z.txt"[..]),
+        (b"zzzz.txt", b"/tmp/z.t"),
+    ] {
+        let mut bytes = std::fs::read(&img).unwrap();
+        let at = bytes.windows(from.len()).position(|w| w == from).unwrap();
+        bytes[at..at + to.len()].copy_from_slice(to);
+        let evil = dir.path().join("patched.img");
+        std::fs::write(&evil, &bytes).unwrap();
+
+        let host = run(&evil, &["--vmm", "host"], b"");
+        assert_eq!(host.status.code(), Some(253), "{}", stderr(&host));
+        assert!(
+            stderr(&host).contains("packed path leaves its directory"),
+            "{}",
+            stderr(&host)
+        );
+
+        let vm = run(&evil, &[], b"");
+        assert_eq!(vm.status.code(), Some(250), "{}", stderr(&vm));
+        let shown = format!("packed file {}", String::from_utf8_lossy(to));
+        assert!(stderr(&vm).contains(&shown), "{}", stderr(&vm));
+    }
+    assert!(!dir.path().join("z.txt").exists());
+    assert!(!std::path::Path::new("/tmp/z.t").exists());
+}

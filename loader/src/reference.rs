@@ -75,16 +75,37 @@ fn run_here(image_path: &Path, opts: &RunOptions) -> Result<Ending, RunError> {
     for (i, guest) in image.manifest.preopens.iter().enumerate() {
         let root = scratch.path().join(i.to_string());
         std::fs::create_dir(&root).map_err(io_err("creating a preopen"))?;
+        // The image is untrusted: every node must name a fresh entry inside a directory
+        // created before it, so no path (`..`, `/`, or a packed symlink) can lead outside
+        // the scratch directory.
+        let mut dirs = std::collections::HashSet::from([Vec::new()]);
         for node in image
             .manifest
             .fs_nodes
             .iter()
             .filter(|n| n.preopen == i as u32)
         {
+            let (parent, name) = match node.path.iter().rposition(|&b| b == b'/') {
+                Some(at) => (&node.path[..at], &node.path[at + 1..]),
+                None => (&[][..], &node.path[..]),
+            };
+            let absolute = node.path.first() == Some(&b'/');
+            if absolute || matches!(name, b"" | b"." | b"..") || !dirs.contains(parent) {
+                return Err(RunError::Image(crate::image::ImageError::Bundle(
+                    wasmvm_abi::DecodeError::Malformed("packed path leaves its directory"),
+                )));
+            }
             let path = root.join(std::ffi::OsStr::from_bytes(&node.path));
             match node.kind {
-                FsNodeKind::Dir => std::fs::create_dir(&path),
-                FsNodeKind::File => std::fs::write(&path, &node.contents),
+                FsNodeKind::Dir => {
+                    dirs.insert(node.path.clone());
+                    std::fs::create_dir(&path)
+                }
+                FsNodeKind::File => std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .and_then(|mut f| std::io::Write::write_all(&mut f, &node.contents)),
                 FsNodeKind::Symlink => {
                     std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&node.contents), &path)
                 }
