@@ -105,7 +105,13 @@ fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
         .unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("cannot write {}", path.display()))?;
+    // Images are ordinary files others may boot: rw-r--r-- (tempfile starts at 0600).
+    use std::os::unix::fs::PermissionsExt;
     tmp.write_all(data)
+        .and_then(|()| {
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o644))
+        })
         .and_then(|()| tmp.as_file().sync_all())
         .with_context(|| format!("cannot write {}", path.display()))?;
     tmp.persist(path)

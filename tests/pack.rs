@@ -88,6 +88,11 @@ fn packing_is_reproducible() {
     pack(&sample("hello"), &a, &args);
     pack(&sample("hello"), &b, &args);
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&a).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
 }
 
 #[test]

@@ -367,3 +367,20 @@ fn packed_paths_cannot_leave_their_directory() {
     assert!(!dir.path().join("z.txt").exists());
     assert!(!std::path::Path::new("/tmp/z.t").exists());
 }
+
+#[test]
+fn a_missing_qemu_is_a_clear_error() {
+    let o = wasmvm()
+        .args(["run", "--accel", accel()])
+        .arg(sample("hello"))
+        .env("WASMVM_QEMU", "/nonexistent/qemu-system-x86_64")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(253));
+    assert!(stderr(&o).contains("was not found"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("apt-get install qemu-system-x86"),
+        "{}",
+        stderr(&o)
+    );
+}
