@@ -5,6 +5,7 @@
 pub mod channel;
 pub mod elf;
 pub mod image;
+pub mod kvm;
 pub mod module;
 pub mod pack;
 pub mod qemu;

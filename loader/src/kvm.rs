@@ -1,0 +1,199 @@
+//! The start of the built-in KVM micro-VMM (the micro-VMM issue): creates a VM with
+//! `kvm-ioctls`, loads an image's `PT_LOAD` segments and the PVH boot structures into guest
+//! memory through `vm-memory` (every write bounds-checked), enters the kernel at its PVH
+//! entry, and runs the vCPU until the guest writes the ABI's exit port or dies.
+//!
+//! No devices yet: a guest without a console reaches the exit port only if its app prints
+//! nothing. `wasmvm run` keeps using QEMU until the virtio devices land here.
+
+use std::path::Path;
+use std::time::Instant;
+
+use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_regs, kvm_segment, kvm_userspace_memory_region};
+use kvm_ioctls::{Kvm, VcpuExit};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use wasmvm_abi::bundle::RunConfig;
+use wasmvm_abi::exit::EXIT_PORT;
+use wasmvm_abi::pvh::{self, MemmapEntry, StartInfo};
+
+use crate::RunError;
+use crate::elf::{Elf, PT_LOAD};
+use crate::image::Image;
+
+/// Where the boot structures go: low memory below the kernel's 1 MiB load address.
+const START_INFO_ADDR: u64 = 0x6000;
+const MEMMAP_ADDR: u64 = 0x7000;
+const MODLIST_ADDR: u64 = 0x8000;
+const CMDLINE_ADDR: u64 = 0x9000;
+
+/// How a probe run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeEnd {
+    /// The guest wrote the exit port.
+    ExitPort,
+    /// The VM shut down (triple fault) or stopped without writing it.
+    Crashed(String),
+}
+
+fn err(what: impl std::fmt::Display) -> RunError {
+    RunError::KvmUnavailable(what.to_string())
+}
+
+/// A 32-bit flat segment for the PVH entry state.
+fn flat_segment(selector: u16, code: bool) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_: if code { 0xb } else { 0x3 },
+        present: 1,
+        dpl: 0,
+        db: 1,
+        s: 1,
+        l: 0,
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+/// Boots the image at `image_path` with `memory_mib` of RAM and runs it until it ends.
+pub fn probe(
+    image_path: &Path,
+    memory_mib: u64,
+    run: &RunConfig,
+) -> Result<(ProbeEnd, f64), RunError> {
+    let started = Instant::now();
+    let bytes = std::fs::read(image_path).map_err(|source| RunError::Io {
+        context: "reading the image",
+        source,
+    })?;
+    Image::parse(&bytes)?;
+    let elf = Elf::parse(&bytes).map_err(|e| err(format!("image ELF: {e}")))?;
+    let mem_size = memory_mib << 20;
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_size as usize)])
+        .map_err(|e| err(format!("guest memory: {e}")))?;
+
+    // Segments, each write checked against guest memory by vm-memory.
+    for ph in elf.phdrs.iter().filter(|p| p.p_type == PT_LOAD) {
+        mem.write_slice(elf.segment(ph), GuestAddress(ph.p_paddr))
+            .map_err(|e| {
+                err(format!(
+                    "segment at {:#x} does not fit in guest memory: {e}",
+                    ph.p_paddr
+                ))
+            })?;
+    }
+    let entry = elf
+        .notes()
+        .iter()
+        .find(|(owner, kind, desc)| {
+            *owner == b"Xen" && *kind == pvh::XEN_ELFNOTE_PHYS32_ENTRY && desc.len() >= 4
+        })
+        .map(|(_, _, desc)| u32::from_le_bytes(desc[..4].try_into().expect("4 bytes")) as u64)
+        .ok_or_else(|| err("the image has no PVH entry note"))?;
+
+    // Boot structures: start info, one RAM entry, the run configuration as module 0.
+    let config = run.encode();
+    let config_addr = (mem_size - config.len() as u64) & !0xfff;
+    let write = |data: &[u8], at: u64| {
+        mem.write_slice(data, GuestAddress(at))
+            .map_err(|e| err(format!("boot structure at {at:#x}: {e}")))
+    };
+    write(&config, config_addr)?;
+    write(
+        &pvh::Module {
+            paddr: config_addr,
+            size: config.len() as u64,
+            cmdline_paddr: 0,
+        }
+        .encode(),
+        MODLIST_ADDR,
+    )?;
+    write(
+        &MemmapEntry {
+            addr: 0,
+            size: mem_size,
+            kind: pvh::MEMMAP_TYPE_RAM,
+        }
+        .encode(),
+        MEMMAP_ADDR,
+    )?;
+    write(b"\0", CMDLINE_ADDR)?;
+    write(
+        &StartInfo {
+            version: 1,
+            nr_modules: 1,
+            modlist_paddr: MODLIST_ADDR,
+            cmdline_paddr: CMDLINE_ADDR,
+            memmap_paddr: MEMMAP_ADDR,
+            memmap_entries: 1,
+            ..StartInfo::default()
+        }
+        .encode(),
+        START_INFO_ADDR,
+    )?;
+
+    let kvm = Kvm::new().map_err(|e| err(format!("/dev/kvm: {e}")))?;
+    let vm = kvm
+        .create_vm()
+        .map_err(|e| err(format!("creating the VM: {e}")))?;
+    let host_addr = mem
+        .get_host_address(GuestAddress(0))
+        .map_err(|e| err(format!("guest memory: {e}")))?;
+    let region = kvm_userspace_memory_region {
+        slot: 0,
+        flags: 0,
+        guest_phys_addr: 0,
+        memory_size: mem_size,
+        userspace_addr: host_addr as u64,
+    };
+    // SAFETY: `host_addr` is the start of `mem`'s single mapping of `mem_size` bytes, which
+    // lives until the VM and its vCPU are dropped at the end of this function.
+    unsafe { vm.set_user_memory_region(region) }.map_err(|e| err(format!("memory region: {e}")))?;
+    let mut vcpu = vm.create_vcpu(0).map_err(|e| err(format!("vCPU: {e}")))?;
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| err(format!("CPUID: {e}")))?;
+    vcpu.set_cpuid2(&cpuid)
+        .map_err(|e| err(format!("CPUID: {e}")))?;
+
+    // PVH entry state: 32-bit protected mode, paging off, flat segments, %ebx = start info.
+    let mut sregs = vcpu.get_sregs().map_err(|e| err(format!("sregs: {e}")))?;
+    sregs.cs = flat_segment(0x08, true);
+    for seg in [
+        &mut sregs.ds,
+        &mut sregs.es,
+        &mut sregs.fs,
+        &mut sregs.gs,
+        &mut sregs.ss,
+    ] {
+        *seg = flat_segment(0x10, false);
+    }
+    sregs.cr0 = 0x11; // PE | ET
+    sregs.cr4 = 0;
+    sregs.efer = 0;
+    vcpu.set_sregs(&sregs)
+        .map_err(|e| err(format!("sregs: {e}")))?;
+    vcpu.set_regs(&kvm_regs {
+        rip: entry,
+        rbx: START_INFO_ADDR,
+        rflags: 2,
+        ..Default::default()
+    })
+    .map_err(|e| err(format!("regs: {e}")))?;
+
+    let end = loop {
+        match vcpu.run() {
+            Ok(VcpuExit::IoOut(port, _)) if port == EXIT_PORT => break ProbeEnd::ExitPort,
+            Ok(VcpuExit::IoOut(..)) | Ok(VcpuExit::MmioWrite(..)) => {}
+            Ok(VcpuExit::IoIn(_, data)) | Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xff),
+            Ok(VcpuExit::Shutdown) => break ProbeEnd::Crashed("triple fault".into()),
+            Ok(VcpuExit::Hlt) => break ProbeEnd::Crashed("the vCPU halted".into()),
+            Ok(other) => break ProbeEnd::Crashed(format!("unexpected exit {other:?}")),
+            Err(e) => break ProbeEnd::Crashed(format!("KVM_RUN: {e}")),
+        }
+    };
+    Ok((end, started.elapsed().as_secs_f64() * 1e3))
+}

@@ -1,0 +1,67 @@
+//! The first steps of the built-in micro-VMM (`wasmvm_loader::kvm`): it loads an image into
+//! guest memory itself, enters the kernel at its PVH entry and sees the guest reach the exit
+//! port, or die. Needs KVM (fails without it under `WASMVM_REQUIRE_KVM=1`).
+
+mod common;
+
+use common::*;
+use wasmvm_abi::bundle::RunConfig;
+use wasmvm_loader::kvm::{ProbeEnd, probe};
+
+fn kvm_or_skip() -> bool {
+    if accel() == "kvm" {
+        return true;
+    }
+    eprintln!("note: no KVM; skipping the built-in VMM probe");
+    false
+}
+
+#[test]
+fn the_builtin_vmm_boots_an_image_to_its_exit_port() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = scratch();
+    let img = dir.path().join("silent.img");
+    // An app that prints nothing: without devices the guest has no console yet.
+    pack(&sample("exitcode"), &img, &["--", "exit", "0"]);
+    let (end, ms) = probe(&img, 64, &RunConfig::default()).expect("probe");
+    assert_eq!(end, ProbeEnd::ExitPort, "after {ms:.1} ms");
+    eprintln!("built-in VMM: image loaded, booted and at the exit port in {ms:.1} ms");
+}
+
+#[test]
+fn the_builtin_vmm_reports_a_triple_fault() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = scratch();
+    let img = dir.path().join("crash.img");
+    pack(&sample("exitcode"), &img, &["--", "exit", "0"]);
+    let mut bytes = std::fs::read(&img).unwrap();
+    let entry = u64::from_le_bytes(bytes[24..32].try_into().unwrap());
+    let phoff = u64::from_le_bytes(bytes[32..40].try_into().unwrap()) as usize;
+    let vaddr = u64::from_le_bytes(bytes[phoff + 16..phoff + 24].try_into().unwrap());
+    let offset = u64::from_le_bytes(bytes[phoff + 8..phoff + 16].try_into().unwrap());
+    let at = (entry - vaddr + offset) as usize;
+    bytes[at..at + 2].copy_from_slice(&[0x0f, 0x0b]);
+    std::fs::write(&img, &bytes).unwrap();
+    let (end, _) = probe(&img, 64, &RunConfig::default()).expect("probe");
+    assert!(matches!(end, ProbeEnd::Crashed(_)), "{end:?}");
+}
+
+#[test]
+fn the_builtin_vmm_refuses_an_image_larger_than_guest_memory() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = scratch();
+    let img = dir.path().join("big.img");
+    pack(&sample("exitcode"), &img, &[]);
+    // 4 MiB of RAM cannot hold the kernel's 4 MiB stack plus the bundle above 1 MiB.
+    let e = probe(&img, 4, &RunConfig::default()).unwrap_err();
+    assert!(
+        e.to_string().contains("does not fit in guest memory"),
+        "{e}"
+    );
+}
