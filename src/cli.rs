@@ -90,6 +90,8 @@ pub struct AppArgs {
 pub enum Vmm {
     /// QEMU `-M microvm` on KVM (or TCG with `--accel tcg`).
     Qemu,
+    /// wasmvm's own KVM micro-VMM (experimental: console channel only so far; no QEMU).
+    Builtin,
     /// No VM: the same image on the host with wasmi and wasi-common, the reference
     /// behaviour the VM is tested against. Ignores --accel, --memory and --timeout.
     Host,

@@ -9,7 +9,7 @@ use wasmvm_abi::ABI_VERSION;
 use wasmvm_loader::image::{self, Image};
 use wasmvm_loader::pack::{DirSpec, PackOptions, check_env, pack_module};
 use wasmvm_loader::{
-    Accel, Control, RunIo, RunOptions, StopReason, elf::Elf, module, qemu, reference,
+    Accel, Control, RunIo, RunOptions, StopReason, builtin, elf::Elf, module, qemu, reference,
 };
 
 use crate::KERNEL;
@@ -204,7 +204,10 @@ fn run(target: &Path, app: &AppArgs, mut opts: RunOptions, vmm: Vmm, verbose: bo
         stderr: &mut stderr,
         log: &mut log,
     };
-    let ending = qemu::run(&image_path, &opts, io, control)?;
+    let ending = match vmm {
+        Vmm::Builtin => builtin::run(&image_path, &opts, io, control)?,
+        _ => qemu::run(&image_path, &opts, io, control)?,
+    };
     signal_handle.close();
     if let Some(message) = ending.describe() {
         eprintln!("wasmvm: {message}");

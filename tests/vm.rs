@@ -384,3 +384,58 @@ fn a_missing_qemu_is_a_clear_error() {
         stderr(&o)
     );
 }
+
+#[test]
+fn the_builtin_vmm_carries_large_stdin_timeouts_and_signals() {
+    if accel() != "kvm" {
+        eprintln!("note: no KVM; skipping the built-in VMM");
+        return;
+    }
+    let data: Vec<u8> = (0..(3u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let o = run(
+        &sample("exitcode"),
+        &["--vmm", "builtin", "--", "cat"],
+        &data,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        o.stdout == data,
+        "stdin copy differs ({} bytes back)",
+        o.stdout.len()
+    );
+
+    let o = run(
+        &sample("exitcode"),
+        &["--vmm", "builtin", "--timeout", "1s", "--", "spin"],
+        b"",
+    );
+    assert_eq!(o.status.code(), Some(252), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "spinning\n");
+
+    let mut child = wasmvm()
+        .args(["run", "--vmm", "builtin"])
+        .arg(sample("exitcode"))
+        .args(["--", "spin"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "spinning\n");
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(143), "{}", stderr(&o));
+}

@@ -28,6 +28,12 @@ pub const USAGE: i32 = 253;
 /// exit record; QEMU's `isa-debug-exit` device and our VMM listen there.
 pub const EXIT_PORT: u16 = 0xf4;
 
+/// The port the guest writes to (with `out imm8`) whenever it waits for the host: for stdin,
+/// for channel credit, or for a clock deadline. It cannot `hlt` at CPL 3, so this exit is how
+/// a waiting guest hands the CPU back: the built-in VMM delivers pending input there and
+/// blocks briefly when there is none; QEMU ignores the port.
+pub const WAIT_PORT: u16 = 0xf5;
+
 /// The host status for an app that exited with `status`.
 pub fn app_status(status: i32) -> i32 {
     if (0..=MAX_APP_STATUS).contains(&status) {

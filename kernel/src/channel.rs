@@ -126,6 +126,9 @@ impl Channel {
             let len = (FRAME_HEADER_LEN + chunk.len()) as u32;
             while self.credit < len.min(CHANNEL_WINDOW) {
                 self.poll_rx();
+                if self.credit < len.min(CHANNEL_WINDOW) {
+                    wait();
+                }
             }
             self.credit = self.credit.saturating_sub(len);
             let header = FrameHeader {
@@ -174,6 +177,9 @@ impl Channel {
                 return 0;
             }
             self.poll_rx();
+            if self.stdin.is_empty() && !self.stdin_eof {
+                wait();
+            }
         }
     }
 
@@ -228,6 +234,11 @@ impl Channel {
             _ => {}
         }
     }
+}
+
+/// Hands the CPU to the VMM while waiting (see `wasmvm_abi::exit::WAIT_PORT`).
+pub fn wait() {
+    arch::out8::<{ wasmvm_abi::exit::WAIT_PORT as u8 }>(0);
 }
 
 fn serial_write(bytes: &[u8]) {

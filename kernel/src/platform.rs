@@ -63,4 +63,10 @@ impl Platform for KernelPlatform {
     fn stdin_ready(&mut self) -> bool {
         channel::stdin_ready()
     }
+
+    fn wait_until(&mut self, deadline_ns: u64, or_stdin: bool) {
+        while clock::monotonic_ns() < deadline_ns && !(or_stdin && channel::stdin_ready()) {
+            channel::wait();
+        }
+    }
 }

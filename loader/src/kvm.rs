@@ -3,22 +3,25 @@
 //! memory through `vm-memory` (every write bounds-checked), enters the kernel at its PVH
 //! entry, and runs the vCPU until the guest writes the ABI's exit port or dies.
 //!
-//! No devices yet: a guest without a console reaches the exit port only if its app prints
-//! nothing. `wasmvm run` keeps using QEMU until the virtio devices land here.
+//! Devices: the virtio console of `virtio_console` (the guest channel). `wasmvm run --vmm
+//! builtin` uses it through `builtin::run`; QEMU stays the default until block, entropy and
+//! the rest land here.
 
 use std::path::Path;
 use std::time::Instant;
 
 use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_regs, kvm_segment, kvm_userspace_memory_region};
-use kvm_ioctls::{Kvm, VcpuExit};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use wasmvm_abi::bundle::RunConfig;
-use wasmvm_abi::exit::EXIT_PORT;
+use wasmvm_abi::exit::{EXIT_PORT, WAIT_PORT};
 use wasmvm_abi::pvh::{self, MemmapEntry, StartInfo};
 
 use crate::RunError;
 use crate::elf::{Elf, PT_LOAD};
 use crate::image::Image;
+use crate::virtio_console::{Console, MMIO_BASE, MMIO_SIZE};
 
 /// Where the boot structures go: low memory below the kernel's 1 MiB load address.
 const START_INFO_ADDR: u64 = 0x6000;
@@ -33,6 +36,8 @@ pub enum ProbeEnd {
     ExitPort,
     /// The VM shut down (triple fault) or stopped without writing it.
     Crashed(String),
+    /// Stopped from outside (timeout or signal).
+    Stopped,
 }
 
 fn err(what: impl std::fmt::Display) -> RunError {
@@ -58,19 +63,23 @@ fn flat_segment(selector: u16, code: bool) -> kvm_segment {
     }
 }
 
-/// Boots the image at `image_path` with `memory_mib` of RAM and runs it until it ends.
-pub fn probe(
-    image_path: &Path,
+/// A VM ready to run: guest memory with the image and boot structures, and its vCPU.
+pub struct Machine {
+    pub mem: GuestMemoryMmap,
+    pub vcpu: VcpuFd,
+    _vm: VmFd,
+}
+
+/// Builds the VM for `image_bytes`: `memory_mib` of RAM, the run configuration as PVH module
+/// 0, `cmdline` as the kernel command line, and the vCPU at the PVH entry.
+pub fn build(
+    image_bytes: &[u8],
     memory_mib: u64,
     run: &RunConfig,
-) -> Result<(ProbeEnd, f64), RunError> {
-    let started = Instant::now();
-    let bytes = std::fs::read(image_path).map_err(|source| RunError::Io {
-        context: "reading the image",
-        source,
-    })?;
-    Image::parse(&bytes)?;
-    let elf = Elf::parse(&bytes).map_err(|e| err(format!("image ELF: {e}")))?;
+    cmdline: &str,
+) -> Result<Machine, RunError> {
+    Image::parse(image_bytes)?;
+    let elf = Elf::parse(image_bytes).map_err(|e| err(format!("image ELF: {e}")))?;
     let mem_size = memory_mib << 20;
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_size as usize)])
         .map_err(|e| err(format!("guest memory: {e}")))?;
@@ -120,7 +129,12 @@ pub fn probe(
         .encode(),
         MEMMAP_ADDR,
     )?;
-    write(b"\0", CMDLINE_ADDR)?;
+    let mut line = cmdline.as_bytes().to_vec();
+    line.push(0);
+    if line.len() > 0x1000 {
+        return Err(err("kernel command line too long"));
+    }
+    write(&line, CMDLINE_ADDR)?;
     write(
         &StartInfo {
             version: 1,
@@ -149,10 +163,10 @@ pub fn probe(
         memory_size: mem_size,
         userspace_addr: host_addr as u64,
     };
-    // SAFETY: `host_addr` is the start of `mem`'s single mapping of `mem_size` bytes, which
-    // lives until the VM and its vCPU are dropped at the end of this function.
+    // SAFETY: `host_addr` is the start of `mem`'s single mapping of `mem_size` bytes; the
+    // mapping lives in the returned `Machine` next to the VM, so it outlives every use.
     unsafe { vm.set_user_memory_region(region) }.map_err(|e| err(format!("memory region: {e}")))?;
-    let mut vcpu = vm.create_vcpu(0).map_err(|e| err(format!("vCPU: {e}")))?;
+    let vcpu = vm.create_vcpu(0).map_err(|e| err(format!("vCPU: {e}")))?;
     let cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|e| err(format!("CPUID: {e}")))?;
@@ -183,17 +197,78 @@ pub fn probe(
         ..Default::default()
     })
     .map_err(|e| err(format!("regs: {e}")))?;
+    Ok(Machine { mem, vcpu, _vm: vm })
+}
 
-    let end = loop {
-        match vcpu.run() {
-            Ok(VcpuExit::IoOut(port, _)) if port == EXIT_PORT => break ProbeEnd::ExitPort,
-            Ok(VcpuExit::IoOut(..)) | Ok(VcpuExit::MmioWrite(..)) => {}
-            Ok(VcpuExit::IoIn(_, data)) | Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xff),
-            Ok(VcpuExit::Shutdown) => break ProbeEnd::Crashed("triple fault".into()),
-            Ok(VcpuExit::Hlt) => break ProbeEnd::Crashed("the vCPU halted".into()),
-            Ok(other) => break ProbeEnd::Crashed(format!("unexpected exit {other:?}")),
-            Err(e) => break ProbeEnd::Crashed(format!("KVM_RUN: {e}")),
+impl Machine {
+    /// Runs the vCPU until the exit port, a crash, or `stop` (checked whenever KVM_RUN
+    /// returns, which a signal to this thread forces).
+    pub fn run(&mut self, mut console: Option<&mut Console>, stop: &AtomicBool) -> ProbeEnd {
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return ProbeEnd::Stopped;
+            }
+            match self.vcpu.run() {
+                Ok(VcpuExit::IoOut(port, _)) if port == EXIT_PORT => return ProbeEnd::ExitPort,
+                Ok(VcpuExit::IoOut(port, _)) if port == WAIT_PORT => {
+                    if let Some(c) = console.as_deref_mut() {
+                        wait_for_host(c, &self.mem);
+                    }
+                }
+                Ok(VcpuExit::MmioRead(addr, data)) => match console.as_deref_mut() {
+                    Some(c) if (MMIO_BASE..MMIO_BASE + MMIO_SIZE).contains(&addr) => {
+                        c.read(addr - MMIO_BASE, data)
+                    }
+                    _ => data.fill(0xff),
+                },
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    if let Some(c) = console.as_deref_mut()
+                        && (MMIO_BASE..MMIO_BASE + MMIO_SIZE).contains(&addr)
+                    {
+                        c.write(addr - MMIO_BASE, data, &self.mem);
+                    }
+                }
+                Ok(VcpuExit::IoOut(..)) => {}
+                Ok(VcpuExit::IoIn(_, data)) => data.fill(0xff),
+                Ok(VcpuExit::Shutdown) => return ProbeEnd::Crashed("triple fault".into()),
+                Ok(VcpuExit::Hlt) => return ProbeEnd::Crashed("the vCPU halted".into()),
+                Ok(other) => return ProbeEnd::Crashed(format!("unexpected exit {other:?}")),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+                Err(e) => return ProbeEnd::Crashed(format!("KVM_RUN: {e}")),
+            }
         }
+    }
+}
+
+/// A wait exit: deliver host input now, or block up to a millisecond for some.
+fn wait_for_host(console: &mut Console, mem: &GuestMemoryMmap) {
+    use std::os::fd::AsRawFd;
+    if console.process_rx(mem) {
+        return;
+    }
+    let mut pfd = libc::pollfd {
+        fd: console.host_fd().as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
     };
+    // SAFETY: `pfd` is a valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut pfd, 1, 1) };
+    console.process_rx(mem);
+}
+
+/// Boots the image at `image_path` with `memory_mib` of RAM and no devices, and runs it
+/// until it ends (a probe of the boot path).
+pub fn probe(
+    image_path: &Path,
+    memory_mib: u64,
+    run: &RunConfig,
+) -> Result<(ProbeEnd, f64), RunError> {
+    let started = Instant::now();
+    let bytes = std::fs::read(image_path).map_err(|source| RunError::Io {
+        context: "reading the image",
+        source,
+    })?;
+    let mut machine = build(&bytes, memory_mib, run, "")?;
+    let end = machine.run(None, &AtomicBool::new(false));
     Ok((end, started.elapsed().as_secs_f64() * 1e3))
 }

@@ -2,6 +2,7 @@
 //! checks, the host end of the guest channel, and the VMM backends. The `wasmvm` CLI is a
 //! thin layer over this crate, and the integration tests drive it in-process.
 
+pub mod builtin;
 pub mod channel;
 pub mod elf;
 pub mod image;
@@ -10,6 +11,7 @@ pub mod module;
 pub mod pack;
 pub mod qemu;
 pub mod reference;
+pub mod virtio_console;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;

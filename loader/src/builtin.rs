@@ -1,0 +1,179 @@
+//! `wasmvm run --vmm builtin`: the image on our own KVM micro-VMM (`kvm`), no QEMU. The guest
+//! channel runs over `virtio_console` and two socketpairs to the same host pumps the QEMU
+//! backend uses, so stdout, stderr, stdin, credit and exit records behave identically.
+
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant, SystemTime};
+
+use wasmvm_abi::bundle::RunConfig;
+use wasmvm_abi::channel::to_guest;
+
+use crate::channel::{Sinks, StreamEnd, pump_guest_output, pump_stdin, send_frame};
+use crate::image::Image;
+use crate::kvm::{self, ProbeEnd};
+use crate::virtio_console::{Console, cmdline_word};
+use crate::{Control, Ending, RunError, RunEvent, RunIo, RunOptions, default_memory_mib};
+
+fn io_err(context: &'static str) -> impl FnOnce(std::io::Error) -> RunError {
+    move |source| RunError::Io { context, source }
+}
+
+/// The signal that kicks the vCPU thread out of KVM_RUN so it sees its stop flag.
+fn kick_signal() -> libc::c_int {
+    libc::SIGRTMIN()
+}
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+fn install_kick_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: installs a handler that does nothing (async-signal-safe) for a real-time
+        // signal nothing else in wasmvm uses; a zeroed sigaction with SA_RESTART unset is
+        // valid, so KVM_RUN returns EINTR.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = ignore_signal as *const () as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(kick_signal(), &action, std::ptr::null_mut());
+        }
+    });
+}
+
+fn host_seed() -> Result<[u8; 32], RunError> {
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut seed))
+        .map_err(io_err("reading /dev/urandom"))?;
+    Ok(seed)
+}
+
+/// Boots the image at `image_path` on the built-in VMM and runs it to its end.
+pub fn run(
+    image_path: &Path,
+    opts: &RunOptions,
+    io: RunIo,
+    control: Control,
+) -> Result<Ending, RunError> {
+    let started = Instant::now();
+    crate::check_kvm()?;
+    install_kick_handler();
+    let bytes = std::fs::read(image_path).map_err(io_err("reading the image"))?;
+    let image = Image::parse(&bytes)?;
+    let memory_mib = opts.memory_mib.unwrap_or_else(|| {
+        default_memory_mib(image.bundle.header.total_len(), image.manifest.min_memory)
+    });
+    let run_config = RunConfig {
+        argv0: opts.argv0.clone(),
+        args: opts.args.clone(),
+        env: opts.env.clone(),
+        realtime_ns: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_nanos() as u64),
+        random_seed: Some(host_seed()?),
+    };
+    let mut machine = kvm::build(&bytes, memory_mib, &run_config, &cmdline_word())?;
+    drop(bytes);
+    let (out_host, out_vmm) = UnixStream::pair().map_err(io_err("creating the channel"))?;
+    let (in_host, in_vmm) = UnixStream::pair().map_err(io_err("creating the channel"))?;
+    let mut console = Console::new(out_vmm, in_vmm).map_err(io_err("creating the console"))?;
+    (io.log)(&format!(
+        "host: VM built after {:.1} ms ({memory_mib} MiB guest RAM)",
+        started.elapsed().as_secs_f64() * 1e3
+    ));
+
+    let guest_writer = Arc::new(Mutex::new(in_host));
+    let stdin_sink = Arc::clone(&guest_writer);
+    let mut stdin = io.stdin;
+    std::thread::spawn(move || pump_stdin(&mut stdin, &*stdin_sink));
+
+    let stop = AtomicBool::new(false);
+    let vcpu_thread = AtomicU64::new(0);
+    let deadline = opts.timeout.map(|t| started + t);
+    let RunIo {
+        stdout,
+        stderr,
+        log,
+        ..
+    } = io;
+    let (event, vcpu_end) = std::thread::scope(|scope| {
+        let vcpu = scope.spawn(|| {
+            // SAFETY: pthread_self has no preconditions.
+            vcpu_thread.store(unsafe { libc::pthread_self() } as u64, Ordering::SeqCst);
+            let end = machine.run(Some(&mut console), &stop);
+            drop(console); // closes the guest's side of the channel: the pump sees the end
+            end
+        });
+        let tx = control.tx.clone();
+        let writer = &guest_writer;
+        let mut reader = &out_host;
+        let mut log_line = |line: &str| {
+            log(&format!(
+                "guest: {line} (host +{:.1} ms)",
+                started.elapsed().as_secs_f64() * 1e3
+            ))
+        };
+        scope.spawn(move || {
+            let mut sinks = Sinks {
+                stdout,
+                stderr,
+                log: &mut log_line,
+            };
+            let mut credit = |n: u32| {
+                let _ = send_frame(writer, to_guest::CREDIT, &n.to_le_bytes());
+            };
+            let _ = tx.send(RunEvent::Stream(pump_guest_output(
+                &mut reader,
+                &mut sinks,
+                &mut credit,
+            )));
+        });
+        let event = loop {
+            let wait = deadline.map_or(Duration::from_secs(3600), |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            match control.rx.recv_timeout(wait) {
+                Ok(e) => break Some(e),
+                Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => break None,
+                Err(_) => continue,
+            }
+        };
+        // Stop the vCPU unless it is already leaving: flag, then kick it out of KVM_RUN until
+        // it notices (a kick can land just before it re-enters the guest).
+        stop.store(true, Ordering::SeqCst);
+        while !vcpu.is_finished() {
+            let thread = vcpu_thread.load(Ordering::SeqCst);
+            if thread != 0 {
+                // SAFETY: the id is that of the live vCPU thread (it has not finished), and
+                // the signal's handler does nothing.
+                unsafe { libc::pthread_kill(thread as libc::pthread_t, kick_signal()) };
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let vcpu_end = vcpu
+            .join()
+            .unwrap_or(ProbeEnd::Crashed("the vCPU thread panicked".into()));
+        let _ = out_host.shutdown(std::net::Shutdown::Both);
+        (event, vcpu_end)
+    });
+    log(&format!(
+        "host: VM ended after {:.1} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    ));
+    Ok(match event {
+        Some(RunEvent::Stream(Ok(StreamEnd::Exit(record)))) => Ending::from_record(record),
+        Some(RunEvent::Stream(Ok(StreamEnd::Garbled(why)))) => Ending::Crashed(why),
+        Some(RunEvent::Stream(Err(e))) => Ending::Crashed(e.to_string()),
+        Some(RunEvent::Stream(Ok(StreamEnd::Closed))) => Ending::Crashed(match vcpu_end {
+            ProbeEnd::Crashed(why) => why,
+            _ => "the VM stopped without an exit record".to_string(),
+        }),
+        Some(RunEvent::Stop(reason)) => Ending::Stopped(reason),
+        None => Ending::TimedOut,
+    })
+}
