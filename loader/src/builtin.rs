@@ -2,25 +2,17 @@
 //! channel runs over `virtio_console` and two socketpairs to the same host pumps the QEMU
 //! backend uses, so stdout, stderr, stdin, credit and exit records behave identically.
 
-use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use wasmvm_abi::bundle::RunConfig;
-use wasmvm_abi::channel::to_guest;
-
-use crate::channel::{Sinks, StreamEnd, pump_guest_output, pump_stdin, send_frame};
+use crate::channel::{Sinks, StreamEnd, pump_stdin, pump_with_credit};
 use crate::image::Image;
 use crate::kvm::{self, ProbeEnd};
 use crate::virtio_console::{Console, cmdline_word};
-use crate::{Control, Ending, RunError, RunEvent, RunIo, RunOptions, default_memory_mib};
-
-fn io_err(context: &'static str) -> impl FnOnce(std::io::Error) -> RunError {
-    move |source| RunError::Io { context, source }
-}
+use crate::{Control, Ending, RunError, RunEvent, RunIo, RunOptions, default_memory_mib, io_err};
 
 /// The signal that kicks the vCPU thread out of KVM_RUN so it sees its stop flag.
 fn kick_signal() -> libc::c_int {
@@ -44,14 +36,6 @@ fn install_kick_handler() {
     });
 }
 
-fn host_seed() -> Result<[u8; 32], RunError> {
-    let mut seed = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut seed))
-        .map_err(io_err("reading /dev/urandom"))?;
-    Ok(seed)
-}
-
 /// Boots the image at `image_path` on the built-in VMM and runs it to its end.
 pub fn run(
     image_path: &Path,
@@ -67,16 +51,7 @@ pub fn run(
     let memory_mib = opts.memory_mib.unwrap_or_else(|| {
         default_memory_mib(image.bundle.header.total_len(), image.manifest.min_memory)
     });
-    let run_config = RunConfig {
-        argv0: opts.argv0.clone(),
-        args: opts.args.clone(),
-        env: opts.env.clone(),
-        realtime_ns: SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .ok()
-            .map(|d| d.as_nanos() as u64),
-        random_seed: Some(host_seed()?),
-    };
+    let run_config = crate::run_config(opts)?;
     let mut machine = kvm::build(&bytes, memory_mib, &run_config, &cmdline_word())?;
     drop(bytes);
     let (out_host, out_vmm) = UnixStream::pair().map_err(io_err("creating the channel"))?;
@@ -124,14 +99,8 @@ pub fn run(
                 stderr,
                 log: &mut log_line,
             };
-            let mut credit = |n: u32| {
-                let _ = send_frame(writer, to_guest::CREDIT, &n.to_le_bytes());
-            };
-            let _ = tx.send(RunEvent::Stream(pump_guest_output(
-                &mut reader,
-                &mut sinks,
-                &mut credit,
-            )));
+            let end = pump_with_credit(&mut reader, writer, &mut sinks);
+            let _ = tx.send(RunEvent::Stream(end));
         });
         let event = loop {
             let wait = deadline.map_or(Duration::from_secs(3600), |d| {

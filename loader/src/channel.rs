@@ -91,6 +91,18 @@ pub fn pump_guest_output(
     }
 }
 
+/// [`pump_guest_output`], returning each frame's credit to the guest through `to_guest`.
+pub fn pump_with_credit<W: Write + ?Sized>(
+    from_guest: &mut dyn Read,
+    to_guest_frames: &Mutex<W>,
+    sinks: &mut Sinks,
+) -> io::Result<StreamEnd> {
+    let mut credit = |n: u32| {
+        let _ = send_frame(to_guest_frames, to_guest::CREDIT, &n.to_le_bytes());
+    };
+    pump_guest_output(from_guest, sinks, &mut credit)
+}
+
 /// Reads until `buf` is full or end of stream; returns how much was read.
 fn read_full(input: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut got = 0;

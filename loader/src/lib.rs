@@ -211,6 +211,30 @@ pub enum RunError {
     },
 }
 
+pub(crate) fn io_err(context: &'static str) -> impl FnOnce(std::io::Error) -> RunError {
+    move |source| RunError::Io { context, source }
+}
+
+/// The run configuration for `opts`: its overrides, the wall clock now, and 32 fresh bytes
+/// of host entropy for the guest's CSPRNG.
+pub(crate) fn run_config(opts: &RunOptions) -> Result<wasmvm_abi::bundle::RunConfig, RunError> {
+    use std::io::Read;
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut seed))
+        .map_err(io_err("reading /dev/urandom"))?;
+    Ok(wasmvm_abi::bundle::RunConfig {
+        argv0: opts.argv0.clone(),
+        args: opts.args.clone(),
+        env: opts.env.clone(),
+        realtime_ns: std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_nanos() as u64),
+        random_seed: Some(seed),
+    })
+}
+
 /// Checks that `/dev/kvm` can be opened for reading and writing.
 pub fn check_kvm() -> Result<(), RunError> {
     std::fs::OpenOptions::new()

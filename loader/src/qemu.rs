@@ -10,31 +10,18 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use wasmvm_abi::bundle::RunConfig;
-use wasmvm_abi::channel::to_guest;
 use wasmvm_abi::exit::EXIT_PORT;
 
-use crate::channel::{Sinks, StreamEnd, pump_guest_output, pump_stdin, send_frame};
+use crate::channel::{Sinks, StreamEnd, pump_stdin, pump_with_credit};
 use crate::image::Image;
-use crate::{Accel, Control, Ending, RunError, RunEvent, RunIo, RunOptions, default_memory_mib};
+use crate::{
+    Accel, Control, Ending, RunError, RunEvent, RunIo, RunOptions, default_memory_mib, io_err,
+};
 
 /// The fd number QEMU finds the channel socket at.
 const CHANNEL_FD: i32 = 3;
-
-fn io_err(context: &'static str) -> impl FnOnce(std::io::Error) -> RunError {
-    move |source| RunError::Io { context, source }
-}
-
-/// Fresh entropy for the guest's CSPRNG seed.
-fn host_seed() -> Result<[u8; 32], RunError> {
-    let mut seed = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut seed))
-        .map_err(io_err("reading /dev/urandom"))?;
-    Ok(seed)
-}
 
 /// The QEMU command line for `image`, without the process plumbing.
 pub fn command_line(
@@ -135,16 +122,7 @@ pub fn run(
         crate::check_kvm()?;
     }
 
-    let run_config = RunConfig {
-        argv0: opts.argv0.clone(),
-        args: opts.args.clone(),
-        env: opts.env.clone(),
-        realtime_ns: SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .ok()
-            .map(|d| d.as_nanos() as u64),
-        random_seed: Some(host_seed()?),
-    };
+    let run_config = crate::run_config(opts)?;
     let mut config_file = tempfile::Builder::new()
         .prefix("wasmvm-run-")
         .tempfile()
@@ -203,14 +181,8 @@ pub fn run(
                 stderr,
                 log: &mut log_line,
             };
-            let mut credit = |n: u32| {
-                let _ = send_frame(&guest_writer, to_guest::CREDIT, &n.to_le_bytes());
-            };
-            let _ = tx.send(RunEvent::Stream(pump_guest_output(
-                &mut reader,
-                &mut sinks,
-                &mut credit,
-            )));
+            let end = pump_with_credit(&mut reader, &guest_writer, &mut sinks);
+            let _ = tx.send(RunEvent::Stream(end));
         });
         let event = loop {
             let wait = match deadline {

@@ -16,11 +16,7 @@ use wasmvm_abi::channel::trap;
 use wasmvm_wasi::link::{call_entry, engine_config};
 
 use crate::image::Image;
-use crate::{Ending, RunError, RunOptions};
-
-fn io_err(context: &'static str) -> impl FnOnce(std::io::Error) -> RunError {
-    move |source| RunError::Io { context, source }
-}
+use crate::{Ending, RunError, RunOptions, io_err};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
