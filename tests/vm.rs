@@ -129,38 +129,37 @@ fn a_timeout_stops_the_vm_with_status_252() {
 
 #[test]
 fn sigterm_and_sigint_stop_the_vm() {
-    for (signal, status) in [(libc_sigterm(), 143), (libc_sigint(), 130)] {
-        let mut child = wasmvm()
-            .args(["run", "--accel", accel()])
-            .arg(sample("exitcode"))
-            .args(["--", "spin"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line, "spinning\n");
-        let pid = child.id().to_string();
-        let ok = std::process::Command::new("kill")
-            .args([&format!("-{signal}"), &pid])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        let o = child.wait_with_output().unwrap();
+    for (signal, status) in [("TERM", 143), ("INT", 130)] {
+        let o = spin_then_signal(&["--accel", accel()], signal);
         assert_eq!(o.status.code(), Some(status), "{}", stderr(&o));
     }
 }
 
-fn libc_sigterm() -> &'static str {
-    "TERM"
-}
-
-fn libc_sigint() -> &'static str {
-    "INT"
+/// Starts `wasmvm run [vmm_args] exitcode.wasm -- spin`, waits for its readiness line, sends
+/// `signal` (a `kill` name) and returns how it ended.
+fn spin_then_signal(vmm_args: &[&str], signal: &str) -> std::process::Output {
+    let mut child = wasmvm()
+        .arg("run")
+        .args(vmm_args)
+        .arg(sample("exitcode"))
+        .args(["--", "spin"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "spinning\n");
+    let pid = child.id().to_string();
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    child.wait_with_output().unwrap()
 }
 
 #[test]
@@ -414,28 +413,6 @@ fn the_builtin_vmm_carries_large_stdin_timeouts_and_signals() {
     assert_eq!(o.status.code(), Some(252), "{}", stderr(&o));
     assert_eq!(stdout(&o), "spinning\n");
 
-    let mut child = wasmvm()
-        .args(["run", "--vmm", "builtin"])
-        .arg(sample("exitcode"))
-        .args(["--", "spin"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "spinning\n");
-    let pid = child.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let o = child.wait_with_output().unwrap();
+    let o = spin_then_signal(&["--vmm", "builtin"], "TERM");
     assert_eq!(o.status.code(), Some(143), "{}", stderr(&o));
 }
