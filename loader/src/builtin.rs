@@ -8,11 +8,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
-use crate::channel::{Sinks, StreamEnd, pump_stdin, pump_with_credit};
+use crate::channel::{StreamEnd, pump_stdin};
 use crate::image::Image;
 use crate::kvm::{self, ProbeEnd};
 use crate::virtio_console::{Console, cmdline_word};
-use crate::{Control, Ending, RunError, RunEvent, RunIo, RunOptions, default_memory_mib, io_err};
+use crate::{
+    Control, Ending, RunError, RunEvent, RunIo, RunOptions, default_memory_mib, io_err, pump_output,
+};
 
 /// The signal that kicks the vCPU thread out of KVM_RUN so it sees its stop flag.
 fn kick_signal() -> libc::c_int {
@@ -87,31 +89,9 @@ pub fn run(
         let tx = control.tx.clone();
         let writer = &guest_writer;
         let mut reader = &out_host;
-        let mut log_line = |line: &str| {
-            log(&format!(
-                "guest: {line} (host +{:.1} ms)",
-                started.elapsed().as_secs_f64() * 1e3
-            ))
-        };
-        scope.spawn(move || {
-            let mut sinks = Sinks {
-                stdout,
-                stderr,
-                log: &mut log_line,
-            };
-            let end = pump_with_credit(&mut reader, writer, &mut sinks);
-            let _ = tx.send(RunEvent::Stream(end));
-        });
-        let event = loop {
-            let wait = deadline.map_or(Duration::from_secs(3600), |d| {
-                d.saturating_duration_since(Instant::now())
-            });
-            match control.rx.recv_timeout(wait) {
-                Ok(e) => break Some(e),
-                Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => break None,
-                Err(_) => continue,
-            }
-        };
+        let log = &mut *log;
+        scope.spawn(move || pump_output(&mut reader, writer, stdout, stderr, log, started, tx));
+        let event = control.wait(deadline);
         // Stop the vCPU unless it is already leaving: flag, then kick it out of KVM_RUN until
         // it notices (a kick can land just before it re-enters the guest).
         stop.store(true, Ordering::SeqCst);

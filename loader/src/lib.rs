@@ -114,6 +114,48 @@ impl Control {
     pub fn stopper(&self) -> Stopper {
         Stopper(self.tx.clone())
     }
+
+    /// Waits for the first run event; `None` when `deadline` passes first.
+    pub(crate) fn wait(&self, deadline: Option<std::time::Instant>) -> Option<RunEvent> {
+        use std::time::Instant;
+        loop {
+            let wait = deadline.map_or(Duration::from_secs(3600), |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            match self.rx.recv_timeout(wait) {
+                Ok(e) => return Some(e),
+                Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => return None,
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// The body of a backend's output thread: pumps guest frames to `stdout`/`stderr` (kernel
+/// log lines to `log`, stamped with the host time since `started`), returns credit through
+/// `to_guest`, and reports how the stream ended on `events`.
+pub(crate) fn pump_output<W: Write + ?Sized>(
+    from_guest: &mut dyn Read,
+    to_guest: &std::sync::Mutex<W>,
+    stdout: &mut (dyn Write + Send),
+    stderr: &mut (dyn Write + Send),
+    log: &mut (dyn FnMut(&str) + Send),
+    started: std::time::Instant,
+    events: mpsc::Sender<RunEvent>,
+) {
+    let mut log_line = |line: &str| {
+        log(&format!(
+            "guest: {line} (host +{:.1} ms)",
+            started.elapsed().as_secs_f64() * 1e3
+        ))
+    };
+    let mut sinks = channel::Sinks {
+        stdout,
+        stderr,
+        log: &mut log_line,
+    };
+    let end = channel::pump_with_credit(from_guest, to_guest, &mut sinks);
+    let _ = events.send(RunEvent::Stream(end));
 }
 
 /// How a run ended.

@@ -10,14 +10,15 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use wasmvm_abi::exit::EXIT_PORT;
 
-use crate::channel::{Sinks, StreamEnd, pump_stdin, pump_with_credit};
+use crate::channel::{StreamEnd, pump_stdin};
 use crate::image::Image;
 use crate::{
     Accel, Control, Ending, RunError, RunEvent, RunIo, RunOptions, default_memory_mib, io_err,
+    pump_output,
 };
 
 /// The fd number QEMU finds the channel socket at.
@@ -169,32 +170,11 @@ pub fn run(
     let ending = std::thread::scope(|scope| {
         let tx = control.tx.clone();
         let mut reader = &host_end;
-        let mut log_line = |line: &str| {
-            log(&format!(
-                "guest: {line} (host +{:.1} ms)",
-                started.elapsed().as_secs_f64() * 1e3
-            ))
-        };
+        let log = &mut *log;
         scope.spawn(move || {
-            let mut sinks = Sinks {
-                stdout,
-                stderr,
-                log: &mut log_line,
-            };
-            let end = pump_with_credit(&mut reader, &guest_writer, &mut sinks);
-            let _ = tx.send(RunEvent::Stream(end));
+            pump_output(&mut reader, &guest_writer, stdout, stderr, log, started, tx)
         });
-        let event = loop {
-            let wait = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()),
-                None => Duration::from_secs(3600),
-            };
-            match control.rx.recv_timeout(wait) {
-                Ok(e) => break Some(e),
-                Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => break None,
-                Err(_) => continue,
-            }
-        };
+        let event = control.wait(deadline);
         let ending = match event {
             Some(RunEvent::Stream(Ok(StreamEnd::Exit(record)))) => Ok(Ending::from_record(record)),
             Some(RunEvent::Stream(Ok(StreamEnd::Garbled(why)))) => Ok(Ending::Crashed(why)),
