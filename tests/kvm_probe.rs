@@ -38,14 +38,7 @@ fn the_builtin_vmm_reports_a_triple_fault() {
     let dir = scratch();
     let img = dir.path().join("crash.img");
     pack(&sample("exitcode"), &img, &["--", "exit", "0"]);
-    let mut bytes = std::fs::read(&img).unwrap();
-    let entry = u64::from_le_bytes(bytes[24..32].try_into().unwrap());
-    let phoff = u64::from_le_bytes(bytes[32..40].try_into().unwrap()) as usize;
-    let vaddr = u64::from_le_bytes(bytes[phoff + 16..phoff + 24].try_into().unwrap());
-    let offset = u64::from_le_bytes(bytes[phoff + 8..phoff + 16].try_into().unwrap());
-    let at = (entry - vaddr + offset) as usize;
-    bytes[at..at + 2].copy_from_slice(&[0x0f, 0x0b]);
-    std::fs::write(&img, &bytes).unwrap();
+    patch_entry_with_ud2(&img);
     let (end, _) = probe(&img, 64, &RunConfig::default()).expect("probe");
     assert!(matches!(end, ProbeEnd::Crashed(_)), "{end:?}");
 }

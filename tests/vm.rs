@@ -168,16 +168,7 @@ fn a_guest_crash_is_reported_as_such() {
     let dir = scratch();
     let img = dir.path().join("crash.img");
     pack(&sample("hello"), &img, &[]);
-    let mut bytes = std::fs::read(&img).unwrap();
-    let entry = u64::from_le_bytes(bytes[24..32].try_into().unwrap());
-    let phoff = u64::from_le_bytes(bytes[32..40].try_into().unwrap()) as usize;
-    let (vaddr, offset) = (
-        u64::from_le_bytes(bytes[phoff + 16..phoff + 24].try_into().unwrap()),
-        u64::from_le_bytes(bytes[phoff + 8..phoff + 16].try_into().unwrap()),
-    );
-    let at = (entry - vaddr + offset) as usize;
-    bytes[at..at + 2].copy_from_slice(&[0x0f, 0x0b]);
-    std::fs::write(&img, &bytes).unwrap();
+    patch_entry_with_ud2(&img);
     let o = run(&img, &[], b"");
     assert_eq!(o.status.code(), Some(251), "{}", stderr(&o));
     assert!(stderr(&o).contains("guest crashed"), "{}", stderr(&o));

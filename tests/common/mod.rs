@@ -255,3 +255,16 @@ pub fn assemblyscript_sample(out: &Path) -> Option<PathBuf> {
     );
     Some(out.to_path_buf())
 }
+
+/// Overwrites the kernel's PVH entry in the image at `img` with `ud2`: with no IDT yet, the
+/// CPU triple-faults at its first instruction.
+pub fn patch_entry_with_ud2(img: &Path) {
+    let mut bytes = std::fs::read(img).unwrap();
+    let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+    let entry = u64_at(&bytes, 24);
+    let phoff = u64_at(&bytes, 32) as usize;
+    let (offset, vaddr) = (u64_at(&bytes, phoff + 8), u64_at(&bytes, phoff + 16));
+    let at = (entry - vaddr + offset) as usize;
+    bytes[at..at + 2].copy_from_slice(&[0x0f, 0x0b]);
+    std::fs::write(img, &bytes).unwrap();
+}
