@@ -70,7 +70,8 @@ pub struct Machine {
     _vm: VmFd,
 }
 
-/// Builds the VM for `image_bytes`: `memory_mib` of RAM, the run configuration as PVH module
+/// Builds the VM for `image_bytes` (an image the caller has verified with
+/// [`Image::parse`]): `memory_mib` of RAM, the run configuration as PVH module
 /// 0, `cmdline` as the kernel command line, and the vCPU at the PVH entry.
 pub fn build(
     image_bytes: &[u8],
@@ -78,7 +79,6 @@ pub fn build(
     run: &RunConfig,
     cmdline: &str,
 ) -> Result<Machine, RunError> {
-    Image::parse(image_bytes)?;
     let elf = Elf::parse(image_bytes).map_err(|e| err(format!("image ELF: {e}")))?;
     let mem_size = memory_mib << 20;
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_size as usize)])
@@ -268,6 +268,7 @@ pub fn probe(
         context: "reading the image",
         source,
     })?;
+    Image::parse(&bytes)?;
     let mut machine = build(&bytes, memory_mib, run, "")?;
     let end = machine.run(None, &AtomicBool::new(false));
     Ok((end, started.elapsed().as_secs_f64() * 1e3))
