@@ -392,6 +392,9 @@ pub mod kernel_note {
     pub const TYPE_ABI_VERSION: u32 = 1;
     /// Note type whose descriptor is the kernel's version string (UTF-8, NUL padded).
     pub const TYPE_KERNEL_VERSION: u32 = 2;
+    /// Note type whose descriptor is the address of the kernel's 64-bit CPL-3 entry (u64);
+    /// see [`crate::direct`].
+    pub const TYPE_DIRECT_ENTRY: u32 = 3;
 }
 
 #[cfg(all(test, feature = "alloc"))]

@@ -2,7 +2,7 @@
 //!
 //! Every byte layout that crosses the host/guest boundary is defined here once and used by
 //! both sides: the image bundle ([`bundle`]), the run-time configuration the host hands to a
-//! booting guest ([`bundle::RunConfig`]), the PVH boot structures ([`pvh`]), the framed
+//! booting guest ([`bundle::RunConfig`]), the PVH boot structures ([`pvh`]), the direct 64-bit entry ([`direct`]), the framed
 //! console channel ([`channel`]) and the host's exit statuses ([`exit`]).
 //!
 //! All integers are little-endian. Decoders never panic on untrusted bytes: they return
@@ -16,6 +16,7 @@ extern crate alloc;
 pub mod bundle;
 pub mod channel;
 pub mod cmdline;
+pub mod direct;
 pub mod exit;
 pub mod pvh;
 mod records;

@@ -1,0 +1,120 @@
+//! The direct entry: how a VMM that knows wasmvm starts the kernel already in 64-bit mode at
+//! CPL 3, so the guest runs no privileged code at all (on nested KVM without hardware
+//! virtualization, CPL-0 code is emulated instruction by instruction).
+//!
+//! **Finding it.** The kernel ELF carries a note (owner [`NAME`](crate::bundle::kernel_note::NAME), type
+//! [`TYPE_DIRECT_ENTRY`](crate::bundle::kernel_note::TYPE_DIRECT_ENTRY)) whose 8-byte
+//! descriptor is the entry's address. An image without the note boots only through PVH.
+//!
+//! **Machine state at the entry**, prepared by the VMM:
+//! - long mode (`EFER.LME|LMA`), `CR0 = PE|MP|ET|NE|WP|PG`, `CR4 = PAE|OSFXSR|OSXMMEXCPT`;
+//! - page tables identity mapping the low 4 GiB with user-accessible, writable pages;
+//! - `CS` a 64-bit code segment with DPL 3, `SS`/`DS`/`ES`/`FS`/`GS` flat data segments with
+//!   DPL 3 (selectors are irrelevant: the kernel never reloads them), an empty IDT;
+//! - `RFLAGS` = IOPL 3, interrupts off; `RIP` = the entry; `RSP` undefined (the kernel
+//!   switches to its own stack first);
+//! - `RDI` = guest-physical address of a [`BootInfo`].
+//!
+//! RAM that no loaded segment, boot structure or module covers is zero (the kernel's heap
+//! relies on it), as it is under every PVH loader.
+
+use crate::{DecodeError, le_u32, le_u64};
+
+/// First bytes of a [`BootInfo`].
+pub const BOOT_INFO_MAGIC: [u8; 8] = *b"WASMVMBI";
+/// Encoded size of a [`BootInfo`].
+pub const BOOT_INFO_LEN: usize = 40;
+
+/// Capabilities of the VMM, in [`BootInfo::flags`].
+pub mod flags {
+    /// A 4-byte `out` to [`WAIT_PORT`](crate::exit::WAIT_PORT) blocks the vCPU until host
+    /// input is pending or the number of microseconds in `EAX` has passed (`u32::MAX`: no
+    /// deadline). Without it the guest must assume the wait returns at once.
+    pub const WAIT_BLOCKS: u32 = 1 << 0;
+    /// The host channel is the first virtio console announced on the command line.
+    pub const CONSOLE_VIRTIO: u32 = 1 << 1;
+    /// [`BootInfo::pvclock_paddr`](super::BootInfo::pvclock_paddr) is a kvmclock page the VMM
+    /// registered (`MSR_KVM_SYSTEM_TIME_NEW`) before entry.
+    pub const PVCLOCK: u32 = 1 << 2;
+}
+
+/// What the VMM tells the kernel at the direct entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BootInfo {
+    /// Bits of [`flags`].
+    pub flags: u32,
+    /// A PVH `hvm_start_info` ([`crate::pvh::StartInfo`]): memory map, command line (with the
+    /// device announcements), and modules (module 0 is the run configuration), exactly as a
+    /// PVH loader would have passed them.
+    pub start_info_paddr: u64,
+    /// The kvmclock page (32 bytes, 4-byte aligned) when [`flags::PVCLOCK`] is set.
+    pub pvclock_paddr: u64,
+    /// The VMM's name and version for `--verbose` (e.g. `b"wasmvm 0.1\0..."`), zero padded.
+    pub vmm: [u8; 8],
+}
+
+impl BootInfo {
+    pub fn has(&self, flag: u32) -> bool {
+        self.flags & flag != 0
+    }
+
+    pub fn encode(&self) -> [u8; BOOT_INFO_LEN] {
+        let mut b = [0u8; BOOT_INFO_LEN];
+        b[0..8].copy_from_slice(&BOOT_INFO_MAGIC);
+        b[8..12].copy_from_slice(&crate::ABI_VERSION.to_le_bytes());
+        b[12..16].copy_from_slice(&self.flags.to_le_bytes());
+        b[16..24].copy_from_slice(&self.start_info_paddr.to_le_bytes());
+        b[24..32].copy_from_slice(&self.pvclock_paddr.to_le_bytes());
+        b[32..40].copy_from_slice(&self.vmm);
+        b
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.get(0..8).ok_or(DecodeError::Truncated)? != BOOT_INFO_MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        let version = le_u32(bytes, 8)?;
+        if version != crate::ABI_VERSION {
+            return Err(DecodeError::VersionMismatch { found: version });
+        }
+        let mut vmm = [0u8; 8];
+        vmm.copy_from_slice(bytes.get(32..40).ok_or(DecodeError::Truncated)?);
+        Ok(BootInfo {
+            flags: le_u32(bytes, 12)?,
+            start_info_paddr: le_u64(bytes, 16)?,
+            pvclock_paddr: le_u64(bytes, 24)?,
+            vmm,
+        })
+    }
+}
+
+/// Microseconds in `EAX` of a wait exit meaning "no deadline".
+pub const WAIT_FOREVER: u32 = u32::MAX;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_rejects() {
+        let info = BootInfo {
+            flags: flags::WAIT_BLOCKS | flags::PVCLOCK,
+            start_info_paddr: 0x6000,
+            pvclock_paddr: 0x1000,
+            vmm: *b"wasmvm\0\0",
+        };
+        let bytes = info.encode();
+        assert_eq!(BootInfo::decode(&bytes), Ok(info));
+        assert!(info.has(flags::PVCLOCK) && !info.has(flags::CONSOLE_VIRTIO));
+        assert_eq!(BootInfo::decode(&bytes[..39]), Err(DecodeError::Truncated));
+        let mut bad = bytes;
+        bad[0] = b'X';
+        assert_eq!(BootInfo::decode(&bad), Err(DecodeError::BadMagic));
+        let mut old = bytes;
+        old[8] = 99;
+        assert_eq!(
+            BootInfo::decode(&old),
+            Err(DecodeError::VersionMismatch { found: 99 })
+        );
+    }
+}
