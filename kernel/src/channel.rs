@@ -4,6 +4,8 @@
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
+use core::sync::atomic::{AtomicBool, Ordering};
+
 use spin::Mutex;
 use virtio_drivers::device::console::VirtIOConsole;
 use virtio_drivers::transport::mmio::MmioTransport;
@@ -11,6 +13,7 @@ use wasmvm_abi::channel::{
     CHANNEL_WINDOW, ExitRecord, FRAME_HEADER_LEN, FrameHeader, GUEST_FRAME_PAYLOAD, to_guest,
     to_host,
 };
+use wasmvm_abi::direct::WAIT_FOREVER;
 
 use crate::arch;
 use crate::virtio::{KernelHal, Pinned};
@@ -236,9 +239,26 @@ impl Channel {
     }
 }
 
-/// Hands the CPU to the VMM while waiting (see `wasmvm_abi::exit::WAIT_PORT`).
+/// Whether the VMM blocks in a wait exit (`wasmvm_abi::direct::flags::WAIT_BLOCKS`).
+static WAIT_BLOCKS: AtomicBool = AtomicBool::new(false);
+
+pub fn set_wait_blocks(blocks: bool) {
+    WAIT_BLOCKS.store(blocks, Ordering::Relaxed);
+}
+
+/// Hands the CPU to the VMM until host input arrives (see `wasmvm_abi::exit::WAIT_PORT`).
 pub fn wait() {
-    arch::out8::<{ wasmvm_abi::exit::WAIT_PORT as u8 }>(0);
+    wait_us(WAIT_FOREVER);
+}
+
+/// Hands the CPU to the VMM until host input arrives or `micros` pass. A VMM that does not
+/// block returns at once; callers loop until their condition holds either way.
+pub fn wait_us(micros: u32) {
+    if WAIT_BLOCKS.load(Ordering::Relaxed) {
+        arch::out32::<{ wasmvm_abi::exit::WAIT_PORT as u8 }>(micros);
+    } else {
+        arch::out8::<{ wasmvm_abi::exit::WAIT_PORT as u8 }>(0);
+    }
 }
 
 fn serial_write(bytes: &[u8]) {

@@ -9,13 +9,28 @@ static BOOT_NS: AtomicU64 = AtomicU64::new(0);
 static REALTIME_AT_BOOT: AtomicU64 = AtomicU64::new(0);
 /// TSC ticks per microsecond when kvmclock is absent.
 static TSC_PER_US: AtomicU64 = AtomicU64::new(1000);
+/// Where the kvmclock page is: 0 for our own [`KVMCLOCK_PAGE`] (registered at CPL 0 on the PVH
+/// path), else the page a direct-entry VMM registered for us.
+static PVCLOCK_PADDR: AtomicU64 = AtomicU64::new(0);
+
+/// Reads the kvmclock page a direct-entry VMM registered at `paddr` from now on. Ignored
+/// unless the page is mapped RAM-sized and 4-byte aligned.
+pub fn use_pvclock_at(paddr: u64) {
+    if paddr.is_multiple_of(4) && crate::phys::loader_bytes(paddr, 32).is_some() {
+        PVCLOCK_PADDR.store(paddr, Ordering::Relaxed);
+    }
+}
 
 /// Reads a consistent snapshot of the kvmclock page, if KVM filled it in.
 fn kvmclock_ns() -> Option<u64> {
-    let page = &raw const KVMCLOCK_PAGE;
+    let page = match PVCLOCK_PADDR.load(Ordering::Relaxed) {
+        0 => (&raw const KVMCLOCK_PAGE).cast::<[u8; 32]>(),
+        paddr => paddr as *const [u8; 32],
+    };
     loop {
-        // SAFETY: the page is a static the hypervisor updates; volatile reads of plain bytes
-        // are always valid, and the version protocol below discards torn snapshots.
+        // SAFETY: the page is one the hypervisor updates, either our static or one checked by
+        // `use_pvclock_at` to be mapped and aligned; volatile reads of plain bytes are always
+        // valid, and the version protocol below discards torn snapshots.
         let (version, data) = unsafe {
             let v = core::ptr::read_volatile(page.cast::<u32>());
             core::sync::atomic::fence(Ordering::Acquire);
@@ -30,7 +45,7 @@ fn kvmclock_ns() -> Option<u64> {
         if version & 1 == 1 || again != version {
             continue;
         }
-        let b = &data.0;
+        let b = &data;
         let tsc_timestamp = u64::from_le_bytes(b[8..16].try_into().ok()?);
         let system_time = u64::from_le_bytes(b[16..24].try_into().ok()?);
         let mul = u32::from_le_bytes(b[24..28].try_into().ok()?) as u128;

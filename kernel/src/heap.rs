@@ -1,21 +1,90 @@
 //! The kernel heap: one `linked_list_allocator` over the largest free stretch of RAM.
+//!
+//! RAM the loader did not fill is zero at entry (`docs/abi.md`), so `alloc_zeroed` skips
+//! memory above the heap's high-water mark: a fresh 1 MiB wasm linear memory then costs no
+//! page touches until the app uses it. On this host every first touch of a guest page is a
+//! costly exit, and a Rust hello's memory is mostly its untouched stack.
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use linked_list_allocator::LockedHeap;
 
+/// Bytes above the high-water mark the allocator itself may have written: the header of the
+/// free hole that starts there (two words) and any front padding it splits off.
+const HOLE_HEADER_SLACK: usize = 64;
+
+struct Heap {
+    inner: LockedHeap,
+    /// End of the highest block ever handed out; everything above it, except the free hole's
+    /// header, is still as the loader left it: zero.
+    high_water: AtomicUsize,
+}
+
 #[global_allocator]
-static HEAP: LockedHeap = LockedHeap::empty();
+static HEAP: Heap = Heap {
+    inner: LockedHeap::empty(),
+    high_water: AtomicUsize::new(0),
+};
+
+// SAFETY: every method forwards to `LockedHeap`, a correct allocator; `alloc_zeroed` only
+// skips zeroing bytes that are zero already (see `Heap::high_water`).
+unsafe impl GlobalAlloc for Heap {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's guarantees.
+        let ptr = unsafe { self.inner.alloc(layout) };
+        self.high_water
+            .fetch_max(ptr as usize + layout.size(), Ordering::Relaxed);
+        ptr
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's guarantees.
+        let ptr = unsafe { self.inner.alloc(layout) };
+        if ptr.is_null() {
+            return ptr;
+        }
+        let start = ptr as usize;
+        let end = start + layout.size();
+        let mark = self.high_water.fetch_max(end, Ordering::Relaxed);
+        // Below the mark memory may hold old data; just above it lies the hole header.
+        let dirty_end = end.min((mark + HOLE_HEADER_SLACK).max(start));
+        // SAFETY: [start, dirty_end) lies within the block just allocated.
+        unsafe { core::ptr::write_bytes(ptr, 0, dirty_end - start) };
+        ptr
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { self.inner.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded with the caller's guarantees.
+        let new = unsafe { self.inner.realloc(ptr, layout, new_size) };
+        self.high_water
+            .fetch_max(new as usize + new_size, Ordering::Relaxed);
+        new
+    }
+}
 
 /// Hands `[start, end)` to the allocator. Called once, before the first allocation.
 ///
 /// # Safety
-/// The range must be RAM, identity mapped, and used by nothing else for the rest of the run.
+/// The range must be RAM, identity mapped, zero, and used by nothing else for the rest of
+/// the run.
 pub unsafe fn init(start: u64, end: u64) {
     // SAFETY: the caller guarantees the range is otherwise unused RAM.
-    unsafe { HEAP.lock().init(start as *mut u8, (end - start) as usize) }
+    unsafe {
+        HEAP.inner
+            .lock()
+            .init(start as *mut u8, (end - start) as usize)
+    };
+    HEAP.high_water.store(start as usize, Ordering::Relaxed);
 }
 
 /// Bytes of heap in use and free, for `--verbose`.
 pub fn usage() -> (usize, usize) {
-    let heap = HEAP.lock();
+    let heap = HEAP.inner.lock();
     (heap.used(), heap.free())
 }

@@ -25,6 +25,7 @@ use virtio_drivers::device::console::VirtIOConsole;
 use virtio_drivers::transport::DeviceType;
 use wasmvm_abi::bundle::{BUNDLE_HEADER_LEN, BundleHeader, BundleRef, RunConfig, bundle_load_addr};
 use wasmvm_abi::channel::{ExitKind, ExitRecord};
+use wasmvm_abi::direct::{self, BOOT_INFO_LEN, BootInfo};
 use wasmvm_abi::pvh::MEMMAP_TYPE_RAM;
 use wasmvm_abi::{ABI_VERSION, align_up, cmdline};
 
@@ -72,9 +73,27 @@ fn fail(kind: ExitKind, message: String) -> ! {
     channel::exit(&ExitRecord::failed(kind, message))
 }
 
-/// Entered at CPL 3 from `arch::boot` with the physical address of `hvm_start_info`.
+/// Entered at CPL 3 from `arch::boot`: with the physical address of `hvm_start_info` after
+/// the PVH path (`direct == 0`), or of a [`BootInfo`] after the direct entry (`direct == 1`).
 #[unsafe(no_mangle)]
-extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
+extern "C" fn kernel_main(boot_paddr: u64, direct: u64) -> ! {
+    let boot_info = if direct == 1 {
+        match phys::loader_bytes(boot_paddr, BOOT_INFO_LEN as u64).map(BootInfo::decode) {
+            Some(Ok(info)) => Some(info),
+            // No heap yet: see below.
+            _ => fail(ExitKind::BootFailed, String::new()),
+        }
+    } else {
+        None
+    };
+    if let Some(info) = &boot_info
+        && info.has(direct::flags::PVCLOCK)
+    {
+        clock::use_pvclock_at(info.pvclock_paddr);
+    }
+    let entered_us = clock::vm_clock_ns().map(|ns| ns / 1000);
+    channel::set_wait_blocks(boot_info.is_some_and(|i| i.has(direct::flags::WAIT_BLOCKS)));
+    let start_info_paddr = boot_info.map_or(boot_paddr, |i| i.start_info_paddr);
     let Some((start, cmdline)) = phys::start_info(start_info_paddr) else {
         // No heap yet, so no message can be allocated; without a channel the host sees a
         // guest crash, which is what a loader that passes no start info has made of it.
@@ -123,6 +142,7 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
     {
         channel::attach(console);
     }
+    let console_us = clock::vm_clock_ns().map(|ns| ns / 1000);
 
     let run = match phys::module(&start, 0).map(RunConfig::decode) {
         Some(Ok(run)) => Some(run),
@@ -151,12 +171,19 @@ extern "C" fn kernel_main(start_info_paddr: u64) -> ! {
         Err(e) => fail(ExitKind::BootFailed, e),
     };
     let (used, free) = heap::usage();
-    let since_vm_start = match clock::vm_clock_ns() {
-        Some(ns) => format!("{} us after VM start (kvmclock)", ns / 1000),
-        None => String::from("(no kvmclock: time since VM start unknown)"),
+    let timeline = match (entered_us, console_us, clock::vm_clock_ns()) {
+        (Some(entered), Some(console), Some(now)) => format!(
+            "entered {entered} us after VM start (kvmclock), console up at {console} us, ready at {} us",
+            now / 1000
+        ),
+        _ => String::from("(no kvmclock: time since VM start unknown)"),
+    };
+    let path = match boot_info {
+        Some(_) => "direct entry",
+        None => "PVH entry",
     };
     channel::log(&format!(
-        "kernel: ready {since_vm_start}, heap {used} bytes used / {free} free"
+        "kernel: ready ({path}): {timeline}; heap {used} bytes used / {free} free"
     ));
     let record = app::run(launch);
     channel::exit(&record)

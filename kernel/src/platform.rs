@@ -65,8 +65,14 @@ impl Platform for KernelPlatform {
     }
 
     fn wait_until(&mut self, deadline_ns: u64, or_stdin: bool) {
-        while clock::monotonic_ns() < deadline_ns && !(or_stdin && channel::stdin_ready()) {
-            channel::wait();
+        loop {
+            let now = clock::monotonic_ns();
+            if now >= deadline_ns || (or_stdin && channel::stdin_ready()) {
+                return;
+            }
+            // Round up so the wait does not end just short of the deadline.
+            let micros = (deadline_ns - now).div_ceil(1000);
+            channel::wait_us(u32::try_from(micros).unwrap_or(u32::MAX - 1));
         }
     }
 }

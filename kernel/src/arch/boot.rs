@@ -6,8 +6,10 @@
 //! in a few dozen instructions and with no loops: the page tables and GDT are pre-built data
 //! in the image, and the code only loads them, turns on long mode and SSE, registers the
 //! kvmclock page when KVM offers one, and `iretq`s to [`crate::kernel_main`] at CPL 3 with
-//! IOPL 3 (so `in`/`out` keep working). The IDT is loaded empty on purpose: any CPU exception
-//! from then on escalates to a triple fault, which the host reports as a guest crash.
+//! IOPL 3 (so `in`/`out` keep working). The IDT is loaded empty on purpose: any CPU
+//! exception from then on escalates to a triple fault, which the host reports as a guest
+//! crash. A VMM that knows wasmvm skips all of this and enters at `direct_entry64` in the
+//! state `wasmvm_abi::direct` describes.
 
 use core::arch::global_asm;
 
@@ -41,6 +43,16 @@ global_asm!(
     .long 4, 4, {xen_elfnote_phys32_entry}
     .asciz "Xen"
     .long pvh_start32
+    .p2align 2
+
+    /* Direct-entry note (wasmvm_abi::direct): a VMM that knows wasmvm starts us at
+       direct_entry64, already in long mode at CPL 3, and skips everything privileged. */
+    .section .note.wasmvm, "a"
+    .p2align 2
+    .long 7, 8, {direct_entry_note}
+    .asciz "wasmvm"
+    .p2align 2
+    .quad direct_entry64
     .p2align 2
 
     .section .text.boot, "ax"
@@ -99,6 +111,8 @@ boot_long_mode:
     xorl %edx, %edx
     wrmsr
 1:
+    /* kernel_main(start_info, 0): this was the PVH path. */
+    xorl %esi, %esi
     /* The one-way trip to CPL 3. The stack is arranged as after a call (rsp = 8 mod 16). */
     pushq ${user_ds}
     pushq $boot_stack_top - 8
@@ -113,6 +127,12 @@ boot_user_entry:
     fninit
     ldmxcsr boot_mxcsr
     jmp kernel_main
+
+    /* The direct entry: CPL 3 already, %rdi = BootInfo. kernel_main(boot_info, 1). */
+direct_entry64:
+    movq $boot_stack_top - 8, %rsp
+    movl $1, %esi
+    jmp boot_user_entry
 
     .section .rodata.boot, "a"
     .p2align 4
@@ -161,6 +181,7 @@ boot_stack:
 boot_stack_top:
     "#,
     xen_elfnote_phys32_entry = const wasmvm_abi::pvh::XEN_ELFNOTE_PHYS32_ENTRY,
+    direct_entry_note = const wasmvm_abi::bundle::kernel_note::TYPE_DIRECT_ENTRY,
     kernel_cs = const KERNEL_CS,
     kernel_ds = const KERNEL_DS,
     user_cs = const USER_CS,

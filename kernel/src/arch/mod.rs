@@ -17,6 +17,15 @@ pub fn out8<const PORT: u8>(value: u8) {
     }
 }
 
+/// Writes `value` to an I/O port below 0x100 with `out imm8, eax` (4 bytes; see [`out8`]).
+#[inline(always)]
+pub fn out32<const PORT: u8>(value: u32) {
+    // SAFETY: as for `out8`.
+    unsafe {
+        asm!("out {port}, eax", port = const PORT, in("eax") value, options(nomem, nostack, preserves_flags))
+    }
+}
+
 /// Writes a byte to a 16-bit port with `out dx, al`. Works at CPL 3 under TCG and hardware
 /// KVM, but triple-faults under nested PVM: only for the serial fallback.
 #[inline(always)]
