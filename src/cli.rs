@@ -49,6 +49,9 @@ pub enum Command {
         /// Print boot timings and kernel log lines to stderr.
         #[arg(short, long)]
         verbose: bool,
+        /// How the built-in VMM enters the kernel (for tests of the PVH path).
+        #[arg(long, value_enum, default_value_t = BootArg::Direct, hide = true)]
+        boot: BootArg,
     },
     /// Show what an image holds: kernel and ABI version, module, imports, exports, args, env.
     Inspect {
@@ -95,6 +98,14 @@ pub enum Vmm {
     /// No VM: the same image on the host with wasmi and wasi-common, the reference
     /// behaviour the VM is tested against. Ignores --accel, --memory and --timeout.
     Host,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BootArg {
+    /// The 64-bit CPL-3 entry (`wasmvm_abi::direct`), falling back to PVH.
+    Direct,
+    /// The 32-bit PVH entry QEMU uses.
+    Pvh,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -7,13 +7,14 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use wasmvm_abi::ABI_VERSION;
 use wasmvm_loader::image::{self, Image};
+use wasmvm_loader::kvm::BootPath;
 use wasmvm_loader::pack::{DirSpec, PackOptions, check_env, pack_module};
 use wasmvm_loader::{
     Accel, Control, RunIo, RunOptions, StopReason, builtin, elf::Elf, module, qemu, reference,
 };
 
 use crate::KERNEL;
-use crate::cli::{AccelArg, AppArgs, Cli, Command, Vmm};
+use crate::cli::{AccelArg, AppArgs, BootArg, Cli, Command, Vmm};
 
 pub fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {
@@ -30,6 +31,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             vmm,
             accel,
             verbose,
+            boot,
         } => {
             let opts = RunOptions {
                 memory_mib: memory,
@@ -37,6 +39,10 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                 accel: match accel {
                     AccelArg::Kvm => Accel::Kvm,
                     AccelArg::Tcg => Accel::Tcg,
+                },
+                boot: match boot {
+                    BootArg::Direct => BootPath::Best,
+                    BootArg::Pvh => BootPath::Pvh,
                 },
                 ..RunOptions::default()
             };

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::channel::{StreamEnd, pump_stdin};
 use crate::image::Image;
 use crate::kvm::{self, ProbeEnd};
+use crate::mapped::MappedImage;
 use crate::virtio_console::{Console, cmdline_word};
 use crate::{
     Control, Ending, RunError, RunEvent, RunIo, RunOptions, default_memory_mib, io_err, pump_output,
@@ -48,14 +49,15 @@ pub fn run(
     let started = Instant::now();
     crate::check_kvm()?;
     install_kick_handler();
-    let bytes = std::fs::read(image_path).map_err(io_err("reading the image"))?;
-    let image = Image::parse(&bytes)?;
+    let mapped = MappedImage::open(image_path).map_err(io_err("reading the image"))?;
+    let image = Image::parse(mapped.bytes())?;
     let memory_mib = opts.memory_mib.unwrap_or_else(|| {
         default_memory_mib(image.bundle.header.total_len(), image.manifest.min_memory)
     });
     let run_config = crate::run_config(opts)?;
-    let mut machine = kvm::build(&bytes, memory_mib, &run_config, &cmdline_word())?;
-    drop(bytes);
+    let mut machine = kvm::build(&mapped, memory_mib, &run_config, &cmdline_word(), opts.boot)?;
+    drop(image);
+    drop(mapped);
     let (out_host, out_vmm) = UnixStream::pair().map_err(io_err("creating the channel"))?;
     let (in_host, in_vmm) = UnixStream::pair().map_err(io_err("creating the channel"))?;
     let mut console = Console::new(out_vmm, in_vmm).map_err(io_err("creating the console"))?;

@@ -8,26 +8,61 @@
 //! the rest land here.
 
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_regs, kvm_segment, kvm_userspace_memory_region};
+use kvm_bindings::{
+    KVM_MAX_CPUID_ENTRIES, Msrs, kvm_msr_entry, kvm_regs, kvm_segment, kvm_userspace_memory_region,
+};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
-use wasmvm_abi::bundle::RunConfig;
+use wasmvm_abi::align_up;
+use wasmvm_abi::bundle::{RunConfig, kernel_note};
+use wasmvm_abi::direct::{self, BootInfo, WAIT_FOREVER};
 use wasmvm_abi::exit::{EXIT_PORT, WAIT_PORT};
 use wasmvm_abi::pvh::{self, MemmapEntry, StartInfo};
 
 use crate::RunError;
-use crate::elf::{Elf, PT_LOAD};
+use crate::elf::{Elf, PT_LOAD, ProgramHeader};
 use crate::image::Image;
+use crate::mapped::MappedImage;
 use crate::virtio_console::{Console, MMIO_BASE, MMIO_SIZE};
 
 /// Where the boot structures go: low memory below the kernel's 1 MiB load address.
+const PVCLOCK_ADDR: u64 = 0x4000;
+const BOOT_INFO_ADDR: u64 = 0x5000;
 const START_INFO_ADDR: u64 = 0x6000;
 const MEMMAP_ADDR: u64 = 0x7000;
 const MODLIST_ADDR: u64 = 0x8000;
 const CMDLINE_ADDR: u64 = 0x9000;
+const GDT_ADDR: u64 = 0xa000;
+/// PML4, PDPT and four page directories identity-mapping 4 GiB (direct entry only).
+const PAGE_TABLES_ADDR: u64 = 0x10000;
+/// `MSR_KVM_SYSTEM_TIME_NEW`: registering the kvmclock page.
+const MSR_KVM_SYSTEM_TIME: u32 = 0x4b56_4d01;
+
+/// The GDT of the direct entry: null, kernel code and data, user data (0x18) and user code
+/// (0x20), as the kernel's own PVH path builds it.
+const GDT: [u64; 5] = [
+    0,
+    0x00af_9a00_0000_ffff,
+    0x00cf_9200_0000_ffff,
+    0x00cf_f200_0000_ffff,
+    0x00af_fa00_0000_ffff,
+];
+const USER_DS: u16 = 0x18 | 3;
+const USER_CS: u16 = 0x20 | 3;
+
+/// How the vCPU enters the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BootPath {
+    /// The direct 64-bit CPL-3 entry of `wasmvm_abi::direct` when the kernel has one, else
+    /// PVH.
+    #[default]
+    Best,
+    /// The 32-bit PVH entry, as QEMU boots the image (for tests of that path).
+    Pvh,
+}
 
 /// How a probe run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,18 +79,18 @@ fn err(what: impl std::fmt::Display) -> RunError {
     RunError::KvmUnavailable(what.to_string())
 }
 
-/// A 32-bit flat segment for the PVH entry state.
-fn flat_segment(selector: u16, code: bool) -> kvm_segment {
+/// A flat segment: 32-bit for the PVH entry, or with `long` a 64-bit code segment.
+fn flat_segment(selector: u16, code: bool, dpl: u8, long: bool) -> kvm_segment {
     kvm_segment {
         base: 0,
         limit: 0xffff_ffff,
         selector,
         type_: if code { 0xb } else { 0x3 },
         present: 1,
-        dpl: 0,
-        db: 1,
+        dpl,
+        db: u8::from(!long),
         s: 1,
-        l: 0,
+        l: u8::from(long),
         g: 1,
         avl: 0,
         unusable: 0,
@@ -67,41 +102,127 @@ fn flat_segment(selector: u16, code: bool) -> kvm_segment {
 pub struct Machine {
     pub mem: GuestMemoryMmap,
     pub vcpu: VcpuFd,
+    /// Whether the guest was told that wait exits block (the direct entry's
+    /// `WAIT_BLOCKS`); with PVH it spins on them, so each returns at once.
+    pub waits_block: bool,
     _vm: VmFd,
 }
 
-/// Builds the VM for `image_bytes` (an image the caller has verified with
-/// [`Image::parse`]): `memory_mib` of RAM, the run configuration as PVH module
-/// 0, `cmdline` as the kernel command line, and the vCPU at the PVH entry.
-pub fn build(
-    image_bytes: &[u8],
-    memory_mib: u64,
-    run: &RunConfig,
-    cmdline: &str,
-) -> Result<Machine, RunError> {
-    let elf = Elf::parse(image_bytes).map_err(|e| err(format!("image ELF: {e}")))?;
-    let mem_size = memory_mib << 20;
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_size as usize)])
-        .map_err(|e| err(format!("guest memory: {e}")))?;
+/// The address in the kernel's direct-entry note, if it has one.
+fn direct_entry(elf: &Elf) -> Option<u64> {
+    elf.notes()
+        .iter()
+        .find(|(owner, kind, desc)| {
+            *owner == kernel_note::NAME
+                && *kind == kernel_note::TYPE_DIRECT_ENTRY
+                && desc.len() == 8
+        })
+        .map(|(_, _, desc)| u64::from_le_bytes(desc[..8].try_into().expect("8 bytes")))
+}
 
-    // Segments, each write checked against guest memory by vm-memory.
-    for ph in elf.phdrs.iter().filter(|p| p.p_type == PT_LOAD) {
-        mem.write_slice(elf.segment(ph), GuestAddress(ph.p_paddr))
-            .map_err(|e| {
-                err(format!(
-                    "segment at {:#x} does not fit in guest memory: {e}",
-                    ph.p_paddr
-                ))
-            })?;
-    }
-    let entry = elf
-        .notes()
+/// The address in the kernel's PVH note.
+fn pvh_entry(elf: &Elf) -> Option<u64> {
+    elf.notes()
         .iter()
         .find(|(owner, kind, desc)| {
             *owner == b"Xen" && *kind == pvh::XEN_ELFNOTE_PHYS32_ENTRY && desc.len() >= 4
         })
         .map(|(_, _, desc)| u32::from_le_bytes(desc[..4].try_into().expect("4 bytes")) as u64)
-        .ok_or_else(|| err("the image has no PVH entry note"))?;
+}
+
+/// Puts one `PT_LOAD` segment into guest memory: mapped from the file when offset and
+/// address are page aligned (the pages past the file bytes zeroed, as `.bss` must be), else
+/// copied. Every range is checked against guest memory first.
+fn load_segment(
+    mem: &GuestMemoryMmap,
+    mem_size: u64,
+    image: &MappedImage,
+    elf: &Elf,
+    ph: &ProgramHeader,
+) -> Result<(), RunError> {
+    let page = 4096;
+    let file_span = align_up(ph.p_filesz, page);
+    let fits = |len: u64| {
+        ph.p_paddr
+            .checked_add(len)
+            .is_some_and(|end| end <= mem_size)
+    };
+    if !fits(ph.p_memsz.max(ph.p_filesz)) {
+        return Err(err(format!(
+            "segment at {:#x} ({} bytes) does not fit in guest memory ({} MiB)",
+            ph.p_paddr,
+            ph.p_memsz,
+            mem_size >> 20
+        )));
+    }
+    if fits(file_span) && ph.p_paddr.is_multiple_of(page) && ph.p_filesz > 0 {
+        let host = mem
+            .get_host_address(GuestAddress(ph.p_paddr))
+            .map_err(|e| err(format!("guest memory: {e}")))?;
+        // SAFETY: `[host, host + file_span)` lies inside guest memory (checked above), a
+        // private mapping this function's caller owns and no vCPU runs in yet; vm-memory
+        // holds no references into it.
+        let mapped = unsafe { image.map_into(host, ph.p_offset, file_span as usize) }
+            .map_err(|e| err(format!("mapping the image: {e}")))?;
+        if mapped {
+            let tail = (file_span - ph.p_filesz) as usize;
+            return mem
+                .write_slice(&vec![0u8; tail], GuestAddress(ph.p_paddr + ph.p_filesz))
+                .map_err(|e| err(format!("segment at {:#x}: {e}", ph.p_paddr)));
+        }
+    }
+    mem.write_slice(elf.segment(ph), GuestAddress(ph.p_paddr))
+        .map_err(|e| err(format!("segment at {:#x}: {e}", ph.p_paddr)))
+}
+
+/// Page tables identity-mapping the low 4 GiB with 2 MiB user pages, for `at`.
+fn identity_page_tables(at: u64) -> Vec<u8> {
+    let mut tables = vec![0u8; 6 * 4096];
+    let mut put = |index: usize, value: u64| {
+        tables[index * 8..index * 8 + 8].copy_from_slice(&value.to_le_bytes())
+    };
+    const USER_RW_PRESENT: u64 = 0x7;
+    put(0, (at + 0x1000) | USER_RW_PRESENT);
+    for gib in 0..4u64 {
+        put(
+            512 + gib as usize,
+            (at + 0x2000 + gib * 0x1000) | USER_RW_PRESENT,
+        );
+    }
+    for page in 0..2048u64 {
+        put(1024 + page as usize, (page << 21) | 0x80 | USER_RW_PRESENT);
+    }
+    tables
+}
+
+/// Builds the VM for `image` (an image the caller has verified with [`Image::parse`]):
+/// `memory_mib` of RAM, the run configuration as PVH module 0, `cmdline` as the kernel
+/// command line, and the vCPU at the kernel's entry.
+///
+/// Guest RAM is an anonymous mapping the host fills only as the guest touches it; the
+/// image's segments are mapped copy-on-write from the file where their layout allows.
+pub fn build(
+    image: &MappedImage,
+    memory_mib: u64,
+    run: &RunConfig,
+    cmdline: &str,
+    path: BootPath,
+) -> Result<Machine, RunError> {
+    let elf = Elf::parse(image.bytes()).map_err(|e| err(format!("image ELF: {e}")))?;
+    let mem_size = memory_mib << 20;
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_size as usize)])
+        .map_err(|e| err(format!("guest memory: {e}")))?;
+    for ph in elf.phdrs.iter().filter(|p| p.p_type == PT_LOAD) {
+        load_segment(&mem, mem_size, image, &elf, ph)?;
+    }
+    let direct = match path {
+        BootPath::Best => direct_entry(&elf),
+        BootPath::Pvh => None,
+    };
+    let pvh = pvh_entry(&elf);
+    if direct.is_none() && pvh.is_none() {
+        return Err(err("the image has neither a direct nor a PVH entry note"));
+    }
 
     // Boot structures: start info, one RAM entry, the run configuration as module 0.
     let config = run.encode();
@@ -173,31 +294,103 @@ pub fn build(
     vcpu.set_cpuid2(&cpuid)
         .map_err(|e| err(format!("CPUID: {e}")))?;
 
-    // PVH entry state: 32-bit protected mode, paging off, flat segments, %ebx = start info.
     let mut sregs = vcpu.get_sregs().map_err(|e| err(format!("sregs: {e}")))?;
-    sregs.cs = flat_segment(0x08, true);
-    for seg in [
-        &mut sregs.ds,
-        &mut sregs.es,
-        &mut sregs.fs,
-        &mut sregs.gs,
-        &mut sregs.ss,
-    ] {
-        *seg = flat_segment(0x10, false);
-    }
-    sregs.cr0 = 0x11; // PE | ET
-    sregs.cr4 = 0;
-    sregs.efer = 0;
+    let regs = if let Some(entry) = direct {
+        // The direct entry (wasmvm_abi::direct): long mode at CPL 3, our page tables and
+        // GDT, the kvmclock registered here rather than by guest code at CPL 0.
+        write(&identity_page_tables(PAGE_TABLES_ADDR), PAGE_TABLES_ADDR)?;
+        let gdt: Vec<u8> = GDT.iter().flat_map(|d| d.to_le_bytes()).collect();
+        write(&gdt, GDT_ADDR)?;
+        let clock = Msrs::from_entries(&[kvm_msr_entry {
+            index: MSR_KVM_SYSTEM_TIME,
+            data: PVCLOCK_ADDR | 1,
+            ..Default::default()
+        }])
+        .map_err(|e| err(format!("MSRs: {e:?}")))?;
+        let pvclock = vcpu.set_msrs(&clock).unwrap_or(0) == 1;
+        let mut flags = direct::flags::WAIT_BLOCKS | direct::flags::CONSOLE_VIRTIO;
+        if pvclock {
+            flags |= direct::flags::PVCLOCK;
+        }
+        write(
+            &BootInfo {
+                flags,
+                start_info_paddr: START_INFO_ADDR,
+                pvclock_paddr: PVCLOCK_ADDR,
+                vmm: *b"wasmvm\0\0",
+            }
+            .encode(),
+            BOOT_INFO_ADDR,
+        )?;
+        sregs.cs = flat_segment(USER_CS, true, 3, true);
+        for seg in [
+            &mut sregs.ds,
+            &mut sregs.es,
+            &mut sregs.fs,
+            &mut sregs.gs,
+            &mut sregs.ss,
+        ] {
+            *seg = flat_segment(USER_DS, false, 3, false);
+        }
+        // A busy 64-bit TSS and no LDT: never used (no privilege changes), but required of
+        // a long-mode vCPU by hardware virtualization.
+        sregs.tr = kvm_segment {
+            limit: 0x67,
+            selector: 0x28,
+            type_: 0xb,
+            present: 1,
+            ..Default::default()
+        };
+        sregs.ldt = kvm_segment {
+            unusable: 1,
+            ..Default::default()
+        };
+        sregs.gdt.base = GDT_ADDR;
+        sregs.gdt.limit = (GDT.len() * 8 - 1) as u16;
+        sregs.idt.base = 0;
+        sregs.idt.limit = 0;
+        sregs.cr0 = 0x8001_0033; // PG | WP | NE | ET | MP | PE
+        sregs.cr3 = PAGE_TABLES_ADDR;
+        sregs.cr4 = 0x620; // OSXMMEXCPT | OSFXSR | PAE
+        sregs.efer = 0x500; // LMA | LME
+        kvm_regs {
+            rip: entry,
+            rdi: BOOT_INFO_ADDR,
+            rflags: (3 << 12) | 2, // IOPL 3, interrupts off
+            ..Default::default()
+        }
+    } else {
+        // PVH entry state: 32-bit protected mode, paging off, flat segments, %ebx = start info.
+        sregs.cs = flat_segment(0x08, true, 0, false);
+        for seg in [
+            &mut sregs.ds,
+            &mut sregs.es,
+            &mut sregs.fs,
+            &mut sregs.gs,
+            &mut sregs.ss,
+        ] {
+            *seg = flat_segment(0x10, false, 0, false);
+        }
+        sregs.cr0 = 0x11; // PE | ET
+        sregs.cr4 = 0;
+        sregs.efer = 0;
+        kvm_regs {
+            rip: pvh.expect("checked above"),
+            rbx: START_INFO_ADDR,
+            rflags: 2,
+            ..Default::default()
+        }
+    };
     vcpu.set_sregs(&sregs)
         .map_err(|e| err(format!("sregs: {e}")))?;
-    vcpu.set_regs(&kvm_regs {
-        rip: entry,
-        rbx: START_INFO_ADDR,
-        rflags: 2,
-        ..Default::default()
+    vcpu.set_regs(&regs)
+        .map_err(|e| err(format!("regs: {e}")))?;
+    Ok(Machine {
+        mem,
+        vcpu,
+        waits_block: direct.is_some(),
+        _vm: vm,
     })
-    .map_err(|e| err(format!("regs: {e}")))?;
-    Ok(Machine { mem, vcpu, _vm: vm })
 }
 
 impl Machine {
@@ -210,9 +403,11 @@ impl Machine {
             }
             match self.vcpu.run() {
                 Ok(VcpuExit::IoOut(port, _)) if port == EXIT_PORT => return ProbeEnd::ExitPort,
-                Ok(VcpuExit::IoOut(port, _)) if port == WAIT_PORT => {
-                    if let Some(c) = console.as_deref_mut() {
-                        wait_for_host(c, &self.mem);
+                Ok(VcpuExit::IoOut(port, data)) if port == WAIT_PORT => {
+                    let timeout = wait_timeout(data);
+                    match console.as_deref_mut() {
+                        Some(c) => wait_for_host(c, &self.mem, timeout),
+                        None => std::thread::sleep(timeout.unwrap_or(Duration::from_secs(1))),
                     }
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => match console.as_deref_mut() {
@@ -240,8 +435,22 @@ impl Machine {
     }
 }
 
-/// A wait exit: deliver host input now, or block up to a millisecond for some.
-fn wait_for_host(console: &mut Console, mem: &GuestMemoryMmap) {
+/// How long a wait exit may block: the microseconds of a 4-byte write (the direct entry's
+/// `WAIT_BLOCKS` protocol; `None` for no deadline), or a millisecond for a 1-byte write from
+/// a guest that spins on waits.
+fn wait_timeout(data: &[u8]) -> Option<Duration> {
+    match <[u8; 4]>::try_from(data) {
+        Ok(word) => match u32::from_le_bytes(word) {
+            WAIT_FOREVER => None,
+            micros => Some(Duration::from_micros(micros.into())),
+        },
+        Err(_) => Some(Duration::from_millis(1)),
+    }
+}
+
+/// A wait exit: deliver host input now, or block until some arrives or `timeout` passes. A
+/// stop request interrupts the block with the kick signal (see `builtin`).
+fn wait_for_host(console: &mut Console, mem: &GuestMemoryMmap, timeout: Option<Duration>) {
     use std::os::fd::AsRawFd;
     if console.process_rx(mem) {
         return;
@@ -251,8 +460,16 @@ fn wait_for_host(console: &mut Console, mem: &GuestMemoryMmap) {
         events: libc::POLLIN,
         revents: 0,
     };
-    // SAFETY: `pfd` is a valid pollfd for the duration of the call.
-    unsafe { libc::poll(&mut pfd, 1, 1) };
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: t.subsec_nanos().into(),
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `pfd` and `ts` are valid for the duration of the call; a null timeout blocks
+    // until input or a signal (the stop kick), and a null mask leaves the mask unchanged.
+    unsafe { libc::ppoll(&mut pfd, 1, ts_ptr, std::ptr::null()) };
     console.process_rx(mem);
 }
 
@@ -264,12 +481,12 @@ pub fn probe(
     run: &RunConfig,
 ) -> Result<(ProbeEnd, f64), RunError> {
     let started = Instant::now();
-    let bytes = std::fs::read(image_path).map_err(|source| RunError::Io {
+    let image = MappedImage::open(image_path).map_err(|source| RunError::Io {
         context: "reading the image",
         source,
     })?;
-    Image::parse(&bytes)?;
-    let mut machine = build(&bytes, memory_mib, run, "")?;
+    Image::parse(image.bytes())?;
+    let mut machine = build(&image, memory_mib, run, "", BootPath::Best)?;
     let end = machine.run(None, &AtomicBool::new(false));
     Ok((end, started.elapsed().as_secs_f64() * 1e3))
 }

@@ -7,6 +7,7 @@ pub mod channel;
 pub mod elf;
 pub mod image;
 pub mod kvm;
+pub mod mapped;
 pub mod module;
 pub mod pack;
 pub mod qemu;
@@ -45,6 +46,8 @@ pub struct RunOptions {
     pub accel: Accel,
     /// The QEMU binary.
     pub qemu: PathBuf,
+    /// How the built-in VMM enters the kernel.
+    pub boot: kvm::BootPath,
 }
 
 impl Default for RunOptions {
@@ -59,6 +62,7 @@ impl Default for RunOptions {
             qemu: std::env::var_os("WASMVM_QEMU")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64")),
+            boot: kvm::BootPath::default(),
         }
     }
 }

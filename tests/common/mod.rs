@@ -256,15 +256,28 @@ pub fn assemblyscript_sample(out: &Path) -> Option<PathBuf> {
     Some(out.to_path_buf())
 }
 
-/// Overwrites the kernel's PVH entry in the image at `img` with `ud2`: with no IDT yet, the
-/// CPU triple-faults at its first instruction.
+/// Overwrites the kernel's entries in the image at `img` (PVH and direct) with `ud2`: with no
+/// IDT, the CPU triple-faults at its first instruction.
 pub fn patch_entry_with_ud2(img: &Path) {
     let mut bytes = std::fs::read(img).unwrap();
     let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
     let entry = u64_at(&bytes, 24);
     let phoff = u64_at(&bytes, 32) as usize;
     let (offset, vaddr) = (u64_at(&bytes, phoff + 8), u64_at(&bytes, phoff + 16));
-    let at = (entry - vaddr + offset) as usize;
-    bytes[at..at + 2].copy_from_slice(&[0x0f, 0x0b]);
+    let file_offset = |addr: u64| (addr - vaddr + offset) as usize;
+    let mut entries = vec![entry];
+    // The direct entry's note (wasmvm_abi::direct): namesz 7, descsz 8, type 3, "wasmvm".
+    let note: Vec<u8> = [7u32, 8, 3]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .chain(*b"wasmvm\0\0")
+        .collect();
+    if let Some(at) = bytes.windows(note.len()).position(|w| w == note.as_slice()) {
+        entries.push(u64_at(&bytes, at + note.len()));
+    }
+    for entry in entries {
+        let at = file_offset(entry);
+        bytes[at..at + 2].copy_from_slice(&[0x0f, 0x0b]);
+    }
     std::fs::write(img, &bytes).unwrap();
 }
