@@ -40,10 +40,11 @@ pub enum Command {
         /// Guest RAM (e.g. 256M, 1G; a bare number is MiB). Default: from the module's needs.
         #[arg(long, value_parser = parse_memory)]
         memory: Option<u64>,
-        /// Which virtual machine monitor runs the image.
-        #[arg(long, value_enum, default_value_t = Vmm::Qemu)]
-        vmm: Vmm,
-        /// Hardware acceleration for QEMU: kvm, or tcg (software emulation, no /dev/kvm).
+        /// Which virtual machine monitor runs the image [default: builtin; qemu with
+        /// --accel tcg].
+        #[arg(long, value_enum)]
+        vmm: Option<Vmm>,
+        /// Acceleration: kvm, or tcg (QEMU's software emulation, for hosts without /dev/kvm).
         #[arg(long, value_enum, default_value_t = AccelArg::Kvm)]
         accel: AccelArg,
         /// Print boot timings and kernel log lines to stderr.
@@ -91,10 +92,10 @@ pub struct AppArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Vmm {
-    /// QEMU `-M microvm` on KVM (or TCG with `--accel tcg`).
-    Qemu,
-    /// wasmvm's own KVM micro-VMM (experimental: console channel only so far; no QEMU).
+    /// wasmvm's own KVM micro-VMM: no QEMU needed, starts in milliseconds.
     Builtin,
+    /// QEMU `-M microvm` on KVM (or TCG with `--accel tcg`), the compatibility backend.
+    Qemu,
     /// No VM: the same image on the host with wasmi and wasi-common, the reference
     /// behaviour the VM is tested against. Ignores --accel, --memory and --timeout.
     Host,

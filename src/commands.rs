@@ -46,6 +46,15 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                 },
                 ..RunOptions::default()
             };
+            let vmm = vmm.unwrap_or(match accel {
+                AccelArg::Kvm => Vmm::Builtin,
+                AccelArg::Tcg => Vmm::Qemu,
+            });
+            if vmm == Vmm::Builtin && accel == AccelArg::Tcg {
+                bail!(
+                    "--accel tcg is QEMU's software emulation; the built-in VMM needs KVM (use --vmm qemu --accel tcg)"
+                );
+            }
             run(&image, &app, opts, vmm, verbose)
         }
         Command::Inspect { image, json } => inspect(&image, json),

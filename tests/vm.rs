@@ -129,9 +129,11 @@ fn a_timeout_stops_the_vm_with_status_252() {
 
 #[test]
 fn sigterm_and_sigint_stop_the_vm() {
-    for (signal, status) in [("TERM", 143), ("INT", 130)] {
-        let o = spin_then_signal(&["--accel", accel()], signal);
-        assert_eq!(o.status.code(), Some(status), "{}", stderr(&o));
+    for vmm in backends() {
+        for (signal, status) in [("TERM", 143), ("INT", 130)] {
+            let o = spin_then_signal(&["--vmm", vmm, "--accel", accel()], signal);
+            assert_eq!(o.status.code(), Some(status), "{vmm}: {}", stderr(&o));
+        }
     }
 }
 
@@ -169,9 +171,16 @@ fn a_guest_crash_is_reported_as_such() {
     let img = dir.path().join("crash.img");
     pack(&sample("hello"), &img, &[]);
     patch_entry_with_ud2(&img);
-    let o = run(&img, &[], b"");
-    assert_eq!(o.status.code(), Some(251), "{}", stderr(&o));
-    assert!(stderr(&o).contains("guest crashed"), "{}", stderr(&o));
+    // Each backend says what it knows of the crash, so only the common part is compared.
+    for vmm in backends() {
+        let o = run_on(vmm, &img, &[], b"");
+        assert_eq!(o.status.code(), Some(251), "{vmm}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("guest crashed"),
+            "{vmm}: {}",
+            stderr(&o)
+        );
+    }
 }
 
 #[test]
@@ -220,13 +229,19 @@ fn run_packs_a_module_in_memory() {
 
 #[test]
 fn verbose_prints_boot_timings() {
-    let o = run(&sample("hello"), &["--verbose"], b"");
-    assert_eq!(o.status.code(), Some(0));
-    let err = stderr(&o);
-    assert!(err.contains("[wasmvm] host: QEMU started after"), "{err}");
-    assert!(err.contains("[wasmvm] guest: kernel: ready"), "{err}");
-    assert!(err.contains("module compiled and instantiated in"), "{err}");
-    assert!(err.contains("[wasmvm] host: VM ended after"), "{err}");
+    for vmm in backends() {
+        let o = run_on(vmm, &sample("hello"), &["--verbose"], b"");
+        assert_eq!(o.status.code(), Some(0));
+        let err = stderr(&o);
+        let started = match *vmm {
+            "qemu" => "[wasmvm] host: QEMU started after",
+            _ => "[wasmvm] host: VM built after",
+        };
+        assert!(err.contains(started), "{err}");
+        assert!(err.contains("[wasmvm] guest: kernel: ready"), "{err}");
+        assert!(err.contains("module compiled and instantiated in"), "{err}");
+        assert!(err.contains("[wasmvm] host: VM ended after"), "{err}");
+    }
 }
 
 #[test]
@@ -310,7 +325,7 @@ fn reactors_run_with_invoke_and_unknown_imports_with_stubs() {
 
     let img = dir.path().join("reactor.img");
     pack(&module, &img, &["--invoke", "run", "--stub-imports"]);
-    for vmm in [&["--vmm", "qemu"][..], &["--vmm", "host"]] {
+    for vmm in [&[][..], &["--vmm", "host"]] {
         let o = run(&img, vmm, b"");
         assert_eq!(o.status.code(), Some(42), "{vmm:?}: {}", stderr(&o));
         assert_eq!(stdout(&o), "reactor ran\n");
@@ -361,7 +376,7 @@ fn packed_paths_cannot_leave_their_directory() {
 #[test]
 fn a_missing_qemu_is_a_clear_error() {
     let o = wasmvm()
-        .args(["run", "--accel", accel()])
+        .args(["run", "--vmm", "qemu", "--accel", accel()])
         .arg(sample("hello"))
         .env("WASMVM_QEMU", "/nonexistent/qemu-system-x86_64")
         .output()
@@ -376,34 +391,55 @@ fn a_missing_qemu_is_a_clear_error() {
 }
 
 #[test]
-fn the_builtin_vmm_carries_large_stdin_timeouts_and_signals() {
-    if accel() != "kvm" {
-        eprintln!("note: no KVM; skipping the built-in VMM");
-        return;
-    }
+fn the_builtin_vmm_refuses_tcg_clearly() {
+    let o = wasmvm()
+        .args(["run", "--vmm", "builtin", "--accel", "tcg"])
+        .arg(sample("hello"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(253));
+    assert!(
+        stderr(&o).contains("the built-in VMM needs KVM (use --vmm qemu --accel tcg)"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn large_stdin_arrives_intact() {
     let data: Vec<u8> = (0..(3u32 << 20))
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
         .collect();
-    let o = run(
-        &sample("exitcode"),
-        &["--vmm", "builtin", "--", "cat"],
-        &data,
-    );
+    let o = run(&sample("exitcode"), &["--", "cat"], &data);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(
         o.stdout == data,
         "stdin copy differs ({} bytes back)",
         o.stdout.len()
     );
+}
 
+#[test]
+fn the_builtin_vmm_also_boots_through_pvh() {
+    if accel() != "kvm" {
+        eprintln!("note: no KVM; skipping the built-in VMM");
+        return;
+    }
     let o = run(
         &sample("exitcode"),
-        &["--vmm", "builtin", "--timeout", "1s", "--", "spin"],
+        &["--vmm", "builtin", "--boot", "pvh", "-v", "--", "exit", "7"],
         b"",
     );
-    assert_eq!(o.status.code(), Some(252), "{}", stderr(&o));
-    assert_eq!(stdout(&o), "spinning\n");
-
-    let o = spin_then_signal(&["--vmm", "builtin"], "TERM");
-    assert_eq!(o.status.code(), Some(143), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("kernel: ready (PVH entry)"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&sample("exitcode"), &["--vmm", "builtin", "-v"], b"");
+    assert!(
+        stderr(&o).contains("kernel: ready (direct entry)"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -94,11 +94,39 @@ pub fn pack(module: &Path, out: &Path, extra: &[&str]) {
     );
 }
 
-/// `wasmvm run --accel A TARGET [extra...]` with stdin from `input`.
-pub fn run(target: &Path, extra: &[&str], input: &[u8]) -> Output {
+/// The VM backends every VM test runs on: the built-in VMM where KVM is usable, and QEMU
+/// when installed (required under `WASMVM_REQUIRE_QEMU=1`, as CI sets).
+pub fn backends() -> &'static [&'static str] {
+    static BACKENDS: OnceLock<Vec<&'static str>> = OnceLock::new();
+    BACKENDS.get_or_init(|| {
+        let mut found = Vec::new();
+        if accel() == "kvm" {
+            found.push("builtin");
+        }
+        let qemu = Command::new("qemu-system-x86_64")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if qemu {
+            found.push("qemu");
+        } else if std::env::var("WASMVM_REQUIRE_QEMU").as_deref() == Ok("1") {
+            panic!("WASMVM_REQUIRE_QEMU=1 but qemu-system-x86_64 is not installed");
+        } else {
+            eprintln!("note: QEMU is not installed; VM tests run on the built-in VMM only");
+        }
+        assert!(
+            !found.is_empty(),
+            "neither KVM nor QEMU: no VM can boot here"
+        );
+        found
+    })
+}
+
+/// `wasmvm run --vmm VMM --accel A TARGET [extra...]` with stdin from `input`.
+pub fn run_on(vmm: &str, target: &Path, extra: &[&str], input: &[u8]) -> Output {
     use std::io::Write;
     let mut child = wasmvm()
-        .args(["run", "--accel", accel()])
+        .args(["run", "--vmm", vmm, "--accel", accel()])
         .arg(target)
         .args(extra)
         .stdin(Stdio::piped())
@@ -114,6 +142,37 @@ pub fn run(target: &Path, extra: &[&str], input: &[u8]) -> Output {
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap();
     out
+}
+
+/// Runs TARGET on every [`backends`] entry (or once, on the backend `extra` names with
+/// `--vmm`), asserts that all agree on status, stdout and (unless `--verbose`) stderr, and
+/// returns the first outcome.
+pub fn run(target: &Path, extra: &[&str], input: &[u8]) -> Output {
+    if let Some(i) = extra.iter().position(|a| *a == "--vmm") {
+        let vmm = extra.get(i + 1).expect("--vmm needs a value");
+        let rest: Vec<&str> = extra[..i].iter().chain(&extra[i + 2..]).copied().collect();
+        return run_on(vmm, target, &rest, input);
+    }
+    let verbose = extra.iter().any(|a| *a == "-v" || *a == "--verbose");
+    let mut outcomes = backends()
+        .iter()
+        .map(|vmm| (*vmm, run_on(vmm, target, extra, input)));
+    let (first_vmm, first) = outcomes.next().expect("a backend");
+    for (vmm, other) in outcomes {
+        let what = format!("{} {extra:?}: {first_vmm} vs {vmm}", target.display());
+        assert_eq!(
+            first.status.code(),
+            other.status.code(),
+            "{what}: status\n{first_vmm}: {}\n{vmm}: {}",
+            stderr(&first),
+            stderr(&other)
+        );
+        assert!(first.stdout == other.stdout, "{what}: stdout differs");
+        if !verbose {
+            assert_eq!(stderr(&first), stderr(&other), "{what}: stderr");
+        }
+    }
+    first
 }
 
 pub fn stdout(o: &Output) -> String {
