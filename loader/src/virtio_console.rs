@@ -186,7 +186,8 @@ impl Console {
     }
 
     /// Moves host bytes into the guest's receive buffers, as far as both allow. Returns
-    /// whether anything is still waiting for the guest.
+    /// whether the guest has something to look at: bytes delivered now, or bytes still
+    /// waiting for receive buffers.
     pub fn process_rx(&mut self, mem: &GuestMemoryMmap) -> bool {
         let mut chunk = [0u8; 16 * 1024];
         while !self.host_closed && self.pending.len() < 64 * 1024 {
@@ -202,6 +203,7 @@ impl Console {
         if self.pending.is_empty() || !q.ready() || !q.is_valid(mem) {
             return !self.pending.is_empty();
         }
+        let before = self.pending.len();
         while !self.pending.is_empty() {
             let Some(chain) = q.pop_descriptor_chain(mem) else {
                 break;
@@ -222,7 +224,7 @@ impl Console {
             self.pending.drain(..written);
             let _ = q.add_used(mem, head, written as u32);
         }
-        !self.pending.is_empty()
+        self.pending.len() != before || !self.pending.is_empty()
     }
 
     /// The fd to wait on for host input.
