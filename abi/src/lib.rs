@@ -18,6 +18,8 @@ pub mod channel;
 pub mod cmdline;
 pub mod direct;
 pub mod exit;
+#[cfg(feature = "alloc")]
+pub mod p9;
 pub mod pvh;
 mod records;
 

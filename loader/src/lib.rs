@@ -9,6 +9,7 @@ pub mod image;
 pub mod kvm;
 pub mod mapped;
 pub mod module;
+pub mod p9;
 pub mod pack;
 pub mod qemu;
 pub mod reference;

@@ -1,0 +1,55 @@
+//! A 9P2000.L file server that shares one live host directory with a guest, as the Linux
+//! v9fs client (and QEMU's virtio-9p) speak the protocol. A transport (virtio-9p over
+//! virtio-mmio) hands each request to [`Server::handle`] and returns the one reply it
+//! writes; this module knows nothing of guest memory.
+//!
+//! # Confinement
+//!
+//! The guest is hostile, so the server never names a host file by an absolute path and
+//! never opens anything by a host path string:
+//!
+//! - The share is an open directory descriptor. Each fid keeps an `O_PATH | O_NOFOLLOW`
+//!   descriptor of what it names plus its path from the root as validated components (no
+//!   `/`, NUL, `.` or `..`). Walks go one component at a time relative to the previous
+//!   descriptor; `..` pops the path (like a chroot, the root's parent is the root) and the
+//!   parent is reopened from the root, so the kernel never resolves a guest `..`.
+//! - Every lookup of more than a single name goes through `openat2(2)` with
+//!   `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS` (and `O_NOFOLLOW`),
+//!   falling back to one `openat(O_NOFOLLOW)` per component where openat2 is missing. The
+//!   server follows no symlinks at all: 9P clients resolve them (walk returns the symlink's
+//!   qid and the client reads it), and a symlink to `/etc`, `../outside` or a magic link
+//!   can then only be created and read as text, never traversed or opened.
+//! - Operations that create, remove, rename or link take a directory fid's descriptor and a
+//!   single-component name (`mkdirat`, `unlinkat`, `renameat`, `linkat`, `symlinkat`,
+//!   `mknodat`, `openat2(O_CREAT | O_NOFOLLOW)`), none of which follow a symlink in the last
+//!   component. Attribute changes act on the fid's own inode (`AT_EMPTY_PATH`).
+//! - Opening a fid (`Tlopen`, truncation) reopens its path beneath the root and checks the
+//!   result is the fid's inode (`ESTALE` if not); `/proc/self/fd` is never used. Only
+//!   regular files and directories can be opened (symlinks: `ELOOP`; devices, FIFOs and
+//!   sockets: `EOPNOTSUPP`), device nodes cannot be created, and modes set by the guest
+//!   lose set-user-ID and set-group-ID (kept on directories).
+//! - A read-only share refuses every change with `EROFS`. Fids are limited to
+//!   [`MAX_FIDS`], and every reply fits the negotiated `msize` (at most [`MAX_MSIZE`]).
+//! - Guest bytes are decoded once, with bounds checks ([`wire`]); malformed messages get
+//!   `Rlerror(EINVAL)`, unknown types `Rlerror(EOPNOTSUPP)`.
+//!
+//! Host processes changing the share meanwhile can at worst make a fid stale; they cannot
+//! make the server reach outside the root, except by moving a directory the guest has open
+//! out of the share themselves.
+
+mod server;
+pub use wasmvm_abi::p9 as wire;
+
+#[cfg(test)]
+mod tests;
+
+pub use server::{Errno, MAX_FIDS, Server};
+pub use wire::{
+    DecodeError, MAX_MSIZE, MIN_MSIZE, Qid, RATTACH, RAUTH, RCLUNK, RFLUSH, RFSYNC, RGETATTR,
+    RGETLOCK, RLCREATE, RLERROR, RLINK, RLOCK, RLOPEN, RMKDIR, RMKNOD, RREAD, RREADDIR, RREADLINK,
+    RREMOVE, RRENAME, RRENAMEAT, RSETATTR, RSTATFS, RSYMLINK, RUNLINKAT, RVERSION, RWALK, RWRITE,
+    RXATTRCREATE, RXATTRWALK, Rmessage, TATTACH, TAUTH, TCLUNK, TFLUSH, TFSYNC, TGETATTR, TGETLOCK,
+    TLCREATE, TLERROR, TLINK, TLOCK, TLOPEN, TMKDIR, TMKNOD, TREAD, TREADDIR, TREADLINK, TREMOVE,
+    TRENAME, TRENAMEAT, TSETATTR, TSTATFS, TSYMLINK, TUNLINKAT, TVERSION, TWALK, TWRITE,
+    TXATTRCREATE, TXATTRWALK, Tmessage,
+};
