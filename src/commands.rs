@@ -40,6 +40,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                     AccelArg::Kvm => Accel::Kvm,
                     AccelArg::Tcg => Accel::Tcg,
                 },
+                seccomp: true,
                 boot: match boot {
                     BootArg::Direct => BootPath::Best,
                     BootArg::Pvh => BootPath::Pvh,

@@ -391,6 +391,46 @@ fn a_missing_qemu_is_a_clear_error() {
 }
 
 #[test]
+fn the_builtin_vmms_worker_threads_run_under_seccomp() {
+    if accel() != "kvm" {
+        eprintln!("note: no KVM; skipping the built-in VMM");
+        return;
+    }
+    let mut child = wasmvm()
+        .args(["run", "--vmm", "builtin"])
+        .arg(sample("exitcode"))
+        .args(["--", "spin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "spinning\n");
+    // The vCPU thread, the output pump and the stdin pump: mode 2 is a seccomp filter.
+    let mut confined = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{}/task", child.id())).unwrap() {
+        let path = task.unwrap().path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+        if status.lines().any(|l| l == "Seccomp:\t2") {
+            confined.push(name.trim().to_string());
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for thread in ["vmm-vcpu", "vmm-output", "vmm-stdin"] {
+        assert!(
+            confined.iter().any(|t| t == thread),
+            "{thread} not in {confined:?}"
+        );
+    }
+}
+
+#[test]
 fn the_builtin_vmm_refuses_tcg_clearly() {
     let o = wasmvm()
         .args(["run", "--vmm", "builtin", "--accel", "tcg"])

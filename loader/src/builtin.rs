@@ -12,6 +12,7 @@ use crate::channel::{StreamEnd, pump_stdin};
 use crate::image::Image;
 use crate::kvm::{self, ProbeEnd};
 use crate::mapped::MappedImage;
+use crate::seccomp;
 use crate::virtio_console::{Console, cmdline_word};
 use crate::{
     Control, Ending, RunError, RunEvent, RunIo, RunOptions, default_memory_mib, io_err, pump_output,
@@ -66,10 +67,28 @@ pub fn run(
         started.elapsed().as_secs_f64() * 1e3
     ));
 
+    let filter = match opts.seccomp {
+        true => Some(Arc::new(seccomp::vmm_filter()?)),
+        false => None,
+    };
+    let confine = |filter: &Option<Arc<seccomp::BpfProgram>>| match filter {
+        Some(f) => seccomp::confine_thread(f),
+        None => Ok(()),
+    };
+
     let guest_writer = Arc::new(Mutex::new(in_host));
     let stdin_sink = Arc::clone(&guest_writer);
     let mut stdin = io.stdin;
-    std::thread::spawn(move || pump_stdin(&mut stdin, &*stdin_sink));
+    let stdin_filter = filter.clone();
+    std::thread::Builder::new()
+        .name("vmm-stdin".into())
+        .spawn(move || {
+            // Unconfined, this thread would only read host stdin; it stops rather than run so.
+            if confine(&stdin_filter).is_ok() {
+                pump_stdin(&mut stdin, &*stdin_sink)
+            }
+        })
+        .map_err(io_err("starting the stdin thread"))?;
 
     let stop = AtomicBool::new(false);
     let vcpu_thread = AtomicU64::new(0);
@@ -81,19 +100,36 @@ pub fn run(
         ..
     } = io;
     let (event, vcpu_end) = std::thread::scope(|scope| {
-        let vcpu = scope.spawn(|| {
-            // SAFETY: pthread_self has no preconditions.
-            vcpu_thread.store(unsafe { libc::pthread_self() } as u64, Ordering::SeqCst);
-            let end = machine.run(Some(&mut console), &stop);
-            drop(console); // closes the guest's side of the channel: the pump sees the end
-            end
-        });
+        let vcpu = std::thread::Builder::new()
+            .name("vmm-vcpu".into())
+            .spawn_scoped(scope, || {
+                // SAFETY: pthread_self has no preconditions.
+                vcpu_thread.store(unsafe { libc::pthread_self() } as u64, Ordering::SeqCst);
+                let end = match confine(&filter) {
+                    Ok(()) => machine.run(Some(&mut console), &stop),
+                    Err(e) => ProbeEnd::Crashed(e),
+                };
+                drop(console); // closes the guest's side of the channel: the pump sees the end
+                end
+            });
+        let vcpu = vcpu.map_err(io_err("starting the vCPU thread"))?;
         let tx = control.tx.clone();
         let writer = &guest_writer;
         let mut reader = &out_host;
         let log = &mut *log;
-        scope.spawn(move || pump_output(&mut reader, writer, stdout, stderr, log, started, tx));
-        let event = control.wait(deadline);
+        let pump_filter = &filter;
+        let output = std::thread::Builder::new()
+            .name("vmm-output".into())
+            .spawn_scoped(scope, move || match confine(pump_filter) {
+                Ok(()) => pump_output(&mut reader, writer, stdout, stderr, log, started, tx),
+                Err(e) => {
+                    let _ = tx.send(RunEvent::Stream(Err(std::io::Error::other(e))));
+                }
+            });
+        let event = match output {
+            Ok(_) => control.wait(deadline),
+            Err(e) => Some(RunEvent::Stream(Err(e))),
+        };
         // Stop the vCPU unless it is already leaving: flag, then kick it out of KVM_RUN until
         // it notices (a kick can land just before it re-enters the guest).
         stop.store(true, Ordering::SeqCst);
@@ -110,8 +146,8 @@ pub fn run(
             .join()
             .unwrap_or(ProbeEnd::Crashed("the vCPU thread panicked".into()));
         let _ = out_host.shutdown(std::net::Shutdown::Both);
-        (event, vcpu_end)
-    });
+        Ok::<_, RunError>((event, vcpu_end))
+    })?;
     log(&format!(
         "host: VM ended after {:.1} ms",
         started.elapsed().as_secs_f64() * 1e3

@@ -448,8 +448,9 @@ fn wait_timeout(data: &[u8]) -> Option<Duration> {
     }
 }
 
-/// A wait exit: deliver host input now, or block until some arrives or `timeout` passes. A
-/// stop request interrupts the block with the kick signal (see `builtin`).
+/// A wait exit: deliver host input now (and return to the guest to take it), or block until
+/// some arrives or `timeout` passes. A stop request interrupts the block with the kick
+/// signal (see `builtin`).
 fn wait_for_host(console: &mut Console, mem: &GuestMemoryMmap, timeout: Option<Duration>) {
     use std::os::fd::AsRawFd;
     if console.process_rx(mem) {

@@ -13,6 +13,7 @@ pub mod p9;
 pub mod pack;
 pub mod qemu;
 pub mod reference;
+pub mod seccomp;
 pub mod virtio_console;
 
 use std::io::{Read, Write};
@@ -49,6 +50,10 @@ pub struct RunOptions {
     pub qemu: PathBuf,
     /// How the built-in VMM enters the kernel.
     pub boot: kvm::BootPath,
+    /// Confine the built-in VMM's worker threads with `seccomp::vmm_filter` once the VM is
+    /// built. Off by default for embedders (a violation kills the whole process); the CLI
+    /// turns it on.
+    pub seccomp: bool,
 }
 
 impl Default for RunOptions {
@@ -64,6 +69,7 @@ impl Default for RunOptions {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64")),
             boot: kvm::BootPath::default(),
+            seccomp: false,
         }
     }
 }

@@ -1,0 +1,151 @@
+//! The seccomp allow-list of the built-in VMM's worker threads.
+//!
+//! The threads that touch guest-controlled data (the vCPU thread, which runs the device
+//! models, and the output pump, which parses the guest's frames) and the stdin pump each
+//! install this filter as their first act, after the VM is built. From then on they can only
+//! move bytes over descriptors they already hold, wait, allocate memory, and run the vCPU:
+//! no `open`, no `exec`, no new sockets, no `ioctl` but `KVM_RUN`, no executable mappings. A
+//! call outside the list kills the whole process (SIGSYS), which the user sees as a crash
+//! of `wasmvm` rather than a compromised host.
+//!
+//! The supervising thread (the caller of `builtin::run`) is not confined: it handles no
+//! guest bytes, and the CLI still has to clean up after the run (e.g. remove the temporary
+//! image of `wasmvm run app.wasm`). Embedders that run VMs in-process (tests) turn the
+//! filter off through `RunOptions::seccomp`.
+
+use std::collections::BTreeMap;
+
+pub use seccompiler::BpfProgram;
+use seccompiler::{
+    SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+    TargetArch,
+};
+
+use crate::RunError;
+
+/// `KVM_RUN`: `_IO(KVMIO, 0x80)`.
+const KVM_RUN: u64 = 0xae80;
+
+fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, seccompiler::BackendError> {
+    SeccompRule::new(conditions)
+}
+
+/// Builds the filter (once per run, before the threads start).
+pub fn vmm_filter() -> Result<BpfProgram, RunError> {
+    build().map_err(|e| RunError::Host(format!("building the seccomp filter: {e}")))
+}
+
+fn build() -> Result<BpfProgram, Box<dyn std::error::Error>> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    // Moving bytes over descriptors the thread already has.
+    for call in [
+        libc::SYS_read,
+        libc::SYS_readv,
+        libc::SYS_write,
+        libc::SYS_writev,
+        libc::SYS_recvfrom,
+        libc::SYS_recvmsg,
+        libc::SYS_sendto,
+        libc::SYS_sendmsg,
+        libc::SYS_shutdown,
+        libc::SYS_close,
+        // Waiting: for host input, on locks and channels, for a deadline.
+        libc::SYS_ppoll,
+        libc::SYS_poll,
+        libc::SYS_futex,
+        libc::SYS_sched_yield,
+        libc::SYS_nanosleep,
+        libc::SYS_clock_nanosleep,
+        libc::SYS_clock_gettime,
+        // Memory for buffers (the allocator), and thread exit.
+        libc::SYS_munmap,
+        libc::SYS_mremap,
+        libc::SYS_madvise,
+        libc::SYS_brk,
+        libc::SYS_rt_sigreturn,
+        libc::SYS_rt_sigprocmask,
+        libc::SYS_sigaltstack,
+        libc::SYS_getpid,
+        libc::SYS_gettid,
+        libc::SYS_tgkill,
+        libc::SYS_getrandom,
+        libc::SYS_exit,
+        libc::SYS_exit_group,
+    ] {
+        rules.insert(call, vec![]);
+    }
+    // New mappings and protection changes (glibc grows per-thread heap arenas with
+    // mprotect), never executable.
+    for call in [libc::SYS_mmap, libc::SYS_mprotect] {
+        rules.insert(
+            call,
+            vec![rule(vec![SeccompCondition::new(
+                2,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
+                0,
+            )?])?],
+        );
+    }
+    // Only F_GETFD: std checks that a descriptor is open before closing it.
+    rules.insert(
+        libc::SYS_fcntl,
+        vec![rule(vec![SeccompCondition::new(
+            1,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            libc::F_GETFD as u64,
+        )?])?],
+    );
+    // The one ioctl: running the vCPU.
+    rules.insert(
+        libc::SYS_ioctl,
+        vec![rule(vec![SeccompCondition::new(
+            1,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            KVM_RUN,
+        )?])?],
+    );
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::KillProcess,
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )?;
+    Ok(filter.try_into()?)
+}
+
+/// Confines the calling thread with `filter` (from [`vmm_filter`]).
+pub fn confine_thread(filter: &BpfProgram) -> Result<(), String> {
+    seccompiler::apply_filter(filter).map_err(|e| format!("installing the seccomp filter: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filter_builds_and_blocks_open_in_a_confined_thread() {
+        let filter = vmm_filter().expect("filter");
+        // In a child process: a violation kills the whole process.
+        // SAFETY: the child only makes async-signal-safe calls and then exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            if confine_thread(&filter).is_err() {
+                // SAFETY: leaving the forked child.
+                unsafe { libc::_exit(2) };
+            }
+            // SAFETY: a plain syscall with a valid NUL-terminated path.
+            unsafe { libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY) };
+            // SAFETY: leaving the forked child (not reached if the filter works).
+            unsafe { libc::_exit(0) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child just forked.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFSIGNALED(status), "status {status:#x}");
+        assert_eq!(libc::WTERMSIG(status), libc::SIGSYS);
+    }
+}
