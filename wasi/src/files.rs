@@ -1,4 +1,5 @@
-//! Descriptor and path calls: stdio, preopened directories and the in-memory [`Fs`].
+//! Descriptor and path calls: stdio, preopened directories and the in-memory [`Fs`]. Calls
+//! on share-backed descriptors check what every backend checks here, then go to `share.rs`.
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -7,20 +8,20 @@ use crate::errno::{Errno, WasiResult};
 use crate::fs::{Ino, Kind, Node};
 use crate::memory::GuestMemory;
 use crate::platform::Platform;
-use crate::state::{Entry, Fd, Wasi, fdflags, filetype, rights};
+use crate::state::{Entry, Fd, Handle, Wasi, fdflags, filetype, rights};
 
 /// `lookupflags::symlink_follow`.
 const SYMLINK_FOLLOW: u32 = 1;
-const OFLAG_CREAT: u32 = 1;
-const OFLAG_DIRECTORY: u32 = 2;
-const OFLAG_EXCL: u32 = 4;
-const OFLAG_TRUNC: u32 = 8;
-const FST_ATIM: u32 = 1;
-const FST_ATIM_NOW: u32 = 2;
-const FST_MTIM: u32 = 4;
-const FST_MTIM_NOW: u32 = 8;
+pub(crate) const OFLAG_CREAT: u32 = 1;
+pub(crate) const OFLAG_DIRECTORY: u32 = 2;
+pub(crate) const OFLAG_EXCL: u32 = 4;
+pub(crate) const OFLAG_TRUNC: u32 = 8;
+pub(crate) const FST_ATIM: u32 = 1;
+pub(crate) const FST_ATIM_NOW: u32 = 2;
+pub(crate) const FST_MTIM: u32 = 4;
+pub(crate) const FST_MTIM_NOW: u32 = 8;
 /// Rights that make an open "for writing", which directories refuse.
-const WRITE_RIGHTS: u64 =
+pub(crate) const WRITE_RIGHTS: u64 =
     rights::FD_WRITE | rights::FD_DATASYNC | rights::FD_ALLOCATE | rights::FD_FILESTAT_SET_SIZE;
 
 fn node_filetype(node: &Node) -> u8 {
@@ -46,27 +47,72 @@ fn path_arg(mem: &GuestMemory, ptr: u32, len: u32) -> WasiResult<Vec<u8>> {
     Ok(bytes.to_vec())
 }
 
-fn write_filestat(mem: &mut GuestMemory, out: u32, ino: Ino, node: &Node) -> WasiResult {
-    let mut b = [0u8; 64];
-    b[0..8].copy_from_slice(&1u64.to_le_bytes());
-    b[8..16].copy_from_slice(&ino.to_le_bytes());
-    b[16] = node_filetype(node);
-    b[24..32].copy_from_slice(&node.nlink.to_le_bytes());
-    b[32..40].copy_from_slice(&node_size(node).to_le_bytes());
-    b[40..48].copy_from_slice(&node.atim.to_le_bytes());
-    b[48..56].copy_from_slice(&node.mtim.to_le_bytes());
-    b[56..64].copy_from_slice(&node.ctim.to_le_bytes());
-    mem.write_bytes(out, &b)
+/// A WASI `filestat`.
+pub(crate) struct Filestat {
+    pub dev: u64,
+    pub ino: u64,
+    pub filetype: u8,
+    pub nlink: u64,
+    pub size: u64,
+    pub atim: u64,
+    pub mtim: u64,
+    pub ctim: u64,
 }
 
-/// New timestamps from `fst_flags`, or `EINVAL` for contradictory flags.
-fn set_times(node: &mut Node, atim: u64, mtim: u64, flags: u32, now: u64) -> WasiResult {
+impl Filestat {
+    pub fn write(&self, mem: &mut GuestMemory, out: u32) -> WasiResult {
+        let mut b = [0u8; 64];
+        b[0..8].copy_from_slice(&self.dev.to_le_bytes());
+        b[8..16].copy_from_slice(&self.ino.to_le_bytes());
+        b[16] = self.filetype;
+        b[24..32].copy_from_slice(&self.nlink.to_le_bytes());
+        b[32..40].copy_from_slice(&self.size.to_le_bytes());
+        b[40..48].copy_from_slice(&self.atim.to_le_bytes());
+        b[48..56].copy_from_slice(&self.mtim.to_le_bytes());
+        b[56..64].copy_from_slice(&self.ctim.to_le_bytes());
+        mem.write_bytes(out, &b)
+    }
+}
+
+fn write_filestat(mem: &mut GuestMemory, out: u32, ino: Ino, node: &Node) -> WasiResult {
+    Filestat {
+        dev: 1,
+        ino,
+        filetype: node_filetype(node),
+        nlink: node.nlink,
+        size: node_size(node),
+        atim: node.atim,
+        mtim: node.mtim,
+        ctim: node.ctim,
+    }
+    .write(mem, out)
+}
+
+/// Appends one `dirent` (and its name) to an `fd_readdir` buffer.
+pub(crate) fn push_dirent(out: &mut Vec<u8>, next: u64, ino: u64, name: &[u8], filetype: u8) {
+    let mut d = [0u8; 24];
+    d[0..8].copy_from_slice(&next.to_le_bytes());
+    d[8..16].copy_from_slice(&ino.to_le_bytes());
+    d[16..20].copy_from_slice(&(name.len() as u32).to_le_bytes());
+    d[20] = filetype;
+    out.extend_from_slice(&d);
+    out.extend_from_slice(name);
+}
+
+/// `EINVAL` for unknown or contradictory `fst_flags`.
+pub(crate) fn check_fst_flags(flags: u32) -> WasiResult {
     if flags & !(FST_ATIM | FST_ATIM_NOW | FST_MTIM | FST_MTIM_NOW) != 0
         || flags & (FST_ATIM | FST_ATIM_NOW) == (FST_ATIM | FST_ATIM_NOW)
         || flags & (FST_MTIM | FST_MTIM_NOW) == (FST_MTIM | FST_MTIM_NOW)
     {
         return Err(Errno::INVAL);
     }
+    Ok(())
+}
+
+/// New timestamps from `fst_flags`, or `EINVAL` for contradictory flags.
+fn set_times(node: &mut Node, atim: u64, mtim: u64, flags: u32, now: u64) -> WasiResult {
+    check_fst_flags(flags)?;
     if flags & FST_ATIM != 0 {
         node.atim = atim;
     } else if flags & FST_ATIM_NOW != 0 {
@@ -82,10 +128,18 @@ fn set_times(node: &mut Node, atim: u64, mtim: u64, flags: u32, now: u64) -> Was
 }
 
 impl<P: Platform> Wasi<P> {
-    fn dir_ino(&self, fd: u32) -> WasiResult<Ino> {
+    fn dir_node(&self, fd: u32) -> WasiResult<Handle> {
         match self.fd(fd)?.entry {
-            Entry::Dir { ino, .. } => Ok(ino),
+            Entry::Dir { node, .. } => Ok(node),
             _ => Err(Errno::NOTDIR),
+        }
+    }
+
+    /// The size of a file descriptor's file.
+    fn file_size(&mut self, node: Handle) -> WasiResult<u64> {
+        match node {
+            Handle::Mem(ino) => Ok(node_size(self.fs.node(ino)?)),
+            Handle::Share(r) => self.share_size(r),
         }
     }
 
@@ -138,7 +192,21 @@ impl<P: Platform> Wasi<P> {
                     total = total.checked_add(len).ok_or(Errno::INVAL)?;
                 }
             }
-            Entry::File { ino, offset } => {
+            Entry::File {
+                node: Handle::Share(r),
+                offset,
+            } => {
+                let append = d.flags & fdflags::APPEND != 0;
+                let (n, pos) = self.share_write(mem, r, &iovs, at, offset, append)?;
+                if at.is_none() {
+                    self.set_offset(fd, pos);
+                }
+                total = n;
+            }
+            Entry::File {
+                node: Handle::Mem(ino),
+                offset,
+            } => {
                 let now = self.now();
                 let append = d.flags & fdflags::APPEND != 0;
                 let data = self.file_data(ino)?;
@@ -185,7 +253,20 @@ impl<P: Platform> Wasi<P> {
         let total = match d.entry {
             Entry::Stdin if at.is_some() => return Err(Errno::SPIPE),
             Entry::Stdin => self.read_stdin(mem, &iovs)?,
-            Entry::File { ino, offset } => {
+            Entry::File {
+                node: Handle::Share(r),
+                offset,
+            } => {
+                let (total, pos) = self.share_read(mem, r, &iovs, at.unwrap_or(offset))?;
+                if at.is_none() {
+                    self.set_offset(fd, pos);
+                }
+                total
+            }
+            Entry::File {
+                node: Handle::Mem(ino),
+                offset,
+            } => {
                 let data = self.file_data(ino)?;
                 let mut pos = at.unwrap_or(offset);
                 let mut total: u32 = 0;
@@ -212,7 +293,9 @@ impl<P: Platform> Wasi<P> {
 
     pub(crate) fn fd_close(&mut self, fd: u32) -> WasiResult {
         self.fd(fd)?;
-        self.fds[fd as usize] = None;
+        if let Some(closed) = self.fds[fd as usize].take() {
+            self.release_entry(&closed.entry);
+        }
         Ok(())
     }
 
@@ -220,7 +303,9 @@ impl<P: Platform> Wasi<P> {
         let moved = self.fd(from)?.clone();
         self.fd(to)?;
         if from != to {
-            self.fds[to as usize] = Some(moved);
+            if let Some(replaced) = self.fds[to as usize].replace(moved) {
+                self.release_entry(&replaced.entry);
+            }
             self.fds[from as usize] = None;
         }
         Ok(())
@@ -319,7 +404,7 @@ impl<P: Platform> Wasi<P> {
         out: u32,
     ) -> WasiResult {
         let d = self.fd(fd)?.clone();
-        let Entry::File { ino, offset } = d.entry else {
+        let Entry::File { node, offset } = d.entry else {
             return Err(match d.entry {
                 Entry::Dir { .. } => Errno::BADF,
                 _ => Errno::SPIPE,
@@ -333,11 +418,10 @@ impl<P: Platform> Wasi<P> {
         if d.rights & (needed | rights::FD_SEEK) == 0 {
             return Err(Errno::BADF);
         }
-        let len = node_size(self.fs.node(ino)?) as i64;
         let base = match whence {
             0 => 0,
             1 => offset as i64,
-            2 => len,
+            2 => self.file_size(node)? as i64,
             _ => return Err(Errno::INVAL),
         };
         let pos = base
@@ -348,8 +432,15 @@ impl<P: Platform> Wasi<P> {
         mem.write_u64(out, pos)
     }
 
-    pub(crate) fn fd_sync(&mut self, fd: u32) -> WasiResult {
-        self.fd(fd).map(drop)
+    /// A no-op in memory; `Tfsync` for a share file.
+    pub(crate) fn fd_sync(&mut self, fd: u32, datasync: bool) -> WasiResult {
+        match self.fd(fd)?.entry {
+            Entry::File {
+                node: Handle::Share(r),
+                ..
+            } => self.share_sync(r, datasync),
+            _ => Ok(()),
+        }
     }
 
     pub(crate) fn fd_advise(&mut self, fd: u32, advice: u32) -> WasiResult {
@@ -361,10 +452,14 @@ impl<P: Platform> Wasi<P> {
     }
 
     pub(crate) fn fd_allocate(&mut self, fd: u32, offset: u64, len: u64) -> WasiResult {
-        let Entry::File { ino, .. } = self.fd(fd)?.entry else {
+        let Entry::File { node, .. } = self.fd(fd)?.entry else {
             return Err(Errno::BADF);
         };
         let end = offset.checked_add(len).ok_or(Errno::FBIG)?;
+        let ino = match node {
+            Handle::Mem(ino) => ino,
+            Handle::Share(r) => return self.share_allocate(r, end),
+        };
         let data = self.file_data(ino)?;
         if (data.len() as u64) < end {
             data.resize(usize::try_from(end).map_err(|_| Errno::FBIG)?, 0);
@@ -379,10 +474,13 @@ impl<P: Platform> Wasi<P> {
         out: u32,
     ) -> WasiResult {
         match self.fd(fd)?.entry {
-            Entry::Dir { ino, .. } | Entry::File { ino, .. } => {
-                let node = self.fs.node(ino)?.clone();
-                write_filestat(mem, out, ino, &node)
-            }
+            Entry::Dir { node, .. } | Entry::File { node, .. } => match node {
+                Handle::Mem(ino) => {
+                    let node = self.fs.node(ino)?.clone();
+                    write_filestat(mem, out, ino, &node)
+                }
+                Handle::Share(r) => self.share_filestat(mem, out, r),
+            },
             Entry::Stdin | Entry::Out(_) => {
                 let mut b = [0u8; 64];
                 b[16] = filetype::CHARACTER_DEVICE;
@@ -392,8 +490,12 @@ impl<P: Platform> Wasi<P> {
     }
 
     pub(crate) fn fd_filestat_set_size(&mut self, fd: u32, size: u64) -> WasiResult {
-        let Entry::File { ino, .. } = self.fd_with(fd, rights::FD_FILESTAT_SET_SIZE)?.entry else {
+        let Entry::File { node, .. } = self.fd_with(fd, rights::FD_FILESTAT_SET_SIZE)?.entry else {
             return Err(Errno::BADF);
+        };
+        let ino = match node {
+            Handle::Mem(ino) => ino,
+            Handle::Share(r) => return self.share_set_size(r, size),
         };
         let now = self.now();
         self.file_data(ino)?
@@ -412,7 +514,22 @@ impl<P: Platform> Wasi<P> {
         flags: u32,
     ) -> WasiResult {
         let ino = match self.fd(fd)?.entry {
-            Entry::Dir { ino, .. } | Entry::File { ino, .. } => ino,
+            Entry::Dir {
+                node: Handle::Mem(ino),
+                ..
+            }
+            | Entry::File {
+                node: Handle::Mem(ino),
+                ..
+            } => ino,
+            Entry::Dir {
+                node: Handle::Share(r),
+                ..
+            }
+            | Entry::File {
+                node: Handle::Share(r),
+                ..
+            } => return self.share_set_times(r, atim, mtim, flags),
             _ => return Err(Errno::BADF),
         };
         let now = self.now();
@@ -429,7 +546,14 @@ impl<P: Platform> Wasi<P> {
         used: u32,
     ) -> WasiResult {
         let dir = match self.fd(fd)?.entry {
-            Entry::Dir { ino, .. } => ino,
+            Entry::Dir {
+                node: Handle::Mem(ino),
+                ..
+            } => ino,
+            Entry::Dir {
+                node: Handle::Share(r),
+                ..
+            } => return self.share_readdir(mem, r, buf, len, cookie, used),
             Entry::File { .. } => return Err(Errno::NOTDIR),
             _ => return Err(Errno::BADF),
         };
@@ -447,13 +571,8 @@ impl<P: Platform> Wasi<P> {
             if out.len() >= len as usize {
                 break;
             }
-            let mut d = [0u8; 24];
-            d[0..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
-            d[8..16].copy_from_slice(&ino.to_le_bytes());
-            d[16..20].copy_from_slice(&(name.len() as u32).to_le_bytes());
-            d[20] = node_filetype(self.fs.node(*ino)?);
-            out.extend_from_slice(&d);
-            out.extend_from_slice(name);
+            let ty = node_filetype(self.fs.node(*ino)?);
+            push_dirent(&mut out, i as u64 + 1, *ino, name, ty);
         }
         // A full buffer tells the caller to read on from the last cookie.
         out.truncate(len as usize);
@@ -465,7 +584,7 @@ impl<P: Platform> Wasi<P> {
         let a = |i: usize| args.get(i).copied().unwrap_or(0);
         let (fd, dirflags, oflags) = (a(0) as u32, a(1) as u32, a(4) as u32);
         let (base, inheriting, flags, out) = (a(5), a(6), a(7) as u32, a(8) as u32);
-        let dir = self.dir_ino(fd)?;
+        let dir = self.dir_node(fd)?;
         let dir_rights = self.fd(fd)?.rights;
         let needed = rights::PATH_OPEN
             | if oflags & OFLAG_CREAT != 0 {
@@ -486,14 +605,44 @@ impl<P: Platform> Wasi<P> {
             return Err(Errno::INVAL);
         }
         let follow = dirflags & SYMLINK_FOLLOW != 0;
+        let entry = match dir {
+            Handle::Mem(dir) => self.mem_open(dir, &path, follow, oflags, base)?,
+            Handle::Share(r) => self.share_open(r, &path, follow, oflags, base)?,
+        };
+        let kind_rights = match entry {
+            Entry::Dir { .. } => rights::DIR,
+            _ => rights::FILE,
+        };
+        let new = self.insert(Fd {
+            entry,
+            rights: base & kind_rights,
+            inheriting: inheriting & (rights::DIR | rights::FILE),
+            flags: flags as u16,
+        });
+        mem.write_u32(out, new).inspect_err(|_| {
+            if let Some(opened) = self.fds[new as usize].take() {
+                self.release_entry(&opened.entry);
+            }
+        })
+    }
+
+    /// `path_open` beneath in-memory directory `dir`.
+    fn mem_open(
+        &mut self,
+        dir: Ino,
+        path: &[u8],
+        follow: bool,
+        oflags: u32,
+        base: u64,
+    ) -> WasiResult<Entry> {
         let now = self.now();
-        let ino = match self.fs.lookup(dir, &path, follow) {
+        let ino = match self.fs.lookup(dir, path, follow) {
             Ok(_) if oflags & OFLAG_CREAT != 0 && oflags & OFLAG_EXCL != 0 => {
                 return Err(Errno::EXIST);
             }
             Ok(ino) => ino,
             Err(Errno::NOENT) if oflags & OFLAG_CREAT != 0 => {
-                let p = self.fs.parent(dir, &path)?;
+                let p = self.fs.parent(dir, path)?;
                 if p.trailing_slash || oflags & OFLAG_DIRECTORY != 0 {
                     return Err(Errno::ISDIR);
                 }
@@ -508,7 +657,10 @@ impl<P: Platform> Wasi<P> {
                 if base & WRITE_RIGHTS != 0 || oflags & OFLAG_TRUNC != 0 {
                     return Err(Errno::ISDIR);
                 }
-                Entry::Dir { ino, preopen: None }
+                Entry::Dir {
+                    node: Handle::Mem(ino),
+                    preopen: None,
+                }
             }
             Kind::File(_) if oflags & OFLAG_DIRECTORY != 0 => return Err(Errno::NOTDIR),
             Kind::File(_) => {
@@ -518,21 +670,13 @@ impl<P: Platform> Wasi<P> {
                     node.mtim = now;
                     node.ctim = now;
                 }
-                Entry::File { ino, offset: 0 }
+                Entry::File {
+                    node: Handle::Mem(ino),
+                    offset: 0,
+                }
             }
         };
-        let kind_rights = match entry {
-            Entry::Dir { .. } => rights::DIR,
-            _ => rights::FILE,
-        };
-        let new = self.insert(Fd {
-            entry,
-            rights: base & kind_rights,
-            inheriting: inheriting & (rights::DIR | rights::FILE),
-            flags: flags as u16,
-        });
-        mem.write_u32(out, new)
-            .inspect_err(|_| self.fds[new as usize] = None)
+        Ok(entry)
     }
 
     pub(crate) fn path_create_directory(
@@ -542,8 +686,12 @@ impl<P: Platform> Wasi<P> {
         ptr: u32,
         len: u32,
     ) -> WasiResult {
-        let dir = self.dir_ino(fd)?;
+        let dir = self.dir_node(fd)?;
         let path = path_arg(mem, ptr, len)?;
+        let dir = match dir {
+            Handle::Mem(ino) => ino,
+            Handle::Share(r) => return self.share_create_directory(r, &path),
+        };
         let p = self.fs.parent(dir, &path)?;
         let now = self.now();
         self.fs
@@ -559,8 +707,12 @@ impl<P: Platform> Wasi<P> {
         len: u32,
         dir_wanted: bool,
     ) -> WasiResult {
-        let dir = self.dir_ino(fd)?;
+        let dir = self.dir_node(fd)?;
         let path = path_arg(mem, ptr, len)?;
+        let dir = match dir {
+            Handle::Mem(ino) => ino,
+            Handle::Share(r) => return self.share_remove(r, &path, dir_wanted),
+        };
         let p = self.fs.parent(dir, &path)?;
         if p.trailing_slash && !dir_wanted {
             let ino = self.fs.lookup(p.dir, p.name, false)?;
@@ -583,9 +735,14 @@ impl<P: Platform> Wasi<P> {
         len: u32,
         out: u32,
     ) -> WasiResult {
-        let dir = self.dir_ino(fd)?;
+        let dir = self.dir_node(fd)?;
         let path = path_arg(mem, ptr, len)?;
-        let ino = self.fs.lookup(dir, &path, flags & SYMLINK_FOLLOW != 0)?;
+        let follow = flags & SYMLINK_FOLLOW != 0;
+        let dir = match dir {
+            Handle::Mem(ino) => ino,
+            Handle::Share(r) => return self.share_path_filestat_get(mem, r, follow, &path, out),
+        };
+        let ino = self.fs.lookup(dir, &path, follow)?;
         let node = self.fs.node(ino)?.clone();
         write_filestat(mem, out, ino, &node)
     }
@@ -596,11 +753,16 @@ impl<P: Platform> Wasi<P> {
         args: &[u64],
     ) -> WasiResult {
         let a = |i: usize| args.get(i).copied().unwrap_or(0);
-        let dir = self.dir_ino(a(0) as u32)?;
+        let dir = self.dir_node(a(0) as u32)?;
         let path = path_arg(mem, a(2) as u32, a(3) as u32)?;
-        let ino = self
-            .fs
-            .lookup(dir, &path, a(1) as u32 & SYMLINK_FOLLOW != 0)?;
+        let follow = a(1) as u32 & SYMLINK_FOLLOW != 0;
+        let dir = match dir {
+            Handle::Mem(ino) => ino,
+            Handle::Share(r) => {
+                return self.share_path_set_times(r, follow, &path, a(4), a(5), a(6) as u32);
+            }
+        };
+        let ino = self.fs.lookup(dir, &path, follow)?;
         let now = self.now();
         set_times(self.fs.node_mut(ino)?, a(4), a(5), a(6) as u32, now)
     }
@@ -608,10 +770,18 @@ impl<P: Platform> Wasi<P> {
     pub(crate) fn path_rename(&mut self, mem: &mut GuestMemory, args: &[u64]) -> WasiResult {
         let a = |i: usize| args.get(i).copied().unwrap_or(0) as u32;
         let (fd, old, old_len, new_fd, new, new_len) = (a(0), a(1), a(2), a(3), a(4), a(5));
-        let from_dir = self.dir_ino(fd)?;
-        let to_dir = self.dir_ino(new_fd)?;
+        let from_dir = self.dir_node(fd)?;
+        let to_dir = self.dir_node(new_fd)?;
         let old = path_arg(mem, old, old_len)?;
         let new = path_arg(mem, new, new_len)?;
+        let (from_dir, to_dir) = match (from_dir, to_dir) {
+            (Handle::Mem(f), Handle::Mem(t)) => (f, t),
+            (Handle::Share(f), Handle::Share(t)) if f.share == t.share => {
+                return self.share_rename(f, &old, t, &new);
+            }
+            // Different file systems.
+            _ => return Err(Errno::XDEV),
+        };
         let from = self.fs.parent(from_dir, &old)?;
         let to = self.fs.parent(to_dir, &new)?;
         let source = self.fs.lookup(from.dir, from.name, false)?;
@@ -632,9 +802,13 @@ impl<P: Platform> Wasi<P> {
         new: u32,
         new_len: u32,
     ) -> WasiResult {
-        let dir = self.dir_ino(fd)?;
+        let dir = self.dir_node(fd)?;
         let target = path_arg(mem, old, old_len)?;
         let path = path_arg(mem, new, new_len)?;
+        let dir = match dir {
+            Handle::Mem(ino) => ino,
+            Handle::Share(r) => return self.share_symlink(r, &target, &path),
+        };
         let p = self.fs.parent(dir, &path)?;
         if p.trailing_slash {
             return Err(if self.fs.lookup(p.dir, p.name, false).is_ok() {
@@ -655,8 +829,12 @@ impl<P: Platform> Wasi<P> {
 
     pub(crate) fn path_readlink(&mut self, mem: &mut GuestMemory, args: &[u64]) -> WasiResult {
         let a = |i: usize| args.get(i).copied().unwrap_or(0) as u32;
-        let dir = self.dir_ino(a(0))?;
+        let dir = self.dir_node(a(0))?;
         let path = path_arg(mem, a(1), a(2))?;
+        let dir = match dir {
+            Handle::Mem(ino) => ino,
+            Handle::Share(r) => return self.share_readlink(mem, r, &path, a(3), a(4), a(5)),
+        };
         let ino = self.fs.lookup(dir, &path, false)?;
         let Kind::Symlink(target) = &self.fs.node(ino)?.kind else {
             return Err(Errno::INVAL);
@@ -669,11 +847,19 @@ impl<P: Platform> Wasi<P> {
 
     pub(crate) fn path_link(&mut self, mem: &mut GuestMemory, args: &[u64]) -> WasiResult {
         let a = |i: usize| args.get(i).copied().unwrap_or(0) as u32;
-        let old_dir = self.dir_ino(a(0))?;
-        let new_dir = self.dir_ino(a(4))?;
+        let old_dir = self.dir_node(a(0))?;
+        let new_dir = self.dir_node(a(4))?;
         let old = path_arg(mem, a(2), a(3))?;
         let new = path_arg(mem, a(5), a(6))?;
-        let ino = self.fs.lookup(old_dir, &old, a(1) & SYMLINK_FOLLOW != 0)?;
+        let follow = a(1) & SYMLINK_FOLLOW != 0;
+        let (old_dir, new_dir) = match (old_dir, new_dir) {
+            (Handle::Mem(o), Handle::Mem(n)) => (o, n),
+            (Handle::Share(o), Handle::Share(n)) if o.share == n.share => {
+                return self.share_link(o, follow, &old, n, &new);
+            }
+            _ => return Err(Errno::XDEV),
+        };
+        let ino = self.fs.lookup(old_dir, &old, follow)?;
         let p = self.fs.parent(new_dir, &new)?;
         if p.trailing_slash {
             return Err(Errno::NOENT);

@@ -234,7 +234,7 @@ impl Fs {
         ino
     }
 
-    fn check_name(name: &[u8]) -> WasiResult {
+    pub(crate) fn check_name(name: &[u8]) -> WasiResult {
         match name {
             b"" | b"." | b".." => Err(Errno::EXIST),
             _ if name.contains(&0) => Err(Errno::INVAL),
@@ -394,7 +394,7 @@ impl Fs {
     }
 }
 
-fn trim_trailing_slashes(path: &[u8]) -> &[u8] {
+pub(crate) fn trim_trailing_slashes(path: &[u8]) -> &[u8] {
     let mut end = path.len();
     while end > 1 && path[end - 1] == b'/' {
         end -= 1;

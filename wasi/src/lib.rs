@@ -16,8 +16,10 @@ pub mod fs;
 #[cfg(feature = "wasmi")]
 pub mod link;
 pub mod memory;
+mod p9;
 pub mod platform;
 mod poll;
+mod share;
 pub mod signature;
 mod state;
 

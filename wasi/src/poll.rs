@@ -5,7 +5,7 @@ use alloc::vec::Vec;
 use crate::errno::{Errno, WasiResult};
 use crate::memory::GuestMemory;
 use crate::platform::{Clock, Platform};
-use crate::state::{Entry, Wasi};
+use crate::state::{Entry, Handle, Wasi};
 
 const SUBSCRIPTION_LEN: u32 = 48;
 const EVENT_LEN: u32 = 32;
@@ -94,10 +94,22 @@ impl<P: Platform> Wasi<P> {
                                 waits_on_stdin = true;
                             }
                         }
-                        Ok(Entry::File { ino, offset }) => {
-                            let size = match &self.fs.node(ino)?.kind {
-                                crate::fs::Kind::File(d) => d.len() as u64,
-                                _ => 0,
+                        Ok(Entry::File { node, offset }) => {
+                            let size = match node {
+                                Handle::Mem(ino) => match &self.fs.node(ino)?.kind {
+                                    crate::fs::Kind::File(d) => d.len() as u64,
+                                    _ => 0,
+                                },
+                                // Always ready, like a file in memory; only a read
+                                // event reports the bytes left, which the host knows.
+                                Handle::Share(_) if kind != EVENTTYPE_FD_READ => 0,
+                                Handle::Share(r) => match self.share_size(r) {
+                                    Ok(size) => size,
+                                    Err(e) => {
+                                        ready.push(event(e, 0));
+                                        continue;
+                                    }
+                                },
                             };
                             let n = if kind == EVENTTYPE_FD_READ {
                                 size.saturating_sub(offset)

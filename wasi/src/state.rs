@@ -1,19 +1,24 @@
 //! The WASI state of one app (arguments, environment, descriptors) and the call dispatcher.
-//! Filesystem calls live in `files.rs`.
+//! Filesystem calls live in `files.rs` (those on host shares in `share.rs`, over `p9.rs`).
 
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use crate::Exit;
 use crate::errno::{Errno, WasiResult};
 use crate::fs::{Fs, Ino};
 use crate::memory::GuestMemory;
+use crate::p9::{Remote, Session};
 use crate::platform::{Clock, Platform, Stdio};
 use crate::signature::Func;
 
 pub(crate) mod filetype {
+    pub const UNKNOWN: u8 = 0;
+    pub const BLOCK_DEVICE: u8 = 1;
     pub const CHARACTER_DEVICE: u8 = 2;
     pub const DIRECTORY: u8 = 3;
     pub const REGULAR_FILE: u8 = 4;
+    pub const SOCKET_STREAM: u8 = 6;
     pub const SYMBOLIC_LINK: u8 = 7;
 }
 
@@ -71,18 +76,28 @@ pub(crate) mod fdflags {
 /// Largest buffer one `random_get` or `fd_read` fills in one go from the platform.
 const CHUNK: usize = 64 * 1024;
 
+/// Where a directory or file descriptor's object lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Handle {
+    /// A node of the in-memory [`Fs`].
+    Mem(Ino),
+    /// A file or directory of a host share, through a fid this descriptor owns (clunked
+    /// when the descriptor goes away).
+    Share(Remote),
+}
+
 /// What a descriptor refers to.
 #[derive(Debug, Clone)]
 pub(crate) enum Entry {
     Stdin,
     Out(Stdio),
     Dir {
-        ino: Ino,
+        node: Handle,
         /// The guest path it was preopened as, for `fd_prestat_*`.
         preopen: Option<Vec<u8>>,
     },
     File {
-        ino: Ino,
+        node: Handle,
         offset: u64,
     },
 }
@@ -102,6 +117,8 @@ pub struct Wasi<P> {
     env: Vec<Vec<u8>>,
     pub(crate) fds: Vec<Option<Fd>>,
     pub(crate) fs: Fs,
+    /// The 9P sessions of the shares preopened so far, by share number.
+    pub(crate) shares: BTreeMap<u32, Session>,
 }
 
 impl<P: Platform> Wasi<P> {
@@ -125,6 +142,7 @@ impl<P: Platform> Wasi<P> {
                 stdio(Entry::Out(Stdio::Stderr), rights::STDOUT),
             ],
             fs: Fs::new(),
+            shares: BTreeMap::new(),
         }
     }
 
@@ -139,9 +157,13 @@ impl<P: Platform> Wasi<P> {
 
     /// Preopens directory `ino` of [`Self::fs`] as `guest_path`; returns its descriptor.
     pub fn preopen(&mut self, ino: Ino, guest_path: &[u8]) -> u32 {
+        self.insert_preopen(Handle::Mem(ino), guest_path)
+    }
+
+    pub(crate) fn insert_preopen(&mut self, node: Handle, guest_path: &[u8]) -> u32 {
         self.insert(Fd {
             entry: Entry::Dir {
-                ino,
+                node,
                 preopen: Some(guest_path.to_vec()),
             },
             rights: rights::DIR,
@@ -208,7 +230,8 @@ impl<P: Platform> Wasi<P> {
             Func::FdPrestatDirName => self.fd_prestat_dir_name(m, a32(0), a32(1), a32(2)),
             Func::FdSeek => self.fd_seek(m, a32(0), a(1) as i64, a32(2), a32(3)),
             Func::FdTell => self.fd_seek(m, a32(0), 0, 1, a32(1)),
-            Func::FdSync | Func::FdDatasync => self.fd_sync(a32(0)),
+            Func::FdSync => self.fd_sync(a32(0), false),
+            Func::FdDatasync => self.fd_sync(a32(0), true),
             Func::FdAdvise => self.fd_advise(a32(0), a32(3)),
             Func::FdAllocate => self.fd_allocate(a32(0), a(1), a(2)),
             Func::FdFilestatGet => self.fd_filestat_get(m, a32(0), a32(1)),
