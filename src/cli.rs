@@ -25,6 +25,10 @@ pub enum Command {
         /// Where to write the image.
         #[arg(short, long)]
         output: PathBuf,
+        /// Copy a host directory into the image and preopen it as GUEST (default: the same
+        /// path; repeatable). Writes stay in guest memory and vanish when the VM ends.
+        #[arg(long = "dir", value_name = "HOST[::GUEST]")]
+        dirs: Vec<OsString>,
         #[command(flatten)]
         app: AppArgs,
     },
@@ -32,6 +36,13 @@ pub enum Command {
     Run {
         /// An image from `wasmvm pack`, or a .wasm module.
         image: PathBuf,
+        /// Share a live host directory with the app, preopened as GUEST (default: the same
+        /// path; repeatable): the app reads the host's files and the host sees its writes.
+        #[arg(long = "dir", value_name = "HOST[::GUEST]")]
+        dirs: Vec<OsString>,
+        /// Like --dir, but the app may not change anything in it.
+        #[arg(long = "dir-ro", value_name = "HOST[::GUEST]")]
+        dirs_ro: Vec<OsString>,
         #[command(flatten)]
         app: AppArgs,
         /// Stop the VM after this long (e.g. 500ms, 30s, 2m; a bare number is seconds).
@@ -74,10 +85,6 @@ pub struct AppArgs {
     /// argv[0] as the app sees it (default: the module's file name).
     #[arg(long, value_name = "NAME")]
     pub argv0: Option<OsString>,
-    /// Copy a host directory into the image and preopen it as GUEST (default: the same path;
-    /// repeatable). Writes stay in guest memory and vanish when the VM ends.
-    #[arg(long = "dir", value_name = "HOST[::GUEST]")]
-    pub dirs: Vec<OsString>,
     /// Run a reactor module: call `_initialize` (if exported), then EXPORT; an i32 result
     /// becomes the exit status.
     #[arg(long, value_name = "EXPORT")]

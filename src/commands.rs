@@ -10,7 +10,8 @@ use wasmvm_loader::image::{self, Image};
 use wasmvm_loader::kvm::BootPath;
 use wasmvm_loader::pack::{DirSpec, PackOptions, check_env, pack_module};
 use wasmvm_loader::{
-    Accel, Control, RunIo, RunOptions, StopReason, builtin, elf::Elf, module, qemu, reference,
+    Accel, Control, RunIo, RunOptions, ShareSpec, StopReason, builtin, elf::Elf, module, qemu,
+    reference,
 };
 
 use crate::KERNEL;
@@ -21,10 +22,13 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Pack {
             module,
             output,
+            dirs,
             app,
-        } => pack(&module, &output, &app),
+        } => pack(&module, &output, &app, &dirs),
         Command::Run {
             image,
+            dirs,
+            dirs_ro,
             app,
             timeout,
             memory,
@@ -33,9 +37,23 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             verbose,
             boot,
         } => {
+            let shares = dirs
+                .iter()
+                .map(|d| (d, false, "--dir"))
+                .chain(dirs_ro.iter().map(|d| (d, true, "--dir-ro")))
+                .map(|(spec, read_only, flag)| {
+                    let d = DirSpec::parse(spec).map_err(|e| anyhow::anyhow!("{flag} {e}"))?;
+                    Ok(ShareSpec {
+                        host: d.host,
+                        guest: d.guest,
+                        read_only,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
             let opts = RunOptions {
                 memory_mib: memory,
                 timeout,
+                shares,
                 accel: match accel {
                     AccelArg::Kvm => Accel::Kvm,
                     AccelArg::Tcg => Accel::Tcg,
@@ -78,7 +96,7 @@ fn env_list(app: &AppArgs) -> Result<Vec<Vec<u8>>> {
         .collect()
 }
 
-fn pack_options(module: &Path, app: &AppArgs) -> Result<PackOptions> {
+fn pack_options(module: &Path, app: &AppArgs, dirs: &[OsString]) -> Result<PackOptions> {
     let module_name = module
         .file_name()
         .map(|n| n.as_bytes().to_vec())
@@ -88,8 +106,7 @@ fn pack_options(module: &Path, app: &AppArgs) -> Result<PackOptions> {
         argv0: app.argv0.as_ref().map(bytes),
         args: app.args.iter().map(bytes).collect(),
         env: env_list(app)?,
-        dirs: app
-            .dirs
+        dirs: dirs
             .iter()
             .map(|d| DirSpec::parse(d).map_err(|e| anyhow::anyhow!("--dir {e}")))
             .collect::<Result<_>>()?,
@@ -102,8 +119,8 @@ fn read_module(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-fn pack(module: &Path, output: &Path, app: &AppArgs) -> Result<i32> {
-    let opts = pack_options(module, app)?;
+fn pack(module: &Path, output: &Path, app: &AppArgs, dirs: &[OsString]) -> Result<i32> {
+    let opts = pack_options(module, app, dirs)?;
     let wasm = read_module(module)?;
     let image = pack_module(KERNEL, &wasm, &opts)
         .with_context(|| format!("cannot pack {}", module.display()))?;
@@ -150,7 +167,7 @@ fn run(target: &Path, app: &AppArgs, mut opts: RunOptions, vmm: Vmm, verbose: bo
     let _packed;
     let image_path = if is_wasm(target)? {
         let wasm = read_module(target)?;
-        let packed_bytes = pack_module(KERNEL, &wasm, &pack_options(target, app)?)
+        let packed_bytes = pack_module(KERNEL, &wasm, &pack_options(target, app, &[])?)
             .with_context(|| format!("cannot run {}", target.display()))?;
         let mut tmp = tempfile::Builder::new()
             .prefix("wasmvm-image-")
@@ -165,12 +182,6 @@ fn run(target: &Path, app: &AppArgs, mut opts: RunOptions, vmm: Vmm, verbose: bo
         if app.invoke.is_some() || app.stub_imports {
             bail!(
                 "--invoke and --stub-imports are packing options: give them to `wasmvm pack`, or run the .wasm module directly"
-            );
-        }
-        if !app.dirs.is_empty() {
-            bail!(
-                "--dir is a packing option: give it to `wasmvm pack`, or run the .wasm module \
-                 directly; sharing live host directories with an image comes with the built-in VMM"
             );
         }
         opts.argv0 = app.argv0.as_ref().map(bytes);

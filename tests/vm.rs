@@ -272,15 +272,6 @@ fn packed_directories_are_preopened_and_writable_in_guest_memory() {
         .collect();
     names.sort();
     assert_eq!(names, ["input.txt", "sub"]);
-
-    // --dir belongs to packing; an image refuses it at run time with a clear message.
-    let o = run(&img, &["--dir", &spec], b"");
-    assert_eq!(o.status.code(), Some(253));
-    assert!(
-        stderr(&o).contains("--dir is a packing option"),
-        "{}",
-        stderr(&o)
-    );
 }
 
 #[test]

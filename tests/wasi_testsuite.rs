@@ -1,6 +1,7 @@
 //! The official WASI preview1 conformance suite (`../shared/wasi-testsuite`, or
 //! `WASMVM_WASI_TESTSUITE`), driven through the CLI exactly as a user would: `wasmvm pack
-//! --dir ROOT::/ --env K=V` and `wasmvm run IMG -- ARGS`, on KVM. Prints `N passed, N failed`
+//! --dir ROOT::/ --env K=V` and `wasmvm run IMG -- ARGS` on every VM backend, and again for
+//! the cases with a directory as a live share (`wasmvm run --dir COPY::/`, named `…@live`). Prints `N passed, N failed`
 //! with the failing names; every failure must be listed, with its reason, in
 //! `tests/wasi-testsuite.expectations`, and every listed test must still fail.
 
@@ -38,8 +39,42 @@ fn expectations() -> BTreeMap<String, String> {
         .collect()
 }
 
+/// How a case's fixture directory reaches the app.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dirs {
+    /// `pack --dir`: copied into the image, the in-memory filesystem.
+    Packed,
+    /// `run --dir` on a scratch copy: a live share over 9P.
+    Live,
+}
+
+/// Copies `from` to `to` (files, directories, symlinks as they are).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type().unwrap();
+        if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src).unwrap(), &dst).unwrap();
+        } else if kind.is_dir() {
+            copy_tree(&src, &dst);
+        } else {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+/// Whether a case has a fixture directory (and so also runs on a live share).
+fn has_root(wasm: &Path) -> bool {
+    std::fs::read(wasm.with_extension("json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|spec| spec["root"].is_string())
+}
+
 /// Runs one test case; `Err` says how it failed.
-fn run_case(wasm: &Path) -> Result<(), String> {
+fn run_case(wasm: &Path, dirs: Dirs) -> Result<(), String> {
     let spec_path = wasm.with_extension("json");
     let spec: serde_json::Value = match std::fs::read(&spec_path) {
         Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("bad spec: {e}"))?,
@@ -49,11 +84,13 @@ fn run_case(wasm: &Path) -> Result<(), String> {
     let img = dir.path().join("t.img");
     let mut pack_cmd = wasmvm();
     pack_cmd.arg("pack").arg(wasm).arg("-o").arg(&img);
-    if let Some(root) = spec["root"].as_str() {
-        pack_cmd.arg("--dir").arg(format!(
-            "{}::/",
-            wasm.parent().unwrap().join(root).display()
-        ));
+    let fixture = spec["root"]
+        .as_str()
+        .map(|root| wasm.parent().unwrap().join(root));
+    if let (Some(fixture), Dirs::Packed) = (&fixture, dirs) {
+        pack_cmd
+            .arg("--dir")
+            .arg(format!("{}::/", fixture.display()));
     }
     if let Some(env) = spec["env"].as_object() {
         for (k, v) in env {
@@ -76,20 +113,39 @@ fn run_case(wasm: &Path) -> Result<(), String> {
         .unwrap_or_default();
     let mut run_args = vec!["--timeout", "60s", "--"];
     run_args.extend(args.iter().map(String::as_str));
-    let o = run(&img, &run_args, b"");
+    // Each backend must meet the spec on its own (outputs may legitimately differ between
+    // runs: some cases print hash maps in a randomly seeded order).
+    for (i, vmm) in backends().iter().enumerate() {
+        let mut vm_args = vec!["--vmm", vmm];
+        let share;
+        if let (Some(fixture), Dirs::Live) = (&fixture, dirs) {
+            // The cases write to their directory: each run gets a fresh copy.
+            let copy = dir.path().join(format!("root{i}"));
+            copy_tree(fixture, &copy);
+            share = format!("{}::/", copy.display());
+            vm_args.extend(["--dir", &share]);
+        }
+        vm_args.extend(&run_args);
+        check(&spec, &run(&img, &vm_args, b"")).map_err(|e| format!("{vmm}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Whether a run's outcome meets the case's spec.
+fn check(spec: &serde_json::Value, o: &std::process::Output) -> Result<(), String> {
     let want_code = spec["exit_code"].as_i64().unwrap_or(0) as i32;
     let code = o.status.code().unwrap_or(-1);
     if code != want_code {
-        let err = stderr(&o);
+        let err = stderr(o);
         let last = err.lines().rev().take(3).collect::<Vec<_>>().join(" | ");
         return Err(format!("exit code {code}, want {want_code}: {last}"));
     }
     if let Some(want) = spec["stdout"].as_str()
-        && !stdout(&o).starts_with(want)
+        && !stdout(o).starts_with(want)
     {
         return Err(format!(
             "stdout {:?} does not start with {want:?}",
-            stdout(&o)
+            stdout(o)
         ));
     }
     Ok(())
@@ -117,17 +173,18 @@ fn wasi_testsuite_preview1() {
             .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
             .collect();
         wasms.sort();
-        cases.extend(wasms.into_iter().map(|p| {
-            (
-                format!("{lang}/{}", p.file_stem().unwrap().to_string_lossy()),
-                p,
-            )
-        }));
+        for p in wasms {
+            let name = format!("{lang}/{}", p.file_stem().unwrap().to_string_lossy());
+            if has_root(&p) {
+                cases.push((format!("{name}@live"), p.clone(), Dirs::Live));
+            }
+            cases.push((name, p, Dirs::Packed));
+        }
     }
     let expected = expectations();
     let (mut passed, mut failed) = (Vec::new(), Vec::new());
-    for (name, wasm) in &cases {
-        match run_case(wasm) {
+    for (name, wasm, dirs) in &cases {
+        match run_case(wasm, *dirs) {
             Ok(()) => passed.push(name.clone()),
             Err(why) => failed.push((name.clone(), why)),
         }
@@ -152,7 +209,7 @@ fn wasi_testsuite_preview1() {
         .collect();
     let unknown: Vec<_> = expected
         .keys()
-        .filter(|n| !cases.iter().any(|(c, _)| c == *n))
+        .filter(|n| !cases.iter().any(|(c, _, _)| c == *n))
         .collect();
     assert!(
         unexpected.is_empty(),

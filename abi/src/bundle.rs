@@ -141,6 +141,28 @@ pub mod tag {
     pub const INVOKE: u32 = 11;
     /// Link function imports the kernel does not provide as stubs returning zeros (empty).
     pub const STUB_IMPORTS: u32 = 12;
+    /// Run configuration only: a live host directory (`wasmvm run --dir`): `u8` flags
+    /// ([`SHARE_READ_ONLY`](super::SHARE_READ_ONLY)), then its guest path. The N-th SHARE
+    /// record (from 0) is the virtio-9p device with mount tag [`share_tag`](super::share_tag)`(N)`;
+    /// shares are preopened after the packed preopens, in order.
+    pub const SHARE: u32 = 13;
+}
+
+/// [`tag::SHARE`] flag: the host refuses every change.
+pub const SHARE_READ_ONLY: u8 = 1;
+
+/// The virtio-9p mount tag of the `index`-th share: `wasmvm0`, `wasmvm1`, ...
+#[cfg(feature = "alloc")]
+pub fn share_tag(index: usize) -> alloc::string::String {
+    alloc::format!("wasmvm{index}")
+}
+
+/// A live host directory as the guest sees it.
+#[cfg(feature = "alloc")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    pub guest_path: Vec<u8>,
+    pub read_only: bool,
 }
 
 /// What an [`FsNode`] is.
@@ -312,6 +334,8 @@ pub struct RunConfig {
     pub env: Vec<Vec<u8>>,
     pub realtime_ns: Option<u64>,
     pub random_seed: Option<[u8; 32]>,
+    /// Live host directories, in preopen order.
+    pub shares: Vec<Share>,
 }
 
 #[cfg(feature = "alloc")]
@@ -336,6 +360,11 @@ impl RunConfig {
         }
         if let Some(seed) = &self.random_seed {
             push_record(&mut body, tag::RANDOM_SEED, seed);
+        }
+        for share in &self.shares {
+            let mut value = alloc::vec![u8::from(share.read_only)];
+            value.extend_from_slice(&share.guest_path);
+            push_record(&mut body, tag::SHARE, &value);
         }
         let mut out = Vec::with_capacity(16 + body.len());
         out.extend_from_slice(&RUN_CONFIG_MAGIC);
@@ -376,6 +405,16 @@ impl RunConfig {
                         .try_into()
                         .map_err(|_| DecodeError::Malformed("random seed length"))?;
                     c.random_seed = Some(seed);
+                }
+                tag::SHARE => {
+                    let (&flags, path) = record
+                        .value
+                        .split_first()
+                        .ok_or(DecodeError::Malformed("share record"))?;
+                    c.shares.push(Share {
+                        guest_path: path.to_vec(),
+                        read_only: flags & SHARE_READ_ONLY != 0,
+                    });
                 }
                 _ => {}
             }
@@ -482,8 +521,19 @@ mod tests {
             env: vec![b"A=1".to_vec()],
             realtime_ns: Some(5),
             random_seed: Some([3; 32]),
+            shares: vec![
+                Share {
+                    guest_path: b"/data".to_vec(),
+                    read_only: false,
+                },
+                Share {
+                    guest_path: b"/ro".to_vec(),
+                    read_only: true,
+                },
+            ],
         };
         assert_eq!(RunConfig::decode(&c.encode()).unwrap(), c);
+        assert_eq!(share_tag(1), "wasmvm1");
         let none = RunConfig::default();
         assert_eq!(RunConfig::decode(&none.encode()).unwrap().args, None);
         assert_eq!(

@@ -7,7 +7,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use wasmi::{Engine, Error, Linker, Module, Store};
-use wasmvm_abi::bundle::{BundleRef, FsNode, FsNodeKind, Manifest, RunConfig};
+use wasmvm_abi::bundle::{BundleRef, FsNode, FsNodeKind, Manifest, RunConfig, Share};
 use wasmvm_abi::channel::{ExitKind, ExitRecord, trap};
 use wasmvm_wasi::fs::Kind;
 use wasmvm_wasi::{Wasi, link};
@@ -26,6 +26,8 @@ pub struct Launch {
     pub now_ns: u64,
     pub invoke: Option<String>,
     pub stub_imports: bool,
+    /// Live host directories, preopened after the packed ones.
+    pub shares: Vec<Share>,
 }
 
 impl Launch {
@@ -46,6 +48,7 @@ impl Launch {
                 .invoke
                 .map(|b| String::from_utf8_lossy(&b).into_owned()),
             stub_imports: manifest.stub_imports,
+            shares: run.shares,
         })
     }
 }
@@ -67,6 +70,9 @@ pub fn run(launch: Launch) -> ExitRecord {
     let platform = KernelPlatform::new(launch.seed);
     let mut wasi = Wasi::new(platform, launch.args, launch.env);
     if let Err(e) = populate(&mut wasi, &launch.preopens, launch.fs_nodes, launch.now_ns) {
+        return ExitRecord::failed(ExitKind::BootFailed, e);
+    }
+    if let Err(e) = preopen_shares(&mut wasi, &launch.shares) {
         return ExitRecord::failed(ExitKind::BootFailed, e);
     }
     let mut store = Store::new(&engine, wasi);
@@ -132,6 +138,29 @@ fn populate(
     }
     for (root, guest) in roots {
         wasi.preopen(root, guest);
+    }
+    Ok(())
+}
+
+/// Preopens the live host directories, each over its 9P device.
+fn preopen_shares(wasi: &mut Wasi<KernelPlatform>, shares: &[Share]) -> Result<(), String> {
+    for (i, share) in shares.iter().enumerate() {
+        let shown = || String::from_utf8_lossy(&share.guest_path).into_owned();
+        if !crate::p9::present(i) {
+            return Err(format!(
+                "live directory {}: the VMM offers no 9P device tagged {}",
+                shown(),
+                wasmvm_abi::bundle::share_tag(i)
+            ));
+        }
+        wasi.preopen_share(&share.guest_path, i as u32)
+            .map_err(|e| {
+                format!(
+                    "live directory {}: attaching failed: errno {}",
+                    shown(),
+                    e.0
+                )
+            })?;
     }
     Ok(())
 }

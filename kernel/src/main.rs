@@ -14,6 +14,7 @@ mod arch;
 mod channel;
 mod clock;
 mod heap;
+mod p9;
 mod phys;
 mod platform;
 mod virtio;
@@ -22,7 +23,7 @@ use alloc::format;
 use alloc::string::String;
 
 use virtio_drivers::device::console::VirtIOConsole;
-use virtio_drivers::transport::DeviceType;
+use virtio_drivers::transport::{DeviceType, Transport};
 use wasmvm_abi::bundle::{BUNDLE_HEADER_LEN, BundleHeader, BundleRef, RunConfig, bundle_load_addr};
 use wasmvm_abi::channel::{ExitKind, ExitRecord};
 use wasmvm_abi::direct::{self, BOOT_INFO_LEN, BootInfo};
@@ -136,11 +137,21 @@ extern "C" fn kernel_main(boot_paddr: u64, direct: u64) -> ! {
     // bundle and below any module, so nothing else uses it.
     unsafe { heap::init(heap_start, heap_end) };
 
-    if let Some(console) = cmdline::virtio_mmio_devices(cmdline)
-        .filter_map(|d| virtio::open(d, DeviceType::Console))
-        .find_map(|t| VirtIOConsole::new(t).ok())
-    {
-        channel::attach(console);
+    // Devices: the first console carries the channel; 9P devices are live directories.
+    let mut have_console = false;
+    for transport in cmdline::virtio_mmio_devices(cmdline).filter_map(virtio::open) {
+        match transport.device_type() {
+            DeviceType::Console if !have_console => {
+                if let Ok(console) = VirtIOConsole::new(transport) {
+                    channel::attach(console);
+                    have_console = true;
+                }
+            }
+            DeviceType::_9P => {
+                p9::attach(transport);
+            }
+            _ => {}
+        }
     }
     let console_us = clock::vm_clock_ns().map(|ns| ns / 1000);
 

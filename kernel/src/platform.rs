@@ -1,6 +1,8 @@
 //! The kernel's implementation of the WASI [`Platform`]: the host channel for stdio, the
 //! kernel clocks, and a ChaCha20 stream seeded from host entropy for `random_get`.
 
+use alloc::vec::Vec;
+
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use wasmvm_abi::channel::to_host;
@@ -62,6 +64,10 @@ impl Platform for KernelPlatform {
 
     fn stdin_ready(&mut self) -> bool {
         channel::stdin_ready()
+    }
+
+    fn p9_transact(&mut self, share: u32, request: &[u8], reply: &mut Vec<u8>) -> bool {
+        crate::p9::transact(share as usize, request, reply)
     }
 
     fn wait_until(&mut self, deadline_ns: u64, or_stdin: bool) {

@@ -7,7 +7,7 @@ use alloc::alloc::{Layout, alloc_zeroed, dealloc};
 use core::ptr::NonNull;
 
 use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
-use virtio_drivers::transport::{DeviceType, Transport};
+
 use virtio_drivers::{BufferDirection, Hal, PAGE_SIZE, PhysAddr};
 use wasmvm_abi::cmdline::MmioDevice;
 
@@ -44,8 +44,8 @@ unsafe impl Hal for KernelHal {
     unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
 }
 
-/// Opens the transport of `region` if it holds a device of type `wanted`.
-pub fn open(region: MmioDevice, wanted: DeviceType) -> Option<MmioTransport<'static>> {
+/// Opens the transport of the virtio-mmio device the command line announced at `region`.
+pub fn open(region: MmioDevice) -> Option<MmioTransport<'static>> {
     // Every MMIO region lies below the mapped 4 GiB; anything else is a bogus command line.
     if region.addr == 0 || region.addr.checked_add(region.size)? > 1 << 32 {
         return None;
@@ -54,8 +54,7 @@ pub fn open(region: MmioDevice, wanted: DeviceType) -> Option<MmioTransport<'sta
     // SAFETY: the VMM announced a virtio-mmio register block of `size` bytes at `addr`; it is
     // identity mapped, device memory that nothing else in the kernel touches, and lives for
     // the whole run.
-    let transport = unsafe { MmioTransport::new(header, region.size as usize) }.ok()?;
-    (transport.device_type() == wanted).then_some(transport)
+    unsafe { MmioTransport::new(header, region.size as usize) }.ok()
 }
 
 /// Wrapper that lets a driver live in a `static` lock.

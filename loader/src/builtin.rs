@@ -9,14 +9,18 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use crate::channel::{StreamEnd, pump_stdin};
+use crate::devices::Devices;
 use crate::image::Image;
 use crate::kvm::{self, ProbeEnd};
 use crate::mapped::MappedImage;
 use crate::seccomp;
-use crate::virtio_console::{Console, cmdline_word};
+use crate::virtio_9p::{self, P9Device};
+use crate::virtio_console::Console;
+use crate::virtio_mmio::Mmio;
 use crate::{
     Control, Ending, RunError, RunEvent, RunIo, RunOptions, default_memory_mib, io_err, pump_output,
 };
+use wasmvm_abi::bundle::share_tag;
 
 /// The signal that kicks the vCPU thread out of KVM_RUN so it sees its stop flag.
 fn kick_signal() -> libc::c_int {
@@ -56,21 +60,49 @@ pub fn run(
         default_memory_mib(image.bundle.header.total_len(), image.manifest.min_memory)
     });
     let run_config = crate::run_config(opts)?;
-    let mut machine = kvm::build(&mapped, memory_mib, &run_config, &cmdline_word(), opts.boot)?;
-    drop(image);
-    drop(mapped);
+    let filter = match opts.seccomp {
+        true => Some(Arc::new(seccomp::vmm_filter()?)),
+        false => None,
+    };
+
     let (out_host, out_vmm) = UnixStream::pair().map_err(io_err("creating the channel"))?;
     let (in_host, in_vmm) = UnixStream::pair().map_err(io_err("creating the channel"))?;
-    let mut console = Console::new(out_vmm, in_vmm).map_err(io_err("creating the console"))?;
+    let console = Console::new(out_vmm, in_vmm).map_err(io_err("creating the console"))?;
+    let mut devices = Devices {
+        console: Some(Mmio::new(console)),
+        shares: Vec::new(),
+    };
+    let share_filter = match opts.seccomp && !opts.shares.is_empty() {
+        true => Some(Arc::new(seccomp::share_filter()?)),
+        false => None,
+    };
+    for (i, share) in opts.shares.iter().enumerate() {
+        let worker = virtio_9p::spawn_worker(
+            &format!("vmm-9p-{i}"),
+            share.open()?,
+            share.read_only,
+            share_filter.clone(),
+        )
+        .map_err(io_err("starting a share's thread"))?;
+        devices
+            .shares
+            .push(Mmio::new(P9Device::new(&share_tag(i), worker)));
+    }
+
+    let mut machine = kvm::build(
+        &mapped,
+        memory_mib,
+        &run_config,
+        &devices.cmdline(),
+        opts.boot,
+    )?;
+    drop(image);
+    drop(mapped);
     (io.log)(&format!(
         "host: VM built after {:.1} ms ({memory_mib} MiB guest RAM)",
         started.elapsed().as_secs_f64() * 1e3
     ));
 
-    let filter = match opts.seccomp {
-        true => Some(Arc::new(seccomp::vmm_filter()?)),
-        false => None,
-    };
     let confine = |filter: &Option<Arc<seccomp::BpfProgram>>| match filter {
         Some(f) => seccomp::confine_thread(f),
         None => Ok(()),
@@ -106,10 +138,12 @@ pub fn run(
                 // SAFETY: pthread_self has no preconditions.
                 vcpu_thread.store(unsafe { libc::pthread_self() } as u64, Ordering::SeqCst);
                 let end = match confine(&filter) {
-                    Ok(()) => machine.run(Some(&mut console), &stop),
+                    Ok(()) => machine.run(&mut devices, &stop),
                     Err(e) => ProbeEnd::Crashed(e),
                 };
-                drop(console); // closes the guest's side of the channel: the pump sees the end
+                // Closes the guest's side of the channel (the pump sees the end) and the
+                // shares' request channels (their threads end).
+                drop(devices);
                 end
             });
         let vcpu = vcpu.map_err(io_err("starting the vCPU thread"))?;

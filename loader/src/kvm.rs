@@ -23,10 +23,12 @@ use wasmvm_abi::exit::{EXIT_PORT, WAIT_PORT};
 use wasmvm_abi::pvh::{self, MemmapEntry, StartInfo};
 
 use crate::RunError;
+use crate::devices::Devices;
 use crate::elf::{Elf, PT_LOAD, ProgramHeader};
 use crate::image::Image;
 use crate::mapped::MappedImage;
-use crate::virtio_console::{Console, MMIO_BASE, MMIO_SIZE};
+use crate::virtio_console::Console;
+use crate::virtio_mmio::Mmio;
 
 /// Where the boot structures go: low memory below the kernel's 1 MiB load address.
 const PVCLOCK_ADDR: u64 = 0x4000;
@@ -396,7 +398,7 @@ pub fn build(
 impl Machine {
     /// Runs the vCPU until the exit port, a crash, or `stop` (checked whenever KVM_RUN
     /// returns, which a signal to this thread forces).
-    pub fn run(&mut self, mut console: Option<&mut Console>, stop: &AtomicBool) -> ProbeEnd {
+    pub fn run(&mut self, devices: &mut Devices, stop: &AtomicBool) -> ProbeEnd {
         loop {
             if stop.load(Ordering::Relaxed) {
                 return ProbeEnd::Stopped;
@@ -405,22 +407,18 @@ impl Machine {
                 Ok(VcpuExit::IoOut(port, _)) if port == EXIT_PORT => return ProbeEnd::ExitPort,
                 Ok(VcpuExit::IoOut(port, data)) if port == WAIT_PORT => {
                     let timeout = wait_timeout(data);
-                    match console.as_deref_mut() {
+                    match devices.console.as_mut() {
                         Some(c) => wait_for_host(c, &self.mem, timeout),
                         None => std::thread::sleep(timeout.unwrap_or(Duration::from_secs(1))),
                     }
                 }
-                Ok(VcpuExit::MmioRead(addr, data)) => match console.as_deref_mut() {
-                    Some(c) if (MMIO_BASE..MMIO_BASE + MMIO_SIZE).contains(&addr) => {
-                        c.read(addr - MMIO_BASE, data)
-                    }
-                    _ => data.fill(0xff),
+                Ok(VcpuExit::MmioRead(addr, data)) => match devices.at(addr) {
+                    Some((device, offset)) => device.read(offset, data),
+                    None => data.fill(0xff),
                 },
                 Ok(VcpuExit::MmioWrite(addr, data)) => {
-                    if let Some(c) = console.as_deref_mut()
-                        && (MMIO_BASE..MMIO_BASE + MMIO_SIZE).contains(&addr)
-                    {
-                        c.write(addr - MMIO_BASE, data, &self.mem);
+                    if let Some((device, offset)) = devices.at(addr) {
+                        device.write(offset, data, &self.mem);
                     }
                 }
                 Ok(VcpuExit::IoOut(..)) => {}
@@ -451,9 +449,10 @@ fn wait_timeout(data: &[u8]) -> Option<Duration> {
 /// A wait exit: deliver host input now (and return to the guest to take it), or block until
 /// some arrives or `timeout` passes. A stop request interrupts the block with the kick
 /// signal (see `builtin`).
-fn wait_for_host(console: &mut Console, mem: &GuestMemoryMmap, timeout: Option<Duration>) {
+fn wait_for_host(console: &mut Mmio<Console>, mem: &GuestMemoryMmap, timeout: Option<Duration>) {
     use std::os::fd::AsRawFd;
-    if console.process_rx(mem) {
+    let (console, queues) = console.parts();
+    if console.process_rx(queues, mem) {
         return;
     }
     let mut pfd = libc::pollfd {
@@ -471,7 +470,7 @@ fn wait_for_host(console: &mut Console, mem: &GuestMemoryMmap, timeout: Option<D
     // SAFETY: `pfd` and `ts` are valid for the duration of the call; a null timeout blocks
     // until input or a signal (the stop kick), and a null mask leaves the mask unchanged.
     unsafe { libc::ppoll(&mut pfd, 1, ts_ptr, std::ptr::null()) };
-    console.process_rx(mem);
+    console.process_rx(queues, mem);
 }
 
 /// Boots the image at `image_path` with `memory_mib` of RAM and no devices, and runs it
@@ -488,6 +487,6 @@ pub fn probe(
     })?;
     Image::parse(image.bytes())?;
     let mut machine = build(&image, memory_mib, run, "", BootPath::Best)?;
-    let end = machine.run(None, &AtomicBool::new(false));
+    let end = machine.run(&mut Devices::default(), &AtomicBool::new(false));
     Ok((end, started.elapsed().as_secs_f64() * 1e3))
 }

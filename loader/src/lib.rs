@@ -4,6 +4,7 @@
 
 pub mod builtin;
 pub mod channel;
+pub mod devices;
 pub mod elf;
 pub mod image;
 pub mod kvm;
@@ -14,7 +15,9 @@ pub mod pack;
 pub mod qemu;
 pub mod reference;
 pub mod seccomp;
+pub mod virtio_9p;
 pub mod virtio_console;
+pub mod virtio_mmio;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -45,6 +48,8 @@ pub struct RunOptions {
     pub args: Option<Vec<Vec<u8>>>,
     /// `KEY=VALUE` entries that override or extend the packed environment.
     pub env: Vec<Vec<u8>>,
+    /// Live host directories (`--dir`), preopened after the packed ones, in order.
+    pub shares: Vec<ShareSpec>,
     pub accel: Accel,
     /// The QEMU binary.
     pub qemu: PathBuf,
@@ -64,6 +69,7 @@ impl Default for RunOptions {
             argv0: None,
             args: None,
             env: Vec::new(),
+            shares: Vec::new(),
             accel: Accel::Kvm,
             qemu: std::env::var_os("WASMVM_QEMU")
                 .map(PathBuf::from)
@@ -71,6 +77,31 @@ impl Default for RunOptions {
             boot: kvm::BootPath::default(),
             seccomp: false,
         }
+    }
+}
+
+/// A live host directory shared with the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareSpec {
+    pub host: PathBuf,
+    /// The path the app sees it under.
+    pub guest: Vec<u8>,
+    pub read_only: bool,
+}
+
+impl ShareSpec {
+    /// Opens the host directory for serving (beneath this descriptor, nothing else).
+    pub fn open(&self) -> Result<std::os::fd::OwnedFd, RunError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(&self.host)
+            .map(std::os::fd::OwnedFd::from)
+            .map_err(|source| RunError::Share {
+                path: self.host.clone(),
+                source,
+            })
     }
 }
 
@@ -257,6 +288,11 @@ pub enum RunError {
     KvmUnavailable(String),
     #[error("QEMU failed to start the VM (status {status}): {stderr}")]
     QemuFailed { status: String, stderr: String },
+    #[error("--dir {}: {source}", path.display())]
+    Share {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{context}: {source}")]
     Io {
         context: &'static str,
@@ -285,6 +321,14 @@ pub(crate) fn run_config(opts: &RunOptions) -> Result<wasmvm_abi::bundle::RunCon
             .ok()
             .map(|d| d.as_nanos() as u64),
         random_seed: Some(seed),
+        shares: opts
+            .shares
+            .iter()
+            .map(|s| wasmvm_abi::bundle::Share {
+                guest_path: s.guest.clone(),
+                read_only: s.read_only,
+            })
+            .collect(),
     })
 }
 

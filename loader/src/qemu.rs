@@ -17,9 +17,11 @@ use wasmvm_abi::exit::EXIT_PORT;
 use crate::channel::{StreamEnd, pump_stdin};
 use crate::image::Image;
 use crate::{
-    Accel, Control, Ending, RunError, RunEvent, RunIo, RunOptions, default_memory_mib, io_err,
-    pump_output,
+    Accel, Control, Ending, RunError, RunEvent, RunIo, RunOptions, ShareSpec, default_memory_mib,
+    io_err, pump_output,
 };
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use wasmvm_abi::bundle::share_tag;
 
 /// The fd number QEMU finds the channel socket at.
 const CHANNEL_FD: i32 = 3;
@@ -30,6 +32,7 @@ pub fn command_line(
     run_config: &Path,
     memory_mib: u64,
     accel: Accel,
+    shares: &[ShareSpec],
 ) -> Vec<OsString> {
     let mut args: Vec<OsString> = [
         "-nodefaults",
@@ -72,6 +75,24 @@ pub fn command_line(
         .iter()
         .map(OsString::from),
     );
+    // Live directories: QEMU's own 9P server, one virtio-9p device per share, tagged as the
+    // kernel expects (`share_tag`). Commas in a path are doubled, QEMU's option escape.
+    for (i, share) in shares.iter().enumerate() {
+        let mut fsdev = format!("local,id=share{i},security_model=none,path=").into_bytes();
+        for &b in share.host.as_os_str().as_bytes() {
+            fsdev.push(b);
+            if b == b',' {
+                fsdev.push(b',');
+            }
+        }
+        if share.read_only {
+            fsdev.extend_from_slice(b",readonly=on");
+        }
+        args.push("-fsdev".into());
+        args.push(OsString::from_vec(fsdev));
+        args.push("-device".into());
+        args.push(format!("virtio-9p-device,fsdev=share{i},mount_tag={}", share_tag(i)).into());
+    }
     args.push("-kernel".into());
     args.push(image.into());
     args.push("-initrd".into());
@@ -133,7 +154,16 @@ pub fn run(
         .map_err(io_err("writing the run configuration"))?;
 
     let (host_end, guest_end) = UnixStream::pair().map_err(io_err("creating the channel"))?;
-    let args = command_line(image_path, config_file.path(), memory_mib, opts.accel);
+    for share in &opts.shares {
+        share.open()?;
+    }
+    let args = command_line(
+        image_path,
+        config_file.path(),
+        memory_mib,
+        opts.accel,
+        &opts.shares,
+    );
     let mut child = spawn(opts, &args, &guest_end)?;
     drop(guest_end);
     (io.log)(&format!(

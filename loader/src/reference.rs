@@ -115,6 +115,21 @@ fn run_here(image_path: &Path, opts: &RunOptions) -> Result<Ending, RunError> {
             .map_err(|e| RunError::Host(e.to_string()))?;
     }
 
+    // Live directories after the packed ones, as in the VM.
+    for share in &opts.shares {
+        if share.read_only {
+            return Err(RunError::Host(
+                "--dir-ro is not available with --vmm host (wasi-common has no read-only \
+                 preopens); use --dir or a VM"
+                    .into(),
+            ));
+        }
+        let dir = Dir::from_std_file(std::fs::File::from(share.open()?));
+        builder
+            .preopened_dir(dir, text(&share.guest))
+            .map_err(|e| RunError::Host(e.to_string()))?;
+    }
+
     let engine = Engine::new(&engine_config());
     let module =
         Module::new(&engine, image.bundle.module).map_err(|e| RunError::Host(e.to_string()))?;

@@ -8,6 +8,9 @@
 //! call outside the list kills the whole process (SIGSYS), which the user sees as a crash
 //! of `wasmvm` rather than a compromised host.
 //!
+//! Each live directory's 9P server thread (`virtio_9p`) runs under [`share_filter`]: the same
+//! list plus the `*at` filesystem calls the server makes beneath the share's descriptor.
+//!
 //! The supervising thread (the caller of `builtin::run`) is not confined: it handles no
 //! guest bytes, and the CLI still has to clean up after the run (e.g. remove the temporary
 //! image of `wasmvm run app.wasm`). Embedders that run VMs in-process (tests) turn the
@@ -32,10 +35,52 @@ fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, seccompiler::B
 
 /// Builds the filter (once per run, before the threads start).
 pub fn vmm_filter() -> Result<BpfProgram, RunError> {
-    build().map_err(|e| RunError::Host(format!("building the seccomp filter: {e}")))
+    // glibc's per-thread malloc arenas read files when they grow and shrink
+    // (/sys/devices/system/cpu/online for the arena limit, /proc/sys/vm/overcommit_memory
+    // before shrinking a heap): under the filter those opens would kill the process. With a
+    // single arena every thread allocates from the main heap, which only uses brk and mmap.
+    // SAFETY: mallopt only adjusts allocator tunables; M_ARENA_MAX takes any positive count.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    build(&[]).map_err(|e| RunError::Host(format!("building the seccomp filter: {e}")))
 }
 
-fn build() -> Result<BpfProgram, Box<dyn std::error::Error>> {
+/// The filter of a live directory's 9P worker thread (`virtio_9p`): the VMM's list plus the
+/// calls that work relative to descriptors the server already holds. `open`/`openat` by
+/// absolute path are allowed by the kernel interface but never made: the server resolves
+/// everything beneath the share's directory descriptor (see `p9`).
+pub fn share_filter() -> Result<BpfProgram, RunError> {
+    build(&[
+        libc::SYS_openat,
+        libc::SYS_openat2,
+        libc::SYS_newfstatat,
+        libc::SYS_fstat,
+        libc::SYS_statx,
+        libc::SYS_fstatfs,
+        libc::SYS_mkdirat,
+        libc::SYS_unlinkat,
+        libc::SYS_renameat,
+        libc::SYS_renameat2,
+        libc::SYS_linkat,
+        libc::SYS_symlinkat,
+        libc::SYS_readlinkat,
+        libc::SYS_mknodat,
+        libc::SYS_fchownat,
+        libc::SYS_utimensat,
+        libc::SYS_fchmodat,
+        libc::SYS_fchmodat2,
+        libc::SYS_fchmod,
+        libc::SYS_ftruncate,
+        libc::SYS_pread64,
+        libc::SYS_pwrite64,
+        libc::SYS_lseek,
+        libc::SYS_getdents64,
+        libc::SYS_fsync,
+        libc::SYS_fdatasync,
+    ])
+    .map_err(|e| RunError::Host(format!("building the seccomp filter: {e}")))
+}
+
+fn build(extra: &[i64]) -> Result<BpfProgram, Box<dyn std::error::Error>> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     // Moving bytes over descriptors the thread already has.
     for call in [
@@ -71,7 +116,10 @@ fn build() -> Result<BpfProgram, Box<dyn std::error::Error>> {
         libc::SYS_getrandom,
         libc::SYS_exit,
         libc::SYS_exit_group,
-    ] {
+    ]
+    .into_iter()
+    .chain(extra.iter().copied())
+    {
         rules.insert(call, vec![]);
     }
     // New mappings and protection changes (glibc grows per-thread heap arenas with
@@ -87,16 +135,18 @@ fn build() -> Result<BpfProgram, Box<dyn std::error::Error>> {
             )?])?],
         );
     }
-    // Only F_GETFD: std checks that a descriptor is open before closing it.
-    rules.insert(
-        libc::SYS_fcntl,
-        vec![rule(vec![SeccompCondition::new(
+    // fcntl: only F_GETFD for the VMM threads (std checks that a descriptor is open before
+    // closing it); the share worker also reads its descriptors' flags.
+    let fcntl = match extra.is_empty() {
+        true => vec![rule(vec![SeccompCondition::new(
             1,
             SeccompCmpArgLen::Dword,
             SeccompCmpOp::Eq,
             libc::F_GETFD as u64,
         )?])?],
-    );
+        false => vec![],
+    };
+    rules.insert(libc::SYS_fcntl, fcntl);
     // The one ioctl: running the vCPU.
     rules.insert(
         libc::SYS_ioctl,

@@ -163,11 +163,31 @@ pub fn run(target: &Path, extra: &[&str], input: &[u8]) -> Output {
         assert_eq!(
             first.status.code(),
             other.status.code(),
-            "{what}: status\n{first_vmm}: {}\n{vmm}: {}",
+            "{what}: status\n{first_vmm} ({}): {}\n{vmm} ({}): {}",
+            first.status,
             stderr(&first),
+            other.status,
             stderr(&other)
         );
-        assert!(first.stdout == other.stdout, "{what}: stdout differs");
+        if first.stdout != other.stdout {
+            let at = first
+                .stdout
+                .iter()
+                .zip(&other.stdout)
+                .position(|(a, b)| a != b)
+                .unwrap_or(first.stdout.len().min(other.stdout.len()));
+            let around = |out: &[u8]| {
+                String::from_utf8_lossy(&out[at.saturating_sub(40)..(at + 40).min(out.len())])
+                    .into_owned()
+            };
+            panic!(
+                "{what}: stdout differs at byte {at} ({} vs {} bytes)\n{first_vmm}: {:?}\n{vmm}: {:?}",
+                first.stdout.len(),
+                other.stdout.len(),
+                around(&first.stdout),
+                around(&other.stdout)
+            );
+        }
         if !verbose {
             assert_eq!(stderr(&first), stderr(&other), "{what}: stderr");
         }

@@ -17,8 +17,66 @@ fn listing(dir: &str) -> Vec<String> {
     names
 }
 
+/// Modes for live host directories (`wasmvm run --dir`): what a host must see, and what the
+/// app must not reach.
+fn live(root: &str, mode: &str) {
+    match mode {
+        // An image converter in miniature: reads input.txt, leaves output.txt behind.
+        "convert" => {
+            let input = fs::read_to_string(format!("{root}/input.txt")).expect("read input.txt");
+            fs::write(format!("{root}/output.txt"), input.to_uppercase()).expect("write");
+            println!("converted {} bytes", input.len());
+        }
+        // Both directions during the run: waits for a line on stdin, then answers the file the
+        // host wrote meanwhile.
+        "relay" => {
+            println!("ready");
+            std::io::stdout().flush().expect("flush");
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).expect("stdin");
+            let text = fs::read_to_string(format!("{root}/from-host.txt")).expect("from-host");
+            let reversed: String = text.chars().rev().collect();
+            fs::write(format!("{root}/from-guest.txt"), reversed).expect("write from-guest");
+            println!("relayed {} bytes", text.len());
+        }
+        // A read-only share: every change must fail.
+        "try-write" => {
+            let tries: [(&str, std::io::Result<()>); 3] = [
+                ("create", fs::write(format!("{root}/new.txt"), "x")),
+                ("mkdir", fs::create_dir(format!("{root}/newdir"))),
+                ("remove", fs::remove_file(format!("{root}/input.txt"))),
+            ];
+            for (what, result) in tries {
+                match result {
+                    Ok(()) => println!("{what}: allowed"),
+                    Err(e) => println!("{what}: refused ({:?})", e.kind()),
+                }
+            }
+            let input = fs::read_to_string(format!("{root}/input.txt")).expect("read input.txt");
+            println!("read: {input:?}");
+        }
+        // Ways out of the share: none may reach the secret next to it.
+        "escape" => {
+            for path in ["../secret.txt", "abs-link/secret.txt", "rel-link/secret.txt", "file-link"] {
+                match fs::read_to_string(format!("{root}/{path}")) {
+                    Ok(text) => println!("{path}: READ {text:?}"),
+                    Err(_) => println!("{path}: refused"),
+                }
+            }
+            match fs::write(format!("{root}/rel-link/planted.txt"), "x") {
+                Ok(()) => println!("plant: WROTE outside"),
+                Err(_) => println!("plant: refused"),
+            }
+        }
+        other => panic!("unknown mode {other}"),
+    }
+}
+
 fn main() {
     let root = std::env::args().nth(1).unwrap_or_else(|| "/data".to_string());
+    if let Some(mode) = std::env::args().nth(2) {
+        return live(&root, &mode);
+    }
     println!("initial: {:?}", listing(&root));
     let input = fs::read_to_string(format!("{root}/input.txt")).expect("read input.txt");
     println!("input.txt: {input:?}");

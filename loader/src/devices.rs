@@ -1,0 +1,66 @@
+//! The built-in VMM's MMIO bus: the virtio console in the first window and one virtio-9p
+//! device per live directory after it, announced on the kernel command line the way QEMU
+//! microvm and Firecracker announce theirs (`virtio_mmio.device=SIZE@ADDR:IRQ`), so the
+//! kernel has one discovery path for every VMM.
+
+use crate::virtio_9p::P9Device;
+use crate::virtio_console::Console;
+use crate::virtio_mmio::{Mmio, MmioHandler, WINDOW};
+
+/// Where the first device's registers live.
+pub const MMIO_BASE: u64 = 0xd000_0000;
+/// The interrupt line announced for the first device; the kernel polls and ignores it.
+const FIRST_IRQ: u64 = 5;
+
+#[derive(Default)]
+pub struct Devices {
+    pub console: Option<Mmio<Console>>,
+    pub shares: Vec<Mmio<P9Device>>,
+}
+
+impl Devices {
+    fn window(slot: usize) -> u64 {
+        MMIO_BASE + slot as u64 * WINDOW
+    }
+
+    /// The command-line words announcing every device.
+    pub fn cmdline(&self) -> String {
+        let slots = usize::from(self.console.is_some()) + self.shares.len();
+        let words: Vec<String> = (0..slots)
+            .map(|slot| {
+                format!(
+                    "virtio_mmio.device={WINDOW}@{:#x}:{}",
+                    Self::window(slot),
+                    FIRST_IRQ + slot as u64
+                )
+            })
+            .collect();
+        words.join(" ")
+    }
+
+    /// The register block at guest-physical `addr`, and the offset in its window.
+    pub fn at(&mut self, addr: u64) -> Option<(&mut dyn MmioHandler, u64)> {
+        let slot = usize::try_from(addr.checked_sub(MMIO_BASE)? / WINDOW).ok()?;
+        let offset = (addr - MMIO_BASE) % WINDOW;
+        let has_console = usize::from(self.console.is_some());
+        let handler: &mut dyn MmioHandler = match (&mut self.console, slot) {
+            (Some(console), 0) => console,
+            _ => self.shares.get_mut(slot.checked_sub(has_console)?)?,
+        };
+        Some((handler, offset))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_are_announced_and_found() {
+        let mut none = Devices::default();
+        assert_eq!(none.cmdline(), "");
+        assert!(none.at(MMIO_BASE).is_none());
+        assert!(none.at(MMIO_BASE - 1).is_none());
+        assert!(none.at(u64::MAX).is_none());
+    }
+}
