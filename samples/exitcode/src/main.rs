@@ -1,7 +1,9 @@
 //! Exercises every way an app ends, chosen by its first argument:
 //! `exit N`, `stderr TEXT` (writes TEXT to stderr and "out" to stdout), `cat` (copies stdin to
 //! stdout), `trap` (executes `unreachable`), `spin` (never ends), `env` (prints its
-//! environment), `args` (prints argv, one per line).
+//! environment), `args` (prints argv, one per line), `idle` (prints "ready", then waits for
+//! stdin to end, as an idle server would), `spew MIB` (writes MIB MiB to stdout, for the
+//! throughput benchmark).
 use std::io::{Read, Write};
 
 fn main() {
@@ -32,6 +34,19 @@ fn main() {
                 x = std::hint::black_box(x.wrapping_add(1));
             }
         }
+        Some("idle") => {
+            println!("ready");
+            let mut input = Vec::new();
+            std::io::stdin().read_to_end(&mut input).expect("read stdin");
+        }
+        Some("spew") => {
+            let mib: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(64);
+            let chunk = vec![b'x'; 1 << 16];
+            let mut out = std::io::stdout().lock();
+            for _ in 0..mib * 16 {
+                out.write_all(&chunk).expect("write stdout");
+            }
+        }
         Some("env") => {
             for (k, v) in std::env::vars() {
                 println!("{k}={v}");
@@ -43,7 +58,7 @@ fn main() {
             }
         }
         other => {
-            eprintln!("usage: exitcode exit N | stderr TEXT | cat | trap | spin | env | args (got {other:?})");
+            eprintln!("usage: exitcode exit N | stderr TEXT | cat | trap | spin | idle | spew MIB | env | args (got {other:?})");
             std::process::exit(2);
         }
     }
