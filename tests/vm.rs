@@ -451,6 +451,15 @@ fn large_stdin_arrives_intact() {
 }
 
 #[test]
+fn large_output_arrives_intact_through_the_widened_window() {
+    // 16 MiB in 64 KiB writes: far more than any window, in frames of every size.
+    let o = run(&sample("exitcode"), &["--", "spew", "16"], b"");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(o.stdout.len(), 16 << 20);
+    assert!(o.stdout.iter().all(|&b| b == b'x'));
+}
+
+#[test]
 fn the_builtin_vmm_also_boots_through_pvh() {
     if accel() != "kvm" {
         eprintln!("note: no KVM; skipping the built-in VMM");

@@ -39,8 +39,16 @@ pub mod to_guest {
 /// drops console output it cannot deliver at once (QEMU's `virtconsole` does) from ever
 /// having more in flight than a socket buffer holds.
 pub const CHANNEL_WINDOW: u32 = 96 * 1024;
-/// Largest frame payload the guest sends, so that a frame always fits the window.
+/// A host whose transport never loses data (the built-in VMM: a full socket just blocks the
+/// vCPU) may widen the window by granting extra credit in a [`to_guest::CREDIT`] frame before
+/// any output; the guest accepts credit up to this much in flight.
+pub const MAX_CHANNEL_WINDOW: u32 = 4 << 20;
+/// Largest frame payload the guest sends within the initial window, so that a frame always
+/// fits it.
 pub const GUEST_FRAME_PAYLOAD: usize = 16 * 1024;
+/// Largest frame payload the guest sends once its window is wider than [`CHANNEL_WINDOW`]:
+/// fewer, larger frames, each one exit.
+pub const WIDE_GUEST_FRAME_PAYLOAD: usize = 256 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {

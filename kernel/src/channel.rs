@@ -10,7 +10,8 @@ use spin::Mutex;
 use virtio_drivers::device::console::VirtIOConsole;
 use virtio_drivers::transport::mmio::MmioTransport;
 use wasmvm_abi::channel::{
-    CHANNEL_WINDOW, ExitRecord, FRAME_HEADER_LEN, FrameHeader, GUEST_FRAME_PAYLOAD, to_guest,
+    CHANNEL_WINDOW, ExitRecord, FRAME_HEADER_LEN, FrameHeader, GUEST_FRAME_PAYLOAD,
+    MAX_CHANNEL_WINDOW, WIDE_GUEST_FRAME_PAYLOAD, to_guest,
     to_host,
 };
 use wasmvm_abi::direct::WAIT_FOREVER;
@@ -34,6 +35,8 @@ struct Channel {
     frame: Vec<u8>,
     /// Bytes we may still send before the host returns credit.
     credit: u32,
+    /// The widest the window has been: the host may widen it (see `MAX_CHANNEL_WINDOW`).
+    window: u32,
     /// Parser state of the host's frames.
     rx_header: [u8; FRAME_HEADER_LEN],
     rx_header_len: usize,
@@ -49,6 +52,7 @@ static CHANNEL: Mutex<Channel> = Mutex::new(Channel {
     link: Link::Serial,
     frame: Vec::new(),
     credit: CHANNEL_WINDOW,
+    window: CHANNEL_WINDOW,
     rx_header: [0; FRAME_HEADER_LEN],
     rx_header_len: 0,
     rx_kind: 0,
@@ -118,6 +122,8 @@ impl Channel {
         // The exit record may exceed one data frame; it is sent whole.
         let chunk_len = if kind == to_host::EXIT {
             bytes.len().max(1)
+        } else if self.window > CHANNEL_WINDOW {
+            WIDE_GUEST_FRAME_PAYLOAD
         } else {
             GUEST_FRAME_PAYLOAD
         };
@@ -127,9 +133,9 @@ impl Channel {
             .chain(bytes.is_empty().then_some(empty))
         {
             let len = (FRAME_HEADER_LEN + chunk.len()) as u32;
-            while self.credit < len.min(CHANNEL_WINDOW) {
+            while self.credit < len.min(self.window) {
                 self.poll_rx();
-                if self.credit < len.min(CHANNEL_WINDOW) {
+                if self.credit < len.min(self.window) {
                     wait();
                 }
             }
@@ -231,7 +237,8 @@ impl Channel {
                 self.rx_credit[i] = byte;
                 if self.rx_remaining == 0 {
                     let returned = u32::from_le_bytes(self.rx_credit);
-                    self.credit = self.credit.saturating_add(returned).min(CHANNEL_WINDOW);
+                    self.credit = self.credit.saturating_add(returned).min(MAX_CHANNEL_WINDOW);
+                    self.window = self.window.max(self.credit);
                 }
             }
             _ => {}

@@ -21,6 +21,7 @@ use crate::{
     Control, Ending, RunError, RunEvent, RunIo, RunOptions, default_memory_mib, io_err, pump_output,
 };
 use wasmvm_abi::bundle::share_tag;
+use wasmvm_abi::channel::{CHANNEL_WINDOW, MAX_CHANNEL_WINDOW};
 
 /// The signal that kicks the vCPU thread out of KVM_RUN so it sees its stop flag.
 fn kick_signal() -> libc::c_int {
@@ -155,7 +156,18 @@ pub fn run(
         let output = std::thread::Builder::new()
             .name("vmm-output".into())
             .spawn_scoped(scope, move || match confine(pump_filter) {
-                Ok(()) => pump_output(&mut reader, writer, stdout, stderr, log, started, tx),
+                Ok(()) => pump_output(
+                    &mut reader,
+                    writer,
+                    stdout,
+                    stderr,
+                    log,
+                    started,
+                    tx,
+                    // The console never drops bytes (a full socket blocks the vCPU): widen
+                    // the window to cut exits.
+                    MAX_CHANNEL_WINDOW - CHANNEL_WINDOW,
+                ),
                 Err(e) => {
                     let _ = tx.send(RunEvent::Stream(Err(std::io::Error::other(e))));
                 }

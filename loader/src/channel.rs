@@ -1,10 +1,13 @@
 //! The host end of the framed guest channel (`wasmvm_abi::channel`): demultiplexes the
 //! guest's stdout, stderr, log lines and exit record, and frames stdin for the guest.
 
+use std::cell::Cell;
 use std::io::{self, Read, Write};
 use std::sync::Mutex;
 
-use wasmvm_abi::channel::{ExitRecord, FRAME_HEADER_LEN, FrameHeader, to_guest, to_host};
+use wasmvm_abi::channel::{
+    CHANNEL_WINDOW, ExitRecord, FRAME_HEADER_LEN, FrameHeader, to_guest, to_host,
+};
 
 /// Where the guest's output goes.
 pub struct Sinks<'a> {
@@ -91,16 +94,53 @@ pub fn pump_guest_output(
     }
 }
 
-/// [`pump_guest_output`], returning each frame's credit to the guest through `to_guest`.
+/// [`pump_guest_output`], returning credit to the guest through `to_guest`: first `grant`
+/// extra bytes of window (0 keeps `CHANNEL_WINDOW`; see `MAX_CHANNEL_WINDOW`), then the
+/// bytes of every frame written out, batched: credit is sent once a quarter of the window
+/// has come back, and always before the pump waits for more input, so the guest never
+/// waits for credit the host is holding.
 pub fn pump_with_credit<W: Write + ?Sized>(
     from_guest: &mut dyn Read,
     to_guest_frames: &Mutex<W>,
     sinks: &mut Sinks,
+    grant: u32,
 ) -> io::Result<StreamEnd> {
-    let mut credit = |n: u32| {
+    let send = |n: u32| {
         let _ = send_frame(to_guest_frames, to_guest::CREDIT, &n.to_le_bytes());
     };
-    pump_guest_output(from_guest, sinks, &mut credit)
+    if grant > 0 {
+        send(grant);
+    }
+    let batch = (CHANNEL_WINDOW + grant) / 4;
+    let owed = Cell::new(0u32);
+    let mut reader = CreditingReader {
+        inner: io::BufReader::with_capacity(256 * 1024, from_guest),
+        owed: &owed,
+        send: &send,
+    };
+    let mut per_frame = |n: u32| {
+        owed.set(owed.get() + n);
+        if owed.get() >= batch {
+            send(owed.replace(0));
+        }
+    };
+    pump_guest_output(&mut reader, sinks, &mut per_frame)
+}
+
+/// A buffered reader of the guest's stream that returns owed credit before it blocks.
+struct CreditingReader<'a, R: Read> {
+    inner: io::BufReader<R>,
+    owed: &'a Cell<u32>,
+    send: &'a dyn Fn(u32),
+}
+
+impl<R: Read> Read for CreditingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.inner.buffer().is_empty() && self.owed.get() > 0 {
+            (self.send)(self.owed.replace(0));
+        }
+        self.inner.read(buf)
+    }
 }
 
 /// Reads until `buf` is full or end of stream; returns how much was read.

@@ -175,7 +175,9 @@ impl Control {
 
 /// The body of a backend's output thread: pumps guest frames to `stdout`/`stderr` (kernel
 /// log lines to `log`, stamped with the host time since `started`), returns credit through
-/// `to_guest`, and reports how the stream ended on `events`.
+/// `to_guest` (first granting `grant` bytes of extra window), and reports how the stream
+/// ended on `events`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn pump_output<W: Write + ?Sized>(
     from_guest: &mut dyn Read,
     to_guest: &std::sync::Mutex<W>,
@@ -184,6 +186,7 @@ pub(crate) fn pump_output<W: Write + ?Sized>(
     log: &mut (dyn FnMut(&str) + Send),
     started: std::time::Instant,
     events: mpsc::Sender<RunEvent>,
+    grant: u32,
 ) {
     let mut log_line = |line: &str| {
         log(&format!(
@@ -196,7 +199,7 @@ pub(crate) fn pump_output<W: Write + ?Sized>(
         stderr,
         log: &mut log_line,
     };
-    let end = channel::pump_with_credit(from_guest, to_guest, &mut sinks);
+    let end = channel::pump_with_credit(from_guest, to_guest, &mut sinks, grant);
     let _ = events.send(RunEvent::Stream(end));
 }
 

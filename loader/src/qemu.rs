@@ -202,7 +202,17 @@ pub fn run(
         let mut reader = &host_end;
         let log = &mut *log;
         scope.spawn(move || {
-            pump_output(&mut reader, &guest_writer, stdout, stderr, log, started, tx)
+            // QEMU's virtconsole drops what its socket cannot take: keep the initial window.
+            pump_output(
+                &mut reader,
+                &guest_writer,
+                stdout,
+                stderr,
+                log,
+                started,
+                tx,
+                0,
+            )
         });
         let event = control.wait(deadline);
         let ending = match event {
