@@ -1,0 +1,324 @@
+//! The micro-VMM benchmark: every number of the micro-VMM issue side by side, in one run,
+//! printed as markdown tables (copy them into docs/benchmarks.md).
+//!
+//! 1. hello cold start, process start to exit, median of many runs: built-in VMM, QEMU
+//!    microvm, host reference mode, and `wasmtime run` / the `wasmi` CLI when on PATH;
+//! 2. host memory per idle VM (RSS and PSS of the VMM process, which includes the guest
+//!    pages it touched; for QEMU the QEMU process is added);
+//! 3. stdout throughput of the guest (256 MiB, start-up subtracted);
+//! 4. N concurrent idle VMs: time until all are ready, and the host CPU they use idle.
+//!
+//! `cargo bench --bench vmm`; `WASMVM_BENCH_RUNS` (default 21) and `WASMVM_BENCH_VMS`
+//! (default 100; the issue's target is for 500) change the sizes.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Median wall time of `runs` runs of `cmd` to its exit, or `None` if one failed.
+fn median_ms(runs: usize, mut cmd: impl FnMut() -> Command) -> Option<f64> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let mut c = cmd();
+        c.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .stdin(Stdio::null());
+        let t = Instant::now();
+        let status = c.status().ok()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        if !status.success() {
+            return None;
+        }
+    }
+    Some(median(times))
+}
+
+fn wasmvm_run(vmm: &str, target: &Path, args: &[&str]) -> Command {
+    let mut c = common::wasmvm();
+    c.args(["run", "--vmm", vmm])
+        .arg(target)
+        .arg("--")
+        .args(args);
+    c
+}
+
+/// Starts an idle VM (prints "ready", then waits for stdin to end) and waits for its
+/// readiness line.
+fn start_idle(vmm: &str, img: &Path) -> Child {
+    let mut child = wasmvm_run(vmm, img, &["idle"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start wasmvm");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n", "idle VM did not start");
+    child
+}
+
+fn stop(mut child: Child) {
+    drop(child.stdin.take());
+    let _ = child.wait();
+}
+
+/// A `/proc/PID/{file}` field in kB.
+fn proc_kb(pid: u32, file: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The process and its children (QEMU under `wasmvm run --vmm qemu`).
+fn family(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            pids.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    pids
+}
+
+/// utime + stime of a process (all its threads), in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of stat; here indices 11 and 12.
+    field(11) + field(12)
+}
+
+fn main() {
+    let runs = env_usize("WASMVM_BENCH_RUNS", 21);
+    let vms = env_usize("WASMVM_BENCH_VMS", 100);
+    let dir = common::scratch();
+    let hello = common::sample("hello");
+    let hello_img = dir.path().join("hello.img");
+    common::pack(&hello, &hello_img, &[]);
+    let exitcode_img = dir.path().join("exitcode.img");
+    common::pack(&common::sample("exitcode"), &exitcode_img, &[]);
+    let qemu = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok();
+    let vmms: Vec<&str> = if qemu {
+        vec!["builtin", "qemu"]
+    } else {
+        vec!["builtin"]
+    };
+
+    println!("Machine: {}", machine());
+    println!();
+
+    // 1. Cold start.
+    println!("hello.wasm cold start, process start to exit, median of {runs} runs");
+    println!();
+    println!("| how | ms |");
+    println!("|---|---|");
+    let mut startup = std::collections::HashMap::new();
+    for (name, vmm) in [
+        ("wasmvm run (built-in VMM, KVM, no QEMU)", "builtin"),
+        ("wasmvm run --vmm qemu (QEMU microvm, KVM)", "qemu"),
+        ("wasmvm run --vmm host (no VM)", "host"),
+    ] {
+        if vmm == "qemu" && !qemu {
+            continue;
+        }
+        let ms = median_ms(runs, || wasmvm_run(vmm, &hello_img, &[]));
+        startup.insert(vmm, ms.unwrap_or(0.0));
+        print_row(name, ms.map(|m| format!("{m:.1}")));
+    }
+    for (name, tool, args) in [
+        ("wasmtime run", "wasmtime", &["run"][..]),
+        ("wasmi CLI", "wasmi_cli", &[][..]),
+    ] {
+        if Command::new(tool).arg("--version").output().is_ok() {
+            let ms = median_ms(runs, || {
+                let mut c = Command::new(tool);
+                c.args(args).arg(&hello);
+                c
+            });
+            print_row(name, ms.map(|m| format!("{m:.1}")));
+        } else {
+            print_row(name, Some("not on PATH".into()));
+        }
+    }
+    println!();
+
+    // 2. Memory per idle VM.
+    println!("Host memory of one idle VM (median of 5; VMM process incl. guest pages touched)");
+    println!();
+    println!("| backend | RSS MiB | PSS MiB |");
+    println!("|---|---|---|");
+    for vmm in &vmms {
+        let (mut rss, mut pss) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            let child = start_idle(vmm, &exitcode_img);
+            let pids = family(child.id());
+            rss.push(
+                pids.iter()
+                    .map(|&p| proc_kb(p, "status", "VmRSS:"))
+                    .sum::<u64>() as f64,
+            );
+            pss.push(
+                pids.iter()
+                    .map(|&p| proc_kb(p, "smaps_rollup", "Pss:"))
+                    .sum::<u64>() as f64,
+            );
+            stop(child);
+        }
+        println!(
+            "| {vmm} | {:.1} | {:.1} |",
+            median(rss) / 1024.0,
+            median(pss) / 1024.0
+        );
+    }
+    println!();
+
+    // 3. Throughput.
+    let mib = 256;
+    println!(
+        "Guest stdout throughput: {mib} MiB in 64 KiB writes to /dev/null, start-up subtracted (median of 3)"
+    );
+    println!();
+    println!("| backend | MB/s |");
+    println!("|---|---|");
+    for vmm in vmms.iter().copied().chain(["host"]) {
+        let ms = median_ms(3, || {
+            wasmvm_run(vmm, &exitcode_img, &["spew", &mib.to_string()])
+        });
+        let rate = ms.map(|ms| {
+            let secs = (ms - startup.get(vmm).copied().unwrap_or(0.0)) / 1e3;
+            format!("{:.0}", (mib << 20) as f64 / secs / 1e6)
+        });
+        print_row(vmm, rate);
+    }
+    println!();
+
+    // 4. Density.
+    println!("{vms} concurrent idle VMs (built-in VMM)");
+    println!();
+    let t = Instant::now();
+    let children: Vec<Child> = (0..vms)
+        .map(|_| {
+            wasmvm_run("builtin", &exitcode_img, &["idle"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start wasmvm")
+        })
+        .collect();
+    let mut children: Vec<Child> = children
+        .into_iter()
+        .map(|mut child| {
+            let mut line = String::new();
+            BufReader::new(child.stdout.as_mut().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            assert_eq!(line, "ready\n");
+            child
+        })
+        .collect();
+    let all_ready = t.elapsed();
+    let pids: Vec<u32> = children.iter().map(Child::id).collect();
+    let ticks = |pids: &[u32]| pids.iter().map(|&p| cpu_ticks(p)).sum::<u64>();
+    let window = Duration::from_secs(5);
+    let before = ticks(&pids);
+    let t = Instant::now();
+    std::thread::sleep(window);
+    let idle_ticks = ticks(&pids) - before;
+    let elapsed = t.elapsed().as_secs_f64();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let cpu = idle_ticks as f64 / hz / elapsed / cores * 100.0;
+    let rss: u64 = pids.iter().map(|&p| proc_kb(p, "status", "VmRSS:")).sum();
+    let pss: u64 = pids
+        .iter()
+        .map(|&p| proc_kb(p, "smaps_rollup", "Pss:"))
+        .sum();
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| time until all {vms} printed their readiness line | {:.2} s |",
+        all_ready.as_secs_f64()
+    );
+    println!(
+        "| host CPU while all sit idle ({:.0} s window, all {cores:.0} cores) | {cpu:.2} % |",
+        window.as_secs_f64()
+    );
+    println!(
+        "| total RSS / PSS | {:.0} MiB / {:.0} MiB |",
+        rss as f64 / 1024.0,
+        pss as f64 / 1024.0
+    );
+    for child in children.drain(..) {
+        stop(child);
+    }
+}
+
+fn print_row(name: &str, value: Option<String>) {
+    println!("| {name} | {} |", value.unwrap_or_else(|| "failed".into()));
+}
+
+/// CPU model, core count and memory, for the record.
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_gib = proc_kb_total("MemTotal:") as f64 / (1 << 20) as f64;
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{model}, {cores} cores, {mem_gib:.0} GiB, Linux {}",
+        kernel.trim()
+    )
+}
+
+fn proc_kb_total(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
