@@ -43,6 +43,10 @@ pub enum Command {
         /// Like --dir, but the app may not change anything in it.
         #[arg(long = "dir-ro", value_name = "HOST[::GUEST]")]
         dirs_ro: Vec<OsString>,
+        /// Give the app a persistent volume (from `wasmvm volume create`) as directory GUEST
+        /// (repeatable); its files are written back when the VM ends.
+        #[arg(long = "volume", value_name = "IMAGE::GUEST")]
+        volumes: Vec<OsString>,
         #[command(flatten)]
         app: AppArgs,
         /// Stop the VM after this long (e.g. 500ms, 30s, 2m; a bare number is seconds).
@@ -74,6 +78,23 @@ pub enum Command {
     },
     /// Check this machine: /dev/kvm, QEMU and the embedded kernel.
     Doctor,
+    /// Manage persistent volumes (FAT disk images that `run --volume` gives to apps).
+    Volume {
+        #[command(subcommand)]
+        command: VolumeCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Create an empty volume (a sparse FAT image any host can read, e.g. with mtools).
+    Create {
+        /// Where to write it; never overwritten.
+        image: PathBuf,
+        /// Capacity (e.g. 64M, 1G; 1M to 2T).
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+    },
 }
 
 /// Options recorded in the image by `pack`, or overriding them at `run`.
@@ -122,6 +143,23 @@ pub enum AccelArg {
     Tcg,
 }
 
+/// A byte count: `512K`, `64M`, `1G`, `2T`, or a bare number of bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let upper = s.to_ascii_uppercase();
+    let trimmed = upper.trim_end_matches("IB").trim_end_matches('B');
+    let (num, shift) = match trimmed.chars().last() {
+        Some('K') => (&trimmed[..trimmed.len() - 1], 10),
+        Some('M') => (&trimmed[..trimmed.len() - 1], 20),
+        Some('G') => (&trimmed[..trimmed.len() - 1], 30),
+        Some('T') => (&trimmed[..trimmed.len() - 1], 40),
+        _ => (trimmed, 0),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("`{s}` is not a size like 64M or 1G"))
+}
+
 /// `500ms`, `30s`, `2m`, `1h`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
@@ -168,6 +206,15 @@ pub fn parse_memory(s: &str) -> Result<u64, String> {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("big").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
 
     #[test]
     fn durations() {

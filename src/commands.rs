@@ -10,12 +10,12 @@ use wasmvm_loader::image::{self, Image};
 use wasmvm_loader::kvm::BootPath;
 use wasmvm_loader::pack::{DirSpec, PackOptions, check_env, pack_module};
 use wasmvm_loader::{
-    Accel, Control, RunIo, RunOptions, ShareSpec, StopReason, builtin, elf::Elf, module, qemu,
-    reference,
+    Accel, Control, RunIo, RunOptions, ShareSpec, StopReason, VolumeSpec, builtin, elf::Elf,
+    module, qemu, reference, volume, with_volumes,
 };
 
 use crate::KERNEL;
-use crate::cli::{AccelArg, AppArgs, BootArg, Cli, Command, Vmm};
+use crate::cli::{AccelArg, AppArgs, BootArg, Cli, Command, Vmm, VolumeCommand};
 
 pub fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {
@@ -29,6 +29,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             image,
             dirs,
             dirs_ro,
+            volumes,
             app,
             timeout,
             memory,
@@ -50,10 +51,31 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
+            let volumes = volumes
+                .iter()
+                .map(|spec| {
+                    let bytes = spec.as_bytes();
+                    let at = bytes
+                        .windows(2)
+                        .position(|w| w == b"::")
+                        .filter(|&i| i > 0 && i + 2 < bytes.len());
+                    let Some(at) = at else {
+                        bail!(
+                            "--volume `{}` is not of the form IMAGE::GUEST",
+                            spec.to_string_lossy()
+                        );
+                    };
+                    Ok(VolumeSpec {
+                        image: std::ffi::OsStr::from_bytes(&bytes[..at]).into(),
+                        guest: bytes[at + 2..].to_vec(),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
             let opts = RunOptions {
                 memory_mib: memory,
                 timeout,
                 shares,
+                volumes,
                 accel: match accel {
                     AccelArg::Kvm => Accel::Kvm,
                     AccelArg::Tcg => Accel::Tcg,
@@ -78,6 +100,17 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Inspect { image, json } => inspect(&image, json),
         Command::Doctor => doctor(),
+        Command::Volume {
+            command: VolumeCommand::Create { image, size },
+        } => {
+            volume::create(&image, size)?;
+            println!(
+                "created {} ({} MiB FAT volume)",
+                image.display(),
+                size >> 20
+            );
+            Ok(0)
+        }
     }
 }
 
@@ -193,7 +226,7 @@ fn run(target: &Path, app: &AppArgs, mut opts: RunOptions, vmm: Vmm, verbose: bo
     };
 
     if vmm == Vmm::Host {
-        let ending = reference::run(&image_path, &opts)?;
+        let ending = with_volumes(&opts, |opts| reference::run(&image_path, opts))?;
         if let Some(message) = ending.describe() {
             eprintln!("wasmvm: {message}");
         }
@@ -232,8 +265,8 @@ fn run(target: &Path, app: &AppArgs, mut opts: RunOptions, vmm: Vmm, verbose: bo
         log: &mut log,
     };
     let ending = match vmm {
-        Vmm::Builtin => builtin::run(&image_path, &opts, io, control)?,
-        _ => qemu::run(&image_path, &opts, io, control)?,
+        Vmm::Builtin => with_volumes(&opts, |opts| builtin::run(&image_path, opts, io, control))?,
+        _ => with_volumes(&opts, |opts| qemu::run(&image_path, opts, io, control))?,
     };
     signal_handle.close();
     if let Some(message) = ending.describe() {

@@ -31,12 +31,13 @@ fn long_flags(help: &str) -> Vec<String> {
 #[test]
 fn every_command_and_flag_is_documented() {
     let doc = std::fs::read_to_string(root().join("docs/cli.md")).unwrap();
-    for cmd in ["pack", "run", "inspect", "doctor"] {
+    for cmd in ["pack", "run", "inspect", "doctor", "volume create"] {
         assert!(
             doc.contains(&format!("### `wasmvm {cmd}")),
             "docs/cli.md lacks `wasmvm {cmd}`"
         );
-        for flag in long_flags(&help(&[cmd])) {
+        let words: Vec<&str> = cmd.split(' ').collect();
+        for flag in long_flags(&help(&words)) {
             if flag == "--help" || flag == "--version" {
                 continue;
             }

@@ -18,6 +18,7 @@ pub mod seccomp;
 pub mod virtio_9p;
 pub mod virtio_console;
 pub mod virtio_mmio;
+pub mod volume;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -50,6 +51,8 @@ pub struct RunOptions {
     pub env: Vec<Vec<u8>>,
     /// Live host directories (`--dir`), preopened after the packed ones, in order.
     pub shares: Vec<ShareSpec>,
+    /// Persistent volumes (`--volume`), preopened after the shares; see [`with_volumes`].
+    pub volumes: Vec<VolumeSpec>,
     pub accel: Accel,
     /// The QEMU binary.
     pub qemu: PathBuf,
@@ -70,6 +73,7 @@ impl Default for RunOptions {
             args: None,
             env: Vec::new(),
             shares: Vec::new(),
+            volumes: Vec::new(),
             accel: Accel::Kvm,
             qemu: std::env::var_os("WASMVM_QEMU")
                 .map(PathBuf::from)
@@ -102,6 +106,49 @@ impl ShareSpec {
                 path: self.host.clone(),
                 source,
             })
+    }
+}
+
+/// A persistent volume for one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeSpec {
+    /// The FAT image (`wasmvm volume create`).
+    pub image: PathBuf,
+    /// The path the app sees its files under.
+    pub guest: Vec<u8>,
+}
+
+/// Runs `backend` with the volumes of `opts` checked out (`volume::Checkout`) and added as
+/// live directories after the other shares, then writes every volume back, however the
+/// run ended. A failed write-back is an error even after a successful run.
+pub fn with_volumes<T>(
+    opts: &RunOptions,
+    backend: impl FnOnce(&RunOptions) -> Result<T, RunError>,
+) -> Result<T, RunError> {
+    let checkouts = opts
+        .volumes
+        .iter()
+        .map(|v| volume::Checkout::open(&v.image))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut with = opts.clone();
+    for (spec, checkout) in opts.volumes.iter().zip(&checkouts) {
+        with.shares.push(ShareSpec {
+            host: checkout.dir().to_path_buf(),
+            guest: spec.guest.clone(),
+            read_only: false,
+        });
+    }
+    let outcome = backend(&with);
+    let mut first_error = None;
+    for checkout in checkouts {
+        if let Err(e) = checkout.commit() {
+            first_error.get_or_insert(e);
+        }
+    }
+    match (outcome, first_error) {
+        (Err(e), _) => Err(e),
+        (Ok(_), Some(e)) => Err(e.into()),
+        (Ok(t), None) => Ok(t),
     }
 }
 
@@ -291,6 +338,8 @@ pub enum RunError {
     KvmUnavailable(String),
     #[error("QEMU failed to start the VM (status {status}): {stderr}")]
     QemuFailed { status: String, stderr: String },
+    #[error("volume {0}")]
+    Volume(#[from] volume::VolumeError),
     #[error("--dir {}: {source}", path.display())]
     Share {
         path: PathBuf,

@@ -68,6 +68,19 @@ fn live(root: &str, mode: &str) {
                 Err(_) => println!("plant: refused"),
             }
         }
+        // A persistent counter: what a volume must keep between runs.
+        "counter" => {
+            let path = format!("{root}/count.txt");
+            let count: u64 = fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0)
+                + 1;
+            fs::create_dir_all(format!("{root}/log")).expect("mkdir log");
+            fs::write(format!("{root}/log/run-{count}.txt"), "ran\n").expect("write log");
+            fs::write(&path, format!("{count}\n")).expect("write count");
+            println!("count {count}");
+        }
         other => panic!("unknown mode {other}"),
     }
 }
