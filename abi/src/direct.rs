@@ -23,7 +23,7 @@ use crate::{DecodeError, le_u32, le_u64};
 /// First bytes of a [`BootInfo`].
 pub const BOOT_INFO_MAGIC: [u8; 8] = *b"WASMVMBI";
 /// Encoded size of a [`BootInfo`].
-pub const BOOT_INFO_LEN: usize = 40;
+pub const BOOT_INFO_LEN: usize = 56;
 
 /// Capabilities of the VMM, in [`BootInfo::flags`].
 pub mod flags {
@@ -36,6 +36,26 @@ pub mod flags {
     /// [`BootInfo::pvclock_paddr`](super::BootInfo::pvclock_paddr) is a kvmclock page the VMM
     /// registered (`MSR_KVM_SYSTEM_TIME_NEW`) before entry.
     pub const PVCLOCK: u32 = 1 << 2;
+    /// The console at [`BootInfo::console_mmio`](super::BootInfo::console_mmio) is already
+    /// set up: `VIRTIO_F_VERSION_1` negotiated, status DRIVER_OK, its receive (0) and transmit
+    /// (1) queues live at [`BootInfo::console_rings`](super::BootInfo::console_rings) in the
+    /// [`console_rings`](super::console_rings) layout, with empty rings. The guest skips
+    /// discovery and negotiation (dozens of exits) and starts posting buffers.
+    pub const CONSOLE_READY: u32 = 1 << 3;
+}
+
+/// The ring layout of a console the VMM set up ([`flags::CONSOLE_READY`]); a guest that
+/// negotiates itself may use it too. Queue `q` occupies [`QUEUE_SPAN`] bytes from
+/// `rings + q * QUEUE_SPAN`: the descriptor table at offset 0, the available ring at
+/// [`AVAIL_OFFSET`], the used ring at [`USED_OFFSET`].
+pub mod console_rings {
+    /// Entries per queue.
+    pub const QUEUE_SIZE: u16 = 64;
+    pub const QUEUE_SPAN: u64 = 0x1000;
+    pub const AVAIL_OFFSET: u64 = 0x400;
+    pub const USED_OFFSET: u64 = 0x800;
+    /// Bytes both queues take.
+    pub const LEN: u64 = 2 * QUEUE_SPAN;
 }
 
 /// What the VMM tells the kernel at the direct entry.
@@ -51,6 +71,10 @@ pub struct BootInfo {
     pub pvclock_paddr: u64,
     /// The VMM's name and version for `--verbose` (e.g. `b"wasmvm 0.1\0..."`), zero padded.
     pub vmm: [u8; 8],
+    /// With [`flags::CONSOLE_READY`]: the console's register window.
+    pub console_mmio: u64,
+    /// With [`flags::CONSOLE_READY`]: where its queues live (page aligned).
+    pub console_rings: u64,
 }
 
 impl BootInfo {
@@ -66,6 +90,8 @@ impl BootInfo {
         b[16..24].copy_from_slice(&self.start_info_paddr.to_le_bytes());
         b[24..32].copy_from_slice(&self.pvclock_paddr.to_le_bytes());
         b[32..40].copy_from_slice(&self.vmm);
+        b[40..48].copy_from_slice(&self.console_mmio.to_le_bytes());
+        b[48..56].copy_from_slice(&self.console_rings.to_le_bytes());
         b
     }
 
@@ -84,6 +110,8 @@ impl BootInfo {
             start_info_paddr: le_u64(bytes, 16)?,
             pvclock_paddr: le_u64(bytes, 24)?,
             vmm,
+            console_mmio: le_u64(bytes, 40)?,
+            console_rings: le_u64(bytes, 48)?,
         })
     }
 }
@@ -102,6 +130,8 @@ mod tests {
             start_info_paddr: 0x6000,
             pvclock_paddr: 0x1000,
             vmm: *b"wasmvm\0\0",
+            console_mmio: 0xd000_0000,
+            console_rings: 0x2_0000,
         };
         let bytes = info.encode();
         assert_eq!(BootInfo::decode(&bytes), Ok(info));

@@ -7,32 +7,28 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use spin::Mutex;
-use virtio_drivers::device::console::VirtIOConsole;
-use virtio_drivers::transport::mmio::MmioTransport;
 use wasmvm_abi::channel::{
     CHANNEL_WINDOW, ExitRecord, FRAME_HEADER_LEN, FrameHeader, GUEST_FRAME_PAYLOAD,
-    MAX_CHANNEL_WINDOW, WIDE_GUEST_FRAME_PAYLOAD, to_guest,
-    to_host,
+    MAX_CHANNEL_WINDOW, WIDE_GUEST_FRAME_PAYLOAD, to_guest, to_host,
 };
 use wasmvm_abi::direct::WAIT_FOREVER;
 
 use crate::arch;
-use crate::virtio::{KernelHal, Pinned};
-
-type Console = VirtIOConsole<KernelHal, MmioTransport<'static>>;
+use crate::console::VirtConsole;
+use crate::virtio::Pinned;
 
 const COM1: u16 = 0x3f8;
 
 enum Link {
     /// No device yet: early boot, or a VMM without a console. Output goes to COM1 unframed.
     Serial,
-    Virtio(alloc::boxed::Box<Pinned<Console>>),
+    Virtio(alloc::boxed::Box<Pinned<VirtConsole>>),
 }
 
 struct Channel {
     link: Link,
-    /// Frame being assembled for one send.
-    frame: Vec<u8>,
+    /// Bytes taken off the device, before parsing (kept to reuse its allocation).
+    received: Vec<u8>,
     /// Bytes we may still send before the host returns credit.
     credit: u32,
     /// The widest the window has been: the host may widen it (see `MAX_CHANNEL_WINDOW`).
@@ -50,7 +46,7 @@ struct Channel {
 
 static CHANNEL: Mutex<Channel> = Mutex::new(Channel {
     link: Link::Serial,
-    frame: Vec::new(),
+    received: Vec::new(),
     credit: CHANNEL_WINDOW,
     window: CHANNEL_WINDOW,
     rx_header: [0; FRAME_HEADER_LEN],
@@ -63,7 +59,7 @@ static CHANNEL: Mutex<Channel> = Mutex::new(Channel {
 });
 
 /// Switches the channel to a virtio console.
-pub fn attach(console: Console) {
+pub fn attach(console: VirtConsole) {
     CHANNEL.lock().link = Link::Virtio(alloc::boxed::Box::new(Pinned(console)));
 }
 
@@ -144,13 +140,10 @@ impl Channel {
                 kind,
                 len: chunk.len() as u32,
             };
-            self.frame.clear();
-            self.frame.extend_from_slice(&header.encode());
-            self.frame.extend_from_slice(chunk);
             let Link::Virtio(console) = &mut self.link else {
                 return;
             };
-            if console.0.send_bytes(&self.frame).is_err() {
+            if !console.0.send(&header.encode(), chunk) {
                 // The device refused the buffer: the host side is gone. Nothing is left to
                 // report to.
                 arch::triple_fault();
@@ -194,20 +187,16 @@ impl Channel {
 
     /// Takes everything the host has sent so far off the device and parses it.
     fn poll_rx(&mut self) {
-        loop {
-            let Link::Virtio(console) = &mut self.link else {
-                return;
-            };
-            let byte = match console.0.recv(true) {
-                Ok(Some(b)) => b,
-                Ok(None) => return,
-                Err(_) => {
-                    self.stdin_eof = true;
-                    return;
-                }
-            };
+        let Link::Virtio(console) = &mut self.link else {
+            return;
+        };
+        let mut received = core::mem::take(&mut self.received);
+        console.0.receive(|bytes| received.extend_from_slice(bytes));
+        for &byte in &received {
             self.rx_byte(byte);
         }
+        received.clear();
+        self.received = received;
     }
 
     fn rx_byte(&mut self, byte: u8) {

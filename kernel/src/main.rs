@@ -13,6 +13,7 @@ mod app;
 mod arch;
 mod channel;
 mod clock;
+mod console;
 mod heap;
 mod p9;
 mod phys;
@@ -22,11 +23,10 @@ mod virtio;
 use alloc::format;
 use alloc::string::String;
 
-use virtio_drivers::device::console::VirtIOConsole;
 use virtio_drivers::transport::{DeviceType, Transport};
 use wasmvm_abi::bundle::{BUNDLE_HEADER_LEN, BundleHeader, BundleRef, RunConfig, bundle_load_addr};
 use wasmvm_abi::channel::{ExitKind, ExitRecord};
-use wasmvm_abi::direct::{self, BOOT_INFO_LEN, BootInfo};
+use wasmvm_abi::direct::{self, BOOT_INFO_LEN, BootInfo, console_rings};
 use wasmvm_abi::pvh::MEMMAP_TYPE_RAM;
 use wasmvm_abi::{ABI_VERSION, align_up, cmdline};
 
@@ -137,12 +137,32 @@ extern "C" fn kernel_main(boot_paddr: u64, direct: u64) -> ! {
     // bundle and below any module, so nothing else uses it.
     unsafe { heap::init(heap_start, heap_end) };
 
-    // Devices: the first console carries the channel; 9P devices are live directories.
+    // Devices: the first console carries the channel; 9P devices are live directories. A
+    // VMM that set the console up already says where (no discovery, no negotiation).
+    let ready_console = boot_info
+        .filter(|i| i.has(direct::flags::CONSOLE_READY))
+        .filter(|i| phys::loader_bytes(i.console_rings, console_rings::LEN).is_some())
+        .map(|i| (i.console_mmio, i.console_rings));
     let mut have_console = false;
-    for transport in cmdline::virtio_mmio_devices(cmdline).filter_map(virtio::open) {
+    if let Some((regs, rings)) = ready_console {
+        // SAFETY: the VMM declared a prepared console at `regs` with its queues in the
+        // `rings` RAM (checked to be mapped), which nothing else in the kernel uses.
+        channel::attach(unsafe { console::VirtConsole::ready(regs, rings) });
+        have_console = true;
+    }
+    for region in cmdline::virtio_mmio_devices(cmdline) {
+        if ready_console.is_some_and(|(regs, _)| regs == region.addr) {
+            continue;
+        }
+        let Some(transport) = virtio::open(region) else {
+            continue;
+        };
         match transport.device_type() {
             DeviceType::Console if !have_console => {
-                if let Ok(console) = VirtIOConsole::new(transport) {
+                drop(transport);
+                // SAFETY: the command line announced a virtio-mmio console at this address
+                // (its device type was just read there); nothing else drives it.
+                if let Ok(console) = unsafe { console::VirtConsole::negotiate(region.addr) } {
                     channel::attach(console);
                     have_console = true;
                 }

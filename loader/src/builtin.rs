@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use crate::channel::{StreamEnd, pump_stdin};
-use crate::devices::Devices;
+use crate::devices::{Devices, MMIO_BASE};
 use crate::image::Image;
 use crate::kvm::{self, ProbeEnd};
 use crate::mapped::MappedImage;
@@ -90,12 +90,25 @@ pub fn run(
             .push(Mmio::new(P9Device::new(&share_tag(i), worker)));
     }
 
+    // The console comes up set up (the guest skips ~45 exits of negotiation); a guest that
+    // enters through PVH resets and negotiates it as usual.
+    if let Some(console) = devices.console.as_mut() {
+        use wasmvm_abi::direct::console_rings as rings;
+        console.preset(
+            kvm::CONSOLE_RINGS_ADDR,
+            rings::QUEUE_SIZE,
+            rings::QUEUE_SPAN,
+            rings::AVAIL_OFFSET,
+            rings::USED_OFFSET,
+        );
+    }
     let mut machine = kvm::build(
         &mapped,
         memory_mib,
         &run_config,
         &devices.cmdline(),
         opts.boot,
+        devices.console.as_ref().map(|_| MMIO_BASE),
     )?;
     drop(image);
     drop(mapped);

@@ -40,6 +40,8 @@ const CMDLINE_ADDR: u64 = 0x9000;
 const GDT_ADDR: u64 = 0xa000;
 /// PML4, PDPT and four page directories identity-mapping 4 GiB (direct entry only).
 const PAGE_TABLES_ADDR: u64 = 0x10000;
+/// The console's queues when the VMM sets it up for the guest (`CONSOLE_READY`).
+pub const CONSOLE_RINGS_ADDR: u64 = 0x20000;
 /// `MSR_KVM_SYSTEM_TIME_NEW`: registering the kvmclock page.
 const MSR_KVM_SYSTEM_TIME: u32 = 0x4b56_4d01;
 
@@ -209,6 +211,7 @@ pub fn build(
     run: &RunConfig,
     cmdline: &str,
     path: BootPath,
+    ready_console: Option<u64>,
 ) -> Result<Machine, RunError> {
     let elf = Elf::parse(image.bytes()).map_err(|e| err(format!("image ELF: {e}")))?;
     let mem_size = memory_mib << 20;
@@ -314,12 +317,17 @@ pub fn build(
         if pvclock {
             flags |= direct::flags::PVCLOCK;
         }
+        if ready_console.is_some() {
+            flags |= direct::flags::CONSOLE_READY;
+        }
         write(
             &BootInfo {
                 flags,
                 start_info_paddr: START_INFO_ADDR,
                 pvclock_paddr: PVCLOCK_ADDR,
                 vmm: *b"wasmvm\0\0",
+                console_mmio: ready_console.unwrap_or(0),
+                console_rings: ready_console.map_or(0, |_| CONSOLE_RINGS_ADDR),
             }
             .encode(),
             BOOT_INFO_ADDR,
@@ -486,7 +494,7 @@ pub fn probe(
         source,
     })?;
     Image::parse(image.bytes())?;
-    let mut machine = build(&image, memory_mib, run, "", BootPath::Best)?;
+    let mut machine = build(&image, memory_mib, run, "", BootPath::Best, None)?;
     let end = machine.run(&mut Devices::default(), &AtomicBool::new(false));
     Ok((end, started.elapsed().as_secs_f64() * 1e3))
 }

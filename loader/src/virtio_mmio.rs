@@ -58,6 +58,27 @@ impl<D: VirtioDevice> Mmio<D> {
         }
     }
 
+    /// Sets the device up as a driver would have: `VIRTIO_F_VERSION_1` negotiated, each queue
+    /// `q` of `size` entries laid out from `rings + q * span` (descriptors at 0, available
+    /// ring at `avail`, used ring at `used`), status DRIVER_OK. The guest is told so in its
+    /// boot info (`wasmvm_abi::direct::flags::CONSOLE_READY`) and skips the exits.
+    pub fn preset(&mut self, rings: u64, size: u16, span: u64, avail: u64, used: u64) {
+        self.driver_features = VIRTIO_F_VERSION_1;
+        for (q, queue) in self.queues.iter_mut().enumerate() {
+            let base = rings + q as u64 * span;
+            let split = |addr: u64| (Some(addr as u32), Some((addr >> 32) as u32));
+            queue.set_size(size);
+            let (lo, hi) = split(base);
+            queue.set_desc_table_address(lo, hi);
+            let (lo, hi) = split(base + avail);
+            queue.set_avail_ring_address(lo, hi);
+            let (lo, hi) = split(base + used);
+            queue.set_used_ring_address(lo, hi);
+            queue.set_ready(true);
+        }
+        self.status = 0xf; // ACKNOWLEDGE | DRIVER | DRIVER_OK | FEATURES_OK
+    }
+
     /// The device and its queues, e.g. to deliver host input outside a notify.
     pub fn parts(&mut self) -> (&mut D, &mut [Queue]) {
         (&mut self.device, &mut self.queues)

@@ -1,5 +1,6 @@
 //! Everything that touches the CPU directly. The kernel's `unsafe` lives here and in
-//! `phys.rs`, `heap.rs` and `virtio.rs`.
+//! `phys.rs`, `heap.rs`, `virtio.rs`, `console.rs` (its virtqueues) and `clock.rs` (the
+//! kvmclock page).
 
 pub mod boot;
 pub mod mem;

@@ -1,0 +1,274 @@
+//! The virtio console that carries the host channel: a minimal split-virtqueue driver of our
+//! own, because every MMIO access is an exit (tens of microseconds on nested KVM) and the
+//! generic driver spends about 45 of them before the first byte.
+//!
+//! Two ways up, one driver: a VMM that says so in the boot info
+//! (`wasmvm_abi::direct::flags::CONSOLE_READY`) has already negotiated and laid out the
+//! queues, so the kernel only posts receive buffers (no exits); otherwise (QEMU, PVH) the
+//! kernel negotiates with the fewest accesses the virtio-mmio spec allows (about 20).
+//! Frames go out as two chained descriptors (header, payload) with no copy; receive buffers
+//! are 4 KiB each, handed back after their bytes are taken.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::sync::atomic::{Ordering, fence};
+
+use wasmvm_abi::direct::console_rings::{AVAIL_OFFSET, LEN, QUEUE_SIZE, QUEUE_SPAN, USED_OFFSET};
+
+const RX: u16 = 0;
+const TX: u16 = 1;
+/// Receive buffers posted at a time, and their size.
+const RX_BUFFERS: u16 = 8;
+const RX_BUFFER_LEN: usize = 4096;
+/// The two transmit descriptors (header, payload) after the receive ones.
+const TX_HEAD: u16 = RX_BUFFERS;
+const DESC_NEXT: u16 = 1;
+const DESC_WRITE: u16 = 2;
+
+const STATUS_ACKNOWLEDGE: u32 = 1;
+const STATUS_DRIVER: u32 = 2;
+const STATUS_DRIVER_OK: u32 = 4;
+const STATUS_FEATURES_OK: u32 = 8;
+
+/// Why a console could not be brought up.
+#[derive(Debug)]
+pub enum ConsoleError {
+    NotVirtioMmioV2,
+    QueueTooSmall,
+    FeaturesRejected,
+}
+
+/// One split virtqueue in identity-mapped guest RAM.
+struct Queue {
+    base: u64,
+    index: u16,
+    next_avail: u16,
+    last_used: u16,
+}
+
+impl Queue {
+    fn at(rings: u64, index: u16) -> Self {
+        Queue {
+            base: rings + u64::from(index) * QUEUE_SPAN,
+            index,
+            next_avail: 0,
+            last_used: 0,
+        }
+    }
+
+    fn desc_addr(&self) -> u64 {
+        self.base
+    }
+
+    fn avail_addr(&self) -> u64 {
+        self.base + AVAIL_OFFSET
+    }
+
+    fn used_addr(&self) -> u64 {
+        self.base + USED_OFFSET
+    }
+
+    fn set_desc(&mut self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let at = (self.desc_addr() + u64::from(i) * 16) as *mut u8;
+        // SAFETY: `i` < QUEUE_SIZE, so the 16-byte descriptor lies in this queue's table, in
+        // RAM the kernel reserved for the rings (identity mapped); volatile, as the device
+        // reads it.
+        unsafe {
+            at.cast::<u64>().write_volatile(addr);
+            at.add(8).cast::<u32>().write_volatile(len);
+            at.add(12).cast::<u16>().write_volatile(flags);
+            at.add(14).cast::<u16>().write_volatile(next);
+        }
+    }
+
+    /// Makes descriptor chain `head` available to the device.
+    fn push(&mut self, head: u16) {
+        let slot = u64::from(self.next_avail % QUEUE_SIZE);
+        let ring = (self.avail_addr() + 4 + slot * 2) as *mut u16;
+        let idx = (self.avail_addr() + 2) as *mut u16;
+        self.next_avail = self.next_avail.wrapping_add(1);
+        // SAFETY: both addresses lie in this queue's available ring (slot < QUEUE_SIZE).
+        // The descriptor writes must be visible before the index that publishes them.
+        unsafe {
+            ring.write_volatile(head);
+            fence(Ordering::Release);
+            idx.write_volatile(self.next_avail);
+        }
+    }
+
+    /// The next chain the device has used: (head, bytes written).
+    fn pop_used(&mut self) -> Option<(u16, u32)> {
+        let idx = (self.used_addr() + 2) as *const u16;
+        // SAFETY: the used ring's index, in this queue's memory.
+        let device_idx = unsafe { idx.read_volatile() };
+        if device_idx == self.last_used {
+            return None;
+        }
+        fence(Ordering::Acquire);
+        let slot = u64::from(self.last_used % QUEUE_SIZE);
+        let elem = (self.used_addr() + 4 + slot * 8) as *const u32;
+        // SAFETY: slot < QUEUE_SIZE, so the 8-byte element lies in the used ring.
+        let (id, len) = unsafe { (elem.read_volatile(), elem.add(1).read_volatile()) };
+        self.last_used = self.last_used.wrapping_add(1);
+        Some((id as u16, len))
+    }
+}
+
+pub struct VirtConsole {
+    regs: u64,
+    rx: Queue,
+    tx: Queue,
+    /// Ring memory the kernel allocated when it negotiated itself (kept for the whole run).
+    _rings: Option<Box<[u8]>>,
+    rx_buffers: Vec<Box<[u8; RX_BUFFER_LEN]>>,
+}
+
+impl VirtConsole {
+    /// Takes over the console the VMM set up at `regs` with queues at `rings`.
+    ///
+    /// # Safety
+    /// `regs` must be the register window of a virtio-mmio console the VMM prepared as
+    /// `CONSOLE_READY` describes, and `rings` the `LEN` bytes of RAM it reserved for the
+    /// queues, used by nothing else.
+    pub unsafe fn ready(regs: u64, rings: u64) -> Self {
+        let mut console = VirtConsole {
+            regs,
+            rx: Queue::at(rings, RX),
+            tx: Queue::at(rings, TX),
+            _rings: None,
+            rx_buffers: Vec::new(),
+        };
+        console.post_rx_buffers();
+        console
+    }
+
+    /// Negotiates with the virtio-mmio console at `regs` and sets up its queues.
+    ///
+    /// # Safety
+    /// `regs` must be the register window of a virtio-mmio console device, identity mapped,
+    /// which nothing else drives.
+    pub unsafe fn negotiate(regs: u64) -> Result<Self, ConsoleError> {
+        // Page-aligned ring memory: allocated as whole pages, then aligned within.
+        let mut memory = alloc::vec![0u8; (LEN + 4096) as usize].into_boxed_slice();
+        let rings = (memory.as_mut_ptr() as u64 + 4095) & !4095;
+        let mut console = VirtConsole {
+            regs,
+            rx: Queue::at(rings, RX),
+            tx: Queue::at(rings, TX),
+            _rings: Some(memory),
+            rx_buffers: Vec::new(),
+        };
+        if console.read(0x000) != 0x7472_6976 || console.read(0x004) != 2 {
+            return Err(ConsoleError::NotVirtioMmioV2);
+        }
+        console.write(0x070, 0);
+        console.write(0x070, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        // VIRTIO_F_VERSION_1 (bit 32) is the only feature we take.
+        console.write(0x024, 1);
+        console.write(0x020, 1);
+        console.write(
+            0x070,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
+        if console.read(0x070) & STATUS_FEATURES_OK == 0 {
+            return Err(ConsoleError::FeaturesRejected);
+        }
+        for queue in [&console.rx, &console.tx] {
+            console.write(0x030, u32::from(queue.index));
+            if console.read(0x034) < u32::from(QUEUE_SIZE) {
+                return Err(ConsoleError::QueueTooSmall);
+            }
+            console.write(0x038, u32::from(QUEUE_SIZE));
+            // Ring addresses lie below 4 GiB: the high halves stay at their reset value 0.
+            console.write(0x080, queue.desc_addr() as u32);
+            console.write(0x090, queue.avail_addr() as u32);
+            console.write(0x0a0, queue.used_addr() as u32);
+            console.write(0x044, 1);
+        }
+        console.write(
+            0x070,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
+        console.post_rx_buffers();
+        console.notify(RX);
+        Ok(console)
+    }
+
+    fn read(&self, offset: u64) -> u32 {
+        // SAFETY: an aligned register of the device window the constructor's caller vouched
+        // for; MMIO must be volatile.
+        unsafe { ((self.regs + offset) as *const u32).read_volatile() }
+    }
+
+    fn write(&self, offset: u64, value: u32) {
+        // SAFETY: as for `read`.
+        unsafe { ((self.regs + offset) as *mut u32).write_volatile(value) }
+    }
+
+    fn notify(&self, queue: u16) {
+        self.write(0x050, u32::from(queue));
+    }
+
+    fn post_rx_buffers(&mut self) {
+        for i in 0..RX_BUFFERS {
+            let buffer = Box::new([0u8; RX_BUFFER_LEN]);
+            let addr = buffer.as_ptr() as u64;
+            self.rx_buffers.push(buffer);
+            self.rx
+                .set_desc(i, addr, RX_BUFFER_LEN as u32, DESC_WRITE, 0);
+            self.rx.push(i);
+        }
+    }
+
+    /// Sends `header` and `payload` as one frame and waits until the device has taken it.
+    /// Both must be in identity-mapped RAM (any kernel memory is). False if the device
+    /// answered with a bad descriptor id (it is gone or broken).
+    pub fn send(&mut self, header: &[u8], payload: &[u8]) -> bool {
+        let head = TX_HEAD;
+        if payload.is_empty() {
+            self.tx
+                .set_desc(head, header.as_ptr() as u64, header.len() as u32, 0, 0);
+        } else {
+            self.tx.set_desc(
+                head,
+                header.as_ptr() as u64,
+                header.len() as u32,
+                DESC_NEXT,
+                head + 1,
+            );
+            self.tx.set_desc(
+                head + 1,
+                payload.as_ptr() as u64,
+                payload.len() as u32,
+                0,
+                0,
+            );
+        }
+        self.tx.push(head);
+        self.notify(TX);
+        loop {
+            if let Some((id, _)) = self.tx.pop_used() {
+                return id == head;
+            }
+            core::hint::spin_loop();
+        }
+    }
+
+    /// Hands every byte the host has delivered to `take`, then gives the buffers back (one
+    /// notify for all of them). Returns whether anything arrived.
+    pub fn receive(&mut self, mut take: impl FnMut(&[u8])) -> bool {
+        let mut any = false;
+        while let Some((id, len)) = self.rx.pop_used() {
+            let Some(buffer) = self.rx_buffers.get(usize::from(id)) else {
+                continue;
+            };
+            take(&buffer[..(len as usize).min(RX_BUFFER_LEN)]);
+            self.rx.push(id);
+            any = true;
+        }
+        if any {
+            self.notify(RX);
+        }
+        any
+    }
+}
