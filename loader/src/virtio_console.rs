@@ -7,7 +7,7 @@ use std::io::{ErrorKind, Read};
 use std::os::unix::net::UnixStream;
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 
 use crate::virtio_mmio::{VirtioDevice, usable, writable, write_descriptors};
 
@@ -50,6 +50,52 @@ impl VirtioDevice for Console {
     }
 }
 
+/// Writes all of `slices` to `out`, in order, with as few `writev` calls as it takes.
+fn write_slices(out: &UnixStream, slices: &[VolatileSlice<'_, ()>]) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let guards: Vec<_> = slices.iter().map(|s| s.ptr_guard()).collect();
+    let mut iov: Vec<libc::iovec> = guards
+        .iter()
+        .zip(slices)
+        .map(|(g, s)| libc::iovec {
+            iov_base: g.as_ptr() as *mut libc::c_void,
+            iov_len: s.len(),
+        })
+        .collect();
+    let mut first = 0;
+    while first < iov.len() {
+        // SAFETY: every iovec describes a range vm-memory validated inside guest memory, kept
+        // mapped by `guards` for this call; writev only reads it.
+        let n = unsafe {
+            libc::writev(
+                out.as_raw_fd(),
+                iov[first..].as_ptr(),
+                (iov.len() - first).min(1024) as libc::c_int,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        // Skip what was written: whole entries, then part of the next.
+        let mut n = n as usize;
+        while first < iov.len() && n >= iov[first].iov_len {
+            n -= iov[first].iov_len;
+            first += 1;
+        }
+        if n > 0 {
+            let entry = &mut iov[first];
+            // SAFETY: `n` is less than this entry's length, so the pointer stays inside it.
+            entry.iov_base = unsafe { entry.iov_base.cast::<u8>().add(n) }.cast();
+            entry.iov_len -= n;
+        }
+    }
+    Ok(())
+}
+
 impl Console {
     pub fn new(to_host: UnixStream, from_host: UnixStream) -> std::io::Result<Self> {
         from_host.set_nonblocking(true)?;
@@ -62,26 +108,31 @@ impl Console {
     }
 
     /// Sends every queued transmit buffer to the host, straight from guest memory to the
-    /// socket (vm-memory checks each range; no copy in between). A chain larger than a
-    /// whole frame is cut there: the host's frame parser then reports the guest's stream as
-    /// garbled, which is all a misbehaving guest can achieve.
+    /// socket with one `writev` per frame (vm-memory validates each range; no copy in
+    /// between). A chain larger than a whole frame, or reaching outside guest memory, is
+    /// dropped: the host's frame parser then reports the guest's stream as garbled, which is
+    /// all a misbehaving guest can achieve.
     fn process_tx(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) {
         let Some(q) = usable(queues, TX, mem) else {
             return;
         };
         while let Some(chain) = q.pop_descriptor_chain(mem) {
+            let mut slices = Vec::new();
             let mut total = 0usize;
+            let mut whole = true;
             for desc in chain.clone().readable() {
-                let len = desc.len() as usize;
-                total += len;
-                // The host end is gone when the run is over; the guest is about to stop.
-                if total > MAX_TX_CHAIN
-                    || mem
-                        .write_all_volatile_to(desc.addr(), &mut self.to_host, len)
-                        .is_err()
-                {
-                    break;
+                total += desc.len() as usize;
+                match mem.get_slice(desc.addr(), desc.len() as usize) {
+                    Ok(slice) if total <= MAX_TX_CHAIN => slices.push(slice),
+                    _ => {
+                        whole = false;
+                        break;
+                    }
                 }
+            }
+            if whole {
+                // The host end is gone when the run is over; the guest is about to stop.
+                let _ = write_slices(&self.to_host, &slices);
             }
             let _ = q.add_used(mem, chain.head_index(), 0);
         }
