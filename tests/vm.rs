@@ -451,6 +451,33 @@ fn large_stdin_arrives_intact() {
 }
 
 #[test]
+fn stdin_closed_right_after_readiness_ends_the_app() {
+    // Input that lands in the guest's buffers during a notify, just before it waits, must
+    // not be left unseen (a lost wakeup hangs the run; --timeout turns that into 252).
+    for vmm in backends() {
+        for _ in 0..10 {
+            let mut child = wasmvm()
+                .args(["run", "--vmm", vmm, "--accel", accel(), "--timeout", "20s"])
+                .arg(sample("exitcode"))
+                .args(["--", "idle"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            BufReader::new(child.stdout.as_mut().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            assert_eq!(line, "ready\n");
+            drop(child.stdin.take());
+            let o = child.wait_with_output().unwrap();
+            assert_eq!(o.status.code(), Some(0), "{vmm}: {}", stderr(&o));
+        }
+    }
+}
+
+#[test]
 fn large_output_arrives_intact_through_the_widened_window() {
     // 16 MiB in 64 KiB writes: far more than any window, in frames of every size.
     let o = run(&sample("exitcode"), &["--", "spew", "16"], b"");

@@ -256,19 +256,27 @@ impl VirtConsole {
 
     /// Hands every byte the host has delivered to `take`, then gives the buffers back (one
     /// notify for all of them). Returns whether anything arrived.
+    ///
+    /// A VMM may deliver more during that notify's exit (the built-in one fills receive
+    /// buffers there), so the used ring is read again after each notify: returning with bytes
+    /// already delivered but unseen would leave the caller waiting for input that came.
     pub fn receive(&mut self, mut take: impl FnMut(&[u8])) -> bool {
         let mut any = false;
-        while let Some((id, len)) = self.rx.pop_used() {
-            let Some(buffer) = self.rx_buffers.get(usize::from(id)) else {
-                continue;
-            };
-            take(&buffer[..(len as usize).min(RX_BUFFER_LEN)]);
-            self.rx.push(id);
+        loop {
+            let mut got = false;
+            while let Some((id, len)) = self.rx.pop_used() {
+                let Some(buffer) = self.rx_buffers.get(usize::from(id)) else {
+                    continue;
+                };
+                take(&buffer[..(len as usize).min(RX_BUFFER_LEN)]);
+                self.rx.push(id);
+                got = true;
+            }
+            if !got {
+                return any;
+            }
             any = true;
-        }
-        if any {
             self.notify(RX);
         }
-        any
     }
 }
