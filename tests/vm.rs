@@ -3,9 +3,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
-
 use common::*;
 
 #[test]
@@ -140,21 +137,7 @@ fn sigterm_and_sigint_stop_the_vm() {
 /// Starts `wasmvm run [vmm_args] exitcode.wasm -- spin`, waits for its readiness line, sends
 /// `signal` (a `kill` name) and returns how it ended.
 fn spin_then_signal(vmm_args: &[&str], signal: &str) -> std::process::Output {
-    let mut child = wasmvm()
-        .arg("run")
-        .args(vmm_args)
-        .arg(sample("exitcode"))
-        .args(["--", "spin"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "spinning\n");
+    let child = start_ready(vmm_args, &sample("exitcode"), &["spin"], "spinning\n");
     let pid = child.id().to_string();
     let ok = std::process::Command::new("kill")
         .args([&format!("-{signal}"), &pid])
@@ -387,20 +370,12 @@ fn the_builtin_vmms_worker_threads_run_under_seccomp() {
         eprintln!("note: no KVM; skipping the built-in VMM");
         return;
     }
-    let mut child = wasmvm()
-        .args(["run", "--vmm", "builtin"])
-        .arg(sample("exitcode"))
-        .args(["--", "spin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "spinning\n");
+    let mut child = start_ready(
+        &["--vmm", "builtin"],
+        &sample("exitcode"),
+        &["spin"],
+        "spinning\n",
+    );
     // The vCPU thread, the output pump and the stdin pump: mode 2 is a seccomp filter.
     let mut confined = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{}/task", child.id())).unwrap() {
@@ -456,20 +431,12 @@ fn stdin_closed_right_after_readiness_ends_the_app() {
     // not be left unseen (a lost wakeup hangs the run; --timeout turns that into 252).
     for vmm in backends() {
         for _ in 0..10 {
-            let mut child = wasmvm()
-                .args(["run", "--vmm", vmm, "--accel", accel(), "--timeout", "20s"])
-                .arg(sample("exitcode"))
-                .args(["--", "idle"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let mut line = String::new();
-            BufReader::new(child.stdout.as_mut().unwrap())
-                .read_line(&mut line)
-                .unwrap();
-            assert_eq!(line, "ready\n");
+            let mut child = start_ready(
+                &["--vmm", vmm, "--accel", accel(), "--timeout", "20s"],
+                &sample("exitcode"),
+                &["idle"],
+                "ready\n",
+            );
             drop(child.stdin.take());
             let o = child.wait_with_output().unwrap();
             assert_eq!(o.status.code(), Some(0), "{vmm}: {}", stderr(&o));

@@ -3,9 +3,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::*;
 
@@ -106,20 +105,19 @@ fn a_volume_in_use_is_refused_and_a_non_volume_is_named() {
     let img = dir.path().join("data.img");
     assert!(create(&img, "16M").status.success());
     let spec = format!("{}::/data", img.display());
-    let mut holder = wasmvm()
-        .args(["run", "--vmm", backends()[0], "--accel", accel()])
-        .arg(sample("exitcode"))
-        .args(["--volume", &spec, "--", "idle"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(holder.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "ready\n");
+    let mut holder = start_ready(
+        &[
+            "--vmm",
+            backends()[0],
+            "--accel",
+            accel(),
+            "--volume",
+            &spec,
+        ],
+        &sample("exitcode"),
+        &["idle"],
+        "ready\n",
+    );
     let second = run_on(backends()[0], &sample("hello"), &["--volume", &spec], b"");
     drop(holder.stdin.take());
     assert_eq!(holder.wait().unwrap().code(), Some(0));

@@ -11,7 +11,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{
-    KVM_MAX_CPUID_ENTRIES, Msrs, kvm_msr_entry, kvm_regs, kvm_segment, kvm_userspace_memory_region,
+    KVM_MAX_CPUID_ENTRIES, Msrs, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs,
+    kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -99,6 +100,20 @@ fn flat_segment(selector: u16, code: bool, dpl: u8, long: bool) -> kvm_segment {
         avl: 0,
         unusable: 0,
         padding: 0,
+    }
+}
+
+/// Loads `code` into CS and `data` into every data segment register.
+fn set_flat_segments(sregs: &mut kvm_sregs, code: kvm_segment, data: kvm_segment) {
+    sregs.cs = code;
+    for seg in [
+        &mut sregs.ds,
+        &mut sregs.es,
+        &mut sregs.fs,
+        &mut sregs.gs,
+        &mut sregs.ss,
+    ] {
+        *seg = data;
     }
 }
 
@@ -332,16 +347,11 @@ pub fn build(
             .encode(),
             BOOT_INFO_ADDR,
         )?;
-        sregs.cs = flat_segment(USER_CS, true, 3, true);
-        for seg in [
-            &mut sregs.ds,
-            &mut sregs.es,
-            &mut sregs.fs,
-            &mut sregs.gs,
-            &mut sregs.ss,
-        ] {
-            *seg = flat_segment(USER_DS, false, 3, false);
-        }
+        set_flat_segments(
+            &mut sregs,
+            flat_segment(USER_CS, true, 3, true),
+            flat_segment(USER_DS, false, 3, false),
+        );
         // A busy 64-bit TSS and no LDT: never used (no privilege changes), but required of
         // a long-mode vCPU by hardware virtualization.
         sregs.tr = kvm_segment {
@@ -371,16 +381,11 @@ pub fn build(
         }
     } else {
         // PVH entry state: 32-bit protected mode, paging off, flat segments, %ebx = start info.
-        sregs.cs = flat_segment(0x08, true, 0, false);
-        for seg in [
-            &mut sregs.ds,
-            &mut sregs.es,
-            &mut sregs.fs,
-            &mut sregs.gs,
-            &mut sregs.ss,
-        ] {
-            *seg = flat_segment(0x10, false, 0, false);
-        }
+        set_flat_segments(
+            &mut sregs,
+            flat_segment(0x08, true, 0, false),
+            flat_segment(0x10, false, 0, false),
+        );
         sregs.cr0 = 0x11; // PE | ET
         sregs.cr4 = 0;
         sregs.efer = 0;

@@ -195,6 +195,35 @@ pub fn run(target: &Path, extra: &[&str], input: &[u8]) -> Output {
     first
 }
 
+/// Starts `wasmvm run RUN_ARGS TARGET -- APP_ARGS` with stdin, stdout and stderr piped, and
+/// waits for its first line of output, which must be `ready` (a readiness line, never a
+/// sleep).
+pub fn start_ready(
+    run_args: &[&str],
+    target: &Path,
+    app_args: &[&str],
+    ready: &str,
+) -> std::process::Child {
+    use std::io::{BufRead, BufReader};
+    let mut child = wasmvm()
+        .arg("run")
+        .args(run_args)
+        .arg(target)
+        .arg("--")
+        .args(app_args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, ready, "the app's first line");
+    child
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

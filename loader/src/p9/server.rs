@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 
 use libc::c_int;
 
@@ -76,6 +77,11 @@ fn cvt_long(ret: libc::c_long) -> Res<libc::c_long> {
 }
 
 /// Retries a call interrupted by a signal.
+/// A std I/O result as an errno result.
+fn io_result<T>(r: std::io::Result<T>) -> Res<T> {
+    r.map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EIO)))
+}
+
 fn retry<T>(mut f: impl FnMut() -> Res<T>) -> Res<T> {
     loop {
         match f() {
@@ -107,7 +113,7 @@ impl Kind {
 
 /// A file opened by `Tlopen`/`Tlcreate`.
 struct Open {
-    file: OwnedFd,
+    file: std::fs::File,
     read: bool,
     write: bool,
 }
@@ -538,7 +544,11 @@ impl Server {
         let qid = self.qid(&st);
         let iounit = self.msize - wire::IOHDRSZ;
         if let Some(f) = self.fids.get_mut(&fid) {
-            f.open = Some(Open { file, read, write });
+            f.open = Some(Open {
+                file: file.into(),
+                read,
+                write,
+            });
         }
         Ok(Rmessage::Lopen { qid, iounit })
     }
@@ -586,7 +596,11 @@ impl Server {
             f.path.push(name);
             f.fd = fd;
             f.kind = Kind::File;
-            f.open = Some(Open { file, read, write });
+            f.open = Some(Open {
+                file: file.into(),
+                read,
+                write,
+            });
         }
         Ok(Rmessage::Lcreate { qid, iounit })
     }
@@ -604,22 +618,7 @@ impl Server {
         let offset = i64::try_from(offset).map_err(|_| Errno(libc::EINVAL))?;
         let len = count.min(self.msize - RDATA_HDR) as usize;
         let mut data = vec![0u8; len];
-        let n = retry(|| {
-            // SAFETY: `data` is valid for writes of `data.len()` bytes.
-            let n = unsafe {
-                libc::pread(
-                    open.file.as_raw_fd(),
-                    data.as_mut_ptr().cast(),
-                    data.len(),
-                    offset,
-                )
-            };
-            if n < 0 {
-                Err(Errno::last())
-            } else {
-                Ok(n as usize)
-            }
-        })?;
+        let n = retry(|| io_result(open.file.read_at(&mut data, offset as u64)))?;
         data.truncate(n);
         Ok(Rmessage::Read { data })
     }
@@ -632,22 +631,7 @@ impl Server {
             .filter(|o| o.write)
             .ok_or(Errno(libc::EBADF))?;
         let offset = i64::try_from(offset).map_err(|_| Errno(libc::EINVAL))?;
-        let n = retry(|| {
-            // SAFETY: `data` is valid for reads of `data.len()` bytes.
-            let n = unsafe {
-                libc::pwrite(
-                    open.file.as_raw_fd(),
-                    data.as_ptr().cast(),
-                    data.len(),
-                    offset,
-                )
-            };
-            if n < 0 {
-                Err(Errno::last())
-            } else {
-                Ok(n as usize)
-            }
-        })?;
+        let n = retry(|| io_result(open.file.write_at(data, offset as u64)))?;
         Ok(Rmessage::Write {
             count: u32::try_from(n).unwrap_or(u32::MAX),
         })
