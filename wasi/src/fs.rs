@@ -118,18 +118,7 @@ impl Fs {
     /// Walks `path` from directory `start` to the directory holding its last component.
     /// Symlinks among the leading components are followed.
     pub fn parent<'p>(&self, start: Ino, path: &'p [u8]) -> WasiResult<Parent<'p>> {
-        if path.is_empty() {
-            return Err(Errno::NOENT);
-        }
-        if path[0] == b'/' {
-            return Err(Errno::PERM);
-        }
-        let trailing_slash = path.ends_with(b"/");
-        let trimmed = trim_trailing_slashes(path);
-        let (dir_part, name) = match trimmed.iter().rposition(|&b| b == b'/') {
-            Some(i) => (&trimmed[..i], &trimmed[i + 1..]),
-            None => (&b""[..], trimmed),
-        };
+        let (dir_part, name, trailing_slash) = split_parent(path)?;
         let mut depth = Vec::new();
         let mut links = 0;
         let dir = self.walk(start, dir_part, &mut depth, &mut links)?;
@@ -392,6 +381,23 @@ impl Fs {
         self.node_mut(dir)?.mtim = now;
         Ok(())
     }
+}
+
+/// Splits a relative path into its directory part, its last component and whether it ended
+/// in `/`; an empty path is `ENOENT`, an absolute one `EPERM` (it would leave the preopen).
+pub(crate) fn split_parent(path: &[u8]) -> WasiResult<(&[u8], &[u8], bool)> {
+    if path.is_empty() {
+        return Err(Errno::NOENT);
+    }
+    if path[0] == b'/' {
+        return Err(Errno::PERM);
+    }
+    let trailing_slash = path.ends_with(b"/");
+    let trimmed = trim_trailing_slashes(path);
+    Ok(match trimmed.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&trimmed[..i], &trimmed[i + 1..], trailing_slash),
+        None => (&b""[..], trimmed, trailing_slash),
+    })
 }
 
 pub(crate) fn trim_trailing_slashes(path: &[u8]) -> &[u8] {

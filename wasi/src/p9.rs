@@ -26,7 +26,7 @@ use alloc::vec::Vec;
 use wasmvm_abi::p9::{self as wire, Attr, DirEntry, Qid, Rmessage, SetAttr, Tmessage};
 
 use crate::errno::{Errno, WasiResult};
-use crate::fs::{MAX_SYMLINKS, trim_trailing_slashes};
+use crate::fs::{MAX_SYMLINKS, split_parent};
 use crate::platform::Platform;
 use crate::state::filetype;
 
@@ -517,18 +517,7 @@ impl<P: Platform> Client<'_, P> {
     /// whether the path ended in `/`.
     pub fn parent<'p>(&mut self, start: Cur, path: &'p [u8]) -> WasiResult<(Cur, &'p [u8], bool)> {
         debug_assert!(!start.owned, "resolutions start from a descriptor");
-        if path.is_empty() {
-            return Err(Errno::NOENT);
-        }
-        if path[0] == b'/' {
-            return Err(Errno::PERM);
-        }
-        let trailing_slash = path.ends_with(b"/");
-        let trimmed = trim_trailing_slashes(path);
-        let (dir_part, name) = match trimmed.iter().rposition(|&b| b == b'/') {
-            Some(i) => (&trimmed[..i], &trimmed[i + 1..]),
-            None => (&b""[..], trimmed),
-        };
+        let (dir_part, name, trailing_slash) = split_parent(path)?;
         let dir = self.walk_from(start, dir_part)?;
         Ok((dir, name, trailing_slash))
     }
