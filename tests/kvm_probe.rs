@@ -1,12 +1,14 @@
-//! The first steps of the built-in micro-VMM (`wasmvm_loader::kvm`): it loads an image into
-//! guest memory itself, enters the kernel at its PVH entry and sees the guest reach the exit
-//! port, or die. Needs KVM (fails without it under `WASMVM_REQUIRE_KVM=1`).
+//! The VMM as a library, in this test process: the bare boot path of `wasmvm_loader::kvm`
+//! (loads an image into guest memory itself, enters the kernel and sees the guest reach the
+//! exit port, or die), and `run_captured`, which boots an image on either backend and returns
+//! its exit and output. Needs KVM (fails without it under `WASMVM_REQUIRE_KVM=1`).
 
 mod common;
 
 use common::*;
 use wasmvm_abi::bundle::RunConfig;
 use wasmvm_loader::kvm::{ProbeEnd, probe};
+use wasmvm_loader::{Backend, Ending, RunOptions, run_captured};
 
 fn kvm_or_skip() -> bool {
     if accel() == "kvm" {
@@ -57,4 +59,31 @@ fn the_builtin_vmm_refuses_an_image_larger_than_guest_memory() {
         e.to_string().contains("does not fit in guest memory"),
         "{e}"
     );
+}
+
+#[test]
+fn the_library_runs_an_image_and_returns_exit_and_output() {
+    let dir = scratch();
+    let img = dir.path().join("exit.img");
+    pack(&sample("exitcode"), &img, &[]);
+    for vmm in backends() {
+        let backend = match *vmm {
+            "builtin" => Backend::Builtin,
+            _ => Backend::Qemu,
+        };
+        let opts = RunOptions {
+            args: Some(vec![b"cat".to_vec()]),
+            ..RunOptions::default()
+        };
+        let out = run_captured(&img, &opts, backend, b"in and out".to_vec()).expect("run");
+        assert_eq!(out.ending, Ending::Exited(0), "{vmm}");
+        assert_eq!(out.stdout, b"in and out", "{vmm}");
+        assert!(out.stderr.is_empty(), "{vmm}");
+        let opts = RunOptions {
+            args: Some(vec![b"exit".to_vec(), b"7".to_vec()]),
+            ..RunOptions::default()
+        };
+        let out = run_captured(&img, &opts, backend, Vec::new()).expect("run");
+        assert_eq!(out.ending, Ending::Exited(7), "{vmm}");
+    }
 }

@@ -109,6 +109,50 @@ impl ShareSpec {
     }
 }
 
+/// Which VM backend [`run_captured`] uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Builtin,
+    Qemu,
+}
+
+/// The outcome of [`run_captured`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Captured {
+    pub ending: Ending,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// Runs the image at `image` to its end on `backend` with `stdin` as its input, and returns
+/// how it ended with everything it wrote: the library form of `wasmvm run` for embedders
+/// and tests (volumes included; the seccomp filter only if `opts.seccomp`).
+pub fn run_captured(
+    image: &std::path::Path,
+    opts: &RunOptions,
+    backend: Backend,
+    stdin: Vec<u8>,
+) -> Result<Captured, RunError> {
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let ending = with_volumes(opts, |opts| {
+        let io = RunIo {
+            stdin: Box::new(std::io::Cursor::new(stdin)),
+            stdout: &mut stdout,
+            stderr: &mut stderr,
+            log: &mut |_| {},
+        };
+        match backend {
+            Backend::Builtin => builtin::run(image, opts, io, Control::default()),
+            Backend::Qemu => qemu::run(image, opts, io, Control::default()),
+        }
+    })?;
+    Ok(Captured {
+        ending,
+        stdout,
+        stderr,
+    })
+}
+
 /// A persistent volume for one run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VolumeSpec {
