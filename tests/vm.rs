@@ -445,6 +445,20 @@ fn stdin_closed_right_after_readiness_ends_the_app() {
 }
 
 #[test]
+fn unread_stdin_does_not_stall_output() {
+    // The app never reads its 2 MiB of stdin and writes 8 MiB: the host's stdin writer must
+    // not hold up the credit that keeps output flowing (a deadlock once; --timeout guards).
+    let input = vec![b'i'; 2 << 20];
+    let o = run(
+        &sample("exitcode"),
+        &["--timeout", "60s", "--", "spew", "8"],
+        &input,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(o.stdout.len(), 8 << 20);
+}
+
+#[test]
 fn large_output_arrives_intact_through_the_widened_window() {
     // 16 MiB in 64 KiB writes: far more than any window, in frames of every size.
     let o = run(&sample("exitcode"), &["--", "spew", "16"], b"");

@@ -109,6 +109,9 @@ pub fn run(
         &devices.cmdline(),
         opts.boot,
         devices.console.as_ref().map(|_| MMIO_BASE),
+        // A writable live directory could hold the image itself: a guest writing it would
+        // change the code of every VM mapping it. Copy then.
+        opts.shares.iter().all(|s| s.read_only),
     )?;
     drop(image);
     drop(mapped);
@@ -192,6 +195,8 @@ pub fn run(
         // Stop the vCPU unless it is already leaving: flag, then kick it out of KVM_RUN until
         // it notices (a kick can land just before it re-enters the guest).
         stop.store(true, Ordering::SeqCst);
+        // A vCPU blocked writing guest output (the pump has stopped reading) gets EPIPE.
+        let _ = out_host.shutdown(std::net::Shutdown::Both);
         while !vcpu.is_finished() {
             let thread = vcpu_thread.load(Ordering::SeqCst);
             if thread != 0 {

@@ -3,6 +3,7 @@
 
 use std::cell::Cell;
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
 use std::sync::Mutex;
 
 use wasmvm_abi::channel::{
@@ -160,8 +161,12 @@ fn read_full(input: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Copies `input` to the guest as stdin frames, then sends end of file. Returns when input
 /// ends or the guest side is gone.
-pub fn pump_stdin<W: Write + ?Sized>(input: &mut dyn Read, output: &Mutex<W>) {
-    let mut buf = vec![0u8; 64 * 1024];
+pub fn pump_stdin<W: Write + AsFd + ?Sized>(input: &mut dyn Read, output: &Mutex<W>) {
+    // Frames small enough to fit the socket once it polls writable (a unix socket does at
+    // most a quarter full), so the lock this thread shares with the output pump's credit is
+    // never held across a blocking write: a guest that stops reading stdin must not keep
+    // its credit (and so its output) from flowing.
+    let mut buf = vec![0u8; STDIN_FRAME_PAYLOAD];
     loop {
         let n = match input.read(&mut buf) {
             Ok(n) => n,
@@ -173,8 +178,36 @@ pub fn pump_stdin<W: Write + ?Sized>(input: &mut dyn Read, output: &Mutex<W>) {
         } else {
             to_guest::STDIN
         };
-        if send_frame(output, kind, &buf[..n]).is_err() || n == 0 {
+        if !wait_writable(output) || send_frame(output, kind, &buf[..n]).is_err() || n == 0 {
             return;
+        }
+    }
+}
+
+/// The largest STDIN frame payload.
+const STDIN_FRAME_PAYLOAD: usize = 16 * 1024;
+
+/// Waits, without the lock, until the socket behind `output` has room; false if it is gone.
+fn wait_writable<W: AsFd + ?Sized>(output: &Mutex<W>) -> bool {
+    use std::os::fd::AsRawFd;
+    let fd = {
+        let guard = output.lock().unwrap_or_else(|e| e.into_inner());
+        guard.as_fd().as_raw_fd()
+    };
+    loop {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is valid for the call; the descriptor stays open while `output` lives,
+        // which outlives this thread's use of it.
+        let r = unsafe { libc::poll(&mut pfd, 1, -1) };
+        if r > 0 {
+            return pfd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) == 0;
+        }
+        if r < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return false;
         }
     }
 }
@@ -244,12 +277,22 @@ mod tests {
     }
 
     #[test]
-    fn stdin_is_framed_with_eof() {
-        let out = Mutex::new(Vec::new());
-        pump_stdin(&mut &b"abc"[..], &out);
-        let out = out.into_inner().unwrap();
-        let mut expected = frame(to_guest::STDIN, b"abc");
+    fn stdin_is_framed_with_eof_in_bounded_frames() {
+        use std::os::unix::net::UnixStream;
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let input = vec![7u8; STDIN_FRAME_PAYLOAD + 5];
+        let out = Mutex::new(ours);
+        let reader = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            let mut theirs = theirs;
+            theirs.read_to_end(&mut all).unwrap();
+            all
+        });
+        pump_stdin(&mut &input[..], &out);
+        drop(out);
+        let mut expected = frame(to_guest::STDIN, &input[..STDIN_FRAME_PAYLOAD]);
+        expected.extend(frame(to_guest::STDIN, &input[STDIN_FRAME_PAYLOAD..]));
         expected.extend(frame(to_guest::STDIN_EOF, b""));
-        assert_eq!(out, expected);
+        assert_eq!(reader.join().unwrap(), expected);
     }
 }

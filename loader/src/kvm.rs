@@ -28,7 +28,7 @@ use crate::devices::Devices;
 use crate::elf::{Elf, PT_LOAD, ProgramHeader};
 use crate::image::Image;
 use crate::mapped::MappedImage;
-use crate::virtio_console::Console;
+use crate::virtio_console::{Console, Rx};
 use crate::virtio_mmio::Mmio;
 
 /// Where the boot structures go: low memory below the kernel's 1 MiB load address.
@@ -149,15 +149,18 @@ fn pvh_entry(elf: &Elf) -> Option<u64> {
         .map(|(_, _, desc)| u32::from_le_bytes(desc[..4].try_into().expect("4 bytes")) as u64)
 }
 
-/// Puts one `PT_LOAD` segment into guest memory: mapped from the file when offset and
-/// address are page aligned (the pages past the file bytes zeroed, as `.bss` must be), else
-/// copied. Every range is checked against guest memory first.
+/// Puts one `PT_LOAD` segment into guest memory: with `map_file`, mapped from the file when
+/// offset and address are page aligned (the pages past the file bytes zeroed, as `.bss` must
+/// be), else copied. Every range is checked against guest memory first. A private mapping
+/// still shows later writes to the file in pages the guest has not written, so callers copy
+/// whenever a guest could reach the file (a writable live directory).
 fn load_segment(
     mem: &GuestMemoryMmap,
     mem_size: u64,
     image: &MappedImage,
     elf: &Elf,
     ph: &ProgramHeader,
+    map_file: bool,
 ) -> Result<(), RunError> {
     let page = 4096;
     let file_span = align_up(ph.p_filesz, page);
@@ -174,7 +177,7 @@ fn load_segment(
             mem_size >> 20
         )));
     }
-    if fits(file_span) && ph.p_paddr.is_multiple_of(page) && ph.p_filesz > 0 {
+    if map_file && fits(file_span) && ph.p_paddr.is_multiple_of(page) && ph.p_filesz > 0 {
         let host = mem
             .get_host_address(GuestAddress(ph.p_paddr))
             .map_err(|e| err(format!("guest memory: {e}")))?;
@@ -227,13 +230,14 @@ pub fn build(
     cmdline: &str,
     path: BootPath,
     ready_console: Option<u64>,
+    map_file: bool,
 ) -> Result<Machine, RunError> {
     let elf = Elf::parse(image.bytes()).map_err(|e| err(format!("image ELF: {e}")))?;
     let mem_size = memory_mib << 20;
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_size as usize)])
         .map_err(|e| err(format!("guest memory: {e}")))?;
     for ph in elf.phdrs.iter().filter(|p| p.p_type == PT_LOAD) {
-        load_segment(&mem, mem_size, image, &elf, ph)?;
+        load_segment(&mem, mem_size, image, &elf, ph, map_file)?;
     }
     let direct = match path {
         BootPath::Best => direct_entry(&elf),
@@ -460,17 +464,20 @@ fn wait_timeout(data: &[u8]) -> Option<Duration> {
 }
 
 /// A wait exit: deliver host input now (and return to the guest to take it), or block until
-/// some arrives or `timeout` passes. A stop request interrupts the block with the kick
-/// signal (see `builtin`).
+/// some arrives or `timeout` passes. With input the guest is not taking (it sleeps without
+/// reading), only the deadline ends the block: watching the socket would spin. A stop
+/// request interrupts the block with the kick signal (see `builtin`).
 fn wait_for_host(console: &mut Mmio<Console>, mem: &GuestMemoryMmap, timeout: Option<Duration>) {
     use std::os::fd::AsRawFd;
     let (console, queues) = console.parts();
-    if console.process_rx(queues, mem) {
-        return;
-    }
+    let events = match console.process_rx(queues, mem) {
+        Rx::Delivered => return,
+        Rx::Idle => libc::POLLIN,
+        Rx::Backlog => 0,
+    };
     let mut pfd = libc::pollfd {
         fd: console.host_fd().as_raw_fd(),
-        events: libc::POLLIN,
+        events,
         revents: 0,
     };
     let ts = timeout.map(|t| libc::timespec {
@@ -499,7 +506,7 @@ pub fn probe(
         source,
     })?;
     Image::parse(image.bytes())?;
-    let mut machine = build(&image, memory_mib, run, "", BootPath::Best, None)?;
+    let mut machine = build(&image, memory_mib, run, "", BootPath::Best, None, true)?;
     let end = machine.run(&mut Devices::default(), &AtomicBool::new(false));
     Ok((end, started.elapsed().as_secs_f64() * 1e3))
 }

@@ -455,5 +455,7 @@ pub fn check_kvm() -> Result<(), RunError> {
 /// module's minimum memory (room to grow), rounded up to 2 MiB; at least 64 MiB.
 pub fn default_memory_mib(bundle_len: u64, min_memory: u64) -> u64 {
     let bytes = (32 << 20) + 8 * bundle_len + 2 * min_memory;
-    (bytes.div_ceil(2 << 20) * 2).max(64)
+    // At most 3 GiB, like --memory: guest RAM must stay below the device window (and the
+    // 4 GiB the page tables map).
+    (bytes.div_ceil(2 << 20) * 2).clamp(64, 3072)
 }

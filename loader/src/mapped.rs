@@ -3,9 +3,11 @@
 //! the kernel and bundle segments straight from the file into guest memory
 //! ([`MappedImage::map_into`]), so every VM of one image shares them in the page cache.
 //!
-//! The one hazard of file mappings: if another process truncates the file while it is mapped,
-//! touching the lost pages raises SIGBUS. Images are the user's own read-only artefacts;
-//! `docs/design.md` notes this.
+//! The hazards of file mappings: a private mapping still shows later writes to the file in
+//! pages nobody has written, and touching pages lost to a truncation raises SIGBUS. So the
+//! built-in VMM copies instead whenever a guest could reach the file (a writable live
+//! directory); host processes changing an image under running VMs are the user's business
+//! (`docs/design.md`).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;

@@ -50,6 +50,17 @@ impl VirtioDevice for Console {
     }
 }
 
+/// What [`Console::process_rx`] achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rx {
+    /// Nothing from the host is waiting.
+    Idle,
+    /// Bytes went into the guest's buffers: it has something to look at.
+    Delivered,
+    /// Host bytes wait, but the guest offers no receive buffer (it is not reading now).
+    Backlog,
+}
+
 /// Writes all of `slices` to `out`, in order, with as few `writev` calls as it takes.
 fn write_slices(out: &UnixStream, slices: &[VolatileSlice<'_, ()>]) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
@@ -138,10 +149,8 @@ impl Console {
         }
     }
 
-    /// Moves host bytes into the guest's receive buffers, as far as both allow. Returns
-    /// whether the guest has something to look at: bytes delivered now, or bytes still
-    /// waiting for receive buffers.
-    pub fn process_rx(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+    /// Moves host bytes into the guest's receive buffers, as far as both allow.
+    pub fn process_rx(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) -> Rx {
         let mut chunk = [0u8; 16 * 1024];
         while !self.host_closed && self.pending.len() < 64 * 1024 {
             match self.from_host.read(&mut chunk) {
@@ -153,10 +162,10 @@ impl Console {
             }
         }
         if self.pending.is_empty() {
-            return false;
+            return Rx::Idle;
         }
         let Some(q) = usable(queues, RX, mem) else {
-            return true;
+            return Rx::Backlog;
         };
         let before = self.pending.len();
         while !self.pending.is_empty() {
@@ -167,7 +176,11 @@ impl Console {
             self.pending.drain(..written);
             let _ = q.add_used(mem, chain.head_index(), written as u32);
         }
-        self.pending.len() != before || !self.pending.is_empty()
+        if self.pending.len() != before {
+            Rx::Delivered
+        } else {
+            Rx::Backlog
+        }
     }
 
     /// The fd to wait on for host input.

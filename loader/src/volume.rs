@@ -185,6 +185,14 @@ fn copy_out<T: fatfs::ReadWriteSeek>(from: &fatfs::Dir<'_, T>, to: &Path) -> io:
         if name == "." || name == ".." {
             continue;
         }
+        // Names come from an image that may have been crafted: one that is not a single
+        // plain component could place a file anywhere.
+        if name.is_empty() || name.contains(['/', '\0']) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the volume holds an invalid file name {name:?}"),
+            ));
+        }
         let target = to.join(&name);
         if entry.is_dir() {
             std::fs::create_dir(&target)?;
@@ -205,6 +213,16 @@ fn copy_in<T: fatfs::ReadWriteSeek>(
     let entries = std::fs::read_dir(from).map_err(io_at(from))?;
     let mut entries: Vec<_> = entries.collect::<Result<_, _>>().map_err(io_at(from))?;
     entries.sort_by_key(|e| e.file_name());
+    // FAT names are case-insensitive: `A` and `a` would silently become one file.
+    let mut seen = std::collections::HashSet::new();
+    for entry in &entries {
+        if !seen.insert(entry.file_name().to_string_lossy().to_lowercase()) {
+            return Err(VolumeError::Unsupported {
+                path: entry.path(),
+                what: "a name differing from another only in case",
+            });
+        }
+    }
     for entry in entries {
         let path = entry.path();
         let kind = entry.file_type().map_err(io_at(&path))?;
@@ -273,6 +291,19 @@ mod tests {
             vec![7u8; 100_000]
         );
         assert_eq!(std::fs::metadata(&img).unwrap().len(), 8 << 20);
+        // Names differing only in case cannot both be stored.
+        std::fs::write(back.dir().join("TOP.TXT"), "x").unwrap();
+        match back.commit() {
+            Err(VolumeError::NotCommitted { kept, source, .. }) => {
+                assert!(
+                    matches!(*source, VolumeError::Unsupported { .. }),
+                    "{source}"
+                );
+                std::fs::remove_dir_all(kept).unwrap();
+            }
+            other => panic!("{other:?}"),
+        }
+        let back = Checkout::open(&img).unwrap();
         // A symlink cannot be stored: the commit fails and the image keeps its contents.
         std::os::unix::fs::symlink("top.txt", back.dir().join("link")).unwrap();
         match back.commit() {
