@@ -190,7 +190,9 @@ pub fn with_volumes<T>(
         }
     }
     match (outcome, first_error) {
-        (Err(e), _) => Err(e),
+        // Both failed: the volume's message says where the run's files were kept.
+        (Err(e), Some(v)) => Err(RunError::Host(format!("{e}; and volume {v}"))),
+        (Err(e), None) => Err(e),
         (Ok(_), Some(e)) => Err(e.into()),
         (Ok(t), None) => Ok(t),
     }

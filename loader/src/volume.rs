@@ -110,6 +110,14 @@ impl Checkout {
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(VolumeError::Busy(image.to_path_buf()));
         }
+        // A run that committed between our open and our lock replaced the file: what we
+        // hold is the old one. The newer run's work must not be checked out stale.
+        use std::os::unix::fs::MetadataExt;
+        let held = file.metadata().map_err(io_at(image))?;
+        let now = std::fs::metadata(image).map_err(io_at(image))?;
+        if (held.dev(), held.ino()) != (now.dev(), now.ino()) {
+            return Err(VolumeError::Busy(image.to_path_buf()));
+        }
         let size = file.seek(SeekFrom::End(0)).map_err(io_at(image))?;
         file.seek(SeekFrom::Start(0)).map_err(io_at(image))?;
         let dir = tempfile::Builder::new()
@@ -170,10 +178,22 @@ impl Checkout {
             copy_in(self.dir.path(), &fs.root_dir())?;
             fs.unmount().map_err(io_at(&self.image))?;
         }
+        // Keep the image's permissions (the temporary file starts at 0600).
+        let mode = std::fs::metadata(&self.image)
+            .map_err(io_at(&self.image))?
+            .permissions();
+        fresh
+            .as_file()
+            .set_permissions(mode)
+            .map_err(io_at(&self.image))?;
         fresh.as_file().sync_all().map_err(io_at(&self.image))?;
         fresh
             .persist(&self.image)
             .map_err(|e| io_at(&self.image)(e.error))?;
+        // The rename itself must survive a crash too.
+        File::open(parent)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io_at(&self.image))?;
         Ok(())
     }
 }
@@ -266,6 +286,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("v.img");
         create(&img, 8 << 20).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(create(&img, 8 << 20), Err(VolumeError::Exists(_))));
         assert!(matches!(
             create(&dir.path().join("tiny.img"), 1000),
@@ -291,6 +313,11 @@ mod tests {
             vec![7u8; 100_000]
         );
         assert_eq!(std::fs::metadata(&img).unwrap().len(), 8 << 20);
+        assert_eq!(
+            std::fs::metadata(&img).unwrap().permissions().mode() & 0o777,
+            0o644,
+            "the commit keeps the image's mode"
+        );
         // Names differing only in case cannot both be stored.
         std::fs::write(back.dir().join("TOP.TXT"), "x").unwrap();
         match back.commit() {
