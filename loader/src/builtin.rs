@@ -69,6 +69,7 @@ pub fn run(
     let (out_host, out_vmm) = UnixStream::pair().map_err(io_err("creating the channel"))?;
     let (in_host, in_vmm) = UnixStream::pair().map_err(io_err("creating the channel"))?;
     let console = Console::new(out_vmm, in_vmm).map_err(io_err("creating the console"))?;
+    let stop = Arc::new(AtomicBool::new(false));
     let mut devices = Devices {
         console: Some(Mmio::new(console)),
         shares: Vec::new(),
@@ -85,9 +86,11 @@ pub fn run(
             share_filter.clone(),
         )
         .map_err(io_err("starting a share's thread"))?;
-        devices
-            .shares
-            .push(Mmio::new(P9Device::new(&share_tag(i), worker)));
+        devices.shares.push(Mmio::new(P9Device::new(
+            &share_tag(i),
+            worker,
+            Arc::clone(&stop),
+        )));
     }
 
     // The console comes up set up (the guest skips ~45 exits of negotiation); a guest that
@@ -139,7 +142,6 @@ pub fn run(
         })
         .map_err(io_err("starting the stdin thread"))?;
 
-    let stop = AtomicBool::new(false);
     let vcpu_thread = AtomicU64::new(0);
     let deadline = opts.timeout.map(|t| started + t);
     let RunIo {

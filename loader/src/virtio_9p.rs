@@ -7,7 +7,10 @@
 //! share's directory. The vCPU waits for the reply: 9P is synchronous from the guest's side.
 
 use std::os::fd::OwnedFd;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::time::Duration;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
@@ -27,24 +30,35 @@ pub struct P9Device {
     config: Vec<u8>,
     requests: SyncSender<Vec<u8>>,
     replies: Receiver<Vec<u8>>,
+    /// The run's stop flag: a request stuck in the host filesystem must not keep the vCPU
+    /// from stopping.
+    stop: Arc<AtomicBool>,
 }
 
 impl P9Device {
-    /// A device with mount tag `tag` whose requests `worker` (from [`spawn_worker`]) serves.
-    pub fn new(tag: &str, worker: Worker) -> Self {
+    /// A device with mount tag `tag` whose requests `worker` (from [`spawn_worker`]) serves;
+    /// waiting for a reply gives up once `stop` is set.
+    pub fn new(tag: &str, worker: Worker, stop: Arc<AtomicBool>) -> Self {
         let mut config = (tag.len() as u16).to_le_bytes().to_vec();
         config.extend_from_slice(tag.as_bytes());
         P9Device {
             config,
             requests: worker.requests,
             replies: worker.replies,
+            stop,
         }
     }
 
-    /// One request through the worker; `None` if it is gone.
+    /// One request through the worker; `None` if it is gone or the run is stopping.
     fn transact(&self, request: Vec<u8>) -> Option<Vec<u8>> {
         self.requests.send(request).ok()?;
-        self.replies.recv().ok()
+        loop {
+            match self.replies.recv_timeout(Duration::from_millis(100)) {
+                Ok(reply) => return Some(reply),
+                Err(RecvTimeoutError::Timeout) if !self.stop.load(Ordering::Relaxed) => {}
+                Err(_) => return None,
+            }
+        }
     }
 }
 
