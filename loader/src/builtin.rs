@@ -17,9 +17,7 @@ use crate::seccomp;
 use crate::virtio_9p::{self, P9Device};
 use crate::virtio_console::Console;
 use crate::virtio_mmio::Mmio;
-use crate::{
-    Control, Ending, RunError, RunEvent, RunIo, RunOptions, default_memory_mib, io_err, pump_output,
-};
+use crate::{Control, Ending, RunError, RunEvent, RunIo, RunOptions, io_err, pump_output};
 use wasmvm_abi::bundle::share_tag;
 use wasmvm_abi::channel::{CHANNEL_WINDOW, MAX_CHANNEL_WINDOW};
 
@@ -57,9 +55,7 @@ pub fn run(
     install_kick_handler();
     let mapped = MappedImage::open(image_path).map_err(io_err("reading the image"))?;
     let image = Image::parse(mapped.bytes())?;
-    let memory_mib = opts.memory_mib.unwrap_or_else(|| {
-        default_memory_mib(image.bundle.header.total_len(), image.manifest.min_memory)
-    });
+    let memory_mib = crate::memory_mib(opts, &image);
     let run_config = crate::run_config(opts)?;
     let filter = match opts.seccomp {
         true => Some(Arc::new(seccomp::vmm_filter()?)),

@@ -455,6 +455,13 @@ pub fn check_kvm() -> Result<(), RunError> {
 /// Default guest RAM for a bundle: kernel, interpreter state (about 8× the bundle, which
 /// holds the module and any packed files, copied once more into the heap) and twice the
 /// module's minimum memory (room to grow), rounded up to 2 MiB; at least 64 MiB.
+/// Guest RAM for a run of `image`: `--memory`, else [`default_memory_mib`].
+pub(crate) fn memory_mib(opts: &RunOptions, image: &image::Image) -> u64 {
+    opts.memory_mib.unwrap_or_else(|| {
+        default_memory_mib(image.bundle.header.total_len(), image.manifest.min_memory)
+    })
+}
+
 pub fn default_memory_mib(bundle_len: u64, min_memory: u64) -> u64 {
     let bytes = (32 << 20) + 8 * bundle_len + 2 * min_memory;
     // At most 3 GiB, like --memory: guest RAM must stay below the device window (and the

@@ -17,8 +17,7 @@ use wasmvm_abi::exit::EXIT_PORT;
 use crate::channel::{StreamEnd, pump_stdin};
 use crate::image::Image;
 use crate::{
-    Accel, Control, Ending, RunError, RunEvent, RunIo, RunOptions, ShareSpec, default_memory_mib,
-    io_err, pump_output,
+    Accel, Control, Ending, RunError, RunEvent, RunIo, RunOptions, ShareSpec, io_err, pump_output,
 };
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use wasmvm_abi::bundle::share_tag;
@@ -136,9 +135,7 @@ pub fn run(
     let started = Instant::now();
     let bytes = std::fs::read(image_path).map_err(io_err("reading the image"))?;
     let image = Image::parse(&bytes)?;
-    let memory_mib = opts.memory_mib.unwrap_or_else(|| {
-        default_memory_mib(image.bundle.header.total_len(), image.manifest.min_memory)
-    });
+    let memory_mib = crate::memory_mib(opts, &image);
     drop(bytes);
     if opts.accel == Accel::Kvm {
         crate::check_kvm()?;

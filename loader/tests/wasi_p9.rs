@@ -173,6 +173,17 @@ fn ns_of(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
 }
 
+/// Opening (read-only, and creating) and stat'ing `path` in the share all give EPERM.
+fn assert_open_and_stat_refused(f: &mut Fixture, path: &str) {
+    assert_eq!(f.open(DATA, path, 0, READ_ONLY), Err(Errno::PERM), "{path}");
+    assert_eq!(
+        f.open(DATA, path, CREAT | TRUNC, ALL),
+        Err(Errno::PERM),
+        "{path}"
+    );
+    assert_eq!(f.stat(DATA, true, path), Err(Errno::PERM), "{path}");
+}
+
 impl Fixture {
     fn new() -> Self {
         let tmp = tempfile::tempdir().unwrap();
@@ -1136,13 +1147,7 @@ fn dotdot_and_absolute_paths_cannot_leave_the_share() {
         "..",
         "sub/../..",
     ] {
-        assert_eq!(f.open(DATA, path, 0, READ_ONLY), Err(Errno::PERM), "{path}");
-        assert_eq!(
-            f.open(DATA, path, CREAT | TRUNC, ALL),
-            Err(Errno::PERM),
-            "{path}"
-        );
-        assert_eq!(f.stat(DATA, true, path), Err(Errno::PERM), "{path}");
+        assert_open_and_stat_refused(&mut f, path);
     }
     assert_eq!(f.mkdir(DATA, "../evil"), Errno::PERM);
     assert_eq!(f.unlink(DATA, "../outside/secret"), Errno::PERM);
@@ -1186,13 +1191,7 @@ fn host_symlinks_pointing_outside_are_refused() {
         "sub/deep",
         "sneaky/secret",
     ] {
-        assert_eq!(f.open(DATA, path, 0, READ_ONLY), Err(Errno::PERM), "{path}");
-        assert_eq!(
-            f.open(DATA, path, CREAT | TRUNC, ALL),
-            Err(Errno::PERM),
-            "{path}"
-        );
-        assert_eq!(f.stat(DATA, true, path), Err(Errno::PERM), "{path}");
+        assert_open_and_stat_refused(&mut f, path);
         assert_eq!(
             f.path_set_times(DATA, path, 1, 1, ATIM | MTIM),
             Errno::PERM,
