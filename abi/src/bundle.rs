@@ -21,6 +21,8 @@
 use alloc::vec::Vec;
 
 use crate::{ABI_VERSION, DecodeError, le_u32, le_u64};
+#[cfg(feature = "alloc")]
+use crate::net::{Listen, NetConfig};
 
 pub const BUNDLE_MAGIC: [u8; 8] = *b"WASMVMB\0";
 pub const BUNDLE_HEADER_LEN: usize = 64;
@@ -146,6 +148,14 @@ pub mod tag {
     /// record (from 0) is the virtio-9p device with mount tag [`share_tag`](super::share_tag)`(N)`;
     /// shares are preopened after the packed preopens, in order.
     pub const SHARE: u32 = 13;
+    /// A listening TCP socket preopened for the app ([`crate::net::Listen`], 6 bytes), in
+    /// descriptor order after every directory. In the manifest (`pack --listen`) and in the
+    /// run configuration (`run --listen`).
+    pub const LISTEN: u32 = 14;
+    /// Run configuration: its LISTEN records replace the packed ones (even when none follow).
+    pub const LISTEN_REPLACE: u32 = 15;
+    /// Run configuration: the guest's static IPv4 settings ([`crate::net::NetConfig`]).
+    pub const NET: u32 = 16;
 }
 
 /// [`tag::SHARE`] flag: the host refuses every change.
@@ -234,6 +244,8 @@ pub struct Manifest {
     pub invoke: Option<Vec<u8>>,
     /// Link unknown function imports as stubs that return zero values.
     pub stub_imports: bool,
+    /// Listening sockets preopened after the directories.
+    pub listens: Vec<Listen>,
 }
 
 #[cfg(feature = "alloc")]
@@ -264,6 +276,9 @@ impl Manifest {
         if self.stub_imports {
             push_record(&mut out, tag::STUB_IMPORTS, &[]);
         }
+        for listen in &self.listens {
+            push_record(&mut out, tag::LISTEN, &listen.encode());
+        }
         out
     }
 
@@ -281,6 +296,7 @@ impl Manifest {
                 tag::FS_NODE => m.fs_nodes.push(FsNode::decode(record.value)?),
                 tag::INVOKE => m.invoke = Some(record.value.to_vec()),
                 tag::STUB_IMPORTS => m.stub_imports = true,
+                tag::LISTEN => m.listens.push(Listen::decode(record.value)?),
                 _ => {}
             }
         }
@@ -296,11 +312,13 @@ pub struct AppSettings {
     pub args: Vec<Vec<u8>>,
     /// `KEY=VALUE` entries: the packed ones, then those the run configuration set.
     pub env: Vec<Vec<u8>>,
+    /// The listening sockets to preopen, in order.
+    pub listens: Vec<Listen>,
 }
 
 #[cfg(feature = "alloc")]
 impl Manifest {
-    /// Applies `run`: its argv0 and arguments replace the packed ones, and each of its
+    /// Applies `run`: its argv0, arguments and listening sockets replace the packed ones, and each of its
     /// `KEY=VALUE` entries replaces the packed variable of the same key or is added.
     pub fn settings(&self, run: &RunConfig) -> AppSettings {
         let argv0 = run
@@ -316,7 +334,12 @@ impl Manifest {
             env.retain(|old| key(old) != key(var));
             env.push(var.clone());
         }
-        AppSettings { args, env }
+        let listens = run.listens.clone().unwrap_or_else(|| self.listens.clone());
+        AppSettings {
+            args,
+            env,
+            listens,
+        }
     }
 }
 
@@ -336,6 +359,10 @@ pub struct RunConfig {
     pub random_seed: Option<[u8; 32]>,
     /// Live host directories, in preopen order.
     pub shares: Vec<Share>,
+    /// `Some` replaces the packed listening sockets.
+    pub listens: Option<Vec<Listen>>,
+    /// The guest's static network settings, when the VMM attached a card and knows them.
+    pub net: Option<NetConfig>,
 }
 
 #[cfg(feature = "alloc")]
@@ -365,6 +392,15 @@ impl RunConfig {
             let mut value = alloc::vec![u8::from(share.read_only)];
             value.extend_from_slice(&share.guest_path);
             push_record(&mut body, tag::SHARE, &value);
+        }
+        if let Some(listens) = &self.listens {
+            push_record(&mut body, tag::LISTEN_REPLACE, &[]);
+            for listen in listens {
+                push_record(&mut body, tag::LISTEN, &listen.encode());
+            }
+        }
+        if let Some(net) = &self.net {
+            push_record(&mut body, tag::NET, &net.encode());
         }
         let mut out = Vec::with_capacity(16 + body.len());
         out.extend_from_slice(&RUN_CONFIG_MAGIC);
@@ -416,6 +452,12 @@ impl RunConfig {
                         read_only: flags & SHARE_READ_ONLY != 0,
                     });
                 }
+                tag::LISTEN_REPLACE => c.listens = Some(Vec::new()),
+                tag::LISTEN => c
+                    .listens
+                    .get_or_insert_with(Vec::new)
+                    .push(Listen::decode(record.value)?),
+                tag::NET => c.net = Some(NetConfig::decode(record.value)?),
                 _ => {}
             }
         }
@@ -466,6 +508,7 @@ mod tests {
             ],
             invoke: Some(b"run".to_vec()),
             stub_imports: true,
+            listens: vec![Listen::parse("8080").unwrap()],
         };
         let m = manifest.encode();
         let module = b"\0asm\x01\0\0\0";
@@ -511,6 +554,18 @@ mod tests {
         let s = m.settings(&run);
         assert_eq!(s.args, [b"x".to_vec()]);
         assert_eq!(s.env, [b"B=2".to_vec(), b"A=9".to_vec(), b"C=3".to_vec()]);
+        // Run-time listeners replace the packed ones, even with an empty list.
+        let packed = Manifest {
+            listens: vec![Listen::parse("80").unwrap()],
+            ..Default::default()
+        };
+        assert_eq!(packed.settings(&RunConfig::default()).listens.len(), 1);
+        let run = RunConfig {
+            listens: Some(vec![]),
+            ..Default::default()
+        };
+        let encoded = RunConfig::decode(&run.encode()).unwrap();
+        assert!(packed.settings(&encoded).listens.is_empty());
     }
 
     #[test]
@@ -531,6 +586,8 @@ mod tests {
                     read_only: true,
                 },
             ],
+            listens: Some(vec![Listen::parse("10.0.2.15:80").unwrap()]),
+            net: Some(NetConfig::user(1500)),
         };
         assert_eq!(RunConfig::decode(&c.encode()).unwrap(), c);
         assert_eq!(share_tag(1), "wasmvm1");

@@ -18,6 +18,7 @@ pub mod channel;
 pub mod cmdline;
 pub mod direct;
 pub mod exit;
+pub mod net;
 #[cfg(feature = "alloc")]
 pub mod p9;
 pub mod pvh;
