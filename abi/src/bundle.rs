@@ -20,9 +20,9 @@
 #[cfg(feature = "alloc")]
 use alloc::vec::Vec;
 
-use crate::{ABI_VERSION, DecodeError, le_u32, le_u64};
 #[cfg(feature = "alloc")]
 use crate::net::{Listen, NetConfig};
+use crate::{ABI_VERSION, DecodeError, le_u32, le_u64};
 
 pub const BUNDLE_MAGIC: [u8; 8] = *b"WASMVMB\0";
 pub const BUNDLE_HEADER_LEN: usize = 64;
@@ -335,11 +335,7 @@ impl Manifest {
             env.push(var.clone());
         }
         let listens = run.listens.clone().unwrap_or_else(|| self.listens.clone());
-        AppSettings {
-            args,
-            env,
-            listens,
-        }
+        AppSettings { args, env, listens }
     }
 }
 

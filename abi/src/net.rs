@@ -153,11 +153,19 @@ mod tests {
     #[test]
     fn listen_specs_parse_and_round_trip() {
         let any = Listen::parse("8080").unwrap();
-        assert_eq!(any, Listen { addr: [0; 4], port: 8080 });
+        assert_eq!(
+            any,
+            Listen {
+                addr: [0; 4],
+                port: 8080
+            }
+        );
         let one = Listen::parse("127.0.0.1:80").unwrap();
         assert_eq!(one.addr, [127, 0, 0, 1]);
         assert_eq!(Listen::decode(&one.encode()), Ok(one));
-        for bad in ["0", "65536", "x", "1.2.3:80", "::1:80", "", ":80", "1.2.3.4:"] {
+        for bad in [
+            "0", "65536", "x", "1.2.3:80", "::1:80", "", ":80", "1.2.3.4:",
+        ] {
             assert!(Listen::parse(bad).is_err(), "{bad}");
         }
         assert!(Listen::decode(&[0; 5]).is_err());

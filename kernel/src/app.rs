@@ -9,8 +9,9 @@ use alloc::vec::Vec;
 use wasmi::{Engine, Error, Linker, Module, Store};
 use wasmvm_abi::bundle::{BundleRef, FsNode, FsNodeKind, Manifest, RunConfig, Share};
 use wasmvm_abi::channel::{ExitKind, ExitRecord, trap};
+use wasmvm_abi::net::{Listen, NetConfig};
 use wasmvm_wasi::fs::Kind;
-use wasmvm_wasi::{Wasi, link};
+use wasmvm_wasi::{Nic, Wasi, link};
 
 use crate::platform::KernelPlatform;
 
@@ -28,6 +29,10 @@ pub struct Launch {
     pub stub_imports: bool,
     /// Live host directories, preopened after the packed ones.
     pub shares: Vec<Share>,
+    /// Listening sockets, preopened after every directory.
+    pub listens: Vec<Listen>,
+    /// The guest's static network settings (none: DHCP).
+    pub net: Option<NetConfig>,
 }
 
 impl Launch {
@@ -49,6 +54,8 @@ impl Launch {
                 .map(|b| String::from_utf8_lossy(&b).into_owned()),
             stub_imports: manifest.stub_imports,
             shares: run.shares,
+            listens: settings.listens,
+            net: run.net,
         })
     }
 }
@@ -75,9 +82,12 @@ pub fn run(launch: Launch) -> ExitRecord {
     if let Err(e) = preopen_shares(&mut wasi, &launch.shares) {
         return ExitRecord::failed(ExitKind::BootFailed, e);
     }
+    if let Err(e) = attach_network(&mut wasi, launch.net, &launch.listens) {
+        return ExitRecord::failed(ExitKind::BootFailed, e);
+    }
     let mut store = Store::new(&engine, wasi);
     let mut linker = Linker::new(&engine);
-    let linked = link::add_to_linker(&mut linker).and_then(|()| {
+    let linked = link::add_to_linker(&mut linker, &module).and_then(|()| {
         if launch.stub_imports {
             link::add_stubs(&mut linker, &module)
         } else {
@@ -97,10 +107,37 @@ pub fn run(launch: Launch) -> ExitRecord {
         (compiled - started) / 1000,
         launch.invoke.as_deref().unwrap_or("_start")
     ));
-    match link::call_entry(&mut store, &instance, launch.invoke.as_deref()) {
+    let record = match link::call_entry(&mut store, &instance, launch.invoke.as_deref()) {
         Ok(status) => ExitRecord::exited(status.unwrap_or(0)),
         Err(e) => outcome(e),
+    };
+    store.data_mut().finish_network(LINGER_NS);
+    record
+}
+
+/// How long the VM outlives an app whose last sent bytes are not yet acknowledged.
+const LINGER_NS: u64 = 2_000_000_000;
+
+/// Gives the app the network card, if the VMM attached one, and its listening sockets.
+fn attach_network(
+    wasi: &mut Wasi<KernelPlatform>,
+    config: Option<NetConfig>,
+    listens: &[Listen],
+) -> Result<(), String> {
+    let Some((mac, mtu)) = crate::net::info() else {
+        return match listens.first() {
+            Some(l) => Err(format!(
+                "the app listens on {l}, but the VMM attached no network card"
+            )),
+            None => Ok(()),
+        };
+    };
+    wasi.attach_network(Nic { mac, config, mtu });
+    for listen in listens {
+        wasi.preopen_listener(*listen)
+            .map_err(|e| format!("listening on {listen}: errno {}", e.0))?;
     }
+    Ok(())
 }
 
 /// Builds the packed directory trees in the WASI filesystem and preopens them, in order.

@@ -15,6 +15,7 @@ mod channel;
 mod clock;
 mod console;
 mod heap;
+mod net;
 mod p9;
 mod phys;
 mod platform;
@@ -144,6 +145,7 @@ extern "C" fn kernel_main(boot_paddr: u64, direct: u64) -> ! {
         .filter(|i| phys::loader_bytes(i.console_rings, console_rings::LEN).is_some())
         .map(|i| (i.console_mmio, i.console_rings));
     let mut have_console = false;
+    let mut nic = None;
     if let Some((regs, rings)) = ready_console {
         // SAFETY: the VMM declared a prepared console at `regs` with its queues in the
         // `rings` RAM (checked to be mapped), which nothing else in the kernel uses.
@@ -170,6 +172,8 @@ extern "C" fn kernel_main(boot_paddr: u64, direct: u64) -> ! {
             DeviceType::_9P => {
                 p9::attach(transport);
             }
+            // Set up once the run configuration says the link's MTU.
+            DeviceType::Network if nic.is_none() => nic = Some((transport, region.addr)),
             _ => {}
         }
     }
@@ -181,6 +185,14 @@ extern "C" fn kernel_main(boot_paddr: u64, direct: u64) -> ! {
         None => None,
     };
     clock::init(run.as_ref().and_then(|r| r.realtime_ns));
+    if let Some((transport, regs)) = nic {
+        let mtu = run
+            .as_ref()
+            .and_then(|r| r.net)
+            .map_or(wasmvm_abi::net::DEFAULT_MTU, |c| c.mtu);
+        let batched = boot_info.is_some_and(|i| i.has(direct::flags::NET_BATCHED));
+        net::attach(transport, regs, mtu, batched);
+    }
 
     let header = match header {
         Ok(h) => h,

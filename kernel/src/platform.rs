@@ -70,6 +70,30 @@ impl Platform for KernelPlatform {
         crate::p9::transact(share as usize, request, reply)
     }
 
+    fn wait_event(&mut self, deadline_ns: u64) {
+        let now = clock::monotonic_ns();
+        if now < deadline_ns {
+            let micros = (deadline_ns - now).div_ceil(1000);
+            channel::wait_us(u32::try_from(micros).unwrap_or(u32::MAX - 1));
+        }
+    }
+
+    fn net_receive(&mut self, frame: &mut Vec<u8>) -> bool {
+        crate::net::receive(frame)
+    }
+
+    fn net_can_send(&mut self) -> bool {
+        crate::net::can_send()
+    }
+
+    fn net_send(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8])) -> bool {
+        crate::net::send(len, fill)
+    }
+
+    fn net_flush(&mut self) {
+        crate::net::flush()
+    }
+
     fn wait_until(&mut self, deadline_ns: u64, or_stdin: bool) {
         loop {
             let now = clock::monotonic_ns();

@@ -63,3 +63,12 @@ pub struct Pinned<T>(pub T);
 // SAFETY: the kernel runs on one CPU with interrupts off and no threads; a driver is only ever
 // touched from that one flow of control, through a lock.
 unsafe impl<T> Send for Pinned<T> {}
+
+/// Writes `queue` to the QueueNotify register of the virtio-mmio device at `regs`.
+pub fn notify(regs: u64, queue: u32) {
+    const QUEUE_NOTIFY: u64 = 0x50;
+    // SAFETY: `regs` is the register block of a virtio-mmio device the command line
+    // announced and `open` accepted (below 4 GiB, identity mapped); a write to QueueNotify
+    // has no effect on memory, only on the device.
+    unsafe { core::ptr::write_volatile((regs + QUEUE_NOTIFY) as *mut u32, queue) };
+}

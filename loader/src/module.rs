@@ -67,7 +67,11 @@ pub fn check(bytes: &[u8], entry: Entry) -> Result<ModuleInfo, Vec<String>> {
             continue;
         };
         let known = (import.module() == MODULE)
-            .then(|| FUNCTIONS.iter().find(|s| s.name == import.name()))
+            .then(|| {
+                let mut named = FUNCTIONS.iter().filter(|s| s.name == import.name());
+                let first = named.clone().next();
+                named.find(|s| link::func_type(s) == *ty).or(first)
+            })
             .flatten();
         match known {
             None if entry.stub_imports => {}

@@ -8,7 +8,24 @@ impl Errno {
     pub const SUCCESS: Errno = Errno(0);
     pub const TOOBIG: Errno = Errno(1);
     pub const ACCES: Errno = Errno(2);
+    pub const ADDRINUSE: Errno = Errno(3);
+    pub const ADDRNOTAVAIL: Errno = Errno(4);
+    pub const AFNOSUPPORT: Errno = Errno(5);
     pub const AGAIN: Errno = Errno(6);
+    pub const CONNREFUSED: Errno = Errno(14);
+    pub const CONNRESET: Errno = Errno(15);
+    pub const HOSTUNREACH: Errno = Errno(23);
+    pub const INPROGRESS: Errno = Errno(26);
+    pub const ISCONN: Errno = Errno(30);
+    pub const NETUNREACH: Errno = Errno(40);
+    pub const NOBUFS: Errno = Errno(42);
+    pub const NOPROTOOPT: Errno = Errno(50);
+    pub const NOTCONN: Errno = Errno(53);
+    pub const PIPE: Errno = Errno(64);
+    /// WasmEdge's `sock_getaddrinfo` errors (past the preview1 range): the name does not
+    /// resolve, and resolution failed.
+    pub const AI_FAIL: Errno = Errno(80);
+    pub const AI_NONAME: Errno = Errno(84);
     pub const ILSEQ: Errno = Errno(25);
     pub const BADF: Errno = Errno(8);
     pub const BUSY: Errno = Errno(10);
@@ -24,6 +41,7 @@ impl Errno {
     pub const LOOP: Errno = Errno(32);
     pub const MFILE: Errno = Errno(33);
     pub const MLINK: Errno = Errno(34);
+    pub const MSGSIZE: Errno = Errno(35);
     pub const NAMETOOLONG: Errno = Errno(37);
     pub const NFILE: Errno = Errno(41);
     pub const NODEV: Errno = Errno(43);

@@ -233,6 +233,8 @@ impl<P: Platform> Wasi<P> {
                 node.mtim = now;
                 node.ctim = now;
             }
+            Entry::Socket { .. } if at.is_some() => return Err(Errno::SPIPE),
+            Entry::Socket { .. } => total = self.socket_write(mem, fd, &iovs)?,
             Entry::Stdin => return Err(Errno::BADF),
             Entry::Dir { .. } => return Err(Errno::ISDIR),
         }
@@ -285,6 +287,8 @@ impl<P: Platform> Wasi<P> {
                 }
                 total
             }
+            Entry::Socket { .. } if at.is_some() => return Err(Errno::SPIPE),
+            Entry::Socket { .. } => self.socket_read(mem, fd, &iovs, 0)?.0,
             Entry::Out(_) => return Err(Errno::BADF),
             Entry::Dir { .. } => return Err(Errno::ISDIR),
         };
@@ -317,6 +321,7 @@ impl<P: Platform> Wasi<P> {
             Entry::Stdin | Entry::Out(_) => filetype::CHARACTER_DEVICE,
             Entry::Dir { .. } => filetype::DIRECTORY,
             Entry::File { .. } => filetype::REGULAR_FILE,
+            Entry::Socket { kind, .. } => socket_filetype(kind),
         };
         let mut stat = [0u8; 24];
         stat[0] = ty;
@@ -484,6 +489,11 @@ impl<P: Platform> Wasi<P> {
             Entry::Stdin | Entry::Out(_) => {
                 let mut b = [0u8; 64];
                 b[16] = filetype::CHARACTER_DEVICE;
+                mem.write_bytes(out, &b)
+            }
+            Entry::Socket { kind, .. } => {
+                let mut b = [0u8; 64];
+                b[16] = socket_filetype(kind);
                 mem.write_bytes(out, &b)
             }
         }
@@ -867,6 +877,13 @@ impl<P: Platform> Wasi<P> {
         let now = self.now();
         let (d, n) = (p.dir, p.name.to_vec());
         self.fs.link(ino, d, &n, now)
+    }
+}
+
+fn socket_filetype(kind: crate::net::SockType) -> u8 {
+    match kind {
+        crate::net::SockType::Stream => filetype::SOCKET_STREAM,
+        crate::net::SockType::Dgram => filetype::SOCKET_DGRAM,
     }
 }
 

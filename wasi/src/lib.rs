@@ -16,15 +16,18 @@ pub mod fs;
 #[cfg(feature = "wasmi")]
 pub mod link;
 pub mod memory;
+mod net;
 mod p9;
 pub mod platform;
 mod poll;
 mod share;
 pub mod signature;
+mod sockets;
 mod state;
 
 pub use errno::Errno;
 pub use memory::GuestMemory;
+pub use net::Nic;
 pub use platform::{Clock, Platform, Stdio};
 pub use signature::{FUNCTIONS, Func, MODULE, Sig, ValType};
 pub use state::Wasi;

@@ -47,40 +47,59 @@ pub trait WasiView: 'static {
     fn wasi(&mut self) -> &mut Wasi<Self::Platform>;
 }
 
-/// Defines every `wasi_snapshot_preview1` function in `linker`. `proc_exit` becomes
-/// wasmi's `i32_exit` error; everything else returns an errno.
-pub fn add_to_linker<T: WasiView>(linker: &mut Linker<T>) -> Result<(), Error> {
-    for sig in FUNCTIONS {
-        let func = sig.func;
-        linker.func_new(
-            MODULE,
-            sig.name,
-            func_type(sig),
-            move |mut caller: Caller<'_, T>, params: &[Val], results: &mut [Val]| {
-                let args: Vec<u64> = params
-                    .iter()
-                    .map(|v| match v {
-                        Val::I32(x) => *x as u32 as u64,
-                        Val::I64(x) => *x as u64,
-                        _ => 0,
-                    })
-                    .collect();
-                let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
-                    return Err(Error::new("the module exports no memory named `memory`"));
-                };
-                let (bytes, state) = memory.data_and_store_mut(&mut caller);
-                match state.wasi().call(func, bytes, &args) {
-                    Ok(errno) => {
-                        if let Some(slot) = results.first_mut() {
-                            *slot = Val::I32(errno.raw() as i32);
-                        }
-                        Ok(())
-                    }
-                    Err(exit) => Err(Error::i32_exit(exit.0 as i32)),
-                }
-            },
-        )?;
+/// Defines in `linker` every `wasi_snapshot_preview1` function `module` imports, each in
+/// the shape its import names (two socket calls exist in two shapes, see `signature.rs`).
+/// `proc_exit` becomes wasmi's `i32_exit` error; everything else returns an errno. Imports
+/// WASI does not have are left undefined (instantiation names them, or `add_stubs`).
+pub fn add_to_linker<T: WasiView>(linker: &mut Linker<T>, module: &Module) -> Result<(), Error> {
+    for import in module.imports() {
+        let ExternType::Func(ty) = import.ty() else {
+            continue;
+        };
+        if import.module() != MODULE {
+            continue;
+        }
+        let Some(sig) = FUNCTIONS
+            .iter()
+            .find(|s| s.name == import.name() && func_type(s) == *ty)
+        else {
+            continue;
+        };
+        define(linker, sig)?;
     }
+    Ok(())
+}
+
+fn define<T: WasiView>(linker: &mut Linker<T>, sig: &Sig) -> Result<(), Error> {
+    let func = sig.func;
+    linker.func_new(
+        MODULE,
+        sig.name,
+        func_type(sig),
+        move |mut caller: Caller<'_, T>, params: &[Val], results: &mut [Val]| {
+            let args: Vec<u64> = params
+                .iter()
+                .map(|v| match v {
+                    Val::I32(x) => *x as u32 as u64,
+                    Val::I64(x) => *x as u64,
+                    _ => 0,
+                })
+                .collect();
+            let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+                return Err(Error::new("the module exports no memory named `memory`"));
+            };
+            let (bytes, state) = memory.data_and_store_mut(&mut caller);
+            match state.wasi().call(func, bytes, &args) {
+                Ok(errno) => {
+                    if let Some(slot) = results.first_mut() {
+                        *slot = Val::I32(errno.raw() as i32);
+                    }
+                    Ok(())
+                }
+                Err(exit) => Err(Error::i32_exit(exit.0 as i32)),
+            }
+        },
+    )?;
     Ok(())
 }
 
@@ -98,8 +117,10 @@ pub fn add_stubs<T: 'static>(linker: &mut Linker<T>, module: &Module) -> Result<
         let ExternType::Func(ty) = import.ty() else {
             continue;
         };
-        let provided =
-            import.module() == MODULE && FUNCTIONS.iter().any(|s| s.name == import.name());
+        let provided = import.module() == MODULE
+            && FUNCTIONS
+                .iter()
+                .any(|s| s.name == import.name() && func_type(s) == *ty);
         if provided {
             continue;
         }

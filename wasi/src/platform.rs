@@ -62,4 +62,27 @@ pub trait Platform {
         let _ = (share, request, reply);
         false
     }
+    /// Waits until the monotonic clock reaches `deadline_ns` or the host delivers anything
+    /// (a network frame, stdin). May return early; callers re-check their condition.
+    fn wait_event(&mut self, deadline_ns: u64) {
+        let _ = deadline_ns;
+    }
+    /// Takes the next frame the network card received into `frame` (replacing its
+    /// contents); false when there is none.
+    fn net_receive(&mut self, frame: &mut Vec<u8>) -> bool {
+        let _ = frame;
+        false
+    }
+    /// Whether the card can take another frame to send.
+    fn net_can_send(&mut self) -> bool {
+        false
+    }
+    /// Queues a frame of `len` bytes, which `fill` writes; false (and `fill` not called)
+    /// when the card has no room.
+    fn net_send(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8])) -> bool {
+        let _ = (len, fill);
+        false
+    }
+    /// Sends what `net_send` queued: the stack calls this once per batch of frames.
+    fn net_flush(&mut self) {}
 }

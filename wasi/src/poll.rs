@@ -15,11 +15,15 @@ const EVENTTYPE_FD_WRITE: u8 = 2;
 /// `subclockflags::subscription_clock_abstime`.
 const ABSTIME: u16 = 1;
 
+/// `eventrwflags::fd_readwrite_hangup`.
+const HANGUP: u16 = 1;
+
 struct Event {
     userdata: u64,
     error: Errno,
     kind: u8,
     nbytes: u64,
+    flags: u16,
 }
 
 impl<P: Platform> Wasi<P> {
@@ -48,117 +52,178 @@ impl<P: Platform> Wasi<P> {
             |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"));
 
         let now = self.platform.now_ns(Clock::Monotonic);
-        let mut ready = Vec::new();
-        let mut deadline: Option<(u64, u64)> = None; // (monotonic deadline, userdata)
-        let mut waits_on_stdin = false;
-        for sub in table.chunks_exact(SUBSCRIPTION_LEN as usize) {
-            let userdata = u64_at(sub, 0);
-            match sub[8] {
-                EVENTTYPE_CLOCK => {
-                    let id = u32_at(sub, 16);
-                    let timeout = u64_at(sub, 24);
-                    let flags = u16::from_le_bytes([sub[40], sub[41]]);
-                    let Some(clock) = Clock::from_id(id) else {
-                        ready.push(Event {
-                            userdata,
-                            error: Errno::INVAL,
-                            kind: EVENTTYPE_CLOCK,
-                            nbytes: 0,
-                        });
-                        continue;
-                    };
-                    let due = if flags & ABSTIME != 0 {
-                        let current = self.platform.now_ns(clock);
-                        now.saturating_add(timeout.saturating_sub(current))
-                    } else {
-                        now.saturating_add(timeout)
-                    };
-                    if deadline.is_none_or(|(d, _)| due < d) {
-                        deadline = Some((due, userdata));
-                    }
-                }
-                kind @ (EVENTTYPE_FD_READ | EVENTTYPE_FD_WRITE) => {
-                    let fd = u32_at(sub, 16);
-                    let event = |error, nbytes| Event {
-                        userdata,
-                        error,
-                        kind,
-                        nbytes,
-                    };
-                    match self.fd(fd).map(|d| d.entry.clone()) {
-                        Err(e) => ready.push(event(e, 0)),
-                        Ok(Entry::Stdin) if kind == EVENTTYPE_FD_READ => {
-                            if self.platform.stdin_ready() {
-                                ready.push(event(Errno::SUCCESS, 1));
-                            } else {
-                                waits_on_stdin = true;
-                            }
-                        }
-                        Ok(Entry::File { node, offset }) => {
-                            let size = match node {
-                                Handle::Mem(ino) => match &self.fs.node(ino)?.kind {
-                                    crate::fs::Kind::File(d) => d.len() as u64,
-                                    _ => 0,
-                                },
-                                // Always ready, like a file in memory; only a read
-                                // event reports the bytes left, which the host knows.
-                                Handle::Share(_) if kind != EVENTTYPE_FD_READ => 0,
-                                Handle::Share(r) => match self.share_size(r) {
-                                    Ok(size) => size,
-                                    Err(e) => {
-                                        ready.push(event(e, 0));
-                                        continue;
-                                    }
-                                },
-                            };
-                            let n = if kind == EVENTTYPE_FD_READ {
-                                size.saturating_sub(offset)
-                            } else {
-                                0
-                            };
-                            ready.push(event(Errno::SUCCESS, n));
-                        }
-                        Ok(Entry::Dir { .. }) => ready.push(event(Errno::BADF, 0)),
-                        Ok(_) => ready.push(event(Errno::SUCCESS, 0)),
-                    }
-                }
-                _ => ready.push(Event {
-                    userdata,
-                    error: Errno::INVAL,
-                    kind: sub[8],
-                    nbytes: 0,
-                }),
+        // Sockets change only when the stack runs: poll it, look, and wait for the host
+        // until something is ready or the clock subscription is due.
+        let ready = loop {
+            if let Some(net) = self.net.as_mut() {
+                net.poll(&mut self.platform);
             }
-        }
-        if ready.is_empty() {
-            match deadline {
-                Some((due, userdata)) => {
-                    self.platform.wait_until(due, waits_on_stdin);
-                    if waits_on_stdin && self.platform.stdin_ready() {
+            let mut ready = Vec::new();
+            let mut deadline: Option<(u64, u64)> = None; // (monotonic deadline, userdata)
+            let mut waits_on_stdin = false;
+            let mut waits_on_net = false;
+            for sub in table.chunks_exact(SUBSCRIPTION_LEN as usize) {
+                let userdata = u64_at(sub, 0);
+                match sub[8] {
+                    EVENTTYPE_CLOCK => {
+                        let id = u32_at(sub, 16);
+                        let timeout = u64_at(sub, 24);
+                        let flags = u16::from_le_bytes([sub[40], sub[41]]);
+                        let Some(clock) = Clock::from_id(id) else {
+                            ready.push(Event {
+                                userdata,
+                                error: Errno::INVAL,
+                                kind: EVENTTYPE_CLOCK,
+                                nbytes: 0,
+                                flags: 0,
+                            });
+                            continue;
+                        };
+                        let due = if flags & ABSTIME != 0 {
+                            // Both clocks read together, so the conversion holds however
+                            // often the loop comes round.
+                            let current = self.platform.now_ns(clock);
+                            let mono = self.platform.now_ns(Clock::Monotonic);
+                            mono.saturating_add(timeout.saturating_sub(current))
+                        } else {
+                            now.saturating_add(timeout)
+                        };
+                        if deadline.is_none_or(|(d, _)| due < d) {
+                            deadline = Some((due, userdata));
+                        }
+                    }
+                    kind @ (EVENTTYPE_FD_READ | EVENTTYPE_FD_WRITE) => {
+                        let fd = u32_at(sub, 16);
+                        let event = |error, nbytes| Event {
+                            userdata,
+                            error,
+                            kind,
+                            nbytes,
+                            flags: 0,
+                        };
+                        match self.fd(fd).map(|d| d.entry.clone()) {
+                            Err(e) => ready.push(event(e, 0)),
+                            Ok(Entry::Stdin) if kind == EVENTTYPE_FD_READ => {
+                                if self.platform.stdin_ready() {
+                                    ready.push(event(Errno::SUCCESS, 1));
+                                } else {
+                                    waits_on_stdin = true;
+                                }
+                            }
+                            Ok(Entry::File { node, offset }) => {
+                                let size = match node {
+                                    Handle::Mem(ino) => match &self.fs.node(ino)?.kind {
+                                        crate::fs::Kind::File(d) => d.len() as u64,
+                                        _ => 0,
+                                    },
+                                    // Always ready, like a file in memory; only a read
+                                    // event reports the bytes left, which the host knows.
+                                    Handle::Share(_) if kind != EVENTTYPE_FD_READ => 0,
+                                    Handle::Share(r) => match self.share_size(r) {
+                                        Ok(size) => size,
+                                        Err(e) => {
+                                            ready.push(event(e, 0));
+                                            continue;
+                                        }
+                                    },
+                                };
+                                let n = if kind == EVENTTYPE_FD_READ {
+                                    size.saturating_sub(offset)
+                                } else {
+                                    0
+                                };
+                                ready.push(event(Errno::SUCCESS, n));
+                            }
+                            Ok(Entry::Socket { id, .. }) => {
+                                let net = self.net.as_mut().ok_or(Errno::NOTSOCK)?;
+                                match net.readiness(id) {
+                                    Err(e) => ready.push(event(e, 0)),
+                                    Ok(r) => {
+                                        let n = if kind == EVENTTYPE_FD_READ {
+                                            r.readable
+                                        } else {
+                                            r.writable
+                                        };
+                                        match n {
+                                            Some(n) => ready.push(Event {
+                                                flags: if r.hangup { HANGUP } else { 0 },
+                                                ..event(Errno::SUCCESS, n)
+                                            }),
+                                            None => waits_on_net = true,
+                                        }
+                                    }
+                                }
+                            }
+                            Ok(Entry::Dir { .. }) => ready.push(event(Errno::BADF, 0)),
+                            Ok(_) => ready.push(event(Errno::SUCCESS, 0)),
+                        }
+                    }
+                    _ => ready.push(Event {
+                        userdata,
+                        error: Errno::INVAL,
+                        kind: sub[8],
+                        nbytes: 0,
+                        flags: 0,
+                    }),
+                }
+            }
+            if ready.is_empty() && waits_on_net {
+                let due = deadline.map_or(u64::MAX, |(d, _)| d);
+                let current = self.platform.now_ns(Clock::Monotonic);
+                if current >= due {
+                    let (_, userdata) = deadline.expect("a due deadline exists");
+                    ready.push(Event {
+                        userdata,
+                        error: Errno::SUCCESS,
+                        kind: EVENTTYPE_CLOCK,
+                        nbytes: 0,
+                        flags: 0,
+                    });
+                    break ready;
+                }
+                if waits_on_stdin && self.platform.stdin_ready() {
+                    continue;
+                }
+                let net = self.net.as_mut().ok_or(Errno::NOTSOCK)?;
+                let wake = net
+                    .poll_at_ns(&mut self.platform)
+                    .map_or(due, |t| t.min(due));
+                self.platform.wait_event(wake);
+                continue;
+            }
+            if ready.is_empty() {
+                match deadline {
+                    Some((due, userdata)) => {
+                        self.platform.wait_until(due, waits_on_stdin);
+                        if waits_on_stdin && self.platform.stdin_ready() {
+                            ready.extend(self.stdin_events(&table));
+                        }
+                        if ready.is_empty() || self.platform.now_ns(Clock::Monotonic) >= due {
+                            ready.push(Event {
+                                userdata,
+                                error: Errno::SUCCESS,
+                                kind: EVENTTYPE_CLOCK,
+                                nbytes: 0,
+                                flags: 0,
+                            });
+                        }
+                    }
+                    None if waits_on_stdin => {
+                        self.platform.wait_until(u64::MAX, true);
                         ready.extend(self.stdin_events(&table));
                     }
-                    if ready.is_empty() || self.platform.now_ns(Clock::Monotonic) >= due {
-                        ready.push(Event {
-                            userdata,
-                            error: Errno::SUCCESS,
-                            kind: EVENTTYPE_CLOCK,
-                            nbytes: 0,
-                        });
-                    }
+                    None => {}
                 }
-                None if waits_on_stdin => {
-                    self.platform.wait_until(u64::MAX, true);
-                    ready.extend(self.stdin_events(&table));
-                }
-                None => {}
             }
-        }
+            break ready;
+        };
         for (i, e) in ready.iter().enumerate() {
             let mut b = [0u8; EVENT_LEN as usize];
             b[0..8].copy_from_slice(&e.userdata.to_le_bytes());
             b[8..10].copy_from_slice(&e.error.0.to_le_bytes());
             b[10] = e.kind;
             b[16..24].copy_from_slice(&e.nbytes.to_le_bytes());
+            b[24..26].copy_from_slice(&e.flags.to_le_bytes());
             mem.write_bytes(events + i as u32 * EVENT_LEN, &b)?;
         }
         mem.write_u32(nevents, ready.len() as u32)
@@ -181,6 +246,7 @@ impl<P: Platform> Wasi<P> {
                 error: Errno::SUCCESS,
                 kind: EVENTTYPE_FD_READ,
                 nbytes: 1,
+                flags: 0,
             })
             .collect()
     }

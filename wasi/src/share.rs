@@ -255,6 +255,10 @@ impl<P: Platform> Wasi<P> {
 
     /// Gives back the fid a closed or replaced descriptor held.
     pub(crate) fn release_entry(&mut self, entry: &Entry) {
+        if let Entry::Socket { id, .. } = *entry {
+            self.release_socket(id);
+            return;
+        }
         if let Entry::Dir {
             node: Handle::Share(r),
             ..

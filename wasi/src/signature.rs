@@ -85,6 +85,21 @@ functions! {
     SockRecv "sock_recv" (I32 I32 I32 I32 I32 I32) -> (I32);
     SockSend "sock_send" (I32 I32 I32 I32 I32) -> (I32);
     SockShutdown "sock_shutdown" (I32 I32) -> (I32);
+    // The WasmEdge socket extension, as the `wasmedge_wasi_socket` crate imports it. Two
+    // names exist in two shapes; a module is linked to the one its import's type names.
+    SockAcceptV1 "sock_accept" (I32 I32) -> (I32);
+    SockOpen "sock_open" (I32 I32 I32) -> (I32);
+    SockBind "sock_bind" (I32 I32 I32) -> (I32);
+    SockListen "sock_listen" (I32 I32) -> (I32);
+    SockConnect "sock_connect" (I32 I32 I32) -> (I32);
+    SockRecvFrom "sock_recv_from" (I32 I32 I32 I32 I32 I32 I32 I32) -> (I32);
+    SockRecvFromV1 "sock_recv_from" (I32 I32 I32 I32 I32 I32 I32) -> (I32);
+    SockSendTo "sock_send_to" (I32 I32 I32 I32 I32 I32 I32) -> (I32);
+    SockGetLocalAddr "sock_getlocaladdr" (I32 I32 I32 I32) -> (I32);
+    SockGetPeerAddr "sock_getpeeraddr" (I32 I32 I32 I32) -> (I32);
+    SockSetSockOpt "sock_setsockopt" (I32 I32 I32 I32 I32) -> (I32);
+    SockGetSockOpt "sock_getsockopt" (I32 I32 I32 I32 I32) -> (I32);
+    SockGetAddrInfo "sock_getaddrinfo" (I32 I32 I32 I32 I32 I32 I32 I32) -> (I32);
 }
 
 impl Func {
@@ -92,9 +107,26 @@ impl Func {
         &FUNCTIONS[self as usize]
     }
 
-    /// Looks up a function by its import name.
+    /// Looks up a function by its import name (the first shape, for names with two).
     pub fn by_name(name: &str) -> Option<Func> {
         FUNCTIONS.iter().find(|s| s.name == name).map(|s| s.func)
+    }
+}
+
+impl Sig {
+    /// The function an import of `name` with these parameter and result types links to:
+    /// `Ok`, or `Err(Some(_))` for a known name with another shape, `Err(None)` for an
+    /// unknown name.
+    pub fn lookup(
+        name: &str,
+        params: &[ValType],
+        results: &[ValType],
+    ) -> Result<&'static Sig, Option<&'static Sig>> {
+        let mut named = FUNCTIONS.iter().filter(|s| s.name == name).peekable();
+        let first = named.peek().copied();
+        named
+            .find(|s| s.params == params && s.results == results)
+            .ok_or(first)
     }
 }
 
@@ -104,12 +136,20 @@ mod tests {
 
     #[test]
     fn table_is_in_enum_order_and_complete() {
-        assert_eq!(FUNCTIONS.len(), 46);
+        assert_eq!(FUNCTIONS.len(), 59);
         for (i, s) in FUNCTIONS.iter().enumerate() {
             assert_eq!(s.func as usize, i, "{}", s.name);
         }
         assert_eq!(Func::by_name("fd_write"), Some(Func::FdWrite));
         assert_eq!(Func::by_name("nope"), None);
         assert!(Func::ProcExit.sig().results.is_empty());
+        use ValType::I32;
+        let v1 = Sig::lookup("sock_accept", &[I32, I32], &[I32]).unwrap();
+        assert_eq!(v1.func, Func::SockAcceptV1);
+        let std = Sig::lookup("sock_accept", &[I32, I32, I32], &[I32]).unwrap();
+        assert_eq!(std.func, Func::SockAccept);
+        let wrong = Sig::lookup("sock_accept", &[I32], &[I32]).unwrap_err();
+        assert_eq!(wrong.map(|s| s.func), Some(Func::SockAccept));
+        assert!(Sig::lookup("nope", &[], &[]).unwrap_err().is_none());
     }
 }

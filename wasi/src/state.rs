@@ -8,6 +8,7 @@ use crate::Exit;
 use crate::errno::{Errno, WasiResult};
 use crate::fs::{Fs, Ino};
 use crate::memory::GuestMemory;
+use crate::net::{Net, SockId, SockType};
 use crate::p9::{Remote, Session};
 use crate::platform::{Clock, Platform, Stdio};
 use crate::signature::Func;
@@ -18,6 +19,7 @@ pub(crate) mod filetype {
     pub const CHARACTER_DEVICE: u8 = 2;
     pub const DIRECTORY: u8 = 3;
     pub const REGULAR_FILE: u8 = 4;
+    pub const SOCKET_DGRAM: u8 = 5;
     pub const SOCKET_STREAM: u8 = 6;
     pub const SYMBOLIC_LINK: u8 = 7;
 }
@@ -40,6 +42,16 @@ pub(crate) mod rights {
     pub const FD_FILESTAT_SET_SIZE: u64 = 1 << 22;
     pub const FD_FILESTAT_SET_TIMES: u64 = 1 << 23;
     pub const POLL_FD_READWRITE: u64 = 1 << 27;
+    pub const SOCK_SHUTDOWN: u64 = 1 << 28;
+    pub const SOCK_ACCEPT: u64 = 1 << 29;
+    /// A socket: read, write, poll, shut down; `SOCK_ACCEPT` only on listeners.
+    pub const SOCKET: u64 = FD_READ
+        | FD_WRITE
+        | FD_FDSTAT_SET_FLAGS
+        | FD_FILESTAT_GET
+        | POLL_FD_READWRITE
+        | SOCK_SHUTDOWN
+        | SOCK_ACCEPT;
     /// Every right of a regular file.
     pub const FILE: u64 = FD_DATASYNC
         | FD_READ
@@ -100,6 +112,11 @@ pub(crate) enum Entry {
         node: Handle,
         offset: u64,
     },
+    /// A socket of the app's network stack.
+    Socket {
+        id: SockId,
+        kind: SockType,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -119,6 +136,8 @@ pub struct Wasi<P> {
     pub(crate) fs: Fs,
     /// The 9P sessions of the shares preopened so far, by share number.
     pub(crate) shares: BTreeMap<u32, Session>,
+    /// The TCP/IP stack, when the platform has a network card.
+    pub(crate) net: Option<Net>,
 }
 
 impl<P: Platform> Wasi<P> {
@@ -143,6 +162,7 @@ impl<P: Platform> Wasi<P> {
             ],
             fs: Fs::new(),
             shares: BTreeMap::new(),
+            net: None,
         }
     }
 
@@ -256,9 +276,23 @@ impl<P: Platform> Wasi<P> {
             Func::ProcExit => return Err(Exit(a32(0))),
             Func::ProcRaise => Err(Errno::NOSYS),
             Func::PollOneoff => self.poll_oneoff(m, a32(0), a32(1), a32(2), a32(3)),
-            Func::SockAccept | Func::SockRecv | Func::SockSend | Func::SockShutdown => {
-                self.fd(a32(0)).map(drop).and(Err(Errno::NOTSOCK))
-            }
+            Func::SockAccept => self.sock_accept(m, a32(0), a32(1), a32(2)),
+            Func::SockAcceptV1 => self.sock_accept_v1(m, a32(0), a32(1)),
+            Func::SockRecv => self.sock_recv(m, args),
+            Func::SockSend => self.sock_send(m, args),
+            Func::SockShutdown => self.sock_shutdown(a32(0), a32(1)),
+            Func::SockOpen => self.sock_open(m, a32(0), a32(1), a32(2)),
+            Func::SockBind => self.sock_bind(m, a32(0), a32(1), a32(2)),
+            Func::SockListen => self.sock_listen(a32(0), a32(1)),
+            Func::SockConnect => self.sock_connect(m, a32(0), a32(1), a32(2)),
+            Func::SockRecvFrom => self.sock_recv_from(m, args, true),
+            Func::SockRecvFromV1 => self.sock_recv_from(m, args, false),
+            Func::SockSendTo => self.sock_send_to(m, args),
+            Func::SockGetLocalAddr => self.sock_addr(m, args, false),
+            Func::SockGetPeerAddr => self.sock_addr(m, args, true),
+            Func::SockSetSockOpt => self.sock_setsockopt(m, args),
+            Func::SockGetSockOpt => self.sock_getsockopt(m, args),
+            Func::SockGetAddrInfo => self.sock_getaddrinfo(m, args),
         };
         Ok(result.err().unwrap_or(Errno::SUCCESS))
     }

@@ -1,0 +1,890 @@
+//! The app's TCP/IP stack: smoltcp over the platform's network card, and the sockets the
+//! WASI calls (`sockets.rs`) work on. Nothing here touches guest memory.
+//!
+//! The card is driven through four [`Platform`] calls (receive a frame, send a frame, flush
+//! a batch, wait for the host), so the same stack runs in the kernel over virtio-net and in
+//! host tests over a loopback.
+//!
+//! smoltcp has no accept queue: a listening socket *becomes* the connection. A [`Listener`]
+//! therefore keeps a few sockets in LISTEN and, after every ingress packet, hands any that
+//! left LISTEN to its queue of incoming connections and opens a fresh one, so a burst of
+//! SYNs finds a listening socket for each (up to the backlog, past which new SYNs are reset
+//! as on a full Linux backlog).
+
+use alloc::collections::VecDeque;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use smoltcp::iface::{Config, Interface, PollIngressSingleResult, SocketHandle, SocketSet};
+use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+use smoltcp::socket::{dhcpv4, dns, tcp, udp};
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{
+    EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint, Ipv4Address,
+    Ipv4Cidr,
+};
+use wasmvm_abi::net::NetConfig;
+
+use crate::errno::{Errno, WasiResult};
+use crate::platform::{Clock, Platform};
+
+/// Receive and send buffer of each TCP connection: large enough to keep a fast link busy
+/// (smoltcp scales the window past 64 KiB); pages the app never fills are never touched.
+pub(crate) const TCP_BUFFER: usize = 256 * 1024;
+/// Sockets kept in LISTEN per listener, ready for simultaneous SYNs.
+const LISTEN_SPARES: usize = 4;
+/// Connections a listener queues for `accept` before it resets new ones (Linux's somaxconn
+/// default).
+pub const MAX_BACKLOG: usize = 4096;
+/// Datagrams a UDP socket buffers each way, and their total bytes.
+const UDP_PACKETS: usize = 64;
+const UDP_BYTES: usize = 64 * 1024;
+/// Ingress packets handled per poll before the stack sends what they produced.
+const INGRESS_BATCH: usize = 512;
+/// Bounds on the sockets one app may hold, so a leaking app fails with EMFILE/ENOBUFS
+/// instead of exhausting the kernel heap.
+const MAX_SOCKETS: usize = 16 * 1024;
+/// The first port handed out for connections and unbound UDP sockets.
+const EPHEMERAL_FIRST: u16 = 49152;
+
+/// The network card as the platform describes it when the kernel attaches it.
+#[derive(Debug, Clone, Copy)]
+pub struct Nic {
+    pub mac: [u8; 6],
+    /// Static settings; `None` asks DHCP.
+    pub config: Option<NetConfig>,
+    /// The link MTU (IP packet size).
+    pub mtu: u16,
+}
+
+/// What a socket descriptor refers to: an index into [`Net::sockets`].
+pub(crate) type SockId = u32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SockType {
+    Stream,
+    Dgram,
+}
+
+/// Options an app set with `sock_setsockopt` before the socket had a smoltcp socket.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Options {
+    pub reuse_addr: bool,
+    pub keep_alive: bool,
+    /// Receive and send timeouts in nanoseconds (`SO_RCVTIMEO`, `SO_SNDTIMEO`).
+    pub recv_timeout: Option<u64>,
+    pub send_timeout: Option<u64>,
+}
+
+pub(crate) struct Listener {
+    endpoint: IpListenEndpoint,
+    /// Sockets in LISTEN.
+    spares: Vec<SocketHandle>,
+    /// Sockets that left LISTEN, in arrival order, until `accept` takes them.
+    incoming: VecDeque<SocketHandle>,
+    backlog: usize,
+}
+
+pub(crate) enum Socket {
+    /// Opened with `sock_open` (WasmEdge), not yet listening or connected.
+    Fresh {
+        kind: SockType,
+        bound: Option<IpListenEndpoint>,
+    },
+    Listener(Listener),
+    Stream {
+        handle: SocketHandle,
+        /// The app shut its reading side: received bytes are discarded.
+        read_shut: bool,
+    },
+    Dgram {
+        handle: SocketHandle,
+        /// Where `sock_send` without an address goes (`sock_connect` on UDP).
+        peer: Option<IpEndpoint>,
+    },
+}
+
+pub(crate) struct SocketEntry {
+    pub socket: Socket,
+    pub options: Options,
+}
+
+/// Whether a socket is ready, for `poll_oneoff`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Readiness {
+    /// Bytes (or connections) available to read; `None` when a read would block.
+    pub readable: Option<u64>,
+    /// Room to write; `None` when a write would block.
+    pub writable: Option<u64>,
+    /// The peer will send nothing more.
+    pub hangup: bool,
+}
+
+/// The stack and every socket of the app.
+pub(crate) struct Net {
+    iface: Interface,
+    set: SocketSet<'static>,
+    /// The frame most recently taken from the card (kept to reuse its allocation).
+    rx_frame: Vec<u8>,
+    mtu: u16,
+    dhcp: Option<SocketHandle>,
+    /// The DNS server, once configured.
+    pub dns: Option<Ipv4Address>,
+    sockets: Vec<Option<SocketEntry>>,
+    /// Connections the app closed, kept until their FIN is through.
+    closing: Vec<SocketHandle>,
+    next_port: u16,
+    /// The name lookup in progress (`sock_getaddrinfo`).
+    query: Option<(SocketHandle, dns::QueryHandle)>,
+}
+
+fn instant(ns: u64) -> Instant {
+    Instant::from_micros((ns / 1000) as i64)
+}
+
+/// smoltcp's view of the platform's card for the length of one poll.
+struct Card<'a, P: Platform> {
+    platform: &'a mut P,
+    rx_frame: &'a mut Vec<u8>,
+    mtu: u16,
+    sent: bool,
+}
+
+struct Rx<'a>(&'a [u8]);
+
+struct Tx<'a, P: Platform> {
+    platform: &'a mut P,
+    sent: &'a mut bool,
+}
+
+impl phy::RxToken for Rx<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(self.0)
+    }
+}
+
+impl<P: Platform> phy::TxToken for Tx<'_, P> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut f = Some(f);
+        let mut result = None;
+        let sent = self.platform.net_send(len, &mut |buf| {
+            if let Some(f) = f.take() {
+                result = Some(f(buf));
+            }
+        });
+        *self.sent |= sent;
+        match result {
+            Some(r) => r,
+            // The card had no room: smoltcp still needs its closure run; the frame is then
+            // dropped like a full hardware queue drops it, and TCP sends it again.
+            None => {
+                let mut scratch = vec![0; len];
+                (f.take().expect("closure not yet run"))(&mut scratch)
+            }
+        }
+    }
+}
+
+impl<P: Platform> Device for Card<'_, P> {
+    type RxToken<'a>
+        = Rx<'a>
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = Tx<'a, P>
+    where
+        Self: 'a;
+
+    fn receive(&mut self, _: Instant) -> Option<(Rx<'_>, Tx<'_, P>)> {
+        if !self.platform.net_receive(self.rx_frame) {
+            return None;
+        }
+        Some((
+            Rx(self.rx_frame),
+            Tx {
+                platform: self.platform,
+                sent: &mut self.sent,
+            },
+        ))
+    }
+
+    fn transmit(&mut self, _: Instant) -> Option<Tx<'_, P>> {
+        self.platform.net_can_send().then_some(Tx {
+            platform: self.platform,
+            sent: &mut self.sent,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = usize::from(self.mtu) + 14;
+        caps
+    }
+}
+
+fn v4(addr: [u8; 4]) -> Ipv4Address {
+    Ipv4Address::from(addr)
+}
+
+impl Net {
+    pub fn new<P: Platform>(nic: Nic, platform: &mut P) -> Net {
+        let mut rx_frame = Vec::new();
+        let mut card = Card {
+            platform,
+            rx_frame: &mut rx_frame,
+            mtu: nic.mtu,
+            sent: false,
+        };
+        let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(nic.mac)));
+        let mut seed = [0u8; 8];
+        card.platform.random(&mut seed);
+        config.random_seed = u64::from_le_bytes(seed);
+        let now = instant(card.platform.now_ns(Clock::Monotonic));
+        let iface = Interface::new(config, &mut card, now);
+        let mut net = Net {
+            iface,
+            set: SocketSet::new(Vec::new()),
+            rx_frame,
+            mtu: nic.mtu,
+            dhcp: None,
+            dns: None,
+            sockets: Vec::new(),
+            closing: Vec::new(),
+            next_port: EPHEMERAL_FIRST,
+            query: None,
+        };
+        match nic.config {
+            Some(c) => net.configure(
+                Ipv4Cidr::new(v4(c.addr), c.prefix_len),
+                Some(v4(c.gateway)),
+                Some(v4(c.dns)),
+            ),
+            None => {
+                let dhcp = dhcpv4::Socket::new();
+                net.dhcp = Some(net.set.add(dhcp));
+            }
+        }
+        net
+    }
+
+    fn configure(
+        &mut self,
+        cidr: Ipv4Cidr,
+        gateway: Option<Ipv4Address>,
+        dns: Option<Ipv4Address>,
+    ) {
+        self.iface.update_ip_addrs(|addrs| {
+            addrs.clear();
+            let _ = addrs.push(IpCidr::Ipv4(cidr));
+        });
+        self.iface.routes_mut().remove_default_ipv4_route();
+        if let Some(gw) = gateway {
+            let _ = self.iface.routes_mut().add_default_ipv4_route(gw);
+        }
+        self.dns = dns;
+    }
+
+    /// The guest's address, once it has one.
+    pub fn local_addr(&self) -> Option<Ipv4Address> {
+        self.iface.ipv4_addr()
+    }
+
+    /// Moves frames both ways and advances every socket's timers. Returns whether anything
+    /// may have changed for the app.
+    pub fn poll<P: Platform>(&mut self, platform: &mut P) -> bool {
+        let now = instant(platform.now_ns(Clock::Monotonic));
+        let mut card = Card {
+            platform,
+            rx_frame: &mut self.rx_frame,
+            mtu: self.mtu,
+            sent: false,
+        };
+        let mut changed = false;
+        self.iface.poll_maintenance(now);
+        for _ in 0..INGRESS_BATCH {
+            match self
+                .iface
+                .poll_ingress_single(now, &mut card, &mut self.set)
+            {
+                PollIngressSingleResult::None => break,
+                PollIngressSingleResult::PacketProcessed => {}
+                PollIngressSingleResult::SocketStateChanged => {
+                    changed = true;
+                    // A SYN may just have taken a listener's spare: replace it before the
+                    // next packet, which may be another SYN.
+                    for entry in self.sockets.iter_mut().flatten() {
+                        if let Socket::Listener(l) = &mut entry.socket {
+                            promote(&mut self.set, l);
+                        }
+                    }
+                }
+            }
+        }
+        while self.iface.poll_egress(now, &mut card, &mut self.set)
+            == smoltcp::iface::PollResult::SocketStateChanged
+        {
+            changed = true;
+        }
+        if card.sent {
+            card.platform.net_flush();
+        }
+        self.dhcp_poll();
+        self.reap();
+        changed
+    }
+
+    /// When the stack next needs a poll even without traffic (retransmits, delayed ACKs,
+    /// DHCP), in monotonic nanoseconds.
+    pub fn poll_at_ns<P: Platform>(&mut self, platform: &mut P) -> Option<u64> {
+        let now_ns = platform.now_ns(Clock::Monotonic);
+        let delay = self.iface.poll_delay(instant(now_ns), &self.set)?;
+        Some(now_ns.saturating_add(delay.total_micros().saturating_mul(1000)))
+    }
+
+    fn dhcp_poll(&mut self) {
+        let Some(handle) = self.dhcp else { return };
+        let event = self.set.get_mut::<dhcpv4::Socket>(handle).poll();
+        match event {
+            Some(dhcpv4::Event::Configured(c)) => {
+                let (address, router) = (c.address, c.router);
+                let dns = c.dns_servers.first().copied();
+                self.configure(address, router, dns);
+            }
+            Some(dhcpv4::Event::Deconfigured) => {
+                self.iface.update_ip_addrs(|addrs| addrs.clear());
+                self.iface.routes_mut().remove_default_ipv4_route();
+            }
+            None => {}
+        }
+    }
+
+    /// Forgets closed connections the app already let go of.
+    fn reap(&mut self) {
+        let set = &mut self.set;
+        self.closing.retain(|&h| {
+            // TIME-WAIT guards against stray segments of an old connection on a real
+            // network; on the VMM's private link it would only pin buffers for seconds.
+            let done = matches!(
+                set.get::<tcp::Socket>(h).state(),
+                tcp::State::Closed | tcp::State::TimeWait
+            );
+            if done {
+                set.remove(h);
+            }
+            !done
+        });
+    }
+
+    fn tcp_socket(&self, options: &Options) -> tcp::Socket<'static> {
+        let mut s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
+            tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
+        );
+        // Apps cannot set TCP_NODELAY through preview1, and a response written in two
+        // pieces must not wait for an ACK; batching happens per poll anyway.
+        s.set_nagle_enabled(false);
+        if options.keep_alive {
+            s.set_keep_alive(Some(Duration::from_secs(60)));
+        }
+        s
+    }
+
+    fn insert(&mut self, socket: Socket, options: Options) -> WasiResult<SockId> {
+        let entry = SocketEntry { socket, options };
+        if let Some(i) = self.sockets.iter().position(Option::is_none) {
+            self.sockets[i] = Some(entry);
+            return Ok(i as SockId);
+        }
+        if self.sockets.len() >= MAX_SOCKETS {
+            return Err(Errno::NFILE);
+        }
+        self.sockets.push(Some(entry));
+        Ok((self.sockets.len() - 1) as SockId)
+    }
+
+    pub fn entry(&self, id: SockId) -> WasiResult<&SocketEntry> {
+        self.sockets
+            .get(id as usize)
+            .and_then(Option::as_ref)
+            .ok_or(Errno::BADF)
+    }
+
+    pub fn entry_mut(&mut self, id: SockId) -> WasiResult<&mut SocketEntry> {
+        self.sockets
+            .get_mut(id as usize)
+            .and_then(Option::as_mut)
+            .ok_or(Errno::BADF)
+    }
+
+    /// A new socket that is not yet bound (WasmEdge `sock_open`).
+    pub fn open(&mut self, kind: SockType) -> WasiResult<SockId> {
+        self.insert(Socket::Fresh { kind, bound: None }, Options::default())
+    }
+
+    /// A listening TCP socket on `endpoint` (a preopened one, or `sock_listen`).
+    pub fn listen(
+        &mut self,
+        endpoint: IpListenEndpoint,
+        backlog: usize,
+        options: Options,
+    ) -> WasiResult<SockId> {
+        let listener = self.new_listener(endpoint, backlog, &options)?;
+        self.insert(Socket::Listener(listener), options)
+    }
+
+    fn port_in_use(&self, port: u16) -> bool {
+        self.sockets.iter().flatten().any(|e| match &e.socket {
+            Socket::Listener(l) => l.endpoint.port == port,
+            Socket::Fresh { bound: Some(b), .. } => b.port == port,
+            _ => false,
+        })
+    }
+
+    fn new_listener(
+        &mut self,
+        endpoint: IpListenEndpoint,
+        backlog: usize,
+        options: &Options,
+    ) -> WasiResult<Listener> {
+        if endpoint.port == 0 {
+            return Err(Errno::INVAL);
+        }
+        let mut l = Listener {
+            endpoint,
+            spares: Vec::new(),
+            incoming: VecDeque::new(),
+            backlog: backlog.clamp(1, MAX_BACKLOG),
+        };
+        for _ in 0..LISTEN_SPARES.min(l.backlog) {
+            let mut s = self.tcp_socket(options);
+            s.listen(endpoint).map_err(|_| Errno::INVAL)?;
+            l.spares.push(self.set.add(s));
+        }
+        Ok(l)
+    }
+
+    /// Turns a fresh socket into a listener (`sock_listen`).
+    pub fn listen_fresh(&mut self, id: SockId, backlog: usize) -> WasiResult {
+        let entry = self.entry(id)?;
+        let options = entry.options;
+        let endpoint = match entry.socket {
+            Socket::Fresh {
+                kind: SockType::Stream,
+                bound: Some(b),
+            } => b,
+            Socket::Fresh {
+                kind: SockType::Stream,
+                bound: None,
+            } => IpListenEndpoint {
+                addr: None,
+                port: self.ephemeral_port(),
+            },
+            Socket::Listener(_) => return Ok(()),
+            _ => return Err(Errno::INVAL),
+        };
+        let listener = self.new_listener(endpoint, backlog, &options)?;
+        self.entry_mut(id)?.socket = Socket::Listener(listener);
+        Ok(())
+    }
+
+    /// Records the local address of a fresh socket (`sock_bind`); UDP sockets bind now.
+    pub fn bind(&mut self, id: SockId, endpoint: IpListenEndpoint) -> WasiResult {
+        if let Some(addr) = endpoint.addr
+            && !addr.is_unspecified()
+            && !self.iface.has_ip_addr(addr)
+        {
+            return Err(Errno::ADDRNOTAVAIL);
+        }
+        let reuse = self.entry(id)?.options.reuse_addr;
+        if endpoint.port != 0 && !reuse && self.port_in_use(endpoint.port) {
+            return Err(Errno::ADDRINUSE);
+        }
+        let endpoint = IpListenEndpoint {
+            addr: endpoint.addr.filter(|a| !a.is_unspecified()),
+            port: if endpoint.port == 0 {
+                self.ephemeral_port()
+            } else {
+                endpoint.port
+            },
+        };
+        let entry = self.entry_mut(id)?;
+        match &mut entry.socket {
+            Socket::Fresh {
+                kind: SockType::Stream,
+                bound,
+            } if bound.is_none() => {
+                *bound = Some(endpoint);
+                Ok(())
+            }
+            Socket::Fresh {
+                kind: SockType::Dgram,
+                bound: None,
+            } => self.udp_bind(id, endpoint, None),
+            _ => Err(Errno::INVAL),
+        }
+    }
+
+    fn udp_bind(
+        &mut self,
+        id: SockId,
+        endpoint: IpListenEndpoint,
+        peer: Option<IpEndpoint>,
+    ) -> WasiResult {
+        let mut s = udp::Socket::new(
+            udp::PacketBuffer::new(
+                vec![udp::PacketMetadata::EMPTY; UDP_PACKETS],
+                vec![0; UDP_BYTES],
+            ),
+            udp::PacketBuffer::new(
+                vec![udp::PacketMetadata::EMPTY; UDP_PACKETS],
+                vec![0; UDP_BYTES],
+            ),
+        );
+        s.bind(endpoint).map_err(|_| Errno::INVAL)?;
+        let handle = self.set.add(s);
+        self.entry_mut(id)?.socket = Socket::Dgram { handle, peer };
+        Ok(())
+    }
+
+    fn ephemeral_port(&mut self) -> u16 {
+        for _ in 0..(u16::MAX - EPHEMERAL_FIRST) {
+            let port = self.next_port;
+            self.next_port = if port == u16::MAX {
+                EPHEMERAL_FIRST
+            } else {
+                port + 1
+            };
+            let taken = self.port_in_use(port)
+                || self.set.iter().any(|(_, s)| match s {
+                    smoltcp::socket::Socket::Tcp(t) => {
+                        t.local_endpoint().is_some_and(|e| e.port == port)
+                    }
+                    smoltcp::socket::Socket::Udp(u) => u.endpoint().port == port,
+                    _ => false,
+                });
+            if !taken {
+                return port;
+            }
+        }
+        self.next_port
+    }
+
+    /// Starts connecting a fresh socket to `peer` (`sock_connect`); a stream connects in
+    /// the background (see [`Net::connect_state`]).
+    pub fn connect(&mut self, id: SockId, peer: IpEndpoint) -> WasiResult {
+        if peer.port == 0 || peer.addr.is_unspecified() {
+            return Err(Errno::INVAL);
+        }
+        let entry = self.entry(id)?;
+        let options = entry.options;
+        match entry.socket {
+            Socket::Fresh {
+                kind: SockType::Stream,
+                bound,
+            } => {
+                if self.local_addr().is_none() {
+                    return Err(Errno::NETUNREACH);
+                }
+                let port = match bound {
+                    Some(b) if b.port != 0 => b.port,
+                    _ => self.ephemeral_port(),
+                };
+                let local = IpListenEndpoint {
+                    addr: bound.and_then(|b| b.addr),
+                    port,
+                };
+                let mut s = self.tcp_socket(&options);
+                s.connect(self.iface.context(), peer, local)
+                    .map_err(|e| match e {
+                        tcp::ConnectError::Unaddressable => Errno::NETUNREACH,
+                        tcp::ConnectError::InvalidState => Errno::ISCONN,
+                    })?;
+                let handle = self.set.add(s);
+                self.entry_mut(id)?.socket = Socket::Stream {
+                    handle,
+                    read_shut: false,
+                };
+                Ok(())
+            }
+            Socket::Fresh {
+                kind: SockType::Dgram,
+                bound,
+            } => {
+                let port = self.ephemeral_port();
+                let local = bound.unwrap_or(IpListenEndpoint { addr: None, port });
+                self.udp_bind(id, local, Some(peer))
+            }
+            Socket::Dgram { .. } => {
+                if let Socket::Dgram { peer: p, .. } = &mut self.entry_mut(id)?.socket {
+                    *p = Some(peer);
+                }
+                Ok(())
+            }
+            Socket::Stream { .. } => Err(Errno::ISCONN),
+            Socket::Listener(_) => Err(Errno::INVAL),
+        }
+    }
+
+    /// How a connecting stream is doing: `Ok(true)` connected, `Ok(false)` in progress.
+    pub fn connect_state(&self, id: SockId) -> WasiResult<bool> {
+        match self.entry(id)?.socket {
+            Socket::Stream { handle, .. } => match self.set.get::<tcp::Socket>(handle).state() {
+                tcp::State::SynSent | tcp::State::SynReceived => Ok(false),
+                tcp::State::Closed => Err(Errno::CONNREFUSED),
+                _ => Ok(true),
+            },
+            _ => Ok(true),
+        }
+    }
+
+    /// Takes the next established connection off a listener.
+    pub fn accept(&mut self, id: SockId) -> WasiResult<SockId> {
+        let options = self.entry(id)?.options;
+        let set = &mut self.set;
+        let entry = self
+            .sockets
+            .get_mut(id as usize)
+            .and_then(Option::as_mut)
+            .ok_or(Errno::BADF)?;
+        let Socket::Listener(l) = &mut entry.socket else {
+            return Err(Errno::INVAL);
+        };
+        let mut taken = None;
+        let mut i = 0;
+        while i < l.incoming.len() {
+            let h = l.incoming[i];
+            match set.get::<tcp::Socket>(h).state() {
+                // Still in the handshake: leave it queued.
+                tcp::State::SynReceived => i += 1,
+                // Reset before the app saw it.
+                tcp::State::Closed | tcp::State::Listen => {
+                    l.incoming.remove(i);
+                    set.remove(h);
+                }
+                _ => {
+                    l.incoming.remove(i);
+                    taken = Some(h);
+                    break;
+                }
+            }
+        }
+        let handle = taken.ok_or(Errno::AGAIN)?;
+        promote(set, l);
+        self.insert(
+            Socket::Stream {
+                handle,
+                read_shut: false,
+            },
+            options,
+        )
+    }
+
+    /// Closes a socket: a stream sends its FIN and lingers until the peer's side is done.
+    pub fn close(&mut self, id: SockId) {
+        let Some(entry) = self.sockets.get_mut(id as usize).and_then(Option::take) else {
+            return;
+        };
+        match entry.socket {
+            Socket::Fresh { .. } => {}
+            Socket::Listener(l) => {
+                for h in l.spares.into_iter().chain(l.incoming) {
+                    self.set.get_mut::<tcp::Socket>(h).abort();
+                    self.closing.push(h);
+                }
+            }
+            Socket::Stream { handle, .. } => {
+                let s = self.set.get_mut::<tcp::Socket>(handle);
+                // Unread data on close means the app did not want it: reset, as Linux does.
+                if s.recv_queue() > 0 {
+                    s.abort();
+                } else {
+                    s.close();
+                }
+                self.closing.push(handle);
+            }
+            Socket::Dgram { handle, .. } => {
+                self.set.remove(handle);
+            }
+        }
+    }
+
+    /// Whether every closed connection has had its data and FIN acknowledged (or was
+    /// reset), so ending the VM loses nothing the app sent.
+    pub fn settled(&self) -> bool {
+        self.closing.iter().all(|&h| {
+            let s = self.set.get::<tcp::Socket>(h);
+            s.send_queue() == 0
+                && matches!(
+                    s.state(),
+                    tcp::State::Closed
+                        | tcp::State::TimeWait
+                        | tcp::State::FinWait2
+                        | tcp::State::Listen
+                )
+        })
+    }
+
+    /// Starts an A query for `name` at the configured DNS server.
+    pub fn start_query(&mut self, name: &str) -> WasiResult {
+        let server = self.dns.ok_or(Errno::AI_FAIL)?;
+        self.end_query();
+        let handle = self
+            .set
+            .add(dns::Socket::new(&[IpAddress::Ipv4(server)], Vec::new()));
+        let query = self.set.get_mut::<dns::Socket>(handle).start_query(
+            self.iface.context(),
+            name,
+            smoltcp::wire::DnsQueryType::A,
+        );
+        match query {
+            Ok(q) => {
+                self.query = Some((handle, q));
+                Ok(())
+            }
+            Err(_) => {
+                self.set.remove(handle);
+                Err(Errno::AI_NONAME)
+            }
+        }
+    }
+
+    /// The answer to the query in progress: EAGAIN while it is pending.
+    pub fn query_result(&mut self) -> WasiResult<Vec<Ipv4Address>> {
+        let (handle, query) = self.query.ok_or(Errno::INVAL)?;
+        match self
+            .set
+            .get_mut::<dns::Socket>(handle)
+            .get_query_result(query)
+        {
+            Ok(addrs) => Ok(addrs
+                .iter()
+                .map(|a| {
+                    let IpAddress::Ipv4(v4) = *a;
+                    v4
+                })
+                .collect()),
+            Err(dns::GetQueryResultError::Pending) => Err(Errno::AGAIN),
+            Err(dns::GetQueryResultError::Failed) => Err(Errno::AI_NONAME),
+        }
+    }
+
+    pub fn end_query(&mut self) {
+        if let Some((handle, _)) = self.query.take() {
+            self.set.remove(handle);
+        }
+    }
+
+    /// How many smoltcp sockets exist (listeners' spares included), for leak tests.
+    #[cfg(test)]
+    pub fn set_len(&self) -> usize {
+        self.set.iter().count()
+    }
+
+    pub fn tcp(&mut self, handle: SocketHandle) -> &mut tcp::Socket<'static> {
+        self.set.get_mut::<tcp::Socket>(handle)
+    }
+
+    pub fn udp(&mut self, handle: SocketHandle) -> &mut udp::Socket<'static> {
+        self.set.get_mut::<udp::Socket>(handle)
+    }
+
+    /// Readiness of socket `id` for `poll_oneoff`.
+    pub fn readiness(&mut self, id: SockId) -> WasiResult<Readiness> {
+        let entry = self.entry(id)?;
+        Ok(match &entry.socket {
+            Socket::Fresh { .. } => Readiness {
+                readable: None,
+                writable: None,
+                hangup: true,
+            },
+            Socket::Listener(l) => {
+                let ready = l
+                    .incoming
+                    .iter()
+                    .filter(|&&h| {
+                        !matches!(
+                            self.set.get::<tcp::Socket>(h).state(),
+                            tcp::State::SynReceived | tcp::State::Listen | tcp::State::Closed
+                        )
+                    })
+                    .count();
+                Readiness {
+                    readable: (ready > 0).then_some(ready as u64),
+                    writable: None,
+                    hangup: false,
+                }
+            }
+            Socket::Stream { handle, .. } => {
+                let s = self.set.get::<tcp::Socket>(*handle);
+                let connecting = matches!(s.state(), tcp::State::SynSent | tcp::State::SynReceived);
+                let queued = s.recv_queue() as u64;
+                let eof = !s.may_recv() && !connecting;
+                let room = (s.send_capacity() - s.send_queue()) as u64;
+                let dead = !s.may_send() && !connecting;
+                Readiness {
+                    readable: (queued > 0 || eof).then_some(queued),
+                    writable: ((room > 0 && s.may_send()) || dead).then_some(room),
+                    hangup: eof,
+                }
+            }
+            Socket::Dgram { handle, .. } => {
+                let s = self.set.get_mut::<udp::Socket>(*handle);
+                let next = s.peek().map(|(d, _)| d.len() as u64).ok();
+                Readiness {
+                    readable: next,
+                    writable: s.can_send().then_some(s.payload_send_capacity() as u64),
+                    hangup: false,
+                }
+            }
+        })
+    }
+
+    /// The local and remote endpoints of a socket.
+    pub fn endpoints(&self, id: SockId) -> WasiResult<(Option<IpEndpoint>, Option<IpEndpoint>)> {
+        let local_of = |e: IpListenEndpoint| IpEndpoint {
+            addr: e.addr.unwrap_or(IpAddress::Ipv4(
+                self.local_addr().unwrap_or(Ipv4Address::UNSPECIFIED),
+            )),
+            port: e.port,
+        };
+        Ok(match &self.entry(id)?.socket {
+            Socket::Fresh { bound, .. } => (bound.map(local_of), None),
+            Socket::Listener(l) => (Some(local_of(l.endpoint)), None),
+            Socket::Stream { handle, .. } => {
+                let s = self.set.get::<tcp::Socket>(*handle);
+                (s.local_endpoint(), s.remote_endpoint())
+            }
+            Socket::Dgram { handle, peer } => {
+                let s = self.set.get::<udp::Socket>(*handle);
+                (Some(local_of(s.endpoint())), *peer)
+            }
+        })
+    }
+}
+
+/// Moves a listener's spares that left LISTEN to its incoming queue and tops the spares up.
+fn promote(set: &mut SocketSet<'static>, l: &mut Listener) {
+    let mut i = 0;
+    while i < l.spares.len() {
+        if set.get::<tcp::Socket>(l.spares[i]).state() == tcp::State::Listen {
+            i += 1;
+        } else {
+            let h = l.spares.swap_remove(i);
+            l.incoming.push_back(h);
+        }
+    }
+    let want = LISTEN_SPARES.min(l.backlog.saturating_sub(l.incoming.len()));
+    while l.spares.len() < want {
+        // Reuse a template's settings: every spare is configured alike.
+        let mut s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
+            tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
+        );
+        s.set_nagle_enabled(false);
+        if s.listen(l.endpoint).is_err() {
+            break;
+        }
+        l.spares.push(set.add(s));
+    }
+}

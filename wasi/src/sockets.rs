@@ -1,0 +1,1369 @@
+//! Socket calls: preview1's `sock_accept`/`sock_recv`/`sock_send`/`sock_shutdown` on
+//! preopened listeners, and the WasmEdge socket extension (`sock_open`, `sock_bind`,
+//! `sock_connect`, ...; layouts as the `wasmedge_wasi_socket` crate uses them, see
+//! `docs/wasi.md`). The stack itself is `net.rs`; this file converts guest memory and
+//! decides when a call blocks.
+//!
+//! A blocking call polls the stack, tries, and if it would block hands the CPU to the
+//! platform until the host delivers something or the stack's next timer, then tries again.
+
+use alloc::vec::Vec;
+
+use smoltcp::socket::tcp;
+use smoltcp::wire::{IpAddress, IpEndpoint, IpListenEndpoint, Ipv4Address};
+use wasmvm_abi::net::Listen;
+
+use crate::errno::{Errno, WasiResult};
+use crate::memory::GuestMemory;
+use crate::net::{MAX_BACKLOG, Net, Nic, SockId, SockType, Socket};
+use crate::platform::{Clock, Platform};
+use crate::state::{Entry, Fd, Wasi, fdflags, rights};
+
+/// `riflags`.
+const RECV_PEEK: u32 = 1;
+const RECV_WAITALL: u32 = 2;
+/// `sdflags`.
+const SHUT_RD: u32 = 1;
+const SHUT_WR: u32 = 2;
+/// WasmEdge address families and socket types.
+const AF_INET4: u32 = 1;
+const AF_INET6: u32 = 2;
+const SOCK_DGRAM: u32 = 1;
+const SOCK_STREAM: u32 = 2;
+/// WasmEdge socket options (level 0, `SOL_SOCKET`).
+mod opt {
+    pub const REUSEADDR: u32 = 0;
+    pub const TYPE: u32 = 1;
+    pub const ERROR: u32 = 2;
+    pub const SNDBUF: u32 = 5;
+    pub const RCVBUF: u32 = 6;
+    pub const KEEPALIVE: u32 = 7;
+    pub const RCVTIMEO: u32 = 11;
+    pub const SNDTIMEO: u32 = 12;
+    pub const ACCEPTCONN: u32 = 13;
+    pub const LAST: u32 = 14;
+}
+/// How long a blocking `sock_connect` waits for the handshake.
+const CONNECT_TIMEOUT_NS: u64 = 30_000_000_000;
+/// How long a name lookup waits for the DNS server.
+const DNS_TIMEOUT_NS: u64 = 10_000_000_000;
+/// The largest single receive or send (an iovec list is handled up to this many bytes).
+const MAX_IO: u32 = 1 << 30;
+
+impl<P: Platform> Wasi<P> {
+    /// Gives the app a network card (before it starts); without one every socket call
+    /// fails with ENETUNREACH or ENOTSOCK.
+    pub fn attach_network(&mut self, nic: Nic) {
+        self.net = Some(Net::new(nic, &mut self.platform));
+    }
+
+    /// Preopens a listening TCP socket (`--listen`); returns its descriptor.
+    pub fn preopen_listener(&mut self, listen: Listen) -> WasiResult<u32> {
+        let net = self.net.as_mut().ok_or(Errno::NETUNREACH)?;
+        let addr = Ipv4Address::from(listen.addr);
+        let endpoint = IpListenEndpoint {
+            addr: (!addr.is_unspecified()).then_some(IpAddress::Ipv4(addr)),
+            port: listen.port,
+        };
+        let id = net.listen(endpoint, 128, Default::default())?;
+        Ok(self.insert(socket_fd(id, SockType::Stream, 0)))
+    }
+
+    /// Lets the app's last words reach their peers: closes every socket and keeps the stack
+    /// running until what was sent is acknowledged or `linger_ns` passes (the kernel calls
+    /// this when the app ends; a process's sockets outlive it the same way).
+    pub fn finish_network(&mut self, linger_ns: u64) {
+        for fd in 0..self.fds.len() {
+            if matches!(
+                self.fds[fd].as_ref().map(|d| &d.entry),
+                Some(Entry::Socket { .. })
+            ) {
+                let _ = self.fd_close(fd as u32);
+            }
+        }
+        let Some(net) = self.net.as_mut() else { return };
+        let deadline = self
+            .platform
+            .now_ns(Clock::Monotonic)
+            .saturating_add(linger_ns);
+        loop {
+            net.poll(&mut self.platform);
+            let now = self.platform.now_ns(Clock::Monotonic);
+            if net.settled() || now >= deadline {
+                return;
+            }
+            let wake = net
+                .poll_at_ns(&mut self.platform)
+                .map_or(deadline, |t| t.min(deadline));
+            self.platform.wait_event(wake);
+        }
+    }
+
+    fn net(&mut self) -> WasiResult<&mut Net> {
+        self.net.as_mut().ok_or(Errno::NOTSOCK)
+    }
+
+    /// The socket behind `fd`, and whether the descriptor is non-blocking.
+    fn socket(&self, fd: u32) -> WasiResult<(SockId, bool)> {
+        let d = self.fd(fd)?;
+        match d.entry {
+            Entry::Socket { id, .. } => Ok((id, d.flags & fdflags::NONBLOCK != 0)),
+            _ => Err(Errno::NOTSOCK),
+        }
+    }
+
+    /// Runs `op` until it stops failing with EAGAIN (unless `nonblock`), polling the stack
+    /// before each try and waiting for the host in between; EAGAIN once `timeout_ns` passes.
+    fn blocking<T>(
+        &mut self,
+        nonblock: bool,
+        timeout_ns: Option<u64>,
+        mut op: impl FnMut(&mut Net, &mut P) -> WasiResult<T>,
+    ) -> WasiResult<T> {
+        let net = self.net.as_mut().ok_or(Errno::NOTSOCK)?;
+        let deadline = timeout_ns.map(|t| {
+            self.platform
+                .now_ns(Clock::Monotonic)
+                .saturating_add(t.max(1))
+        });
+        loop {
+            net.poll(&mut self.platform);
+            match op(net, &mut self.platform) {
+                Err(Errno::AGAIN) if !nonblock => {}
+                result => return result,
+            }
+            let now = self.platform.now_ns(Clock::Monotonic);
+            if deadline.is_some_and(|d| now >= d) {
+                return Err(Errno::AGAIN);
+            }
+            let deadline = deadline.unwrap_or(u64::MAX);
+            let wake = net
+                .poll_at_ns(&mut self.platform)
+                .map_or(deadline, |t| t.min(deadline));
+            self.platform.wait_event(wake);
+        }
+    }
+
+    /// Drops a socket descriptor's socket (from `fd_close` and `fd_renumber`).
+    pub(crate) fn release_socket(&mut self, id: SockId) {
+        if let Some(net) = self.net.as_mut() {
+            net.close(id);
+            net.poll(&mut self.platform);
+        }
+    }
+
+    pub(crate) fn sock_accept(
+        &mut self,
+        mem: &mut GuestMemory,
+        fd: u32,
+        flags: u32,
+        out: u32,
+    ) -> WasiResult {
+        if flags & !(fdflags::NONBLOCK as u32) != 0 {
+            return Err(Errno::INVAL);
+        }
+        mem.slice(out, 4)?;
+        let (id, nonblock) = self.socket(fd)?;
+        if self.fd(fd)?.rights & rights::SOCK_ACCEPT == 0 {
+            return Err(Errno::NOTSUP);
+        }
+        let timeout = self.net()?.entry(id)?.options.recv_timeout;
+        let new = self.blocking(nonblock, timeout, |net, _| net.accept(id))?;
+        let new_fd = self.insert(socket_fd(new, SockType::Stream, flags as u16));
+        mem.write_u32(out, new_fd)
+    }
+
+    /// `fd_read` on a socket, and `sock_recv`: returns the bytes read and whether the
+    /// datagram was truncated.
+    pub(crate) fn socket_read(
+        &mut self,
+        mem: &mut GuestMemory,
+        fd: u32,
+        iovs: &[(u32, u32)],
+        flags: u32,
+    ) -> WasiResult<(u32, bool)> {
+        if flags & !(RECV_PEEK | RECV_WAITALL) != 0 {
+            return Err(Errno::INVAL);
+        }
+        let (id, nonblock) = self.socket(fd)?;
+        let entry = self.net()?.entry(id)?;
+        let timeout = entry.options.recv_timeout;
+        let wanted: u64 = iovs.iter().map(|&(_, l)| l as u64).sum();
+        let wanted = wanted.min(MAX_IO as u64) as u32;
+        let peek = flags & RECV_PEEK != 0;
+        let waitall = flags & RECV_WAITALL != 0 && !peek;
+        let mut done: u32 = 0;
+        let result = self.blocking(nonblock, timeout, |net, _| {
+            let entry = net.entry(id)?;
+            match entry.socket {
+                Socket::Stream { handle, read_shut } => {
+                    let s = net.tcp(handle);
+                    if read_shut {
+                        return Ok((done, false));
+                    }
+                    if !s.can_recv() {
+                        return match s.state() {
+                            tcp::State::SynSent | tcp::State::SynReceived => Err(Errno::AGAIN),
+                            _ if !s.may_recv() => Ok((done, false)),
+                            _ if done > 0 && !waitall => Ok((done, false)),
+                            _ => Err(Errno::AGAIN),
+                        };
+                    }
+                    done += read_stream(s, mem, iovs, done, peek)?;
+                    if waitall && done < wanted && s.may_recv() {
+                        return Err(Errno::AGAIN);
+                    }
+                    Ok((done, false))
+                }
+                Socket::Dgram { handle, .. } => {
+                    let s = net.udp(handle);
+                    let (n, truncated) = read_datagram(s, mem, iovs, peek)?;
+                    Ok((n, truncated))
+                }
+                _ => Err(Errno::NOTCONN),
+            }
+        });
+        match result {
+            // A timed-out WAITALL still returns what it read.
+            Err(Errno::AGAIN) if done > 0 => Ok((done, false)),
+            r => {
+                // Reading opened the window: tell the peer now rather than at the next wait.
+                if let Some(net) = self.net.as_mut() {
+                    net.poll(&mut self.platform);
+                }
+                r
+            }
+        }
+    }
+
+    /// `fd_write` on a socket, and `sock_send`: a blocking socket takes every byte before
+    /// returning, a non-blocking one what fits.
+    pub(crate) fn socket_write(
+        &mut self,
+        mem: &GuestMemory,
+        fd: u32,
+        iovs: &[(u32, u32)],
+    ) -> WasiResult<u32> {
+        let (id, nonblock) = self.socket(fd)?;
+        let entry = self.net()?.entry(id)?;
+        let timeout = entry.options.send_timeout;
+        let wanted: u64 = iovs.iter().map(|&(_, l)| l as u64).sum();
+        let wanted = wanted.min(MAX_IO as u64) as u32;
+        let mut done: u32 = 0;
+        let result = self.blocking(nonblock, timeout, |net, platform| {
+            let entry = net.entry(id)?;
+            match entry.socket {
+                Socket::Stream { handle, .. } => {
+                    let s = net.tcp(handle);
+                    if matches!(s.state(), tcp::State::SynSent | tcp::State::SynReceived) {
+                        return Err(Errno::AGAIN);
+                    }
+                    if !s.may_send() {
+                        return if done > 0 { Ok(done) } else { Err(Errno::PIPE) };
+                    }
+                    done += write_stream(s, mem, iovs, done)?;
+                    // Put what fits on the wire before waiting for room.
+                    net.poll(platform);
+                    if done < wanted {
+                        return if nonblock && done > 0 {
+                            Ok(done)
+                        } else {
+                            Err(Errno::AGAIN)
+                        };
+                    }
+                    Ok(done)
+                }
+                Socket::Dgram { handle, peer } => {
+                    let peer = peer.ok_or(Errno::NOTCONN)?;
+                    let n = send_datagram(net, handle, mem, iovs, peer)?;
+                    net.poll(platform);
+                    Ok(n)
+                }
+                _ => Err(Errno::NOTCONN),
+            }
+        });
+        match result {
+            Err(Errno::AGAIN) if done > 0 => Ok(done),
+            r => r,
+        }
+    }
+
+    pub(crate) fn sock_recv(&mut self, mem: &mut GuestMemory, args: &[u64]) -> WasiResult {
+        let a = |i: usize| args.get(i).copied().unwrap_or(0) as u32;
+        let (fd, iovs, count, flags, out_len, out_flags) = (a(0), a(1), a(2), a(3), a(4), a(5));
+        let iovs = mem.iovecs(iovs, count)?;
+        mem.slice(out_len, 4)?;
+        mem.slice(out_flags, 2)?;
+        let (n, truncated) = self.socket_read(mem, fd, &iovs, flags)?;
+        mem.write_u32(out_len, n)?;
+        mem.write_u16(out_flags, u16::from(truncated))
+    }
+
+    pub(crate) fn sock_send(&mut self, mem: &mut GuestMemory, args: &[u64]) -> WasiResult {
+        let a = |i: usize| args.get(i).copied().unwrap_or(0) as u32;
+        let (fd, iovs, count, flags, out) = (a(0), a(1), a(2), a(3), a(4));
+        if flags != 0 {
+            return Err(Errno::INVAL);
+        }
+        let iovs = mem.iovecs(iovs, count)?;
+        mem.slice(out, 4)?;
+        let n = self.socket_write(mem, fd, &iovs)?;
+        mem.write_u32(out, n)
+    }
+
+    pub(crate) fn sock_shutdown(&mut self, fd: u32, how: u32) -> WasiResult {
+        if how == 0 || how & !(SHUT_RD | SHUT_WR) != 0 {
+            return Err(Errno::INVAL);
+        }
+        let (id, _) = self.socket(fd)?;
+        let net = self.net.as_mut().ok_or(Errno::NOTSOCK)?;
+        match &mut net.entry_mut(id)?.socket {
+            Socket::Stream { handle, read_shut } => {
+                let handle = *handle;
+                if how & SHUT_RD != 0 {
+                    *read_shut = true;
+                }
+                if how & SHUT_WR != 0 {
+                    net.tcp(handle).close();
+                }
+            }
+            Socket::Dgram { .. } => {}
+            _ => return Err(Errno::NOTCONN),
+        }
+        net.poll(&mut self.platform);
+        Ok(())
+    }
+
+    // ---- The WasmEdge extension ----
+
+    pub(crate) fn sock_open(
+        &mut self,
+        mem: &mut GuestMemory,
+        family: u32,
+        kind: u32,
+        out: u32,
+    ) -> WasiResult {
+        mem.slice(out, 4)?;
+        let kind = match (family, kind) {
+            (AF_INET4, SOCK_STREAM) => SockType::Stream,
+            (AF_INET4, SOCK_DGRAM) => SockType::Dgram,
+            (AF_INET6, _) => return Err(Errno::AFNOSUPPORT),
+            (AF_INET4, _) => return Err(Errno::INVAL),
+            _ => return Err(Errno::AFNOSUPPORT),
+        };
+        let id = self.net.as_mut().ok_or(Errno::NETUNREACH)?.open(kind)?;
+        let fd = self.insert(socket_fd(id, kind, 0));
+        mem.write_u32(out, fd)
+    }
+
+    pub(crate) fn sock_bind(
+        &mut self,
+        mem: &mut GuestMemory,
+        fd: u32,
+        addr: u32,
+        port: u32,
+    ) -> WasiResult {
+        let ip = read_address(mem, addr)?;
+        let port = u16::try_from(port).map_err(|_| Errno::INVAL)?;
+        let (id, _) = self.socket(fd)?;
+        let endpoint = IpListenEndpoint {
+            addr: Some(IpAddress::Ipv4(ip)),
+            port,
+        };
+        self.net()?.bind(id, endpoint)
+    }
+
+    pub(crate) fn sock_listen(&mut self, fd: u32, backlog: u32) -> WasiResult {
+        let (id, _) = self.socket(fd)?;
+        let backlog = (backlog as usize).clamp(1, MAX_BACKLOG);
+        self.net()?.listen_fresh(id, backlog)?;
+        let d = self.fd_mut(fd)?;
+        d.rights |= rights::SOCK_ACCEPT;
+        Ok(())
+    }
+
+    /// WasmEdge's older `sock_accept(fd, fd_out)`.
+    pub(crate) fn sock_accept_v1(
+        &mut self,
+        mem: &mut GuestMemory,
+        fd: u32,
+        out: u32,
+    ) -> WasiResult {
+        self.sock_accept(mem, fd, 0, out)
+    }
+
+    pub(crate) fn sock_connect(
+        &mut self,
+        mem: &mut GuestMemory,
+        fd: u32,
+        addr: u32,
+        port: u32,
+    ) -> WasiResult {
+        let ip = read_address(mem, addr)?;
+        let port = u16::try_from(port).map_err(|_| Errno::INVAL)?;
+        let (id, nonblock) = self.socket(fd)?;
+        let peer = IpEndpoint::new(IpAddress::Ipv4(ip), port);
+        let net = self.net.as_mut().ok_or(Errno::NOTSOCK)?;
+        let is_stream = matches!(
+            net.entry(id)?.socket,
+            Socket::Fresh {
+                kind: SockType::Stream,
+                ..
+            }
+        );
+        net.connect(id, peer)?;
+        net.poll(&mut self.platform);
+        if !is_stream {
+            return Ok(());
+        }
+        if nonblock {
+            return Err(Errno::INPROGRESS);
+        }
+        let result = self.blocking(false, Some(CONNECT_TIMEOUT_NS), |net, _| {
+            match net.connect_state(id)? {
+                true => Ok(()),
+                false => Err(Errno::AGAIN),
+            }
+        });
+        match result {
+            Err(Errno::AGAIN) => Err(Errno::TIMEDOUT),
+            r => r,
+        }
+    }
+
+    pub(crate) fn sock_recv_from(
+        &mut self,
+        mem: &mut GuestMemory,
+        args: &[u64],
+        with_port: bool,
+    ) -> WasiResult {
+        let a = |i: usize| args.get(i).copied().unwrap_or(0) as u32;
+        let (fd, iovs, count, addr, flags) = (a(0), a(1), a(2), a(3), a(4));
+        let (port_out, out_len, out_flags) = if with_port {
+            (Some(a(5)), a(6), a(7))
+        } else {
+            (None, a(5), a(6))
+        };
+        let iovs = mem.iovecs(iovs, count)?;
+        // The address buffer: WasiAddress { buf, size } with room for the storage form.
+        let buf = mem.read_u32(addr)?;
+        let size = mem.read_u32(addr.checked_add(4).ok_or(Errno::FAULT)?)?;
+        if size < 6 {
+            return Err(Errno::INVAL);
+        }
+        mem.slice(buf, 6)?;
+        let (id, nonblock) = self.socket(fd)?;
+        if flags & !RECV_PEEK != 0 {
+            return Err(Errno::INVAL);
+        }
+        let peek = flags & RECV_PEEK != 0;
+        let timeout = self.net()?.entry(id)?.options.recv_timeout;
+        let (n, truncated, from) = self.blocking(nonblock, timeout, |net, _| {
+            let Socket::Dgram { handle, .. } = net.entry(id)?.socket else {
+                return Err(Errno::NOTSUP);
+            };
+            let s = net.udp(handle);
+            let from = s.peek().map_err(|_| Errno::AGAIN)?.1.endpoint;
+            let (n, truncated) = read_datagram(s, mem, &iovs, peek)?;
+            Ok((n, truncated, from))
+        })?;
+        let IpAddress::Ipv4(ip) = from.addr;
+        mem.write_u16(buf, AF_INET4 as u16)?;
+        mem.write_bytes(buf + 2, &ip.octets())?;
+        if let Some(p) = port_out {
+            mem.write_u32(p, u32::from(from.port))?;
+        }
+        mem.write_u32(out_len, n)?;
+        mem.write_u16(out_flags, u16::from(truncated))
+    }
+
+    pub(crate) fn sock_send_to(&mut self, mem: &mut GuestMemory, args: &[u64]) -> WasiResult {
+        let a = |i: usize| args.get(i).copied().unwrap_or(0) as u32;
+        let (fd, iovs, count, addr, port, flags, out) = (a(0), a(1), a(2), a(3), a(4), a(5), a(6));
+        if flags != 0 {
+            return Err(Errno::INVAL);
+        }
+        let iovs = mem.iovecs(iovs, count)?;
+        let ip = read_address(mem, addr)?;
+        let port = u16::try_from(port).map_err(|_| Errno::INVAL)?;
+        mem.slice(out, 4)?;
+        let (id, nonblock) = self.socket(fd)?;
+        let peer = IpEndpoint::new(IpAddress::Ipv4(ip), port);
+        let net = self.net()?;
+        if let Socket::Fresh {
+            kind: SockType::Dgram,
+            ..
+        } = net.entry(id)?.socket
+        {
+            net.bind(
+                id,
+                IpListenEndpoint {
+                    addr: None,
+                    port: 0,
+                },
+            )?;
+        }
+        let timeout = net.entry(id)?.options.send_timeout;
+        let n = self.blocking(nonblock, timeout, |net, platform| {
+            let Socket::Dgram { handle, .. } = net.entry(id)?.socket else {
+                return Err(Errno::NOTSUP);
+            };
+            let n = send_datagram(net, handle, mem, &iovs, peer)?;
+            net.poll(platform);
+            Ok(n)
+        })?;
+        mem.write_u32(out, n)
+    }
+
+    /// `sock_getlocaladdr` / `sock_getpeeraddr` (WasmEdge's four-argument form): the raw
+    /// address into the buffer, its type as 4 (WasmEdge's convention), the port.
+    pub(crate) fn sock_addr(
+        &mut self,
+        mem: &mut GuestMemory,
+        args: &[u64],
+        peer: bool,
+    ) -> WasiResult {
+        let a = |i: usize| args.get(i).copied().unwrap_or(0) as u32;
+        let (fd, addr, type_out, port_out) = (a(0), a(1), a(2), a(3));
+        let (id, _) = self.socket(fd)?;
+        let (local, remote) = self.net()?.endpoints(id)?;
+        let endpoint = if peer {
+            remote.ok_or(Errno::NOTCONN)?
+        } else {
+            local.unwrap_or(IpEndpoint::new(
+                IpAddress::Ipv4(Ipv4Address::UNSPECIFIED),
+                0,
+            ))
+        };
+        let buf = mem.read_u32(addr)?;
+        let size = mem.read_u32(addr.checked_add(4).ok_or(Errno::FAULT)?)?;
+        if size < 4 {
+            return Err(Errno::NOMEM);
+        }
+        let IpAddress::Ipv4(ip) = endpoint.addr;
+        mem.write_bytes(buf, &ip.octets())?;
+        mem.write_u32(type_out, 4)?;
+        mem.write_u32(port_out, u32::from(endpoint.port))
+    }
+
+    pub(crate) fn sock_setsockopt(&mut self, mem: &mut GuestMemory, args: &[u64]) -> WasiResult {
+        let a = |i: usize| args.get(i).copied().unwrap_or(0) as u32;
+        let (fd, level, name, value, len) = (a(0), a(1), a(2), a(3), a(4));
+        if level != 0 || name > opt::LAST {
+            return Err(Errno::INVAL);
+        }
+        let bytes = mem.slice(value, len)?.to_vec();
+        let int = || -> WasiResult<bool> {
+            let b: [u8; 4] = bytes
+                .get(..4)
+                .ok_or(Errno::INVAL)?
+                .try_into()
+                .map_err(|_| Errno::INVAL)?;
+            Ok(i32::from_le_bytes(b) != 0)
+        };
+        let timeval = || -> WasiResult<Option<u64>> {
+            let sec = i64::from_le_bytes(
+                bytes
+                    .get(..8)
+                    .ok_or(Errno::INVAL)?
+                    .try_into()
+                    .map_err(|_| Errno::INVAL)?,
+            );
+            let usec = i64::from_le_bytes(
+                bytes
+                    .get(8..16)
+                    .ok_or(Errno::INVAL)?
+                    .try_into()
+                    .map_err(|_| Errno::INVAL)?,
+            );
+            if sec < 0 || !(0..1_000_000).contains(&usec) {
+                return Err(Errno::INVAL);
+            }
+            let ns = (sec as u64)
+                .saturating_mul(1_000_000_000)
+                .saturating_add(usec as u64 * 1000);
+            Ok((ns > 0).then_some(ns))
+        };
+        let (id, _) = self.socket(fd)?;
+        let net = self.net()?;
+        let entry = net.entry_mut(id)?;
+        match name {
+            opt::REUSEADDR => entry.options.reuse_addr = int()?,
+            opt::KEEPALIVE => {
+                let on = int()?;
+                entry.options.keep_alive = on;
+                if let Socket::Stream { handle, .. } = entry.socket {
+                    let interval = on.then(|| smoltcp::time::Duration::from_secs(60));
+                    net.tcp(handle).set_keep_alive(interval);
+                }
+            }
+            opt::RCVTIMEO => entry.options.recv_timeout = timeval()?,
+            opt::SNDTIMEO => entry.options.send_timeout = timeval()?,
+            opt::TYPE | opt::ERROR | opt::ACCEPTCONN => return Err(Errno::NOPROTOOPT),
+            // Buffer sizes, broadcast, linger, ...: accepted; the stack's choices stand.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    pub(crate) fn sock_getsockopt(&mut self, mem: &mut GuestMemory, args: &[u64]) -> WasiResult {
+        let a = |i: usize| args.get(i).copied().unwrap_or(0) as u32;
+        let (fd, level, name, value, len_ptr) = (a(0), a(1), a(2), a(3), a(4));
+        if level != 0 || name > opt::LAST {
+            return Err(Errno::INVAL);
+        }
+        let room = mem.read_u32(len_ptr)?;
+        let (id, _) = self.socket(fd)?;
+        let kind = match self.fd(fd)?.entry {
+            Entry::Socket { kind, .. } => kind,
+            _ => return Err(Errno::NOTSOCK),
+        };
+        let net = self.net()?;
+        let entry = net.entry(id)?;
+        let options = entry.options;
+        let listening = matches!(entry.socket, Socket::Listener(_));
+        let error = match entry.socket {
+            Socket::Stream { .. } => match net.connect_state(id) {
+                Err(e) => e.0 as i32,
+                Ok(_) => 0,
+            },
+            _ => 0,
+        };
+        let timeval = |ns: Option<u64>| {
+            let ns = ns.unwrap_or(0);
+            let mut b = Vec::with_capacity(16);
+            b.extend_from_slice(&((ns / 1_000_000_000) as i64).to_le_bytes());
+            b.extend_from_slice(&(((ns % 1_000_000_000) / 1000) as i64).to_le_bytes());
+            b
+        };
+        let int = |v: i32| v.to_le_bytes().to_vec();
+        let bytes = match name {
+            opt::REUSEADDR => int(options.reuse_addr as i32),
+            opt::TYPE => int(match kind {
+                SockType::Stream => SOCK_STREAM as i32,
+                SockType::Dgram => SOCK_DGRAM as i32,
+            }),
+            opt::ERROR => int(error),
+            opt::KEEPALIVE => int(options.keep_alive as i32),
+            opt::SNDBUF | opt::RCVBUF => int(crate::net::TCP_BUFFER as i32),
+            opt::RCVTIMEO => timeval(options.recv_timeout),
+            opt::SNDTIMEO => timeval(options.send_timeout),
+            opt::ACCEPTCONN => int(listening as i32),
+            _ => int(0),
+        };
+        if (room as usize) < bytes.len() {
+            return Err(Errno::INVAL);
+        }
+        mem.write_bytes(value, &bytes)?;
+        mem.write_u32(len_ptr, bytes.len() as u32)
+    }
+
+    /// WasmEdge `sock_getaddrinfo`: IPv4 literals answer at once, names go to the DNS
+    /// server the network configuration names. The caller pre-links `max` result nodes.
+    pub(crate) fn sock_getaddrinfo(&mut self, mem: &mut GuestMemory, args: &[u64]) -> WasiResult {
+        let a = |i: usize| args.get(i).copied().unwrap_or(0) as u32;
+        let (node, node_len, service, service_len, _hints, res, max, res_len) =
+            (a(0), a(1), a(2), a(3), a(4), a(5), a(6), a(7));
+        let trim = |b: &[u8]| -> Vec<u8> {
+            let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+            b[..end].to_vec()
+        };
+        let name = trim(mem.slice(node, node_len)?);
+        let service = trim(mem.slice(service, service_len)?);
+        mem.slice(res_len, 4)?;
+        if name.is_empty() && service.is_empty() {
+            return Err(Errno::AI_NONAME);
+        }
+        if max == 0 {
+            return Err(Errno::NOMEM);
+        }
+        let port: u16 = match &service[..] {
+            b"" => 0,
+            b"http" => 80,
+            b"https" => 443,
+            digits => core::str::from_utf8(digits)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or(Errno::AI_NONAME)?,
+        };
+        let addrs = self.resolve(&name)?;
+        let mut node_ptr = mem.read_u32(res)?;
+        let mut written = 0;
+        for ip in addrs.iter().take(max as usize) {
+            if node_ptr == 0 {
+                break;
+            }
+            // addrinfo: flags u16, family u8, socktype u8, protocol u8, pad, addrlen u32,
+            // addr ptr, canonname ptr, canonname len, next ptr.
+            mem.write_u16(node_ptr, 0)?;
+            mem.write_u8(node_ptr + 2, AF_INET4 as u8)?;
+            mem.write_u8(node_ptr + 3, SOCK_STREAM as u8)?;
+            mem.write_u8(node_ptr + 4, 1)?;
+            mem.write_u32(node_ptr + 8, 16)?;
+            // sockaddr: family u8, pad, data len u32, data ptr -> [port BE][addr][zeros].
+            let sockaddr = mem.read_u32(node_ptr + 12)?;
+            mem.write_u8(sockaddr, AF_INET4 as u8)?;
+            let data = mem.read_u32(sockaddr + 8)?;
+            let mut sa = [0u8; 14];
+            sa[..2].copy_from_slice(&port.to_be_bytes());
+            sa[2..6].copy_from_slice(&ip.octets());
+            mem.write_bytes(data, &sa)?;
+            mem.write_u32(sockaddr + 4, sa.len() as u32)?;
+            mem.write_u32(node_ptr + 20, 0)?;
+            written += 1;
+            node_ptr = mem.read_u32(node_ptr + 24)?;
+        }
+        mem.write_u32(res_len, written)
+    }
+
+    /// IPv4 addresses of `name`: a literal, `localhost`, or a DNS A query.
+    fn resolve(&mut self, name: &[u8]) -> WasiResult<Vec<Ipv4Address>> {
+        let text = core::str::from_utf8(name).map_err(|_| Errno::AI_NONAME)?;
+        if let Ok(ip) = text.parse::<core::net::Ipv4Addr>() {
+            return Ok(alloc::vec![Ipv4Address::from(ip.octets())]);
+        }
+        if text.is_empty() || text == "localhost" {
+            return Ok(alloc::vec![Ipv4Address::new(127, 0, 0, 1)]);
+        }
+        let net = self.net.as_mut().ok_or(Errno::AI_FAIL)?;
+        net.start_query(text)?;
+        let result = self.blocking(false, Some(DNS_TIMEOUT_NS), |net, _| net.query_result());
+        if let Some(net) = self.net.as_mut() {
+            net.end_query();
+        }
+        match result {
+            Ok(addrs) if !addrs.is_empty() => Ok(addrs),
+            Ok(_) => Err(Errno::AI_NONAME),
+            Err(Errno::AGAIN) => Err(Errno::AI_FAIL),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A socket descriptor.
+fn socket_fd(id: SockId, kind: SockType, flags: u16) -> Fd {
+    Fd {
+        entry: Entry::Socket { id, kind },
+        rights: rights::SOCKET,
+        inheriting: 0,
+        flags: flags & fdflags::NONBLOCK,
+    }
+}
+
+/// Reads a WasmEdge `WasiAddress { buf, size }`: 4 raw bytes, or the 128-byte storage form
+/// (family `u16`, then the address).
+fn read_address(mem: &GuestMemory, addr: u32) -> WasiResult<Ipv4Address> {
+    let buf = mem.read_u32(addr)?;
+    let size = mem.read_u32(addr.checked_add(4).ok_or(Errno::FAULT)?)?;
+    let octets: [u8; 4] = match size {
+        4 => mem.slice(buf, 4)?.try_into().map_err(|_| Errno::FAULT)?,
+        16 => return Err(Errno::AFNOSUPPORT),
+        128 => {
+            let b = mem.slice(buf, 6)?;
+            match u16::from_le_bytes([b[0], b[1]]) as u32 {
+                AF_INET4 => [b[2], b[3], b[4], b[5]],
+                AF_INET6 => return Err(Errno::AFNOSUPPORT),
+                _ => return Err(Errno::INVAL),
+            }
+        }
+        _ => return Err(Errno::INVAL),
+    };
+    Ok(Ipv4Address::from(octets))
+}
+
+/// Copies from a TCP socket into the iovecs, skipping the first `skip` bytes of them
+/// (already filled by an earlier round of a WAITALL read).
+fn read_stream(
+    s: &mut tcp::Socket<'static>,
+    mem: &mut GuestMemory,
+    iovs: &[(u32, u32)],
+    mut skip: u32,
+    peek: bool,
+) -> WasiResult<u32> {
+    let mut total: u32 = 0;
+    let mut peeked: usize = 0;
+    for &(ptr, len) in iovs {
+        let len = len.min(MAX_IO);
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let buf = mem.slice_mut(ptr + skip, len - skip)?;
+        skip = 0;
+        let n = if peek {
+            let avail = s.peek(peeked + buf.len()).map_err(|_| Errno::NOTCONN)?;
+            let slice = avail.get(peeked..).unwrap_or(&[]);
+            let n = slice.len().min(buf.len());
+            buf[..n].copy_from_slice(&slice[..n]);
+            peeked += n;
+            n
+        } else {
+            s.recv_slice(buf).map_err(|_| Errno::NOTCONN)?
+        };
+        total += n as u32;
+        if n < buf.len() {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+fn write_stream(
+    s: &mut tcp::Socket<'static>,
+    mem: &GuestMemory,
+    iovs: &[(u32, u32)],
+    mut skip: u32,
+) -> WasiResult<u32> {
+    let mut total: u32 = 0;
+    for &(ptr, len) in iovs {
+        let len = len.min(MAX_IO);
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let bytes = mem.slice(ptr + skip, len - skip)?;
+        skip = 0;
+        let n = s.send_slice(bytes).map_err(|_| Errno::PIPE)?;
+        total += n as u32;
+        if n < bytes.len() {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+/// Receives one datagram into the iovecs; returns its bytes and whether it was truncated.
+fn read_datagram(
+    s: &mut smoltcp::socket::udp::Socket<'static>,
+    mem: &mut GuestMemory,
+    iovs: &[(u32, u32)],
+    peek: bool,
+) -> WasiResult<(u32, bool)> {
+    let payload: Vec<u8> = if peek {
+        s.peek().map_err(|_| Errno::AGAIN)?.0.to_vec()
+    } else {
+        s.recv().map_err(|_| Errno::AGAIN)?.0.to_vec()
+    };
+    let mut at = 0;
+    for &(ptr, len) in iovs {
+        let n = (len as usize).min(payload.len() - at);
+        mem.write_bytes(ptr, &payload[at..at + n])?;
+        at += n;
+        if at == payload.len() {
+            break;
+        }
+    }
+    Ok((at as u32, at < payload.len()))
+}
+
+fn send_datagram(
+    net: &mut Net,
+    handle: smoltcp::iface::SocketHandle,
+    mem: &GuestMemory,
+    iovs: &[(u32, u32)],
+    peer: IpEndpoint,
+) -> WasiResult<u32> {
+    let mut payload = Vec::new();
+    for &(ptr, len) in iovs {
+        payload.extend_from_slice(mem.slice(ptr, len)?);
+        if payload.len() > u16::MAX as usize {
+            return Err(Errno::MSGSIZE);
+        }
+    }
+    let s = net.udp(handle);
+    if !s.can_send() {
+        return Err(Errno::AGAIN);
+    }
+    match s.send_slice(&payload, peer) {
+        Ok(()) => Ok(payload.len() as u32),
+        Err(smoltcp::socket::udp::SendError::BufferFull) => Err(Errno::AGAIN),
+        Err(smoltcp::socket::udp::SendError::Unaddressable) => Err(Errno::HOSTUNREACH),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signature::Func;
+    use alloc::rc::Rc;
+    use alloc::vec;
+    use core::cell::RefCell;
+    use std::collections::VecDeque;
+    use wasmvm_abi::net::NetConfig;
+
+    /// Two cards joined by a wire; every call to the clock moves it on a millisecond, so
+    /// timers fire without real waiting.
+    #[derive(Default)]
+    struct Wire {
+        frames: [VecDeque<Vec<u8>>; 2],
+        clock: u64,
+    }
+
+    struct End {
+        wire: Rc<RefCell<Wire>>,
+        side: usize,
+    }
+
+    impl Platform for End {
+        fn write(&mut self, _: crate::Stdio, _: &[u8]) {}
+        fn read_stdin(&mut self, _: &mut [u8]) -> usize {
+            0
+        }
+        fn now_ns(&mut self, _: Clock) -> u64 {
+            let mut w = self.wire.borrow_mut();
+            w.clock += 1_000_000;
+            w.clock
+        }
+        fn resolution_ns(&self, _: Clock) -> u64 {
+            1
+        }
+        fn random(&mut self, buf: &mut [u8]) {
+            buf.fill(self.side as u8 + 1);
+        }
+        fn net_receive(&mut self, frame: &mut Vec<u8>) -> bool {
+            match self.wire.borrow_mut().frames[self.side].pop_front() {
+                Some(f) => {
+                    *frame = f;
+                    true
+                }
+                None => false,
+            }
+        }
+        fn net_can_send(&mut self) -> bool {
+            true
+        }
+        fn net_send(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8])) -> bool {
+            let mut frame = vec![0; len];
+            fill(&mut frame);
+            self.wire.borrow_mut().frames[1 - self.side].push_back(frame);
+            true
+        }
+    }
+
+    const GUEST: [u8; 4] = [10, 0, 2, 15];
+    const HOST: [u8; 4] = [10, 0, 2, 2];
+
+    fn world(wire: &Rc<RefCell<Wire>>, side: usize) -> Wasi<End> {
+        let mut w = Wasi::new(
+            End {
+                wire: wire.clone(),
+                side,
+            },
+            vec![b"app".to_vec()],
+            vec![],
+        );
+        let addr = if side == 0 { GUEST } else { HOST };
+        w.attach_network(Nic {
+            mac: [2, 0, 0, 0, 0, side as u8 + 1],
+            config: Some(NetConfig {
+                addr,
+                prefix_len: 24,
+                gateway: HOST,
+                dns: HOST,
+                mtu: 1500,
+            }),
+            mtu: 1500,
+        });
+        w
+    }
+
+    fn pair() -> (Wasi<End>, Wasi<End>) {
+        let wire = Rc::new(RefCell::new(Wire::default()));
+        (world(&wire, 0), world(&wire, 1))
+    }
+
+    /// Runs both stacks until the wire is quiet.
+    fn pump(a: &mut Wasi<End>, b: &mut Wasi<End>) {
+        for _ in 0..50 {
+            a.net.as_mut().unwrap().poll(&mut a.platform);
+            b.net.as_mut().unwrap().poll(&mut b.platform);
+        }
+    }
+
+    fn call(w: &mut Wasi<End>, mem: &mut [u8], f: Func, args: &[u64]) -> Errno {
+        w.call(f, mem, args).expect("no exit")
+    }
+
+    fn nonblocking(w: &mut Wasi<End>, mem: &mut [u8], fd: u32) {
+        let e = call(w, mem, Func::FdFdstatSetFlags, &[fd as u64, 4]);
+        assert_eq!(e, Errno::SUCCESS);
+    }
+
+    /// WasmEdge `sock_open` + non-blocking `sock_connect` to `ip:port`.
+    fn connect(w: &mut Wasi<End>, mem: &mut [u8], ip: [u8; 4], port: u16) -> u32 {
+        assert_eq!(call(w, mem, Func::SockOpen, &[1, 2, 100]), Errno::SUCCESS);
+        let fd = u32::from_le_bytes(mem[100..104].try_into().unwrap());
+        nonblocking(w, mem, fd);
+        mem[48..52].copy_from_slice(&ip);
+        mem[32..36].copy_from_slice(&48u32.to_le_bytes());
+        mem[36..40].copy_from_slice(&4u32.to_le_bytes());
+        let e = call(w, mem, Func::SockConnect, &[fd as u64, 32, port as u64]);
+        assert_eq!(e, Errno::INPROGRESS);
+        fd
+    }
+
+    fn send(w: &mut Wasi<End>, mem: &mut [u8], fd: u32, data: &[u8]) -> (Errno, u32) {
+        mem[1024..1024 + data.len()].copy_from_slice(data);
+        mem[0..4].copy_from_slice(&1024u32.to_le_bytes());
+        mem[4..8].copy_from_slice(&(data.len() as u32).to_le_bytes());
+        let e = call(w, mem, Func::SockSend, &[fd as u64, 0, 1, 0, 16]);
+        (e, u32::from_le_bytes(mem[16..20].try_into().unwrap()))
+    }
+
+    fn recv(w: &mut Wasi<End>, mem: &mut [u8], fd: u32, max: u32) -> (Errno, Vec<u8>) {
+        mem[0..4].copy_from_slice(&1024u32.to_le_bytes());
+        mem[4..8].copy_from_slice(&max.to_le_bytes());
+        let e = call(w, mem, Func::SockRecv, &[fd as u64, 0, 1, 0, 16, 20]);
+        let n = u32::from_le_bytes(mem[16..20].try_into().unwrap()) as usize;
+        (e, mem[1024..1024 + n].to_vec())
+    }
+
+    fn accept(w: &mut Wasi<End>, mem: &mut [u8], fd: u32) -> (Errno, u32) {
+        let e = call(w, mem, Func::SockAccept, &[fd as u64, 4, 100]);
+        (e, u32::from_le_bytes(mem[100..104].try_into().unwrap()))
+    }
+
+    #[test]
+    fn a_preopened_listener_accepts_and_talks() {
+        let (mut guest, mut host) = pair();
+        let listener = guest
+            .preopen_listener(Listen {
+                addr: [0; 4],
+                port: 8080,
+            })
+            .unwrap();
+        assert_eq!(listener, 3);
+        let (mut gm, mut hm) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+        // A socket descriptor says so in its fdstat, with accept among its rights.
+        assert_eq!(
+            call(&mut guest, &mut gm, Func::FdFdstatGet, &[3, 200]),
+            Errno::SUCCESS
+        );
+        assert_eq!(gm[200], crate::state::filetype::SOCKET_STREAM);
+        nonblocking(&mut guest, &mut gm, 3);
+        assert_eq!(accept(&mut guest, &mut gm, 3).0, Errno::AGAIN);
+
+        let client = connect(&mut host, &mut hm, GUEST, 8080);
+        pump(&mut guest, &mut host);
+        let (e, conn) = accept(&mut guest, &mut gm, 3);
+        assert_eq!(e, Errno::SUCCESS);
+        assert_eq!(
+            send(&mut host, &mut hm, client, b"ping"),
+            (Errno::SUCCESS, 4)
+        );
+        pump(&mut guest, &mut host);
+        assert_eq!(
+            recv(&mut guest, &mut gm, conn, 64),
+            (Errno::SUCCESS, b"ping".to_vec())
+        );
+        assert_eq!(recv(&mut guest, &mut gm, conn, 64).0, Errno::AGAIN);
+        // fd_write and fd_read work on sockets too.
+        gm[1024..1028].copy_from_slice(b"pong");
+        gm[0..4].copy_from_slice(&1024u32.to_le_bytes());
+        gm[4..8].copy_from_slice(&4u32.to_le_bytes());
+        assert_eq!(
+            call(&mut guest, &mut gm, Func::FdWrite, &[conn as u64, 0, 1, 16]),
+            Errno::SUCCESS
+        );
+        pump(&mut guest, &mut host);
+        assert_eq!(
+            recv(&mut host, &mut hm, client, 64),
+            (Errno::SUCCESS, b"pong".to_vec())
+        );
+        // The peer's shutdown reads as end of file, and the socket polls as hung up.
+        assert_eq!(
+            call(&mut host, &mut hm, Func::SockShutdown, &[client as u64, 2]),
+            Errno::SUCCESS
+        );
+        pump(&mut guest, &mut host);
+        assert_eq!(
+            recv(&mut guest, &mut gm, conn, 64),
+            (Errno::SUCCESS, vec![])
+        );
+        // Peer addresses as WasmEdge reports them.
+        gm[32..36].copy_from_slice(&48u32.to_le_bytes());
+        gm[36..40].copy_from_slice(&16u32.to_le_bytes());
+        assert_eq!(
+            call(
+                &mut guest,
+                &mut gm,
+                Func::SockGetPeerAddr,
+                &[conn as u64, 32, 64, 68]
+            ),
+            Errno::SUCCESS
+        );
+        assert_eq!(&gm[48..52], &HOST);
+        assert_eq!(u32::from_le_bytes(gm[64..68].try_into().unwrap()), 4);
+        assert_ne!(u32::from_le_bytes(gm[68..72].try_into().unwrap()), 0);
+        assert_eq!(
+            call(&mut guest, &mut gm, Func::FdClose, &[conn as u64]),
+            Errno::SUCCESS
+        );
+        pump(&mut guest, &mut host);
+        assert!(guest.net.as_ref().unwrap().settled());
+    }
+
+    #[test]
+    fn poll_oneoff_reports_a_pending_connection_and_data() {
+        let (mut guest, mut host) = pair();
+        guest
+            .preopen_listener(Listen {
+                addr: [0; 4],
+                port: 80,
+            })
+            .unwrap();
+        let (mut gm, mut hm) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+        let sub = |mem: &mut [u8], at: usize, userdata: u64, kind: u8, fd: u32| {
+            mem[at..at + 8].copy_from_slice(&userdata.to_le_bytes());
+            mem[at + 8] = kind;
+            mem[at + 16..at + 20].copy_from_slice(&fd.to_le_bytes());
+        };
+        // A clock of 5 ms and the listener: nothing pending, so the clock fires.
+        sub(&mut gm, 4096, 1, 1, 3);
+        gm[4096 + 48 + 8] = 0;
+        gm[4096 + 48..4096 + 56].copy_from_slice(&2u64.to_le_bytes());
+        gm[4096 + 48 + 16..4096 + 48 + 20].copy_from_slice(&1u32.to_le_bytes());
+        gm[4096 + 48 + 24..4096 + 48 + 32].copy_from_slice(&5_000_000u64.to_le_bytes());
+        assert_eq!(
+            call(&mut guest, &mut gm, Func::PollOneoff, &[4096, 8192, 2, 300]),
+            Errno::SUCCESS
+        );
+        assert_eq!(u32::from_le_bytes(gm[300..304].try_into().unwrap()), 1);
+        assert_eq!(u64::from_le_bytes(gm[8192..8200].try_into().unwrap()), 2);
+
+        let client = connect(&mut host, &mut hm, GUEST, 80);
+        pump(&mut guest, &mut host);
+        assert_eq!(
+            call(&mut guest, &mut gm, Func::PollOneoff, &[4096, 8192, 2, 300]),
+            Errno::SUCCESS
+        );
+        assert_eq!(u32::from_le_bytes(gm[300..304].try_into().unwrap()), 1);
+        assert_eq!(u64::from_le_bytes(gm[8192..8200].try_into().unwrap()), 1);
+        assert_eq!(gm[8192 + 10], 1);
+        let (e, conn) = accept(&mut guest, &mut gm, 3);
+        assert_eq!(e, Errno::SUCCESS);
+        send(&mut host, &mut hm, client, b"abc");
+        pump(&mut guest, &mut host);
+        sub(&mut gm, 4096, 7, 1, conn);
+        assert_eq!(
+            call(&mut guest, &mut gm, Func::PollOneoff, &[4096, 8192, 1, 300]),
+            Errno::SUCCESS
+        );
+        assert_eq!(
+            u64::from_le_bytes(gm[8192 + 16..8192 + 24].try_into().unwrap()),
+            3
+        );
+    }
+
+    #[test]
+    fn a_large_transfer_arrives_intact() {
+        let (mut guest, mut host) = pair();
+        guest
+            .preopen_listener(Listen {
+                addr: [0; 4],
+                port: 9,
+            })
+            .unwrap();
+        let (mut gm, mut hm) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+        nonblocking(&mut guest, &mut gm, 3);
+        let client = connect(&mut host, &mut hm, GUEST, 9);
+        pump(&mut guest, &mut host);
+        let (_, conn) = accept(&mut guest, &mut gm, 3);
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 31 + 7) as u8).collect();
+        let (mut sent, mut got) = (0, Vec::new());
+        for _ in 0..100_000 {
+            if sent < data.len() {
+                let end = (sent + 60_000).min(data.len());
+                let (e, n) = send(&mut host, &mut hm, client, &data[sent..end]);
+                assert!(e == Errno::SUCCESS || e == Errno::AGAIN, "{e:?}");
+                if e == Errno::SUCCESS {
+                    sent += n as usize;
+                }
+            }
+            pump(&mut guest, &mut host);
+            let (e, chunk) = recv(&mut guest, &mut gm, conn, 100_000);
+            if e == Errno::SUCCESS {
+                got.extend_from_slice(&chunk);
+            }
+            if got.len() == data.len() {
+                break;
+            }
+        }
+        assert!(
+            got == data,
+            "received {} of {} bytes, or corrupted",
+            got.len(),
+            data.len()
+        );
+    }
+
+    #[test]
+    fn many_connections_open_and_close_without_leaking() {
+        let (mut guest, mut host) = pair();
+        guest
+            .preopen_listener(Listen {
+                addr: [0; 4],
+                port: 7,
+            })
+            .unwrap();
+        let (mut gm, mut hm) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+        nonblocking(&mut guest, &mut gm, 3);
+        let baseline = guest.net.as_ref().unwrap().set_len();
+        for round in 0..300 {
+            let client = connect(&mut host, &mut hm, GUEST, 7);
+            pump(&mut guest, &mut host);
+            let (e, conn) = accept(&mut guest, &mut gm, 3);
+            assert_eq!(e, Errno::SUCCESS, "round {round}");
+            // Alternate which side closes first.
+            let mut scratch = [0u8; 64];
+            if round % 2 == 0 {
+                call(&mut guest, &mut scratch, Func::FdClose, &[conn as u64]);
+                pump(&mut guest, &mut host);
+                call(&mut host, &mut scratch, Func::FdClose, &[client as u64]);
+            } else {
+                call(&mut host, &mut scratch, Func::FdClose, &[client as u64]);
+                pump(&mut guest, &mut host);
+                call(&mut guest, &mut scratch, Func::FdClose, &[conn as u64]);
+            }
+            pump(&mut guest, &mut host);
+        }
+        assert!(
+            guest.fds.len() <= 6,
+            "descriptors leak: {}",
+            guest.fds.len()
+        );
+        assert_eq!(
+            guest.net.as_ref().unwrap().set_len(),
+            baseline,
+            "sockets leak"
+        );
+    }
+
+    #[test]
+    fn hostile_arguments_fail_cleanly() {
+        let (mut guest, _host) = pair();
+        guest
+            .preopen_listener(Listen {
+                addr: [0; 4],
+                port: 80,
+            })
+            .unwrap();
+        let mut m = vec![0u8; 4096];
+        // Not a socket, no such descriptor, bad flags, pointers off the end of memory.
+        assert_eq!(
+            call(&mut guest, &mut m, Func::SockAccept, &[1, 0, 0]),
+            Errno::NOTSOCK
+        );
+        assert_eq!(
+            call(&mut guest, &mut m, Func::SockAccept, &[99, 0, 0]),
+            Errno::BADF
+        );
+        assert_eq!(
+            call(&mut guest, &mut m, Func::SockAccept, &[3, 1, 0]),
+            Errno::INVAL
+        );
+        assert_eq!(
+            call(&mut guest, &mut m, Func::SockAccept, &[3, 0, 4094]),
+            Errno::FAULT
+        );
+        assert_eq!(
+            call(&mut guest, &mut m, Func::SockRecv, &[3, 4090, 2, 0, 0, 0]),
+            Errno::FAULT
+        );
+        assert_eq!(
+            call(&mut guest, &mut m, Func::SockRecv, &[3, 0, 0, 8, 16, 20]),
+            Errno::INVAL
+        );
+        assert_eq!(
+            call(&mut guest, &mut m, Func::SockSend, &[3, 0, 0, 1, 16]),
+            Errno::INVAL
+        );
+        assert_eq!(
+            call(&mut guest, &mut m, Func::SockShutdown, &[3, 4]),
+            Errno::INVAL
+        );
+        assert_eq!(
+            call(&mut guest, &mut m, Func::SockShutdown, &[3, 2]),
+            Errno::NOTCONN
+        );
+        assert_eq!(
+            call(&mut guest, &mut m, Func::SockOpen, &[2, 2, 0]),
+            Errno::AFNOSUPPORT
+        );
+        assert_eq!(
+            call(&mut guest, &mut m, Func::SockOpen, &[1, 9, 0]),
+            Errno::INVAL
+        );
+        assert_eq!(
+            call(&mut guest, &mut m, Func::SockOpen, &[1, 2, 4093]),
+            Errno::FAULT
+        );
+        // An address struct pointing outside memory, or of an unknown size.
+        call(&mut guest, &mut m, Func::SockOpen, &[1, 2, 100]);
+        let fd = u32::from_le_bytes(m[100..104].try_into().unwrap()) as u64;
+        m[32..36].copy_from_slice(&4094u32.to_le_bytes());
+        m[36..40].copy_from_slice(&4u32.to_le_bytes());
+        assert_eq!(
+            call(&mut guest, &mut m, Func::SockConnect, &[fd, 32, 80]),
+            Errno::FAULT
+        );
+        m[36..40].copy_from_slice(&7u32.to_le_bytes());
+        assert_eq!(
+            call(&mut guest, &mut m, Func::SockConnect, &[fd, 32, 80]),
+            Errno::INVAL
+        );
+        assert_eq!(
+            call(&mut guest, &mut m, Func::SockConnect, &[fd, 32, 1 << 20]),
+            Errno::INVAL
+        );
+        // A port already listening on is refused.
+        m[48..52].copy_from_slice(&[0; 4]);
+        m[32..36].copy_from_slice(&48u32.to_le_bytes());
+        m[36..40].copy_from_slice(&4u32.to_le_bytes());
+        assert_eq!(
+            call(&mut guest, &mut m, Func::SockBind, &[fd, 32, 80]),
+            Errno::ADDRINUSE
+        );
+        // Options: SO_REUSEADDR is taken, an unknown level is not.
+        m[200..204].copy_from_slice(&1i32.to_le_bytes());
+        assert_eq!(
+            call(
+                &mut guest,
+                &mut m,
+                Func::SockSetSockOpt,
+                &[fd, 0, 0, 200, 4]
+            ),
+            Errno::SUCCESS
+        );
+        assert_eq!(
+            call(
+                &mut guest,
+                &mut m,
+                Func::SockSetSockOpt,
+                &[fd, 6, 0, 200, 4]
+            ),
+            Errno::INVAL
+        );
+        m[208..212].copy_from_slice(&4u32.to_le_bytes());
+        assert_eq!(
+            call(
+                &mut guest,
+                &mut m,
+                Func::SockGetSockOpt,
+                &[fd, 0, 1, 204, 208]
+            ),
+            Errno::SUCCESS
+        );
+        assert_eq!(i32::from_le_bytes(m[204..208].try_into().unwrap()), 2);
+        // A world without a network card has no sockets.
+        let mut bare = crate::state::tests::wasi();
+        assert_eq!(
+            bare.call(Func::SockOpen, &mut m, &[1, 2, 100]),
+            Ok(Errno::NETUNREACH)
+        );
+        assert_eq!(
+            bare.call(Func::SockRecv, &mut m, &[1, 0, 0, 0, 16, 20]),
+            Ok(Errno::NOTSOCK)
+        );
+    }
+}
