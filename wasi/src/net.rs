@@ -30,7 +30,7 @@ use crate::platform::{Clock, Platform};
 
 /// Receive and send buffer of each TCP connection: large enough to keep a fast link busy
 /// (smoltcp scales the window past 64 KiB); pages the app never fills are never touched.
-pub(crate) const TCP_BUFFER: usize = 256 * 1024;
+pub(crate) const TCP_BUFFER: usize = 128 * 1024;
 /// Sockets kept in LISTEN per listener, ready for simultaneous SYNs.
 const LISTEN_SPARES: usize = 4;
 /// Connections a listener queues for `accept` before it resets new ones (Linux's somaxconn
@@ -377,13 +377,7 @@ impl Net {
     }
 
     fn tcp_socket(&self, options: &Options) -> tcp::Socket<'static> {
-        let mut s = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
-            tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
-        );
-        // Apps cannot set TCP_NODELAY through preview1, and a response written in two
-        // pieces must not wait for an ACK; batching happens per poll anyway.
-        s.set_nagle_enabled(false);
+        let mut s = new_tcp_socket();
         if options.keep_alive {
             s.set_keep_alive(Some(Duration::from_secs(60)));
         }
@@ -863,6 +857,21 @@ impl Net {
     }
 }
 
+/// A TCP socket with the settings every one shares.
+fn new_tcp_socket() -> tcp::Socket<'static> {
+    let mut s = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
+        tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
+    );
+    // Apps cannot set TCP_NODELAY through preview1, and a response written in two pieces
+    // must not wait for an ACK; batching happens per poll anyway.
+    s.set_nagle_enabled(false);
+    // With two full-size segments per window on a 64 KiB-MTU link, a delayed ACK would
+    // stall the sender for the whole delay; ACKs leave in the same batch as everything else.
+    s.set_ack_delay(None);
+    s
+}
+
 /// Moves a listener's spares that left LISTEN to its incoming queue and tops the spares up.
 fn promote(set: &mut SocketSet<'static>, l: &mut Listener) {
     let mut i = 0;
@@ -876,12 +885,7 @@ fn promote(set: &mut SocketSet<'static>, l: &mut Listener) {
     }
     let want = LISTEN_SPARES.min(l.backlog.saturating_sub(l.incoming.len()));
     while l.spares.len() < want {
-        // Reuse a template's settings: every spare is configured alike.
-        let mut s = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
-            tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
-        );
-        s.set_nagle_enabled(false);
+        let mut s = new_tcp_socket();
         if s.listen(l.endpoint).is_err() {
             break;
         }
