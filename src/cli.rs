@@ -4,6 +4,8 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use wasmvm_abi::net::Listen;
+use wasmvm_loader::net::{NetworkMode, Publish};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -47,6 +49,26 @@ pub enum Command {
         /// (repeatable); its files are written back when the VM ends.
         #[arg(long = "volume", value_name = "IMAGE::GUEST")]
         volumes: Vec<OsString>,
+        /// Forward a host port to a port of the app (repeatable; TCP unless /udp). The host
+        /// address defaults to every interface (0.0.0.0).
+        #[arg(
+            short = 'p',
+            long = "publish",
+            value_name = "[HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|/udp]",
+            value_parser = parse_publish
+        )]
+        publish: Vec<Publish>,
+        /// The VM's network: user (user-mode, unprivileged), none, or tap:IFNAME (an
+        /// existing tap device). Default: user if the app listens, -p is given or the module
+        /// imports socket functions; otherwise none.
+        #[arg(long, value_name = "user|none|tap:IFNAME", value_parser = parse_network)]
+        network: Option<NetworkMode>,
+        /// With --network tap: the app's static address (default: ask DHCP).
+        #[arg(long, value_name = "ADDR/PREFIX", value_parser = parse_cidr, requires = "gateway")]
+        ip: Option<(std::net::Ipv4Addr, u8)>,
+        /// With --ip: the default gateway (also used as DNS server).
+        #[arg(long, value_name = "ADDR", requires = "ip")]
+        gateway: Option<std::net::Ipv4Addr>,
         #[command(flatten)]
         app: AppArgs,
         /// Stop the VM after this long (e.g. 500ms, 30s, 2m; a bare number is seconds).
@@ -113,6 +135,10 @@ pub struct AppArgs {
     /// Link function imports wasmvm does not provide as stubs that return zero values.
     #[arg(long)]
     pub stub_imports: bool,
+    /// Give the app a listening TCP socket on [ADDR:]PORT in the VM (repeatable; preopened
+    /// after the directories). At `run`, replaces the image's listeners.
+    #[arg(long = "listen", value_name = "[ADDR:]PORT", value_parser = parse_listen)]
+    pub listens: Vec<Listen>,
     /// Arguments for the app, after `--`.
     #[arg(last = true, value_name = "ARGS")]
     pub args: Vec<OsString>,
@@ -141,6 +167,26 @@ pub enum BootArg {
 pub enum AccelArg {
     Kvm,
     Tcg,
+}
+
+/// `[ADDR:]PORT` of `--listen`.
+pub fn parse_listen(s: &str) -> Result<Listen, String> {
+    Listen::parse(s).map_err(|why| format!("`{s}`: {why}"))
+}
+
+/// `-p/--publish`.
+pub fn parse_publish(s: &str) -> Result<Publish, String> {
+    Publish::parse(s)
+}
+
+/// `--network`.
+pub fn parse_network(s: &str) -> Result<NetworkMode, String> {
+    NetworkMode::parse(s)
+}
+
+/// `--ip ADDR/PREFIX`.
+pub fn parse_cidr(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
+    wasmvm_loader::net::parse_cidr(s)
 }
 
 /// A byte count: `512K`, `64M`, `1G`, `2T`, or a bare number of bytes.
@@ -225,6 +271,62 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5y").is_err());
         assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn network_flags() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from([
+            "wasmvm",
+            "run",
+            "a.img",
+            "-p",
+            "8080:80",
+            "--publish",
+            "127.0.0.1:53:53/udp",
+            "--listen",
+            "80",
+            "--network",
+            "user",
+        ])
+        .unwrap();
+        let Command::Run {
+            publish,
+            network,
+            app,
+            ..
+        } = cli.command
+        else {
+            panic!("not run");
+        };
+        assert_eq!(publish.len(), 2);
+        assert_eq!(network, Some(NetworkMode::User));
+        assert_eq!(app.listens, [Listen::parse("80").unwrap()]);
+        for (bad, says) in [
+            (&["-p", "80"][..], "`80`"),
+            (&["--listen", "99999"], "`99999`"),
+            (&["--network", "bridge"], "`bridge`"),
+            (&["--ip", "10.1.1.2/24"], "--gateway"),
+        ] {
+            let e = Cli::try_parse_from(["wasmvm", "run", "a.img"].iter().chain(bad))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
+        let cli = Cli::try_parse_from([
+            "wasmvm",
+            "pack",
+            "a.wasm",
+            "-o",
+            "a.img",
+            "--listen",
+            "1.2.3.4:8",
+        ])
+        .unwrap();
+        let Command::Pack { app, .. } = cli.command else {
+            panic!("not pack");
+        };
+        assert_eq!(app.listens[0].to_string(), "1.2.3.4:8");
     }
 
     #[test]

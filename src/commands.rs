@@ -6,8 +6,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use wasmvm_abi::ABI_VERSION;
+use wasmvm_abi::net::NetConfig;
 use wasmvm_loader::image::{self, Image};
 use wasmvm_loader::kvm::BootPath;
+use wasmvm_loader::net::TAP_MTU;
 use wasmvm_loader::pack::{DirSpec, PackOptions, check_env, pack_module};
 use wasmvm_loader::{
     Accel, Control, RunIo, RunOptions, ShareSpec, StopReason, VolumeSpec, builtin, elf::Elf,
@@ -30,6 +32,10 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             dirs,
             dirs_ro,
             volumes,
+            publish,
+            network,
+            ip,
+            gateway,
             app,
             timeout,
             memory,
@@ -71,11 +77,32 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
+            let tap_config = match (ip, gateway) {
+                (Some((addr, prefix_len)), Some(gateway)) => {
+                    let mask = u32::MAX << (32 - prefix_len);
+                    if u32::from(addr) & mask != u32::from(gateway) & mask {
+                        bail!(
+                            "--gateway {gateway} is not in the network of --ip {addr}/{prefix_len}"
+                        );
+                    }
+                    Some(NetConfig {
+                        addr: addr.octets(),
+                        prefix_len,
+                        gateway: gateway.octets(),
+                        dns: gateway.octets(),
+                        mtu: TAP_MTU,
+                    })
+                }
+                _ => None,
+            };
             let opts = RunOptions {
                 memory_mib: memory,
                 timeout,
                 shares,
                 volumes,
+                network,
+                publish,
+                tap_config,
                 accel: match accel {
                     AccelArg::Kvm => Accel::Kvm,
                     AccelArg::Tcg => Accel::Tcg,
@@ -145,6 +172,7 @@ fn pack_options(module: &Path, app: &AppArgs, dirs: &[OsString]) -> Result<PackO
             .collect::<Result<_>>()?,
         invoke: app.invoke.clone(),
         stub_imports: app.stub_imports,
+        listens: app.listens.clone(),
     })
 }
 
@@ -222,6 +250,9 @@ fn run(target: &Path, app: &AppArgs, mut opts: RunOptions, vmm: Vmm, verbose: bo
             opts.args = Some(app.args.iter().map(bytes).collect());
         }
         opts.env = env_list(app)?;
+        if !app.listens.is_empty() {
+            opts.listens = Some(app.listens.clone());
+        }
         target.to_path_buf()
     };
 
@@ -322,6 +353,7 @@ fn inspect(path: &Path, json: bool) -> Result<i32> {
         "preopens": preopens,
         "invoke": m.invoke.as_deref().map(text),
         "stub_imports": m.stub_imports,
+        "listens": m.listens.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
     });
     if json {
         println!("{}", serde_json::to_string_pretty(&value)?);
@@ -357,6 +389,16 @@ fn inspect(path: &Path, json: bool) -> Result<i32> {
         "env:            {:?}",
         m.env.iter().map(|a| text(a)).collect::<Vec<_>>()
     );
+    if !m.listens.is_empty() {
+        println!(
+            "listens:        {}",
+            m.listens
+                .iter()
+                .map(|l| l.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     println!("imports ({}):", info.imports.len());
     for i in &info.imports {
         println!("  {i}");
@@ -425,6 +467,26 @@ fn doctor() -> Result<i32> {
                 "`{}` not found: apt-get install qemu-system-x86 (or set WASMVM_QEMU)",
                 qemu.display()
             ),
+        ),
+    }
+    // passt is only needed for the built-in VMM's network: its absence is a warning.
+    let passt = RunOptions::default().passt;
+    match std::process::Command::new(&passt).arg("--version").output() {
+        Ok(out) => {
+            let version = String::from_utf8_lossy(&out.stdout);
+            let version = version.lines().next().unwrap_or("").trim();
+            println!(
+                "[ ok ] passt: {}",
+                if version.is_empty() {
+                    "installed"
+                } else {
+                    version
+                }
+            );
+        }
+        Err(_) => println!(
+            "[warn] passt: `{}` not found: apt-get install passt (the network of apps that use sockets on the built-in VMM; or set WASMVM_PASST)",
+            passt.display()
         ),
     }
     if !ok {

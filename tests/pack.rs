@@ -211,3 +211,93 @@ fn usage_errors_exit_253_and_version_works() {
     assert!(o.status.success());
     assert!(stdout(&o).contains(env!("CARGO_PKG_VERSION")));
 }
+
+#[test]
+fn listeners_are_packed_and_inspected() {
+    let dir = scratch();
+    let img = dir.path().join("listen.img");
+    pack(
+        &sample("hello"),
+        &img,
+        &["--listen", "8080", "--listen", "127.0.0.1:9000"],
+    );
+    let o = wasmvm()
+        .arg("inspect")
+        .arg(&img)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v["listens"],
+        serde_json::json!(["0.0.0.0:8080", "127.0.0.1:9000"])
+    );
+    let text = wasmvm().arg("inspect").arg(&img).output().unwrap();
+    assert!(
+        stdout(&text).contains("listens:        0.0.0.0:8080, 127.0.0.1:9000"),
+        "{}",
+        stdout(&text)
+    );
+    let o = wasmvm()
+        .arg("pack")
+        .arg(sample("hello"))
+        .arg("-o")
+        .arg(dir.path().join("bad.img"))
+        .args(["--listen", "80000"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(253));
+    assert!(stderr(&o).contains("`80000`"), "{}", stderr(&o));
+}
+
+/// Network options that contradict each other, or a published port that is taken, fail
+/// before any VM starts, naming the problem.
+#[test]
+fn network_usage_errors_are_named() {
+    let dir = scratch();
+    let img = dir.path().join("hello.img");
+    pack(&sample("hello"), &img, &[]);
+    let vmm = if accel() == "kvm" { "builtin" } else { "qemu" };
+    let run = |extra: &[&str]| {
+        wasmvm()
+            .args(["run", "--vmm", vmm, "--accel", accel()])
+            .args(extra)
+            .arg(&img)
+            .output()
+            .unwrap()
+    };
+    let o = run(&["--network", "none", "-p", "8080:80"]);
+    assert_eq!(o.status.code(), Some(253));
+    assert!(stderr(&o).contains("--network none"), "{}", stderr(&o));
+    let o = run(&["-p", "8080:80/sctp"]);
+    assert_eq!(o.status.code(), Some(253));
+    assert!(
+        stderr(&o).contains("unknown protocol `sctp`"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["--network", "wifi"]);
+    assert_eq!(o.status.code(), Some(253));
+    assert!(
+        stderr(&o).contains("`wifi` is not a network"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["--ip", "10.9.0.2/24", "--gateway", "10.9.0.1"]);
+    assert_eq!(o.status.code(), Some(253));
+    assert!(
+        stderr(&o).contains("--network tap:IFNAME"),
+        "{}",
+        stderr(&o)
+    );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let o = run(&["-p", &format!("127.0.0.1:{port}:80")]);
+    assert_eq!(o.status.code(), Some(253));
+    assert!(
+        stderr(&o).contains(&format!("host port {port} on 127.0.0.1 is already in use")),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -10,13 +10,16 @@ use std::time::{Duration, Instant};
 
 use crate::channel::{StreamEnd, pump_stdin};
 use crate::devices::{Devices, MMIO_BASE};
+use crate::frame_link::{FrameLink, Passt, StreamLink, TapLink};
 use crate::image::Image;
 use crate::kvm::{self, ProbeEnd};
 use crate::mapped::MappedImage;
+use crate::net::{self, Nic};
 use crate::seccomp;
 use crate::virtio_9p::{self, P9Device};
 use crate::virtio_console::Console;
 use crate::virtio_mmio::Mmio;
+use crate::virtio_net::NetDevice;
 use crate::{Control, Ending, RunError, RunEvent, RunIo, RunOptions, io_err, pump_output};
 use wasmvm_abi::bundle::share_tag;
 use wasmvm_abi::channel::{CHANNEL_WINDOW, MAX_CHANNEL_WINDOW};
@@ -56,7 +59,12 @@ pub fn run(
     let mapped = MappedImage::open(image_path).map_err(io_err("reading the image"))?;
     let image = Image::parse(mapped.bytes())?;
     let memory_mib = crate::memory_mib(opts, &image);
-    let run_config = crate::run_config(opts)?;
+    let net_plan = crate::net_plan(opts, &image, net::BUILTIN_USER_MTU)?;
+    if let Some(plan) = &net_plan {
+        // passt only warns about a taken port; say which one, before anything starts.
+        net::check_ports(&plan.publish)?;
+    }
+    let run_config = crate::run_config(opts, net_plan.as_ref())?;
     let filter = match opts.seccomp {
         true => Some(Arc::new(seccomp::vmm_filter()?)),
         false => None,
@@ -66,9 +74,34 @@ pub fn run(
     let (in_host, in_vmm) = UnixStream::pair().map_err(io_err("creating the channel"))?;
     let console = Console::new(out_vmm, in_vmm).map_err(io_err("creating the console"))?;
     let stop = Arc::new(AtomicBool::new(false));
+    // The network card's host side: passt (started now, so it comes up while the VM is
+    // built) or a tap device.
+    let mut passt = None;
+    let net_device = match &net_plan {
+        None => None,
+        Some(plan) => {
+            let link: Box<dyn FrameLink> = match &plan.nic {
+                Nic::User => {
+                    let (vmm_end, passt_end) =
+                        UnixStream::pair().map_err(io_err("creating the network socket"))?;
+                    passt = Some(Passt::spawn(
+                        &opts.passt,
+                        &plan.publish,
+                        plan.mtu,
+                        &passt_end,
+                    )?);
+                    drop(passt_end);
+                    Box::new(StreamLink::new(vmm_end).map_err(io_err("setting up the network"))?)
+                }
+                Nic::Tap(name) => Box::new(TapLink::open(name)?),
+            };
+            Some(Mmio::new(NetDevice::new(link, plan.mtu)))
+        }
+    };
     let mut devices = Devices {
         console: Some(Mmio::new(console)),
         shares: Vec::new(),
+        net: net_device,
     };
     let share_filter = match opts.seccomp && !opts.shares.is_empty() {
         true => Some(Arc::new(seccomp::share_filter()?)),
@@ -111,7 +144,20 @@ pub fn run(
         // A writable live directory could hold the image itself: a guest writing it would
         // change the code of every VM mapping it. Copy then.
         opts.shares.iter().all(|s| s.read_only),
+        devices.net.is_some(),
     )?;
+    if let Some(net) = devices.net.as_mut() {
+        // The card suppresses notifications only for a guest that was told (the direct
+        // entry); a PVH guest notifies as usual.
+        net.device.set_batched(machine.waits_block);
+        if let Some(passt) = passt.as_mut() {
+            passt.wait_ready(net.device.link_mut())?;
+            (io.log)(&format!(
+                "host: user-mode network (passt) up after {:.1} ms",
+                started.elapsed().as_secs_f64() * 1e3
+            ));
+        }
+    }
     drop(image);
     drop(mapped);
     (io.log)(&format!(

@@ -1,11 +1,14 @@
-//! The built-in VMM's MMIO bus: the virtio console in the first window and one virtio-9p
-//! device per live directory after it, announced on the kernel command line the way QEMU
-//! microvm and Firecracker announce theirs (`virtio_mmio.device=SIZE@ADDR:IRQ`), so the
-//! kernel has one discovery path for every VMM.
+//! The built-in VMM's MMIO bus: the virtio console in the first window, one virtio-9p
+//! device per live directory after it, then the network card if the run has one, announced
+//! on the kernel command line the way QEMU microvm and Firecracker announce theirs
+//! (`virtio_mmio.device=SIZE@ADDR:IRQ`), so the kernel has one discovery path for every VMM.
+
+use vm_memory::GuestMemoryMmap;
 
 use crate::virtio_9p::P9Device;
 use crate::virtio_console::Console;
 use crate::virtio_mmio::{Mmio, MmioHandler, WINDOW};
+use crate::virtio_net::NetDevice;
 
 /// Where the first device's registers live.
 pub const MMIO_BASE: u64 = 0xd000_0000;
@@ -16,6 +19,7 @@ const FIRST_IRQ: u64 = 5;
 pub struct Devices {
     pub console: Option<Mmio<Console>>,
     pub shares: Vec<Mmio<P9Device>>,
+    pub net: Option<Mmio<NetDevice>>,
 }
 
 impl Devices {
@@ -25,7 +29,9 @@ impl Devices {
 
     /// The command-line words announcing every device.
     pub fn cmdline(&self) -> String {
-        let slots = usize::from(self.console.is_some()) + self.shares.len();
+        let slots = usize::from(self.console.is_some())
+            + self.shares.len()
+            + usize::from(self.net.is_some());
         let words: Vec<String> = (0..slots)
             .map(|slot| {
                 format!(
@@ -43,11 +49,23 @@ impl Devices {
         let slot = usize::try_from(addr.checked_sub(MMIO_BASE)? / WINDOW).ok()?;
         let offset = (addr - MMIO_BASE) % WINDOW;
         let has_console = usize::from(self.console.is_some());
+        let shares_end = has_console + self.shares.len();
         let handler: &mut dyn MmioHandler = match (&mut self.console, slot) {
             (Some(console), 0) => console,
-            _ => self.shares.get_mut(slot.checked_sub(has_console)?)?,
+            _ if slot < shares_end => self.shares.get_mut(slot.checked_sub(has_console)?)?,
+            _ if slot == shares_end => self.net.as_mut()?,
+            _ => return None,
         };
         Some((handler, offset))
+    }
+
+    /// Moves network frames both ways (no-op without a card): the card asks the guest not
+    /// to notify, so the VMM does this at every exit (see `virtio_net`).
+    pub fn poll(&mut self, mem: &GuestMemoryMmap) {
+        if let Some(net) = self.net.as_mut() {
+            let (device, queues) = net.parts();
+            device.pump(queues, mem);
+        }
     }
 }
 
@@ -62,5 +80,25 @@ mod tests {
         assert!(none.at(MMIO_BASE).is_none());
         assert!(none.at(MMIO_BASE - 1).is_none());
         assert!(none.at(u64::MAX).is_none());
+    }
+
+    #[test]
+    fn the_network_card_comes_after_the_shares() {
+        use crate::frame_link::StreamLink;
+        let (_, end) = std::os::unix::net::UnixStream::pair().unwrap();
+        let link = Box::new(StreamLink::new(end).unwrap());
+        let mut devices = Devices {
+            net: Some(Mmio::new(NetDevice::new(link, 1500))),
+            ..Devices::default()
+        };
+        assert_eq!(
+            devices.cmdline(),
+            format!("virtio_mmio.device=4096@{MMIO_BASE:#x}:5")
+        );
+        let mut id = [0u8; 4];
+        let (net, _) = devices.at(MMIO_BASE + 8).unwrap();
+        net.read(8, &mut id);
+        assert_eq!(u32::from_le_bytes(id), 1);
+        assert!(devices.at(MMIO_BASE + WINDOW).is_none());
     }
 }

@@ -3,9 +3,8 @@
 //! memory through `vm-memory` (every write bounds-checked), enters the kernel at its PVH
 //! entry, and runs the vCPU until the guest writes the ABI's exit port or dies.
 //!
-//! Devices: the virtio console of `virtio_console` (the guest channel). `wasmvm run --vmm
-//! builtin` uses it through `builtin::run`; QEMU stays the default until block, entropy and
-//! the rest land here.
+//! Devices (`devices`): the virtio console of `virtio_console` (the guest channel), the
+//! virtio-9p shares and the network card. `wasmvm run` uses it through `builtin::run`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -28,8 +27,7 @@ use crate::devices::Devices;
 use crate::elf::{Elf, PT_LOAD, ProgramHeader};
 use crate::image::Image;
 use crate::mapped::MappedImage;
-use crate::virtio_console::{Console, Rx};
-use crate::virtio_mmio::Mmio;
+use crate::virtio_console::Rx;
 
 /// Where the boot structures go: low memory below the kernel's 1 MiB load address.
 const PVCLOCK_ADDR: u64 = 0x4000;
@@ -219,10 +217,13 @@ fn identity_page_tables(at: u64) -> Vec<u8> {
 
 /// Builds the VM for `image` (an image the caller has verified with [`Image::parse`]):
 /// `memory_mib` of RAM, the run configuration as PVH module 0, `cmdline` as the kernel
-/// command line, and the vCPU at the kernel's entry.
+/// command line, and the vCPU at the kernel's entry. `net_batched`: tell a guest entering
+/// directly that its network card suppresses notifications (`virtio_net`); a PVH guest is
+/// not told, and its card notifies as usual.
 ///
 /// Guest RAM is an anonymous mapping the host fills only as the guest touches it; the
 /// image's segments are mapped copy-on-write from the file where their layout allows.
+#[allow(clippy::too_many_arguments)]
 pub fn build(
     image: &MappedImage,
     memory_mib: u64,
@@ -231,6 +232,7 @@ pub fn build(
     path: BootPath,
     ready_console: Option<u64>,
     map_file: bool,
+    net_batched: bool,
 ) -> Result<Machine, RunError> {
     let elf = Elf::parse(image.bytes()).map_err(|e| err(format!("image ELF: {e}")))?;
     let mem_size = memory_mib << 20;
@@ -339,6 +341,9 @@ pub fn build(
         if ready_console.is_some() {
             flags |= direct::flags::CONSOLE_READY;
         }
+        if net_batched {
+            flags |= direct::flags::NET_BATCHED;
+        }
         write(
             &BootInfo {
                 flags,
@@ -415,6 +420,9 @@ pub fn build(
 impl Machine {
     /// Runs the vCPU until the exit port, a crash, or `stop` (checked whenever KVM_RUN
     /// returns, which a signal to this thread forces).
+    ///
+    /// Network frames move at every exit (`Devices::poll`): the card asks the guest not to
+    /// notify, so exits the guest makes anyway carry them.
     pub fn run(&mut self, devices: &mut Devices, stop: &AtomicBool) -> ProbeEnd {
         loop {
             if stop.load(Ordering::Relaxed) {
@@ -424,10 +432,12 @@ impl Machine {
                 Ok(VcpuExit::IoOut(port, _)) if port == EXIT_PORT => return ProbeEnd::ExitPort,
                 Ok(VcpuExit::IoOut(port, data)) if port == WAIT_PORT => {
                     let timeout = wait_timeout(data);
-                    match devices.console.as_mut() {
-                        Some(c) => wait_for_host(c, &self.mem, timeout),
-                        None => std::thread::sleep(timeout.unwrap_or(Duration::from_secs(1))),
+                    match devices.console.is_some() {
+                        true => wait_for_host(devices, &self.mem, timeout),
+                        false => std::thread::sleep(timeout.unwrap_or(Duration::from_secs(1))),
                     }
+                    // The wait moved the frames already.
+                    continue;
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => match devices.at(addr) {
                     Some((device, offset)) => device.read(offset, data),
@@ -446,6 +456,7 @@ impl Machine {
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
                 Err(e) => return ProbeEnd::Crashed(format!("KVM_RUN: {e}")),
             }
+            devices.poll(&self.mem);
         }
     }
 }
@@ -464,22 +475,48 @@ fn wait_timeout(data: &[u8]) -> Option<Duration> {
 }
 
 /// A wait exit: deliver host input now (and return to the guest to take it), or block until
-/// some arrives or `timeout` passes. With input the guest is not taking (it sleeps without
-/// reading), only the deadline ends the block: watching the socket would spin. A stop
-/// request interrupts the block with the kick signal (see `builtin`).
-fn wait_for_host(console: &mut Mmio<Console>, mem: &GuestMemoryMmap, timeout: Option<Duration>) {
+/// some arrives or `timeout` passes. Host input is console bytes and, with a network card,
+/// frames. With input the guest is not taking (it sleeps without reading, or offers no
+/// receive buffer), only the deadline ends the block: watching that descriptor would spin.
+/// A stop request interrupts the block with the kick signal (see `builtin`).
+fn wait_for_host(devices: &mut Devices, mem: &GuestMemoryMmap, timeout: Option<Duration>) {
     use std::os::fd::AsRawFd;
-    let (console, queues) = console.parts();
-    let events = match console.process_rx(queues, mem) {
-        Rx::Delivered => return,
-        Rx::Idle => libc::POLLIN,
-        Rx::Backlog => 0,
-    };
-    let mut pfd = libc::pollfd {
-        fd: console.host_fd().as_raw_fd(),
-        events,
+    let mut pfds = [libc::pollfd {
+        fd: -1,
+        events: 0,
         revents: 0,
-    };
+    }; 2];
+    let mut watched = 0;
+    if let Some(console) = devices.console.as_mut() {
+        let (console, queues) = console.parts();
+        match console.process_rx(queues, mem) {
+            Rx::Delivered => return,
+            Rx::Idle => {
+                pfds[watched] = libc::pollfd {
+                    fd: console.host_fd().as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                watched += 1;
+            }
+            Rx::Backlog => {}
+        }
+    }
+    if let Some(net) = devices.net.as_mut() {
+        let (net, queues) = net.parts();
+        if net.pump(queues, mem) {
+            return;
+        }
+        let events = net.wait_events(queues, mem);
+        if events != 0 {
+            pfds[watched] = libc::pollfd {
+                fd: net.host_fd().as_raw_fd(),
+                events,
+                revents: 0,
+            };
+            watched += 1;
+        }
+    }
     let ts = timeout.map(|t| libc::timespec {
         tv_sec: t.as_secs().min(i32::MAX as u64) as libc::time_t,
         tv_nsec: t.subsec_nanos().into(),
@@ -487,10 +524,22 @@ fn wait_for_host(console: &mut Mmio<Console>, mem: &GuestMemoryMmap, timeout: Op
     let ts_ptr = ts
         .as_ref()
         .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: `pfd` and `ts` are valid for the duration of the call; a null timeout blocks
-    // until input or a signal (the stop kick), and a null mask leaves the mask unchanged.
-    unsafe { libc::ppoll(&mut pfd, 1, ts_ptr, std::ptr::null()) };
-    console.process_rx(queues, mem);
+    // SAFETY: the first `watched` entries of `pfds` and `ts` are valid for the duration of
+    // the call; a null timeout blocks until input or a signal (the stop kick), and a null
+    // mask leaves the mask unchanged.
+    unsafe {
+        libc::ppoll(
+            pfds.as_mut_ptr(),
+            watched as libc::nfds_t,
+            ts_ptr,
+            std::ptr::null(),
+        )
+    };
+    if let Some(console) = devices.console.as_mut() {
+        let (console, queues) = console.parts();
+        console.process_rx(queues, mem);
+    }
+    devices.poll(mem);
 }
 
 /// Boots the image at `image_path` with `memory_mib` of RAM and no devices, and runs it
@@ -506,7 +555,16 @@ pub fn probe(
         source,
     })?;
     Image::parse(image.bytes())?;
-    let mut machine = build(&image, memory_mib, run, "", BootPath::Best, None, true)?;
+    let mut machine = build(
+        &image,
+        memory_mib,
+        run,
+        "",
+        BootPath::Best,
+        None,
+        true,
+        false,
+    )?;
     let end = machine.run(&mut Devices::default(), &AtomicBool::new(false));
     Ok((end, started.elapsed().as_secs_f64() * 1e3))
 }

@@ -6,10 +6,12 @@ pub mod builtin;
 pub mod channel;
 pub mod devices;
 pub mod elf;
+pub mod frame_link;
 pub mod image;
 pub mod kvm;
 pub mod mapped;
 pub mod module;
+pub mod net;
 pub mod p9;
 pub mod pack;
 pub mod qemu;
@@ -18,6 +20,7 @@ pub mod seccomp;
 pub mod virtio_9p;
 pub mod virtio_console;
 pub mod virtio_mmio;
+pub mod virtio_net;
 pub mod volume;
 
 use std::io::{Read, Write};
@@ -53,9 +56,20 @@ pub struct RunOptions {
     pub shares: Vec<ShareSpec>,
     /// Persistent volumes (`--volume`), preopened after the shares; see [`with_volumes`].
     pub volumes: Vec<VolumeSpec>,
+    /// `--network`; `None` attaches the user-mode network only when the app needs one
+    /// (see [`net::plan`]).
+    pub network: Option<net::NetworkMode>,
+    /// `Some` replaces the image's listening sockets (`--listen`).
+    pub listens: Option<Vec<wasmvm_abi::net::Listen>>,
+    /// Host ports forwarded to the guest (`-p/--publish`; user-mode network only).
+    pub publish: Vec<net::Publish>,
+    /// The guest's static settings on a tap network (`--ip`, `--gateway`); `None` asks DHCP.
+    pub tap_config: Option<wasmvm_abi::net::NetConfig>,
     pub accel: Accel,
     /// The QEMU binary.
     pub qemu: PathBuf,
+    /// The passt binary (the built-in VMM's user-mode network).
+    pub passt: PathBuf,
     /// How the built-in VMM enters the kernel.
     pub boot: kvm::BootPath,
     /// Confine the built-in VMM's worker threads with `seccomp::vmm_filter` once the VM is
@@ -74,10 +88,17 @@ impl Default for RunOptions {
             env: Vec::new(),
             shares: Vec::new(),
             volumes: Vec::new(),
+            network: None,
+            listens: None,
+            publish: Vec::new(),
+            tap_config: None,
             accel: Accel::Kvm,
             qemu: std::env::var_os("WASMVM_QEMU")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64")),
+            passt: std::env::var_os("WASMVM_PASST")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("passt")),
             boot: kvm::BootPath::default(),
             seccomp: false,
         }
@@ -396,15 +417,41 @@ pub enum RunError {
         context: &'static str,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Net(#[from] net::NetError),
 }
 
 pub(crate) fn io_err(context: &'static str) -> impl FnOnce(std::io::Error) -> RunError {
     move |source| RunError::Io { context, source }
 }
 
-/// The run configuration for `opts`: its overrides, the wall clock now, and 32 fresh bytes
-/// of host entropy for the guest's CSPRNG.
-pub(crate) fn run_config(opts: &RunOptions) -> Result<wasmvm_abi::bundle::RunConfig, RunError> {
+/// The network plan for a run of `image` on a backend whose user-mode network has link MTU
+/// `user_mtu`; `None` for no network card.
+pub(crate) fn net_plan(
+    opts: &RunOptions,
+    image: &image::Image,
+    user_mtu: u16,
+) -> Result<Option<net::NetPlan>, RunError> {
+    let request = net::Request {
+        network: opts.network.as_ref(),
+        listens: opts.listens.as_deref(),
+        publish: &opts.publish,
+        tap_config: opts.tap_config,
+    };
+    Ok(net::plan(
+        request,
+        &image.manifest,
+        image.bundle.module,
+        user_mtu,
+    )?)
+}
+
+/// The run configuration for `opts`: its overrides, the wall clock now, 32 fresh bytes of
+/// host entropy for the guest's CSPRNG, and the guest's network settings from `net`.
+pub(crate) fn run_config(
+    opts: &RunOptions,
+    net: Option<&net::NetPlan>,
+) -> Result<wasmvm_abi::bundle::RunConfig, RunError> {
     use std::io::Read;
     let mut seed = [0u8; 32];
     std::fs::File::open("/dev/urandom")
@@ -427,6 +474,8 @@ pub(crate) fn run_config(opts: &RunOptions) -> Result<wasmvm_abi::bundle::RunCon
                 read_only: s.read_only,
             })
             .collect(),
+        listens: opts.listens.clone(),
+        net: net.and_then(|n| n.config),
     })
 }
 

@@ -24,6 +24,8 @@ pub struct PackOptions {
     pub invoke: Option<String>,
     /// Link unknown function imports as stubs returning zeros.
     pub stub_imports: bool,
+    /// Listening TCP sockets preopened after the directories (`--listen`).
+    pub listens: Vec<wasmvm_abi::net::Listen>,
 }
 
 /// `--dir HOST[::GUEST]`.
@@ -145,6 +147,7 @@ pub fn pack_module(kernel: &[u8], wasm: &[u8], opts: &PackOptions) -> Result<Vec
         fs_nodes,
         invoke: opts.invoke.as_ref().map(|s| s.as_bytes().to_vec()),
         stub_imports: opts.stub_imports,
+        listens: opts.listens.clone(),
     };
     Ok(image::pack(kernel, wasm, &manifest)?)
 }

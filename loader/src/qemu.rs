@@ -16,6 +16,7 @@ use wasmvm_abi::exit::EXIT_PORT;
 
 use crate::channel::{StreamEnd, pump_stdin};
 use crate::image::Image;
+use crate::net::{self, NetPlan, Nic, Proto};
 use crate::{
     Accel, Control, Ending, RunError, RunEvent, RunIo, RunOptions, ShareSpec, io_err, pump_output,
 };
@@ -25,6 +26,47 @@ use wasmvm_abi::bundle::share_tag;
 /// The fd number QEMU finds the channel socket at.
 const CHANNEL_FD: i32 = 3;
 
+/// Appends `value` to a QEMU option, doubling commas (QEMU's escape).
+fn push_escaped(option: &mut Vec<u8>, value: &[u8]) {
+    for &b in value {
+        option.push(b);
+        if b == b',' {
+            option.push(b',');
+        }
+    }
+}
+
+/// The network card's options: QEMU's user-mode network (libslirp) with the addressing plan
+/// of `wasmvm_abi::net` and one `hostfwd` per published port, or a tap device.
+fn netdev(plan: &NetPlan) -> Vec<u8> {
+    let mut netdev = Vec::new();
+    match &plan.nic {
+        Nic::User => {
+            netdev.extend_from_slice(
+                b"user,id=net0,net=10.0.2.0/24,host=10.0.2.2,dns=10.0.2.3,dhcpstart=10.0.2.15,ipv6=off",
+            );
+            for p in &plan.publish {
+                let proto = match p.proto {
+                    Proto::Tcp => "tcp",
+                    Proto::Udp => "udp",
+                };
+                netdev.extend_from_slice(
+                    format!(
+                        ",hostfwd={proto}:{}:{}-:{}",
+                        p.host_addr, p.host_port, p.guest_port
+                    )
+                    .as_bytes(),
+                );
+            }
+        }
+        Nic::Tap(name) => {
+            netdev.extend_from_slice(b"tap,id=net0,script=no,downscript=no,ifname=");
+            push_escaped(&mut netdev, name.as_bytes());
+        }
+    }
+    netdev
+}
+
 /// The QEMU command line for `image`, without the process plumbing.
 pub fn command_line(
     image: &Path,
@@ -32,6 +74,7 @@ pub fn command_line(
     memory_mib: u64,
     accel: Accel,
     shares: &[ShareSpec],
+    net: Option<&NetPlan>,
 ) -> Vec<OsString> {
     let mut args: Vec<OsString> = [
         "-nodefaults",
@@ -78,12 +121,7 @@ pub fn command_line(
     // kernel expects (`share_tag`). Commas in a path are doubled, QEMU's option escape.
     for (i, share) in shares.iter().enumerate() {
         let mut fsdev = format!("local,id=share{i},security_model=none,path=").into_bytes();
-        for &b in share.host.as_os_str().as_bytes() {
-            fsdev.push(b);
-            if b == b',' {
-                fsdev.push(b',');
-            }
-        }
+        push_escaped(&mut fsdev, share.host.as_os_str().as_bytes());
         if share.read_only {
             fsdev.extend_from_slice(b",readonly=on");
         }
@@ -91,6 +129,20 @@ pub fn command_line(
         args.push(OsString::from_vec(fsdev));
         args.push("-device".into());
         args.push(format!("virtio-9p-device,fsdev=share{i},mount_tag={}", share_tag(i)).into());
+    }
+    // The network card after the shares, as on the built-in VMM (the kernel finds it by its
+    // device ID wherever it is).
+    if let Some(plan) = net {
+        let [a, b, c, d, e, f] = wasmvm_abi::net::GUEST_MAC;
+        args.push("-netdev".into());
+        args.push(OsString::from_vec(netdev(plan)));
+        args.push("-device".into());
+        args.push(
+            format!(
+                "virtio-net-device,netdev=net0,mac={a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}"
+            )
+            .into(),
+        );
     }
     args.push("-kernel".into());
     args.push(image.into());
@@ -106,10 +158,15 @@ fn spawn(opts: &RunOptions, args: &[OsString], guest_end: &UnixStream) -> Result
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    // SAFETY: only async-signal-safe calls between fork and exec: dup2 puts the guest end of
-    // the socketpair at CHANNEL_FD (dup2 clears close-on-exec on the copy).
+    // SAFETY: only async-signal-safe calls between fork and exec: the parent-death signal
+    // ends QEMU with this thread even if wasmvm is killed outright (QEMU would otherwise run
+    // on, holding published ports); dup2 puts the guest end of the socketpair at CHANNEL_FD
+    // (dup2 clears close-on-exec on the copy).
     unsafe {
         cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             if libc::dup2(fd, CHANNEL_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -136,12 +193,16 @@ pub fn run(
     let bytes = std::fs::read(image_path).map_err(io_err("reading the image"))?;
     let image = Image::parse(&bytes)?;
     let memory_mib = crate::memory_mib(opts, &image);
-    drop(bytes);
     if opts.accel == Accel::Kvm {
         crate::check_kvm()?;
     }
 
-    let run_config = crate::run_config(opts)?;
+    let net_plan = crate::net_plan(opts, &image, net::QEMU_USER_MTU)?;
+    if let Some(plan) = &net_plan {
+        // QEMU's own message for a taken port names no port.
+        net::check_ports(&plan.publish)?;
+    }
+    let run_config = crate::run_config(opts, net_plan.as_ref())?;
     let mut config_file = tempfile::Builder::new()
         .prefix("wasmvm-run-")
         .tempfile()
@@ -149,6 +210,9 @@ pub fn run(
     config_file
         .write_all(&run_config.encode())
         .map_err(io_err("writing the run configuration"))?;
+
+    drop(image);
+    drop(bytes);
 
     let (host_end, guest_end) = UnixStream::pair().map_err(io_err("creating the channel"))?;
     for share in &opts.shares {
@@ -160,6 +224,7 @@ pub fn run(
         memory_mib,
         opts.accel,
         &opts.shares,
+        net_plan.as_ref(),
     );
     let mut child = spawn(opts, &args, &guest_end)?;
     drop(guest_end);

@@ -4,18 +4,24 @@
 //!
 //! Packed directories are written out to a temporary directory first and preopened from
 //! there, so, as in the VM, the app's writes vanish when it ends.
+//!
+//! Listening sockets (packed, or `--listen`) are host sockets bound to the listener's own
+//! address and port, preopened after the directories as in the VM; `-p HOST:GUEST` binds
+//! the listener on guest port GUEST to the host address and port instead. wasi-common has
+//! no outbound sockets, so a tap network or a published port no listener uses is refused.
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use wasmi::{Engine, Linker, Module, Store};
 use wasmi_wasi::WasiCtx;
-use wasmi_wasi::sync::{Dir, WasiCtxBuilder, ambient_authority};
+use wasmi_wasi::sync::{Dir, TcpListener, WasiCtxBuilder, ambient_authority};
 use wasmvm_abi::bundle::{FsNodeKind, RunConfig};
 use wasmvm_abi::channel::trap;
 use wasmvm_wasi::link::{call_entry, engine_config};
 
 use crate::image::Image;
+use crate::net::{NetError, NetworkMode, Proto};
 use crate::{Ending, RunError, RunOptions, io_err};
 
 fn text(b: &[u8]) -> String {
@@ -46,6 +52,7 @@ fn run_here(image_path: &Path, opts: &RunOptions) -> Result<Ending, RunError> {
         argv0: opts.argv0.clone(),
         args: opts.args.clone(),
         env: opts.env.clone(),
+        listens: opts.listens.clone(),
         ..RunConfig::default()
     };
     let settings = image.manifest.settings(&run);
@@ -130,6 +137,16 @@ fn run_here(image_path: &Path, opts: &RunOptions) -> Result<Ending, RunError> {
             .map_err(|e| RunError::Host(e.to_string()))?;
     }
 
+    // Listening sockets after every directory, as in the VM.
+    let first_socket = 3 + image.manifest.preopens.len() + opts.shares.len();
+    for (i, listener) in listeners(opts, &settings.listens)?.into_iter().enumerate() {
+        let fd = u32::try_from(first_socket + i)
+            .map_err(|_| RunError::Host("too many preopens".into()))?;
+        builder
+            .preopened_socket(fd, TcpListener::from_std(listener))
+            .map_err(|e| RunError::Host(e.to_string()))?;
+    }
+
     let engine = Engine::new(&engine_config());
     let module =
         Module::new(&engine, image.bundle.module).map_err(|e| RunError::Host(e.to_string()))?;
@@ -168,4 +185,51 @@ fn run_here(image_path: &Path, opts: &RunOptions) -> Result<Ending, RunError> {
             }
         }
     })
+}
+
+/// Binds the host sockets for `listens` (the app's listeners, in order): each on its own
+/// address and port, or where a `-p` for its port says.
+fn listeners(
+    opts: &RunOptions,
+    listens: &[wasmvm_abi::net::Listen],
+) -> Result<Vec<std::net::TcpListener>, RunError> {
+    let refuse = |why: String| RunError::Net(NetError::HostMode(why));
+    match (&opts.network, listens.first()) {
+        (Some(mode @ NetworkMode::Tap(_)), _) => {
+            return Err(refuse(format!(
+                "--network {mode} needs a VM: host mode (--vmm host) has no network card"
+            )));
+        }
+        (Some(NetworkMode::None), Some(listen)) => {
+            return Err(RunError::Net(NetError::ListenWithoutNetwork(*listen)));
+        }
+        _ => {}
+    }
+    for p in &opts.publish {
+        if p.proto == Proto::Udp {
+            return Err(refuse(format!(
+                "-p {p}: host mode (--vmm host) publishes only TCP listeners; use a VM"
+            )));
+        }
+        if !listens.iter().any(|l| l.port == p.guest_port) {
+            return Err(refuse(format!(
+                "-p {p}: host mode (--vmm host) publishes only the app's listeners (--listen), and none listens on port {}",
+                p.guest_port
+            )));
+        }
+    }
+    listens
+        .iter()
+        .map(|l| {
+            let at = match opts.publish.iter().find(|p| p.guest_port == l.port) {
+                Some(p) => std::net::SocketAddrV4::new(p.host_addr, p.host_port),
+                None => std::net::SocketAddrV4::new(l.addr.into(), l.port),
+            };
+            std::net::TcpListener::bind(at).map_err(|e| {
+                refuse(format!(
+                    "listener {l}: cannot listen on {at} on the host (host mode binds it there): {e}"
+                ))
+            })
+        })
+        .collect()
 }

@@ -11,6 +11,11 @@
 //! Each live directory's 9P server thread (`virtio_9p`) runs under [`share_filter`]: the same
 //! list plus the `*at` filesystem calls the server makes beneath the share's descriptor.
 //!
+//! The network card (`virtio_net`) runs in the vCPU thread and needs nothing more: it reads
+//! (`read`), sends (`sendto`, `write`) and waits (`ppoll`) on the link descriptor it was
+//! given (passt's socket or a tap device, opened and set up before the filter goes on).
+//! passt itself is a separate, unprivileged process started before any thread is confined.
+//!
 //! The supervising thread (the caller of `builtin::run`) is not confined: it handles no
 //! guest bytes, and the CLI still has to clean up after the run (e.g. remove the temporary
 //! image of `wasmvm run app.wasm`). Embedders that run VMs in-process (tests) turn the

@@ -4,11 +4,12 @@
 //! address or length.
 //!
 //! There are no interrupts: the guest polls its used rings. A device does its work in the
-//! notify exit that announces new buffers (and the console also at the guest's wait exits).
+//! notify exit that announces new buffers (the console also at the guest's wait exits, the
+//! network card at every exit: see `virtio_net`).
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestMemoryMmap};
 
 /// Size of each device's register window.
 pub const WINDOW: u64 = 0x1000;
@@ -29,6 +30,8 @@ pub trait VirtioDevice {
     fn config(&self) -> &[u8];
     /// The guest notified one of the queues: process what it offered.
     fn notify(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap);
+    /// The driver reset the device (its queues are reset already).
+    fn reset(&mut self) {}
 }
 
 /// A device's register block: feature negotiation, queue setup, status and notify.
@@ -171,6 +174,7 @@ impl<D: VirtioDevice> MmioHandler for Mmio<D> {
                     for q in &mut self.queues {
                         q.reset();
                     }
+                    self.device.reset();
                 }
             }
             0x080 => self.set_address(|q| q.set_desc_table_address(Some(v), None)),
@@ -249,6 +253,38 @@ pub fn write_descriptors(descs: &[Descriptor], mem: &GuestMemoryMmap, data: &[u8
             break;
         }
         written += n;
+    }
+    written
+}
+
+/// Writes the concatenation of `parts` across `descs` in order; returns the bytes written
+/// (short if the buffers are, or if one points outside guest memory).
+pub fn write_parts(descs: &[Descriptor], mem: &GuestMemoryMmap, parts: &[&[u8]]) -> usize {
+    let mut written = 0;
+    let mut parts = parts.iter().copied().filter(|p| !p.is_empty());
+    let mut part = parts.next();
+    for desc in descs {
+        let mut at = desc.addr();
+        let mut room = desc.len() as usize;
+        while room > 0 {
+            let Some(data) = part else {
+                return written;
+            };
+            let n = room.min(data.len());
+            if mem.write_slice(&data[..n], at).is_err() {
+                return written;
+            }
+            written += n;
+            room -= n;
+            at = match at.checked_add(n as u64) {
+                Some(next) => next,
+                None => return written,
+            };
+            part = match n == data.len() {
+                true => parts.next(),
+                false => Some(&data[n..]),
+            };
+        }
     }
     written
 }

@@ -1,0 +1,519 @@
+//! The built-in VMM's virtio network card (behind `virtio_mmio`, device ID 1): Ethernet
+//! frames between the guest's queues and a host [`FrameLink`] (passt or a tap device).
+//!
+//! Queue 0 receives (host → guest), queue 1 transmits. Every frame is preceded by the
+//! 12-byte `virtio_net_hdr_v1`: the guest's transmit headers are skipped (no offloads are
+//! offered, so they carry nothing), and each received frame gets a zeroed one with
+//! `num_buffers = 1`. A header may share a descriptor with its frame or not.
+//!
+//! **No notifications.** Every exit costs tens of microseconds on the hosts we run on, so
+//! for a guest told so (`wasmvm_abi::direct::flags::NET_BATCHED`, direct entry) the card
+//! asks it not to notify (`VRING_USED_F_NO_NOTIFY` in both used rings, set as soon as the
+//! queues are ready): a virtio driver that honours the flag posts transmit frames and
+//! receive buffers without exiting. The VMM instead moves frames at every exit
+//! of the vCPU — any MMIO access, port write or wait exit — and at a QueueNotify write,
+//! which a guest makes once per batch it wants sent now. Receive buffers are filled at the
+//! same points, without blocking; the guest's wait exit blocks on the link until a frame
+//! arrives (see `kvm::wait_for_host`).
+//!
+//! The guest is untrusted: chains are read and written only through `vm-memory` within
+//! validated descriptors, a transmit chain longer than a header plus the largest frame is
+//! dropped, and a frame larger than the receive buffer the guest offers is dropped (the
+//! buffer stays for the next frame). Nothing here panics on guest input.
+
+use std::sync::atomic::Ordering;
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestMemoryMmap;
+use wasmvm_abi::net::GUEST_MAC;
+
+use crate::frame_link::{FrameLink, MAX_FRAME};
+use crate::virtio_mmio::{VirtioDevice, read_chain, usable, writable, write_parts};
+
+const DEVICE_ID_NET: u32 = 1;
+const RX: usize = 0;
+const TX: usize = 1;
+/// `VIRTIO_NET_F_MTU`: the configuration space holds the link MTU.
+const F_MTU: u64 = 1 << 3;
+/// `VIRTIO_NET_F_MAC`: the configuration space holds the card's MAC address.
+const F_MAC: u64 = 1 << 5;
+/// `VIRTIO_NET_F_STATUS`: the configuration space holds the link status (always up).
+const F_STATUS: u64 = 1 << 16;
+/// `VIRTIO_NET_S_LINK_UP`.
+const LINK_UP: u16 = 1;
+/// `virtio_net_hdr_v1`: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset,
+/// num_buffers.
+pub const HDR_LEN: usize = 12;
+/// The header of every received frame: nothing to offload, one buffer.
+const RX_HDR: [u8; HDR_LEN] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+/// The shortest frame worth sending: an Ethernet header.
+const MIN_FRAME: usize = 14;
+/// Chains moved per pass and direction, so a guest that keeps its queues full cannot keep
+/// the vCPU thread in the device forever.
+const BATCH: usize = 1024;
+
+pub struct NetDevice {
+    link: Box<dyn FrameLink>,
+    /// mac[6], status, max_virtqueue_pairs, mtu (little-endian `u16`s).
+    config: [u8; 12],
+    /// Whether to suppress notifications: the guest was told (`NET_BATCHED`) and kicks the
+    /// transmit queue once per batch. Otherwise it notifies as it would under any VMM.
+    batched: bool,
+    /// Whether the used rings carry `VRING_USED_F_NO_NOTIFY` (set once the queues work).
+    quiet: bool,
+    /// The transmit chain being read.
+    scratch: Vec<u8>,
+}
+
+impl NetDevice {
+    /// A card with MAC `wasmvm_abi::net::GUEST_MAC` and link MTU `mtu` on `link`.
+    pub fn new(link: Box<dyn FrameLink>, mtu: u16) -> Self {
+        let mut config = [0u8; 12];
+        config[..6].copy_from_slice(&GUEST_MAC);
+        config[6..8].copy_from_slice(&LINK_UP.to_le_bytes());
+        config[8..10].copy_from_slice(&1u16.to_le_bytes());
+        config[10..12].copy_from_slice(&mtu.to_le_bytes());
+        NetDevice {
+            link,
+            config,
+            batched: false,
+            quiet: false,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Suppress notifications (for a guest told so through `NET_BATCHED`).
+    pub fn set_batched(&mut self, batched: bool) {
+        self.batched = batched;
+    }
+
+    /// The link, e.g. to wait for its backend before the guest runs.
+    pub fn link_mut(&mut self) -> &mut dyn FrameLink {
+        &mut *self.link
+    }
+
+    /// Moves frames both ways as far as the guest's queues and the link allow, without
+    /// blocking; true if frames went into the guest's receive buffers.
+    pub fn pump(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+        if self.batched && !self.quiet {
+            self.silence(queues, mem);
+        }
+        self.transmit(queues, mem);
+        self.receive(queues, mem)
+    }
+
+    /// What to wait for in a wait exit: readable while the guest offers receive buffers
+    /// (and the link is open), writable while sent frames back up.
+    pub fn wait_events(&self, queues: &mut [Queue], mem: &GuestMemoryMmap) -> libc::c_short {
+        let mut events = 0;
+        if !self.link.is_closed() && usable(queues, RX, mem).is_some_and(|q| has_avail(q, mem)) {
+            events |= libc::POLLIN;
+        }
+        if self.link.has_backlog() {
+            events |= libc::POLLOUT;
+        }
+        events
+    }
+
+    /// The descriptor [`wait_events`](Self::wait_events) refers to.
+    pub fn host_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.link.fd()
+    }
+
+    /// Asks the driver not to notify on either queue once both are ready.
+    fn silence(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) {
+        let mut all = true;
+        for index in [RX, TX] {
+            all &= match usable(queues, index, mem) {
+                Some(q) => q.disable_notification(mem).is_ok(),
+                None => false,
+            };
+        }
+        self.quiet = all;
+    }
+
+    /// Sends the frames the guest queued, copying each chain (header skipped) to the link.
+    fn transmit(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) {
+        self.link.flush();
+        let Some(q) = usable(queues, TX, mem) else {
+            return;
+        };
+        let mut moved = 0;
+        while moved < BATCH && self.link.can_send() {
+            let Some(chain) = q.pop_descriptor_chain(mem) else {
+                break;
+            };
+            self.scratch.clear();
+            // A chain that is too long or reaches outside guest memory is dropped.
+            if read_chain(&chain, mem, HDR_LEN + MAX_FRAME, &mut self.scratch)
+                && self.scratch.len() >= HDR_LEN + MIN_FRAME
+            {
+                self.link.send(&self.scratch[HDR_LEN..]);
+            }
+            let _ = q.add_used(mem, chain.head_index(), 0);
+            moved += 1;
+        }
+        self.link.flush();
+    }
+
+    /// Puts host frames into the guest's receive buffers; true if any went in.
+    fn receive(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+        let Some(q) = usable(queues, RX, mem) else {
+            return false;
+        };
+        let mut delivered = false;
+        let mut moved = 0;
+        // Read from the host only while the guest has somewhere to put a frame.
+        while moved < BATCH && has_avail(q, mem) {
+            let Some(frame) = self.link.peek() else {
+                break;
+            };
+            let Some(chain) = q.pop_descriptor_chain(mem) else {
+                break;
+            };
+            moved += 1;
+            let descs = writable(&chain);
+            let room: u64 = descs.iter().map(|d| u64::from(d.len())).sum();
+            if room < (HDR_LEN + MIN_FRAME) as u64 {
+                // Not a receive buffer at all: hand it back empty.
+                let _ = q.add_used(mem, chain.head_index(), 0);
+                continue;
+            }
+            if room < (HDR_LEN + frame.len()) as u64 {
+                // The frame does not fit: drop it and keep the buffer for the next one.
+                q.go_to_previous_position();
+                self.link.consume();
+                continue;
+            }
+            let written = write_parts(&descs, mem, &[&RX_HDR, frame]);
+            self.link.consume();
+            let _ = q.add_used(mem, chain.head_index(), written as u32);
+            delivered = true;
+        }
+        delivered
+    }
+}
+
+/// Whether the driver has offered buffers the device has not taken yet.
+fn has_avail(q: &Queue, mem: &GuestMemoryMmap) -> bool {
+    q.avail_idx(mem, Ordering::Acquire)
+        .is_ok_and(|idx| idx.0 != q.next_avail())
+}
+
+impl VirtioDevice for NetDevice {
+    fn device_id(&self) -> u32 {
+        DEVICE_ID_NET
+    }
+
+    fn features(&self) -> u64 {
+        F_MAC | F_MTU | F_STATUS
+    }
+
+    fn queue_count(&self) -> usize {
+        2
+    }
+
+    fn config(&self) -> &[u8] {
+        &self.config
+    }
+
+    fn notify(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) {
+        self.pump(queues, mem);
+    }
+
+    fn reset(&mut self) {
+        // A re-initialised driver starts with fresh rings: ask again.
+        self.quiet = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio_mmio::{Mmio, MmioHandler};
+    use std::collections::VecDeque;
+    use std::os::fd::AsFd;
+    use std::sync::{Arc, Mutex};
+    use vm_memory::{Bytes, GuestAddress};
+
+    /// A link whose frames the test supplies and collects.
+    #[derive(Clone)]
+    struct Loop {
+        to_guest: Arc<Mutex<VecDeque<Vec<u8>>>>,
+        from_guest: Arc<Mutex<Vec<Vec<u8>>>>,
+        /// The frame `peek` handed out.
+        current: Option<Vec<u8>>,
+        fd: Arc<std::fs::File>,
+    }
+
+    impl Default for Loop {
+        fn default() -> Loop {
+            Loop {
+                to_guest: Arc::default(),
+                from_guest: Arc::default(),
+                current: None,
+                fd: Arc::new(std::fs::File::open("/dev/null").unwrap()),
+            }
+        }
+    }
+
+    impl FrameLink for Loop {
+        fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+            self.fd.as_fd()
+        }
+        fn peek(&mut self) -> Option<&[u8]> {
+            if self.current.is_none() {
+                self.current = self.to_guest.lock().unwrap().pop_front();
+            }
+            self.current.as_deref()
+        }
+        fn consume(&mut self) {
+            self.current = None;
+        }
+        fn can_send(&self) -> bool {
+            true
+        }
+        fn send(&mut self, frame: &[u8]) {
+            self.from_guest.lock().unwrap().push(frame.to_vec());
+        }
+        fn flush(&mut self) {}
+        fn has_backlog(&self) -> bool {
+            false
+        }
+        fn is_closed(&self) -> bool {
+            false
+        }
+    }
+
+    const QSIZE: u16 = 8;
+    /// Queue `q`'s rings at `RINGS + q * 0x1000`: descriptors, available ring at +0x400,
+    /// used ring at +0x800.
+    const RINGS: u64 = 0x10000;
+    const BUFFERS: u64 = 0x100000;
+
+    /// The guest's side of the card, as a virtio driver would drive it.
+    struct Driver {
+        mem: GuestMemoryMmap,
+        dev: Mmio<NetDevice>,
+        next_desc: [u16; 2],
+        avail: [u16; 2],
+        used_seen: [u16; 2],
+    }
+
+    impl Driver {
+        fn new(link: Loop, mtu: u16) -> Driver {
+            let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+            let mut device = NetDevice::new(Box::new(link), mtu);
+            device.set_batched(true);
+            let mut dev = Mmio::new(device);
+            let w = |dev: &mut Mmio<NetDevice>, off: u64, v: u32| {
+                dev.write(off, &v.to_le_bytes(), &mem)
+            };
+            w(&mut dev, 0x070, 0);
+            w(&mut dev, 0x070, 3);
+            w(&mut dev, 0x070, 0xb);
+            for q in 0..2u64 {
+                let base = RINGS + q * 0x1000;
+                w(&mut dev, 0x030, q as u32);
+                w(&mut dev, 0x038, QSIZE as u32);
+                w(&mut dev, 0x080, base as u32);
+                w(&mut dev, 0x090, (base + 0x400) as u32);
+                w(&mut dev, 0x0a0, (base + 0x800) as u32);
+                w(&mut dev, 0x044, 1);
+            }
+            w(&mut dev, 0x070, 0xf);
+            Driver {
+                mem,
+                dev,
+                next_desc: [0; 2],
+                avail: [0; 2],
+                used_seen: [0; 2],
+            }
+        }
+
+        fn read_u16(&self, at: u64) -> u16 {
+            self.mem.read_obj::<u16>(GuestAddress(at)).unwrap()
+        }
+
+        /// Posts one chain of `(address, length, device-writable)` buffers on queue `q`.
+        fn post(&mut self, q: usize, bufs: &[(u64, u32, bool)]) {
+            let base = RINGS + q as u64 * 0x1000;
+            let head = self.next_desc[q];
+            for (i, &(addr, len, write)) in bufs.iter().enumerate() {
+                let index = (head + i as u16) % QSIZE;
+                let mut flags = if write { 2u16 } else { 0 };
+                if i + 1 < bufs.len() {
+                    flags |= 1;
+                }
+                let at = base + u64::from(index) * 16;
+                self.mem.write_obj(addr, GuestAddress(at)).unwrap();
+                self.mem.write_obj(len, GuestAddress(at + 8)).unwrap();
+                self.mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
+                self.mem
+                    .write_obj((index + 1) % QSIZE, GuestAddress(at + 14))
+                    .unwrap();
+            }
+            self.next_desc[q] = (head + bufs.len() as u16) % QSIZE;
+            let slot = base + 0x400 + 4 + u64::from(self.avail[q] % QSIZE) * 2;
+            self.mem.write_obj(head, GuestAddress(slot)).unwrap();
+            self.avail[q] = self.avail[q].wrapping_add(1);
+            self.mem
+                .write_obj(self.avail[q], GuestAddress(base + 0x400 + 2))
+                .unwrap();
+        }
+
+        /// The used entries (head, length) the device returned on queue `q` since last time.
+        fn used(&mut self, q: usize) -> Vec<(u32, u32)> {
+            let base = RINGS + q as u64 * 0x1000 + 0x800;
+            let idx = self.read_u16(base + 2);
+            let mut out = Vec::new();
+            while self.used_seen[q] != idx {
+                let at = base + 4 + u64::from(self.used_seen[q] % QSIZE) * 8;
+                let id = self.mem.read_obj::<u32>(GuestAddress(at)).unwrap();
+                let len = self.mem.read_obj::<u32>(GuestAddress(at + 4)).unwrap();
+                out.push((id, len));
+                self.used_seen[q] = self.used_seen[q].wrapping_add(1);
+            }
+            out
+        }
+
+        fn pump(&mut self) -> bool {
+            let (dev, queues) = self.dev.parts();
+            dev.pump(queues, &self.mem)
+        }
+    }
+
+    fn frame(n: usize, fill: u8) -> Vec<u8> {
+        vec![fill; n]
+    }
+
+    #[test]
+    fn identity_features_and_configuration() {
+        let mut d = Driver::new(Loop::default(), 65520);
+        let mut word = [0u8; 4];
+        d.dev.read(0x008, &mut word);
+        assert_eq!(u32::from_le_bytes(word), 1);
+        d.dev.read(0x010, &mut word);
+        assert_eq!(u32::from_le_bytes(word), (F_MAC | F_MTU | F_STATUS) as u32);
+        let mut config = [0u8; 12];
+        d.dev.read(0x100, &mut config);
+        assert_eq!(&config[..6], &GUEST_MAC);
+        assert_eq!(u16::from_le_bytes([config[6], config[7]]), LINK_UP);
+        assert_eq!(u16::from_le_bytes([config[10], config[11]]), 65520);
+        // Both queues ask the driver not to notify once they work.
+        assert!(!d.pump());
+        for q in 0..2u64 {
+            assert_eq!(d.read_u16(RINGS + q * 0x1000 + 0x800), 1, "queue {q}");
+        }
+    }
+
+    #[test]
+    fn transmitted_frames_lose_their_header_however_it_is_split() {
+        let link = Loop::default();
+        let mut d = Driver::new(link.clone(), 1500);
+        // virtio-drivers' layout: header and frame in one buffer.
+        let one = [vec![0u8; HDR_LEN], frame(60, 0xaa)].concat();
+        d.mem.write_slice(&one, GuestAddress(BUFFERS)).unwrap();
+        d.post(TX, &[(BUFFERS, one.len() as u32, false)]);
+        // Header and frame split, with the frame itself split too.
+        d.mem
+            .write_slice(&[0u8; HDR_LEN], GuestAddress(BUFFERS + 0x1000))
+            .unwrap();
+        d.mem
+            .write_slice(&frame(30, 0xbb), GuestAddress(BUFFERS + 0x2000))
+            .unwrap();
+        d.mem
+            .write_slice(&frame(34, 0xcc), GuestAddress(BUFFERS + 0x3000))
+            .unwrap();
+        d.post(
+            TX,
+            &[
+                (BUFFERS + 0x1000, HDR_LEN as u32, false),
+                (BUFFERS + 0x2000, 30, false),
+                (BUFFERS + 0x3000, 34, false),
+            ],
+        );
+        // Malformed: shorter than a header and an Ethernet header; outside guest memory;
+        // longer than any frame.
+        d.post(TX, &[(BUFFERS, 20, false)]);
+        d.post(TX, &[(u64::MAX - 10, 100, false)]);
+        d.post(TX, &[(BUFFERS, (HDR_LEN + MAX_FRAME + 1) as u32, false)]);
+        d.pump();
+        let sent = link.from_guest.lock().unwrap().clone();
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[0], frame(60, 0xaa));
+        assert_eq!(sent[1], [frame(30, 0xbb), frame(34, 0xcc)].concat());
+        // Every chain came back, the dropped ones too.
+        assert_eq!(d.used(TX).len(), 5);
+    }
+
+    #[test]
+    fn received_frames_get_a_header_and_oversized_ones_are_dropped() {
+        let link = Loop::default();
+        let mut d = Driver::new(link.clone(), 1500);
+        // Nothing offered yet: frames wait in the link.
+        link.to_guest.lock().unwrap().extend([
+            frame(100, 1),
+            frame(2000, 2), // too large for the buffers below
+            frame(60, 3),
+        ]);
+        assert!(!d.pump());
+        assert_eq!(link.to_guest.lock().unwrap().len(), 3);
+        d.post(RX, &[(BUFFERS, 1526, true)]);
+        // A buffer split in two, header and frame crossing the boundary.
+        d.post(
+            RX,
+            &[(BUFFERS + 0x1000, 8, true), (BUFFERS + 0x2000, 1518, true)],
+        );
+        assert!(d.pump());
+        assert!(link.to_guest.lock().unwrap().is_empty());
+        let used = d.used(RX);
+        assert_eq!(
+            used,
+            [(0, (HDR_LEN + 100) as u32), (1, (HDR_LEN + 60) as u32)]
+        );
+        let mut got = vec![0u8; HDR_LEN + 100];
+        d.mem.read_slice(&mut got, GuestAddress(BUFFERS)).unwrap();
+        assert_eq!(&got[..HDR_LEN], &RX_HDR);
+        assert_eq!(&got[HDR_LEN..], &frame(100, 1)[..]);
+        let mut head = [0u8; 8];
+        d.mem
+            .read_slice(&mut head, GuestAddress(BUFFERS + 0x1000))
+            .unwrap();
+        assert_eq!(head, RX_HDR[..8]);
+        let mut tail = vec![0u8; 4 + 60];
+        d.mem
+            .read_slice(&mut tail, GuestAddress(BUFFERS + 0x2000))
+            .unwrap();
+        assert_eq!(&tail[..4], &RX_HDR[8..]);
+        assert_eq!(&tail[4..], &frame(60, 3)[..]);
+        // A "receive buffer" the device cannot write is handed back empty, and the frame
+        // waits for a real one.
+        d.post(RX, &[(BUFFERS, 1526, false)]);
+        link.to_guest.lock().unwrap().push_back(frame(60, 4));
+        assert!(!d.pump());
+        assert_eq!(d.used(RX), [(3, 0)]);
+        d.post(RX, &[(BUFFERS, 1526, true)]);
+        assert!(d.pump());
+        assert_eq!(d.used(RX), [(4, (HDR_LEN + 60) as u32)]);
+    }
+
+    #[test]
+    fn a_guest_that_was_not_told_keeps_notifying() {
+        let mut d = Driver::new(Loop::default(), 1500);
+        d.dev.parts().0.set_batched(false);
+        d.pump();
+        for q in 0..2u64 {
+            assert_eq!(d.read_u16(RINGS + q * 0x1000 + 0x800), 0, "queue {q}");
+        }
+    }
+
+    #[test]
+    fn a_reset_asks_for_quiet_again() {
+        let mut d = Driver::new(Loop::default(), 1500);
+        d.pump();
+        assert!(d.dev.parts().0.quiet);
+        d.dev.write(0x070, &0u32.to_le_bytes(), &d.mem);
+        assert!(!d.dev.parts().0.quiet);
+    }
+}
