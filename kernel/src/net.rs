@@ -104,6 +104,14 @@ pub fn receive(frame: &mut Vec<u8>) -> bool {
     true
 }
 
+/// Whether received frames wait in the used ring. The VMM fills it during any exit (the
+/// transmit kick too), so a guest about to wait must look first or sleep on frames it has.
+pub fn rx_pending() -> bool {
+    CARD.lock()
+        .as_ref()
+        .is_some_and(|c| c.0.raw.poll_receive().is_some())
+}
+
 /// Frees the buffers of frames the device has sent.
 fn reclaim(card: &mut Card) {
     while let Some(token) = card.raw.poll_transmit() {

@@ -72,7 +72,7 @@ impl Platform for KernelPlatform {
 
     fn wait_event(&mut self, deadline_ns: u64) {
         let now = clock::monotonic_ns();
-        if now < deadline_ns {
+        if now < deadline_ns && !crate::net::rx_pending() {
             let micros = (deadline_ns - now).div_ceil(1000);
             channel::wait_us(u32::try_from(micros).unwrap_or(u32::MAX - 1));
         }

@@ -44,6 +44,10 @@ const INGRESS_BATCH: usize = 512;
 /// Bounds on the sockets one app may hold, so a leaking app fails with EMFILE/ENOBUFS
 /// instead of exhausting the kernel heap.
 const MAX_SOCKETS: usize = 16 * 1024;
+/// How long a closed connection stays in TIME-WAIT.
+const TIME_WAIT_NS: u64 = 200_000_000;
+/// How long a connection the app closed may wait in FIN-WAIT-2 for the peer's FIN.
+const FIN_WAIT_TIMEOUT_NS: u64 = 10_000_000_000;
 /// The first port handed out for connections and unbound UDP sockets.
 const EPHEMERAL_FIRST: u16 = 49152;
 
@@ -109,6 +113,16 @@ pub(crate) struct SocketEntry {
     pub options: Options,
 }
 
+/// A connection the app closed, lingering until its FIN exchange is through.
+#[derive(Debug, Clone, Copy)]
+struct Closing {
+    handle: SocketHandle,
+    /// When the app closed it, to give up on a peer FIN that never comes.
+    closed_at: u64,
+    /// When it was first seen in TIME-WAIT.
+    time_wait_since: Option<u64>,
+}
+
 /// Whether a socket is ready, for `poll_oneoff`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Readiness {
@@ -132,7 +146,9 @@ pub(crate) struct Net {
     pub dns: Option<Ipv4Address>,
     sockets: Vec<Option<SocketEntry>>,
     /// Connections the app closed, kept until their FIN is through.
-    closing: Vec<SocketHandle>,
+    closing: Vec<Closing>,
+    /// The monotonic time of the last poll.
+    now_ns: u64,
     next_port: u16,
     /// The name lookup in progress (`sock_getaddrinfo`).
     query: Option<(SocketHandle, dns::QueryHandle)>,
@@ -251,6 +267,7 @@ impl Net {
             dns: None,
             sockets: Vec::new(),
             closing: Vec::new(),
+            now_ns: 0,
             next_port: EPHEMERAL_FIRST,
             query: None,
         };
@@ -293,7 +310,8 @@ impl Net {
     /// Moves frames both ways and advances every socket's timers. Returns whether anything
     /// may have changed for the app.
     pub fn poll<P: Platform>(&mut self, platform: &mut P) -> bool {
-        let now = instant(platform.now_ns(Clock::Monotonic));
+        self.now_ns = platform.now_ns(Clock::Monotonic);
+        let now = instant(self.now_ns);
         let mut card = Card {
             platform,
             rx_frame: &mut self.rx_frame,
@@ -359,20 +377,38 @@ impl Net {
         }
     }
 
-    /// Forgets closed connections the app already let go of.
+    /// Forgets closed connections the app already let go of. TIME-WAIT is kept only
+    /// [`TIME_WAIT_NS`], long enough for the last ACK to leave, not the RFC's minutes: on
+    /// the VMM's private link it would only pin each connection's buffers (a churning
+    /// server would run out of heap). FIN-WAIT-2 is given up after
+    /// [`FIN_WAIT_TIMEOUT_NS`] (Linux's `tcp_fin_timeout` does the same for orphans), since
+    /// a peer that never closes, or a user-mode network that drops its FIN, would otherwise
+    /// pin the socket and its port for good. Removal sends nothing.
     fn reap(&mut self) {
         let set = &mut self.set;
-        self.closing.retain(|&h| {
-            // TIME-WAIT guards against stray segments of an old connection on a real
-            // network; on the VMM's private link it would only pin buffers for seconds.
-            let done = matches!(
-                set.get::<tcp::Socket>(h).state(),
-                tcp::State::Closed | tcp::State::TimeWait
-            );
+        let now = self.now_ns;
+        self.closing.retain_mut(|c| {
+            let done = match set.get::<tcp::Socket>(c.handle).state() {
+                tcp::State::Closed => true,
+                tcp::State::TimeWait => {
+                    let since = *c.time_wait_since.get_or_insert(now);
+                    now.saturating_sub(since) > TIME_WAIT_NS
+                }
+                tcp::State::FinWait2 => now.saturating_sub(c.closed_at) > FIN_WAIT_TIMEOUT_NS,
+                _ => false,
+            };
             if done {
-                set.remove(h);
+                set.remove(c.handle);
             }
             !done
+        });
+    }
+
+    fn linger(&mut self, handle: SocketHandle) {
+        self.closing.push(Closing {
+            handle,
+            closed_at: self.now_ns,
+            time_wait_since: None,
         });
     }
 
@@ -684,7 +720,7 @@ impl Net {
             Socket::Listener(l) => {
                 for h in l.spares.into_iter().chain(l.incoming) {
                     self.set.get_mut::<tcp::Socket>(h).abort();
-                    self.closing.push(h);
+                    self.linger(h);
                 }
             }
             Socket::Stream { handle, .. } => {
@@ -695,7 +731,7 @@ impl Net {
                 } else {
                     s.close();
                 }
-                self.closing.push(handle);
+                self.linger(handle);
             }
             Socket::Dgram { handle, .. } => {
                 self.set.remove(handle);
@@ -706,8 +742,8 @@ impl Net {
     /// Whether every closed connection has had its data and FIN acknowledged (or was
     /// reset), so ending the VM loses nothing the app sent.
     pub fn settled(&self) -> bool {
-        self.closing.iter().all(|&h| {
-            let s = self.set.get::<tcp::Socket>(h);
+        self.closing.iter().all(|c| {
+            let s = self.set.get::<tcp::Socket>(c.handle);
             s.send_queue() == 0
                 && matches!(
                     s.state(),
@@ -872,7 +908,9 @@ fn new_tcp_socket() -> tcp::Socket<'static> {
     s
 }
 
-/// Moves a listener's spares that left LISTEN to its incoming queue and tops the spares up.
+/// Moves a listener's spares that left LISTEN to its incoming queue, takes back queued
+/// sockets whose handshake was reset (smoltcp returns them to LISTEN) or that closed before
+/// the app accepted them, and tops the spares up.
 fn promote(set: &mut SocketSet<'static>, l: &mut Listener) {
     let mut i = 0;
     while i < l.spares.len() {
@@ -881,6 +919,26 @@ fn promote(set: &mut SocketSet<'static>, l: &mut Listener) {
         } else {
             let h = l.spares.swap_remove(i);
             l.incoming.push_back(h);
+        }
+    }
+    let mut relisten = Vec::new();
+    l.incoming
+        .retain(|&h| match set.get::<tcp::Socket>(h).state() {
+            tcp::State::Listen => {
+                relisten.push(h);
+                false
+            }
+            tcp::State::Closed => {
+                set.remove(h);
+                false
+            }
+            _ => true,
+        });
+    for h in relisten {
+        if l.spares.len() < LISTEN_SPARES {
+            l.spares.push(h);
+        } else {
+            set.remove(h);
         }
     }
     let want = LISTEN_SPARES.min(l.backlog.saturating_sub(l.incoming.len()));

@@ -1239,6 +1239,64 @@ mod tests {
         );
     }
 
+    /// Frames on the wire from side `from` with the TCP RST flag.
+    fn resets(wire: &Rc<RefCell<Wire>>, side: usize) -> usize {
+        wire.borrow().frames[side]
+            .iter()
+            .filter(|f| f.len() > 47 && f[12..14] == [8, 0] && f[23] == 6 && f[47] & 4 != 0)
+            .count()
+    }
+
+    #[test]
+    fn an_http_style_close_sends_no_reset() {
+        let wire = Rc::new(RefCell::new(Wire::default()));
+        let (mut guest, mut host) = (world(&wire, 0), world(&wire, 1));
+        guest
+            .preopen_listener(Listen {
+                addr: [0; 4],
+                port: 80,
+            })
+            .unwrap();
+        let (mut gm, mut hm) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+        nonblocking(&mut guest, &mut gm, 3);
+        for round in 0..20 {
+            let client = connect(&mut host, &mut hm, GUEST, 80);
+            pump(&mut guest, &mut host);
+            let (e, conn) = accept(&mut guest, &mut gm, 3);
+            assert_eq!(e, Errno::SUCCESS);
+            send(&mut host, &mut hm, client, b"GET / HTTP/1.1\r\n\r\n");
+            pump(&mut guest, &mut host);
+            assert_eq!(recv(&mut guest, &mut gm, conn, 100).0, Errno::SUCCESS);
+            send(&mut guest, &mut gm, conn, b"HTTP/1.1 200 OK\r\n\r\n");
+            if round % 2 == 0 {
+                call(&mut guest, &mut gm, Func::SockShutdown, &[conn as u64, 2]);
+            } else {
+                call(&mut guest, &mut gm, Func::FdClose, &[conn as u64]);
+            }
+            for _ in 0..50 {
+                // Watch every frame the guest sends for a reset.
+                guest.net.as_mut().unwrap().poll(&mut guest.platform);
+                assert_eq!(resets(&wire, 1), 0, "round {round}: the guest reset");
+                host.net.as_mut().unwrap().poll(&mut host.platform);
+            }
+            assert_eq!(recv(&mut host, &mut hm, client, 100).0, Errno::SUCCESS);
+            call(&mut host, &mut hm, Func::FdClose, &[client as u64]);
+            for _ in 0..50 {
+                guest.net.as_mut().unwrap().poll(&mut guest.platform);
+                assert_eq!(resets(&wire, 1), 0, "round {round}: the guest reset");
+                host.net.as_mut().unwrap().poll(&mut host.platform);
+            }
+            if round % 2 == 0 {
+                assert_eq!(
+                    recv(&mut guest, &mut gm, conn, 100),
+                    (Errno::SUCCESS, vec![])
+                );
+                call(&mut guest, &mut gm, Func::FdClose, &[conn as u64]);
+                pump(&mut guest, &mut host);
+            }
+        }
+    }
+
     #[test]
     fn hostile_arguments_fail_cleanly() {
         let (mut guest, _host) = pair();
