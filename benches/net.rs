@@ -1,0 +1,179 @@
+//! Network performance of the HTTP sample, side by side: the built-in VMM, QEMU, and host
+//! reference mode. `cargo bench --bench net` prints one table:
+//!
+//! - requests per second and p50/p99 latency under `wrk` (Debian's package; 32 keep-alive
+//!   connections, 2 threads) for `GET /`;
+//! - bulk TCP throughput of one connection, each way: `GET /bytes/N` (guest to host) and
+//!   `POST /sum` (host to guest; the guest hashes the body).
+//!
+//! `WASMVM_BENCH_SECONDS` sets the wrk duration (default 10), `WASMVM_BENCH_MIB` the bulk
+//! size (default 512).
+//! Targets (issue #6): built-in ≥ half of host mode's requests/s, p99 < 5 ms at 32
+//! connections, bulk ≥ 100 MB/s.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+struct Served {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(img: &std::path::Path, vmm: &str) -> Served {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = common::wasmvm()
+        .args(["run", "--vmm", vmm, "-p", &format!("127.0.0.1:{port}:8080")])
+        .arg(img)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(
+        line.trim_end(),
+        "listening on fd 3",
+        "{vmm}: readiness line"
+    );
+    Served { child, port }
+}
+
+/// Parses wrk's `--latency` report: (requests/s, p50 ms, p99 ms).
+fn wrk(port: u16, seconds: u64) -> (f64, f64, f64) {
+    let out = Command::new("wrk")
+        .args(["-t2", "-c32", "--latency"])
+        .arg(format!("-d{seconds}s"))
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .expect("wrk is not installed: apt install wrk");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "wrk failed: {text}");
+    let ms = |v: &str| -> f64 {
+        let v = v.trim();
+        if let Some(x) = v.strip_suffix("us") {
+            x.parse::<f64>().unwrap() / 1e3
+        } else if let Some(x) = v.strip_suffix("ms") {
+            x.parse().unwrap()
+        } else if let Some(x) = v.strip_suffix('s') {
+            x.parse::<f64>().unwrap() * 1e3
+        } else {
+            panic!("wrk latency {v:?}")
+        }
+    };
+    let field = |prefix: &str| -> &str {
+        text.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in wrk output:\n{text}"))
+    };
+    let errors = text
+        .lines()
+        .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"));
+    if let Some(e) = errors {
+        eprintln!("wrk reported: {}", e.trim());
+    }
+    let rps: f64 = field("Requests/sec:").trim().parse().unwrap();
+    (rps, ms(field("50%")), ms(field("99%")))
+}
+
+/// MB/s of one `GET /bytes/N` and of one `POST /sum` of N bytes.
+fn bulk(port: u16, bytes: u64) -> (f64, f64) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let t = Instant::now();
+    write!(
+        s,
+        "GET /bytes/{bytes} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    let down = total as f64 / t.elapsed().as_secs_f64() / 1e6;
+    assert!(total > bytes, "short download: {total} bytes");
+
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i * 31 + 7) as u8).collect();
+    let t = Instant::now();
+    write!(
+        s,
+        "POST /sum HTTP/1.1\r\nHost: b\r\nContent-Length: {bytes}\r\n\r\n"
+    )
+    .unwrap();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        s.write_all(&chunk[..n]).unwrap();
+        left -= n as u64;
+    }
+    let mut reply = [0u8; 512];
+    let n = s.read(&mut reply).unwrap();
+    let up = bytes as f64 / t.elapsed().as_secs_f64() / 1e6;
+    assert!(reply[..n].starts_with(b"HTTP/1.1 200"), "upload failed");
+    (down, up)
+}
+
+fn main() {
+    let seconds: u64 = std::env::var("WASMVM_BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let mib: u64 = std::env::var("WASMVM_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512);
+    let dir = common::scratch();
+    let img = dir.path().join("http.img");
+    common::pack(&common::sample("http"), &img, &["--listen", "8080"]);
+
+    let mut rows = Vec::new();
+    for (vmm, label) in [
+        ("builtin", "built-in VMM (passt)"),
+        ("qemu", "QEMU microvm (slirp)"),
+        ("host", "host reference (wasmi + wasi-common)"),
+    ] {
+        let served = serve(&img, vmm);
+        let (rps, p50, p99) = wrk(served.port, seconds);
+        let (down, up) = bulk(served.port, mib << 20);
+        rows.push((vmm, label, rps, p50, p99, down, up));
+    }
+    let host_rps = rows.iter().find(|r| r.0 == "host").map_or(1.0, |r| r.2);
+    println!(
+        "HTTP sample, wrk -t2 -c32 -d{seconds}s GET /; bulk {mib} MiB over one connection; accel {}",
+        common::accel()
+    );
+    println!(
+        "| where | requests/s | vs host | p50 (ms) | p99 (ms) | guest→host MB/s | host→guest MB/s |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (_, label, rps, p50, p99, down, up) in &rows {
+        println!(
+            "| {label} | {rps:.0} | {:.2}x | {p50:.2} | {p99:.2} | {down:.0} | {up:.0} |",
+            rps / host_rps
+        );
+    }
+}

@@ -1,0 +1,410 @@
+//! Networking end to end: the samples serve and connect from inside VMs on every backend,
+//! driven from the host through published ports (`-p`), with preopened listeners
+//! (`--listen`) and the WasmEdge socket extension for outbound connections.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::*;
+
+/// A host port nothing listens on (the kernel hands out a fresh one; the test binds it next).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A VM serving on a published host port; killed when dropped.
+struct Guest {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Guest {
+    /// Boots `image` on `vmm` with host port → guest `guest_port` and waits for the app's
+    /// readiness line.
+    fn start(vmm: &str, image: &Path, guest_port: u16, ready: &str, extra: &[&str]) -> Guest {
+        let port = free_port();
+        let publish = format!("127.0.0.1:{port}:{guest_port}");
+        let mut child = wasmvm()
+            .args(["run", "--vmm", vmm, "--accel", accel(), "-p", &publish])
+            .args(extra)
+            .arg(image)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        if line.trim_end() != ready {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{vmm}: expected the readiness line {ready:?}, got {line:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Guest { child, port }
+    }
+
+    fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        s
+    }
+
+    /// Waits for the VM to end; returns its exit status and stderr.
+    fn wait(mut self) -> (i32, String) {
+        let mut err = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        (status.code().unwrap_or(-1), err)
+    }
+}
+
+/// The byte at offset `i` of the samples' test pattern.
+fn pattern(i: u64) -> u8 {
+    ((i * 31 + 7) % 251) as u8
+}
+
+fn fnv1a(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in data {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Reads one HTTP/1.1 response (Content-Length framed) off a keep-alive connection.
+fn read_response(r: &mut BufReader<TcpStream>) -> (u16, Vec<u8>) {
+    let mut status = String::new();
+    r.read_line(&mut status).unwrap();
+    let code: u16 = status
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("bad status line {status:?}"))
+        .parse()
+        .unwrap();
+    let mut len = 0usize;
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).unwrap();
+        if h == "\r\n" || h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            len = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).unwrap();
+    (code, body)
+}
+
+fn request(guest: &Guest, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut s = guest.connect();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    read_response(&mut BufReader::new(s))
+}
+
+fn http_image() -> &'static PathBuf {
+    static IMAGE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &IMAGE
+        .get_or_init(|| {
+            let dir = scratch();
+            let img = dir.path().join("http.img");
+            pack(&sample("http"), &img, &["--listen", "8080"]);
+            (dir, img)
+        })
+        .1
+}
+
+const HTTP_READY: &str = "listening on fd 3";
+
+#[test]
+fn the_http_sample_answers_from_every_backend() {
+    for vmm in backends() {
+        let guest = Guest::start(vmm, http_image(), 8080, HTTP_READY, &[]);
+        let (code, body) = request(&guest, "GET", "/", b"");
+        assert_eq!(
+            (code, &body[..]),
+            (200, &b"hello from wasmvm\n"[..]),
+            "{vmm}"
+        );
+        let (code, _) = request(&guest, "GET", "/nope", b"");
+        assert_eq!(code, 404, "{vmm}");
+        let (code, body) = request(&guest, "GET", "/exit/7", b"");
+        assert_eq!((code, &body[..]), (200, &b"bye\n"[..]), "{vmm}");
+        let (status, err) = guest.wait();
+        assert_eq!(status, 7, "{vmm}: {err}");
+    }
+}
+
+#[test]
+fn many_concurrent_keep_alive_clients_are_served() {
+    for vmm in backends() {
+        let mut guest = Guest::start(vmm, http_image(), 8080, HTTP_READY, &[]);
+        // Connect one by one (QEMU's slirp listens on forwarded ports with a backlog of
+        // one, so a burst of SYNs waits for the host's retransmissions), then talk on all
+        // 48 at once.
+        let conns: Vec<TcpStream> = (0..48).map(|_| guest.connect()).collect();
+        let clients: Vec<_> = conns
+            .into_iter()
+            .enumerate()
+            .map(|(c, s)| {
+                std::thread::spawn(move || {
+                    let mut w = s.try_clone().unwrap();
+                    let mut r = BufReader::new(s);
+                    for i in 0..40 {
+                        let body = format!("client {c} request {i}");
+                        let req = format!(
+                            "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        w.write_all(req.as_bytes()).unwrap();
+                        let (code, echoed) = read_response(&mut r);
+                        assert_eq!(code, 200);
+                        assert_eq!(echoed, body.as_bytes());
+                    }
+                })
+            })
+            .collect();
+        let failed = clients.into_iter().filter_map(|c| c.join().err()).count();
+        if failed > 0 {
+            let _ = guest.child.kill();
+            let (_, err) = guest.wait();
+            panic!("{vmm}: {failed} of 48 clients failed; the VM said:\n{err}");
+        }
+        request(&guest, "GET", "/exit/0", b"");
+        assert_eq!(guest.wait().0, 0, "{vmm}");
+    }
+}
+
+#[test]
+fn large_transfers_arrive_intact_both_ways() {
+    const LEN: u64 = 64 << 20;
+    for vmm in backends() {
+        let guest = Guest::start(vmm, http_image(), 8080, HTTP_READY, &[]);
+        // Guest to host: a generated body, checked byte by byte.
+        let (code, body) = request(&guest, "GET", &format!("/bytes/{LEN}"), b"");
+        assert_eq!(code, 200);
+        assert_eq!(body.len() as u64, LEN, "{vmm}");
+        let bad = (0..LEN).find(|&i| body[i as usize] != pattern(i));
+        assert_eq!(bad, None, "{vmm}: first corrupted byte");
+        // Host to guest: the guest hashes what it received.
+        let upload: Vec<u8> = (0..LEN).map(|i| pattern(i * 7 + 3)).collect();
+        let (code, sum) = request(&guest, "POST", "/sum", &upload);
+        assert_eq!(code, 200);
+        assert_eq!(
+            String::from_utf8_lossy(&sum).trim(),
+            format!("{:016x}", fnv1a(&upload)),
+            "{vmm}"
+        );
+        request(&guest, "GET", "/exit/0", b"");
+        assert_eq!(guest.wait().0, 0, "{vmm}");
+    }
+}
+
+/// File descriptors a process holds.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn thousands_of_connections_come_and_go_without_leaks() {
+    for vmm in backends() {
+        let guest = Guest::start(vmm, http_image(), 8080, HTTP_READY, &[]);
+        let pid = guest.child.id();
+        let warm = |n: usize| {
+            for _ in 0..n {
+                let (code, _) = request(&guest, "GET", "/", b"");
+                assert_eq!(code, 200);
+            }
+        };
+        warm(50);
+        let fds_before = open_fds(pid);
+        // Half close politely after a request, half drop the connection unannounced.
+        for i in 0..2000 {
+            let mut s = guest.connect();
+            if i % 2 == 0 {
+                s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                    .unwrap();
+                let mut all = Vec::new();
+                if let Err(e) = s.read_to_end(&mut all) {
+                    drop(s);
+                    let mut guest = guest;
+                    let _ = guest.child.kill();
+                    let (_, err) = guest.wait();
+                    panic!("{vmm}: round {i}: {e}; the VM said:\n{err}");
+                }
+                assert!(all.starts_with(b"HTTP/1.1 200"), "{vmm}: round {i}");
+            } else {
+                s.shutdown(Shutdown::Both).unwrap();
+            }
+        }
+        warm(50);
+        let fds_after = open_fds(pid);
+        assert!(
+            fds_after <= fds_before + 2,
+            "{vmm}: the VMM's descriptors grew from {fds_before} to {fds_after}"
+        );
+        request(&guest, "GET", "/exit/0", b"");
+        let (status, err) = guest.wait();
+        assert_eq!(status, 0, "{vmm}: {err}");
+    }
+}
+
+fn echo_image() -> Option<&'static PathBuf> {
+    static IMAGE: OnceLock<Option<(tempfile::TempDir, PathBuf)>> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let dir = scratch();
+            let wasm = zig_sample("c/echo.c", &dir.path().join("echo.wasm"))?;
+            let img = dir.path().join("echo.img");
+            pack(&wasm, &img, &["--listen", "7"]);
+            Some((dir, img))
+        })
+        .as_ref()
+        .map(|(_, img)| img)
+}
+
+#[test]
+fn the_c_echo_server_exits_cleanly_with_connections_open() {
+    let Some(image) = echo_image() else { return };
+    for vmm in backends() {
+        let guest = Guest::start(vmm, image, 7, "echo: ready", &[]);
+        let mut idle: Vec<TcpStream> = (0..8).map(|_| guest.connect()).collect();
+        for (i, s) in idle.iter_mut().enumerate() {
+            let msg = format!("hello {i}\n");
+            s.write_all(msg.as_bytes()).unwrap();
+            let mut back = vec![0; msg.len()];
+            s.read_exact(&mut back).unwrap();
+            assert_eq!(back, msg.as_bytes(), "{vmm}");
+        }
+        let mut quit = guest.connect();
+        quit.write_all(b"QUIT\n").unwrap();
+        let (status, err) = guest.wait();
+        assert_eq!(status, 0, "{vmm}: {err}");
+        // The open connections end with the VM instead of hanging.
+        for mut s in idle {
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+        }
+    }
+}
+
+#[test]
+fn the_outbound_client_reaches_a_host_service() {
+    // A host echo service on loopback; the guest reaches it as the gateway, 10.0.2.2.
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in server.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut back = conn.try_clone().unwrap();
+                let _ = std::io::copy(&mut conn, &mut back);
+                let _ = back.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    let dir = scratch();
+    let img = dir.path().join("client.img");
+    pack(&sample("netclient"), &img, &[]);
+    let target = format!("10.0.2.2:{port}");
+    for vmm in backends() {
+        let out = run_on(vmm, &img, &["--", &target, "3000000"], b"");
+        assert!(
+            out.status.success(),
+            "{vmm}: {}\n{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        assert!(
+            stdout(&out).starts_with("sent 3000000 received 3000000 "),
+            "{vmm}: {}",
+            stdout(&out)
+        );
+    }
+}
+
+#[test]
+fn network_mistakes_get_clear_errors() {
+    let image = http_image();
+    // A host port that is taken.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    for vmm in backends() {
+        let out = wasmvm()
+            .args(["run", "--vmm", vmm, "--accel", accel(), "-p"])
+            .arg(format!("127.0.0.1:{port}:8080"))
+            .arg(image)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{vmm}");
+        assert!(
+            stderr(&out).contains(&port.to_string()) && stderr(&out).contains("in use"),
+            "{vmm}: {}",
+            stderr(&out)
+        );
+    }
+    // Malformed specs name themselves.
+    for bad in ["8080", "x:8080", "1.2.3:80:80", "80:0", "70000:80"] {
+        let out = wasmvm()
+            .args(["run", "-p", bad])
+            .arg(image)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bad}");
+        assert!(stderr(&out).contains(bad), "{bad}: {}", stderr(&out));
+    }
+    let out = wasmvm()
+        .args(["pack", "--listen", "99999", "-o", "/dev/null"])
+        .arg(sample("http"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("99999"), "{}", stderr(&out));
+    // A listener without a network card.
+    let out = wasmvm()
+        .args(["run", "--network", "none"])
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("network"), "{}", stderr(&out));
+}
