@@ -487,6 +487,14 @@ fn wait_for_host(devices: &mut Devices, mem: &GuestMemoryMmap, timeout: Option<D
         revents: 0,
     }; 2];
     let mut watched = 0;
+    // Frames the guest queued go out now whatever else happens (it relies on this exit),
+    // and frames for it end the wait at once.
+    if let Some(net) = devices.net.as_mut() {
+        let (net, queues) = net.parts();
+        if net.pump(queues, mem) {
+            return;
+        }
+    }
     if let Some(console) = devices.console.as_mut() {
         let (console, queues) = console.parts();
         match console.process_rx(queues, mem) {
