@@ -26,6 +26,19 @@ struct Event {
     flags: u16,
 }
 
+impl Event {
+    /// A clock subscription that is due.
+    fn clock(userdata: u64) -> Event {
+        Event {
+            userdata,
+            error: Errno::SUCCESS,
+            kind: EVENTTYPE_CLOCK,
+            nbytes: 0,
+            flags: 0,
+        }
+    }
+}
+
 impl<P: Platform> Wasi<P> {
     pub(crate) fn poll_oneoff(
         &mut self,
@@ -172,13 +185,7 @@ impl<P: Platform> Wasi<P> {
                 let current = self.platform.now_ns(Clock::Monotonic);
                 if current >= due {
                     let (_, userdata) = deadline.expect("a due deadline exists");
-                    ready.push(Event {
-                        userdata,
-                        error: Errno::SUCCESS,
-                        kind: EVENTTYPE_CLOCK,
-                        nbytes: 0,
-                        flags: 0,
-                    });
+                    ready.push(Event::clock(userdata));
                     break ready;
                 }
                 if waits_on_stdin && self.platform.stdin_ready() {
@@ -199,13 +206,7 @@ impl<P: Platform> Wasi<P> {
                             ready.extend(self.stdin_events(&table));
                         }
                         if ready.is_empty() || self.platform.now_ns(Clock::Monotonic) >= due {
-                            ready.push(Event {
-                                userdata,
-                                error: Errno::SUCCESS,
-                                kind: EVENTTYPE_CLOCK,
-                                nbytes: 0,
-                                flags: 0,
-                            });
+                            ready.push(Event::clock(userdata));
                         }
                     }
                     None if waits_on_stdin => {
