@@ -100,7 +100,7 @@ fn fnv1a(data: &[u8]) -> u64 {
 }
 
 /// Reads one HTTP/1.1 response (Content-Length framed) off a keep-alive connection.
-fn read_response(r: &mut BufReader<TcpStream>) -> (u16, Vec<u8>) {
+fn read_response<R: Read>(r: &mut BufReader<R>) -> (u16, Vec<u8>) {
     let mut status = String::new();
     r.read_line(&mut status).unwrap();
     let code: u16 = status
@@ -257,24 +257,22 @@ fn thousands_of_connections_come_and_go_without_leaks() {
         };
         warm(50);
         let fds_before = open_fds(pid);
-        // Half close politely after a request, half drop the connection unannounced.
+        // Half close after a request, half drop the connection unannounced. The host side
+        // always closes first: were the guest's side (passt or slirp on loopback) the active
+        // closer, its TIME-WAIT sockets would collide with ports the host's connect() hands
+        // out again, and the host kernel would refuse or reset those connections.
         for i in 0..2000 {
             let mut s = guest.connect();
             if i % 2 == 0 {
-                s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-                    .unwrap();
-                let mut all = Vec::new();
-                if let Err(e) = s.read_to_end(&mut all) {
-                    drop(s);
-                    let mut guest = guest;
-                    let _ = guest.child.kill();
-                    let (_, err) = guest.wait();
-                    panic!("{vmm}: round {i}: {e}; the VM said:\n{err}");
-                }
-                assert!(all.starts_with(b"HTTP/1.1 200"), "{vmm}: round {i}");
-            } else {
-                s.shutdown(Shutdown::Both).unwrap();
+                s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+                let (code, body) = read_response(&mut BufReader::new(&mut s));
+                assert_eq!(
+                    (code, &body[..]),
+                    (200, &b"hello from wasmvm\n"[..]),
+                    "{vmm}: round {i}"
+                );
             }
+            s.shutdown(Shutdown::Both).unwrap();
         }
         warm(50);
         let fds_after = open_fds(pid);
