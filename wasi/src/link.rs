@@ -52,6 +52,8 @@ pub trait WasiView: 'static {
 /// `proc_exit` becomes wasmi's `i32_exit` error; everything else returns an errno. Imports
 /// WASI does not have are left undefined (instantiation names them, or `add_stubs`).
 pub fn add_to_linker<T: WasiView>(linker: &mut Linker<T>, module: &Module) -> Result<(), Error> {
+    // A module may import one function twice (AssemblyScript does); define it once.
+    let mut defined: Vec<crate::Func> = Vec::new();
     for import in module.imports() {
         let ExternType::Func(ty) = import.ty() else {
             continue;
@@ -65,6 +67,10 @@ pub fn add_to_linker<T: WasiView>(linker: &mut Linker<T>, module: &Module) -> Re
         else {
             continue;
         };
+        if defined.contains(&sig.func) {
+            continue;
+        }
+        defined.push(sig.func);
         define(linker, sig)?;
     }
     Ok(())
