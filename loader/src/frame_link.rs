@@ -425,10 +425,10 @@ impl Passt {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log.try_clone().map_err(spawn_err)?);
-        // SAFETY: only async-signal-safe calls between fork and exec. The parent-death signal
-        // ends passt with this thread (passt also exits when its socket closes, which covers
-        // the case where it cleared the signal by changing user, as it does when started as
-        // root); dup2 puts the peer at PASST_FD without close-on-exec.
+        // The parent-death signal ends passt with this thread (passt also exits when its
+        // socket closes, which covers the case where it cleared the signal by changing user,
+        // as it does when started as root); dup2 puts the peer at PASST_FD for passt.
+        // SAFETY: only async-signal-safe calls (prctl, fcntl, dup2) between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {

@@ -158,10 +158,10 @@ fn spawn(opts: &RunOptions, args: &[OsString], guest_end: &UnixStream) -> Result
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    // SAFETY: only async-signal-safe calls between fork and exec: the parent-death signal
-    // ends QEMU with this thread even if wasmvm is killed outright (QEMU would otherwise run
-    // on, holding published ports); dup2 puts the guest end of the socketpair at CHANNEL_FD
-    // (dup2 clears close-on-exec on the copy).
+    // The parent-death signal ends QEMU with this thread even if wasmvm is killed outright
+    // (QEMU would otherwise run on, holding published ports); dup2 puts the guest end of the
+    // socketpair at CHANNEL_FD (dup2 clears close-on-exec on the copy).
+    // SAFETY: only async-signal-safe calls (prctl, dup2) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {
