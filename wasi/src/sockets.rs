@@ -289,7 +289,7 @@ impl<P: Platform> Wasi<P> {
     }
 
     pub(crate) fn sock_recv(&mut self, mem: &mut GuestMemory, args: &[u64]) -> WasiResult {
-        let a = |i: usize| args.get(i).copied().unwrap_or(0) as u32;
+        let a = |i: usize| arg(args, i);
         let (fd, iovs, count, flags, out_len, out_flags) = (a(0), a(1), a(2), a(3), a(4), a(5));
         let iovs = mem.iovecs(iovs, count)?;
         mem.slice(out_len, 4)?;
@@ -300,7 +300,7 @@ impl<P: Platform> Wasi<P> {
     }
 
     pub(crate) fn sock_send(&mut self, mem: &mut GuestMemory, args: &[u64]) -> WasiResult {
-        let a = |i: usize| args.get(i).copied().unwrap_or(0) as u32;
+        let a = |i: usize| arg(args, i);
         let (fd, iovs, count, flags, out) = (a(0), a(1), a(2), a(3), a(4));
         if flags != 0 {
             return Err(Errno::INVAL);
@@ -437,7 +437,7 @@ impl<P: Platform> Wasi<P> {
         args: &[u64],
         with_port: bool,
     ) -> WasiResult {
-        let a = |i: usize| args.get(i).copied().unwrap_or(0) as u32;
+        let a = |i: usize| arg(args, i);
         let (fd, iovs, count, addr, flags) = (a(0), a(1), a(2), a(3), a(4));
         let (port_out, out_len, out_flags) = if with_port {
             (Some(a(5)), a(6), a(7))
@@ -446,8 +446,7 @@ impl<P: Platform> Wasi<P> {
         };
         let iovs = mem.iovecs(iovs, count)?;
         // The address buffer: WasiAddress { buf, size } with room for the storage form.
-        let buf = mem.read_u32(addr)?;
-        let size = mem.read_u32(addr.checked_add(4).ok_or(Errno::FAULT)?)?;
+        let (buf, size) = address_buffer(mem, addr)?;
         if size < 6 {
             return Err(Errno::INVAL);
         }
@@ -478,7 +477,7 @@ impl<P: Platform> Wasi<P> {
     }
 
     pub(crate) fn sock_send_to(&mut self, mem: &mut GuestMemory, args: &[u64]) -> WasiResult {
-        let a = |i: usize| args.get(i).copied().unwrap_or(0) as u32;
+        let a = |i: usize| arg(args, i);
         let (fd, iovs, count, addr, port, flags, out) = (a(0), a(1), a(2), a(3), a(4), a(5), a(6));
         if flags != 0 {
             return Err(Errno::INVAL);
@@ -523,7 +522,7 @@ impl<P: Platform> Wasi<P> {
         args: &[u64],
         peer: bool,
     ) -> WasiResult {
-        let a = |i: usize| args.get(i).copied().unwrap_or(0) as u32;
+        let a = |i: usize| arg(args, i);
         let (fd, addr, type_out, port_out) = (a(0), a(1), a(2), a(3));
         let (id, _) = self.socket(fd)?;
         let (local, remote) = self.net()?.endpoints(id)?;
@@ -535,8 +534,7 @@ impl<P: Platform> Wasi<P> {
                 0,
             ))
         };
-        let buf = mem.read_u32(addr)?;
-        let size = mem.read_u32(addr.checked_add(4).ok_or(Errno::FAULT)?)?;
+        let (buf, size) = address_buffer(mem, addr)?;
         if size < 4 {
             return Err(Errno::NOMEM);
         }
@@ -547,7 +545,7 @@ impl<P: Platform> Wasi<P> {
     }
 
     pub(crate) fn sock_setsockopt(&mut self, mem: &mut GuestMemory, args: &[u64]) -> WasiResult {
-        let a = |i: usize| args.get(i).copied().unwrap_or(0) as u32;
+        let a = |i: usize| arg(args, i);
         let (fd, level, name, value, len) = (a(0), a(1), a(2), a(3), a(4));
         if level != 0 || name > opt::LAST {
             return Err(Errno::INVAL);
@@ -607,7 +605,7 @@ impl<P: Platform> Wasi<P> {
     }
 
     pub(crate) fn sock_getsockopt(&mut self, mem: &mut GuestMemory, args: &[u64]) -> WasiResult {
-        let a = |i: usize| args.get(i).copied().unwrap_or(0) as u32;
+        let a = |i: usize| arg(args, i);
         let (fd, level, name, value, len_ptr) = (a(0), a(1), a(2), a(3), a(4));
         if level != 0 || name > opt::LAST {
             return Err(Errno::INVAL);
@@ -661,7 +659,7 @@ impl<P: Platform> Wasi<P> {
     /// WasmEdge `sock_getaddrinfo`: IPv4 literals answer at once, names go to the DNS
     /// server the network configuration names. The caller pre-links `max` result nodes.
     pub(crate) fn sock_getaddrinfo(&mut self, mem: &mut GuestMemory, args: &[u64]) -> WasiResult {
-        let a = |i: usize| args.get(i).copied().unwrap_or(0) as u32;
+        let a = |i: usize| arg(args, i);
         let (node, node_len, service, service_len, _hints, res, max, res_len) =
             (a(0), a(1), a(2), a(3), a(4), a(5), a(6), a(7));
         let trim = |b: &[u8]| -> Vec<u8> {
@@ -750,11 +748,22 @@ fn socket_fd(id: SockId, kind: SockType, flags: u16) -> Fd {
     }
 }
 
+/// Argument `i` of a call, as the 32-bit value every socket call passes.
+fn arg(args: &[u64], i: usize) -> u32 {
+    args.get(i).copied().unwrap_or(0) as u32
+}
+
+/// The `{ buf, size }` of a WasmEdge `WasiAddress` at `addr`.
+fn address_buffer(mem: &GuestMemory, addr: u32) -> WasiResult<(u32, u32)> {
+    let buf = mem.read_u32(addr)?;
+    let size = mem.read_u32(addr.checked_add(4).ok_or(Errno::FAULT)?)?;
+    Ok((buf, size))
+}
+
 /// Reads a WasmEdge `WasiAddress { buf, size }`: 4 raw bytes, or the 128-byte storage form
 /// (family `u16`, then the address).
 fn read_address(mem: &GuestMemory, addr: u32) -> WasiResult<Ipv4Address> {
-    let buf = mem.read_u32(addr)?;
-    let size = mem.read_u32(addr.checked_add(4).ok_or(Errno::FAULT)?)?;
+    let (buf, size) = address_buffer(mem, addr)?;
     let octets: [u8; 4] = match size {
         4 => mem.slice(buf, 4)?.try_into().map_err(|_| Errno::FAULT)?,
         16 => return Err(Errno::AFNOSUPPORT),
@@ -1308,54 +1317,27 @@ mod tests {
             .unwrap();
         let mut m = vec![0u8; 4096];
         // Not a socket, no such descriptor, bad flags, pointers off the end of memory.
-        assert_eq!(
-            call(&mut guest, &mut m, Func::SockAccept, &[1, 0, 0]),
-            Errno::NOTSOCK
-        );
-        assert_eq!(
-            call(&mut guest, &mut m, Func::SockAccept, &[99, 0, 0]),
-            Errno::BADF
-        );
-        assert_eq!(
-            call(&mut guest, &mut m, Func::SockAccept, &[3, 1, 0]),
-            Errno::INVAL
-        );
-        assert_eq!(
-            call(&mut guest, &mut m, Func::SockAccept, &[3, 0, 4094]),
-            Errno::FAULT
-        );
-        assert_eq!(
-            call(&mut guest, &mut m, Func::SockRecv, &[3, 4090, 2, 0, 0, 0]),
-            Errno::FAULT
-        );
-        assert_eq!(
-            call(&mut guest, &mut m, Func::SockRecv, &[3, 0, 0, 8, 16, 20]),
-            Errno::INVAL
-        );
-        assert_eq!(
-            call(&mut guest, &mut m, Func::SockSend, &[3, 0, 0, 1, 16]),
-            Errno::INVAL
-        );
-        assert_eq!(
-            call(&mut guest, &mut m, Func::SockShutdown, &[3, 4]),
-            Errno::INVAL
-        );
-        assert_eq!(
-            call(&mut guest, &mut m, Func::SockShutdown, &[3, 2]),
-            Errno::NOTCONN
-        );
-        assert_eq!(
-            call(&mut guest, &mut m, Func::SockOpen, &[2, 2, 0]),
-            Errno::AFNOSUPPORT
-        );
-        assert_eq!(
-            call(&mut guest, &mut m, Func::SockOpen, &[1, 9, 0]),
-            Errno::INVAL
-        );
-        assert_eq!(
-            call(&mut guest, &mut m, Func::SockOpen, &[1, 2, 4093]),
-            Errno::FAULT
-        );
+        let cases: &[(Func, &[u64], Errno)] = &[
+            (Func::SockAccept, &[1, 0, 0], Errno::NOTSOCK),
+            (Func::SockAccept, &[99, 0, 0], Errno::BADF),
+            (Func::SockAccept, &[3, 1, 0], Errno::INVAL),
+            (Func::SockAccept, &[3, 0, 4094], Errno::FAULT),
+            (Func::SockRecv, &[3, 4090, 2, 0, 0, 0], Errno::FAULT),
+            (Func::SockRecv, &[3, 0, 0, 8, 16, 20], Errno::INVAL),
+            (Func::SockSend, &[3, 0, 0, 1, 16], Errno::INVAL),
+            (Func::SockShutdown, &[3, 4], Errno::INVAL),
+            (Func::SockShutdown, &[3, 2], Errno::NOTCONN),
+            (Func::SockOpen, &[2, 2, 0], Errno::AFNOSUPPORT),
+            (Func::SockOpen, &[1, 9, 0], Errno::INVAL),
+            (Func::SockOpen, &[1, 2, 4093], Errno::FAULT),
+        ];
+        for &(func, args, want) in cases {
+            assert_eq!(
+                call(&mut guest, &mut m, func, args),
+                want,
+                "{func:?} {args:?}"
+            );
+        }
         // An address struct pointing outside memory, or of an unknown size.
         call(&mut guest, &mut m, Func::SockOpen, &[1, 2, 100]);
         let fd = u32::from_le_bytes(m[100..104].try_into().unwrap()) as u64;
