@@ -88,9 +88,28 @@ pub fn pack(kernel: &[u8], module: &[u8], manifest: &Manifest) -> Result<Vec<u8>
     out.extend_from_slice(module);
     out.resize(align_up(out.len() as u64, 8) as usize, 0);
 
-    // A new program header table at the end: the kernel's own entries plus the bundle's.
-    let phoff = out.len() as u64;
+    // The program header table: the kernel's own entries plus the bundle's. It stays where
+    // the kernel's is when the zero gap before the first segment has room for one more
+    // entry (it does for our kernel: Multiboot2 loaders such as GRUB only read program
+    // headers within the file's first 32 KiB); else a new table goes at the end.
     let mut phdrs = elf.phdrs.clone();
+    let old_phoff = elf.phoff as usize;
+    let grown_end = old_phoff + (phdrs.len() + 1) * PHDR_LEN;
+    let first_segment = phdrs
+        .iter()
+        .filter(|p| p.p_filesz > 0)
+        .map(|p| p.p_offset as usize)
+        .min()
+        .unwrap_or(0);
+    let in_place = grown_end <= first_segment
+        && out[old_phoff + phdrs.len() * PHDR_LEN..grown_end]
+            .iter()
+            .all(|&b| b == 0);
+    let phoff = if in_place {
+        old_phoff as u64
+    } else {
+        out.len() as u64
+    };
     phdrs.push(ProgramHeader {
         p_type: PT_LOAD,
         p_flags: 4, // PF_R
@@ -101,8 +120,11 @@ pub fn pack(kernel: &[u8], module: &[u8], manifest: &Manifest) -> Result<Vec<u8>
         p_memsz: header.total_len(),
         p_align: BUNDLE_ALIGN,
     });
-    for ph in &phdrs {
-        out.extend_from_slice(&ph.encode());
+    let table: Vec<u8> = phdrs.iter().flat_map(|ph| ph.encode()).collect();
+    if in_place {
+        out[old_phoff..grown_end].copy_from_slice(&table);
+    } else {
+        out.extend_from_slice(&table);
     }
     out[32..40].copy_from_slice(&phoff.to_le_bytes());
     out[56..58].copy_from_slice(&(phdrs.len() as u16).to_le_bytes());
