@@ -1,9 +1,11 @@
 //! The contract between the `wasmvm` host (packer, VMM backends) and the guest kernel.
 //!
 //! Every byte layout that crosses the host/guest boundary is defined here once and used by
-//! both sides: the image bundle ([`bundle`]), the run-time configuration the host hands to a
-//! booting guest ([`bundle::RunConfig`]), the PVH boot structures ([`pvh`]), the direct 64-bit entry ([`direct`]), the framed
-//! console channel ([`channel`]) and the host's exit statuses ([`exit`]).
+//! both sides: the image bundle ([`bundle`]), the
+//! run-time configuration the host hands to a booting guest ([`bundle::RunConfig`]), the PVH
+//! boot structures ([`pvh`]), the Multiboot2 structures of exported disk images
+//! ([`multiboot2`]), the direct 64-bit entry ([`direct`]), the framed console channel
+//! ([`channel`]) and the host's exit statuses ([`exit`]).
 //!
 //! All integers are little-endian. Decoders never panic on untrusted bytes: they return
 //! [`DecodeError`]. `docs/abi.md` is the prose version of this crate.
@@ -18,6 +20,7 @@ pub mod channel;
 pub mod cmdline;
 pub mod direct;
 pub mod exit;
+pub mod multiboot2;
 pub mod net;
 #[cfg(feature = "alloc")]
 pub mod p9;

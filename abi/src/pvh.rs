@@ -115,9 +115,96 @@ impl MemmapEntry {
     }
 }
 
+/// Where the kernel puts its heap (docs/abi.md, *Memory map*): the largest stretch of RAM
+/// below `limit` and at or above `floor` (the end of the app bundle) that overlaps none of
+/// the `reserved` ranges (modules, the loader's boot information). Returns `[start, end)`,
+/// 4 KiB aligned, or `None` if there is no RAM at all.
+pub fn heap_region(
+    memmap: impl Iterator<Item = MemmapEntry> + Clone,
+    floor: u64,
+    limit: u64,
+    reserved: &[(u64, u64)],
+) -> Option<(u64, u64)> {
+    let mut best: Option<(u64, u64)> = None;
+    for entry in memmap.clone().filter(|e| e.kind == MEMMAP_TYPE_RAM) {
+        let mut start = entry.addr.max(floor).next_multiple_of(4096);
+        let end = entry.addr.saturating_add(entry.size).min(limit) & !0xfff;
+        // Walk the entry's pieces between reserved ranges, lowest first.
+        while start < end {
+            let cut = reserved
+                .iter()
+                .filter(|&&(r_start, r_end)| r_end > start && r_start < end)
+                .min_by_key(|r| r.0);
+            let (piece_end, next) = match cut {
+                Some(&(r_start, r_end)) => {
+                    (r_start.max(start) & !0xfff, r_end.next_multiple_of(4096))
+                }
+                None => (end, end),
+            };
+            if piece_end > start && best.is_none_or(|(s, e)| piece_end - start > e - s) {
+                best = Some((start, piece_end));
+            }
+            start = next.max(start + 1).next_multiple_of(4096);
+        }
+    }
+    best
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ram(addr: u64, size: u64) -> MemmapEntry {
+        MemmapEntry {
+            addr,
+            size,
+            kind: MEMMAP_TYPE_RAM,
+        }
+    }
+
+    #[test]
+    fn heap_takes_the_largest_free_stretch() {
+        let map = [
+            ram(0, 0x9fc00),
+            ram(0x10_0000, 0x3ff0_0000),
+            MemmapEntry {
+                addr: 0x4000_0000,
+                size: 0x1000,
+                kind: 2,
+            },
+        ];
+        // Above the bundle, up to the end of RAM.
+        assert_eq!(
+            heap_region(map.iter().copied(), 0x30_0000, 1 << 32, &[]),
+            Some((0x30_0000, 0x4000_0000))
+        );
+        // A module near the top: the stretch below it is larger.
+        assert_eq!(
+            heap_region(
+                map.iter().copied(),
+                0x30_0000,
+                1 << 32,
+                &[(0x3fff_0000, 0x3fff_0800)]
+            ),
+            Some((0x30_0000, 0x3fff_0000))
+        );
+        // Boot information just above the bundle: the stretch after it wins.
+        assert_eq!(
+            heap_region(
+                map.iter().copied(),
+                0x30_0000,
+                1 << 32,
+                &[(0x30_0100, 0x30_2000)]
+            ),
+            Some((0x30_2000, 0x4000_0000))
+        );
+        // RAM above the limit is not used; no RAM at all is None.
+        assert_eq!(
+            heap_region(map.iter().copied(), 0x30_0000, 0x20_0000, &[]),
+            None
+        );
+        assert_eq!(heap_region([].into_iter(), 0, 1 << 32, &[]), None);
+    }
 
     #[test]
     fn start_info_round_trip() {

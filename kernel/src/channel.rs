@@ -103,7 +103,9 @@ pub fn exit(record: &ExitRecord) -> ! {
         }
     }
     arch::out8::<{ wasmvm_abi::exit::EXIT_PORT as u8 }>(0);
-    // Without an exit device (a bare QEMU), end the VM by triple fault.
+    // Without an exit device: a PC (disk image) powers off through ACPI; anything else
+    // (a bare QEMU) ends by triple fault.
+    crate::acpi::power_off();
     arch::triple_fault()
 }
 
@@ -153,8 +155,13 @@ impl Channel {
 
     fn serial_summary(&mut self, record: &ExitRecord) {
         use wasmvm_abi::channel::ExitKind;
+        // On a PC (disk image) always a line: on a cloud's serial console this is how the
+        // app's ending shows. Elsewhere (a bare `qemu -kernel`) only an unusual ending is
+        // worth the port I/O, which nested PVM cannot do at CPL 3.
         let line = match record.kind {
-            ExitKind::Exited if record.status == 0 => return,
+            ExitKind::Exited if record.status == 0 && !STANDALONE.load(Ordering::Relaxed) => {
+                return;
+            }
             ExitKind::Exited => {
                 alloc::format!("[wasmvm] app exited with status {}\n", record.status)
             }
@@ -233,6 +240,14 @@ impl Channel {
             _ => {}
         }
     }
+}
+
+/// Whether the kernel runs on a PC with firmware (a disk image): no wasmvm host, the
+/// serial port is the console.
+static STANDALONE: AtomicBool = AtomicBool::new(false);
+
+pub fn set_standalone(standalone: bool) {
+    STANDALONE.store(standalone, Ordering::Relaxed);
 }
 
 /// Whether the VMM blocks in a wait exit (`wasmvm_abi::direct::flags::WAIT_BLOCKS`).

@@ -79,12 +79,111 @@ pub fn init(realtime_at_launch_ns: Option<u64>) {
         if per_us == 0 && max >= 0x16 {
             per_us = (arch::cpuid(0x16).eax & 0xffff) as u64;
         }
+        if per_us == 0 {
+            per_us = pit_calibrated_tsc_per_us().unwrap_or(0);
+        }
         if per_us != 0 {
             TSC_PER_US.store(per_us, Ordering::Relaxed);
         }
     }
     BOOT_NS.store(raw_ns(), Ordering::Relaxed);
-    REALTIME_AT_BOOT.store(realtime_at_launch_ns.unwrap_or(0), Ordering::Relaxed);
+    // No host clock at launch (a disk image): the PC's real-time clock, to the second.
+    let realtime = realtime_at_launch_ns.or_else(rtc_unix_ns).unwrap_or(0);
+    REALTIME_AT_BOOT.store(realtime, Ordering::Relaxed);
+}
+
+/// Measures the TSC against 10 ms of PIT channel 2 (1.193182 MHz; ports below 0x100, so
+/// this works at CPL 3). `None` without a PIT.
+fn pit_calibrated_tsc_per_us() -> Option<u64> {
+    const TICKS: u16 = 11_932; // 10 ms
+    let gate = arch::in8::<0x61>();
+    // Gate on, speaker off; channel 2, lobyte/hibyte, mode 0 (one shot), binary.
+    arch::out8_low(0x61, (gate & !0x02) | 0x01);
+    arch::out8_low(0x43, 0xb0);
+    arch::out8_low(0x42, TICKS as u8);
+    arch::out8_low(0x42, (TICKS >> 8) as u8);
+    let start = arch::rdtsc();
+    let mut done = false;
+    for _ in 0..50_000_000u32 {
+        if arch::in8::<0x61>() & 0x20 != 0 {
+            done = true;
+            break;
+        }
+    }
+    let elapsed = arch::rdtsc().wrapping_sub(start);
+    arch::out8_low(0x61, gate);
+    // Under 1 MHz would mean the loop ended at once: no PIT behind the port.
+    let per_us = elapsed / 10_000;
+    (done && per_us >= 1).then_some(per_us)
+}
+
+/// Reads CMOS register `reg` (ports 0x70/0x71).
+fn cmos(reg: u8) -> u8 {
+    // Bit 7 of the index keeps NMIs disabled, as firmware leaves them.
+    arch::out8_low(0x70, 0x80 | reg);
+    arch::in8::<0x71>()
+}
+
+/// The RTC's date and time as nanoseconds since the Unix epoch (assumed UTC, as clouds
+/// and libvirt's default set it). `None` without a plausible RTC.
+fn rtc_unix_ns() -> Option<u64> {
+    let read = || {
+        // Wait while an update is in progress (bounded: a missing RTC reads 0xff).
+        for _ in 0..100_000 {
+            if cmos(0x0a) & 0x80 == 0 {
+                break;
+            }
+        }
+        [0x00, 0x02, 0x04, 0x07, 0x08, 0x09, 0x32].map(cmos)
+    };
+    // Two equal readings in a row: not torn by an update.
+    let mut values = read();
+    for _ in 0..5 {
+        let again = read();
+        if again == values {
+            break;
+        }
+        values = again;
+    }
+    let status_b = cmos(0x0b);
+    let bcd = status_b & 0x04 == 0;
+    let decode = |v: u8| if bcd { (v >> 4) * 10 + (v & 0x0f) } else { v };
+    let [sec, min, hour_raw, day, month, year, century] = values;
+    let pm = hour_raw & 0x80 != 0;
+    let mut hour = decode(hour_raw & 0x7f);
+    if status_b & 0x02 == 0 {
+        // 12-hour clock.
+        hour = (hour % 12) + if pm { 12 } else { 0 };
+    }
+    let century = match decode(century) {
+        19..=21 => u64::from(decode(century)),
+        _ => 20,
+    };
+    let year = century * 100 + u64::from(decode(year));
+    let (month, day) = (u64::from(decode(month)), u64::from(decode(day)));
+    let (hour, min, sec) = (
+        u64::from(hour),
+        u64::from(decode(min)),
+        u64::from(decode(sec)),
+    );
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
+        return None;
+    }
+    Some(
+        (days_from_civil(year, month, day)? * 86_400 + hour * 3600 + min * 60 + sec)
+            * 1_000_000_000,
+    )
+}
+
+/// Days from 1970-01-01 to the given proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: u64, month: u64, day: u64) -> Option<u64> {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    (era * 146_097 + doe).checked_sub(719_468)
 }
 
 /// The kvmclock reading: nanoseconds since the hypervisor started the VM's clock (about VM

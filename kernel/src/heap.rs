@@ -69,18 +69,22 @@ unsafe impl GlobalAlloc for Heap {
 }
 
 /// Hands `[start, end)` to the allocator. Called once, before the first allocation.
+/// `zeroed`: the loader zeroed the range (our VMMs, QEMU's PVH loader), so `alloc_zeroed`
+/// may skip fresh memory; firmware (disk images) leaves RAM dirty.
 ///
 /// # Safety
-/// The range must be RAM, identity mapped, zero, and used by nothing else for the rest of
-/// the run.
-pub unsafe fn init(start: u64, end: u64) {
+/// The range must be RAM, identity mapped, zero if `zeroed`, and used by nothing else for
+/// the rest of the run.
+pub unsafe fn init(start: u64, end: u64, zeroed: bool) {
     // SAFETY: the caller guarantees the range is otherwise unused RAM.
     unsafe {
         HEAP.inner
             .lock()
             .init(start as *mut u8, (end - start) as usize)
     };
-    HEAP.high_water.store(start as usize, Ordering::Relaxed);
+    let clean_from = if zeroed { start } else { end };
+    HEAP.high_water
+        .store(clean_from as usize, Ordering::Relaxed);
 }
 
 /// Bytes of heap in use and free, for `--verbose`.

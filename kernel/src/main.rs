@@ -9,6 +9,7 @@
 
 extern crate alloc;
 
+mod acpi;
 mod app;
 mod arch;
 mod channel;
@@ -24,11 +25,10 @@ mod virtio;
 use alloc::format;
 use alloc::string::String;
 
-use virtio_drivers::transport::{DeviceType, Transport};
+use virtio_drivers::transport::{DeviceType, SomeTransport, Transport};
 use wasmvm_abi::bundle::{BUNDLE_HEADER_LEN, BundleHeader, BundleRef, RunConfig, bundle_load_addr};
 use wasmvm_abi::channel::{ExitKind, ExitRecord};
 use wasmvm_abi::direct::{self, BOOT_INFO_LEN, BootInfo, console_rings};
-use wasmvm_abi::pvh::MEMMAP_TYPE_RAM;
 use wasmvm_abi::{ABI_VERSION, align_up, cmdline};
 
 /// ELF notes that let `wasmvm inspect` read the kernel's versions without booting it.
@@ -75,11 +75,19 @@ fn fail(kind: ExitKind, message: String) -> ! {
     channel::exit(&ExitRecord::failed(kind, message))
 }
 
+/// How the kernel was entered (`kernel_main`'s second argument, set by `arch::boot`).
+mod path {
+    pub const PVH: u64 = 0;
+    pub const DIRECT: u64 = 1;
+    /// GRUB on a PC with firmware: an exported disk image, no wasmvm host.
+    pub const MULTIBOOT2: u64 = 2;
+}
+
 /// Entered at CPL 3 from `arch::boot`: with the physical address of `hvm_start_info` after
-/// the PVH path (`direct == 0`), or of a [`BootInfo`] after the direct entry (`direct == 1`).
+/// the PVH path, of a [`BootInfo`] after the direct entry, or of the Multiboot2 information.
 #[unsafe(no_mangle)]
-extern "C" fn kernel_main(boot_paddr: u64, direct: u64) -> ! {
-    let boot_info = if direct == 1 {
+extern "C" fn kernel_main(boot_paddr: u64, entry: u64) -> ! {
+    let boot_info = if entry == path::DIRECT {
         match phys::loader_bytes(boot_paddr, BOOT_INFO_LEN as u64).map(BootInfo::decode) {
             Some(Ok(info)) => Some(info),
             // No heap yet: see below.
@@ -95,12 +103,18 @@ extern "C" fn kernel_main(boot_paddr: u64, direct: u64) -> ! {
     }
     let entered_us = clock::vm_clock_ns().map(|ns| ns / 1000);
     channel::set_wait_blocks(boot_info.is_some_and(|i| i.has(direct::flags::WAIT_BLOCKS)));
-    let start_info_paddr = boot_info.map_or(boot_paddr, |i| i.start_info_paddr);
-    let Some((start, cmdline)) = phys::start_info(start_info_paddr) else {
+    let standalone = entry == path::MULTIBOOT2;
+    let handover = if standalone {
+        phys::Handover::multiboot2(boot_paddr)
+    } else {
+        phys::Handover::pvh(boot_info.map_or(boot_paddr, |i| i.start_info_paddr))
+    };
+    let Some(handover) = handover else {
         // No heap yet, so no message can be allocated; without a channel the host sees a
         // guest crash, which is what a loader that passes no start info has made of it.
         fail(ExitKind::BootFailed, String::new())
     };
+    let cmdline = handover.cmdline;
     let (_, kernel_end) = phys::kernel_range();
     let bundle_addr = bundle_load_addr(kernel_end);
     let header = phys::loader_bytes(bundle_addr, BUNDLE_HEADER_LEN as u64)
@@ -111,46 +125,44 @@ extern "C" fn kernel_main(boot_paddr: u64, direct: u64) -> ! {
         Err(_) => bundle_addr,
     };
 
-    // The heap: the rest of the RAM region the kernel sits in, up to the first module the
-    // loader placed above us (under QEMU, the run configuration at the top of RAM).
-    let heap_start = align_up(bundle_end, 4096);
-    let mut heap_end = 0;
-    for entry in phys::memmap::<32>(&start).into_iter().flatten() {
-        if entry.kind == MEMMAP_TYPE_RAM
-            && entry.addr <= heap_start
-            && heap_start < entry.addr + entry.size
-        {
-            heap_end = (entry.addr + entry.size).min(1 << 32);
-        }
-    }
-    for i in 0..start.nr_modules {
-        if let Some(m) = phys::module_entry(&start, i)
-            && m.paddr >= heap_start
-        {
-            heap_end = heap_end.min(m.paddr & !0xfff);
-        }
-    }
-    if heap_end <= heap_start + (1 << 20) {
+    // The heap: the largest free stretch of RAM above the bundle, clear of everything the
+    // loader handed over (under QEMU, the run configuration at the top of RAM).
+    let Some((heap_start, heap_end)) = handover
+        .heap_region(align_up(bundle_end, 4096))
+        .filter(|(start, end)| end - start > 1 << 20)
+    else {
         // No heap means no formatting and no virtio: nothing can be reported but a crash.
-        arch::triple_fault();
-    }
+        arch::triple_fault()
+    };
     // SAFETY: [heap_start, heap_end) is RAM per the memory map, above the kernel and the
-    // bundle and below any module, so nothing else uses it.
-    unsafe { heap::init(heap_start, heap_end) };
+    // bundle and clear of every loader structure, so nothing else uses it. Firmware leaves
+    // RAM dirty; our VMMs and QEMU's PVH loader hand it over zeroed.
+    unsafe { heap::init(heap_start, heap_end, !standalone) };
+    if standalone {
+        channel::set_standalone(true);
+        acpi::find_power_off(handover.rsdp);
+    }
 
     // Devices: the first console carries the channel; 9P devices are live directories. A
-    // VMM that set the console up already says where (no discovery, no negotiation).
+    // VMM that set the console up already says where (no discovery, no negotiation). On a
+    // PC (disk image) the devices are on PCI, found at CPL 0, and the channel stays on the
+    // serial port: no wasmvm host is listening.
     let ready_console = boot_info
         .filter(|i| i.has(direct::flags::CONSOLE_READY))
         .filter(|i| phys::loader_bytes(i.console_rings, console_rings::LEN).is_some())
         .map(|i| (i.console_mmio, i.console_rings));
     let mut have_console = false;
-    let mut nic = None;
+    let mut nic: Option<(SomeTransport<'static>, Option<u64>)> = None;
     if let Some((regs, rings)) = ready_console {
         // SAFETY: the VMM declared a prepared console at `regs` with its queues in the
         // `rings` RAM (checked to be mapped), which nothing else in the kernel uses.
         channel::attach(unsafe { console::VirtConsole::ready(regs, rings) });
         have_console = true;
+    }
+    for transport in arch::standalone::take_devices() {
+        if transport.device_type() == DeviceType::Network && nic.is_none() {
+            nic = Some((transport.into(), None));
+        }
     }
     for region in cmdline::virtio_mmio_devices(cmdline) {
         if ready_console.is_some_and(|(regs, _)| regs == region.addr) {
@@ -173,13 +185,15 @@ extern "C" fn kernel_main(boot_paddr: u64, direct: u64) -> ! {
                 p9::attach(transport);
             }
             // Set up once the run configuration says the link's MTU.
-            DeviceType::Network if nic.is_none() => nic = Some((transport, region.addr)),
+            DeviceType::Network if nic.is_none() => {
+                nic = Some((transport.into(), Some(region.addr)));
+            }
             _ => {}
         }
     }
     let console_us = clock::vm_clock_ns().map(|ns| ns / 1000);
 
-    let run = match phys::module(&start, 0).map(RunConfig::decode) {
+    let run = match handover.module(0).map(RunConfig::decode) {
         Some(Ok(run)) => Some(run),
         Some(Err(e)) => fail(ExitKind::BootFailed, format!("run configuration: {e}")),
         None => None,
@@ -191,7 +205,7 @@ extern "C" fn kernel_main(boot_paddr: u64, direct: u64) -> ! {
             .and_then(|r| r.net)
             .map_or(wasmvm_abi::net::DEFAULT_MTU, |c| c.mtu);
         let batched = boot_info.is_some_and(|i| i.has(direct::flags::NET_BATCHED));
-        net::attach(transport, regs, mtu, batched);
+        net::attach(transport, regs.filter(|_| batched), mtu);
     }
 
     let header = match header {
@@ -221,9 +235,11 @@ extern "C" fn kernel_main(boot_paddr: u64, direct: u64) -> ! {
         ),
         _ => String::from("(no kvmclock: time since VM start unknown)"),
     };
-    let path = match boot_info {
-        Some(_) => "direct entry",
-        None => "PVH entry",
+    let path = match entry {
+        path::DIRECT => "direct entry",
+        path::MULTIBOOT2 => "Multiboot2 entry",
+        path::PVH => "PVH entry",
+        _ => "unknown entry",
     };
     channel::log(&format!(
         "kernel: ready ({path}): {timeline}; heap {used} bytes used / {free} free"

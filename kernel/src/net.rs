@@ -14,7 +14,7 @@ use alloc::vec::Vec;
 
 use spin::Mutex;
 use virtio_drivers::device::net::VirtIONetRaw;
-use virtio_drivers::transport::mmio::MmioTransport;
+use virtio_drivers::transport::SomeTransport;
 
 use crate::virtio::{KernelHal, Pinned};
 
@@ -28,7 +28,7 @@ const ETHERNET: usize = 14;
 const TRANSMIT_QUEUE: u32 = 1;
 
 pub struct Card {
-    raw: VirtIONetRaw<KernelHal, MmioTransport<'static>, QUEUE_SIZE>,
+    raw: VirtIONetRaw<KernelHal, SomeTransport<'static>, QUEUE_SIZE>,
     /// Receive buffers the device holds, by token.
     rx: Vec<Option<Box<[u8]>>>,
     /// Frames the device has not finished sending, by token.
@@ -41,9 +41,9 @@ pub struct Card {
 
 static CARD: Mutex<Option<Pinned<Card>>> = Mutex::new(None);
 
-/// Takes the network card at `regs` (the first one wins). `batched`: the VMM suppresses
-/// notifications and wants one kick per batch.
-pub fn attach(transport: MmioTransport<'static>, regs: u64, mtu: u16, batched: bool) {
+/// Takes a network card (the first one wins). `kick_at`: the virtio-mmio registers, when the
+/// VMM suppresses notifications and wants one kick per batch.
+pub fn attach(transport: SomeTransport<'static>, kick_at: Option<u64>, mtu: u16) {
     let mut slot = CARD.lock();
     if slot.is_some() {
         return;
@@ -56,7 +56,7 @@ pub fn attach(transport: MmioTransport<'static>, regs: u64, mtu: u16, batched: b
         raw,
         rx: (0..QUEUE_SIZE).map(|_| None).collect(),
         tx: (0..QUEUE_SIZE).map(|_| None).collect(),
-        kick_at: batched.then_some(regs),
+        kick_at,
         mtu,
     };
     let len = HEADER + ETHERNET + usize::from(mtu);

@@ -3,6 +3,7 @@
 //! this module is the one place that turns such addresses into slices, and it refuses ranges
 //! outside the mapped 4 GiB or outside RAM the loader described.
 
+use wasmvm_abi::multiboot2;
 use wasmvm_abi::pvh::{self, MemmapEntry, StartInfo};
 
 /// The boot page tables map the low 4 GiB.
@@ -78,8 +79,91 @@ pub fn module_entry(start: &StartInfo, i: u32) -> Option<pvh::Module> {
     pvh::Module::decode(loader_bytes(at, pvh::MODLIST_ENTRY_LEN as u64)?).ok()
 }
 
-/// The `i`-th PVH module's contents.
-pub fn module(start: &StartInfo, i: u32) -> Option<&'static [u8]> {
-    let m = module_entry(start, i)?;
-    loader_bytes(m.paddr, m.size)
+/// What the loader handed over, from either boot protocol: PVH's `hvm_start_info` (our VMM,
+/// QEMU, Firecracker, Cloud Hypervisor) or Multiboot2's information (GRUB in disk images).
+/// Built before the heap exists, so it holds fixed-size copies.
+pub struct Handover {
+    pub cmdline: &'static [u8],
+    memmap: [Option<MemmapEntry>; 64],
+    modules: [Option<pvh::Module>; 4],
+    /// The ACPI root pointer (a copy the loader made, or the firmware's), if any.
+    pub rsdp: Option<&'static [u8]>,
+    /// Loader structures the heap must not overwrite: `[start, end)`.
+    reserved: [(u64, u64); 8],
+}
+
+impl Handover {
+    fn empty(cmdline: &'static [u8]) -> Self {
+        Handover {
+            cmdline,
+            memmap: [None; 64],
+            modules: [None; 4],
+            rsdp: None,
+            reserved: [(0, 0); 8],
+        }
+    }
+
+    /// From the `hvm_start_info` at `paddr`.
+    pub fn pvh(paddr: u64) -> Option<Self> {
+        let (start, cmdline) = start_info(paddr)?;
+        let mut out = Handover::empty(cmdline);
+        for (slot, entry) in out.memmap.iter_mut().zip(memmap::<64>(&start)) {
+            *slot = entry;
+        }
+        for (i, slot) in out.modules.iter_mut().enumerate() {
+            *slot = module_entry(&start, i as u32);
+        }
+        if start.rsdp_paddr != 0 {
+            out.rsdp = loader_bytes(start.rsdp_paddr, 36);
+        }
+        out.reserved[0] = (paddr, paddr + pvh::START_INFO_LEN as u64);
+        out.reserved[1] = (start.cmdline_paddr, start.cmdline_paddr + 4096);
+        let table = start.memmap_entries as u64 * pvh::MEMMAP_ENTRY_LEN as u64;
+        out.reserved[2] = (start.memmap_paddr, start.memmap_paddr + table);
+        out.reserve_modules();
+        Some(out)
+    }
+
+    /// From the Multiboot2 information at `paddr`.
+    pub fn multiboot2(paddr: u64) -> Option<Self> {
+        let len = multiboot2::info_len(loader_bytes(paddr, 8)?).ok()?;
+        let bytes = loader_bytes(paddr, len as u64)?;
+        let info = multiboot2::Info::new_checked(bytes).ok()?;
+        let mut out = Handover::empty(info.cmdline().unwrap_or(&[]));
+        for (slot, entry) in out.memmap.iter_mut().zip(info.memory_map()) {
+            *slot = Some(entry);
+        }
+        for (slot, module) in out.modules.iter_mut().zip(info.modules()) {
+            *slot = Some(module);
+        }
+        out.rsdp = info.rsdp();
+        out.reserved[0] = (paddr, paddr + len as u64);
+        out.reserve_modules();
+        Some(out)
+    }
+
+    fn reserve_modules(&mut self) {
+        for (slot, m) in self.reserved[4..]
+            .iter_mut()
+            .zip(self.modules.iter().flatten())
+        {
+            *slot = (m.paddr, m.paddr.saturating_add(m.size));
+        }
+    }
+
+    pub fn memmap(&self) -> impl Iterator<Item = MemmapEntry> + Clone + '_ {
+        self.memmap.iter().flatten().copied()
+    }
+
+    /// The `i`-th module's contents (under QEMU the `-initrd` file, under GRUB `module2`).
+    pub fn module(&self, i: usize) -> Option<&'static [u8]> {
+        let m = (*self.modules.get(i)?)?;
+        loader_bytes(m.paddr, m.size)
+    }
+
+    /// Where the heap goes: the largest free RAM at or above `floor` in the mapped 4 GiB
+    /// (`wasmvm_abi::pvh::heap_region`).
+    pub fn heap_region(&self, floor: u64) -> Option<(u64, u64)> {
+        pvh::heap_region(self.memmap(), floor, MAPPED_LIMIT, &self.reserved)
+    }
 }

@@ -15,14 +15,16 @@ pub struct KernelPlatform {
 }
 
 impl KernelPlatform {
-    /// `seed` is fresh host entropy from the run configuration. Without one (a bare loader
-    /// that passes no configuration) the TSC is the only per-boot variation: weak, and
-    /// documented as such.
+    /// `seed` is fresh host entropy from the run configuration. Without one (a disk image,
+    /// or a bare loader that passes no configuration) the CPU's `rdrand` seeds the stream
+    /// where it exists; else the TSC is the only per-boot variation: weak, and documented as
+    /// such.
     pub fn new(seed: Option<[u8; 32]>) -> Self {
         let seed = seed.unwrap_or_else(|| {
             let mut s = [0u8; 32];
             for chunk in s.chunks_mut(8) {
-                chunk.copy_from_slice(&arch::rdtsc().to_le_bytes());
+                let word = arch::rdrand().unwrap_or(0) ^ arch::rdtsc();
+                chunk.copy_from_slice(&word.to_le_bytes());
             }
             s
         });

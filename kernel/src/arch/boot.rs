@@ -10,6 +10,12 @@
 //! exception from then on escalates to a triple fault, which the host reports as a guest
 //! crash. A VMM that knows wasmvm skips all of this and enters at `direct_entry64` in the
 //! state `wasmvm_abi::direct` describes.
+//!
+//! The same 32-bit entry serves Multiboot2 (GRUB, in exported disk images): the loader says
+//! so with `%eax` = `BOOTLOADER_MAGIC` and `%ebx` = its boot information. That path runs on
+//! a standard PC with firmware, so before the drop it also calls
+//! [`crate::arch::standalone::setup`], which finds the virtio PCI devices (configuration
+//! space is behind ports above 0xff) and maps their registers.
 
 use core::arch::global_asm;
 
@@ -55,6 +61,16 @@ global_asm!(
     .quad direct_entry64
     .p2align 2
 
+    /* Multiboot2 header (wasmvm_abi::multiboot2): 8-byte aligned within the file's first
+       32 KiB (linker.ld puts it first); no tags but the end tag, so GRUB loads the ELF
+       segments, the app bundle's included, and enters at the ELF entry, pvh_start32. */
+    .section .multiboot2, "a"
+    .p2align 3
+multiboot2_header:
+    .long {mb2_magic}, {mb2_arch}, 24, {mb2_checksum}
+    .short 0, 0
+    .long 8
+
     .section .text.boot, "ax"
     .code32
     .global pvh_start32
@@ -62,6 +78,12 @@ pvh_start32:
     cli
     cld
     movl %ebx, %edi
+    /* %esi: 0 for PVH, 2 for Multiboot2 (kernel_main's second argument). */
+    xorl %esi, %esi
+    cmpl ${mb2_loader_magic}, %eax
+    jne 2f
+    movl $2, %esi
+2:
     movl $boot_stack_top, %esp
     lgdt boot_gdt_ptr
     lidt boot_null_idt_ptr
@@ -89,8 +111,10 @@ boot_long_mode:
     xorl %eax, %eax
     movl %eax, %fs
     movl %eax, %gs
-    /* %rdi: start_info, zero-extended (upper halves are undefined after the mode switch). */
+    /* %rdi: start_info or Multiboot2 info, %rsi: the path, zero-extended (upper halves
+       are undefined after the mode switch). */
     movl %edi, %edi
+    movl %esi, %esi
 
     /* kvmclock, if this is KVM with CLOCKSOURCE2: one MSR write, here because it needs CPL 0. */
     movl $0x40000000, %eax
@@ -111,8 +135,17 @@ boot_long_mode:
     xorl %edx, %edx
     wrmsr
 1:
-    /* kernel_main(start_info, 0): this was the PVH path. */
-    xorl %esi, %esi
+    /* Multiboot2: a PC with firmware; find its devices while port I/O is still allowed.
+       %rbx and %r12 are callee-saved, so they carry the arguments across the call. */
+    cmpl $2, %esi
+    jne 3f
+    movq %rdi, %rbx
+    movq %rsi, %r12
+    call {standalone_setup}
+    movq %rbx, %rdi
+    movq %r12, %rsi
+3:
+    /* kernel_main(info, path) */
     /* The one-way trip to CPL 3. The stack is arranged as after a call (rsp = 8 mod 16). */
     pushq ${user_ds}
     pushq $boot_stack_top - 8
@@ -160,6 +193,7 @@ boot_mxcsr:
 boot_pml4:
     .quad boot_pdpt + 0x7
     .fill 511, 8, 0
+    .global boot_pdpt
 boot_pdpt:
     .quad boot_pd + 0x0000 + 0x7
     .quad boot_pd + 0x1000 + 0x7
@@ -190,5 +224,10 @@ boot_stack_top:
     msr_kvm_system_time = const MSR_KVM_SYSTEM_TIME,
     kvm_clocksource2 = const KVM_FEATURE_CLOCKSOURCE2,
     stack_size = const STACK_SIZE,
+    mb2_magic = const wasmvm_abi::multiboot2::HEADER_MAGIC,
+    mb2_arch = const wasmvm_abi::multiboot2::ARCH_I386,
+    mb2_checksum = const wasmvm_abi::multiboot2::header_checksum(24),
+    mb2_loader_magic = const wasmvm_abi::multiboot2::BOOTLOADER_MAGIC,
+    standalone_setup = sym crate::arch::standalone::setup,
     options(att_syntax)
 );

@@ -1,9 +1,11 @@
-//! Everything that touches the CPU directly. The kernel's `unsafe` lives here and in
+//! Everything that touches the CPU directly (`standalone` is the ring-0 device setup of
+//! exported disk images). The kernel's `unsafe` lives here and in
 //! `phys.rs`, `heap.rs`, `virtio.rs`, `console.rs` (its virtqueues) and `clock.rs` (the
 //! kvmclock page).
 
 pub mod boot;
 pub mod mem;
+pub mod standalone;
 
 use core::arch::asm;
 
@@ -28,7 +30,7 @@ pub fn out32<const PORT: u8>(value: u32) {
 }
 
 /// Writes a byte to a 16-bit port with `out dx, al`. Works at CPL 3 under TCG and hardware
-/// KVM, but triple-faults under nested PVM: only for the serial fallback.
+/// KVM, but triple-faults under nested PVM: only for the serial fallback and disk images.
 #[inline(always)]
 pub fn out8_dx(port: u16, value: u8) {
     // SAFETY: IOPL is 3; no memory effects.
@@ -46,6 +48,66 @@ pub fn in8_dx(port: u16) -> u8 {
         asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags))
     }
     v
+}
+
+/// Writes a 16-bit word to a port with `out dx, ax` (ACPI power-off on a PC; see
+/// [`out8_dx`]).
+#[inline(always)]
+pub fn out16_dx(port: u16, value: u16) {
+    // SAFETY: IOPL is 3; no memory effects.
+    unsafe {
+        asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags))
+    }
+}
+
+/// Reads a 16-bit word from a port (see [`out16_dx`]).
+#[inline(always)]
+pub fn in16_dx(port: u16) -> u16 {
+    let v: u16;
+    // SAFETY: IOPL is 3; no memory effects.
+    unsafe {
+        asm!("in ax, dx", in("dx") port, out("ax") v, options(nomem, nostack, preserves_flags))
+    }
+    v
+}
+
+/// Reads a byte from an I/O port below 0x100 with `in al, imm8` (works at CPL 3 on every
+/// KVM, like [`out8`]).
+#[inline(always)]
+pub fn in8<const PORT: u8>() -> u8 {
+    let v: u8;
+    // SAFETY: IOPL is 3; port reads have no memory effects.
+    unsafe {
+        asm!("in al, {port}", port = const PORT, out("al") v, options(nomem, nostack, preserves_flags))
+    }
+    v
+}
+
+/// Writes a byte to an I/O port below 0x100 with `out imm8, al` chosen at run time among
+/// the PIT and CMOS ports (see [`out8`]); other ports are ignored.
+pub fn out8_low(port: u8, value: u8) {
+    match port {
+        0x42 => out8::<0x42>(value),
+        0x43 => out8::<0x43>(value),
+        0x61 => out8::<0x61>(value),
+        0x70 => out8::<0x70>(value),
+        _ => {}
+    }
+}
+
+/// A hardware random number (`rdrand`), if the CPU has the instruction and it delivers.
+pub fn rdrand() -> Option<u64> {
+    if cpuid(1).ecx & (1 << 30) == 0 {
+        return None;
+    }
+    for _ in 0..10 {
+        let mut value = 0u64;
+        // SAFETY: CPUID says the CPU implements `rdrand`, which is unprivileged.
+        if unsafe { core::arch::x86_64::_rdrand64_step(&mut value) } == 1 {
+            return Some(value);
+        }
+    }
+    None
 }
 
 /// The time-stamp counter.
