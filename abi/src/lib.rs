@@ -1,7 +1,7 @@
 //! The contract between the `wasmvm` host (packer, VMM backends) and the guest kernel.
 //!
 //! Every byte layout that crosses the host/guest boundary is defined here once and used by
-//! both sides: the image bundle ([`bundle`]), the
+//! both sides: the image bundle ([`bundle`]) and its signature trailer ([`signature`]), the
 //! run-time configuration the host hands to a booting guest ([`bundle::RunConfig`]), the PVH
 //! boot structures ([`pvh`]), the Multiboot2 structures of exported disk images
 //! ([`multiboot2`]), the direct 64-bit entry ([`direct`]), the framed console channel
@@ -26,6 +26,7 @@ pub mod net;
 pub mod p9;
 pub mod pvh;
 mod records;
+pub mod signature;
 
 pub use records::{Record, Records};
 

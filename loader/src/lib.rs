@@ -17,6 +17,7 @@ pub mod pack;
 pub mod qemu;
 pub mod reference;
 pub mod seccomp;
+pub mod signing;
 pub mod virtio_9p;
 pub mod virtio_console;
 pub mod virtio_mmio;
