@@ -5,10 +5,12 @@
 pub mod builtin;
 pub mod channel;
 pub mod devices;
+pub mod disk;
 pub mod elf;
 pub mod frame_link;
 pub mod image;
 pub mod kvm;
+pub mod libvirt;
 pub mod mapped;
 pub mod module;
 pub mod net;
