@@ -31,6 +31,9 @@ pub enum Command {
         /// path; repeatable). Writes stay in guest memory and vanish when the VM ends.
         #[arg(long = "dir", value_name = "HOST[::GUEST]")]
         dirs: Vec<OsString>,
+        /// Sign the image with this Ed25519 private key (from `wasmvm key generate`).
+        #[arg(long, value_name = "KEY")]
+        sign: Option<PathBuf>,
         #[command(flatten)]
         app: AppArgs,
     },
@@ -38,6 +41,10 @@ pub enum Command {
     Run {
         /// An image from `wasmvm pack`, or a .wasm module.
         image: PathBuf,
+        /// Boot the image only if it is signed by this Ed25519 public key (PREFIX.pub from
+        /// `wasmvm key generate`) and unchanged since.
+        #[arg(long, value_name = "PUBKEY")]
+        verify: Option<PathBuf>,
         /// Share a live host directory with the app, preopened as GUEST (default: the same
         /// path; repeatable): the app reads the host's files and the host sees its writes.
         #[arg(long = "dir", value_name = "HOST[::GUEST]")]
@@ -90,7 +97,13 @@ pub enum Command {
         /// How the built-in VMM enters the kernel (for tests of the PVH path).
         #[arg(long, value_enum, default_value_t = BootArg::Direct, hide = true)]
         boot: BootArg,
+        // -d, --name, --restart: run in the background (src/fleet, docs/cli.md).
+        #[command(flatten)]
+        detach: crate::fleet::DetachArgs,
     },
+    // ps, logs, stop, rm: the VMs of `run -d` (src/fleet).
+    #[command(flatten)]
+    Fleet(crate::fleet::FleetCommand),
     /// Show what an image holds: kernel and ABI version, module, imports, exports, args, env.
     Inspect {
         image: PathBuf,
@@ -100,11 +113,82 @@ pub enum Command {
     },
     /// Check this machine: /dev/kvm, QEMU and the embedded kernel.
     Doctor,
+    /// Turn an image into a bootable cloud disk (GPT, BIOS and UEFI) for OpenStack,
+    /// CloudStack, Proxmox or libvirt.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
     /// Manage persistent volumes (FAT disk images that `run --volume` gives to apps).
     Volume {
         #[command(subcommand)]
         command: VolumeCommand,
     },
+    /// Manage the Ed25519 keys that sign images (`pack --sign`, `run --verify`).
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Generate a key pair: PREFIX (private, PKCS#8 PEM, mode 0600) and PREFIX.pub (public,
+    /// SPKI PEM); prints the public key's fingerprint. Never overwrites.
+    Generate {
+        /// Where to write the keys: PREFIX and PREFIX.pub.
+        #[arg(short, long, value_name = "PREFIX", default_value = "wasmvm-key")]
+        output: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Write IMAGE (or a .wasm module, packed first) as a disk that PC firmware boots: GRUB
+    /// (from Debian's packages) loads the unchanged image; the app's output goes to the
+    /// serial console and the VM powers off when it ends.
+    Export {
+        /// An image from `wasmvm pack`, or a .wasm module.
+        image: PathBuf,
+        /// Where to write the disk.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Disk format [default: qcow2 if OUTPUT ends in .qcow2, else raw].
+        #[arg(long, value_enum)]
+        format: Option<DiskFormatArg>,
+        /// Also print a libvirt domain XML for the disk (for `virsh define`) to stdout.
+        #[arg(long)]
+        libvirt: bool,
+        /// With --libvirt: the domain's name [default: the output's file stem].
+        #[arg(long, requires = "libvirt")]
+        name: Option<String>,
+        /// With --libvirt: the firmware that boots the disk.
+        #[arg(long, value_enum, default_value_t = FirmwareArg::Bios, requires = "libvirt")]
+        firmware: FirmwareArg,
+        /// With --libvirt: guest RAM (e.g. 256M, 1G) [default: what the app needs plus
+        /// room for firmware, at least 256 MiB].
+        #[arg(long, value_parser = parse_memory, requires = "libvirt")]
+        memory: Option<u64>,
+        /// With --libvirt: attach a virtio NIC to this libvirt network (the app gets its
+        /// address by DHCP) [default: `default` if the app listens, else none]. `none`
+        /// for no NIC.
+        #[arg(long, value_name = "NETWORK", requires = "libvirt")]
+        network: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DiskFormatArg {
+    Raw,
+    Qcow2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FirmwareArg {
+    /// SeaBIOS (libvirt's default).
+    Bios,
+    /// OVMF.
+    Uefi,
 }
 
 #[derive(Debug, Subcommand)]

@@ -17,7 +17,9 @@ use wasmvm_loader::{
 };
 
 use crate::KERNEL;
-use crate::cli::{AccelArg, AppArgs, BootArg, Cli, Command, Vmm, VolumeCommand};
+use crate::cli::{
+    AccelArg, AppArgs, BootArg, Cli, Command, ImageCommand, KeyCommand, Vmm, VolumeCommand,
+};
 
 pub fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {
@@ -25,10 +27,12 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             module,
             output,
             dirs,
+            sign,
             app,
-        } => pack(&module, &output, &app, &dirs),
+        } => pack(&module, &output, &app, &dirs, sign.as_deref()),
         Command::Run {
             image,
+            verify,
             dirs,
             dirs_ro,
             volumes,
@@ -43,6 +47,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             accel,
             verbose,
             boot,
+            detach,
         } => {
             let shares = dirs
                 .iter()
@@ -123,10 +128,50 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                     "--accel tcg is QEMU's software emulation; the built-in VMM needs KVM (use --vmm qemu --accel tcg)"
                 );
             }
+            // `--verify`: boot a private copy of exactly the bytes that were verified
+            // (`signing::verified_copy`), never the file again; it lives until the run ends.
+            let verified = match &verify {
+                Some(pubkey) => Some(crate::keys::verified_image(&image, pubkey)?),
+                None => None,
+            };
+            // `-d`: a supervisor replays this command line in the background (and verifies
+            // again at every start); a bad image has been refused here, in the foreground.
+            if detach.wanted() {
+                drop(verified);
+                return crate::fleet::run_detached(&detach, &image, &app.args);
+            }
+            let image = verified.as_ref().map_or(image, |v| v.path().to_path_buf());
             run(&image, &app, opts, vmm, verbose)
         }
+        Command::Fleet(command) => crate::fleet::dispatch(command),
         Command::Inspect { image, json } => inspect(&image, json),
         Command::Doctor => doctor(),
+        Command::Key {
+            command: KeyCommand::Generate { output },
+        } => crate::keys::generate(&output),
+        Command::Image {
+            command:
+                ImageCommand::Export {
+                    image,
+                    output,
+                    format,
+                    libvirt,
+                    name,
+                    firmware,
+                    memory,
+                    network,
+                },
+        } => crate::export::export(
+            &image,
+            &output,
+            format,
+            libvirt.then_some(crate::export::LibvirtArgs {
+                name,
+                firmware,
+                memory,
+                network,
+            }),
+        ),
         Command::Volume {
             command: VolumeCommand::Create { image, size },
         } => {
@@ -180,11 +225,19 @@ fn read_module(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-fn pack(module: &Path, output: &Path, app: &AppArgs, dirs: &[OsString]) -> Result<i32> {
+fn pack(
+    module: &Path,
+    output: &Path,
+    app: &AppArgs,
+    dirs: &[OsString],
+    sign: Option<&Path>,
+) -> Result<i32> {
     let opts = pack_options(module, app, dirs)?;
+    let key = crate::keys::signing_key(sign)?;
     let wasm = read_module(module)?;
     let image = pack_module(KERNEL, &wasm, &opts)
         .with_context(|| format!("cannot pack {}", module.display()))?;
+    let image = crate::keys::sign_if(image, key.as_ref())?;
     write_atomically(output, &image)?;
     Ok(0)
 }
@@ -321,6 +374,7 @@ fn inspect(path: &Path, json: bool) -> Result<i32> {
     let info =
         module::check(image.bundle.module, entry).map_err(|p| anyhow::anyhow!(p.join("; ")))?;
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let (signature, signature_text) = crate::keys::describe_signature(&bytes);
     let m = &image.manifest;
     let preopens: Vec<_> = m
         .preopens
@@ -354,12 +408,14 @@ fn inspect(path: &Path, json: bool) -> Result<i32> {
         "invoke": m.invoke.as_deref().map(text),
         "stub_imports": m.stub_imports,
         "listens": m.listens.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
+        "signature": signature,
     });
     if json {
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(0);
     }
     println!("image:          {} ({} bytes)", path.display(), bytes.len());
+    println!("signature:      {signature_text}");
     println!(
         "kernel:         wasmvm-kernel {} (ABI version {})",
         image.kernel.version,
@@ -487,6 +543,20 @@ fn doctor() -> Result<i32> {
         Err(_) => println!(
             "[warn] passt: `{}` not found: apt-get install passt (the network of apps that use sockets on the built-in VMM; or set WASMVM_PASST)",
             passt.display()
+        ),
+    }
+    // GRUB and qemu-img are only needed by `image export`: warnings too.
+    match wasmvm_loader::disk::Grub::find() {
+        Ok(grub) => println!(
+            "[ ok ] GRUB: {} (BIOS and UEFI, for `image export`)",
+            grub.mkimage.display()
+        ),
+        Err(e) => println!("[warn] GRUB: {e}"),
+    }
+    match wasmvm_loader::disk::find_in_path("qemu-img") {
+        Some(path) => println!("[ ok ] qemu-img: {} (qcow2 export)", path.display()),
+        None => println!(
+            "[warn] qemu-img: not found: apt-get install qemu-utils (for `image export` to qcow2)"
         ),
     }
     if !ok {

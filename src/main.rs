@@ -3,6 +3,9 @@
 
 mod cli;
 mod commands;
+mod export;
+mod fleet;
+mod keys;
 
 use std::process::ExitCode;
 

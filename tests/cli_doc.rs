@@ -31,7 +31,19 @@ fn long_flags(help: &str) -> Vec<String> {
 #[test]
 fn every_command_and_flag_is_documented() {
     let doc = std::fs::read_to_string(root().join("docs/cli.md")).unwrap();
-    for cmd in ["pack", "run", "inspect", "doctor", "volume create"] {
+    for cmd in [
+        "pack",
+        "run",
+        "inspect",
+        "doctor",
+        "volume create",
+        "key generate",
+        "image export",
+        "ps",
+        "logs",
+        "stop",
+        "rm",
+    ] {
         assert!(
             doc.contains(&format!("### `wasmvm {cmd}")),
             "docs/cli.md lacks `wasmvm {cmd}`"

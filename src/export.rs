@@ -1,0 +1,108 @@
+//! `wasmvm image export`: a packed image (or a module, packed on the way) as a bootable
+//! cloud disk, optionally with a libvirt domain for it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use wasmvm_loader::disk::{self, DiskFormat};
+use wasmvm_loader::image::Image;
+use wasmvm_loader::libvirt::{Domain, Firmware};
+use wasmvm_loader::pack::{PackOptions, pack_module};
+
+use crate::KERNEL;
+use crate::cli::{DiskFormatArg, FirmwareArg};
+
+/// Firmware and GRUB take some RAM of their own; and OVMF fragments low memory, so the
+/// kernel's heap (one contiguous stretch) gets less than the total.
+const FIRMWARE_MIB: u64 = 64;
+const MIN_DISK_VM_MIB: u64 = 256;
+
+pub struct LibvirtArgs {
+    pub name: Option<String>,
+    pub firmware: FirmwareArg,
+    pub memory: Option<u64>,
+    pub network: Option<String>,
+}
+
+pub fn export(
+    target: &Path,
+    output: &Path,
+    format: Option<DiskFormatArg>,
+    libvirt: Option<LibvirtArgs>,
+) -> Result<i32> {
+    let bytes =
+        std::fs::read(target).with_context(|| format!("cannot read {}", target.display()))?;
+    let image = if bytes.starts_with(b"\0asm") {
+        let opts = PackOptions {
+            module_name: target
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned().into_bytes())
+                .unwrap_or_default(),
+            ..Default::default()
+        };
+        pack_module(KERNEL, &bytes, &opts)
+            .with_context(|| format!("cannot pack {}", target.display()))?
+    } else {
+        bytes
+    };
+    let format = match format {
+        Some(DiskFormatArg::Raw) => DiskFormat::Raw,
+        Some(DiskFormatArg::Qcow2) => DiskFormat::Qcow2,
+        None if output.extension().is_some_and(|e| e == "qcow2") => DiskFormat::Qcow2,
+        None => DiskFormat::Raw,
+    };
+    let exported = disk::export(&image, output, format)
+        .with_context(|| format!("cannot export {}", target.display()))?;
+    eprintln!(
+        "wasmvm: wrote {} ({} disk, {} MiB, GPT: BIOS and UEFI boot)",
+        output.display(),
+        match format {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        },
+        exported.disk_size >> 20
+    );
+    if let Some(args) = libvirt {
+        let parsed = Image::parse(&image).context("cannot read the image")?;
+        let memory_mib = args.memory.unwrap_or_else(|| {
+            (wasmvm_loader::default_memory_mib(
+                parsed.bundle.header.total_len(),
+                parsed.manifest.min_memory,
+            ) + FIRMWARE_MIB)
+                .max(MIN_DISK_VM_MIB)
+        });
+        let name = match args.name {
+            Some(n) => n,
+            None => output
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .context("--name is needed: the output has no file name")?,
+        };
+        if name.is_empty() || name.contains('/') {
+            bail!("`{name}` cannot be a libvirt domain name");
+        }
+        let network = match args.network.as_deref() {
+            Some("none") => None,
+            Some(net) => Some(net.to_string()),
+            None if !parsed.manifest.listens.is_empty() => Some("default".to_string()),
+            None => None,
+        };
+        // libvirt resolves the disk relative to its own working directory: give it an
+        // absolute path.
+        let disk: PathBuf = std::path::absolute(output)
+            .with_context(|| format!("cannot resolve {}", output.display()))?;
+        let domain = Domain {
+            name: &name,
+            memory_mib,
+            disk: &disk,
+            format,
+            firmware: match args.firmware {
+                FirmwareArg::Bios => Firmware::Bios,
+                FirmwareArg::Uefi => Firmware::Uefi,
+            },
+            network: network.as_deref(),
+        };
+        print!("{}", domain.to_xml());
+    }
+    Ok(0)
+}

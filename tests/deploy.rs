@@ -1,0 +1,430 @@
+//! Deployment: `wasmvm image export` disks boot on standard PC firmware (SeaBIOS on q35 and
+//! pc, OVMF) under QEMU with no wasmvm on the host side, the app's output and exit status on
+//! the serial console, the VM powering off when the app ends; the network card is virtio
+//! over PCI; `--libvirt` prints a domain that libvirt's schema accepts.
+//!
+//! QEMU runs with `-accel tcg`: firmware (real mode) and the kernel's ring-0 setup cannot
+//! run on this host's nested KVM. Needs GRUB (`grub-pc-bin`, `grub-efi-amd64-bin`),
+//! `qemu-img`, OVMF and `virt-xml-validate`; without them the tests say so and pass, unless
+//! `WASMVM_REQUIRE_DEPLOY_TOOLS=1` (as CI sets).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+
+const GREETING: &str = "Hello from a wasmvm VM!";
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";
+/// Generous: TCG boots firmware in seconds, but CI machines are slow and shared.
+const BOOT_DEADLINE: Duration = Duration::from_secs(300);
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Whether everything the export and boot tests need is installed.
+fn tools_present() -> bool {
+    let missing: Vec<&str> = [
+        ("grub-mkimage", have("grub-mkimage")),
+        (
+            "/usr/lib/grub/i386-pc",
+            Path::new("/usr/lib/grub/i386-pc").is_dir(),
+        ),
+        (
+            "/usr/lib/grub/x86_64-efi",
+            Path::new("/usr/lib/grub/x86_64-efi").is_dir(),
+        ),
+        ("qemu-img", have("qemu-img")),
+        ("qemu-system-x86_64", have("qemu-system-x86_64")),
+        (OVMF_CODE, Path::new(OVMF_CODE).is_file()),
+        ("virt-xml-validate", have("virt-xml-validate")),
+    ]
+    .into_iter()
+    .filter(|(_, ok)| !ok)
+    .map(|(name, _)| name)
+    .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var("WASMVM_REQUIRE_DEPLOY_TOOLS").as_deref() == Ok("1") {
+        panic!("WASMVM_REQUIRE_DEPLOY_TOOLS=1 but these are missing: {missing:?}");
+    }
+    eprintln!("note: skipping: {missing:?} not installed");
+    false
+}
+
+fn export(image: &Path, out: &Path, extra: &[&str]) -> Output {
+    wasmvm()
+        .args(["image", "export"])
+        .arg(image)
+        .arg("-o")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn packed(dir: &Path, sample_name: &str, extra: &[&str]) -> PathBuf {
+    let img = dir.join(format!("{sample_name}.img"));
+    pack(&sample(sample_name), &img, extra);
+    img
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Firmware {
+    SeaBios,
+    Ovmf,
+}
+
+/// QEMU booting `disk` on machine `machine` under TCG, serial on stdout.
+fn qemu_disk(
+    disk: &Path,
+    format: &str,
+    machine: &str,
+    firmware: Firmware,
+    scratch: &Path,
+) -> Command {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-accel",
+        "tcg",
+        "-M",
+        machine,
+        "-m",
+        "256",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-monitor",
+        "none",
+        "-serial",
+        "stdio",
+        "-nodefaults",
+    ]);
+    if let Firmware::Ovmf = firmware {
+        let vars = scratch.join(format!("vars-{machine}.fd"));
+        std::fs::copy(OVMF_VARS, &vars).unwrap();
+        cmd.arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ));
+    }
+    cmd.arg("-drive")
+        .arg(format!("file={},if=virtio,format={format}", disk.display()))
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `cmd` to its end, killing it after [`BOOT_DEADLINE`] (then panics with what it
+/// printed).
+fn run_to_end(mut cmd: Command) -> Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("qemu-system-x86_64 must be installed");
+    let pid = child.id();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(BOOT_DEADLINE).is_err() {
+            // The child is not reaped until wait_with_output returns, so the pid is its.
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            return true;
+        }
+        false
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = done_tx.send(());
+    let killed = watchdog.join().unwrap();
+    assert!(
+        !killed,
+        "QEMU did not power off within {BOOT_DEADLINE:?}; serial:\n{}",
+        stdout(&out)
+    );
+    out
+}
+
+#[test]
+fn exported_hello_boots_on_seabios_and_ovmf() {
+    if !tools_present() {
+        return;
+    }
+    let dir = scratch();
+    let img = packed(dir.path(), "hello", &[]);
+    let disk = dir.path().join("hello.qcow2");
+    let o = export(&img, &disk, &[]);
+    assert!(o.status.success(), "export: {}", stderr(&o));
+    assert!(stderr(&o).contains("qcow2 disk"), "{}", stderr(&o));
+
+    let check = Command::new("qemu-img")
+        .args(["check", "-f", "qcow2"])
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "qemu-img check: {}{}",
+        stdout(&check),
+        stderr(&check)
+    );
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&disk)
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["format"], "qcow2");
+
+    for (machine, firmware) in [
+        ("q35", Firmware::SeaBios),
+        ("pc", Firmware::SeaBios),
+        ("q35", Firmware::Ovmf),
+    ] {
+        let out = run_to_end(qemu_disk(&disk, "qcow2", machine, firmware, dir.path()));
+        let serial = stdout(&out);
+        assert!(
+            serial.contains(GREETING),
+            "{machine}/{firmware:?}: no greeting on the serial console:\n{serial}\n{}",
+            stderr(&out)
+        );
+        assert!(
+            serial.contains("[wasmvm] app exited with status 0"),
+            "{machine}/{firmware:?}: no exit line:\n{serial}"
+        );
+        // ACPI power-off ends QEMU normally (a triple fault with -no-reboot would too, but
+        // then the exit line above would be the last thing and the status still 0: so
+        // check the kernel did not report a crash either).
+        assert!(
+            out.status.success(),
+            "{machine}/{firmware:?}: {:?}",
+            out.status
+        );
+        assert!(!serial.contains("KernelPanic"), "{serial}");
+    }
+}
+
+#[test]
+fn raw_disk_reports_the_exit_status_and_keeps_the_image_intact() {
+    if !tools_present() {
+        return;
+    }
+    let dir = scratch();
+    let img = packed(dir.path(), "exitcode", &["--", "exit", "7"]);
+    let disk = dir.path().join("exit.raw");
+    let o = export(&img, &disk, &["--format", "raw"]);
+    assert!(o.status.success(), "export: {}", stderr(&o));
+    // A raw disk is a whole number of MiB, with a GPT (protective MBR signature and header).
+    let bytes = std::fs::read(&disk).unwrap();
+    assert_eq!(bytes.len() % (1 << 20), 0);
+    assert_eq!(&bytes[510..512], &[0x55, 0xaa]);
+    assert_eq!(&bytes[512..520], b"EFI PART");
+    // The image lies on the disk byte for byte (FAT stores a small file contiguously in a
+    // freshly formatted volume).
+    let image_bytes = std::fs::read(&img).unwrap();
+    assert!(
+        bytes
+            .windows(4096)
+            .step_by(512)
+            .any(|w| w == &image_bytes[..4096]),
+        "the image's first 4 KiB are not on the disk"
+    );
+
+    let out = run_to_end(qemu_disk(
+        &disk,
+        "raw",
+        "q35",
+        Firmware::SeaBios,
+        dir.path(),
+    ));
+    let serial = stdout(&out);
+    assert!(
+        serial.contains("[wasmvm] app exited with status 7"),
+        "{serial}"
+    );
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(BOOT_DEADLINE)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    reply
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn network_card_on_pci_serves_http() {
+    if !tools_present() {
+        return;
+    }
+    let dir = scratch();
+    let img = packed(dir.path(), "http", &["--listen", "8080"]);
+    let disk = dir.path().join("http.qcow2");
+    let o = export(&img, &disk, &[]);
+    assert!(o.status.success(), "export: {}", stderr(&o));
+
+    let port = free_port();
+    let mut cmd = qemu_disk(&disk, "qcow2", "q35", Firmware::SeaBios, dir.path());
+    cmd.arg("-netdev")
+        .arg(format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:8080"))
+        .args(["-device", "virtio-net-pci,netdev=net0"])
+        .stdout(Stdio::piped());
+    let mut vm = KillOnDrop(cmd.spawn().unwrap());
+    let serial = vm.0.stdout.take().unwrap();
+    let (line_tx, line_rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(serial).lines() {
+            let Ok(line) = line else { break };
+            if line_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The app's readiness line (it got its address by DHCP before it listens).
+    let mut seen = Vec::new();
+    loop {
+        match line_rx.recv_timeout(BOOT_DEADLINE) {
+            Ok(line) if line.contains("listening on fd") => break,
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no readiness line; serial so far: {seen:?}"),
+        }
+    }
+    let reply = http_get(port, "/");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("hello from wasmvm"), "{reply}");
+    let _ = http_get(port, "/exit/3");
+    let mut rest = Vec::new();
+    loop {
+        match line_rx.recv_timeout(BOOT_DEADLINE) {
+            Ok(line) if line.contains("[wasmvm] app exited with status 3") => break,
+            Ok(line) => rest.push(line),
+            Err(_) => panic!("no exit line; serial after the request: {rest:?}"),
+        }
+    }
+    let status = vm.0.wait().unwrap();
+    assert!(status.success(), "QEMU: {status:?}");
+}
+
+#[test]
+fn libvirt_domain_validates() {
+    if !tools_present() {
+        return;
+    }
+    let dir = scratch();
+    let img = packed(dir.path(), "http", &["--listen", "8080"]);
+    for (firmware, format, network) in [
+        ("bios", "qcow2", None),
+        ("uefi", "raw", Some("none")),
+        ("bios", "qcow2", Some("isolated")),
+    ] {
+        let disk = dir.path().join(format!("web-{firmware}.{format}"));
+        let mut extra = vec!["--libvirt", "--firmware", firmware, "--name", "web"];
+        if let Some(net) = network {
+            extra.extend(["--network", net]);
+        }
+        let o = export(&img, &disk, &extra);
+        assert!(o.status.success(), "export: {}", stderr(&o));
+        let xml = stdout(&o);
+        assert!(xml.contains("<name>web</name>"), "{xml}");
+        assert!(xml.contains(&format!("type='{format}'")), "{xml}");
+        assert!(
+            xml.contains(&format!("file='{}'", disk.display())),
+            "the disk's absolute path: {xml}"
+        );
+        match network {
+            // The app listens, so by default it gets a NIC on libvirt's default network.
+            None => assert!(xml.contains("<source network='default'/>"), "{xml}"),
+            Some("none") => assert!(!xml.contains("<interface"), "{xml}"),
+            Some(net) => assert!(xml.contains(&format!("network='{net}'")), "{xml}"),
+        }
+        let file = dir.path().join(format!("web-{firmware}.xml"));
+        std::fs::write(&file, &xml).unwrap();
+        let v = Command::new("virt-xml-validate")
+            .arg(&file)
+            .arg("domain")
+            .output()
+            .unwrap();
+        assert!(
+            v.status.success(),
+            "virt-xml-validate refused:\n{xml}\n{}{}",
+            stdout(&v),
+            stderr(&v)
+        );
+    }
+}
+
+#[test]
+fn export_errors_name_the_problem() {
+    let dir = scratch();
+    let not_image = dir.path().join("notes.txt");
+    std::fs::write(&not_image, "hello").unwrap();
+    let o = export(&not_image, &dir.path().join("x.raw"), &[]);
+    assert_eq!(o.status.code(), Some(253), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not a wasmvm image"), "{}", stderr(&o));
+    assert!(!dir.path().join("x.raw").exists());
+
+    let img = packed(dir.path(), "hello", &[]);
+    let o = wasmvm()
+        .args(["image", "export"])
+        .arg(&img)
+        .arg("-o")
+        .arg(dir.path().join("y.raw"))
+        .env("WASMVM_GRUB_LIB", dir.path().join("no-grub"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(253), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("install the Debian package grub-pc-bin"),
+        "{}",
+        stderr(&o)
+    );
+    // Nothing half-written is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".wasmvm-export") || n == "y.raw")
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // --name and friends only make sense with --libvirt.
+    let o = export(&img, &dir.path().join("z.raw"), &["--name", "web"]);
+    assert_eq!(o.status.code(), Some(253), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--libvirt"), "{}", stderr(&o));
+}
