@@ -13,15 +13,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// A host port nothing listens on (the kernel hands out a fresh one; the test binds it next).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A VM serving on a published host port; killed when dropped.
 struct Guest {
     child: Child,

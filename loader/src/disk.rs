@@ -48,21 +48,9 @@ pub const IMAGE_PATH: &str = "/wasmvm/app.img";
 /// sector; in core.img's first sector (diskboot.img), the blocklist of the rest.
 const BOOT_KERNEL_SECTOR: usize = 0x5c;
 const DISKBOOT_BLOCKLIST: usize = 0x200 - 12;
-/// GRUB modules each image needs (grub-mkimage adds their dependencies).
-const BIOS_MODULES: &[&str] = &[
-    "biosdisk",
-    "part_gpt",
-    "fat",
-    "search",
-    "search_fs_uuid",
-    "multiboot2",
-    "boot",
-    "echo",
-    "halt",
-    "serial",
-    "terminal",
-];
-const EFI_MODULES: &[&str] = &[
+/// GRUB modules both images need (grub-mkimage adds their dependencies), and what the BIOS
+/// one needs on top: disk access through the BIOS, and the serial port as a terminal.
+const COMMON_MODULES: &[&str] = &[
     "part_gpt",
     "fat",
     "search",
@@ -72,6 +60,7 @@ const EFI_MODULES: &[&str] = &[
     "echo",
     "halt",
 ];
+const BIOS_ONLY_MODULES: &[&str] = &["biosdisk", "serial", "terminal"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DiskFormat {
@@ -247,8 +236,9 @@ pub fn export(image: &[u8], out: &Path, format: DiskFormat) -> Result<Exported, 
     std::fs::write(&bios_config, grub_config(volume_id, true)).map_err(io_at(&bios_config))?;
     let efi_config = scratch.path().join("grub-efi.cfg");
     std::fs::write(&efi_config, grub_config(volume_id, false)).map_err(io_at(&efi_config))?;
-    let core = grub.mkimage("i386-pc", &bios_config, BIOS_MODULES, scratch.path())?;
-    let efi = grub.mkimage("x86_64-efi", &efi_config, EFI_MODULES, scratch.path())?;
+    let bios_modules = [COMMON_MODULES, BIOS_ONLY_MODULES].concat();
+    let core = grub.mkimage("i386-pc", &bios_config, &bios_modules, scratch.path())?;
+    let efi = grub.mkimage("x86_64-efi", &efi_config, COMMON_MODULES, scratch.path())?;
     let boot_img = {
         let path = grub.lib.join("i386-pc/boot.img");
         std::fs::read(&path).map_err(io_at(&path))?

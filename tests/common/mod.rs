@@ -389,3 +389,12 @@ pub fn patch_entry_with_ud2(img: &Path) {
     }
     std::fs::write(img, &bytes).unwrap();
 }
+
+/// A host port nothing listens on (the kernel hands out a fresh one; the test binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
