@@ -14,8 +14,8 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
@@ -32,28 +32,13 @@ impl Drop for Served {
 }
 
 fn serve(img: &std::path::Path, vmm: &str) -> Served {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = common::wasmvm()
-        .args(["run", "--vmm", vmm, "-p", &format!("127.0.0.1:{port}:8080")])
+    let port = common::free_port();
+    let mut cmd = common::wasmvm();
+    cmd.args(["run", "--vmm", vmm, "-p", &format!("127.0.0.1:{port}:8080")])
         .arg(img)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(
-        line.trim_end(),
-        "listening on fd 3",
-        "{vmm}: readiness line"
-    );
+        .stderr(Stdio::inherit());
+    let child = common::spawn_ready(cmd, "listening on fd 3");
     Served { child, port }
 }
 

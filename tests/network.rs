@@ -32,27 +32,13 @@ impl Guest {
     fn start(vmm: &str, image: &Path, guest_port: u16, ready: &str, extra: &[&str]) -> Guest {
         let port = free_port();
         let publish = format!("127.0.0.1:{port}:{guest_port}");
-        let mut child = wasmvm()
-            .args(["run", "--vmm", vmm, "--accel", accel(), "-p", &publish])
+        let mut cmd = wasmvm();
+        cmd.args(["run", "--vmm", vmm, "--accel", accel(), "-p", &publish])
             .args(extra)
             .arg(image)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        if line.trim_end() != ready {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "{vmm}: expected the readiness line {ready:?}, got {line:?}; stderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+            .stderr(Stdio::piped());
+        let child = spawn_ready(cmd, ready);
         Guest { child, port }
     }
 

@@ -195,33 +195,44 @@ pub fn run(target: &Path, extra: &[&str], input: &[u8]) -> Output {
     first
 }
 
+/// Spawns `cmd` with stdout piped and waits for its first line of output, which must be
+/// `ready` (a readiness line, never a sleep); otherwise kills it and panics with its stderr
+/// (when piped).
+pub fn spawn_ready(mut cmd: Command, ready: &str) -> std::process::Child {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    if line.trim_end() != ready.trim_end() {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "expected the readiness line {ready:?}, got {line:?}; stderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    child
+}
+
 /// Starts `wasmvm run RUN_ARGS TARGET -- APP_ARGS` with stdin, stdout and stderr piped, and
-/// waits for its first line of output, which must be `ready` (a readiness line, never a
-/// sleep).
+/// waits for its readiness line `ready` ([`spawn_ready`]).
 pub fn start_ready(
     run_args: &[&str],
     target: &Path,
     app_args: &[&str],
     ready: &str,
 ) -> std::process::Child {
-    use std::io::{BufRead, BufReader};
-    let mut child = wasmvm()
-        .arg("run")
+    let mut cmd = wasmvm();
+    cmd.arg("run")
         .args(run_args)
         .arg(target)
         .arg("--")
         .args(app_args)
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, ready, "the app's first line");
-    child
+        .stderr(Stdio::piped());
+    spawn_ready(cmd, ready)
 }
 
 pub fn stdout(o: &Output) -> String {
