@@ -64,8 +64,10 @@ fn raw_ns() -> u64 {
     kvmclock_ns().unwrap_or_else(|| arch::rdtsc() * 1000 / TSC_PER_US.load(Ordering::Relaxed))
 }
 
-/// Records the boot instant and the host's wall-clock time at launch.
-pub fn init(realtime_at_launch_ns: Option<u64>) {
+/// Records the boot instant and the host's wall-clock time at launch. `pc`: a standard PC
+/// (a disk image), whose PIT and CMOS RTC may be used; other machines (microvm,
+/// Firecracker) have neither, and reading absent ports only costs exits.
+pub fn init(realtime_at_launch_ns: Option<u64>, pc: bool) {
     if kvmclock_ns().is_none() {
         // CPUID 0x15 (TSC/crystal ratio) or 0x16 (base MHz), when the VMM exposes them.
         let max = arch::cpuid(0).eax;
@@ -79,7 +81,7 @@ pub fn init(realtime_at_launch_ns: Option<u64>) {
         if per_us == 0 && max >= 0x16 {
             per_us = (arch::cpuid(0x16).eax & 0xffff) as u64;
         }
-        if per_us == 0 {
+        if per_us == 0 && pc {
             per_us = pit_calibrated_tsc_per_us().unwrap_or(0);
         }
         if per_us != 0 {
@@ -88,7 +90,9 @@ pub fn init(realtime_at_launch_ns: Option<u64>) {
     }
     BOOT_NS.store(raw_ns(), Ordering::Relaxed);
     // No host clock at launch (a disk image): the PC's real-time clock, to the second.
-    let realtime = realtime_at_launch_ns.or_else(rtc_unix_ns).unwrap_or(0);
+    let realtime = realtime_at_launch_ns
+        .or_else(|| pc.then(rtc_unix_ns).flatten())
+        .unwrap_or(0);
     REALTIME_AT_BOOT.store(realtime, Ordering::Relaxed);
 }
 
@@ -102,6 +106,12 @@ fn pit_calibrated_tsc_per_us() -> Option<u64> {
     arch::out8_low(0x43, 0xb0);
     arch::out8_low(0x42, TICKS as u8);
     arch::out8_low(0x42, (TICKS >> 8) as u8);
+    // Mode 0 drives the output low until the count runs out: a port that already reads
+    // high (0xff: nothing there) cannot be timed.
+    if arch::in8::<0x61>() & 0x20 != 0 {
+        arch::out8_low(0x61, gate);
+        return None;
+    }
     let start = arch::rdtsc();
     let mut done = false;
     for _ in 0..50_000_000u32 {
@@ -112,9 +122,9 @@ fn pit_calibrated_tsc_per_us() -> Option<u64> {
     }
     let elapsed = arch::rdtsc().wrapping_sub(start);
     arch::out8_low(0x61, gate);
-    // Under 1 MHz would mean the loop ended at once: no PIT behind the port.
+    // 100 MHz to 10 GHz: anything else is a measurement gone wrong.
     let per_us = elapsed / 10_000;
-    (done && per_us >= 1).then_some(per_us)
+    (done && (100..=10_000).contains(&per_us)).then_some(per_us)
 }
 
 /// Reads CMOS register `reg` (ports 0x70/0x71).
@@ -128,8 +138,9 @@ fn cmos(reg: u8) -> u8 {
 /// and libvirt's default set it). `None` without a plausible RTC.
 fn rtc_unix_ns() -> Option<u64> {
     let read = || {
-        // Wait while an update is in progress (bounded: a missing RTC reads 0xff).
-        for _ in 0..100_000 {
+        // Wait while an update is in progress (at most ~2 ms on a real RTC; bounded, as a
+        // missing RTC reads 0xff).
+        for _ in 0..2_000 {
             if cmos(0x0a) & 0x80 == 0 {
                 break;
             }

@@ -198,7 +198,7 @@ extern "C" fn kernel_main(boot_paddr: u64, entry: u64) -> ! {
         Some(Err(e)) => fail(ExitKind::BootFailed, format!("run configuration: {e}")),
         None => None,
     };
-    clock::init(run.as_ref().and_then(|r| r.realtime_ns));
+    clock::init(run.as_ref().and_then(|r| r.realtime_ns), standalone);
     if let Some((transport, regs)) = nic {
         let mtu = run
             .as_ref()
