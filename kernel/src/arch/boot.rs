@@ -85,6 +85,9 @@ pvh_start32:
     movl $2, %esi
 2:
     movl $boot_stack_top, %esp
+    /* Known flags (a loader may leave NT set, which would make iretq fault). */
+    pushl $2
+    popfl
     lgdt boot_gdt_ptr
     lidt boot_null_idt_ptr
     /* PAE, OSFXSR, OSXMMEXCPT */
@@ -115,6 +118,7 @@ boot_long_mode:
        are undefined after the mode switch). */
     movl %edi, %edi
     movl %esi, %esi
+    movl $boot_stack_top, %esp
 
     /* kvmclock, if this is KVM with CLOCKSOURCE2: one MSR write, here because it needs CPL 0. */
     movl $0x40000000, %eax
@@ -190,10 +194,10 @@ boot_mxcsr:
        assembler so that boot runs no loop at CPL 0. */
     .section .data.boot_pagetables, "aw"
     .p2align 12
+    .global boot_pml4
 boot_pml4:
     .quad boot_pdpt + 0x7
     .fill 511, 8, 0
-    .global boot_pdpt
 boot_pdpt:
     .quad boot_pd + 0x0000 + 0x7
     .quad boot_pd + 0x1000 + 0x7

@@ -7,7 +7,8 @@
 //! devices are enumerated here, and `virtio-drivers`' `PciTransport`s are built here too (they
 //! read the virtio capabilities from configuration space once; afterwards they speak only
 //! MMIO, which works at CPL 3). Firmware may place 64-bit BARs above 4 GiB, beyond the boot
-//! identity map; those get uncached identity mappings from a few spare page directories.
+//! identity map (OVMF does, up to the top of the physical address space); those get uncached
+//! identity mappings from a few spare page tables.
 //!
 //! Everything here runs once, with interrupts off and a single CPU, before `kernel_main`.
 
@@ -30,23 +31,28 @@ const VIRTIO_DEVICE_IDS: core::ops::RangeInclusive<u16> = 0x1000..=0x107f;
 const MAX_DEVICES: usize = 8;
 /// Spare page directories for BARs above 4 GiB: each maps one GiB.
 const SPARE_DIRECTORIES: usize = 4;
+/// Spare page directory pointer tables for BARs above 512 GiB: each covers 512 GiB.
+const SPARE_POINTER_TABLES: usize = 2;
 /// Page directory entry flags for MMIO: present, writable, user, PWT|PCD (uncached), 2 MiB.
 const MMIO_PAGE: u64 = 0x1 | 0x2 | 0x4 | 0x8 | 0x10 | 0x80;
-/// Page directory pointer entry flags: present, writable, user.
+/// Flags of an entry pointing to a lower table: present, writable, user.
 const TABLE: u64 = 0x7;
+/// Bits 12–51 of a table entry: the next table's physical address.
+const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
 
 /// The virtio devices found, for `kernel_main` to take.
 static DEVICES: Mutex<[Option<Pinned<PciTransport>>; MAX_DEVICES]> =
     Mutex::new([const { None }; MAX_DEVICES]);
 
 #[repr(C, align(4096))]
-struct Directories([[u64; 512]; SPARE_DIRECTORIES]);
+struct Tables<const N: usize>([[u64; 512]; N]);
 
-static mut SPARE: Directories = Directories([[0; 512]; SPARE_DIRECTORIES]);
+static mut SPARE_PDS: Tables<SPARE_DIRECTORIES> = Tables([[0; 512]; SPARE_DIRECTORIES]);
+static mut SPARE_PDPTS: Tables<SPARE_POINTER_TABLES> = Tables([[0; 512]; SPARE_POINTER_TABLES]);
 
 unsafe extern "C" {
-    /// The boot page directory pointer table (boot.rs): entry `i` maps GiB `i`.
-    static mut boot_pdpt: [u64; 512];
+    /// The boot PML4 (boot.rs): entry 0 points to `boot_pdpt`, the rest are empty.
+    static mut boot_pml4: [u64; 512];
 }
 
 /// Configuration mechanism #1 through ports 0xcf8/0xcfc. Only for CPL 0 (see the module
@@ -93,7 +99,7 @@ pub extern "C" fn setup() {
     let mut root = PciRoot::new(PortCam);
     let mut devices = DEVICES.lock();
     let mut found = 0;
-    let mut spare = 0;
+    let mut spare = Spare::default();
     // Buses to scan: 0, then every bridge's secondary bus (firmware numbered them).
     let mut pending = [0u8; 64];
     let mut pending_len = 1;
@@ -125,17 +131,16 @@ pub extern "C" fn setup() {
                 if let BarInfo::Memory { address, size, .. } = *bar
                     && size > 0
                 {
-                    reachable &= map_mmio(address, size, &mut spare);
+                    // Address 0: firmware left it unassigned; decoding it would shadow RAM.
+                    reachable &= address != 0 && map_mmio(address, size, &mut spare);
                 }
             }
             if !reachable {
                 continue;
             }
-            root.set_command(
-                df,
-                Command::IO_SPACE | Command::MEMORY_SPACE | Command::BUS_MASTER,
-            );
             if let Ok(transport) = PciTransport::new::<KernelHal, _>(&mut root, df) {
+                // The transport works through memory BARs and the device DMAs into RAM.
+                root.set_command(df, Command::MEMORY_SPACE | Command::BUS_MASTER);
                 devices[found] = Some(Pinned(transport));
                 found += 1;
             }
@@ -143,43 +148,59 @@ pub extern "C" fn setup() {
     }
 }
 
+/// Spare tables handed out so far.
+#[derive(Default)]
+struct Spare {
+    directories: usize,
+    pointer_tables: usize,
+}
+
 /// Makes `[address, address + size)` reachable through the identity map: already so below
-/// 4 GiB; above, up to 512 GiB, by filling empty page directory pointer entries with spare
-/// directories of uncached 2 MiB pages. False if that is impossible.
-fn map_mmio(address: u64, size: u64, spare: &mut usize) -> bool {
+/// 4 GiB; above, by filling empty entries with spare page directory pointer tables and
+/// directories of uncached 2 MiB pages. False if the spares run out or the range lies beyond
+/// 48-bit addresses.
+fn map_mmio(address: u64, size: u64, spare: &mut Spare) -> bool {
     let Some(end) = address.checked_add(size) else {
         return false;
     };
     if end <= 1 << 32 {
         return true;
     }
-    if end > 512 << 30 {
+    if end > 1 << 48 {
         return false;
     }
-    let pdpt = (&raw mut boot_pdpt).cast::<u64>();
-    let directories = (&raw mut SPARE).cast::<[u64; 512]>();
+    let pml4 = (&raw mut boot_pml4).cast::<u64>();
+    let pointer_tables = (&raw mut SPARE_PDPTS).cast::<[u64; 512]>();
+    let directories = (&raw mut SPARE_PDS).cast::<[u64; 512]>();
     for gib in (address >> 30)..=((end - 1) >> 30) {
-        let gib = gib as usize;
         // SAFETY: CPL 0, one CPU, before anything else runs: nothing reads or writes the
-        // boot page tables concurrently; `gib` < 512 (checked above) indexes the PDPT.
-        let entry = unsafe { pdpt.add(gib).read_volatile() };
-        if entry != 0 {
-            continue;
-        }
-        if *spare == SPARE_DIRECTORIES {
-            return false;
-        }
-        // SAFETY: as above; spare directory `*spare` (< SPARE_DIRECTORIES) is unused until
-        // this very write, and PDPT entry `gib` is only ever written here.
+        // page tables concurrently. Indices are < 512 (`gib` < 2^18); spare tables are
+        // unused until handed out here, and each entry filled here was empty.
         unsafe {
-            let directory = &mut *directories.add(*spare);
-            for (i, pde) in directory.iter_mut().enumerate() {
-                *pde = (((gib as u64) << 30) + ((i as u64) << 21)) | MMIO_PAGE;
+            let pml4_entry = pml4.add((gib >> 9) as usize);
+            if pml4_entry.read_volatile() == 0 {
+                if spare.pointer_tables == SPARE_POINTER_TABLES {
+                    return false;
+                }
+                let table = pointer_tables.add(spare.pointer_tables);
+                spare.pointer_tables += 1;
+                pml4_entry.write_volatile((table as u64) | TABLE);
             }
-            pdpt.add(gib)
-                .write_volatile((directory.as_ptr() as u64) | TABLE);
+            let pdpt = (pml4_entry.read_volatile() & ADDRESS) as *mut u64;
+            let pdpt_entry = pdpt.add((gib & 511) as usize);
+            if pdpt_entry.read_volatile() != 0 {
+                continue;
+            }
+            if spare.directories == SPARE_DIRECTORIES {
+                return false;
+            }
+            let directory = &mut *directories.add(spare.directories);
+            spare.directories += 1;
+            for (i, pde) in directory.iter_mut().enumerate() {
+                *pde = ((gib << 30) + ((i as u64) << 21)) | MMIO_PAGE;
+            }
+            pdpt_entry.write_volatile((directory.as_ptr() as u64) | TABLE);
         }
-        *spare += 1;
     }
     // A new mapping replaces a non-present entry, which no TLB caches; reload CR3 anyway,
     // so that paging-structure caches hold nothing stale.
