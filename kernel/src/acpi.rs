@@ -11,6 +11,9 @@ use crate::{arch, phys};
 
 /// PM1a control port (0: none found) and the S5 sleep type, packed as `port | typ << 16`.
 static POWER_OFF: AtomicU32 = AtomicU32::new(0);
+/// Hardware-reduced ACPI: the sleep control register's I/O port (0: none) and the S5 sleep
+/// type, packed the same way.
+static SLEEP_CONTROL: AtomicU32 = AtomicU32::new(0);
 /// SMI command port and the value that turns ACPI mode on (`port | value << 16`).
 static ACPI_ENABLE: AtomicU32 = AtomicU32::new(0);
 
@@ -51,24 +54,41 @@ pub fn find_power_off(rsdp: Option<&[u8]>) {
         _ => (u64::from(u32_at(rsdp, 16).unwrap_or(0)), 4),
     };
     let Some(root) = table(root) else { return };
-    let fadt = root[SDT_HEADER_LEN as usize..]
-        .chunks_exact(entry_len)
-        .filter_map(|e| match entry_len {
-            8 => u64_at(e, 0),
-            _ => u32_at(e, 0).map(u64::from),
-        })
-        .filter_map(table)
-        .find(|t| t.starts_with(b"FACP"));
-    let Some(fadt) = fadt else { return };
-    let pm1a_cnt = u32_at(fadt, 64).unwrap_or(0);
+    let tables = || {
+        root[SDT_HEADER_LEN as usize..]
+            .chunks_exact(entry_len)
+            .filter_map(move |e| match entry_len {
+                8 => u64_at(e, 0),
+                _ => u32_at(e, 0).map(u64::from),
+            })
+            .filter_map(table)
+    };
+    let Some(fadt) = tables().find(|t| t.starts_with(b"FACP")) else {
+        return;
+    };
     let dsdt = match u64_at(fadt, 140) {
         Some(x) if x != 0 && fadt.len() >= 148 => x,
         _ => u64::from(u32_at(fadt, 40).unwrap_or(0)),
     };
-    let Some(slp_typ) = table(dsdt).and_then(s5_sleep_type) else {
+    // \_S5 is in the DSDT on most firmware, in an SSDT on some.
+    let slp_typ = table(dsdt).and_then(s5_sleep_type).or_else(|| {
+        tables()
+            .filter(|t| t.starts_with(b"SSDT"))
+            .find_map(s5_sleep_type)
+    });
+    let Some(slp_typ) = slp_typ else { return };
+    let pm1a_cnt = u32_at(fadt, 64).unwrap_or(0);
+    if pm1a_cnt == 0 {
+        // Hardware-reduced ACPI: the sleep control register, a generic address at offset
+        // 244 (address space 1: system I/O).
+        if fadt.get(244) == Some(&1)
+            && let Some(port) = u64_at(fadt, 248).filter(|&p| p != 0 && p <= 0xffff)
+        {
+            SLEEP_CONTROL.store(port as u32 | u32::from(slp_typ) << 16, Ordering::Relaxed);
+        }
         return;
-    };
-    if pm1a_cnt == 0 || pm1a_cnt > 0xffff {
+    }
+    if pm1a_cnt > 0xffff {
         return;
     }
     POWER_OFF.store(pm1a_cnt | u32::from(slp_typ) << 16, Ordering::Relaxed);
@@ -79,10 +99,19 @@ pub fn find_power_off(rsdp: Option<&[u8]>) {
     }
 }
 
-/// `\_S5`'s first package element (SLP_TYPa) in AML: `_S5_`, PackageOp 0x12, a PkgLength
-/// (1–4 bytes), NumElements, then a BytePrefix 0x0a value, or ZeroOp/OneOp.
+/// `\_S5`'s first package element (SLP_TYPa) in AML: NameOp 0x08 (then the name, perhaps
+/// with a root prefix `\`), `_S5_`, PackageOp 0x12, a PkgLength (1–4 bytes), NumElements,
+/// then a BytePrefix 0x0a value, or ZeroOp/OneOp.
 fn s5_sleep_type(dsdt: &[u8]) -> Option<u8> {
-    let at = dsdt.windows(4).position(|w| w == b"_S5_")? + 4;
+    let name = dsdt.windows(4).enumerate().position(|(i, w)| {
+        w == b"_S5_"
+            && match i.checked_sub(1).map(|p| dsdt[p]) {
+                Some(0x08) => true,
+                Some(b'\\') => i >= 2 && dsdt[i - 2] == 0x08,
+                _ => false,
+            }
+    })?;
+    let at = name + 4;
     if *dsdt.get(at)? != 0x12 {
         return None;
     }
@@ -98,6 +127,11 @@ fn s5_sleep_type(dsdt: &[u8]) -> Option<u8> {
 
 /// Enters S5 (soft off) if the tables said how; returns if they did not or it did not work.
 pub fn power_off() {
+    let reduced = SLEEP_CONTROL.load(Ordering::Relaxed);
+    if reduced != 0 {
+        // SLP_TYP in bits 2–4, SLP_EN bit 5.
+        arch::out8_dx(reduced as u16, ((reduced >> 16) as u8 & 0x7) << 2 | 1 << 5);
+    }
     let found = POWER_OFF.load(Ordering::Relaxed);
     if found == 0 {
         return;
@@ -113,5 +147,7 @@ pub fn power_off() {
             }
         }
     }
-    arch::out16_dx(port, slp_typ << 10 | SLP_EN);
+    // Keep the register's other bits (SCI_EN among them).
+    let keep = arch::in16_dx(port) & !(0x7 << 10 | SLP_EN);
+    arch::out16_dx(port, keep | slp_typ << 10 | SLP_EN);
 }

@@ -106,6 +106,20 @@ pub fn exit(record: &ExitRecord) -> ! {
     // Without an exit device: a PC (disk image) powers off through ACPI; anything else
     // (a bare QEMU) ends by triple fault.
     crate::acpi::power_off();
+    if STANDALONE.load(Ordering::Relaxed) {
+        // The hypervisor acts on the power-off request a moment after the write; give it a
+        // second before calling it failed.
+        let asked = crate::clock::monotonic_ns();
+        while crate::clock::monotonic_ns().saturating_sub(asked) < 1_000_000_000 {
+            core::hint::spin_loop();
+        }
+        // On a PC a triple fault is a reset: the firmware would boot the app again, and
+        // again. Stay ended instead (CPL 3 cannot halt).
+        serial_write(b"[wasmvm] ACPI power-off did not work: the VM stays idle; stop it\n");
+        loop {
+            core::hint::spin_loop();
+        }
+    }
     arch::triple_fault()
 }
 
