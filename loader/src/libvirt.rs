@@ -44,9 +44,14 @@ impl Domain<'_> {
     /// The domain XML. One vCPU (the kernel runs one), q35, ACPI (the kernel powers off
     /// through it when the app ends, and the domain then stops instead of rebooting).
     pub fn to_xml(&self) -> String {
-        let firmware = match self.firmware {
-            Firmware::Bios => "",
-            Firmware::Uefi => " firmware='efi'",
+        // GRUB from grub-mkimage is not signed for Secure Boot: ask for firmware without it
+        // (libvirt's autoselection could pick a Secure Boot build with keys enrolled).
+        let (firmware, firmware_features) = match self.firmware {
+            Firmware::Bios => ("", ""),
+            Firmware::Uefi => (
+                " firmware='efi'",
+                "    <firmware>\n      <feature enabled='no' name='secure-boot'/>\n    </firmware>\n",
+            ),
         };
         let driver = match self.format {
             DiskFormat::Raw => "raw",
@@ -65,6 +70,7 @@ impl Domain<'_> {
              \x20 <memory unit='MiB'>{memory}</memory>\n\
              \x20 <vcpu>1</vcpu>\n\
              \x20 <os{firmware}>\n\
+             {firmware_features}\
              \x20   <type arch='x86_64' machine='q35'>hvm</type>\n\
              \x20   <boot dev='hd'/>\n\
              \x20 </os>\n\
@@ -115,6 +121,7 @@ mod tests {
         assert!(x.contains("<name>a&lt;b&gt;&amp;&apos;c</name>"));
         assert!(x.contains("file='/tmp/x&amp;y.qcow2'"));
         assert!(x.contains("<os firmware='efi'>"));
+        assert!(x.contains("<feature enabled='no' name='secure-boot'/>"));
         assert!(x.contains("type='qcow2'"));
         assert!(x.contains("<source network='default'/>"));
     }
