@@ -47,6 +47,9 @@ pub const IMAGE_PATH: &str = "/wasmvm/app.img";
 /// Offsets GRUB's `grub-bios-setup` patches: in boot.img, the LBA of core.img's first
 /// sector; in core.img's first sector (diskboot.img), the blocklist of the rest.
 const BOOT_KERNEL_SECTOR: usize = 0x5c;
+/// In boot.img, a 2-byte jump over the check for BIOSes that pass a wrong boot drive; for
+/// hard disks grub-bios-setup replaces it with two NOPs, so the check runs.
+const BOOT_DRIVE_CHECK: usize = 0x66;
 const DISKBOOT_BLOCKLIST: usize = 0x200 - 12;
 /// GRUB modules both images need (grub-mkimage adds their dependencies), and what the BIOS
 /// one needs on top: disk access through the BIOS, and the serial port as a terminal.
@@ -376,6 +379,7 @@ fn lay_out(
     let mut mbr = vec![0u8; SECTOR as usize];
     mbr[..440].copy_from_slice(&boot_img[..440]);
     mbr[BOOT_KERNEL_SECTOR..BOOT_KERNEL_SECTOR + 8].copy_from_slice(&BIOS_BOOT_LBA.to_le_bytes());
+    mbr[BOOT_DRIVE_CHECK..BOOT_DRIVE_CHECK + 2].copy_from_slice(&[0x90, 0x90]);
     // The protective partition: type 0xee over the whole disk (at most 2^32 − 1 sectors).
     let entry = &mut mbr[446..462];
     entry[1..4].copy_from_slice(&[0x00, 0x02, 0x00]);
@@ -547,6 +551,7 @@ mod tests {
             u64::from_le_bytes(mbr[0x5c..0x64].try_into().unwrap()),
             BIOS_BOOT_LBA
         );
+        assert_eq!(&mbr[0x66..0x68], &[0x90, 0x90]);
         let core = piece(BIOS_BOOT_LBA * SECTOR);
         assert_eq!(
             u64::from_le_bytes(core[0x1f4..0x1fc].try_into().unwrap()),
