@@ -51,6 +51,11 @@ pub fn export(
         None if output.extension().is_some_and(|e| e == "qcow2") => DiskFormat::Qcow2,
         None => DiskFormat::Raw,
     };
+    // Everything the domain needs is checked before the disk is written.
+    let domain_xml = match libvirt {
+        Some(args) => Some(domain_xml(&image, output, format, args)?),
+        None => None,
+    };
     let exported = disk::export(&image, output, format)
         .with_context(|| format!("cannot export {}", target.display()))?;
     eprintln!(
@@ -62,47 +67,64 @@ pub fn export(
         },
         exported.disk_size >> 20
     );
-    if let Some(args) = libvirt {
-        let parsed = Image::parse(&image).context("cannot read the image")?;
-        let memory_mib = args.memory.unwrap_or_else(|| {
-            (wasmvm_loader::default_memory_mib(
-                parsed.bundle.header.total_len(),
-                parsed.manifest.min_memory,
-            ) + FIRMWARE_MIB)
-                .max(MIN_DISK_VM_MIB)
-        });
-        let name = match args.name {
-            Some(n) => n,
-            None => output
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .context("--name is needed: the output has no file name")?,
-        };
-        if name.is_empty() || name.contains('/') {
-            bail!("`{name}` cannot be a libvirt domain name");
-        }
-        let network = match args.network.as_deref() {
-            Some("none") => None,
-            Some(net) => Some(net.to_string()),
-            None if !parsed.manifest.listens.is_empty() => Some("default".to_string()),
-            None => None,
-        };
-        // libvirt resolves the disk relative to its own working directory: give it an
-        // absolute path.
-        let disk: PathBuf = std::path::absolute(output)
-            .with_context(|| format!("cannot resolve {}", output.display()))?;
-        let domain = Domain {
-            name: &name,
-            memory_mib,
-            disk: &disk,
-            format,
-            firmware: match args.firmware {
-                FirmwareArg::Bios => Firmware::Bios,
-                FirmwareArg::Uefi => Firmware::Uefi,
-            },
-            network: network.as_deref(),
-        };
-        print!("{}", domain.to_xml());
+    if let Some(xml) = domain_xml {
+        print!("{xml}");
     }
     Ok(0)
+}
+
+/// The libvirt domain for the disk `output` will hold.
+fn domain_xml(
+    image: &[u8],
+    output: &Path,
+    format: DiskFormat,
+    args: LibvirtArgs,
+) -> Result<String> {
+    let parsed = Image::parse(image).context("not a wasmvm image")?;
+    let memory_mib = args.memory.unwrap_or_else(|| {
+        (wasmvm_loader::default_memory_mib(
+            parsed.bundle.header.total_len(),
+            parsed.manifest.min_memory,
+        ) + FIRMWARE_MIB)
+            .max(MIN_DISK_VM_MIB)
+    });
+    let name = match args.name {
+        Some(n) => n,
+        None => output
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .map(str::to_string)
+            .context("--name is needed: the output has no UTF-8 file name")?,
+    };
+    if name.is_empty() || name.contains('/') {
+        bail!("`{name}` cannot be a libvirt domain name");
+    }
+    let network = match args.network.as_deref() {
+        Some("none") => None,
+        Some(net) => Some(net.to_string()),
+        None if !parsed.manifest.listens.is_empty() => Some("default".to_string()),
+        None => None,
+    };
+    // libvirt resolves the disk relative to its own working directory: give it an absolute
+    // path, which XML must carry as text.
+    let disk: PathBuf = std::path::absolute(output)
+        .with_context(|| format!("cannot resolve {}", output.display()))?;
+    if disk.to_str().is_none() {
+        bail!(
+            "{}: a libvirt domain needs a UTF-8 disk path",
+            disk.display()
+        );
+    }
+    let domain = Domain {
+        name: &name,
+        memory_mib,
+        disk: &disk,
+        format,
+        firmware: match args.firmware {
+            FirmwareArg::Bios => Firmware::Bios,
+            FirmwareArg::Uefi => Firmware::Uefi,
+        },
+        network: network.as_deref(),
+    };
+    Ok(domain.to_xml())
 }

@@ -469,6 +469,20 @@ fn export_errors_name_the_problem() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
+    // A domain that cannot be written stops the export before the disk is.
+    let o = export(
+        &img,
+        &dir.path().join("w.raw"),
+        &["--libvirt", "--name", "a/b"],
+    );
+    assert_eq!(o.status.code(), Some(253), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cannot be a libvirt domain name"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!dir.path().join("w.raw").exists());
+
     // --name and friends only make sense with --libvirt.
     let o = export(&img, &dir.path().join("z.raw"), &["--name", "web"]);
     assert_eq!(o.status.code(), Some(253), "{}", stderr(&o));
