@@ -196,15 +196,26 @@ pub fn run(target: &Path, extra: &[&str], input: &[u8]) -> Output {
 }
 
 /// Spawns `cmd` with stdout piped and waits for its first line of output, which must be
-/// `ready` (a readiness line, never a sleep); otherwise kills it and panics with its stderr
-/// (when piped).
+/// `ready` (a readiness line, never a sleep); otherwise, or if none comes within two
+/// minutes, kills it and panics with its stderr (when piped).
 pub fn spawn_ready(mut cmd: Command, ready: &str) -> std::process::Child {
     use std::io::{BufRead, BufReader};
     let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = tx.send((line, reader.into_inner()));
+    });
+    let line = match rx.recv_timeout(std::time::Duration::from_secs(120)) {
+        Ok((line, stdout)) => {
+            child.stdout = Some(stdout);
+            line
+        }
+        Err(_) => String::from("(nothing within 120 s)"),
+    };
     if line.trim_end() != ready.trim_end() {
         let _ = child.kill();
         let out = child.wait_with_output().unwrap();
