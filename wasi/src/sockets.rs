@@ -981,6 +981,16 @@ mod tests {
         (world(&wire, 0), world(&wire, 1))
     }
 
+    /// A [`pair`] whose guest has a preopened listener on any address at `port`: fd 3.
+    fn listening_pair(port: u16) -> (Wasi<End>, Wasi<End>) {
+        let (mut guest, host) = pair();
+        let listener = guest
+            .preopen_listener(Listen { addr: [0; 4], port })
+            .unwrap();
+        assert_eq!(listener, 3);
+        (guest, host)
+    }
+
     /// Runs both stacks until the wire is quiet.
     fn pump(a: &mut Wasi<End>, b: &mut Wasi<End>) {
         for _ in 0..50 {
@@ -1034,14 +1044,7 @@ mod tests {
 
     #[test]
     fn a_preopened_listener_accepts_and_talks() {
-        let (mut guest, mut host) = pair();
-        let listener = guest
-            .preopen_listener(Listen {
-                addr: [0; 4],
-                port: 8080,
-            })
-            .unwrap();
-        assert_eq!(listener, 3);
+        let (mut guest, mut host) = listening_pair(8080);
         let (mut gm, mut hm) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
         // A socket descriptor says so in its fdstat, with accept among its rights.
         assert_eq!(
@@ -1114,13 +1117,7 @@ mod tests {
 
     #[test]
     fn poll_oneoff_reports_a_pending_connection_and_data() {
-        let (mut guest, mut host) = pair();
-        guest
-            .preopen_listener(Listen {
-                addr: [0; 4],
-                port: 80,
-            })
-            .unwrap();
+        let (mut guest, mut host) = listening_pair(80);
         let (mut gm, mut hm) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
         let sub = |mem: &mut [u8], at: usize, userdata: u64, kind: u8, fd: u32| {
             mem[at..at + 8].copy_from_slice(&userdata.to_le_bytes());
@@ -1166,13 +1163,7 @@ mod tests {
 
     #[test]
     fn a_large_transfer_arrives_intact() {
-        let (mut guest, mut host) = pair();
-        guest
-            .preopen_listener(Listen {
-                addr: [0; 4],
-                port: 9,
-            })
-            .unwrap();
+        let (mut guest, mut host) = listening_pair(9);
         let (mut gm, mut hm) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
         nonblocking(&mut guest, &mut gm, 3);
         let client = connect(&mut host, &mut hm, GUEST, 9);
@@ -1208,13 +1199,7 @@ mod tests {
 
     #[test]
     fn many_connections_open_and_close_without_leaking() {
-        let (mut guest, mut host) = pair();
-        guest
-            .preopen_listener(Listen {
-                addr: [0; 4],
-                port: 7,
-            })
-            .unwrap();
+        let (mut guest, mut host) = listening_pair(7);
         let (mut gm, mut hm) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
         nonblocking(&mut guest, &mut gm, 3);
         let baseline = guest.net.as_ref().unwrap().set_len();
