@@ -80,6 +80,22 @@ fn packed(dir: &Path, sample_name: &str, extra: &[&str]) -> PathBuf {
     img
 }
 
+/// Packs `sample_name` with `pack_args` and exports it to `dir/file` with `export_args`,
+/// which must succeed; returns the image, the disk and what the export printed on stderr.
+fn packed_disk(
+    dir: &Path,
+    sample_name: &str,
+    pack_args: &[&str],
+    file: &str,
+    export_args: &[&str],
+) -> (PathBuf, PathBuf, String) {
+    let img = packed(dir, sample_name, pack_args);
+    let disk = dir.join(file);
+    let o = export(&img, &disk, export_args);
+    assert!(o.status.success(), "export: {}", stderr(&o));
+    (img, disk, stderr(&o))
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Firmware {
     SeaBios,
@@ -182,11 +198,8 @@ fn exported_hello_boots_on_seabios_and_ovmf() {
         return;
     }
     let dir = scratch();
-    let img = packed(dir.path(), "hello", &[]);
-    let disk = dir.path().join("hello.qcow2");
-    let o = export(&img, &disk, &[]);
-    assert!(o.status.success(), "export: {}", stderr(&o));
-    assert!(stderr(&o).contains("qcow2 disk"), "{}", stderr(&o));
+    let (_, disk, said) = packed_disk(dir.path(), "hello", &[], "hello.qcow2", &[]);
+    assert!(said.contains("qcow2 disk"), "{said}");
 
     let check = Command::new("qemu-img")
         .args(["check", "-f", "qcow2"])
@@ -245,10 +258,13 @@ fn raw_disk_reports_the_exit_status_and_keeps_the_image_intact() {
         return;
     }
     let dir = scratch();
-    let img = packed(dir.path(), "exitcode", &["--", "exit", "7"]);
-    let disk = dir.path().join("exit.raw");
-    let o = export(&img, &disk, &["--format", "raw"]);
-    assert!(o.status.success(), "export: {}", stderr(&o));
+    let (img, disk, _) = packed_disk(
+        dir.path(),
+        "exitcode",
+        &["--", "exit", "7"],
+        "exit.raw",
+        &["--format", "raw"],
+    );
     // A raw disk is a whole number of MiB, with a GPT (protective MBR signature and header).
     let bytes = std::fs::read(&disk).unwrap();
     assert_eq!(bytes.len() % (1 << 20), 0);
@@ -287,10 +303,7 @@ fn clocks_and_randomness_work_on_a_pc() {
     let dir = scratch();
     // sysinfo prints properties: a plausible wall clock (the CMOS RTC here), sleeps that
     // last as long as asked (the TSC calibrated against the PIT), random draws that differ.
-    let img = packed(dir.path(), "sysinfo", &[]);
-    let disk = dir.path().join("sysinfo.raw");
-    let o = export(&img, &disk, &[]);
-    assert!(o.status.success(), "export: {}", stderr(&o));
+    let (_, disk, _) = packed_disk(dir.path(), "sysinfo", &[], "sysinfo.raw", &[]);
     let out = run_to_end(qemu_disk(&disk, "raw", "pc", Firmware::SeaBios, dir.path()));
     let serial = stdout(&out);
     for property in [
@@ -333,10 +346,7 @@ fn network_card_on_pci_serves_http() {
         return;
     }
     let dir = scratch();
-    let img = packed(dir.path(), "http", &["--listen", "8080"]);
-    let disk = dir.path().join("http.qcow2");
-    let o = export(&img, &disk, &[]);
-    assert!(o.status.success(), "export: {}", stderr(&o));
+    let (_, disk, _) = packed_disk(dir.path(), "http", &["--listen", "8080"], "http.qcow2", &[]);
 
     // OVMF places the card's 64-bit BAR far above 4 GiB (at 896 GiB with Debian 12's OVMF):
     // the kernel maps it at CPL 0.
