@@ -3,9 +3,12 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use wasmvm_abi::net::Listen;
-use wasmvm_loader::net::{NetworkMode, Publish};
+use wasmvm_loader::image::pack::DirSpec;
+use wasmvm_loader::run::network::{NetworkMode, Publish};
+use wasmvm_loader::{RunOptions, ShareSpec, VolumeSpec};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,8 +32,8 @@ pub enum Command {
         output: PathBuf,
         /// Copy a host directory into the image and preopen it as GUEST (default: the same
         /// path; repeatable). Writes stay in guest memory and vanish when the VM ends.
-        #[arg(long = "dir", value_name = "HOST[::GUEST]")]
-        dirs: Vec<OsString>,
+        #[arg(long = "dir", value_name = "HOST[::GUEST]", value_parser = dir_parser())]
+        dirs: Vec<DirSpec>,
         /// Sign the image with this Ed25519 private key (from `wasmvm key generate`).
         #[arg(long, value_name = "KEY")]
         sign: Option<PathBuf>,
@@ -38,69 +41,7 @@ pub enum Command {
         app: AppArgs,
     },
     /// Boot an image (or pack a module in memory and boot it) and run the app.
-    Run {
-        /// An image from `wasmvm pack`, or a .wasm module.
-        image: PathBuf,
-        /// Boot the image only if it is signed by this Ed25519 public key (PREFIX.pub from
-        /// `wasmvm key generate`) and unchanged since.
-        #[arg(long, value_name = "PUBKEY")]
-        verify: Option<PathBuf>,
-        /// Share a live host directory with the app, preopened as GUEST (default: the same
-        /// path; repeatable): the app reads the host's files and the host sees its writes.
-        #[arg(long = "dir", value_name = "HOST[::GUEST]")]
-        dirs: Vec<OsString>,
-        /// Like --dir, but the app may not change anything in it.
-        #[arg(long = "dir-ro", value_name = "HOST[::GUEST]")]
-        dirs_ro: Vec<OsString>,
-        /// Give the app a persistent volume (from `wasmvm volume create`) as directory GUEST
-        /// (repeatable); its files are written back when the VM ends.
-        #[arg(long = "volume", value_name = "IMAGE::GUEST")]
-        volumes: Vec<OsString>,
-        /// Forward a host port to a port of the app (repeatable; TCP unless /udp). The host
-        /// address defaults to every interface (0.0.0.0).
-        #[arg(
-            short = 'p',
-            long = "publish",
-            value_name = "[HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|/udp]",
-            value_parser = parse_publish
-        )]
-        publish: Vec<Publish>,
-        /// The VM's network: user (user-mode, unprivileged), none, or tap:IFNAME (an
-        /// existing tap device). Default: user if the app listens, -p is given or the module
-        /// imports socket functions; otherwise none.
-        #[arg(long, value_name = "user|none|tap:IFNAME", value_parser = parse_network)]
-        network: Option<NetworkMode>,
-        /// With --network tap: the app's static address (default: ask DHCP).
-        #[arg(long, value_name = "ADDR/PREFIX", value_parser = parse_cidr, requires = "gateway")]
-        ip: Option<(std::net::Ipv4Addr, u8)>,
-        /// With --ip: the default gateway (also used as DNS server).
-        #[arg(long, value_name = "ADDR", requires = "ip")]
-        gateway: Option<std::net::Ipv4Addr>,
-        #[command(flatten)]
-        app: AppArgs,
-        /// Stop the VM after this long (e.g. 500ms, 30s, 2m; a bare number is seconds).
-        #[arg(long, value_parser = parse_duration)]
-        timeout: Option<std::time::Duration>,
-        /// Guest RAM (e.g. 256M, 1G; a bare number is MiB). Default: from the module's needs.
-        #[arg(long, value_parser = parse_memory)]
-        memory: Option<u64>,
-        /// Which virtual machine monitor runs the image [default: builtin; qemu with
-        /// --accel tcg].
-        #[arg(long, value_enum)]
-        vmm: Option<Vmm>,
-        /// Acceleration: kvm, or tcg (QEMU's software emulation, for hosts without /dev/kvm).
-        #[arg(long, value_enum, default_value_t = AccelArg::Kvm)]
-        accel: AccelArg,
-        /// Print boot timings and kernel log lines to stderr.
-        #[arg(short, long)]
-        verbose: bool,
-        /// How the built-in VMM enters the kernel (for tests of the PVH path).
-        #[arg(long, value_enum, default_value_t = BootArg::Direct, hide = true)]
-        boot: BootArg,
-        // -d, --name, --restart: run in the background (src/fleet, docs/cli.md).
-        #[command(flatten)]
-        detach: crate::fleet::DetachArgs,
-    },
+    Run(RunArgs),
     // ps, logs, stop, rm: the VMs of `run -d` (src/fleet).
     #[command(flatten)]
     Fleet(crate::fleet::FleetCommand),
@@ -129,6 +70,187 @@ pub enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+}
+
+/// `wasmvm run`'s arguments; [`RunArgs::options`] turns them into the loader's terms.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// An image from `wasmvm pack`, or a .wasm module.
+    pub image: PathBuf,
+    /// Boot the image only if it is signed by this Ed25519 public key (PREFIX.pub from
+    /// `wasmvm key generate`) and unchanged since.
+    #[arg(long, value_name = "PUBKEY")]
+    pub verify: Option<PathBuf>,
+    /// Share a live host directory with the app, preopened as GUEST (default: the same
+    /// path; repeatable): the app reads the host's files and the host sees its writes.
+    #[arg(long = "dir", value_name = "HOST[::GUEST]", value_parser = dir_parser())]
+    pub dirs: Vec<DirSpec>,
+    /// Like --dir, but the app may not change anything in it.
+    #[arg(long = "dir-ro", value_name = "HOST[::GUEST]", value_parser = dir_parser())]
+    pub dirs_ro: Vec<DirSpec>,
+    /// Give the app a persistent volume (from `wasmvm volume create`) as directory GUEST
+    /// (repeatable); its files are written back when the VM ends.
+    #[arg(long = "volume", value_name = "IMAGE::GUEST", value_parser = volume_parser())]
+    pub volumes: Vec<VolumeSpec>,
+    /// Forward a host port to a port of the app (repeatable; TCP unless /udp). The host
+    /// address defaults to every interface (0.0.0.0).
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "[HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|/udp]",
+        value_parser = parse_publish
+    )]
+    pub publish: Vec<Publish>,
+    /// The VM's network: user (user-mode, unprivileged), none, or tap:IFNAME (an
+    /// existing tap device). Default: user if the app listens, -p is given or the module
+    /// imports socket functions; otherwise none.
+    #[arg(long, value_name = "user|none|tap:IFNAME", value_parser = parse_network)]
+    pub network: Option<NetworkMode>,
+    /// With --network tap: the app's static address (default: ask DHCP).
+    #[arg(long, value_name = "ADDR/PREFIX", value_parser = parse_cidr, requires = "gateway")]
+    pub ip: Option<(std::net::Ipv4Addr, u8)>,
+    /// With --ip: the default gateway (also used as DNS server).
+    #[arg(long, value_name = "ADDR", requires = "ip")]
+    pub gateway: Option<std::net::Ipv4Addr>,
+    #[command(flatten)]
+    pub app: AppArgs,
+    /// Stop the VM after this long (e.g. 500ms, 30s, 2m; a bare number is seconds).
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    /// Guest RAM (e.g. 256M, 1G; a bare number is MiB). Default: from the module's needs.
+    #[arg(long, value_parser = parse_memory)]
+    pub memory: Option<u64>,
+    /// Which virtual machine monitor runs the image [default: builtin; qemu with
+    /// --accel tcg].
+    #[arg(long, value_enum)]
+    pub vmm: Option<Vmm>,
+    /// Acceleration: kvm, or tcg (QEMU's software emulation, for hosts without /dev/kvm).
+    #[arg(long, value_enum, default_value_t = AccelArg::Kvm)]
+    pub accel: AccelArg,
+    /// Print boot timings and kernel log lines to stderr.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// How the built-in VMM enters the kernel (for tests of the PVH path).
+    #[arg(long, value_enum, default_value_t = BootArg::Direct, hide = true)]
+    pub boot: BootArg,
+    // -d, --name, --restart: run in the background (src/fleet, docs/cli.md).
+    #[command(flatten)]
+    pub detach: crate::fleet::DetachArgs,
+}
+
+/// Which backend a run asked for, with its own settings.
+pub enum BackendChoice {
+    Builtin(wasmvm_loader::vmm::Builtin),
+    Qemu(wasmvm_loader::qemu::Qemu),
+    Host,
+}
+
+impl RunArgs {
+    /// The run options every backend honours, converted and checked here and nowhere else.
+    /// Per-image settings (argv, env, listeners) are added by the caller, which knows
+    /// whether the target is an image or a module.
+    pub fn options(&self) -> Result<RunOptions, String> {
+        let shares = self
+            .dirs
+            .iter()
+            .map(|d| (d, false))
+            .chain(self.dirs_ro.iter().map(|d| (d, true)))
+            .map(|(d, read_only)| ShareSpec {
+                host: d.host.clone(),
+                guest: d.guest.clone(),
+                read_only,
+            })
+            .collect();
+        let tap_config = match (self.ip, self.gateway) {
+            (Some((addr, prefix_len)), Some(gateway)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0);
+                if u32::from(addr) & mask != u32::from(gateway) & mask {
+                    return Err(format!(
+                        "--gateway {gateway} is not in the network of --ip {addr}/{prefix_len}"
+                    ));
+                }
+                Some(wasmvm_abi::net::NetConfig {
+                    addr: addr.octets(),
+                    prefix_len,
+                    gateway: gateway.octets(),
+                    dns: gateway.octets(),
+                    mtu: wasmvm_loader::run::network::TAP_MTU,
+                })
+            }
+            _ => None,
+        };
+        Ok(RunOptions {
+            memory_mib: self.memory,
+            timeout: self.timeout,
+            shares,
+            volumes: self.volumes.clone(),
+            network: self.network.clone(),
+            publish: self.publish.clone(),
+            tap_config,
+            ..RunOptions::default()
+        })
+    }
+
+    /// The backend `--vmm`, `--accel` and `--boot` ask for.
+    pub fn backend(&self) -> Result<BackendChoice, String> {
+        use wasmvm_loader::qemu::{Accel, Qemu};
+        use wasmvm_loader::vmm::{BootPath, Builtin};
+        let vmm = self.vmm.unwrap_or(match self.accel {
+            AccelArg::Kvm => Vmm::Builtin,
+            AccelArg::Tcg => Vmm::Qemu,
+        });
+        Ok(match vmm {
+            Vmm::Builtin if self.accel == AccelArg::Tcg => {
+                return Err("--accel tcg is QEMU's software emulation; the built-in VMM needs KVM (use --vmm qemu --accel tcg)".into());
+            }
+            Vmm::Builtin => BackendChoice::Builtin(Builtin {
+                // The CLI confines the VMM's threads; embedders choose.
+                seccomp: true,
+                boot: match self.boot {
+                    BootArg::Direct => BootPath::Best,
+                    BootArg::Pvh => BootPath::Pvh,
+                },
+                ..Builtin::default()
+            }),
+            Vmm::Qemu => BackendChoice::Qemu(Qemu {
+                accel: match self.accel {
+                    AccelArg::Kvm => Accel::Kvm,
+                    AccelArg::Tcg => Accel::Tcg,
+                },
+                ..Qemu::default()
+            }),
+            Vmm::Host => BackendChoice::Host,
+        })
+    }
+}
+
+/// `--dir HOST[::GUEST]`, on raw bytes (paths need not be UTF-8).
+fn dir_parser() -> impl TypedValueParser<Value = DirSpec> {
+    clap::builder::OsStringValueParser::new().try_map(|s: OsString| DirSpec::parse(&s))
+}
+
+/// `--volume IMAGE::GUEST`, on raw bytes.
+fn volume_parser() -> impl TypedValueParser<Value = VolumeSpec> {
+    clap::builder::OsStringValueParser::new().try_map(|s: OsString| parse_volume(&s))
+}
+
+pub fn parse_volume(spec: &std::ffi::OsStr) -> Result<VolumeSpec, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = spec.as_bytes();
+    let at = bytes
+        .windows(2)
+        .position(|w| w == b"::")
+        .filter(|&i| i > 0 && i + 2 < bytes.len());
+    let Some(at) = at else {
+        return Err(format!(
+            "`{}` is not of the form IMAGE::GUEST",
+            spec.to_string_lossy()
+        ));
+    };
+    Ok(VolumeSpec {
+        image: std::ffi::OsStr::from_bytes(&bytes[..at]).into(),
+        guest: bytes[at + 2..].to_vec(),
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -270,7 +392,7 @@ pub fn parse_network(s: &str) -> Result<NetworkMode, String> {
 
 /// `--ip ADDR/PREFIX`.
 pub fn parse_cidr(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
-    wasmvm_loader::net::parse_cidr(s)
+    wasmvm_loader::run::network::parse_cidr(s)
 }
 
 /// A byte count: `512K`, `64M`, `1G`, `2T`, or a bare number of bytes.
@@ -374,18 +496,12 @@ mod tests {
             "user",
         ])
         .unwrap();
-        let Command::Run {
-            publish,
-            network,
-            app,
-            ..
-        } = cli.command
-        else {
+        let Command::Run(run) = cli.command else {
             panic!("not run");
         };
-        assert_eq!(publish.len(), 2);
-        assert_eq!(network, Some(NetworkMode::User));
-        assert_eq!(app.listens, [Listen::parse("80").unwrap()]);
+        assert_eq!(run.publish.len(), 2);
+        assert_eq!(run.network, Some(NetworkMode::User));
+        assert_eq!(run.app.listens, [Listen::parse("80").unwrap()]);
         for (bad, says) in [
             (&["-p", "80"][..], "`80`"),
             (&["--listen", "99999"], "`99999`"),
@@ -411,6 +527,70 @@ mod tests {
             panic!("not pack");
         };
         assert_eq!(app.listens[0].to_string(), "1.2.3.4:8");
+    }
+
+    fn run_args(extra: &[&str]) -> Result<RunArgs, String> {
+        use clap::Parser;
+        let cli = Cli::try_parse_from(["wasmvm", "run", "a.img"].iter().chain(extra))
+            .map_err(|e| e.to_string())?;
+        match cli.command {
+            Command::Run(run) => Ok(run),
+            _ => panic!("not run"),
+        }
+    }
+
+    #[test]
+    fn run_arguments_are_converted_in_one_place() {
+        let run = run_args(&[
+            "--dir",
+            "/srv::/data",
+            "--dir-ro",
+            "/etc/app",
+            "--volume",
+            "v.img::/v",
+            "--network",
+            "tap:tap0",
+            "--ip",
+            "10.1.1.2/24",
+            "--gateway",
+            "10.1.1.1",
+        ])
+        .unwrap();
+        let opts = run.options().unwrap();
+        let shares: Vec<_> = opts
+            .shares
+            .iter()
+            .map(|s| (s.host.to_str().unwrap(), &s.guest[..], s.read_only))
+            .collect();
+        assert_eq!(
+            shares,
+            [("/srv", &b"/data"[..], false), ("/etc/app", b"/etc/app", true)]
+        );
+        assert_eq!(opts.volumes[0].image, std::path::Path::new("v.img"));
+        assert_eq!(opts.volumes[0].guest, b"/v");
+        let tap = opts.tap_config.unwrap();
+        assert_eq!((tap.addr, tap.prefix_len), ([10, 1, 1, 2], 24));
+
+        let bad = run_args(&["--ip", "10.1.1.2/24", "--gateway", "10.9.9.9"]).unwrap();
+        assert!(bad.options().unwrap_err().contains("not in the network"));
+        for (bad, says) in [
+            (&["--volume", "v.img"][..], "IMAGE::GUEST"),
+            (&["--volume", "::/v"], "IMAGE::GUEST"),
+            (&["--dir", "::"], "HOST[::GUEST]"),
+        ] {
+            let e = run_args(bad).unwrap_err();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn run_arguments_choose_the_backend() {
+        let choice = |extra: &[&str]| run_args(extra).unwrap().backend();
+        assert!(matches!(choice(&[]), Ok(BackendChoice::Builtin(b)) if b.seccomp));
+        assert!(matches!(choice(&["--accel", "tcg"]), Ok(BackendChoice::Qemu(_))));
+        assert!(matches!(choice(&["--vmm", "host"]), Ok(BackendChoice::Host)));
+        let e = choice(&["--vmm", "builtin", "--accel", "tcg"]).err().unwrap();
+        assert!(e.contains("needs KVM"), "{e}");
     }
 
     #[test]

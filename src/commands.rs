@@ -6,19 +6,16 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use wasmvm_abi::ABI_VERSION;
-use wasmvm_abi::net::NetConfig;
-use wasmvm_loader::image::{self, Image};
-use wasmvm_loader::kvm::BootPath;
-use wasmvm_loader::net::TAP_MTU;
-use wasmvm_loader::pack::{DirSpec, PackOptions, check_env, pack_module};
-use wasmvm_loader::{
-    Accel, Control, RunIo, RunOptions, ShareSpec, StopReason, VolumeSpec, builtin, elf::Elf,
-    module, qemu, reference, volume, with_volumes,
-};
+use wasmvm_loader::host::volume;
+use wasmvm_loader::image::elf::Elf;
+use wasmvm_loader::image::pack::{DirSpec, PackOptions, check_env, pack_module};
+use wasmvm_loader::image::{self, Image, module};
+use wasmvm_loader::reference::HostMode;
+use wasmvm_loader::{Backend, Control, RunIo, RunOptions, StopReason};
 
 use crate::KERNEL;
 use crate::cli::{
-    AccelArg, AppArgs, BootArg, Cli, Command, ImageCommand, KeyCommand, Vmm, VolumeCommand,
+    AppArgs, BackendChoice, Cli, Command, ImageCommand, KeyCommand, RunArgs, VolumeCommand,
 };
 
 pub fn dispatch(cli: Cli) -> Result<i32> {
@@ -30,119 +27,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             sign,
             app,
         } => pack(&module, &output, &app, &dirs, sign.as_deref()),
-        Command::Run {
-            image,
-            verify,
-            dirs,
-            dirs_ro,
-            volumes,
-            publish,
-            network,
-            ip,
-            gateway,
-            app,
-            timeout,
-            memory,
-            vmm,
-            accel,
-            verbose,
-            boot,
-            detach,
-        } => {
-            let shares = dirs
-                .iter()
-                .map(|d| (d, false, "--dir"))
-                .chain(dirs_ro.iter().map(|d| (d, true, "--dir-ro")))
-                .map(|(spec, read_only, flag)| {
-                    let d = DirSpec::parse(spec).map_err(|e| anyhow::anyhow!("{flag} {e}"))?;
-                    Ok(ShareSpec {
-                        host: d.host,
-                        guest: d.guest,
-                        read_only,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let volumes = volumes
-                .iter()
-                .map(|spec| {
-                    let bytes = spec.as_bytes();
-                    let at = bytes
-                        .windows(2)
-                        .position(|w| w == b"::")
-                        .filter(|&i| i > 0 && i + 2 < bytes.len());
-                    let Some(at) = at else {
-                        bail!(
-                            "--volume `{}` is not of the form IMAGE::GUEST",
-                            spec.to_string_lossy()
-                        );
-                    };
-                    Ok(VolumeSpec {
-                        image: std::ffi::OsStr::from_bytes(&bytes[..at]).into(),
-                        guest: bytes[at + 2..].to_vec(),
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let tap_config = match (ip, gateway) {
-                (Some((addr, prefix_len)), Some(gateway)) => {
-                    let mask = u32::MAX << (32 - prefix_len);
-                    if u32::from(addr) & mask != u32::from(gateway) & mask {
-                        bail!(
-                            "--gateway {gateway} is not in the network of --ip {addr}/{prefix_len}"
-                        );
-                    }
-                    Some(NetConfig {
-                        addr: addr.octets(),
-                        prefix_len,
-                        gateway: gateway.octets(),
-                        dns: gateway.octets(),
-                        mtu: TAP_MTU,
-                    })
-                }
-                _ => None,
-            };
-            let opts = RunOptions {
-                memory_mib: memory,
-                timeout,
-                shares,
-                volumes,
-                network,
-                publish,
-                tap_config,
-                accel: match accel {
-                    AccelArg::Kvm => Accel::Kvm,
-                    AccelArg::Tcg => Accel::Tcg,
-                },
-                seccomp: true,
-                boot: match boot {
-                    BootArg::Direct => BootPath::Best,
-                    BootArg::Pvh => BootPath::Pvh,
-                },
-                ..RunOptions::default()
-            };
-            let vmm = vmm.unwrap_or(match accel {
-                AccelArg::Kvm => Vmm::Builtin,
-                AccelArg::Tcg => Vmm::Qemu,
-            });
-            if vmm == Vmm::Builtin && accel == AccelArg::Tcg {
-                bail!(
-                    "--accel tcg is QEMU's software emulation; the built-in VMM needs KVM (use --vmm qemu --accel tcg)"
-                );
-            }
-            // `--verify`: boot a private copy of exactly the bytes that were verified
-            // (`signing::verified_copy`), never the file again; it lives until the run ends.
-            let verified = match &verify {
-                Some(pubkey) => Some(crate::keys::verified_image(&image, pubkey)?),
-                None => None,
-            };
-            // `-d`: a supervisor replays this command line in the background (and verifies
-            // again at every start); a bad image has been refused here, in the foreground.
-            if detach.wanted() {
-                drop(verified);
-                return crate::fleet::run_detached(&detach, &image, &app.args);
-            }
-            let image = verified.as_ref().map_or(image, |v| v.path().to_path_buf());
-            run(&image, &app, opts, vmm, verbose)
-        }
+        Command::Run(args) => run_command(args),
         Command::Fleet(command) => crate::fleet::dispatch(command),
         Command::Inspect { image, json } => inspect(&image, json),
         Command::Doctor => doctor(),
@@ -186,6 +71,34 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
     }
 }
 
+/// `wasmvm run`: options converted once (`RunArgs::options`), the image verified if asked,
+/// then the run in the foreground or handed to a supervisor (`-d`).
+fn run_command(args: RunArgs) -> Result<i32> {
+    let opts = args.options().map_err(anyhow::Error::msg)?;
+    let backend = args.backend().map_err(anyhow::Error::msg)?;
+    // `--verify`: boot a private copy of exactly the bytes that were verified
+    // (`signing::verified_copy`), never the file again; it lives until the run ends.
+    let verified = match &args.verify {
+        Some(pubkey) => Some(crate::keys::verified_image(&args.image, pubkey)?),
+        None => None,
+    };
+    // `-d`: a supervisor replays this command line in the background (and verifies again at
+    // every start); a bad image has been refused here, in the foreground.
+    if args.detach.wanted() {
+        drop(verified);
+        return crate::fleet::run_detached(&args.detach, &args.image, &args.app.args);
+    }
+    let image = verified
+        .as_ref()
+        .map_or(args.image.clone(), |v| v.path().to_path_buf());
+    let backend: Box<dyn Backend> = match backend {
+        BackendChoice::Builtin(b) => Box::new(b),
+        BackendChoice::Qemu(q) => Box::new(q),
+        BackendChoice::Host => Box::new(HostMode),
+    };
+    run(&image, &args.app, opts, &*backend, args.verbose)
+}
+
 fn bytes(s: &OsString) -> Vec<u8> {
     s.clone().into_vec()
 }
@@ -201,7 +114,7 @@ fn env_list(app: &AppArgs) -> Result<Vec<Vec<u8>>> {
         .collect()
 }
 
-fn pack_options(module: &Path, app: &AppArgs, dirs: &[OsString]) -> Result<PackOptions> {
+fn pack_options(module: &Path, app: &AppArgs, dirs: &[DirSpec]) -> Result<PackOptions> {
     let module_name = module
         .file_name()
         .map(|n| n.as_bytes().to_vec())
@@ -211,10 +124,7 @@ fn pack_options(module: &Path, app: &AppArgs, dirs: &[OsString]) -> Result<PackO
         argv0: app.argv0.as_ref().map(bytes),
         args: app.args.iter().map(bytes).collect(),
         env: env_list(app)?,
-        dirs: dirs
-            .iter()
-            .map(|d| DirSpec::parse(d).map_err(|e| anyhow::anyhow!("--dir {e}")))
-            .collect::<Result<_>>()?,
+        dirs: dirs.to_vec(),
         invoke: app.invoke.clone(),
         stub_imports: app.stub_imports,
         listens: app.listens.clone(),
@@ -229,7 +139,7 @@ fn pack(
     module: &Path,
     output: &Path,
     app: &AppArgs,
-    dirs: &[OsString],
+    dirs: &[DirSpec],
     sign: Option<&Path>,
 ) -> Result<i32> {
     let opts = pack_options(module, app, dirs)?;
@@ -275,7 +185,13 @@ fn is_wasm(path: &Path) -> Result<bool> {
     Ok(n == 4 && &magic == b"\0asm")
 }
 
-fn run(target: &Path, app: &AppArgs, mut opts: RunOptions, vmm: Vmm, verbose: bool) -> Result<i32> {
+fn run(
+    target: &Path,
+    app: &AppArgs,
+    mut opts: RunOptions,
+    backend: &dyn Backend,
+    verbose: bool,
+) -> Result<i32> {
     // A module is packed in memory (with the options as pack-time settings); an image takes
     // them as run-time overrides.
     let _packed;
@@ -309,31 +225,13 @@ fn run(target: &Path, app: &AppArgs, mut opts: RunOptions, vmm: Vmm, verbose: bo
         target.to_path_buf()
     };
 
-    if vmm == Vmm::Host {
-        let ending = with_volumes(&opts, |opts| reference::run(&image_path, opts))?;
-        if let Some(message) = ending.describe() {
-            eprintln!("wasmvm: {message}");
-        }
-        return Ok(ending.status());
-    }
-
     let control = Control::default();
-    let stopper = control.stopper();
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .context("cannot install signal handlers")?;
-    let signal_handle = signals.handle();
-    std::thread::spawn(move || {
-        for sig in signals.forever() {
-            stopper.stop(if sig == signal_hook::consts::SIGINT {
-                StopReason::Interrupt
-            } else {
-                StopReason::Terminate
-            });
-        }
-    });
+    // SIGINT and SIGTERM stop the VM cleanly; a backend that cannot be stopped (host mode)
+    // leaves them at their default action, which ends the process.
+    let signal_handle = match backend.honours_stop() {
+        true => Some(stop_on_signals(control.stopper())?),
+        false => None,
+    };
 
     let mut stdout = std::io::stdout();
     let mut stderr = std::io::stderr();
@@ -347,16 +245,37 @@ fn run(target: &Path, app: &AppArgs, mut opts: RunOptions, vmm: Vmm, verbose: bo
         stdout: &mut stdout,
         stderr: &mut stderr,
         log: &mut log,
+        process_stdio: true,
     };
-    let ending = match vmm {
-        Vmm::Builtin => with_volumes(&opts, |opts| builtin::run(&image_path, opts, io, control))?,
-        _ => with_volumes(&opts, |opts| qemu::run(&image_path, opts, io, control))?,
-    };
-    signal_handle.close();
+    let ending = wasmvm_loader::run::run(backend, &image_path, &opts, io, control);
+    if let Some(handle) = signal_handle {
+        handle.close();
+    }
+    let ending = ending?;
     if let Some(message) = ending.describe() {
         eprintln!("wasmvm: {message}");
     }
     Ok(ending.status())
+}
+
+/// Turns SIGINT and SIGTERM into stop requests for the running VM.
+fn stop_on_signals(stopper: wasmvm_loader::Stopper) -> Result<signal_hook::iterator::Handle> {
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .context("cannot install signal handlers")?;
+    let handle = signals.handle();
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            stopper.stop(if sig == signal_hook::consts::SIGINT {
+                StopReason::Interrupt
+            } else {
+                StopReason::Terminate
+            });
+        }
+    });
+    Ok(handle)
 }
 
 fn inspect(path: &Path, json: bool) -> Result<i32> {
@@ -493,7 +412,7 @@ fn doctor() -> Result<i32> {
             format!("the embedded kernel is broken: {e}; rebuild wasmvm"),
         ),
     }
-    match wasmvm_loader::check_kvm() {
+    match wasmvm_loader::run::prepare::check_kvm() {
         Ok(()) => report(true, "kvm", "/dev/kvm is usable".to_string()),
         Err(e) => report(
             false,
@@ -501,7 +420,7 @@ fn doctor() -> Result<i32> {
             format!("{e} (or use `wasmvm run --accel tcg`)"),
         ),
     }
-    let qemu = RunOptions::default().qemu;
+    let qemu = wasmvm_loader::qemu::Qemu::default().binary;
     match std::process::Command::new(&qemu).arg("--version").output() {
         Ok(out) if out.status.success() => {
             let first = String::from_utf8_lossy(&out.stdout)
@@ -526,7 +445,7 @@ fn doctor() -> Result<i32> {
         ),
     }
     // passt is only needed for the built-in VMM's network: its absence is a warning.
-    let passt = RunOptions::default().passt;
+    let passt = wasmvm_loader::vmm::Builtin::default().passt;
     match std::process::Command::new(&passt).arg("--version").output() {
         Ok(out) => {
             let version = String::from_utf8_lossy(&out.stdout);
@@ -546,14 +465,14 @@ fn doctor() -> Result<i32> {
         ),
     }
     // GRUB and qemu-img are only needed by `image export`: warnings too.
-    match wasmvm_loader::disk::Grub::find() {
+    match wasmvm_loader::export::disk::Grub::find() {
         Ok(grub) => println!(
             "[ ok ] GRUB: {} (BIOS and UEFI, for `image export`)",
             grub.mkimage.display()
         ),
         Err(e) => println!("[warn] GRUB: {e}"),
     }
-    match wasmvm_loader::disk::find_in_path("qemu-img") {
+    match wasmvm_loader::export::disk::find_in_path("qemu-img") {
         Some(path) => println!("[ ok ] qemu-img: {} (qcow2 export)", path.display()),
         None => println!(
             "[warn] qemu-img: not found: apt-get install qemu-utils (for `image export` to qcow2)"

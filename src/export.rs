@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use wasmvm_loader::disk::{self, DiskFormat};
+use wasmvm_loader::export::disk::{self, DiskFormat};
 use wasmvm_loader::image::Image;
-use wasmvm_loader::libvirt::{Domain, Firmware};
-use wasmvm_loader::pack::{PackOptions, pack_module};
+use wasmvm_loader::export::libvirt::{Domain, Firmware};
+use wasmvm_loader::image::pack::{PackOptions, pack_module};
 
 use crate::KERNEL;
 use crate::cli::{DiskFormatArg, FirmwareArg};

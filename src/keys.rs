@@ -1,11 +1,11 @@
 //! Signed images on the command line: `wasmvm key generate`, `pack --sign`, `run --verify`
-//! and the signature line of `inspect`. The work is `wasmvm_loader::signing`.
+//! and the signature line of `inspect`. The work is `wasmvm_loader::image::signing`.
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use wasmvm_loader::image::hex;
-use wasmvm_loader::signing::{self, SigningKey};
+use wasmvm_loader::image::signing::{self, SigningKey};
 
 /// `wasmvm key generate [-o PREFIX]`.
 pub fn generate(prefix: &Path) -> Result<i32> {

@@ -21,8 +21,10 @@ use wasmvm_abi::channel::trap;
 use wasmvm_wasi::link::{call_entry, engine_config};
 
 use crate::image::Image;
-use crate::net::{NetError, NetworkMode, Proto};
-use crate::{Ending, RunError, RunOptions, io_err};
+use crate::error::io_err;
+use crate::run::network::{NetError, NetworkMode, Proto};
+use crate::run::{Control, RunIo};
+use crate::{Backend, Ending, RunError, RunOptions};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -32,20 +34,125 @@ fn text(b: &[u8]) -> String {
 /// thread's default allows in unoptimised builds.
 const STACK_SIZE: usize = 256 << 20;
 
-/// Runs the image at `image_path` on the host with inherited stdio.
-pub fn run(image_path: &Path, opts: &RunOptions) -> Result<Ending, RunError> {
-    std::thread::scope(|scope| {
-        std::thread::Builder::new()
-            .name("wasmvm-host".into())
-            .stack_size(STACK_SIZE)
-            .spawn_scoped(scope, || run_here(image_path, opts))
-            .map_err(io_err("starting the interpreter thread"))?
-            .join()
-            .unwrap_or_else(|_| Err(RunError::Host("the interpreter thread panicked".into())))
-    })
+/// Host reference mode as a [`Backend`]: the image's module run in this process.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HostMode;
+
+impl Backend for HostMode {
+    fn name(&self) -> &'static str {
+        "host"
+    }
+
+    fn honours_stop(&self) -> bool {
+        false
+    }
+
+    /// Runs the app on a thread of its own. With `io.process_stdio` the app gets this
+    /// process's stdin, stdout and stderr; otherwise pipes, pumped from and to `io`'s
+    /// streams. `control` is not consulted: an interpreter in this process cannot be
+    /// stopped from outside, so a signal ends the whole process, as `wasmtime run`'s does.
+    fn run(
+        &self,
+        image: &Path,
+        opts: &RunOptions,
+        io: RunIo,
+        _control: Control,
+    ) -> Result<Ending, RunError> {
+        crate::run::prepare::check_image_file(image)?;
+        std::thread::scope(|scope| {
+            let RunIo {
+                stdin,
+                stdout,
+                stderr,
+                process_stdio,
+                ..
+            } = io;
+            let streams = match process_stdio {
+                true => None,
+                false => Some(Piped::start(scope, stdin, stdout, stderr)?),
+            };
+            let (app_streams, pumps) = match streams {
+                Some((s, p)) => (Some(s), Some(p)),
+                None => (None, None),
+            };
+            let ending = std::thread::Builder::new()
+                .name("wasmvm-host".into())
+                .stack_size(STACK_SIZE)
+                .spawn_scoped(scope, move || run_here(image, opts, app_streams))
+                .map_err(io_err("starting the interpreter thread"))?
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(RunError::Host("the interpreter thread panicked".into()))
+                });
+            // The app's ends of the pipes are closed now: the output pumps drain and end.
+            if let Some(pumps) = pumps {
+                pumps.finish();
+            }
+            ending
+        })
+    }
 }
 
-fn run_here(image_path: &Path, opts: &RunOptions) -> Result<Ending, RunError> {
+/// The app's ends of three pipes, for a run whose streams are not this process's.
+struct AppStreams {
+    stdin: std::fs::File,
+    stdout: std::fs::File,
+    stderr: std::fs::File,
+}
+
+/// The threads that move bytes between the pipes and the run's streams.
+struct Piped<'scope> {
+    outputs: Vec<std::thread::ScopedJoinHandle<'scope, ()>>,
+}
+
+impl<'scope> Piped<'scope> {
+    fn start<'env>(
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        mut stdin: Box<dyn std::io::Read + Send>,
+        stdout: &'env mut (dyn std::io::Write + Send),
+        stderr: &'env mut (dyn std::io::Write + Send),
+    ) -> Result<(AppStreams, Piped<'scope>), RunError> {
+        let pipe = || std::io::pipe().map_err(io_err("creating a pipe for the app"));
+        let (stdin_app, mut stdin_host) = pipe()?;
+        let (mut stdout_host, stdout_app) = pipe()?;
+        let (mut stderr_host, stderr_app) = pipe()?;
+        // stdin may block forever (a terminal): its thread is detached, not joined. A
+        // write error means the app closed its end; nothing more to forward then.
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut stdin, &mut stdin_host);
+        });
+        let outputs = vec![
+            scope.spawn(move || {
+                let _ = std::io::copy(&mut stdout_host, stdout);
+            }),
+            scope.spawn(move || {
+                let _ = std::io::copy(&mut stderr_host, stderr);
+            }),
+        ];
+        let file = |fd: std::os::fd::OwnedFd| std::fs::File::from(fd);
+        Ok((
+            AppStreams {
+                stdin: file(stdin_app.into()),
+                stdout: file(stdout_app.into()),
+                stderr: file(stderr_app.into()),
+            },
+            Piped { outputs },
+        ))
+    }
+
+    /// Waits until everything the app wrote has reached the run's streams.
+    fn finish(self) {
+        for pump in self.outputs {
+            let _ = pump.join();
+        }
+    }
+}
+
+fn run_here(
+    image_path: &Path,
+    opts: &RunOptions,
+    streams: Option<AppStreams>,
+) -> Result<Ending, RunError> {
     let bytes = std::fs::read(image_path).map_err(io_err("reading the image"))?;
     let image = Image::parse(&bytes)?;
     let run = RunConfig {
@@ -62,7 +169,20 @@ fn run_here(image_path: &Path, opts: &RunOptions) -> Result<Ending, RunError> {
         .tempdir()
         .map_err(io_err("creating a scratch directory"))?;
     let mut builder = WasiCtxBuilder::new();
-    builder.inherit_stdio();
+    match streams {
+        None => builder.inherit_stdio(),
+        Some(s) => {
+            let wasi_file = |f: std::fs::File| -> Box<dyn wasmi_wasi::WasiFile> {
+                Box::new(wasmi_wasi::sync::file::File::from_cap_std(
+                    cap_std::fs::File::from_std(f),
+                ))
+            };
+            builder
+                .stdin(wasi_file(s.stdin))
+                .stdout(wasi_file(s.stdout))
+                .stderr(wasi_file(s.stderr))
+        }
+    };
     for arg in &settings.args {
         builder
             .arg(&text(arg))

@@ -9,8 +9,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use wasmvm_abi::net::{GATEWAY, GUEST_ADDR, GUEST_MAC};
-use wasmvm_loader::frame_link::{FrameLink, Passt, StreamLink};
-use wasmvm_loader::net::{BUILTIN_USER_MTU, Publish};
+use wasmvm_loader::vmm::devices::net::link::{FrameLink, StreamLink};
+use wasmvm_loader::vmm::devices::net::passt::Passt;
+use wasmvm_loader::run::network::{BUILTIN_USER_MTU, Publish};
 
 fn passt_installed() -> bool {
     let found = std::process::Command::new("passt")
@@ -179,10 +180,10 @@ fn published_host_ports_reach_the_guest() {
         .unwrap()
         .port();
     let publish = Publish::parse(&format!("127.0.0.1:{port}:80")).unwrap();
-    wasmvm_loader::net::check_ports(&[publish]).unwrap();
+    wasmvm_loader::run::network::check_ports(&[publish]).unwrap();
     let (_passt, mut link) = start(&[publish]);
     // Published ports are bound once passt is up.
-    let e = wasmvm_loader::net::check_ports(&[publish]).unwrap_err();
+    let e = wasmvm_loader::run::network::check_ports(&[publish]).unwrap_err();
     assert_eq!(
         e.to_string(),
         format!("host port {port} on 127.0.0.1 is already in use")

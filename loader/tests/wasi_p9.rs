@@ -10,8 +10,8 @@ use std::os::unix::fs::{MetadataExt, symlink};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use wasmvm_loader::p9::Server;
-use wasmvm_loader::p9::wire::{Frame, Rmessage, Tmessage};
+use wasmvm_loader::host::p9::Server;
+use wasmvm_loader::host::p9::wire::{Frame, Rmessage, Tmessage};
 use wasmvm_wasi::{Clock, Errno, Func, Platform, Stdio, Wasi};
 
 /// Descriptors of the fixture: an in-memory preopen, share 0 (writable), share 1 (read-only).

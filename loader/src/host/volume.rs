@@ -24,34 +24,34 @@ pub const MAX_SIZE: u64 = 2 << 40;
 
 #[derive(Debug, Error)]
 pub enum VolumeError {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    #[error("{}: {cause}", path.display())]
+    Io { path: PathBuf, cause: io::Error },
     #[error("{} already exists; wasmvm volume create never overwrites", .0.display())]
     Exists(PathBuf),
     #[error("volume size {0} is outside 1M..2T")]
     Size(u64),
-    #[error("{}: not a wasmvm volume (a FAT disk image): {source}", path.display())]
-    NotFat { path: PathBuf, source: io::Error },
+    #[error("{}: not a wasmvm volume (a FAT disk image): {cause}", path.display())]
+    NotFat { path: PathBuf, cause: io::Error },
     #[error("{} is in use by another wasmvm run", .0.display())]
     Busy(PathBuf),
     #[error("{}: {what} cannot be stored on a FAT volume", path.display())]
     Unsupported { path: PathBuf, what: &'static str },
     #[error(
-        "{} was not updated ({source}); the run's files are kept in {}",
+        "{} was not updated ({cause}); the run's files are kept in {}",
         image.display(),
         kept.display()
     )]
     NotCommitted {
         image: PathBuf,
         kept: PathBuf,
-        source: Box<VolumeError>,
+        cause: Box<VolumeError>,
     },
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> VolumeError + '_ {
-    move |source| VolumeError::Io {
+    move |cause| VolumeError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 
@@ -70,7 +70,7 @@ pub fn create(path: &Path, size: u64) -> Result<(), VolumeError> {
             io::ErrorKind::AlreadyExists => VolumeError::Exists(path.to_path_buf()),
             _ => VolumeError::Io {
                 path: path.to_path_buf(),
-                source: e,
+                cause: e,
             },
         })?;
     let made = format(&mut file, size).and_then(|()| file.sync_all());
@@ -126,10 +126,10 @@ impl Checkout {
             .map_err(io_at(image))?;
         {
             let fs =
-                fatfs::FileSystem::new(&mut file, fatfs::FsOptions::new()).map_err(|source| {
+                fatfs::FileSystem::new(&mut file, fatfs::FsOptions::new()).map_err(|cause| {
                     VolumeError::NotFat {
                         path: image.to_path_buf(),
-                        source,
+                        cause,
                     }
                 })?;
             copy_out(&fs.root_dir(), dir.path()).map_err(io_at(image))?;
@@ -153,10 +153,10 @@ impl Checkout {
     pub fn commit(self) -> Result<(), VolumeError> {
         match self.write_back() {
             Ok(()) => Ok(()),
-            Err(source) => Err(VolumeError::NotCommitted {
+            Err(cause) => Err(VolumeError::NotCommitted {
                 image: self.image,
                 kept: self.dir.keep(),
-                source: Box::new(source),
+                cause: Box::new(cause),
             }),
         }
     }
@@ -251,9 +251,9 @@ fn copy_in<T: fatfs::ReadWriteSeek>(
             path: path.clone(),
             what: "a file name that is not UTF-8",
         })?;
-        let fat_err = |source| VolumeError::Io {
+        let fat_err = |cause| VolumeError::Io {
             path: path.clone(),
-            source,
+            cause,
         };
         if kind.is_dir() {
             let dir = to.create_dir(name).map_err(fat_err)?;
@@ -321,10 +321,10 @@ mod tests {
         // Names differing only in case cannot both be stored.
         std::fs::write(back.dir().join("TOP.TXT"), "x").unwrap();
         match back.commit() {
-            Err(VolumeError::NotCommitted { kept, source, .. }) => {
+            Err(VolumeError::NotCommitted { kept, cause, .. }) => {
                 assert!(
-                    matches!(*source, VolumeError::Unsupported { .. }),
-                    "{source}"
+                    matches!(*cause, VolumeError::Unsupported { .. }),
+                    "{cause}"
                 );
                 std::fs::remove_dir_all(kept).unwrap();
             }
@@ -334,8 +334,8 @@ mod tests {
         // A symlink cannot be stored: the commit fails and the image keeps its contents.
         std::os::unix::fs::symlink("top.txt", back.dir().join("link")).unwrap();
         match back.commit() {
-            Err(VolumeError::NotCommitted { kept, source, .. }) => {
-                assert!(matches!(*source, VolumeError::Unsupported { .. }));
+            Err(VolumeError::NotCommitted { kept, cause, .. }) => {
+                assert!(matches!(*cause, VolumeError::Unsupported { .. }));
                 assert!(kept.join("link").is_symlink());
                 std::fs::remove_dir_all(kept).unwrap();
             }

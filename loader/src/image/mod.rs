@@ -2,6 +2,12 @@
 //! (see `wasmvm_abi::bundle` and docs/abi.md). Packing is deterministic: the same kernel,
 //! module and options give the same bytes.
 
+pub mod elf;
+pub mod mapped;
+pub mod module;
+pub mod pack;
+pub mod signing;
+
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 use wasmvm_abi::bundle::{
@@ -9,7 +15,7 @@ use wasmvm_abi::bundle::{
 };
 use wasmvm_abi::{ABI_VERSION, align_up};
 
-use crate::elf::{EHDR_LEN, Elf, ElfError, PHDR_LEN, PT_LOAD, ProgramHeader};
+use crate::image::elf::{EHDR_LEN, Elf, ElfError, PHDR_LEN, PT_LOAD, ProgramHeader};
 
 #[derive(Debug, Error)]
 pub enum ImageError {

@@ -3,17 +3,18 @@
 //! on the kernel command line the way QEMU microvm and Firecracker announce theirs
 //! (`virtio_mmio.device=SIZE@ADDR:IRQ`), so the kernel has one discovery path for every VMM.
 
+pub mod console;
+pub mod mmio;
+pub mod net;
+pub mod p9;
+
 use vm_memory::GuestMemoryMmap;
 
-use crate::virtio_9p::P9Device;
-use crate::virtio_console::Console;
-use crate::virtio_mmio::{Mmio, MmioHandler, WINDOW};
-use crate::virtio_net::NetDevice;
-
-/// Where the first device's registers live.
-pub const MMIO_BASE: u64 = 0xd000_0000;
-/// The interrupt line announced for the first device; the kernel polls and ignores it.
-const FIRST_IRQ: u64 = 5;
+use super::layout::{FIRST_IRQ, MMIO_BASE};
+use console::Console;
+use mmio::{Mmio, MmioHandler, WINDOW};
+use net::NetDevice;
+use p9::P9Device;
 
 #[derive(Default)]
 pub struct Devices {
@@ -84,7 +85,7 @@ mod tests {
 
     #[test]
     fn the_network_card_comes_after_the_shares() {
-        use crate::frame_link::StreamLink;
+        use net::link::StreamLink;
         let (_, end) = std::os::unix::net::UnixStream::pair().unwrap();
         let link = Box::new(StreamLink::new(end).unwrap());
         let mut devices = Devices {

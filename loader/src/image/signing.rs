@@ -27,10 +27,10 @@ use crate::image::hex;
 
 #[derive(Debug, Error)]
 pub enum SigningError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{} already exists: wasmvm never overwrites a key (choose another -o PREFIX)", .0.display())]
     KeyExists(PathBuf),
@@ -59,9 +59,9 @@ pub enum SigningError {
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SigningError + '_ {
-    move |source| SigningError::Io {
+    move |cause| SigningError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 
@@ -265,9 +265,9 @@ pub fn verified_copy(
         return Err(SigningError::Module);
     }
     verify(&bytes, trusted)?;
-    let tmp_err = |source| SigningError::Io {
+    let tmp_err = |cause| SigningError::Io {
         path: std::env::temp_dir(),
-        source,
+        cause,
     };
     let mut tmp = tempfile::Builder::new()
         .prefix("wasmvm-verified-")

@@ -21,14 +21,17 @@
 //! dropped, and a frame larger than the receive buffer the guest offers is dropped (the
 //! buffer stays for the next frame). Nothing here panics on guest input.
 
+pub mod link;
+pub mod passt;
+
 use std::sync::atomic::Ordering;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use wasmvm_abi::net::GUEST_MAC;
 
-use crate::frame_link::{FrameLink, MAX_FRAME};
-use crate::virtio_mmio::{VirtioDevice, read_chain, usable, writable, write_parts};
+use link::{FrameLink, MAX_FRAME};
+use crate::vmm::devices::mmio::{VirtioDevice, read_chain, usable, writable, write_parts};
 
 const DEVICE_ID_NET: u32 = 1;
 const RX: usize = 0;
@@ -230,7 +233,7 @@ impl VirtioDevice for NetDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio_mmio::{Mmio, MmioHandler};
+    use crate::vmm::devices::mmio::{Mmio, MmioHandler};
     use std::collections::VecDeque;
     use std::os::fd::AsFd;
     use std::sync::{Arc, Mutex};
@@ -311,6 +314,9 @@ mod tests {
             };
             w(&mut dev, 0x070, 0);
             w(&mut dev, 0x070, 3);
+            // VIRTIO_F_VERSION_1 (feature bit 32), as every modern driver accepts.
+            w(&mut dev, 0x024, 1);
+            w(&mut dev, 0x020, 1);
             w(&mut dev, 0x070, 0xb);
             for q in 0..2u64 {
                 let base = RINGS + q * 0x1000;

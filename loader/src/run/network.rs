@@ -205,10 +205,10 @@ pub enum NetError {
         "passt is not installed (`{0}` was not found): apt install passt, or run without a network (--network none)"
     )]
     PasstMissing(String),
-    #[error("cannot start passt (`{path}`): {source}")]
+    #[error("cannot start passt (`{path}`): {cause}")]
     PasstSpawn {
         path: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("passt failed to start the user-mode network ({status}){}", detail(.stderr))]
     PasstFailed { status: String, stderr: String },
@@ -226,12 +226,12 @@ pub enum NetError {
     PortDenied { port: u16 },
     #[error("cannot publish on {addr}: it is not an address of this host")]
     AddressNotAvailable { addr: Ipv4Addr },
-    #[error("cannot publish host {}port {port}{}: {source}", proto_word(*.proto), on_addr(*.addr))]
+    #[error("cannot publish host {}port {port}{}: {cause}", proto_word(*.proto), on_addr(*.addr))]
     Publish {
         proto: Proto,
         addr: Ipv4Addr,
         port: u16,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("host {}port {port} is published twice", proto_word(*.proto))]
     PublishedTwice { proto: Proto, port: u16 },
@@ -243,10 +243,10 @@ pub enum NetError {
     ListenWithoutNetwork(Listen),
     #[error("--ip and --gateway set up a tap network: add --network tap:IFNAME")]
     StaticNeedsTap,
-    #[error("--network tap:{name}: {source}{}", tap_hint(.source))]
+    #[error("--network tap:{name}: {cause}{}", tap_hint(.cause))]
     Tap {
         name: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{0}")]
     HostMode(String),
@@ -385,7 +385,7 @@ pub fn check_ports(publish: &[Publish]) -> Result<(), NetError> {
             Proto::Tcp => std::net::TcpListener::bind(at).map(drop),
             Proto::Udp => std::net::UdpSocket::bind(at).map(drop),
         };
-        bound.map_err(|source| match source.raw_os_error() {
+        bound.map_err(|cause| match cause.raw_os_error() {
             Some(libc::EADDRINUSE) => NetError::PortInUse {
                 proto: p.proto,
                 addr: p.host_addr,
@@ -397,7 +397,7 @@ pub fn check_ports(publish: &[Publish]) -> Result<(), NetError> {
                 proto: p.proto,
                 addr: p.host_addr,
                 port: p.host_port,
-                source,
+                cause,
             },
         })?;
     }

@@ -967,7 +967,7 @@ impl Server {
         }
         let (old_dir, old_name) = self.parent(f)?;
         // SAFETY: both names are NUL-terminated and outlive the call. Flags 0: a symlink
-        // source is linked itself, not followed.
+        // cause is linked itself, not followed.
         cvt(unsafe {
             libc::linkat(
                 old_dir.as_raw_fd(),

@@ -83,8 +83,8 @@ pub enum DiskError {
     MissingTool { tool: String, package: &'static str },
     #[error("{tool} failed: {message}")]
     ToolFailed { tool: String, message: String },
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    #[error("{}: {cause}", path.display())]
+    Io { path: PathBuf, cause: io::Error },
     #[error("cannot build the FAT volume: {0}")]
     Fat(io::Error),
     #[error("GRUB's core.img is {0} bytes, more than the 1 MiB BIOS boot partition holds")]
@@ -92,9 +92,9 @@ pub enum DiskError {
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> DiskError + '_ {
-    move |source| DiskError::Io {
+    move |cause| DiskError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 
@@ -282,8 +282,8 @@ pub fn export(image: &[u8], out: &Path, format: DiskFormat) -> Result<Exported, 
 /// first 32 KiB, and the program headers there too (GRUB reads no further).
 pub fn multiboot2_loadable(image: &[u8]) -> bool {
     let window = &image[..image.len().min(multiboot2::HEADER_SEARCH_LEN)];
-    let phdrs_within = crate::elf::Elf::parse(image).is_ok_and(|elf| {
-        elf.phoff as usize + elf.phdrs.len() * crate::elf::PHDR_LEN <= window.len()
+    let phdrs_within = crate::image::elf::Elf::parse(image).is_ok_and(|elf| {
+        elf.phoff as usize + elf.phdrs.len() * crate::image::elf::PHDR_LEN <= window.len()
     });
     phdrs_within
         && window.chunks_exact(8).any(|c| {

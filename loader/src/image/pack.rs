@@ -7,7 +7,7 @@ use thiserror::Error;
 use wasmvm_abi::bundle::{FsNode, FsNodeKind, Manifest};
 
 use crate::image::{self, ImageError};
-use crate::module;
+use crate::image::module;
 
 /// What the user asked `pack` to record.
 #[derive(Debug, Clone, Default)]

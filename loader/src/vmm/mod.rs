@@ -1,71 +1,119 @@
-//! `wasmvm run --vmm builtin`: the image on our own KVM micro-VMM (`kvm`), no QEMU. The guest
-//! channel runs over `virtio_console` and two socketpairs to the same host pumps the QEMU
-//! backend uses, so stdout, stderr, stdin, credit and exit records behave identically.
+//! The built-in VMM (`wasmvm run --vmm builtin`, the default): an image on our own KVM
+//! micro-VMM, no QEMU. The guest channel runs over the virtio console and two socketpairs to
+//! the same host pumps the QEMU backend uses, so stdout, stderr, stdin, credit and exit
+//! records behave identically.
+//!
+//! | module      | its one job |
+//! |-------------|-------------|
+//! | [`layout`]  | where things sit in guest-physical memory |
+//! | [`boot`]    | the vCPU's entry state, as data; [`BootError`] |
+//! | [`machine`] | building a VM: guest memory, the image, boot structures, the vCPU |
+//! | [`vcpu`]    | the vCPU loop and the guest's wait exits |
+//! | [`kick`]    | interrupting a vCPU blocked in KVM_RUN |
+//! | [`seccomp`] | the filters that confine the VMM's threads |
+//! | [`devices`] | the MMIO bus and the virtio devices behind it |
+
+pub mod boot;
+pub mod devices;
+pub mod kick;
+pub mod layout;
+pub mod machine;
+pub mod seccomp;
+pub mod vcpu;
 
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::channel::{StreamEnd, pump_stdin};
-use crate::devices::{Devices, MMIO_BASE};
-use crate::frame_link::{FrameLink, Passt, StreamLink, TapLink};
-use crate::image::Image;
-use crate::kvm::{self, ProbeEnd};
-use crate::mapped::MappedImage;
-use crate::net::{self, Nic};
-use crate::seccomp;
-use crate::virtio_9p::{self, P9Device};
-use crate::virtio_console::Console;
-use crate::virtio_mmio::Mmio;
-use crate::virtio_net::NetDevice;
-use crate::{Control, Ending, RunError, RunEvent, RunIo, RunOptions, io_err, pump_output};
 use wasmvm_abi::bundle::share_tag;
 use wasmvm_abi::channel::{CHANNEL_WINDOW, MAX_CHANNEL_WINDOW};
 
-/// The signal that kicks the vCPU thread out of KVM_RUN so it sees its stop flag.
-fn kick_signal() -> libc::c_int {
-    libc::SIGRTMIN()
+pub use boot::{BootError, BootPath};
+use devices::Devices;
+use devices::console::Console;
+use devices::mmio::Mmio;
+use devices::net::NetDevice;
+use devices::net::link::{FrameLink, StreamLink, TapLink};
+use devices::net::passt::Passt;
+use devices::p9::{self as p9_device, P9Device};
+use layout::{CONSOLE_RINGS_ADDR, MMIO_BASE};
+use machine::MachineConfig;
+use vcpu::VcpuEnd;
+
+use crate::error::io_err;
+use crate::host::channel::pump_stdin;
+use crate::image::Image;
+use crate::image::mapped::MappedImage;
+use crate::run::control::RunEvent;
+use crate::run::ending::{Outcome, outcome};
+use crate::run::network::{self, Nic};
+use crate::run::prepare::{Prepared, check_image_file, check_kvm};
+use crate::run::supervise::OutputPump;
+use crate::run::{Control, Ending, RunIo, RunOptions};
+use crate::{Backend, RunError};
+
+/// The built-in VMM as a [`Backend`], with what only it needs.
+#[derive(Debug, Clone)]
+pub struct Builtin {
+    /// How the vCPU enters the kernel.
+    pub boot: BootPath,
+    /// Confine the VMM's worker threads with `seccomp::vmm_filter` once the VM is built. Off
+    /// by default for embedders (a violation kills the whole process); the CLI turns it on.
+    pub seccomp: bool,
+    /// The passt binary (the user-mode network): `$WASMVM_PASST`, else `passt` on PATH.
+    pub passt: PathBuf,
 }
 
-extern "C" fn ignore_signal(_: libc::c_int) {}
-
-fn install_kick_handler() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: installs a handler that does nothing (async-signal-safe) for a real-time
-        // signal nothing else in wasmvm uses; a zeroed sigaction with SA_RESTART unset is
-        // valid, so KVM_RUN returns EINTR.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = ignore_signal as *const () as usize;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(kick_signal(), &action, std::ptr::null_mut());
+impl Default for Builtin {
+    fn default() -> Self {
+        Builtin {
+            boot: BootPath::default(),
+            seccomp: false,
+            passt: std::env::var_os("WASMVM_PASST")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("passt")),
         }
-    });
+    }
+}
+
+impl Backend for Builtin {
+    fn name(&self) -> &'static str {
+        "builtin"
+    }
+
+    fn run(
+        &self,
+        image: &Path,
+        opts: &RunOptions,
+        io: RunIo,
+        control: Control,
+    ) -> Result<Ending, RunError> {
+        run(self, image, opts, io, control)
+    }
 }
 
 /// Boots the image at `image_path` on the built-in VMM and runs it to its end.
-pub fn run(
+fn run(
+    vmm: &Builtin,
     image_path: &Path,
     opts: &RunOptions,
     io: RunIo,
     control: Control,
 ) -> Result<Ending, RunError> {
     let started = Instant::now();
-    crate::check_kvm()?;
-    install_kick_handler();
+    check_kvm()?;
+    kick::install_handler();
+    check_image_file(image_path)?;
     let mapped = MappedImage::open(image_path).map_err(io_err("reading the image"))?;
     let image = Image::parse(mapped.bytes())?;
-    let memory_mib = crate::memory_mib(opts, &image);
-    let net_plan = crate::net_plan(opts, &image, net::BUILTIN_USER_MTU)?;
-    if let Some(plan) = &net_plan {
-        // passt only warns about a taken port; say which one, before anything starts.
-        net::check_ports(&plan.publish)?;
-    }
-    let run_config = crate::run_config(opts, net_plan.as_ref())?;
-    let filter = match opts.seccomp {
+    let Prepared {
+        memory_mib,
+        net_plan,
+        run_config,
+    } = Prepared::new(opts, &image, network::BUILTIN_USER_MTU)?;
+    let filter = match vmm.seccomp {
         true => Some(Arc::new(seccomp::vmm_filter()?)),
         false => None,
     };
@@ -85,7 +133,7 @@ pub fn run(
                     let (vmm_end, passt_end) =
                         UnixStream::pair().map_err(io_err("creating the network socket"))?;
                     passt = Some(Passt::spawn(
-                        &opts.passt,
+                        &vmm.passt,
                         &plan.publish,
                         plan.mtu,
                         &passt_end,
@@ -103,12 +151,12 @@ pub fn run(
         shares: Vec::new(),
         net: net_device,
     };
-    let share_filter = match opts.seccomp && !opts.shares.is_empty() {
+    let share_filter = match vmm.seccomp && !opts.shares.is_empty() {
         true => Some(Arc::new(seccomp::share_filter()?)),
         false => None,
     };
     for (i, share) in opts.shares.iter().enumerate() {
-        let worker = virtio_9p::spawn_worker(
+        let worker = p9_device::spawn_worker(
             &format!("vmm-9p-{i}"),
             share.open()?,
             share.read_only,
@@ -127,25 +175,25 @@ pub fn run(
     if let Some(console) = devices.console.as_mut() {
         use wasmvm_abi::direct::console_rings as rings;
         console.preset(
-            kvm::CONSOLE_RINGS_ADDR,
+            CONSOLE_RINGS_ADDR,
             rings::QUEUE_SIZE,
             rings::QUEUE_SPAN,
             rings::AVAIL_OFFSET,
             rings::USED_OFFSET,
         );
     }
-    let mut machine = kvm::build(
-        &mapped,
+    let machine_config = MachineConfig {
         memory_mib,
-        &run_config,
-        &devices.cmdline(),
-        opts.boot,
-        devices.console.as_ref().map(|_| MMIO_BASE),
+        run_config: &run_config,
+        cmdline: &devices.cmdline(),
+        boot: vmm.boot,
+        ready_console: devices.console.as_ref().map(|_| MMIO_BASE),
         // A writable live directory could hold the image itself: a guest writing it would
         // change the code of every VM mapping it. Copy then.
-        opts.shares.iter().all(|s| s.read_only),
-        devices.net.is_some(),
-    )?;
+        map_file: opts.shares.iter().all(|s| s.read_only),
+        net_batched: devices.net.is_some(),
+    };
+    let mut machine = machine::build(&mapped, &machine_config)?;
     if let Some(net) = devices.net.as_mut() {
         // The card suppresses notifications only for a guest that was told (the direct
         // entry); a PVH guest notifies as usual.
@@ -200,7 +248,7 @@ pub fn run(
                 vcpu_thread.store(unsafe { libc::pthread_self() } as u64, Ordering::SeqCst);
                 let end = match confine(&filter) {
                     Ok(()) => machine.run(&mut devices, &stop),
-                    Err(e) => ProbeEnd::Crashed(e),
+                    Err(e) => VcpuEnd::Crashed(e),
                 };
                 // Closes the guest's side of the channel (the pump sees the end) and the
                 // shares' request channels (their threads end).
@@ -216,18 +264,18 @@ pub fn run(
         let output = std::thread::Builder::new()
             .name("vmm-output".into())
             .spawn_scoped(scope, move || match confine(pump_filter) {
-                Ok(()) => pump_output(
-                    &mut reader,
-                    writer,
+                Ok(()) => OutputPump {
+                    to_guest: writer,
                     stdout,
                     stderr,
                     log,
                     started,
-                    tx,
+                    events: tx,
                     // The console never drops bytes (a full socket blocks the vCPU): widen
                     // the window to cut exits.
-                    MAX_CHANNEL_WINDOW - CHANNEL_WINDOW,
-                ),
+                    grant: MAX_CHANNEL_WINDOW - CHANNEL_WINDOW,
+                }
+                .run(&mut reader),
                 Err(e) => {
                     let _ = tx.send(RunEvent::Stream(Err(std::io::Error::other(e))));
                 }
@@ -246,13 +294,13 @@ pub fn run(
             if thread != 0 {
                 // SAFETY: the id is that of the live vCPU thread (it has not finished), and
                 // the signal's handler does nothing.
-                unsafe { libc::pthread_kill(thread as libc::pthread_t, kick_signal()) };
+                unsafe { libc::pthread_kill(thread as libc::pthread_t, kick::signal()) };
             }
             std::thread::sleep(Duration::from_millis(1));
         }
         let vcpu_end = vcpu
             .join()
-            .unwrap_or(ProbeEnd::Crashed("the vCPU thread panicked".into()));
+            .unwrap_or(VcpuEnd::Crashed("the vCPU thread panicked".into()));
         let _ = out_host.shutdown(std::net::Shutdown::Both);
         Ok::<_, RunError>((event, vcpu_end))
     })?;
@@ -260,15 +308,12 @@ pub fn run(
         "host: VM ended after {:.1} ms",
         started.elapsed().as_secs_f64() * 1e3
     ));
-    Ok(match event {
-        Some(RunEvent::Stream(Ok(StreamEnd::Exit(record)))) => Ending::from_record(record),
-        Some(RunEvent::Stream(Ok(StreamEnd::Garbled(why)))) => Ending::Crashed(why),
-        Some(RunEvent::Stream(Err(e))) => Ending::Crashed(e.to_string()),
-        Some(RunEvent::Stream(Ok(StreamEnd::Closed))) => Ending::Crashed(match vcpu_end {
-            ProbeEnd::Crashed(why) => why,
+    Ok(match outcome(event) {
+        Outcome::Ended(ending) => ending,
+        Outcome::NoRecord(Some(why)) => Ending::Crashed(why),
+        Outcome::NoRecord(None) => Ending::Crashed(match vcpu_end {
+            VcpuEnd::Crashed(why) => why,
             _ => "the VM stopped without an exit record".to_string(),
         }),
-        Some(RunEvent::Stop(reason)) => Ending::Stopped(reason),
-        None => Ending::TimedOut,
     })
 }

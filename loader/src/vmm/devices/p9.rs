@@ -15,9 +15,9 @@ use std::time::Duration;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use crate::p9::{MAX_MSIZE, Server};
-use crate::seccomp::{self, BpfProgram};
-use crate::virtio_mmio::{VirtioDevice, read_chain, usable, writable, write_descriptors};
+use crate::host::p9::{MAX_MSIZE, Server};
+use crate::vmm::seccomp::{self, BpfProgram};
+use crate::vmm::devices::mmio::{VirtioDevice, read_chain, usable, writable, write_descriptors};
 
 const DEVICE_ID_9P: u32 = 9;
 /// `VIRTIO_9P_MOUNT_TAG`: the configuration space holds the mount tag.

@@ -9,7 +9,7 @@ use std::os::unix::net::UnixStream;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 
-use crate::virtio_mmio::{VirtioDevice, usable, writable, write_descriptors};
+use crate::vmm::devices::mmio::{VirtioDevice, usable, writable, write_descriptors};
 
 const RX: usize = 0;
 const TX: usize = 1;

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::disk::DiskFormat;
+use crate::export::disk::DiskFormat;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Firmware {

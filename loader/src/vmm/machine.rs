@@ -1,0 +1,342 @@
+//! Building a VM: guest memory through `vm-memory` (every write bounds-checked), the image's
+//! `PT_LOAD` segments in it, the boot structures ([`super::layout`]), and a KVM VM with one
+//! vCPU in the entry state of [`super::boot`]. Running it is [`super::vcpu`]'s job.
+
+use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, Msrs, kvm_msr_entry, kvm_userspace_memory_region};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use wasmvm_abi::align_up;
+use wasmvm_abi::bundle::RunConfig;
+use wasmvm_abi::direct::{self, BootInfo};
+use wasmvm_abi::pvh::{self, MemmapEntry, StartInfo};
+
+use super::boot::{self, BootError, BootPath, Entry, kvm_step};
+use super::layout::*;
+use crate::image::elf::{Elf, PT_LOAD, ProgramHeader};
+use crate::image::mapped::MappedImage;
+
+/// `MSR_KVM_SYSTEM_TIME_NEW`: registering the kvmclock page.
+const MSR_KVM_SYSTEM_TIME: u32 = 0x4b56_4d01;
+
+/// What a VM is built with, besides the image.
+#[derive(Debug, Clone, Copy)]
+pub struct MachineConfig<'a> {
+    /// Guest RAM in MiB.
+    pub memory_mib: u64,
+    /// The run configuration, handed over as PVH module 0.
+    pub run_config: &'a RunConfig,
+    /// The kernel command line (the devices' announcements).
+    pub cmdline: &'a str,
+    pub boot: BootPath,
+    /// The console's MMIO address when the VMM has set it up for the guest
+    /// (`CONSOLE_READY`); `None` when the guest negotiates it itself, or has none.
+    pub ready_console: Option<u64>,
+    /// Map the image's segments copy-on-write from the file where their layout allows; a
+    /// writable live directory could hold the image itself, so callers pass false then (a
+    /// guest writing it would change the code of every VM mapping it).
+    pub map_file: bool,
+    /// Tell a guest entering directly that its network card suppresses notifications
+    /// (`devices::net`); a PVH guest is not told, and its card notifies as usual.
+    pub net_batched: bool,
+}
+
+/// A VM ready to run: guest memory with the image and boot structures, and its vCPU.
+pub struct Machine {
+    pub mem: GuestMemoryMmap,
+    pub vcpu: VcpuFd,
+    /// Whether the guest was told that wait exits block (the direct entry's
+    /// `WAIT_BLOCKS`); with PVH it spins on them, so each returns at once.
+    pub waits_block: bool,
+    _vm: VmFd,
+}
+
+/// Puts one `PT_LOAD` segment into guest memory: with `map_file`, mapped from the file when
+/// offset and address are page aligned (the pages past the file bytes zeroed, as `.bss` must
+/// be), else copied. Every range is checked against guest memory first. A private mapping
+/// still shows later writes to the file in pages the guest has not written, so callers copy
+/// whenever a guest could reach the file (a writable live directory).
+fn load_segment(
+    mem: &GuestMemoryMmap,
+    memory_mib: u64,
+    image: &MappedImage,
+    elf: &Elf,
+    ph: &ProgramHeader,
+    map_file: bool,
+) -> Result<(), BootError> {
+    let mem_size = memory_mib << 20;
+    let file_span = align_up(ph.p_filesz, PAGE_SIZE);
+    let fits = |len: u64| {
+        ph.p_paddr
+            .checked_add(len)
+            .is_some_and(|end| end <= mem_size)
+    };
+    let len = ph.p_memsz.max(ph.p_filesz);
+    if !fits(len) {
+        return Err(BootError::SegmentDoesNotFit {
+            addr: ph.p_paddr,
+            len,
+            memory_mib,
+            needed_mib: ph.p_paddr.saturating_add(len).div_ceil(1 << 20),
+        });
+    }
+    let write_err = |cause| BootError::GuestWrite {
+        what: "an image segment",
+        addr: ph.p_paddr,
+        cause,
+    };
+    if map_file && fits(file_span) && ph.p_paddr.is_multiple_of(PAGE_SIZE) && ph.p_filesz > 0 {
+        let host = mem
+            .get_host_address(GuestAddress(ph.p_paddr))
+            .map_err(write_err)?;
+        // SAFETY: `[host, host + file_span)` lies inside guest memory (checked above), a
+        // private mapping this function's caller owns and no vCPU runs in yet; vm-memory
+        // holds no references into it.
+        let mapped = unsafe { image.map_into(host, ph.p_offset, file_span as usize) }
+            .map_err(|cause| BootError::MapImage { cause })?;
+        if mapped {
+            let tail = (file_span - ph.p_filesz) as usize;
+            return mem
+                .write_slice(&vec![0u8; tail], GuestAddress(ph.p_paddr + ph.p_filesz))
+                .map_err(write_err);
+        }
+    }
+    mem.write_slice(elf.segment(ph), GuestAddress(ph.p_paddr))
+        .map_err(write_err)
+}
+
+/// Writes the PVH boot structures: start info, one RAM entry, the run configuration as
+/// module 0 (at the top of RAM), and the command line.
+fn write_pvh_structures(
+    mem: &GuestMemoryMmap,
+    mem_size: u64,
+    run: &RunConfig,
+    cmdline: &str,
+) -> Result<(), BootError> {
+    let mut line = cmdline.as_bytes().to_vec();
+    line.push(0);
+    if line.len() > CMDLINE_MAX {
+        return Err(BootError::CmdlineTooLong {
+            len: line.len(),
+            max: CMDLINE_MAX,
+        });
+    }
+    let config = run.encode();
+    let config_addr = mem_size.saturating_sub(config.len() as u64) & !(PAGE_SIZE - 1);
+    let modlist = pvh::Module {
+        paddr: config_addr,
+        size: config.len() as u64,
+        cmdline_paddr: 0,
+    };
+    let memmap = MemmapEntry {
+        addr: 0,
+        size: mem_size,
+        kind: pvh::MEMMAP_TYPE_RAM,
+    };
+    let start_info = StartInfo {
+        version: 1,
+        nr_modules: 1,
+        modlist_paddr: MODLIST_ADDR,
+        cmdline_paddr: CMDLINE_ADDR,
+        memmap_paddr: MEMMAP_ADDR,
+        memmap_entries: 1,
+        ..StartInfo::default()
+    };
+    write(mem, "the run configuration", &config, config_addr)?;
+    write(mem, "the PVH module list", &modlist.encode(), MODLIST_ADDR)?;
+    write(mem, "the PVH memory map", &memmap.encode(), MEMMAP_ADDR)?;
+    write(mem, "the kernel command line", &line, CMDLINE_ADDR)?;
+    write(mem, "the PVH start info", &start_info.encode(), START_INFO_ADDR)
+}
+
+fn write(mem: &GuestMemoryMmap, what: &'static str, data: &[u8], at: u64) -> Result<(), BootError> {
+    mem.write_slice(data, GuestAddress(at))
+        .map_err(|cause| BootError::GuestWrite {
+            what,
+            addr: at,
+            cause,
+        })
+}
+
+/// Builds the VM for `image` (an image the caller has verified with `Image::parse`) as
+/// `config` says, with the vCPU at the kernel's entry.
+///
+/// Guest RAM is an anonymous mapping the host fills only as the guest touches it; the
+/// image's segments are mapped copy-on-write from the file where their layout allows.
+pub fn build(image: &MappedImage, config: &MachineConfig) -> Result<Machine, BootError> {
+    let elf = Elf::parse(image.bytes()).map_err(BootError::Elf)?;
+    let entry = Entry::find(&elf, config.boot)?;
+    let memory_mib = config.memory_mib;
+    let mem_size = memory_mib << 20;
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_size as usize)])
+        .map_err(|cause| BootError::GuestMemory { memory_mib, cause })?;
+    for ph in elf.phdrs.iter().filter(|p| p.p_type == PT_LOAD) {
+        load_segment(&mem, memory_mib, image, &elf, ph, config.map_file)?;
+    }
+    write_pvh_structures(&mem, mem_size, config.run_config, config.cmdline)?;
+
+    let kvm = Kvm::new().map_err(kvm_step("open /dev/kvm"))?;
+    let vm = kvm.create_vm().map_err(kvm_step("create the VM"))?;
+    let host_addr = mem
+        .get_host_address(GuestAddress(0))
+        .map_err(|cause| BootError::GuestWrite {
+            what: "guest RAM",
+            addr: 0,
+            cause,
+        })?;
+    let region = kvm_userspace_memory_region {
+        slot: 0,
+        flags: 0,
+        guest_phys_addr: 0,
+        memory_size: mem_size,
+        userspace_addr: host_addr as u64,
+    };
+    // SAFETY: `host_addr` is the start of `mem`'s single mapping of `mem_size` bytes; the
+    // mapping lives in the returned `Machine` next to the VM, so it outlives every use.
+    unsafe { vm.set_user_memory_region(region) }.map_err(kvm_step("register guest RAM"))?;
+    let vcpu = vm.create_vcpu(0).map_err(kvm_step("create the vCPU"))?;
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_step("report the supported CPUID"))?;
+    vcpu.set_cpuid2(&cpuid)
+        .map_err(kvm_step("set the vCPU's CPUID"))?;
+
+    let mut sregs = vcpu.get_sregs().map_err(kvm_step("read the vCPU's sregs"))?;
+    let regs = match entry {
+        Entry::Direct(at) => {
+            // The direct entry (wasmvm_abi::direct): long mode at CPL 3, our page tables and
+            // GDT, the kvmclock registered here rather than by guest code at CPL 0.
+            write(
+                &mem,
+                "the page tables",
+                &boot::identity_page_tables(PAGE_TABLES_ADDR),
+                PAGE_TABLES_ADDR,
+            )?;
+            write(&mem, "the GDT", &boot::gdt_bytes(), GDT_ADDR)?;
+            let clock = Msrs::from_entries(&[kvm_msr_entry {
+                index: MSR_KVM_SYSTEM_TIME,
+                data: PVCLOCK_ADDR | 1,
+                ..Default::default()
+            }])
+            .expect("one MSR fits");
+            // A host without kvmclock refuses the MSR: the guest is told and uses the TSC.
+            let pvclock = vcpu.set_msrs(&clock).unwrap_or(0) == 1;
+            let info = boot_info(pvclock, config.ready_console, config.net_batched);
+            write(&mem, "the boot info", &info.encode(), BOOT_INFO_ADDR)?;
+            boot::direct_sregs(&mut sregs);
+            boot::direct_regs(at)
+        }
+        Entry::Pvh(at) => {
+            boot::pvh_sregs(&mut sregs);
+            boot::pvh_regs(at)
+        }
+    };
+    vcpu.set_sregs(&sregs)
+        .map_err(kvm_step("set the vCPU's sregs"))?;
+    vcpu.set_regs(&regs)
+        .map_err(kvm_step("set the vCPU's registers"))?;
+    Ok(Machine {
+        mem,
+        vcpu,
+        waits_block: matches!(entry, Entry::Direct(_)),
+        _vm: vm,
+    })
+}
+
+/// The direct entry's boot info: what the VMM did for the guest, and where things are.
+fn boot_info(pvclock: bool, ready_console: Option<u64>, net_batched: bool) -> BootInfo {
+    let mut flags = direct::flags::WAIT_BLOCKS | direct::flags::CONSOLE_VIRTIO;
+    if pvclock {
+        flags |= direct::flags::PVCLOCK;
+    }
+    if ready_console.is_some() {
+        flags |= direct::flags::CONSOLE_READY;
+    }
+    if net_batched {
+        flags |= direct::flags::NET_BATCHED;
+    }
+    BootInfo {
+        flags,
+        start_info_paddr: START_INFO_ADDR,
+        pvclock_paddr: PVCLOCK_ADDR,
+        vmm: *b"wasmvm\0\0",
+        console_mmio: ready_console.unwrap_or(0),
+        console_rings: ready_console.map_or(0, |_| CONSOLE_RINGS_ADDR),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory(mib: u64) -> GuestMemoryMmap {
+        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), (mib << 20) as usize)]).unwrap()
+    }
+
+    #[test]
+    fn boot_structures_land_where_the_layout_says() {
+        let mem = memory(4);
+        let run = RunConfig::default();
+        write_pvh_structures(&mem, 4 << 20, &run, "console=x").unwrap();
+        let mut line = [0u8; 10];
+        mem.read_slice(&mut line, GuestAddress(CMDLINE_ADDR)).unwrap();
+        assert_eq!(&line, b"console=x\0");
+        let mut start = vec![0u8; StartInfo::default().encode().len()];
+        mem.read_slice(&mut start, GuestAddress(START_INFO_ADDR))
+            .unwrap();
+        assert_eq!(
+            start,
+            StartInfo {
+                version: 1,
+                nr_modules: 1,
+                modlist_paddr: MODLIST_ADDR,
+                cmdline_paddr: CMDLINE_ADDR,
+                memmap_paddr: MEMMAP_ADDR,
+                memmap_entries: 1,
+                ..StartInfo::default()
+            }
+            .encode()
+        );
+        // The run configuration sits page-aligned at the top of RAM.
+        let config = run.encode();
+        let at = ((4u64 << 20) - config.len() as u64) & !0xfff;
+        let mut back = vec![0u8; config.len()];
+        mem.read_slice(&mut back, GuestAddress(at)).unwrap();
+        assert_eq!(back, config);
+    }
+
+    #[test]
+    fn a_long_command_line_is_refused_by_size() {
+        let line = "x".repeat(CMDLINE_MAX);
+        let e = write_pvh_structures(&memory(4), 4 << 20, &RunConfig::default(), &line)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "the kernel command line is {} bytes; at most {CMDLINE_MAX} fit",
+                CMDLINE_MAX + 1
+            )
+        );
+    }
+
+    #[test]
+    fn boot_info_flags_say_what_the_vmm_did() {
+        let plain = boot_info(false, None, false);
+        assert_eq!(
+            plain.flags,
+            direct::flags::WAIT_BLOCKS | direct::flags::CONSOLE_VIRTIO
+        );
+        assert_eq!((plain.console_mmio, plain.console_rings), (0, 0));
+        let all = boot_info(true, Some(MMIO_BASE), true);
+        for flag in [
+            direct::flags::PVCLOCK,
+            direct::flags::CONSOLE_READY,
+            direct::flags::NET_BATCHED,
+        ] {
+            assert_ne!(all.flags & flag, 0);
+        }
+        assert_eq!(
+            (all.console_mmio, all.console_rings),
+            (MMIO_BASE, CONSOLE_RINGS_ADDR)
+        );
+    }
+}

@@ -1,0 +1,192 @@
+//! The vCPU loop of the built-in VMM: runs the guest until it writes the ABI's exit port,
+//! dies, or is stopped, serving MMIO exits from the device bus and blocking in the guest's
+//! wait exits until host input arrives.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::VcpuExit;
+use vm_memory::GuestMemoryMmap;
+use wasmvm_abi::bundle::RunConfig;
+use wasmvm_abi::direct::WAIT_FOREVER;
+use wasmvm_abi::exit::{EXIT_PORT, WAIT_PORT};
+
+use super::boot::BootPath;
+use super::devices::Devices;
+use super::devices::console::Rx;
+use super::machine::{self, Machine, MachineConfig};
+use crate::RunError;
+use crate::error::io_err;
+use crate::image::Image;
+use crate::image::mapped::MappedImage;
+
+/// How the vCPU loop ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VcpuEnd {
+    /// The guest wrote the exit port.
+    ExitPort,
+    /// The VM shut down (triple fault) or stopped without writing it.
+    Crashed(String),
+    /// Stopped from outside (timeout or signal).
+    Stopped,
+}
+
+impl Machine {
+    /// Runs the vCPU until the exit port, a crash, or `stop` (checked whenever KVM_RUN
+    /// returns, which a signal to this thread forces).
+    ///
+    /// Network frames move at every exit (`Devices::poll`): the card asks the guest not to
+    /// notify, so exits the guest makes anyway carry them.
+    pub fn run(&mut self, devices: &mut Devices, stop: &AtomicBool) -> VcpuEnd {
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return VcpuEnd::Stopped;
+            }
+            match self.vcpu.run() {
+                Ok(VcpuExit::IoOut(port, _)) if port == EXIT_PORT => return VcpuEnd::ExitPort,
+                Ok(VcpuExit::IoOut(port, data)) if port == WAIT_PORT => {
+                    let timeout = wait_timeout(data);
+                    match devices.console.is_some() {
+                        true => wait_for_host(devices, &self.mem, timeout),
+                        false => std::thread::sleep(timeout.unwrap_or(Duration::from_secs(1))),
+                    }
+                    // The wait moved the frames already.
+                    continue;
+                }
+                Ok(VcpuExit::MmioRead(addr, data)) => match devices.at(addr) {
+                    Some((device, offset)) => device.read(offset, data),
+                    None => data.fill(0xff),
+                },
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    if let Some((device, offset)) = devices.at(addr) {
+                        device.write(offset, data, &self.mem);
+                    }
+                }
+                Ok(VcpuExit::IoOut(..)) => {}
+                Ok(VcpuExit::IoIn(_, data)) => data.fill(0xff),
+                Ok(VcpuExit::Shutdown) => return VcpuEnd::Crashed("triple fault".into()),
+                Ok(VcpuExit::Hlt) => return VcpuEnd::Crashed("the vCPU halted".into()),
+                Ok(other) => return VcpuEnd::Crashed(format!("unexpected exit {other:?}")),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+                Err(e) => return VcpuEnd::Crashed(format!("KVM_RUN: {e}")),
+            }
+            devices.poll(&self.mem);
+        }
+    }
+}
+
+/// How long a wait exit may block: the microseconds of a 4-byte write (the direct entry's
+/// `WAIT_BLOCKS` protocol; `None` for no deadline), or a millisecond for a 1-byte write from
+/// a guest that spins on waits.
+fn wait_timeout(data: &[u8]) -> Option<Duration> {
+    match <[u8; 4]>::try_from(data) {
+        Ok(word) => match u32::from_le_bytes(word) {
+            WAIT_FOREVER => None,
+            micros => Some(Duration::from_micros(micros.into())),
+        },
+        Err(_) => Some(Duration::from_millis(1)),
+    }
+}
+
+/// A wait exit: deliver host input now (and return to the guest to take it), or block until
+/// some arrives or `timeout` passes. Host input is console bytes and, with a network card,
+/// frames. With input the guest is not taking (it sleeps without reading, or offers no
+/// receive buffer), only the deadline ends the block: watching that descriptor would spin.
+/// A stop request interrupts the block with the kick signal (see `builtin`).
+fn wait_for_host(devices: &mut Devices, mem: &GuestMemoryMmap, timeout: Option<Duration>) {
+    use std::os::fd::AsRawFd;
+    let mut pfds = [libc::pollfd {
+        fd: -1,
+        events: 0,
+        revents: 0,
+    }; 2];
+    let mut watched = 0;
+    // Frames the guest queued go out now whatever else happens (it relies on this exit),
+    // and frames for it end the wait at once.
+    if let Some(net) = devices.net.as_mut() {
+        let (net, queues) = net.parts();
+        if net.pump(queues, mem) {
+            return;
+        }
+    }
+    if let Some(console) = devices.console.as_mut() {
+        let (console, queues) = console.parts();
+        match console.process_rx(queues, mem) {
+            Rx::Delivered => return,
+            Rx::Idle => {
+                pfds[watched] = libc::pollfd {
+                    fd: console.host_fd().as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                watched += 1;
+            }
+            Rx::Backlog => {}
+        }
+    }
+    if let Some(net) = devices.net.as_mut() {
+        let (net, queues) = net.parts();
+        if net.pump(queues, mem) {
+            return;
+        }
+        let events = net.wait_events(queues, mem);
+        if events != 0 {
+            pfds[watched] = libc::pollfd {
+                fd: net.host_fd().as_raw_fd(),
+                events,
+                revents: 0,
+            };
+            watched += 1;
+        }
+    }
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: t.subsec_nanos().into(),
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: the first `watched` entries of `pfds` and `ts` are valid for the duration of
+    // the call; a null timeout blocks until input or a signal (the stop kick), and a null
+    // mask leaves the mask unchanged.
+    unsafe {
+        libc::ppoll(
+            pfds.as_mut_ptr(),
+            watched as libc::nfds_t,
+            ts_ptr,
+            std::ptr::null(),
+        )
+    };
+    if let Some(console) = devices.console.as_mut() {
+        let (console, queues) = console.parts();
+        console.process_rx(queues, mem);
+    }
+    devices.poll(mem);
+}
+
+/// Boots the image at `image_path` with `memory_mib` of RAM and no devices, and runs it
+/// until it ends (a probe of the boot path). Returns how it ended and the milliseconds it
+/// took.
+pub fn probe(
+    image_path: &Path,
+    memory_mib: u64,
+    run: &RunConfig,
+) -> Result<(VcpuEnd, f64), RunError> {
+    let started = Instant::now();
+    crate::run::prepare::check_image_file(image_path)?;
+    let image = MappedImage::open(image_path).map_err(io_err("reading the image"))?;
+    Image::parse(image.bytes())?;
+    let config = MachineConfig {
+        memory_mib,
+        run_config: run,
+        cmdline: "",
+        boot: BootPath::Best,
+        ready_console: None,
+        map_file: true,
+        net_batched: false,
+    };
+    let mut machine = machine::build(&image, &config)?;
+    let end = machine.run(&mut Devices::default(), &AtomicBool::new(false));
+    Ok((end, started.elapsed().as_secs_f64() * 1e3))
+}
