@@ -30,6 +30,8 @@ fn main() {
         "abi/Cargo.toml",
         "wasi/src",
         "wasi/Cargo.toml",
+        "engine/src",
+        "engine/Cargo.toml",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(input).display());
     }

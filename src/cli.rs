@@ -163,7 +163,9 @@ impl RunArgs {
             .collect();
         let tap_config = match (self.ip, self.gateway) {
             (Some((addr, prefix_len)), Some(gateway)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(prefix_len))
+                    .unwrap_or(0);
                 if u32::from(addr) & mask != u32::from(gateway) & mask {
                     return Err(format!(
                         "--gateway {gateway} is not in the network of --ip {addr}/{prefix_len}"
@@ -564,7 +566,10 @@ mod tests {
             .collect();
         assert_eq!(
             shares,
-            [("/srv", &b"/data"[..], false), ("/etc/app", b"/etc/app", true)]
+            [
+                ("/srv", &b"/data"[..], false),
+                ("/etc/app", b"/etc/app", true)
+            ]
         );
         assert_eq!(opts.volumes[0].image, std::path::Path::new("v.img"));
         assert_eq!(opts.volumes[0].guest, b"/v");
@@ -587,9 +592,17 @@ mod tests {
     fn run_arguments_choose_the_backend() {
         let choice = |extra: &[&str]| run_args(extra).unwrap().backend();
         assert!(matches!(choice(&[]), Ok(BackendChoice::Builtin(b)) if b.seccomp));
-        assert!(matches!(choice(&["--accel", "tcg"]), Ok(BackendChoice::Qemu(_))));
-        assert!(matches!(choice(&["--vmm", "host"]), Ok(BackendChoice::Host)));
-        let e = choice(&["--vmm", "builtin", "--accel", "tcg"]).err().unwrap();
+        assert!(matches!(
+            choice(&["--accel", "tcg"]),
+            Ok(BackendChoice::Qemu(_))
+        ));
+        assert!(matches!(
+            choice(&["--vmm", "host"]),
+            Ok(BackendChoice::Host)
+        ));
+        let e = choice(&["--vmm", "builtin", "--accel", "tcg"])
+            .err()
+            .unwrap();
         assert!(e.contains("needs KVM"), "{e}");
     }
 

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use wasmvm_loader::export::disk::{self, DiskFormat};
-use wasmvm_loader::image::Image;
 use wasmvm_loader::export::libvirt::{Domain, Firmware};
+use wasmvm_loader::image::Image;
 use wasmvm_loader::image::pack::{PackOptions, pack_module};
 
 use crate::KERNEL;

@@ -1,11 +1,12 @@
 //! The contract between the `wasmvm` host (packer, VMM backends) and the guest kernel.
 //!
 //! Every byte layout that crosses the host/guest boundary is defined here once and used by
-//! both sides: the image bundle ([`bundle`]) and its signature trailer ([`signature`]), the
-//! run-time configuration the host hands to a booting guest ([`bundle::RunConfig`]), the PVH
-//! boot structures ([`pvh`]), the Multiboot2 structures of exported disk images
-//! ([`multiboot2`]), the direct 64-bit entry ([`direct`]), the framed console channel
-//! ([`channel`]) and the host's exit statuses ([`exit`]).
+//! both sides: the image bundle ([`bundle`]) and its signature trailer
+//! ([`signature_trailer`]), the run-time configuration the host hands to a booting guest
+//! ([`bundle::RunConfig`]), the PVH boot structures ([`pvh`]), the Multiboot2 structures of
+//! exported disk images ([`multiboot2`]), the direct 64-bit entry ([`direct`]), the framed
+//! console channel ([`channel`]), the host's exit statuses ([`exit`]) and the WASI functions
+//! a module may import ([`wasi_imports`]), which `pack` checks and the kernel links.
 //!
 //! All integers are little-endian. Decoders never panic on untrusted bytes: they return
 //! [`DecodeError`]. `docs/abi.md` is the prose version of this crate.
@@ -26,7 +27,8 @@ pub mod net;
 pub mod p9;
 pub mod pvh;
 mod records;
-pub mod signature;
+pub mod signature_trailer;
+pub mod wasi_imports;
 
 pub use records::{Record, Records};
 

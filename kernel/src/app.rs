@@ -66,7 +66,7 @@ pub fn run(launch: Launch) -> ExitRecord {
     // Function bodies are validated and translated on first call: `pack` validated the
     // whole module eagerly and the bundle checksum pins those bytes, so the boot does not
     // pay for it again (a hello's 80 KB module: 0.4 ms instead of 2 ms here).
-    let mut config = link::engine_config();
+    let mut config = wasmvm_engine::engine_config();
     config.compilation_mode(wasmi::CompilationMode::Lazy);
     let engine = Engine::new(&config);
     let module = match Module::new(&engine, launch.module) {
@@ -89,7 +89,7 @@ pub fn run(launch: Launch) -> ExitRecord {
     let mut linker = Linker::new(&engine);
     let linked = link::add_to_linker(&mut linker, &module).and_then(|()| {
         if launch.stub_imports {
-            link::add_stubs(&mut linker, &module)
+            wasmvm_engine::add_stubs(&mut linker, &module)
         } else {
             Ok(())
         }
@@ -107,7 +107,7 @@ pub fn run(launch: Launch) -> ExitRecord {
         (compiled - started) / 1000,
         launch.invoke.as_deref().unwrap_or("_start")
     ));
-    let record = match link::call_entry(&mut store, &instance, launch.invoke.as_deref()) {
+    let record = match wasmvm_engine::call_entry(&mut store, &instance, launch.invoke.as_deref()) {
         Ok(status) => ExitRecord::exited(status.unwrap_or(0)),
         Err(e) => outcome(e),
     };

@@ -44,7 +44,10 @@ pub enum RunError {
         volume: VolumeError,
     },
     #[error("--dir {}: {cause}", path.display())]
-    Share { path: PathBuf, cause: std::io::Error },
+    Share {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
     #[error("{context}: {cause}")]
     Io {
         context: &'static str,

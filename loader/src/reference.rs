@@ -18,10 +18,10 @@ use wasmi_wasi::WasiCtx;
 use wasmi_wasi::sync::{Dir, TcpListener, WasiCtxBuilder, ambient_authority};
 use wasmvm_abi::bundle::{FsNodeKind, RunConfig};
 use wasmvm_abi::channel::trap;
-use wasmvm_wasi::link::{call_entry, engine_config};
+use wasmvm_engine::{call_entry, engine_config};
 
-use crate::image::Image;
 use crate::error::io_err;
+use crate::image::Image;
 use crate::run::network::{NetError, NetworkMode, Proto};
 use crate::run::{Control, RunIo};
 use crate::{Backend, Ending, RunError, RunOptions};
@@ -81,9 +81,7 @@ impl Backend for HostMode {
                 .spawn_scoped(scope, move || run_here(image, opts, app_streams))
                 .map_err(io_err("starting the interpreter thread"))?
                 .join()
-                .unwrap_or_else(|_| {
-                    Err(RunError::Host("the interpreter thread panicked".into()))
-                });
+                .unwrap_or_else(|_| Err(RunError::Host("the interpreter thread panicked".into())));
             // The app's ends of the pipes are closed now: the output pumps drain and end.
             if let Some(pumps) = pumps {
                 pumps.finish();
@@ -274,7 +272,7 @@ fn run_here(
     let mut linker = Linker::<WasiCtx>::new(&engine);
     wasmi_wasi::add_to_linker(&mut linker, |ctx| ctx).map_err(|e| RunError::Host(e.to_string()))?;
     if image.manifest.stub_imports {
-        wasmvm_wasi::link::add_stubs(&mut linker, &module)
+        wasmvm_engine::add_stubs(&mut linker, &module)
             .map_err(|e| RunError::Host(e.to_string()))?;
     }
     let invoke = image.manifest.invoke.as_ref().map(|b| text(b));

@@ -9,9 +9,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use wasmvm_abi::net::{GATEWAY, GUEST_ADDR, GUEST_MAC};
+use wasmvm_loader::run::network::{BUILTIN_USER_MTU, Publish};
 use wasmvm_loader::vmm::devices::net::link::{FrameLink, StreamLink};
 use wasmvm_loader::vmm::devices::net::passt::Passt;
-use wasmvm_loader::run::network::{BUILTIN_USER_MTU, Publish};
 
 fn passt_installed() -> bool {
     let found = std::process::Command::new("passt")

@@ -5,10 +5,11 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use crate::errno::{Errno, WasiResult};
+use crate::filetype;
 use crate::fs::{Ino, Kind, Node};
 use crate::memory::GuestMemory;
 use crate::platform::Platform;
-use crate::state::{Entry, Fd, Handle, Wasi, fdflags, filetype, rights};
+use crate::state::{Entry, Fd, Handle, Wasi, fdflags, rights};
 
 /// `lookupflags::symlink_follow`.
 const SYMLINK_FOLLOW: u32 = 1;
@@ -890,7 +891,7 @@ fn socket_filetype(kind: crate::net::SockType) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::signature::Func;
+    use crate::Func;
     use crate::state::tests::{u32_at, wasi};
 
     /// Puts `bytes` at `at` in `mem` and returns (at, len) for a path argument.

@@ -12,6 +12,7 @@ extern crate alloc;
 
 pub mod errno;
 mod files;
+mod filetype;
 pub mod fs;
 #[cfg(feature = "wasmi")]
 pub mod link;
@@ -21,7 +22,6 @@ mod p9;
 pub mod platform;
 mod poll;
 mod share;
-pub mod signature;
 mod sockets;
 mod state;
 
@@ -29,8 +29,9 @@ pub use errno::Errno;
 pub use memory::GuestMemory;
 pub use net::Nic;
 pub use platform::{Clock, Platform, Stdio};
-pub use signature::{FUNCTIONS, Func, MODULE, Sig, ValType};
 pub use state::Wasi;
+// The import table is the host/guest contract's; re-exported as this crate's own API.
+pub use wasmvm_abi::wasi_imports::{FUNCTIONS, Func, MODULE, Sig, ValType};
 
 /// The app called `proc_exit` with this status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

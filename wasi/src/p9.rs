@@ -26,9 +26,9 @@ use alloc::vec::Vec;
 use wasmvm_abi::p9::{self as wire, Attr, DirEntry, Qid, Rmessage, SetAttr, Tmessage};
 
 use crate::errno::{Errno, WasiResult};
+use crate::filetype;
 use crate::fs::{MAX_SYMLINKS, split_parent};
 use crate::platform::Platform;
-use crate::state::filetype;
 
 /// The `msize` asked for in `Tversion`.
 pub(crate) const MSIZE: u32 = if wire::MAX_MSIZE < 128 * 1024 {

@@ -255,8 +255,8 @@ impl<P: Platform> Wasi<P> {
 
 #[cfg(test)]
 mod tests {
+    use crate::Func;
     use crate::errno::Errno;
-    use crate::signature::Func;
     use crate::state::tests::{u32_at, wasi};
 
     fn clock_sub(mem: &mut [u8], at: usize, userdata: u64, timeout: u64) {

@@ -893,7 +893,7 @@ fn send_datagram(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::signature::Func;
+    use crate::Func;
     use alloc::rc::Rc;
     use alloc::vec;
     use core::cell::RefCell;
@@ -1051,7 +1051,7 @@ mod tests {
             call(&mut guest, &mut gm, Func::FdFdstatGet, &[3, 200]),
             Errno::SUCCESS
         );
-        assert_eq!(gm[200], crate::state::filetype::SOCKET_STREAM);
+        assert_eq!(gm[200], crate::filetype::SOCKET_STREAM);
         nonblocking(&mut guest, &mut gm, 3);
         assert_eq!(accept(&mut guest, &mut gm, 3).0, Errno::AGAIN);
 

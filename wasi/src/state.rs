@@ -5,24 +5,13 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use crate::Exit;
+use crate::Func;
 use crate::errno::{Errno, WasiResult};
 use crate::fs::{Fs, Ino};
 use crate::memory::GuestMemory;
 use crate::net::{Net, SockId, SockType};
 use crate::p9::{Remote, Session};
 use crate::platform::{Clock, Platform, Stdio};
-use crate::signature::Func;
-
-pub(crate) mod filetype {
-    pub const UNKNOWN: u8 = 0;
-    pub const BLOCK_DEVICE: u8 = 1;
-    pub const CHARACTER_DEVICE: u8 = 2;
-    pub const DIRECTORY: u8 = 3;
-    pub const REGULAR_FILE: u8 = 4;
-    pub const SOCKET_DGRAM: u8 = 5;
-    pub const SOCKET_STREAM: u8 = 6;
-    pub const SYMBOLIC_LINK: u8 = 7;
-}
 
 pub(crate) mod rights {
     pub const FD_DATASYNC: u64 = 1 << 0;

@@ -322,10 +322,7 @@ mod tests {
         std::fs::write(back.dir().join("TOP.TXT"), "x").unwrap();
         match back.commit() {
             Err(VolumeError::NotCommitted { kept, cause, .. }) => {
-                assert!(
-                    matches!(*cause, VolumeError::Unsupported { .. }),
-                    "{cause}"
-                );
+                assert!(matches!(*cause, VolumeError::Unsupported { .. }), "{cause}");
                 std::fs::remove_dir_all(kept).unwrap();
             }
             other => panic!("{other:?}"),

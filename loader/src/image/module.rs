@@ -2,7 +2,8 @@
 //! found early and reported all at once.
 
 use wasmi::{Engine, ExternType, Module};
-use wasmvm_wasi::{FUNCTIONS, MODULE, link};
+use wasmvm_abi::wasi_imports::{FUNCTIONS, MODULE};
+use wasmvm_engine::{engine_config, func_type};
 
 /// What `pack` learned about a module that passed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +52,7 @@ pub fn check(bytes: &[u8], entry: Entry) -> Result<ModuleInfo, Vec<String>> {
             )]);
         }
     }
-    let engine = Engine::new(&link::engine_config());
+    let engine = Engine::new(&engine_config());
     let module = Module::new(&engine, bytes)
         .map_err(|e| vec![format!("invalid or unsupported module: {e}")])?;
 
@@ -70,7 +71,7 @@ pub fn check(bytes: &[u8], entry: Entry) -> Result<ModuleInfo, Vec<String>> {
             .then(|| {
                 let mut named = FUNCTIONS.iter().filter(|s| s.name == import.name());
                 let first = named.clone().next();
-                named.find(|s| link::func_type(s) == *ty).or(first)
+                named.find(|s| func_type(s) == *ty).or(first)
             })
             .flatten();
         match known {
@@ -79,7 +80,7 @@ pub fn check(bytes: &[u8], entry: Entry) -> Result<ModuleInfo, Vec<String>> {
                 "imports `{name}`, which wasmvm does not provide (--stub-imports links such imports as stubs returning zeros)"
             )),
             Some(sig) => {
-                if *ty != link::func_type(sig) {
+                if *ty != func_type(sig) {
                     problems.push(format!("imports `{name}` with the wrong signature {ty:?}"));
                 }
             }

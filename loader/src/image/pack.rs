@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 use wasmvm_abi::bundle::{FsNode, FsNodeKind, Manifest};
 
-use crate::image::{self, ImageError};
 use crate::image::module;
+use crate::image::{self, ImageError};
 
 /// What the user asked `pack` to record.
 #[derive(Debug, Clone, Default)]

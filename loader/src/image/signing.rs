@@ -1,6 +1,6 @@
 //! Signed images: Ed25519 keys (`wasmvm key generate`), signing (`wasmvm pack --sign`) and
 //! verification (`wasmvm run --verify`, `wasmvm inspect`). The trailer's byte layout is
-//! `wasmvm_abi::signature`; this module is the cryptography around it, all of it from
+//! `wasmvm_abi::signature_trailer`; this module is the cryptography around it, all of it from
 //! `ed25519-dalek` (RFC 8032 Ed25519, keys as PKCS#8 and SPKI PEM, the formats OpenSSL
 //! reads and writes).
 //!
@@ -21,7 +21,7 @@ pub use ed25519_dalek::{SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 use wasmvm_abi::DecodeError;
-use wasmvm_abi::signature::{PUBLIC_KEY_LEN, Trailer, split};
+use wasmvm_abi::signature_trailer::{PUBLIC_KEY_LEN, Trailer, split};
 
 use crate::image::hex;
 
@@ -186,7 +186,7 @@ pub fn read_verifying_key(path: &Path) -> Result<VerifyingKey, SigningError> {
 }
 
 /// Signs an (unsigned) image: appends the trailer with an Ed25519 signature over the whole
-/// image and the trailer's head (`wasmvm_abi::signature`). Deterministic, like packing: the
+/// image and the trailer's head (`wasmvm_abi::signature_trailer`). Deterministic, like packing: the
 /// same image and key give the same bytes.
 pub fn sign(mut image: Vec<u8>, key: &SigningKey) -> Result<Vec<u8>, SigningError> {
     if !matches!(split(&image), Ok(None)) {

@@ -140,3 +140,151 @@ pub fn command_line(
     args
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::network::Publish;
+
+    fn line(args: &[OsString]) -> String {
+        args.iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The value after the last `flag` whose value starts with `prefix`.
+    fn value<'a>(args: &'a [OsString], flag: &str, prefix: &str) -> Option<&'a OsString> {
+        args.windows(2)
+            .filter(|w| w[0] == flag && w[1].to_string_lossy().starts_with(prefix))
+            .map(|w| &w[1])
+            .next_back()
+    }
+
+    #[test]
+    fn a_plain_run_is_a_microvm_with_the_channel_and_the_exit_port() {
+        let args = command_line(
+            Path::new("/i/app.img"),
+            Path::new("/tmp/run"),
+            96,
+            Accel::Kvm,
+            &[],
+            None,
+        );
+        let l = line(&args);
+        assert!(
+            l.starts_with("-nodefaults -no-user-config -no-reboot"),
+            "{l}"
+        );
+        assert!(
+            l.contains("-M microvm,pit=off,pic=off,rtc=off,isa-serial=off,acpi=off -accel kvm"),
+            "{l}"
+        );
+        assert!(l.contains(&format!("isa-debug-exit,iobase={EXIT_PORT:#x},iosize=1")));
+        assert!(l.contains(&format!("socket,id=wasmvm,fd={CHANNEL_FD}")));
+        assert!(
+            l.contains("-device virtconsole,chardev=wasmvm -m 96M"),
+            "{l}"
+        );
+        assert!(l.ends_with("-kernel /i/app.img -initrd /tmp/run"), "{l}");
+        assert!(!l.contains("-netdev") && !l.contains("-fsdev"), "{l}");
+        let tcg = command_line(Path::new("a"), Path::new("b"), 64, Accel::Tcg, &[], None);
+        assert!(line(&tcg).contains("-accel tcg"));
+    }
+
+    #[test]
+    fn shares_are_9p_devices_tagged_in_order_with_commas_escaped() {
+        let shares = [
+            ShareSpec {
+                host: "/srv/a,b".into(),
+                guest: b"/data".to_vec(),
+                read_only: false,
+            },
+            ShareSpec {
+                host: "/etc/app".into(),
+                guest: b"/etc/app".to_vec(),
+                read_only: true,
+            },
+        ];
+        let args = command_line(
+            Path::new("a"),
+            Path::new("b"),
+            64,
+            Accel::Kvm,
+            &shares,
+            None,
+        );
+        assert_eq!(
+            value(&args, "-fsdev", "local,id=share0").unwrap(),
+            "local,id=share0,security_model=none,path=/srv/a,,b"
+        );
+        assert_eq!(
+            value(&args, "-fsdev", "local,id=share1").unwrap(),
+            "local,id=share1,security_model=none,path=/etc/app,readonly=on"
+        );
+        for i in 0..2 {
+            let device = format!("virtio-9p-device,fsdev=share{i},mount_tag={}", share_tag(i));
+            assert!(
+                value(&args, "-device", &device).is_some(),
+                "{}",
+                line(&args)
+            );
+        }
+    }
+
+    #[test]
+    fn the_user_network_forwards_published_ports_and_tap_names_are_escaped() {
+        let plan = NetPlan {
+            nic: Nic::User,
+            publish: vec![
+                Publish::parse("127.0.0.1:8080:80").unwrap(),
+                Publish::parse("5353:53/udp").unwrap(),
+            ],
+            mtu: 1500,
+            config: None,
+        };
+        let args = command_line(
+            Path::new("a"),
+            Path::new("b"),
+            64,
+            Accel::Kvm,
+            &[],
+            Some(&plan),
+        );
+        let netdev = value(&args, "-netdev", "user").unwrap().to_string_lossy();
+        assert!(
+            netdev.contains("net=10.0.2.0/24,host=10.0.2.2,dns=10.0.2.3"),
+            "{netdev}"
+        );
+        assert!(
+            netdev.contains(",hostfwd=tcp:127.0.0.1:8080-:80"),
+            "{netdev}"
+        );
+        assert!(netdev.contains(",hostfwd=udp:0.0.0.0:5353-:53"), "{netdev}");
+        assert!(
+            value(
+                &args,
+                "-device",
+                "virtio-net-device,netdev=net0,mac=52:54:00"
+            )
+            .is_some(),
+            "{}",
+            line(&args)
+        );
+        let tap = NetPlan {
+            nic: Nic::Tap("tap,0".into()),
+            ..plan
+        };
+        let args = command_line(
+            Path::new("a"),
+            Path::new("b"),
+            64,
+            Accel::Kvm,
+            &[],
+            Some(&tap),
+        );
+        assert_eq!(
+            value(&args, "-netdev", "tap").unwrap(),
+            "tap,id=net0,script=no,downscript=no,ifname=tap,,0"
+        );
+    }
+}

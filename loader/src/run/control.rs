@@ -61,7 +61,6 @@ impl Control {
             }
         }
     }
-
 }
 
 #[cfg(test)]

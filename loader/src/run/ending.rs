@@ -97,9 +97,7 @@ pub(crate) fn outcome(event: Option<RunEvent>) -> Outcome {
         Some(RunEvent::Stream(Ok(StreamEnd::Exit(record)))) => {
             Outcome::Ended(Ending::from_record(record))
         }
-        Some(RunEvent::Stream(Ok(StreamEnd::Garbled(why)))) => {
-            Outcome::Ended(Ending::Crashed(why))
-        }
+        Some(RunEvent::Stream(Ok(StreamEnd::Garbled(why)))) => Outcome::Ended(Ending::Crashed(why)),
         Some(RunEvent::Stream(Ok(StreamEnd::Closed))) => Outcome::NoRecord(None),
         Some(RunEvent::Stream(Err(e))) => Outcome::NoRecord(Some(e.to_string())),
         Some(RunEvent::Stop(reason)) => Outcome::Ended(Ending::Stopped(reason)),

@@ -2,7 +2,7 @@
 //! `--listen`, `--ip`/`--gateway`), whether the VM gets a network card at all, and the checks
 //! made before any backend starts (published host ports free, addresses ours).
 //!
-//! The card itself is `virtio_net` on the built-in VMM (with a `frame_link` backend: passt
+//! The card itself is `vmm::devices::net` on the built-in VMM (with a frame link: passt
 //! for the user-mode network, or a tap device) and QEMU's `virtio-net-device` with its own
 //! user-mode network (libslirp) or tap backend. Both user-mode networks use the addressing
 //! plan of `wasmvm_abi::net`: the guest is 10.0.2.15/24, the host's loopback services answer
@@ -206,10 +206,7 @@ pub enum NetError {
     )]
     PasstMissing(String),
     #[error("cannot start passt (`{path}`): {cause}")]
-    PasstSpawn {
-        path: String,
-        cause: std::io::Error,
-    },
+    PasstSpawn { path: String, cause: std::io::Error },
     #[error("passt failed to start the user-mode network ({status}){}", detail(.stderr))]
     PasstFailed { status: String, stderr: String },
     #[error("passt did not answer within {secs} s{}", detail(.stderr))]
@@ -244,10 +241,7 @@ pub enum NetError {
     #[error("--ip and --gateway set up a tap network: add --network tap:IFNAME")]
     StaticNeedsTap,
     #[error("--network tap:{name}: {cause}{}", tap_hint(.cause))]
-    Tap {
-        name: String,
-        cause: std::io::Error,
-    },
+    Tap { name: String, cause: std::io::Error },
     #[error("{0}")]
     HostMode(String),
 }
@@ -294,7 +288,8 @@ pub fn imports_sockets(module: &[u8]) -> bool {
             Ok(Payload::ImportSection(reader)) => {
                 return reader.into_iter().any(|import| {
                     import.is_ok_and(|i| {
-                        i.module == wasmvm_wasi::MODULE && SOCKET_IMPORTS.contains(&i.name)
+                        i.module == wasmvm_abi::wasi_imports::MODULE
+                            && SOCKET_IMPORTS.contains(&i.name)
                     })
                 });
             }

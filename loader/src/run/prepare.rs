@@ -8,9 +8,9 @@ use wasmvm_abi::bundle::RunConfig;
 
 use super::RunOptions;
 use super::network::{self, NetPlan};
+use crate::RunError;
 use crate::error::io_err;
 use crate::image::Image;
-use crate::RunError;
 
 /// What a VM backend needs to start a run of one image.
 pub(crate) struct Prepared {
@@ -47,22 +47,21 @@ pub(crate) fn check_image_file(path: &Path) -> Result<(), RunError> {
         path: path.to_path_buf(),
         problem,
     };
-    let meta = std::fs::metadata(path).map_err(|e| problem(format!("cannot read the image: {e}")))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| problem(format!("cannot read the image: {e}")))?;
     if meta.is_dir() {
         return Err(problem("is a directory, not a wasmvm image".into()));
     }
     if !meta.is_file() {
-        return Err(problem("is not a regular file, so not a wasmvm image".into()));
+        return Err(problem(
+            "is not a regular file, so not a wasmvm image".into(),
+        ));
     }
     Ok(())
 }
 
 /// The network plan for a run of `image`; `None` for no network card.
-fn net_plan(
-    opts: &RunOptions,
-    image: &Image,
-    user_mtu: u16,
-) -> Result<Option<NetPlan>, RunError> {
+fn net_plan(opts: &RunOptions, image: &Image, user_mtu: u16) -> Result<Option<NetPlan>, RunError> {
     let request = network::Request {
         network: opts.network.as_ref(),
         listens: opts.listens.as_deref(),
@@ -153,12 +152,17 @@ mod tests {
     fn image_files_must_be_regular_files() {
         let e = check_image_file(Path::new("/tmp")).unwrap_err().to_string();
         assert_eq!(e, "/tmp: is a directory, not a wasmvm image");
-        let e = check_image_file(Path::new("/dev/null")).unwrap_err().to_string();
+        let e = check_image_file(Path::new("/dev/null"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a regular file"), "{e}");
         let e = check_image_file(Path::new("/nonexistent.img"))
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("/nonexistent.img: cannot read the image: "), "{e}");
+        assert!(
+            e.starts_with("/nonexistent.img: cannot read the image: "),
+            "{e}"
+        );
     }
 
     #[test]

@@ -7,7 +7,9 @@ use thiserror::Error;
 use wasmvm_abi::bundle::kernel_note;
 use wasmvm_abi::pvh;
 
-use super::layout::{BOOT_INFO_ADDR, GDT_ADDR, PAGE_TABLE_PAGES, PAGE_TABLES_ADDR, START_INFO_ADDR};
+use super::layout::{
+    BOOT_INFO_ADDR, GDT_ADDR, PAGE_TABLE_PAGES, PAGE_TABLES_ADDR, START_INFO_ADDR,
+};
 use crate::image::elf::{Elf, ElfError};
 
 /// How the vCPU enters the kernel.
@@ -204,7 +206,10 @@ pub fn identity_page_tables(at: u64) -> Vec<u8> {
         );
     }
     for page in 0..2048u64 {
-        put(1024 + page as usize, (page << 21) | PDE_HUGE | USER_RW_PRESENT);
+        put(
+            1024 + page as usize,
+            (page << 21) | PDE_HUGE | USER_RW_PRESENT,
+        );
     }
     tables
 }
@@ -297,7 +302,10 @@ mod tests {
         assert_eq!(entry_at(&t, 0), (at + 0x1000) | 7);
         assert!((1..512).all(|i| entry_at(&t, i) == 0));
         for gib in 0..4 {
-            assert_eq!(entry_at(&t, 512 + gib), (at + 0x2000 + gib as u64 * 0x1000) | 7);
+            assert_eq!(
+                entry_at(&t, 512 + gib),
+                (at + 0x2000 + gib as u64 * 0x1000) | 7
+            );
         }
         assert!((516..1024).all(|i| entry_at(&t, i) == 0));
         // Every 2 MiB page: present, writable, user, huge, and mapping itself.
@@ -333,7 +341,10 @@ mod tests {
         assert_eq!(sregs.cr4, 0x620);
         assert_eq!(sregs.efer, 0x500);
         assert_eq!(sregs.cr3, PAGE_TABLES_ADDR);
-        assert_eq!((sregs.cs.selector, sregs.cs.dpl, sregs.cs.l), (USER_CS, 3, 1));
+        assert_eq!(
+            (sregs.cs.selector, sregs.cs.dpl, sregs.cs.l),
+            (USER_CS, 3, 1)
+        );
         for seg in [sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss] {
             assert_eq!((seg.selector, seg.dpl, seg.l), (USER_DS, 3, 0));
         }
@@ -353,6 +364,9 @@ mod tests {
         assert_eq!((sregs.cr4, sregs.efer), (0, 0));
         assert_eq!((sregs.cs.db, sregs.cs.l, sregs.cs.dpl), (1, 0, 0));
         let regs = pvh_regs(0x100_0000);
-        assert_eq!((regs.rip, regs.rbx, regs.rflags), (0x100_0000, START_INFO_ADDR, 2));
+        assert_eq!(
+            (regs.rip, regs.rbx, regs.rflags),
+            (0x100_0000, START_INFO_ADDR, 2)
+        );
     }
 }

@@ -145,7 +145,12 @@ fn write_pvh_structures(
     write(mem, "the PVH module list", &modlist.encode(), MODLIST_ADDR)?;
     write(mem, "the PVH memory map", &memmap.encode(), MEMMAP_ADDR)?;
     write(mem, "the kernel command line", &line, CMDLINE_ADDR)?;
-    write(mem, "the PVH start info", &start_info.encode(), START_INFO_ADDR)
+    write(
+        mem,
+        "the PVH start info",
+        &start_info.encode(),
+        START_INFO_ADDR,
+    )
 }
 
 fn write(mem: &GuestMemoryMmap, what: &'static str, data: &[u8], at: u64) -> Result<(), BootError> {
@@ -176,13 +181,13 @@ pub fn build(image: &MappedImage, config: &MachineConfig) -> Result<Machine, Boo
 
     let kvm = Kvm::new().map_err(kvm_step("open /dev/kvm"))?;
     let vm = kvm.create_vm().map_err(kvm_step("create the VM"))?;
-    let host_addr = mem
-        .get_host_address(GuestAddress(0))
-        .map_err(|cause| BootError::GuestWrite {
-            what: "guest RAM",
-            addr: 0,
-            cause,
-        })?;
+    let host_addr =
+        mem.get_host_address(GuestAddress(0))
+            .map_err(|cause| BootError::GuestWrite {
+                what: "guest RAM",
+                addr: 0,
+                cause,
+            })?;
     let region = kvm_userspace_memory_region {
         slot: 0,
         flags: 0,
@@ -200,7 +205,9 @@ pub fn build(image: &MappedImage, config: &MachineConfig) -> Result<Machine, Boo
     vcpu.set_cpuid2(&cpuid)
         .map_err(kvm_step("set the vCPU's CPUID"))?;
 
-    let mut sregs = vcpu.get_sregs().map_err(kvm_step("read the vCPU's sregs"))?;
+    let mut sregs = vcpu
+        .get_sregs()
+        .map_err(kvm_step("read the vCPU's sregs"))?;
     let regs = match entry {
         Entry::Direct(at) => {
             // The direct entry (wasmvm_abi::direct): long mode at CPL 3, our page tables and
@@ -278,7 +285,8 @@ mod tests {
         let run = RunConfig::default();
         write_pvh_structures(&mem, 4 << 20, &run, "console=x").unwrap();
         let mut line = [0u8; 10];
-        mem.read_slice(&mut line, GuestAddress(CMDLINE_ADDR)).unwrap();
+        mem.read_slice(&mut line, GuestAddress(CMDLINE_ADDR))
+            .unwrap();
         assert_eq!(&line, b"console=x\0");
         let mut start = vec![0u8; StartInfo::default().encode().len()];
         mem.read_slice(&mut start, GuestAddress(START_INFO_ADDR))
@@ -307,8 +315,8 @@ mod tests {
     #[test]
     fn a_long_command_line_is_refused_by_size() {
         let line = "x".repeat(CMDLINE_MAX);
-        let e = write_pvh_structures(&memory(4), 4 << 20, &RunConfig::default(), &line)
-            .unwrap_err();
+        let e =
+            write_pvh_structures(&memory(4), 4 << 20, &RunConfig::default(), &line).unwrap_err();
         assert_eq!(
             e.to_string(),
             format!(

@@ -8,15 +8,15 @@
 //! call outside the list kills the whole process (SIGSYS), which the user sees as a crash
 //! of `wasmvm` rather than a compromised host.
 //!
-//! Each live directory's 9P server thread (`virtio_9p`) runs under [`share_filter`]: the same
+//! Each live directory's 9P server thread (`devices::p9`) runs under [`share_filter`]: the same
 //! list plus the `*at` filesystem calls the server makes beneath the share's descriptor.
 //!
-//! The network card (`virtio_net`) runs in the vCPU thread and needs nothing more: it reads
+//! The network card (`devices::net`) runs in the vCPU thread and needs nothing more: it reads
 //! (`read`), sends (`sendto`, `write`) and waits (`ppoll`) on the link descriptor it was
 //! given (passt's socket or a tap device, opened and set up before the filter goes on).
 //! passt itself is a separate, unprivileged process started before any thread is confined.
 //!
-//! The supervising thread (the caller of `builtin::run`) is not confined: it handles no
+//! The supervising thread (the caller of `vmm::run`) is not confined: it handles no
 //! guest bytes, and the CLI still has to clean up after the run (e.g. remove the temporary
 //! image of `wasmvm run app.wasm`). Embedders that run VMs in-process (tests) turn the
 //! filter off through `RunOptions::seccomp`.
@@ -49,10 +49,10 @@ pub fn vmm_filter() -> Result<BpfProgram, RunError> {
     build(&[]).map_err(|e| RunError::Host(format!("building the seccomp filter: {e}")))
 }
 
-/// The filter of a live directory's 9P worker thread (`virtio_9p`): the VMM's list plus the
+/// The filter of a live directory's 9P worker thread (`devices::p9`): the VMM's list plus the
 /// calls that work relative to descriptors the server already holds. `open`/`openat` by
 /// absolute path are allowed by the kernel interface but never made: the server resolves
-/// everything beneath the share's directory descriptor (see `p9`).
+/// everything beneath the share's directory descriptor (see `host::p9`).
 pub fn share_filter() -> Result<BpfProgram, RunError> {
     build(&[
         libc::SYS_openat,

@@ -93,7 +93,7 @@ fn wait_timeout(data: &[u8]) -> Option<Duration> {
 /// some arrives or `timeout` passes. Host input is console bytes and, with a network card,
 /// frames. With input the guest is not taking (it sleeps without reading, or offers no
 /// receive buffer), only the deadline ends the block: watching that descriptor would spin.
-/// A stop request interrupts the block with the kick signal (see `builtin`).
+/// A stop request interrupts the block with the kick signal (see `vmm::run`).
 fn wait_for_host(devices: &mut Devices, mem: &GuestMemoryMmap, timeout: Option<Duration>) {
     use std::os::fd::AsRawFd;
     let mut pfds = [libc::pollfd {

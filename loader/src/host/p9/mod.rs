@@ -38,12 +38,14 @@
 //! out of the share themselves.
 
 mod server;
+mod sys;
 pub use wasmvm_abi::p9 as wire;
 
 #[cfg(test)]
 mod tests;
 
-pub use server::{Errno, MAX_FIDS, Server};
+pub use server::{MAX_FIDS, Server};
+pub use sys::Errno;
 pub use wire::{
     DecodeError, MAX_MSIZE, MIN_MSIZE, Qid, RATTACH, RAUTH, RCLUNK, RFLUSH, RFSYNC, RGETATTR,
     RGETLOCK, RLCREATE, RLERROR, RLINK, RLOCK, RLOPEN, RMKDIR, RMKNOD, RREAD, RREADDIR, RREADLINK,

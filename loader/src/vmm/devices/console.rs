@@ -1,4 +1,4 @@
-//! The built-in VMM's virtio console (behind `virtio_mmio`): port 0 carries the framed guest
+//! The built-in VMM's virtio console (behind `devices::mmio`): port 0 carries the framed guest
 //! channel (`wasmvm_abi::channel`). Transmit buffers are consumed in the notify exit that
 //! announces them; receive buffers are filled whenever the vCPU exits (notifies, and the
 //! kernel's wait exits while it waits for input or credit).

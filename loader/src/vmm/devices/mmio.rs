@@ -646,9 +646,7 @@ mod tests {
         b.negotiate(VIRTIO_F_VERSION_1);
         b.set_up_queue();
         b.driver_ok();
-        b.mem
-            .write_slice(b"hello", GuestAddress(0x8000))
-            .unwrap();
+        b.mem.write_slice(b"hello", GuestAddress(0x8000)).unwrap();
         // 0: a sound one-descriptor chain.
         b.desc(0, 0x8000, 5, 0, 0);
         // 1 -> 2 -> 1: a loop.

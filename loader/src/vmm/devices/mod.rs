@@ -61,7 +61,7 @@ impl Devices {
     }
 
     /// Moves network frames both ways (no-op without a card): the card asks the guest not
-    /// to notify, so the VMM does this at every exit (see `virtio_net`).
+    /// to notify, so the VMM does this at every exit (see `devices::net`).
     pub fn poll(&mut self, mem: &GuestMemoryMmap) {
         if let Some(net) = self.net.as_mut() {
             let (device, queues) = net.parts();

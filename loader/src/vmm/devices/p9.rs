@@ -1,5 +1,5 @@
-//! The built-in VMM's virtio-9p device (behind `virtio_mmio`): a live host directory, served
-//! by the 9P2000.L server of `p9` on a worker thread of its own.
+//! The built-in VMM's virtio-9p device (behind `devices::mmio`): a live host directory, served
+//! by the 9P2000.L server of `host::p9` on a worker thread of its own.
 //!
 //! The device model runs in the vCPU thread, whose seccomp filter allows no filesystem
 //! calls; the server needs them. So each request crosses to the share's worker thread,
@@ -16,8 +16,8 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use crate::host::p9::{MAX_MSIZE, Server};
-use crate::vmm::seccomp::{self, BpfProgram};
 use crate::vmm::devices::mmio::{VirtioDevice, read_chain, usable, writable, write_descriptors};
+use crate::vmm::seccomp::{self, BpfProgram};
 
 const DEVICE_ID_9P: u32 = 9;
 /// `VIRTIO_9P_MOUNT_TAG`: the configuration space holds the mount tag.

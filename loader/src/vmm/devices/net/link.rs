@@ -1,4 +1,4 @@
-//! Where the built-in VMM's network card (`virtio_net`) sends and receives Ethernet frames:
+//! Where the built-in VMM's network card (`devices::net`) sends and receives Ethernet frames:
 //! a [`FrameLink`]. Two implementations:
 //!
 //! - [`StreamLink`]: a stream socket carrying frames as QEMU's `-netdev stream` does, each

@@ -1,4 +1,4 @@
-//! The built-in VMM's virtio network card (behind `virtio_mmio`, device ID 1): Ethernet
+//! The built-in VMM's virtio network card (behind `devices::mmio`, device ID 1): Ethernet
 //! frames between the guest's queues and a host [`FrameLink`] (passt or a tap device).
 //!
 //! Queue 0 receives (host → guest), queue 1 transmits. Every frame is preceded by the
@@ -14,7 +14,7 @@
 //! of the vCPU — any MMIO access, port write or wait exit — and at a QueueNotify write,
 //! which a guest makes once per batch it wants sent now. Receive buffers are filled at the
 //! same points, without blocking; the guest's wait exit blocks on the link until a frame
-//! arrives (see `kvm::wait_for_host`).
+//! arrives (see `vmm::vcpu`).
 //!
 //! The guest is untrusted: chains are read and written only through `vm-memory` within
 //! validated descriptors, a transmit chain longer than a header plus the largest frame is
@@ -30,8 +30,8 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use wasmvm_abi::net::GUEST_MAC;
 
-use link::{FrameLink, MAX_FRAME};
 use crate::vmm::devices::mmio::{VirtioDevice, read_chain, usable, writable, write_parts};
+use link::{FrameLink, MAX_FRAME};
 
 const DEVICE_ID_NET: u32 = 1;
 const RX: usize = 0;

@@ -1,5 +1,6 @@
-//! The `wasi_snapshot_preview1` import table: every function's name and signature, used by
-//! the kernel to link a module and by `wasmvm pack` to check a module's imports.
+//! The `wasi_snapshot_preview1` import table: every function's name and signature. It is
+//! part of the host/guest contract: `wasmvm pack` checks a module's imports against it, and
+//! the kernel links exactly these functions, so both sides read this one table.
 
 /// Import module name of WASI preview1.
 pub const MODULE: &str = "wasi_snapshot_preview1";

@@ -2,6 +2,10 @@
 //! loader's 9P2000.L server, in-process. The platform hands every 9P exchange straight to
 //! `Server::handle`, and the app's calls go through `Wasi::call` with a byte-array memory,
 //! so this is the guest kernel's path minus the virtio transport.
+//!
+//! It is one of the root crate's tests because it joins the guest's `wasmvm-wasi` and the
+//! host's `wasmvm-loader`, and the loader must not depend on the guest's crate (that would
+//! compile the guest's TCP/IP stack into the host binary).
 
 use std::collections::BTreeSet;
 use std::fs;
