@@ -190,3 +190,31 @@ pub fn probe(
     let end = machine.run(&mut Devices::default(), &AtomicBool::new(false));
     Ok((end, started.elapsed().as_secs_f64() * 1e3))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_timeout_reads_the_guest_write() {
+        // A 4-byte write is microseconds, little-endian.
+        assert_eq!(
+            wait_timeout(&1500u32.to_le_bytes()),
+            Some(Duration::from_micros(1500))
+        );
+        assert_eq!(wait_timeout(&0u32.to_le_bytes()), Some(Duration::ZERO));
+        assert_eq!(
+            wait_timeout(&(WAIT_FOREVER - 1).to_le_bytes()),
+            Some(Duration::from_micros(u64::from(u32::MAX - 1)))
+        );
+        assert_eq!(wait_timeout(&WAIT_FOREVER.to_le_bytes()), None);
+        // Any other width is a guest spinning on waits: a millisecond.
+        for width in [&[0u8][..], &[0xff], &[1, 2], &[]] {
+            assert_eq!(
+                wait_timeout(width),
+                Some(Duration::from_millis(1)),
+                "{width:?}"
+            );
+        }
+    }
+}

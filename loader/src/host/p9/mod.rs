@@ -37,6 +37,9 @@
 //! make the server reach outside the root, except by moving a directory the guest has open
 //! out of the share themselves.
 
+mod attrs;
+mod dirs;
+mod files;
 mod server;
 mod sys;
 pub use wasmvm_abi::p9 as wire;

@@ -189,3 +189,226 @@ impl Console {
         self.from_host.as_fd()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmm::devices::mmio::reg;
+    use crate::vmm::devices::testing::{BUFFERS, Driver, QSIZE};
+    use std::io::Write;
+
+    /// The console in 4 MiB of guest memory (room for a chain past the largest frame), and
+    /// the host's ends of its two sockets (as `vmm::run` sets them up): what the guest
+    /// sends comes out of the first, what is written to the second goes to the guest.
+    fn console() -> (Driver<Console>, UnixStream, UnixStream) {
+        let (from_guest, out_vmm) = UnixStream::pair().unwrap();
+        let (to_guest, in_vmm) = UnixStream::pair().unwrap();
+        // A device that would block on a host that does not read fails instead of hanging.
+        out_vmm
+            .set_write_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let console = Console::new(out_vmm, in_vmm).unwrap();
+        from_guest.set_nonblocking(true).unwrap();
+        (Driver::new(console, 4 << 20), from_guest, to_guest)
+    }
+
+    /// Everything the guest sent that the host has not read yet.
+    fn received(host: &mut UnixStream) -> Vec<u8> {
+        let mut all = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match host.read(&mut chunk) {
+                Ok(0) => return all,
+                Ok(n) => all.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return all,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    fn process_rx(d: &mut Driver<Console>) -> Rx {
+        let (console, queues) = d.dev.parts();
+        console.process_rx(queues, &d.mem)
+    }
+
+    #[test]
+    fn identity_queues_and_configuration() {
+        let (mut d, _, _) = console();
+        assert_eq!(d.r(reg::DEVICE_ID), 3);
+        // No size (cols and rows 0), one port (`max_nr_ports`), nothing past `emerg_wr`.
+        let config = d.config(16);
+        assert_eq!(config[..4], [0; 4]);
+        assert_eq!(u32::from_le_bytes(config[4..8].try_into().unwrap()), 1);
+        assert_eq!(config[8..], [0; 8]);
+        // Exactly two queues.
+        for (q, present) in [(0, true), (1, true), (2, false)] {
+            d.w(reg::QUEUE_SEL, q);
+            assert_eq!(d.r(reg::QUEUE_NUM_MAX) != 0, present, "queue {q}");
+        }
+    }
+
+    #[test]
+    fn a_transmit_chain_reaches_the_host_socket_in_order() {
+        let (mut d, mut host, _) = console();
+        d.put(BUFFERS, b"frame ");
+        d.put(BUFFERS + 0x1000, b"split in ");
+        d.put(BUFFERS + 0x2000, b"three");
+        let head = d.post(
+            TX,
+            &[
+                (BUFFERS, 6, false),
+                (BUFFERS + 0x1000, 9, false),
+                (BUFFERS + 0x2000, 5, false),
+            ],
+        );
+        // A device-writable buffer in a transmit chain carries nothing to the host.
+        d.put(BUFFERS + 0x3000, b"!");
+        d.put(BUFFERS + 0x4000, b"ignored");
+        let second = d.post(
+            TX,
+            &[(BUFFERS + 0x3000, 1, false), (BUFFERS + 0x4000, 7, true)],
+        );
+        assert!(received(&mut host).is_empty(), "nothing before the notify");
+        d.notify(TX as u32);
+        assert_eq!(received(&mut host), b"frame split in three!");
+        assert_eq!(d.used(TX), [(u32::from(head), 0), (u32::from(second), 0)]);
+    }
+
+    #[test]
+    fn host_bytes_fill_the_guest_receive_buffers() {
+        let (mut d, _, mut host) = console();
+        assert_eq!(process_rx(&mut d), Rx::Idle);
+        host.write_all(b"abcdefgh").unwrap();
+        // Two buffers: the first full, the second takes the rest.
+        let first = d.post(RX, &[(BUFFERS, 5, true)]);
+        let second = d.post(
+            RX,
+            &[(BUFFERS + 0x1000, 2, true), (BUFFERS + 0x2000, 100, true)],
+        );
+        assert_eq!(process_rx(&mut d), Rx::Delivered);
+        assert_eq!(d.used(RX), [(u32::from(first), 5), (u32::from(second), 3)]);
+        assert_eq!(d.get(BUFFERS, 5), b"abcde");
+        assert_eq!(d.get(BUFFERS + 0x1000, 2), b"fg");
+        assert_eq!(d.get(BUFFERS + 0x2000, 1), b"h");
+        // All delivered: nothing waits.
+        assert_eq!(process_rx(&mut d), Rx::Idle);
+        // A notify delivers too (the guest posts a buffer and kicks the queue).
+        host.write_all(b"more").unwrap();
+        let third = d.post(RX, &[(BUFFERS + 0x3000, 64, true)]);
+        d.notify(RX as u32);
+        assert_eq!(d.used(RX), [(u32::from(third), 4)]);
+        assert_eq!(d.get(BUFFERS + 0x3000, 4), b"more");
+    }
+
+    #[test]
+    fn host_bytes_wait_while_the_guest_offers_no_receive_buffer() {
+        let (mut d, _, mut host) = console();
+        host.write_all(b"queued").unwrap();
+        assert_eq!(process_rx(&mut d), Rx::Backlog);
+        // Still waiting, and not lost or duplicated by asking again.
+        assert_eq!(process_rx(&mut d), Rx::Backlog);
+        // A buffer the device cannot write is handed back empty; the bytes keep waiting.
+        let readonly = d.post(RX, &[(BUFFERS, 64, false)]);
+        assert_eq!(process_rx(&mut d), Rx::Backlog);
+        assert_eq!(d.used(RX), [(u32::from(readonly), 0)]);
+        // So is one outside guest memory.
+        let outside = d.post(RX, &[(u64::MAX - 8, 64, true)]);
+        assert_eq!(process_rx(&mut d), Rx::Backlog);
+        assert_eq!(d.used(RX), [(u32::from(outside), 0)]);
+        // A small buffer takes what fits; the rest waits for the next one.
+        let small = d.post(RX, &[(BUFFERS, 4, true)]);
+        assert_eq!(process_rx(&mut d), Rx::Delivered);
+        assert_eq!(d.used(RX), [(u32::from(small), 4)]);
+        assert_eq!(d.get(BUFFERS, 4), b"queu");
+        assert_eq!(process_rx(&mut d), Rx::Backlog);
+        let big = d.post(RX, &[(BUFFERS + 0x1000, 64, true)]);
+        assert_eq!(process_rx(&mut d), Rx::Delivered);
+        assert_eq!(d.used(RX), [(u32::from(big), 2)]);
+        assert_eq!(d.get(BUFFERS + 0x1000, 2), b"ed");
+        assert_eq!(process_rx(&mut d), Rx::Idle);
+    }
+
+    #[test]
+    fn a_receive_queue_that_is_not_ready_is_a_backlog() {
+        let (mut d, _, mut host) = console();
+        d.w(reg::QUEUE_SEL, RX as u32);
+        d.w(reg::QUEUE_READY, 0);
+        host.write_all(b"x").unwrap();
+        assert_eq!(process_rx(&mut d), Rx::Backlog);
+    }
+
+    #[test]
+    fn bytes_sent_before_the_host_closes_are_still_delivered() {
+        let (mut d, from_guest, mut host) = console();
+        host.write_all(b"bye").unwrap();
+        drop(host);
+        let head = d.post(RX, &[(BUFFERS, 16, true)]);
+        assert_eq!(process_rx(&mut d), Rx::Delivered);
+        assert_eq!(d.used(RX), [(u32::from(head), 3)]);
+        assert_eq!(d.get(BUFFERS, 3), b"bye");
+        assert_eq!(process_rx(&mut d), Rx::Idle);
+        // A transmit after the host left is dropped, not a panic.
+        drop(from_guest);
+        d.put(BUFFERS, b"late");
+        let late = d.post(TX, &[(BUFFERS, 4, false)]);
+        d.notify(TX as u32);
+        assert_eq!(d.used(TX), [(u32::from(late), 0)]);
+    }
+
+    #[test]
+    fn transmit_chains_outside_memory_or_past_a_frame_are_dropped() {
+        let (mut d, mut host, _) = console();
+        let mem_end = 4u64 << 20;
+        d.put(BUFFERS, b"good");
+        let bad = [
+            // Past the end of guest memory, and at the end of the address space.
+            vec![(mem_end - 2, 5, false)],
+            vec![(u64::MAX - 10, 100, false)],
+            // A sound first buffer does not carry a bad second one.
+            vec![(BUFFERS, 4, false), (mem_end - 1, 2, false)],
+            // One byte more than a whole frame, in one buffer or in two.
+            vec![(BUFFERS, MAX_TX_CHAIN as u32 + 1, false)],
+            vec![
+                (BUFFERS, MAX_TX_CHAIN as u32 / 2, false),
+                (BUFFERS, MAX_TX_CHAIN as u32 / 2 + 1, false),
+            ],
+        ];
+        let mut heads: Vec<u32> = bad.iter().map(|c| u32::from(d.post(TX, c))).collect();
+        heads.push(u32::from(d.post(TX, &[(BUFFERS, 4, false)])));
+        assert!(heads.len() <= usize::from(QSIZE));
+        d.notify(TX as u32);
+        // Only the sound chain got through; every chain came back.
+        let got = received(&mut host);
+        assert!(got == b"good", "the host got {} bytes", got.len());
+        let used: Vec<_> = d.used(TX).into_iter().map(|(head, _)| head).collect();
+        assert_eq!(used, heads);
+    }
+
+    #[test]
+    fn a_whole_frame_of_the_largest_size_goes_through() {
+        let (mut d, mut host, _) = console();
+        host.set_nonblocking(false).unwrap();
+        // A device that dropped the frame fails the test instead of hanging it.
+        host.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        let frame: Vec<u8> = (0..MAX_TX_CHAIN).map(|i| i as u8).collect();
+        d.put(BUFFERS, &frame);
+        // Larger than the socket's buffer: the host reads while the device writes.
+        let reader = std::thread::spawn(move || {
+            let mut got = vec![0u8; MAX_TX_CHAIN];
+            host.read_exact(&mut got).unwrap();
+            got
+        });
+        let half = MAX_TX_CHAIN as u32 / 2;
+        let head = d.post(
+            TX,
+            &[
+                (BUFFERS, half, false),
+                (BUFFERS + u64::from(half), MAX_TX_CHAIN as u32 - half, false),
+            ],
+        );
+        d.notify(TX as u32);
+        assert_eq!(d.used(TX), [(u32::from(head), 0)]);
+        assert!(reader.join().unwrap() == frame);
+    }
+}

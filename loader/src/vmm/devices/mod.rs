@@ -7,6 +7,8 @@ pub mod console;
 pub mod mmio;
 pub mod net;
 pub mod p9;
+#[cfg(test)]
+mod testing;
 
 use vm_memory::GuestMemoryMmap;
 

@@ -136,3 +136,207 @@ pub fn spawn_worker(
         })?;
     Ok(Worker { requests, replies })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::p9::wire::{self, Rmessage, Tmessage};
+    use crate::vmm::devices::mmio::reg;
+    use crate::vmm::devices::testing::{BUFFERS, Driver};
+    use std::time::Instant;
+
+    const REQUEST: u64 = BUFFERS;
+    const REPLY: u64 = BUFFERS + 0x10_0000;
+
+    /// A share of a temporary directory holding `hello.txt`, behind a negotiated device in
+    /// 4 MiB of guest memory (room for a request past the largest message).
+    fn share() -> (Driver<P9Device>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hello.txt"), b"hello from the host").unwrap();
+        let root: OwnedFd = std::fs::File::open(dir.path()).unwrap().into();
+        let worker = spawn_worker("test-9p", root, false, None).unwrap();
+        let device = P9Device::new("share0", worker, Arc::new(AtomicBool::new(false)));
+        (Driver::new(device, 4 << 20), dir)
+    }
+
+    /// Sends `msg` as the guest's client would (request buffer, then a reply buffer of
+    /// `room` bytes) and returns the used length and the reply bytes.
+    fn call(d: &mut Driver<P9Device>, tag: u16, msg: Tmessage<'_>, room: u32) -> (u32, Vec<u8>) {
+        let mut request = Vec::new();
+        msg.encode(tag, &mut request);
+        d.put(REQUEST, &request);
+        let head = d.post(
+            0,
+            &[(REQUEST, request.len() as u32, false), (REPLY, room, true)],
+        );
+        d.notify(0);
+        let used = d.used(0);
+        assert_eq!(used.len(), 1);
+        assert_eq!(used[0].0, u32::from(head));
+        let len = used[0].1;
+        (len, d.get(REPLY, len as usize))
+    }
+
+    fn reply(d: &mut Driver<P9Device>, tag: u16, msg: Tmessage<'_>) -> Rmessage {
+        let (_, bytes) = call(d, tag, msg, 8192);
+        let (got_tag, reply) = Rmessage::decode(&bytes).unwrap();
+        assert_eq!(got_tag, tag);
+        reply
+    }
+
+    #[test]
+    fn identity_features_and_mount_tag() {
+        let (mut d, _dir) = share();
+        assert_eq!(d.r(reg::DEVICE_ID), 9);
+        d.w(reg::DEVICE_FEATURES_SEL, 0);
+        assert_eq!(u64::from(d.r(reg::DEVICE_FEATURES)), F_MOUNT_TAG);
+        // `u16` length, then the tag; nothing after it.
+        assert_eq!(d.config(10), b"\x06\x00share0\x00\x00");
+        d.w(reg::QUEUE_SEL, 1);
+        assert_eq!(d.r(reg::QUEUE_NUM_MAX), 0, "one queue only");
+    }
+
+    #[test]
+    fn requests_cross_to_the_worker_and_replies_come_back() {
+        let (mut d, _dir) = share();
+        assert_eq!(
+            reply(
+                &mut d,
+                1,
+                Tmessage::Version {
+                    msize: 8192,
+                    version: wire::VERSION_9P2000_L,
+                }
+            ),
+            Rmessage::Version {
+                msize: 8192,
+                version: b"9P2000.L".to_vec(),
+            }
+        );
+        let attach = Tmessage::Attach {
+            fid: 0,
+            afid: wire::NOFID,
+            uname: b"guest",
+            aname: b"",
+            n_uname: 0,
+        };
+        assert!(matches!(reply(&mut d, 2, attach), Rmessage::Attach { .. }));
+        let walk = Tmessage::Walk {
+            fid: 0,
+            newfid: 1,
+            names: vec![b"hello.txt"],
+        };
+        assert!(matches!(reply(&mut d, 3, walk), Rmessage::Walk { qids } if qids.len() == 1));
+        let lopen = Tmessage::Lopen {
+            fid: 1,
+            flags: wire::DOTL_RDONLY,
+        };
+        assert!(matches!(reply(&mut d, 4, lopen), Rmessage::Lopen { .. }));
+        let read = Tmessage::Read {
+            fid: 1,
+            offset: 0,
+            count: 100,
+        };
+        assert_eq!(
+            reply(&mut d, 5, read),
+            Rmessage::Read {
+                data: b"hello from the host".to_vec()
+            }
+        );
+        // The server's own errors come back as Rlerror.
+        let missing = Tmessage::Walk {
+            fid: 0,
+            newfid: 2,
+            names: vec![b"nope"],
+        };
+        assert_eq!(
+            reply(&mut d, 6, missing),
+            Rmessage::Lerror {
+                ecode: libc::ENOENT as u32
+            }
+        );
+        // A reply larger than the buffer offered for it is cut short, not written past it.
+        let read = Tmessage::Read {
+            fid: 1,
+            offset: 0,
+            count: 100,
+        };
+        d.put(REPLY + 10, &[0xee]);
+        let (len, _) = call(&mut d, 7, read, 10);
+        assert_eq!(len, 10);
+        assert_eq!(d.get(REPLY + 10, 1), [0xee]);
+    }
+
+    #[test]
+    fn oversized_or_unreadable_requests_get_an_empty_reply() {
+        let (mut d, _dir) = share();
+        let version = Tmessage::Version {
+            msize: 8192,
+            version: wire::VERSION_9P2000_L,
+        };
+        let mut request = Vec::new();
+        version.encode(1, &mut request);
+        d.put(REQUEST, &request);
+        // One byte past the largest message: refused before the worker sees it.
+        let too_long = d.post(
+            0,
+            &[
+                (REQUEST, MAX_REQUEST as u32 + 1, false),
+                (REPLY, 8192, true),
+            ],
+        );
+        // The same, split over two buffers.
+        let split = d.post(
+            0,
+            &[
+                (REQUEST, MAX_REQUEST as u32 / 2, false),
+                (REQUEST, MAX_REQUEST as u32 / 2 + 1, false),
+                (REPLY, 8192, true),
+            ],
+        );
+        // A request outside guest memory.
+        let outside = d.post(0, &[(u64::MAX - 16, 32, false), (REPLY, 8192, true)]);
+        d.notify(0);
+        assert_eq!(
+            d.used(0),
+            [
+                (u32::from(too_long), 0),
+                (u32::from(split), 0),
+                (u32::from(outside), 0)
+            ]
+        );
+        // The worker is still in step: the next request gets its own reply.
+        assert!(matches!(
+            reply(&mut d, 2, version),
+            Rmessage::Version { msize: 8192, .. }
+        ));
+    }
+
+    #[test]
+    fn a_gone_worker_answers_nothing() {
+        let (requests, incoming) = sync_channel(1);
+        let (_outgoing, replies) = sync_channel(1);
+        drop(incoming);
+        let worker = Worker { requests, replies };
+        let device = P9Device::new("t", worker, Arc::new(AtomicBool::new(false)));
+        let mut d = Driver::new(device, 4 << 20);
+        let (len, _) = call(&mut d, 1, Tmessage::Flush { oldtag: 0 }, 64);
+        assert_eq!(len, 0);
+    }
+
+    #[test]
+    fn a_stuck_worker_does_not_keep_a_stopping_vcpu() {
+        let (requests, incoming) = sync_channel(1);
+        let (_outgoing, replies) = sync_channel(1);
+        let worker = Worker { requests, replies };
+        let stop = Arc::new(AtomicBool::new(true));
+        let device = P9Device::new("t", worker, stop);
+        let mut d = Driver::new(device, 4 << 20);
+        let started = Instant::now();
+        let (len, _) = call(&mut d, 1, Tmessage::Flush { oldtag: 0 }, 64);
+        assert_eq!(len, 0);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // The request did reach the worker.
+        assert!(incoming.try_recv().is_ok());
+    }
+}
