@@ -164,6 +164,11 @@ impl Channel {
                 // report to.
                 arch::triple_fault();
             }
+            // Take what the host sent meanwhile (credit, mostly). Left in the device, it
+            // fills the host's side of the channel until the host blocks writing credit and
+            // stops reading our output, which then blocks us: many small writes used to
+            // hang that way, or lose output under QEMU. Costs nothing when nothing came.
+            self.poll_rx();
         }
     }
 
