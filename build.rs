@@ -1,24 +1,43 @@
-//! Builds the guest kernel (`kernel/`, its own workspace) with a nested cargo and embeds the
-//! resulting ELF in the `wasmvm` binary, so an installed `wasmvm` needs nothing else.
+//! Builds the guest kernel (`kernel/`, its own workspace) with a nested cargo, once per engine
+//! flavour, and embeds both ELFs in the `wasmvm` binary, so an installed `wasmvm` needs nothing
+//! else. An image carries only the flavour of its engine: the wasmi kernel interprets modules,
+//! the wasmtime kernel runs code compiled when the image was packed.
 //!
-//! The nested build runs with a cleaned environment (nothing of this build's `CARGO_*`,
-//! `RUSTFLAGS` or target settings leaks into it) and its own target directory, always in
-//! release mode: wasmi is unusably slow unoptimised. `WASMVM_KERNEL=path` skips it and embeds
-//! that ELF instead.
+//! Each nested build runs with a cleaned environment (nothing of this build's `CARGO_*`,
+//! `RUSTFLAGS` or target settings leaks into it) and its own target directory
+//! (`target/kernel-wasmi`, `target/kernel-wasmtime`, so the flavours never rebuild each other),
+//! always in release mode: wasmi is unusably slow unoptimised. `WASMVM_KERNEL=path` and
+//! `WASMVM_KERNEL_WASMTIME=path` skip a build and embed that ELF instead.
 
 use std::env;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn main() {
-    println!("cargo:rerun-if-env-changed=WASMVM_KERNEL");
-    if let Some(prebuilt) = env::var_os("WASMVM_KERNEL") {
-        let path = PathBuf::from(prebuilt);
-        println!("cargo:rerun-if-changed={}", path.display());
-        println!("cargo:rustc-env=WASMVM_KERNEL_ELF={}", path.display());
-        return;
-    }
+/// One kernel flavour: its name, the cargo features that select it, the variable that
+/// overrides it, and the variable that hands its path to `src/main.rs`.
+struct Flavour {
+    name: &'static str,
+    features: &'static [&'static str],
+    prebuilt: &'static str,
+    embed: &'static str,
+}
 
+const FLAVOURS: [Flavour; 2] = [
+    Flavour {
+        name: "wasmi",
+        features: &[],
+        prebuilt: "WASMVM_KERNEL",
+        embed: "WASMVM_KERNEL_ELF",
+    },
+    Flavour {
+        name: "wasmtime",
+        features: &["--no-default-features", "--features", "engine-wasmtime"],
+        prebuilt: "WASMVM_KERNEL_WASMTIME",
+        embed: "WASMVM_KERNEL_WASMTIME_ELF",
+    },
+];
+
+fn main() {
     let root = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     for input in [
         "kernel/src",
@@ -26,6 +45,7 @@ fn main() {
         "kernel/Cargo.lock",
         "kernel/linker.ld",
         "kernel/.cargo/config.toml",
+        "kernel/stubs",
         "abi/src",
         "abi/Cargo.toml",
         "wasi/src",
@@ -35,15 +55,32 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={}", root.join(input).display());
     }
-    let target_dir = env::var_os("CARGO_TARGET_DIR")
+    let target_root = env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-        .join("kernel");
+        .unwrap_or_else(|| root.join("target"));
+    for flavour in &FLAVOURS {
+        println!("cargo:rerun-if-env-changed={}", flavour.prebuilt);
+        let elf = match env::var_os(flavour.prebuilt) {
+            Some(prebuilt) => {
+                let path = PathBuf::from(prebuilt);
+                println!("cargo:rerun-if-changed={}", path.display());
+                path
+            }
+            None => build(&root, &target_root, flavour),
+        };
+        println!("cargo:rustc-env={}={}", flavour.embed, elf.display());
+    }
+}
 
+/// Builds one flavour and returns the path of its ELF.
+fn build(root: &Path, target_root: &Path, flavour: &Flavour) -> PathBuf {
+    let target_dir = target_root.join(format!("kernel-{}", flavour.name));
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root.join("kernel"))
-        .args(["build", "--release", "--locked", "--target-dir"])
+        .args(["build", "--release", "--locked"])
+        .args(flavour.features)
+        .arg("--target-dir")
         .arg(&target_dir)
         .env_clear();
     for keep in [
@@ -62,8 +99,10 @@ fn main() {
     let output = cmd.output().expect("failed to run cargo for the kernel");
     if !output.status.success() {
         eprintln!("{}", String::from_utf8_lossy(&output.stderr));
-        panic!("building the wasmvm kernel (kernel/) failed; its errors are above");
+        panic!(
+            "building the {} kernel (kernel/) failed; its errors are above",
+            flavour.name
+        );
     }
-    let elf = target_dir.join("x86_64-unknown-linux-gnu/release/wasmvm-kernel");
-    println!("cargo:rustc-env=WASMVM_KERNEL_ELF={}", elf.display());
+    target_dir.join("x86_64-unknown-linux-gnu/release/wasmvm-kernel")
 }

@@ -343,6 +343,11 @@ pub struct AppArgs {
     /// Link function imports wasmvm does not provide as stubs that return zero values.
     #[arg(long)]
     pub stub_imports: bool,
+    /// The engine that runs the module: wasmi (interpreted; the default) or wasmtime (compiled
+    /// with Cranelift now, run natively in the VM). Default: wasmi, unless the module needs
+    /// the compiled engine (exception handling).
+    #[arg(long, value_enum, value_name = "wasmi|wasmtime")]
+    pub engine: Option<EngineArg>,
     /// Give the app a listening TCP socket on [ADDR:]PORT in the VM (repeatable; preopened
     /// after the directories). At `run`, replaces the image's listeners.
     #[arg(long = "listen", value_name = "[ADDR:]PORT", value_parser = parse_listen)]
@@ -350,6 +355,24 @@ pub struct AppArgs {
     /// Arguments for the app, after `--`.
     #[arg(last = true, value_name = "ARGS")]
     pub args: Vec<OsString>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EngineArg {
+    /// The wasmi interpreter: no compile step.
+    Wasmi,
+    /// wasmtime's runtime on code Cranelift compiled at pack time: native speed, and
+    /// exception handling.
+    Wasmtime,
+}
+
+impl EngineArg {
+    pub fn engine(self) -> wasmvm_abi::bundle::Engine {
+        match self {
+            EngineArg::Wasmi => wasmvm_abi::bundle::Engine::Wasmi,
+            EngineArg::Wasmtime => wasmvm_abi::bundle::Engine::Wasmtime,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

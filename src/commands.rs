@@ -13,7 +13,7 @@ use wasmvm_loader::image::{self, Image, module};
 use wasmvm_loader::reference::HostMode;
 use wasmvm_loader::{Backend, Control, RunIo, RunOptions, StopReason};
 
-use crate::KERNEL;
+use crate::KERNELS;
 use crate::cli::{
     AppArgs, BackendChoice, Cli, Command, ImageCommand, KeyCommand, RunArgs, VolumeCommand,
 };
@@ -128,6 +128,7 @@ fn pack_options(module: &Path, app: &AppArgs, dirs: &[DirSpec]) -> Result<PackOp
         invoke: app.invoke.clone(),
         stub_imports: app.stub_imports,
         listens: app.listens.clone(),
+        engine: app.engine.map(|e| e.engine()),
     })
 }
 
@@ -145,11 +146,33 @@ fn pack(
     let opts = pack_options(module, app, dirs)?;
     let key = crate::keys::signing_key(sign)?;
     let wasm = read_module(module)?;
-    let image = pack_module(KERNEL, &wasm, &opts)
+    let image = pack_with_progress(module, &wasm, &opts)
         .with_context(|| format!("cannot pack {}", module.display()))?;
     let image = crate::keys::sign_if(image, key.as_ref())?;
     write_atomically(output, &image)?;
     Ok(0)
+}
+
+/// Packs `wasm` (read from `path`), saying on stderr which engine `pack` chose by itself and
+/// why, and, on a terminal, how long compiling has taken so far (a large module takes
+/// seconds).
+pub fn pack_with_progress(path: &Path, wasm: &[u8], opts: &PackOptions) -> Result<Vec<u8>> {
+    let progress = crate::progress::Progress::start(format!(
+        "packing {} ({} KiB)",
+        path.display(),
+        wasm.len() / 1024
+    ));
+    let packed = pack_module(KERNELS, wasm, opts);
+    progress.finish();
+    let packed = packed?;
+    if let Some(reason) = packed.engine_reason {
+        eprintln!(
+            "wasmvm: {}: using the {} engine: {reason}",
+            path.display(),
+            packed.engine.name()
+        );
+    }
+    Ok(packed.image)
 }
 
 /// Writes through a temporary file in the same directory, so a failed write never leaves a
@@ -197,7 +220,7 @@ fn run(
     let _packed;
     let image_path = if is_wasm(target)? {
         let wasm = read_module(target)?;
-        let packed_bytes = pack_module(KERNEL, &wasm, &pack_options(target, app, &[])?)
+        let packed_bytes = pack_with_progress(target, &wasm, &pack_options(target, app, &[])?)
             .with_context(|| format!("cannot run {}", target.display()))?;
         let mut tmp = tempfile::Builder::new()
             .prefix("wasmvm-image-")
@@ -209,9 +232,9 @@ fn run(
         _packed = tmp;
         path
     } else {
-        if app.invoke.is_some() || app.stub_imports {
+        if app.invoke.is_some() || app.stub_imports || app.engine.is_some() {
             bail!(
-                "--invoke and --stub-imports are packing options: give them to `wasmvm pack`, or run the .wasm module directly"
+                "--invoke, --stub-imports and --engine are packing options: give them to `wasmvm pack`, or run the .wasm module directly"
             );
         }
         opts.argv0 = app.argv0.as_ref().map(bytes);
@@ -289,9 +312,20 @@ fn inspect(path: &Path, json: bool) -> Result<i32> {
             .as_deref()
             .and_then(|b| std::str::from_utf8(b).ok()),
         stub_imports: image.manifest.stub_imports,
+        engine: Some(image.bundle.header.engine),
     };
     let info =
         module::check(image.bundle.module, entry).map_err(|p| anyhow::anyhow!(p.join("; ")))?;
+    let engine = image.bundle.header.engine;
+    let engine_text = match (&image.manifest.engine_id, image.bundle.artifact) {
+        (Some(id), Some(artifact)) => format!(
+            "{} (compiled for {}; {} KiB of code)",
+            engine.name(),
+            String::from_utf8_lossy(id),
+            artifact.len() / 1024
+        ),
+        _ => format!("{} (interpreted)", engine.name()),
+    };
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     let (signature, signature_text) = crate::keys::describe_signature(&bytes);
     let m = &image.manifest;
@@ -311,6 +345,11 @@ fn inspect(path: &Path, json: bool) -> Result<i32> {
     let value = serde_json::json!({
         "kernel_version": image.kernel.version,
         "abi_version": image.kernel.abi_version,
+        "engine": {
+            "name": engine.name(),
+            "id": image.manifest.engine_id.as_deref().map(text),
+            "artifact_size": image.bundle.artifact.map(<[u8]>::len),
+        },
         "image_size": bytes.len(),
         "module": {
             "name": text(&m.module_name),
@@ -335,6 +374,7 @@ fn inspect(path: &Path, json: bool) -> Result<i32> {
     }
     println!("image:          {} ({} bytes)", path.display(), bytes.len());
     println!("signature:      {signature_text}");
+    println!("engine:         {engine_text}");
     println!(
         "kernel:         wasmvm-kernel {} (ABI version {})",
         image.kernel.version,
@@ -391,26 +431,29 @@ fn doctor() -> Result<i32> {
         ok &= good;
         println!("[{}] {what}: {detail}", if good { " ok " } else { "FAIL" });
     };
-    match Elf::parse(KERNEL) {
-        Ok(elf) => {
-            let v = image::kernel_version(&elf);
-            let good = v.abi_version == Some(ABI_VERSION);
-            report(
-                good,
-                "kernel",
-                format!(
-                    "wasmvm-kernel {} ({} bytes, ABI {:?}, this wasmvm speaks {ABI_VERSION})",
-                    v.version,
-                    KERNEL.len(),
-                    v.abi_version
-                ),
-            );
+    for (engine, kernel) in [("wasmi", KERNELS.wasmi), ("wasmtime", KERNELS.wasmtime)] {
+        let what = format!("kernel ({engine})");
+        match Elf::parse(kernel) {
+            Ok(elf) => {
+                let v = image::kernel_version(&elf);
+                let good = v.abi_version == Some(ABI_VERSION);
+                report(
+                    good,
+                    &what,
+                    format!(
+                        "wasmvm-kernel {} ({} bytes, ABI {:?}, this wasmvm speaks {ABI_VERSION})",
+                        v.version,
+                        kernel.len(),
+                        v.abi_version
+                    ),
+                );
+            }
+            Err(e) => report(
+                false,
+                &what,
+                format!("the embedded kernel is broken: {e}; rebuild wasmvm"),
+            ),
         }
-        Err(e) => report(
-            false,
-            "kernel",
-            format!("the embedded kernel is broken: {e}; rebuild wasmvm"),
-        ),
     }
     match wasmvm_loader::run::prepare::check_kvm() {
         Ok(()) => report(true, "kvm", "/dev/kvm is usable".to_string()),

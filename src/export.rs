@@ -7,9 +7,8 @@ use anyhow::{Context, Result, bail};
 use wasmvm_loader::export::disk::{self, DiskFormat};
 use wasmvm_loader::export::libvirt::{Domain, Firmware};
 use wasmvm_loader::image::Image;
-use wasmvm_loader::image::pack::{PackOptions, pack_module};
+use wasmvm_loader::image::pack::PackOptions;
 
-use crate::KERNEL;
 use crate::cli::{DiskFormatArg, FirmwareArg};
 
 /// Firmware and GRUB take some RAM of their own; and OVMF fragments low memory, so the
@@ -40,7 +39,7 @@ pub fn export(
                 .unwrap_or_default(),
             ..Default::default()
         };
-        pack_module(KERNEL, &bytes, &opts)
+        crate::commands::pack_with_progress(target, &bytes, &opts)
             .with_context(|| format!("cannot pack {}", target.display()))?
     } else {
         bytes

@@ -6,14 +6,19 @@ mod commands;
 mod export;
 mod fleet;
 mod keys;
+mod progress;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use wasmvm_abi::exit;
 
-/// The guest kernel, built by build.rs and embedded so an installed `wasmvm` is complete.
-pub static KERNEL: &[u8] = include_bytes!(env!("WASMVM_KERNEL_ELF"));
+/// The guest kernels, one per engine, built by build.rs and embedded so an installed
+/// `wasmvm` is complete.
+pub static KERNELS: wasmvm_loader::image::pack::Kernels = wasmvm_loader::image::pack::Kernels {
+    wasmi: include_bytes!(env!("WASMVM_KERNEL_ELF")),
+    wasmtime: include_bytes!(env!("WASMVM_KERNEL_WASMTIME_ELF")),
+};
 
 fn main() -> ExitCode {
     let args = match cli::Cli::try_parse() {

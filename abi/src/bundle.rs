@@ -9,13 +9,21 @@
 //! |---|---|---|
 //! | 0 | 8 | magic `WASMVMB\0` |
 //! | 8 | 4 | [`ABI_VERSION`](crate::ABI_VERSION) |
-//! | 12 | 4 | header length (64) |
+//! | 12 | 4 | header length (128) |
 //! | 16 | 4 | manifest length `M` |
-//! | 20 | 4 | flags (0) |
+//! | 20 | 4 | [engine](Engine): 0 wasmi (the module is interpreted), 1 wasmtime (a compiled artifact runs) |
 //! | 24 | 8 | module length `N` |
 //! | 32 | 32 | SHA-256 of the module |
-//! | 64 | M | manifest: [records](crate::Records) |
-//! | 64+M | N | the wasm module |
+//! | 64 | 8 | artifact offset from the bundle's start: a multiple of 4096 (0: no artifact) |
+//! | 72 | 8 | artifact length `A` |
+//! | 80 | 32 | SHA-256 of the artifact |
+//! | 112 | 16 | reserved, zero |
+//! | 128 | M | manifest: [records](crate::Records) |
+//! | 128+M | N | the wasm module (kept with an artifact too: host mode, `inspect`, re-packing) |
+//! | offset | A | the compiled artifact, page aligned so the guest runs its code in place |
+//!
+//! The manifest's [`tag::ENGINE_ID`] names the exact engine build and configuration an
+//! artifact was compiled for; a kernel runs only an artifact whose id is its own.
 
 #[cfg(feature = "alloc")]
 use alloc::vec::Vec;
@@ -25,9 +33,54 @@ use crate::net::{Listen, NetConfig};
 use crate::{ABI_VERSION, DecodeError, le_u32, le_u64};
 
 pub const BUNDLE_MAGIC: [u8; 8] = *b"WASMVMB\0";
-pub const BUNDLE_HEADER_LEN: usize = 64;
-/// Alignment of the bundle's load address and file offset.
+pub const BUNDLE_HEADER_LEN: usize = 128;
+/// Alignment of the bundle's load address and file offset, and of a compiled artifact's
+/// offset in the bundle: its code runs where it lies.
 pub const BUNDLE_ALIGN: u64 = 4096;
+
+/// Which engine runs the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Engine {
+    /// The wasmi interpreter runs the module.
+    #[default]
+    Wasmi,
+    /// wasmtime's runtime runs code Cranelift compiled when the image was packed.
+    Wasmtime,
+}
+
+impl Engine {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            0 => Some(Engine::Wasmi),
+            1 => Some(Engine::Wasmtime),
+            _ => None,
+        }
+    }
+
+    pub fn to_u32(self) -> u32 {
+        match self {
+            Engine::Wasmi => 0,
+            Engine::Wasmtime => 1,
+        }
+    }
+
+    /// Its name on the command line and in `inspect`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Wasmi => "wasmi",
+            Engine::Wasmtime => "wasmtime",
+        }
+    }
+}
+
+/// Where a compiled artifact lies in the bundle, and its checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArtifactRef {
+    /// From the bundle's start; a multiple of [`BUNDLE_ALIGN`].
+    pub offset: u64,
+    pub len: u64,
+    pub sha256: [u8; 32],
+}
 
 /// Where the bundle segment is loaded, given the end (exclusive) of the kernel's highest
 /// `PT_LOAD` segment in memory. The packer writes the segment there and the kernel looks there.
@@ -39,8 +92,11 @@ pub const fn bundle_load_addr(kernel_end: u64) -> u64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BundleHeader {
     pub manifest_len: u32,
+    pub engine: Engine,
     pub module_len: u64,
     pub module_sha256: [u8; 32],
+    /// The compiled artifact, for [`Engine::Wasmtime`].
+    pub artifact: Option<ArtifactRef>,
 }
 
 impl BundleHeader {
@@ -59,18 +115,72 @@ impl BundleHeader {
         if le_u32(bytes, 12)? as usize != BUNDLE_HEADER_LEN {
             return Err(DecodeError::Malformed("bundle header length"));
         }
-        let mut module_sha256 = [0u8; 32];
-        module_sha256.copy_from_slice(&bytes[32..64]);
+        let engine =
+            Engine::from_u32(le_u32(bytes, 20)?).ok_or(DecodeError::Malformed("bundle engine"))?;
+        let sha = |at: usize| {
+            let mut out = [0u8; 32];
+            out.copy_from_slice(&bytes[at..at + 32]);
+            out
+        };
+        let manifest_len = le_u32(bytes, 16)?;
+        let module_len = le_u64(bytes, 24)?;
+        let (artifact_offset, artifact_len) = (le_u64(bytes, 64)?, le_u64(bytes, 72)?);
+        let artifact = match (engine, artifact_offset, artifact_len) {
+            (Engine::Wasmi, 0, 0) => None,
+            (Engine::Wasmi, _, _) => {
+                return Err(DecodeError::Malformed("an artifact in a wasmi bundle"));
+            }
+            (Engine::Wasmtime, offset, len) => {
+                // The artifact follows the module, page aligned, and its end is computable.
+                let module_end = (BUNDLE_HEADER_LEN as u64)
+                    .checked_add(manifest_len as u64)
+                    .and_then(|n| n.checked_add(module_len))
+                    .ok_or(DecodeError::Malformed("module length"))?;
+                if len == 0
+                    || offset < module_end
+                    || !offset.is_multiple_of(BUNDLE_ALIGN)
+                    || offset.checked_add(len).is_none()
+                {
+                    return Err(DecodeError::Malformed("artifact placement"));
+                }
+                Some(ArtifactRef {
+                    offset,
+                    len,
+                    sha256: sha(80),
+                })
+            }
+        };
+        if bytes[112..128].iter().any(|&b| b != 0) {
+            return Err(DecodeError::Malformed("reserved bundle header bytes"));
+        }
         Ok(BundleHeader {
-            manifest_len: le_u32(bytes, 16)?,
-            module_len: le_u64(bytes, 24)?,
-            module_sha256,
+            manifest_len,
+            engine,
+            module_len,
+            module_sha256: sha(32),
+            artifact,
         })
     }
 
-    /// Total bundle length: header, manifest and module.
+    /// Total bundle length: header, manifest, module and artifact. Saturates instead of
+    /// wrapping (a decoded header's fields are checked; a hand-made one may not be).
     pub fn total_len(&self) -> u64 {
-        BUNDLE_HEADER_LEN as u64 + self.manifest_len as u64 + self.module_len
+        let module_end = (BUNDLE_HEADER_LEN as u64)
+            .saturating_add(self.manifest_len as u64)
+            .saturating_add(self.module_len);
+        match self.artifact {
+            Some(a) => module_end.max(a.offset.saturating_add(a.len)),
+            None => module_end,
+        }
+    }
+
+    /// Where an artifact of a bundle with this manifest and module starts: the first page
+    /// boundary after the module.
+    pub fn artifact_offset(manifest_len: u32, module_len: u64) -> u64 {
+        crate::align_up(
+            BUNDLE_HEADER_LEN as u64 + manifest_len as u64 + module_len,
+            BUNDLE_ALIGN,
+        )
     }
 
     pub fn encode(&self) -> [u8; BUNDLE_HEADER_LEN] {
@@ -79,18 +189,27 @@ impl BundleHeader {
         b[8..12].copy_from_slice(&ABI_VERSION.to_le_bytes());
         b[12..16].copy_from_slice(&(BUNDLE_HEADER_LEN as u32).to_le_bytes());
         b[16..20].copy_from_slice(&self.manifest_len.to_le_bytes());
+        b[20..24].copy_from_slice(&self.engine.to_u32().to_le_bytes());
         b[24..32].copy_from_slice(&self.module_len.to_le_bytes());
         b[32..64].copy_from_slice(&self.module_sha256);
+        if let Some(a) = self.artifact {
+            b[64..72].copy_from_slice(&a.offset.to_le_bytes());
+            b[72..80].copy_from_slice(&a.len.to_le_bytes());
+            b[80..112].copy_from_slice(&a.sha256);
+        }
         b
     }
 }
 
-/// A whole bundle, borrowed: the validated header with its manifest and module bytes.
+/// A whole bundle, borrowed: the validated header with its manifest, module and artifact
+/// bytes.
 #[derive(Debug, Clone, Copy)]
 pub struct BundleRef<'a> {
     pub header: BundleHeader,
     pub manifest: &'a [u8],
     pub module: &'a [u8],
+    /// The compiled artifact, for [`Engine::Wasmtime`].
+    pub artifact: Option<&'a [u8]>,
 }
 
 impl<'a> BundleRef<'a> {
@@ -107,10 +226,20 @@ impl<'a> BundleRef<'a> {
         if bytes.len() < module_end {
             return Err(DecodeError::Truncated);
         }
+        let artifact = match header.artifact {
+            None => None,
+            Some(a) => {
+                // Placement was checked by the header; only the length against `bytes` here.
+                let start = usize::try_from(a.offset).map_err(|_| DecodeError::Truncated)?;
+                let end = usize::try_from(a.offset + a.len).map_err(|_| DecodeError::Truncated)?;
+                Some(bytes.get(start..end).ok_or(DecodeError::Truncated)?)
+            }
+        };
         Ok(BundleRef {
             header,
             manifest: &bytes[BUNDLE_HEADER_LEN..manifest_end],
             module: &bytes[manifest_end..module_end],
+            artifact,
         })
     }
 }
@@ -156,6 +285,8 @@ pub mod tag {
     pub const LISTEN_REPLACE: u32 = 15;
     /// Run configuration: the guest's static IPv4 settings ([`crate::net::NetConfig`]).
     pub const NET: u32 = 16;
+    /// Manifest: the engine build and configuration a compiled artifact is for (bytes).
+    pub const ENGINE_ID: u32 = 17;
 }
 
 /// [`tag::SHARE`] flag: the host refuses every change.
@@ -246,6 +377,9 @@ pub struct Manifest {
     pub stub_imports: bool,
     /// Listening sockets preopened after the directories.
     pub listens: Vec<Listen>,
+    /// With a compiled artifact: the engine build and configuration it was compiled for
+    /// (`wasmvm_engine::compiled::ENGINE_ID`).
+    pub engine_id: Option<Vec<u8>>,
 }
 
 #[cfg(feature = "alloc")]
@@ -279,6 +413,9 @@ impl Manifest {
         for listen in &self.listens {
             push_record(&mut out, tag::LISTEN, &listen.encode());
         }
+        if let Some(id) = &self.engine_id {
+            push_record(&mut out, tag::ENGINE_ID, id);
+        }
         out
     }
 
@@ -297,6 +434,7 @@ impl Manifest {
                 tag::INVOKE => m.invoke = Some(record.value.to_vec()),
                 tag::STUB_IMPORTS => m.stub_imports = true,
                 tag::LISTEN => m.listens.push(Listen::decode(record.value)?),
+                tag::ENGINE_ID => m.engine_id = Some(record.value.to_vec()),
                 _ => {}
             }
         }
@@ -510,8 +648,10 @@ mod tests {
         let module = b"\0asm\x01\0\0\0";
         let header = BundleHeader {
             manifest_len: m.len() as u32,
+            engine: Engine::Wasmi,
             module_len: module.len() as u64,
             module_sha256: [7; 32],
+            artifact: None,
         };
         let mut bytes = header.encode().to_vec();
         bytes.extend_from_slice(&m);
@@ -528,6 +668,67 @@ mod tests {
         assert_eq!(
             BundleRef::decode(&bytes).unwrap_err(),
             DecodeError::VersionMismatch { found: 99 }
+        );
+    }
+
+    #[test]
+    fn a_compiled_artifact_lies_page_aligned_after_the_module() {
+        let manifest = Manifest {
+            engine_id: Some(b"wasmtime 48.0.11".to_vec()),
+            ..Manifest::default()
+        }
+        .encode();
+        let module = b"\0asm\x01\0\0\0";
+        let offset = BundleHeader::artifact_offset(manifest.len() as u32, module.len() as u64);
+        assert_eq!(offset, 4096);
+        let artifact = [0xc3u8; 100];
+        let header = BundleHeader {
+            manifest_len: manifest.len() as u32,
+            engine: Engine::Wasmtime,
+            module_len: module.len() as u64,
+            module_sha256: [1; 32],
+            artifact: Some(ArtifactRef {
+                offset,
+                len: artifact.len() as u64,
+                sha256: [2; 32],
+            }),
+        };
+        let mut bytes = header.encode().to_vec();
+        bytes.extend_from_slice(&manifest);
+        bytes.extend_from_slice(module);
+        bytes.resize(offset as usize, 0);
+        bytes.extend_from_slice(&artifact);
+        assert_eq!(header.total_len(), bytes.len() as u64);
+        let b = BundleRef::decode(&bytes).unwrap();
+        assert_eq!(b.header, header);
+        assert_eq!(b.artifact, Some(&artifact[..]));
+        assert_eq!(
+            Manifest::decode(b.manifest).unwrap().engine_id.as_deref(),
+            Some(&b"wasmtime 48.0.11"[..])
+        );
+        // Cut short: truncated, never an out-of-bounds slice.
+        assert_eq!(
+            BundleRef::decode(&bytes[..bytes.len() - 1]).unwrap_err(),
+            DecodeError::Truncated
+        );
+        // Misplaced artifacts and unknown engines are refused by the header.
+        let mut bad = bytes.clone();
+        bad[64..72].copy_from_slice(&4097u64.to_le_bytes());
+        assert!(BundleHeader::decode(&bad).is_err());
+        let mut bad = bytes.clone();
+        bad[64..72].copy_from_slice(&0u64.to_le_bytes());
+        assert!(BundleHeader::decode(&bad).is_err(), "overlaps the module");
+        let mut bad = bytes.clone();
+        bad[72..80].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(BundleHeader::decode(&bad).is_err(), "wraps");
+        let mut bad = bytes.clone();
+        bad[20] = 9;
+        assert!(BundleHeader::decode(&bad).is_err());
+        let mut bad = bytes;
+        bad[20] = 0;
+        assert!(
+            BundleHeader::decode(&bad).is_err(),
+            "an artifact in a wasmi bundle"
         );
     }
 

@@ -92,6 +92,9 @@ pub enum ExitKind {
     KernelPanic = 3,
     /// The kernel could not start the app (bad bundle, instantiation failed, ...).
     BootFailed = 4,
+    /// A wasm exception escaped the entry point; `message` names it. Ends the run with
+    /// status 1, as `wasmtime run` does.
+    UncaughtException = 5,
 }
 
 impl ExitKind {
@@ -102,6 +105,7 @@ impl ExitKind {
             2 => ExitKind::Trapped,
             3 => ExitKind::KernelPanic,
             4 => ExitKind::BootFailed,
+            5 => ExitKind::UncaughtException,
             _ => return None,
         })
     }

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | 0–125 | the app's own exit status, exactly as wasmtime passes it |
 //! | 1 | also: the app called `proc_exit` with a status of 126 or more (wasmtime does the same) |
+//! | 1 | also: a wasm exception escaped the entry point (the compiled engine; wasmtime does the same) |
 //! | 130 | interrupted by SIGINT (Ctrl-C); the VM was stopped |
 //! | 134 | the app trapped (wasmtime's status for a trap) |
 //! | 143 | terminated by SIGTERM; the VM was stopped |
@@ -16,6 +17,8 @@
 pub const MAX_APP_STATUS: i32 = 125;
 /// Status for a `proc_exit` value above [`MAX_APP_STATUS`], as wasmtime does.
 pub const APP_STATUS_OUT_OF_RANGE: i32 = 1;
+/// Status for an uncaught wasm exception, as `wasmtime run` ends with one.
+pub const UNCAUGHT_EXCEPTION: i32 = 1;
 pub const INTERRUPTED: i32 = 130;
 pub const TRAP: i32 = 134;
 pub const TERMINATED: i32 = 143;

@@ -34,7 +34,7 @@ pub use records::{Record, Records};
 
 /// Version of this contract. The kernel refuses a bundle whose version differs, and the host
 /// refuses a kernel that reports another one.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Why some bytes from the other side could not be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

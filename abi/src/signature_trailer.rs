@@ -201,10 +201,10 @@ mod tests {
         lying[40 + 16] ^= 1;
         assert!(matches!(split(&lying), Err(DecodeError::Malformed(_))));
         let mut version = file;
-        version[40 + 8] = 2;
+        version[40 + 8] = 99;
         assert!(matches!(
             split(&version),
-            Err(DecodeError::VersionMismatch { found: 2 })
+            Err(DecodeError::VersionMismatch { found: 99 })
         ));
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! One app, no processes, no interrupts. `arch::boot` does the ring-0 setup in a few dozen
 //! instructions and drops to CPL 3, where [`kernel_main`] sets up the heap, finds the host
-//! channel, and runs the bundled wasm module in wasmi until it exits, traps or panics; every
-//! ending reaches the host as an exit record (see `wasmvm_abi::channel`).
+//! channel, and runs the bundled wasm module until it exits, traps or panics; every ending
+//! reaches the host as an exit record (see `wasmvm_abi::channel`). The engine is chosen at
+//! build time (`app`): wasmi interprets the module, or wasmtime's runtime runs the code
+//! Cranelift compiled for it when the image was packed.
 #![no_std]
 #![no_main]
 

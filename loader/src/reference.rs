@@ -266,8 +266,15 @@ fn run_here(
     }
 
     let engine = Engine::new(&engine_config());
-    let module =
-        Module::new(&engine, image.bundle.module).map_err(|e| RunError::Host(e.to_string()))?;
+    let module = Module::new(&engine, image.bundle.module).map_err(|e| {
+        RunError::Host(match image.bundle.header.engine {
+            wasmvm_abi::bundle::Engine::Wasmtime => format!(
+                "host mode interprets the module with wasmi, which cannot run this one ({e}); \
+                 it was packed for the compiled engine: run it in a VM"
+            ),
+            wasmvm_abi::bundle::Engine::Wasmi => e.to_string(),
+        })
+    })?;
     let mut store = Store::new(&engine, builder.build());
     let mut linker = Linker::<WasiCtx>::new(&engine);
     wasmi_wasi::add_to_linker(&mut linker, |ctx| ctx).map_err(|e| RunError::Host(e.to_string()))?;

@@ -19,8 +19,23 @@
 
 use core::arch::global_asm;
 
-/// Size of the kernel stack (in `.bss`; wasmi keeps wasm values on the heap, not here).
+/// Size of the kernel stack (in `.bss`, touched only as deep as it is used). wasmi keeps
+/// wasm values on the heap, not here; compiled wasm (wasmtime) runs on this stack, down to
+/// `MAX_WASM_STACK` below where it was entered, after which it traps. Below that limit runs
+/// what is not checked: the last wasm frame's overshoot, host functions called from wasm
+/// (WASI, the network stack) and the trap and exception paths. Hence the slack.
 pub const STACK_SIZE: usize = 4 << 20;
+
+/// The stack kept for what runs below compiled wasm's stack limit unchecked.
+#[cfg(feature = "engine-wasmtime")]
+const WASM_STACK_SLACK: usize = 512 << 10;
+
+#[cfg(feature = "engine-wasmtime")]
+const _: () = assert!(
+    STACK_SIZE >= wasmvm_engine::compiled::MAX_WASM_STACK + WASM_STACK_SLACK,
+    "the kernel stack must hold compiled wasm's stack plus slack"
+);
+
 /// GDT selectors. User data precedes user code, as `sysret` would expect.
 pub const KERNEL_CS: u16 = 0x08;
 pub const KERNEL_DS: u16 = 0x10;

@@ -1,7 +1,7 @@
 //! Everything that touches the CPU directly (`standalone` is the ring-0 device setup of
 //! exported disk images). The kernel's `unsafe` lives here and in
-//! `phys.rs`, `heap.rs`, `virtio.rs`, `console.rs` (its virtqueues) and `clock.rs` (the
-//! kvmclock page).
+//! `phys.rs`, `heap.rs`, `virtio.rs`, `console.rs` (its virtqueues), `clock.rs` (the
+//! kvmclock page) and `app/wasmtime/embedding.rs` (loading a compiled artifact).
 
 pub mod boot;
 pub mod mem;
@@ -133,5 +133,12 @@ pub fn triple_fault() -> ! {
 /// `_Unwind_Resume`; with `panic = "abort"` they are unreachable, but the symbol must exist.
 #[unsafe(no_mangle)]
 extern "C" fn _Unwind_Resume() -> ! {
+    triple_fault()
+}
+
+/// Likewise the personality routine some precompiled `compiler_builtins` objects name
+/// (linked in with wasmtime's runtime); never called with `panic = "abort"`.
+#[unsafe(no_mangle)]
+extern "C" fn rust_eh_personality() -> ! {
     triple_fault()
 }

@@ -2,6 +2,7 @@
 //! (see `wasmvm_abi::bundle` and docs/abi.md). Packing is deterministic: the same kernel,
 //! module and options give the same bytes.
 
+pub mod compile;
 pub mod elf;
 pub mod mapped;
 pub mod module;
@@ -11,7 +12,8 @@ pub mod signing;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 use wasmvm_abi::bundle::{
-    BUNDLE_ALIGN, BUNDLE_MAGIC, BundleHeader, BundleRef, Manifest, bundle_load_addr, kernel_note,
+    ArtifactRef, BUNDLE_ALIGN, BUNDLE_MAGIC, BundleHeader, BundleRef, Engine, Manifest,
+    bundle_load_addr, kernel_note,
 };
 use wasmvm_abi::{ABI_VERSION, align_up};
 
@@ -29,6 +31,8 @@ pub enum ImageError {
     NoBundle,
     #[error("corrupt app bundle: {0}")]
     Bundle(wasmvm_abi::DecodeError),
+    #[error("app bundle checksum mismatch: the compiled code was modified after packing")]
+    ArtifactChecksum,
     #[error("app bundle checksum mismatch: the module was modified after packing")]
     Checksum,
     #[error("module too large ({0} bytes)")]
@@ -65,8 +69,15 @@ pub fn kernel_version(elf: &Elf) -> KernelVersion {
     v
 }
 
-/// Builds an image from a kernel ELF, a module (already checked) and its manifest.
-pub fn pack(kernel: &[u8], module: &[u8], manifest: &Manifest) -> Result<Vec<u8>, ImageError> {
+/// Builds an image from a kernel ELF, a module (already checked), its manifest and, for the
+/// compiled engine, the artifact compiled from the module (placed page aligned after it, so
+/// the guest runs its code in place).
+pub fn pack(
+    kernel: &[u8],
+    module: &[u8],
+    manifest: &Manifest,
+    artifact: Option<&[u8]>,
+) -> Result<Vec<u8>, ImageError> {
     let elf = Elf::parse(kernel).map_err(ImageError::Kernel)?;
     let versions = kernel_version(&elf);
     if versions.abi_version != Some(ABI_VERSION) {
@@ -75,11 +86,22 @@ pub fn pack(kernel: &[u8], module: &[u8], manifest: &Manifest) -> Result<Vec<u8>
         });
     }
     let manifest_bytes = manifest.encode();
+    let manifest_len = u32::try_from(manifest_bytes.len())
+        .map_err(|_| ImageError::TooLarge(manifest_bytes.len()))?;
+    let artifact_ref = artifact.map(|a| ArtifactRef {
+        offset: BundleHeader::artifact_offset(manifest_len, module.len() as u64),
+        len: a.len() as u64,
+        sha256: Sha256::digest(a).into(),
+    });
     let header = BundleHeader {
-        manifest_len: u32::try_from(manifest_bytes.len())
-            .map_err(|_| ImageError::TooLarge(manifest_bytes.len()))?,
+        manifest_len,
+        engine: match artifact {
+            Some(_) => Engine::Wasmtime,
+            None => Engine::Wasmi,
+        },
         module_len: module.len() as u64,
         module_sha256: Sha256::digest(module).into(),
+        artifact: artifact_ref,
     };
     let bundle_addr = bundle_load_addr(elf.load_end());
     if bundle_addr + header.total_len() > 3 << 30 {
@@ -92,6 +114,10 @@ pub fn pack(kernel: &[u8], module: &[u8], manifest: &Manifest) -> Result<Vec<u8>
     out.extend_from_slice(&header.encode());
     out.extend_from_slice(&manifest_bytes);
     out.extend_from_slice(module);
+    if let (Some(bytes), Some(at)) = (artifact, artifact_ref) {
+        out.resize((bundle_offset + at.offset) as usize, 0);
+        out.extend_from_slice(bytes);
+    }
     out.resize(align_up(out.len() as u64, 8) as usize, 0);
 
     // The program header table: the kernel's own entries plus the bundle's. It stays where
@@ -161,6 +187,12 @@ impl<'a> Image<'a> {
         let digest: [u8; 32] = Sha256::digest(bundle.module).into();
         if digest != bundle.header.module_sha256 {
             return Err(ImageError::Checksum);
+        }
+        if let (Some(bytes), Some(at)) = (bundle.artifact, bundle.header.artifact) {
+            let digest: [u8; 32] = Sha256::digest(bytes).into();
+            if digest != at.sha256 {
+                return Err(ImageError::ArtifactChecksum);
+            }
         }
         let manifest = Manifest::decode(bundle.manifest).map_err(ImageError::Bundle)?;
         Ok(Image {

@@ -1,9 +1,10 @@
 //! Host-side checks of a wasm module before it is packed: everything the guest would refuse,
 //! found early and reported all at once.
 
-use wasmi::{Engine, ExternType, Module};
-use wasmvm_abi::wasi_imports::{FUNCTIONS, MODULE};
-use wasmvm_engine::{engine_config, func_type};
+use wasmparser::types::{EntityType, TypesRef};
+use wasmparser::{FuncType, Operator, Parser, Payload, ValType, Validator, WasmFeatures};
+use wasmvm_abi::bundle::Engine;
+use wasmvm_abi::wasi_imports::{FUNCTIONS, MODULE, Sig};
 
 /// What `pack` learned about a module that passed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,6 +13,10 @@ pub struct ModuleInfo {
     pub min_memory: u64,
     pub imports: Vec<String>,
     pub exports: Vec<String>,
+    /// The engine that will run it.
+    pub engine: Engine,
+    /// Why that engine, when `pack` chose it rather than the default.
+    pub engine_reason: Option<&'static str>,
 }
 
 /// How the module will be run, which changes what it must provide.
@@ -21,6 +26,84 @@ pub struct Entry<'a> {
     pub invoke: Option<&'a str>,
     /// Unknown function imports become stubs instead of errors.
     pub stub_imports: bool,
+    /// The engine asked for (`--engine`); `None` lets `check` choose: wasmi, unless the
+    /// module needs a proposal wasmi lacks.
+    pub engine: Option<Engine>,
+}
+
+/// Which exception-handling encoding a module's code uses, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exceptions {
+    None,
+    /// `try_table`, `throw`, `throw_ref`, `exnref`: the standard, which wasmtime runs.
+    Final,
+    /// `try`, `catch`, `catch_all`, `delegate`, `rethrow`: the first draft, which older
+    /// compilers emit and no engine of ours runs.
+    Legacy,
+}
+
+/// Scans the code for exception-handling instructions. A module that does not parse is
+/// left to validation, which says why.
+fn exceptions(bytes: &[u8]) -> Exceptions {
+    let mut found = Exceptions::None;
+    for payload in Parser::new(0).parse_all(bytes) {
+        let Ok(payload) = payload else {
+            return found;
+        };
+        match payload {
+            Payload::TagSection(_) if found == Exceptions::None => found = Exceptions::Final,
+            Payload::CodeSectionEntry(body) => {
+                let Ok(mut ops) = body.get_operators_reader() else {
+                    return found;
+                };
+                while !ops.eof() {
+                    match ops.read() {
+                        Ok(
+                            Operator::Try { .. }
+                            | Operator::Catch { .. }
+                            | Operator::CatchAll
+                            | Operator::Delegate { .. }
+                            | Operator::Rethrow { .. },
+                        ) => return Exceptions::Legacy,
+                        Ok(
+                            Operator::TryTable { .. } | Operator::Throw { .. } | Operator::ThrowRef,
+                        ) => found = Exceptions::Final,
+                        Ok(_) => {}
+                        Err(_) => return found,
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
+/// The proposals each engine runs, as `wasmparser` validates them.
+fn features(engine: Engine) -> WasmFeatures {
+    let wasmi = WasmFeatures::MUTABLE_GLOBAL
+        | WasmFeatures::SATURATING_FLOAT_TO_INT
+        | WasmFeatures::SIGN_EXTENSION
+        | WasmFeatures::MULTI_VALUE
+        | WasmFeatures::MULTI_MEMORY
+        | WasmFeatures::BULK_MEMORY
+        | WasmFeatures::REFERENCE_TYPES
+        | WasmFeatures::TAIL_CALL
+        | WasmFeatures::EXTENDED_CONST
+        | WasmFeatures::SIMD
+        | WasmFeatures::FLOATS;
+    match engine {
+        Engine::Wasmi => wasmi,
+        // As `wasmvm_engine::compiled::config` sets them.
+        Engine::Wasmtime => {
+            wasmi
+                | WasmFeatures::RELAXED_SIMD
+                | WasmFeatures::FUNCTION_REFERENCES
+                | WasmFeatures::GC
+                | WasmFeatures::GC_TYPES
+                | WasmFeatures::EXCEPTIONS
+        }
+    }
 }
 
 /// Checks `bytes`; on failure returns every problem found, each a sentence naming it.
@@ -52,36 +135,97 @@ pub fn check(bytes: &[u8], entry: Entry) -> Result<ModuleInfo, Vec<String>> {
             )]);
         }
     }
-    let engine = Engine::new(&engine_config());
-    let module = Module::new(&engine, bytes)
+    let (engine, engine_reason) = match (exceptions(bytes), entry.engine) {
+        (Exceptions::Legacy, _) => {
+            return Err(vec![
+                "uses the legacy exception-handling encoding (`try`/`catch`/`delegate`, from \
+                 older compilers), which no wasmvm engine runs: rebuild it for the standard \
+                 encoding (`try_table`; clang/LLVM 20+: `-mllvm -wasm-use-legacy-eh=false`)"
+                    .to_string(),
+            ]);
+        }
+        (Exceptions::Final, Some(Engine::Wasmi)) => {
+            return Err(vec![
+                "uses exception handling, which wasmi cannot run: pack it with \
+                 --engine wasmtime (or without --engine, which chooses it)"
+                    .to_string(),
+            ]);
+        }
+        (Exceptions::Final, None) => (
+            Engine::Wasmtime,
+            Some("it uses exception handling, which wasmi cannot run"),
+        ),
+        (_, Some(engine)) => (engine, None),
+        (Exceptions::None, None) => (Engine::Wasmi, None),
+    };
+    let types = Validator::new_with_features(features(engine))
+        .validate_all(bytes)
         .map_err(|e| vec![format!("invalid or unsupported module: {e}")])?;
+    if engine == Engine::Wasmi {
+        // wasmi's own limits, beyond the proposals (the kernel runs exactly this).
+        let wasmi = wasmi::Engine::new(&wasmvm_engine::engine_config());
+        wasmi::Module::new(&wasmi, bytes)
+            .map_err(|e| vec![format!("invalid or unsupported module: {e}")])?;
+    }
+    let types = types.as_ref();
+    let mut info = describe(&types, entry)?;
+    info.engine = engine;
+    info.engine_reason = engine_reason;
+    Ok(info)
+}
 
+/// A function type as the import table writes it.
+fn matches(sig: &Sig, ty: &FuncType) -> bool {
+    let val = |t: &wasmvm_abi::wasi_imports::ValType| match t {
+        wasmvm_abi::wasi_imports::ValType::I32 => ValType::I32,
+        wasmvm_abi::wasi_imports::ValType::I64 => ValType::I64,
+    };
+    sig.params.iter().map(val).eq(ty.params().iter().copied())
+        && sig.results.iter().map(val).eq(ty.results().iter().copied())
+}
+
+/// A function type as text, e.g. `(i32, i64) -> (i32)`.
+fn show(ty: &FuncType) -> String {
+    let list = |types: &[ValType]| {
+        let names: Vec<String> = types.iter().map(|t| t.to_string()).collect();
+        format!("({})", names.join(", "))
+    };
+    format!("{} -> {}", list(ty.params()), list(ty.results()))
+}
+
+/// Checks a validated module's imports and exports against WASI and the entry point.
+fn describe(types: &TypesRef<'_>, entry: Entry) -> Result<ModuleInfo, Vec<String>> {
+    let func_type = |id: wasmparser::types::CoreTypeId| types[id].unwrap_func().clone();
     let mut problems = Vec::new();
     let mut imports = Vec::new();
-    for import in module.imports() {
-        let name = format!("{}.{}", import.module(), import.name());
-        imports.push(name.clone());
-        let ExternType::Func(ty) = import.ty() else {
+    for (module, name, ty) in types.core_imports().into_iter().flatten() {
+        let full = format!("{module}.{name}");
+        imports.push(full.clone());
+        let EntityType::Func(id) = ty else {
             problems.push(format!(
-                "imports `{name}`, which is not a function: wasmvm provides only WASI preview1 functions"
+                "imports `{full}`, which is not a function: wasmvm provides only WASI preview1 functions"
             ));
             continue;
         };
-        let known = (import.module() == MODULE)
+        let ty = func_type(id);
+        let known = (module == MODULE)
             .then(|| {
-                let mut named = FUNCTIONS.iter().filter(|s| s.name == import.name());
+                let mut named = FUNCTIONS.iter().filter(|s| s.name == name);
                 let first = named.clone().next();
-                named.find(|s| func_type(s) == *ty).or(first)
+                named.find(|s| matches(s, &ty)).or(first)
             })
             .flatten();
         match known {
             None if entry.stub_imports => {}
             None => problems.push(format!(
-                "imports `{name}`, which wasmvm does not provide (--stub-imports links such imports as stubs returning zeros)"
+                "imports `{full}`, which wasmvm does not provide (--stub-imports links such imports as stubs returning zeros)"
             )),
             Some(sig) => {
-                if *ty != func_type(sig) {
-                    problems.push(format!("imports `{name}` with the wrong signature {ty:?}"));
+                if !matches(sig, &ty) {
+                    problems.push(format!(
+                        "imports `{full}` with the wrong signature {}",
+                        show(&ty)
+                    ));
                 }
             }
         }
@@ -91,12 +235,13 @@ pub fn check(bytes: &[u8], entry: Entry) -> Result<ModuleInfo, Vec<String>> {
     let mut min_memory = 0;
     let mut has_entry = false;
     let entry_name = entry.invoke.unwrap_or("_start");
-    for export in module.exports() {
-        exports.push(export.name().to_string());
-        match export.ty() {
-            ExternType::Func(ty) if export.name() == entry_name => {
+    for (name, ty) in types.core_exports().into_iter().flatten() {
+        exports.push(name.to_string());
+        match ty {
+            EntityType::Func(id) if name == entry_name => {
+                let ty = func_type(id);
                 let results_ok = ty.results().is_empty()
-                    || (entry.invoke.is_some() && ty.results() == [wasmi::ValType::I32]);
+                    || (entry.invoke.is_some() && ty.results() == [ValType::I32]);
                 if !ty.params().is_empty() || !results_ok {
                     problems.push(format!(
                         "`{entry_name}` must take no parameters and return nothing{}",
@@ -109,8 +254,8 @@ pub fn check(bytes: &[u8], entry: Entry) -> Result<ModuleInfo, Vec<String>> {
                 }
                 has_entry = true;
             }
-            ExternType::Memory(mem) if export.name() == "memory" => {
-                min_memory = mem.minimum().saturating_mul(65536);
+            EntityType::Memory(mem) if name == "memory" => {
+                min_memory = mem.initial.saturating_mul(65536);
             }
             _ => {}
         }
@@ -129,6 +274,8 @@ pub fn check(bytes: &[u8], entry: Entry) -> Result<ModuleInfo, Vec<String>> {
             min_memory,
             imports,
             exports,
+            engine: Engine::Wasmi,
+            engine_reason: None,
         })
     } else {
         Err(problems)
@@ -193,5 +340,82 @@ mod tests {
             check(MINIMAL, invoked).unwrap_err(),
             ["exports no function `nope` to --invoke"]
         );
+    }
+
+    fn wat(text: &str) -> Vec<u8> {
+        wat::parse_str(text).unwrap()
+    }
+
+    const THROWS: &str = r#"(module
+        (memory (export "memory") 1)
+        (tag $e (param i32))
+        (func (export "_start")
+          (block $h (result i32)
+            (try_table (catch $e $h) (throw $e (i32.const 7)))
+            (i32.const 0))
+          drop))"#;
+
+    #[test]
+    fn exception_handling_chooses_the_compiled_engine() {
+        let info = check(&wat(THROWS), Entry::default()).unwrap();
+        assert_eq!(info.engine, Engine::Wasmtime);
+        assert!(info.engine_reason.unwrap().contains("exception handling"));
+        // Forced either way: wasmi is refused by name; wasmtime needs no reason.
+        let wasmi = Entry {
+            engine: Some(Engine::Wasmi),
+            ..Entry::default()
+        };
+        let e = check(&wat(THROWS), wasmi).unwrap_err();
+        assert!(e[0].contains("wasmi cannot run"), "{e:?}");
+        let compiled = Entry {
+            engine: Some(Engine::Wasmtime),
+            ..Entry::default()
+        };
+        let info = check(MINIMAL, compiled).unwrap();
+        assert_eq!((info.engine, info.engine_reason), (Engine::Wasmtime, None));
+        // Without exceptions the default stays wasmi.
+        assert_eq!(
+            check(MINIMAL, Entry::default()).unwrap().engine,
+            Engine::Wasmi
+        );
+    }
+
+    #[test]
+    fn the_legacy_exception_encoding_is_refused_by_name() {
+        let legacy = wat(r#"(module
+                (tag $e)
+                (func (export "_start")
+                  try
+                    throw $e
+                  catch $e
+                  end))"#);
+        for engine in [None, Some(Engine::Wasmtime), Some(Engine::Wasmi)] {
+            let e = check(
+                &legacy,
+                Entry {
+                    engine,
+                    ..Entry::default()
+                },
+            )
+            .unwrap_err();
+            assert!(e[0].contains("legacy exception-handling encoding"), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn proposals_beyond_an_engine_are_refused() {
+        // memory64 is on neither engine (WASI preview1 has 32-bit pointers).
+        let m64 = wat(r#"(module (memory i64 1) (func (export "_start")))"#);
+        for engine in [Engine::Wasmi, Engine::Wasmtime] {
+            let e = check(
+                &m64,
+                Entry {
+                    engine: Some(engine),
+                    ..Entry::default()
+                },
+            )
+            .unwrap_err();
+            assert!(e[0].starts_with("invalid or unsupported module"), "{e:?}");
+        }
     }
 }

@@ -4,10 +4,28 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
-use wasmvm_abi::bundle::{FsNode, FsNodeKind, Manifest};
+use wasmvm_abi::bundle::{Engine, FsNode, FsNodeKind, Manifest};
 
+use crate::image::compile::{self, CompileError};
 use crate::image::module;
 use crate::image::{self, ImageError};
+
+/// The two kernel flavours an image can carry: one per engine, from one source (an image
+/// carries only the engine it uses).
+#[derive(Debug, Clone, Copy)]
+pub struct Kernels<'a> {
+    pub wasmi: &'a [u8],
+    pub wasmtime: &'a [u8],
+}
+
+/// A packed image, and the engine it runs on.
+#[derive(Debug, Clone)]
+pub struct Packed {
+    pub image: Vec<u8>,
+    pub engine: Engine,
+    /// Why `pack` chose that engine by itself (users are told on stderr).
+    pub engine_reason: Option<&'static str>,
+}
 
 /// What the user asked `pack` to record.
 #[derive(Debug, Clone, Default)]
@@ -26,6 +44,8 @@ pub struct PackOptions {
     pub stub_imports: bool,
     /// Listening TCP sockets preopened after the directories (`--listen`).
     pub listens: Vec<wasmvm_abi::net::Listen>,
+    /// `--engine`; `None` chooses wasmi unless the module needs the compiled engine.
+    pub engine: Option<Engine>,
 }
 
 /// `--dir HOST[::GUEST]`.
@@ -70,6 +90,8 @@ pub enum PackError {
     Image(#[from] ImageError),
     #[error("--dir {path}: {why}")]
     Dir { path: PathBuf, why: String },
+    #[error(transparent)]
+    Compile(#[from] CompileError),
 }
 
 /// Copies the tree under `root` into `out` as nodes of preopen `index`, in a stable order.
@@ -126,11 +148,13 @@ fn collect_dir(root: &Path, index: u32, out: &mut Vec<FsNode>) -> Result<(), Pac
     Ok(())
 }
 
-/// Checks `wasm` and packs it with `kernel` into image bytes.
-pub fn pack_module(kernel: &[u8], wasm: &[u8], opts: &PackOptions) -> Result<Vec<u8>, PackError> {
+/// Checks `wasm`, compiles it if it runs on the compiled engine, and packs it with the
+/// kernel of its engine into image bytes.
+pub fn pack_module(kernels: Kernels, wasm: &[u8], opts: &PackOptions) -> Result<Packed, PackError> {
     let entry = module::Entry {
         invoke: opts.invoke.as_deref(),
         stub_imports: opts.stub_imports,
+        engine: opts.engine,
     };
     let info = module::check(wasm, entry).map_err(PackError::Module)?;
     let mut fs_nodes = Vec::new();
@@ -148,8 +172,21 @@ pub fn pack_module(kernel: &[u8], wasm: &[u8], opts: &PackOptions) -> Result<Vec
         invoke: opts.invoke.as_ref().map(|s| s.as_bytes().to_vec()),
         stub_imports: opts.stub_imports,
         listens: opts.listens.clone(),
+        engine_id: (info.engine == Engine::Wasmtime)
+            .then(|| wasmvm_engine::compiled::ENGINE_ID.as_bytes().to_vec()),
     };
-    Ok(image::pack(kernel, wasm, &manifest)?)
+    let image = match info.engine {
+        Engine::Wasmi => image::pack(kernels.wasmi, wasm, &manifest, None)?,
+        Engine::Wasmtime => {
+            let artifact = compile::compile(wasm)?;
+            image::pack(kernels.wasmtime, wasm, &manifest, Some(&artifact))?
+        }
+    };
+    Ok(Packed {
+        image,
+        engine: info.engine,
+        engine_reason: info.engine_reason,
+    })
 }
 
 /// Checks that `KEY=VALUE` has a non-empty key without `=` or NUL.

@@ -17,6 +17,9 @@ pub enum Ending {
         message: String,
         backtrace: Vec<String>,
     },
+    /// A wasm exception escaped the entry point (the compiled engine); it ends the run with
+    /// status 1, as `wasmtime run` does.
+    UncaughtException(String),
     KernelPanic(String),
     BootFailed(String),
     /// The VM ended without an exit record.
@@ -36,6 +39,7 @@ impl Ending {
                 message: r.message,
                 backtrace: r.backtrace,
             },
+            ExitKind::UncaughtException => Ending::UncaughtException(r.message),
             ExitKind::KernelPanic => Ending::KernelPanic(r.message),
             ExitKind::BootFailed => Ending::BootFailed(r.message),
         }
@@ -47,6 +51,7 @@ impl Ending {
             Ending::Exited(s) => exit::app_status(*s),
             Ending::InvalidExitStatus => exit::APP_STATUS_OUT_OF_RANGE,
             Ending::Trapped { .. } => exit::TRAP,
+            Ending::UncaughtException(_) => exit::UNCAUGHT_EXCEPTION,
             Ending::KernelPanic(_) | Ending::BootFailed(_) => exit::KERNEL_PANIC,
             Ending::Crashed(_) => exit::GUEST_CRASH,
             Ending::TimedOut => exit::TIMEOUT,
@@ -70,6 +75,7 @@ impl Ending {
                 }
                 m
             }
+            Ending::UncaughtException(m) => format!("the app failed: {m}"),
             Ending::KernelPanic(m) => format!("guest kernel panicked: {m}"),
             Ending::BootFailed(m) => format!("guest could not start the app: {m}"),
             Ending::Crashed(m) => format!("guest crashed: {m}"),
