@@ -1,12 +1,21 @@
-//! Every sample, run in a VM on the built-in VMM (where KVM is usable), on QEMU, and in host
-//! reference mode (`--vmm host`: the same wasmi with wasi-common), must give the same
-//! stdout, stderr and exit status, byte for byte.
+//! Every sample, run in a VM on the built-in VMM (where KVM is usable), on QEMU, on both
+//! engines (wasmi, and code Cranelift compiled at pack time), and in host reference mode
+//! (`--vmm host`: the same wasmi with wasi-common), must give the same stdout, stderr and
+//! exit status, byte for byte.
 
 mod common;
 
 use common::*;
 
 fn compare(name: &str, pack_args: &[&str], run_args: &[&str], stdin: &[u8]) {
+    for engine in ENGINES {
+        let mut args = pack_args.to_vec();
+        args.extend(["--engine", engine]);
+        compare_on(name, &args, run_args, stdin);
+    }
+}
+
+fn compare_on(name: &str, pack_args: &[&str], run_args: &[&str], stdin: &[u8]) {
     let dir = scratch();
     let img = dir.path().join(format!("{name}.img"));
     pack(&sample(name), &img, pack_args);

@@ -74,7 +74,15 @@ fn has_root(wasm: &Path) -> bool {
 }
 
 /// Runs one test case; `Err` says how it failed.
+/// Runs one case on both engines; either failing fails the case.
 fn run_case(wasm: &Path, dirs: Dirs) -> Result<(), String> {
+    for engine in ENGINES {
+        run_case_on(wasm, dirs, engine).map_err(|e| format!("{engine} engine: {e}"))?;
+    }
+    Ok(())
+}
+
+fn run_case_on(wasm: &Path, dirs: Dirs, engine: &str) -> Result<(), String> {
     let spec_path = wasm.with_extension("json");
     let spec: serde_json::Value = match std::fs::read(&spec_path) {
         Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("bad spec: {e}"))?,
@@ -83,7 +91,12 @@ fn run_case(wasm: &Path, dirs: Dirs) -> Result<(), String> {
     let dir = scratch();
     let img = dir.path().join("t.img");
     let mut pack_cmd = wasmvm();
-    pack_cmd.arg("pack").arg(wasm).arg("-o").arg(&img);
+    pack_cmd
+        .arg("pack")
+        .arg(wasm)
+        .arg("-o")
+        .arg(&img)
+        .args(["--engine", engine]);
     let fixture = spec["root"]
         .as_str()
         .map(|root| wasm.parent().unwrap().join(root));

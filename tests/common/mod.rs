@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
+/// Both engines, for tests that hold them to the same behaviour.
+pub const ENGINES: [&str; 2] = ["wasmi", "wasmtime"];
+
 pub fn wasmvm() -> Command {
     Command::new(env!("CARGO_BIN_EXE_wasmvm"))
 }
