@@ -643,6 +643,7 @@ mod tests {
             invoke: Some(b"run".to_vec()),
             stub_imports: true,
             listens: vec![Listen::parse("8080").unwrap()],
+            engine_id: Some(b"wasmtime 48.0.11, wasmvm settings 1".to_vec()),
         };
         let m = manifest.encode();
         let module = b"\0asm\x01\0\0\0";
