@@ -301,3 +301,84 @@ fn thousands_of_tiny_writes_all_arrive_on_both_engines() {
         assert!(o.stdout.iter().all(|&b| b == b'x'), "{engine}");
     }
 }
+
+#[test]
+fn run_time_features_work_on_the_compiled_engine() {
+    let dir = scratch();
+    // --timeout and SIGTERM stop a spinning app.
+    let spin = dir.path().join("spin.img");
+    pack(&sample("exitcode"), &spin, &["--engine", "wasmtime"]);
+    let o = run(&spin, &["--timeout", "1s", "--", "spin"], b"");
+    assert_eq!(o.status.code(), Some(252), "{}", stderr(&o));
+    let child = start_ready(
+        &["--vmm", backends()[0], "--accel", accel()],
+        &spin,
+        &["spin"],
+        "spinning\n",
+    );
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert_eq!(child.wait_with_output().unwrap().status.code(), Some(143));
+
+    // A live directory and a persistent volume, through `run app.wasm --engine wasmtime`:
+    // the files sample does the same to a fresh directory on either engine.
+    let files = sample("files");
+    let mut outputs = Vec::new();
+    for engine in ENGINES {
+        let live = dir.path().join(format!("live-{engine}"));
+        std::fs::create_dir(&live).unwrap();
+        std::fs::write(live.join("input.txt"), "hello from the host\n").unwrap();
+        let spec = format!("{}::/data", live.display());
+        let o = run_on(
+            backends()[0],
+            &files,
+            &["--engine", engine, "--dir", &spec],
+            b"",
+        );
+        assert_eq!(o.status.code(), Some(0), "{engine}: {}", stderr(&o));
+        outputs.push(o.stdout);
+    }
+    assert_eq!(outputs[0], outputs[1]);
+
+    let volume = dir.path().join("data.img");
+    let o = wasmvm()
+        .args(["volume", "create"])
+        .arg(&volume)
+        .args(["--size", "16M"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let spec = format!("{}::/data", volume.display());
+    for count in 1..=2 {
+        let o = run_on(
+            backends()[0],
+            &files,
+            &["--engine", "wasmtime", "--volume", &spec, "--", "/data", "counter"],
+            b"",
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert_eq!(stdout(&o), format!("count {count}\n"));
+    }
+
+    // Unknown imports as stubs.
+    let stubbed = wat::parse_str(
+        r#"(module
+             (import "env" "answer" (func $answer (result i32)))
+             (import "env" "answer" (func $again (result i32)))
+             (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+             (memory (export "memory") 1)
+             (func (export "_start")
+               (call $exit (i32.add (i32.add (call $answer) (call $again)) (i32.const 5)))))"#,
+    )
+    .unwrap();
+    let module = write(dir.path(), "stubbed.wasm", &stubbed);
+    for engine in ENGINES {
+        let img = dir.path().join(format!("stubbed-{engine}.img"));
+        pack(&module, &img, &["--engine", engine, "--stub-imports"]);
+        let o = run(&img, &[], b"");
+        assert_eq!(o.status.code(), Some(5), "{engine}: {}", stderr(&o));
+    }
+}

@@ -120,7 +120,9 @@ fn inspect_reports_versions_module_and_settings() {
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["abi_version"], 1);
+    assert_eq!(v["abi_version"], wasmvm_abi::ABI_VERSION);
+    assert_eq!(v["engine"]["name"], "wasmi");
+    assert_eq!(v["engine"]["artifact_size"], serde_json::Value::Null);
     assert_eq!(v["kernel_version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(v["module"]["name"], "hello.wasm");
     assert_eq!(v["module"]["sha256"].as_str().unwrap().len(), 64);
@@ -167,7 +169,13 @@ fn inspect_reports_versions_module_and_settings() {
     );
 
     let text = wasmvm().arg("inspect").arg(&img).output().unwrap();
-    assert!(stdout(&text).contains("ABI version 1"), "{}", stdout(&text));
+    let abi = format!("ABI version {}", wasmvm_abi::ABI_VERSION);
+    assert!(stdout(&text).contains(&abi), "{}", stdout(&text));
+    assert!(
+        stdout(&text).contains("engine:         wasmi (interpreted)"),
+        "{}",
+        stdout(&text)
+    );
 }
 
 #[test]
