@@ -356,7 +356,9 @@ fn run_time_features_work_on_the_compiled_engine() {
         let o = run_on(
             backends()[0],
             &files,
-            &["--engine", "wasmtime", "--volume", &spec, "--", "/data", "counter"],
+            &[
+                "--engine", "wasmtime", "--volume", &spec, "--", "/data", "counter",
+            ],
             b"",
         );
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
