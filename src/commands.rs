@@ -202,8 +202,8 @@ fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
 fn is_wasm(path: &Path) -> Result<bool> {
     use std::io::Read;
     let mut magic = [0u8; 4];
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    // Only a regular file of bounded size: a FIFO would block and /dev/zero never end.
+    let (mut f, _) = wasmvm_loader::image::file::open(path)?;
     let n = f.read(&mut magic).unwrap_or(0);
     Ok(n == 4 && &magic == b"\0asm")
 }
@@ -302,7 +302,7 @@ fn stop_on_signals(stopper: wasmvm_loader::Stopper) -> Result<signal_hook::itera
 }
 
 fn inspect(path: &Path, json: bool) -> Result<i32> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = wasmvm_loader::image::file::read(path)?;
     let image =
         Image::parse(&bytes).with_context(|| format!("cannot inspect {}", path.display()))?;
     let entry = module::Entry {

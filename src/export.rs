@@ -29,8 +29,7 @@ pub fn export(
     format: Option<DiskFormatArg>,
     libvirt: Option<LibvirtArgs>,
 ) -> Result<i32> {
-    let bytes =
-        std::fs::read(target).with_context(|| format!("cannot read {}", target.display()))?;
+    let bytes = wasmvm_loader::image::file::read(target)?;
     let image = if bytes.starts_with(b"\0asm") {
         let opts = PackOptions {
             module_name: target

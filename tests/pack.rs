@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::*;
 
 fn pack_err(module_bytes: &[u8]) -> (i32, String) {
@@ -308,4 +310,33 @@ fn network_usage_errors_are_named() {
         "{}",
         stderr(&o)
     );
+}
+
+#[test]
+fn non_regular_image_files_are_refused_before_reading() {
+    let dir = scratch();
+    let fifo = dir.path().join("fifo.img");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // A FIFO would block a reader forever, /dev/zero never ends, a directory is no image:
+    // each is refused at once by name, whatever the command.
+    for target in [fifo.as_path(), Path::new("/dev/zero"), dir.path()] {
+        for args in [
+            &["inspect"][..],
+            &["run"],
+            &["image", "export", "-o", "/nonexistent/disk.qcow2"],
+        ] {
+            let o = wasmvm().args(args).arg(target).output().unwrap();
+            assert_eq!(o.status.code(), Some(253), "{args:?} {}", target.display());
+            let e = stderr(&o);
+            assert!(
+                e.contains("not a regular file") || e.contains("is a directory"),
+                "{args:?} {}: {e}",
+                target.display()
+            );
+        }
+    }
 }

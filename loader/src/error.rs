@@ -18,8 +18,8 @@ pub enum RunError {
     #[error(transparent)]
     Image(#[from] ImageError),
     /// The image path names something that cannot be an image, or cannot be read.
-    #[error("{}: {problem}", path.display())]
-    ImageFile { path: PathBuf, problem: String },
+    #[error(transparent)]
+    ImageFile(#[from] crate::image::file::ImageFileError),
     #[error(
         "QEMU (`{0}`) was not found: install it (Debian: `apt-get install qemu-system-x86`) or set WASMVM_QEMU"
     )]

@@ -151,7 +151,7 @@ fn run_here(
     opts: &RunOptions,
     streams: Option<AppStreams>,
 ) -> Result<Ending, RunError> {
-    let bytes = std::fs::read(image_path).map_err(io_err("reading the image"))?;
+    let bytes = crate::image::file::read(image_path)?;
     let image = Image::parse(&bytes)?;
     let run = RunConfig {
         argv0: opts.argv0.clone(),

@@ -4,6 +4,7 @@
 
 pub mod compile;
 pub mod elf;
+pub mod file;
 pub mod mapped;
 pub mod module;
 pub mod pack;

@@ -32,6 +32,8 @@ pub enum SigningError {
         path: PathBuf,
         cause: std::io::Error,
     },
+    #[error(transparent)]
+    ImageFile(#[from] crate::image::file::ImageFileError),
     #[error("{} already exists: wasmvm never overwrites a key (choose another -o PREFIX)", .0.display())]
     KeyExists(PathBuf),
     #[error("{}: not an Ed25519 private key in PKCS#8 PEM ({why})", path.display())]
@@ -260,7 +262,7 @@ pub fn verified_copy(
     path: &Path,
     trusted: &VerifyingKey,
 ) -> Result<tempfile::NamedTempFile, SigningError> {
-    let bytes = std::fs::read(path).map_err(io_error(path))?;
+    let bytes = crate::image::file::read(path)?;
     if bytes.starts_with(b"\0asm") {
         return Err(SigningError::Module);
     }

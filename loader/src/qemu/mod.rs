@@ -22,7 +22,7 @@ use crate::host::channel::pump_stdin;
 use crate::image::Image;
 use crate::run::ending::{Outcome, outcome};
 use crate::run::network;
-use crate::run::prepare::{Prepared, check_image_file, check_kvm};
+use crate::run::prepare::{Prepared, check_kvm};
 use crate::run::supervise::OutputPump;
 use crate::run::{Control, Ending, RunIo, RunOptions};
 use crate::{Backend, RunError};
@@ -110,8 +110,7 @@ fn run(
     control: Control,
 ) -> Result<Ending, RunError> {
     let started = Instant::now();
-    check_image_file(image_path)?;
-    let bytes = std::fs::read(image_path).map_err(io_err("reading the image"))?;
+    let bytes = crate::image::file::read(image_path)?;
     let image = Image::parse(&bytes)?;
     if qemu.accel == Accel::Kvm {
         check_kvm()?;

@@ -40,23 +40,11 @@ impl Prepared {
     }
 }
 
-/// Checks that `path` names a regular file before a backend maps or reads it, so that a
-/// directory or a device gets an error that says so (mmap would answer ENODEV).
+/// Checks that `path` names a regular file of at most `image::file::MAX_IMAGE_BYTES` before
+/// a backend maps or reads it, so that a directory, a device or a FIFO gets an error that
+/// says so (mmap would answer ENODEV, and reading `/dev/zero` would never end).
 pub(crate) fn check_image_file(path: &Path) -> Result<(), RunError> {
-    let problem = |problem: String| RunError::ImageFile {
-        path: path.to_path_buf(),
-        problem,
-    };
-    let meta =
-        std::fs::metadata(path).map_err(|e| problem(format!("cannot read the image: {e}")))?;
-    if meta.is_dir() {
-        return Err(problem("is a directory, not a wasmvm image".into()));
-    }
-    if !meta.is_file() {
-        return Err(problem(
-            "is not a regular file, so not a wasmvm image".into(),
-        ));
-    }
+    crate::image::file::open(path).map(drop)?;
     Ok(())
 }
 
@@ -138,7 +126,10 @@ fn memory_mib(opts: &RunOptions, image: &Image) -> u64 {
 /// holds the module and any packed files, copied once more into the heap) and twice the
 /// module's minimum memory (room to grow), rounded up to 2 MiB; at least 64 MiB.
 pub fn default_memory_mib(bundle_len: u64, min_memory: u64) -> u64 {
-    let bytes = (32 << 20) + 8 * bundle_len + 2 * min_memory;
+    // Saturating: both come from the image, which may be hostile.
+    let bytes = (32u64 << 20)
+        .saturating_add(bundle_len.saturating_mul(8))
+        .saturating_add(min_memory.saturating_mul(2));
     // At most 3 GiB, like --memory: guest RAM must stay below the device window (and the
     // 4 GiB the page tables map).
     (bytes.div_ceil(2 << 20) * 2).clamp(64, 3072)
@@ -169,5 +160,6 @@ mod tests {
     fn default_memory_is_clamped() {
         assert_eq!(default_memory_mib(0, 0), 64);
         assert_eq!(default_memory_mib(0, 4 << 30), 3072);
+        assert_eq!(default_memory_mib(u64::MAX, u64::MAX - 1), 3072);
     }
 }
