@@ -130,10 +130,31 @@ fn http_image() -> &'static PathBuf {
 
 const HTTP_READY: &str = "listening on fd 3";
 
+/// The HTTP sample packed for the compiled engine.
+fn http_image_compiled() -> &'static PathBuf {
+    static IMAGE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &IMAGE
+        .get_or_init(|| {
+            let dir = scratch();
+            let img = dir.path().join("http-wasmtime.img");
+            pack(
+                &sample("http"),
+                &img,
+                &["--listen", "8080", "--engine", "wasmtime"],
+            );
+            (dir, img)
+        })
+        .1
+}
+
 #[test]
-fn the_http_sample_answers_from_every_backend() {
-    for vmm in backends() {
-        let guest = Guest::start(vmm, http_image(), 8080, HTTP_READY, &[]);
+fn the_http_sample_answers_from_every_backend_on_both_engines() {
+    let runs = backends()
+        .iter()
+        .flat_map(|vmm| [(vmm, http_image()), (vmm, http_image_compiled())]);
+    for (vmm, image) in runs {
+        let vmm = *vmm;
+        let guest = Guest::start(vmm, image, 8080, HTTP_READY, &[]);
         let (code, body) = request(&guest, "GET", "/", b"");
         assert_eq!(
             (code, &body[..]),
