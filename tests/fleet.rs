@@ -509,3 +509,52 @@ fn a_killed_supervisor_shows_as_failed_and_takes_its_vmm_along() {
     let o = fleet.wasmvm(&["stop", &name]);
     assert_eq!(o.status.code(), Some(0));
 }
+
+#[test]
+fn a_damaged_state_file_is_named_and_removable_and_hides_no_other_vm() {
+    let fleet = Fleet::new();
+    let hello = fleet.image(&sample("hello"), "hello.img");
+    for name in ["good", "garbled", "fifo", "link"] {
+        fleet.start(&["--name", name, &hello]);
+    }
+    fleet.wait_ps("all to exit", |ps| {
+        ps.len() == 4 && ps.iter().all(|v| v["status"] == "exited")
+    });
+    let state = |name: &str| {
+        fleet
+            .path("state")
+            .join(format!("wasmvm/vms/{name}/state.json"))
+    };
+    std::fs::write(state("garbled"), b"{ not json").unwrap();
+    std::fs::remove_file(state("fifo")).unwrap();
+    let made = Command::new("mkfifo").arg(state("fifo")).status().unwrap();
+    assert!(made.success());
+    std::fs::remove_file(state("link")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", state("link")).unwrap();
+
+    // `ps` answers (a FIFO must not block it), lists the healthy VM, and names each
+    // damaged one with why.
+    let ps = fleet.ps();
+    assert_eq!(ps.len(), 4, "{ps:?}");
+    assert_eq!(fleet.vm("good")["status"], "exited");
+    for name in ["garbled", "fifo", "link"] {
+        let v = fleet.vm(name);
+        assert_eq!(v["status"], "failed", "{name}");
+        assert!(
+            v["reason"].as_str().unwrap().contains("state.json"),
+            "{name}: {v}"
+        );
+    }
+    let table = fleet.ok(&["ps"]);
+    assert!(table.contains("damaged state"), "{table}");
+    // `rm` removes them; the healthy VM stays.
+    assert_eq!(
+        fleet.ok(&["rm", "garbled", "fifo", "link"]).lines().count(),
+        3
+    );
+    let ps = fleet.ps();
+    assert_eq!(ps.len(), 1, "{ps:?}");
+    assert_eq!(ps[0]["name"], "good");
+    // The symlink's target was never touched.
+    assert!(std::fs::metadata("/etc/passwd").is_ok());
+}

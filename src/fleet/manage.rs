@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use rustix::process::Signal;
 use serde::Serialize;
 
-use super::state::{State, Status, Vm, now};
+use super::state::{Status, Vm, now};
 use super::sys::ProcId;
 
 /// How often `logs -f` looks for new output, and `stop` whether the VMs have ended.
@@ -41,6 +41,30 @@ struct Entry {
     log: PathBuf,
 }
 
+impl Entry {
+    /// A VM whose state file cannot be read.
+    fn damaged(vm: &Vm, why: String) -> Entry {
+        Entry {
+            name: vm.name.clone(),
+            status: Status::Failed,
+            status_text: "damaged state (see `wasmvm ps --json`; `wasmvm rm` removes it)"
+                .to_string(),
+            exit_code: None,
+            reason: Some(why),
+            restarts: 0,
+            restart: String::new(),
+            image: PathBuf::new(),
+            args: Vec::new(),
+            created_at: 0,
+            started_at: None,
+            finished_at: None,
+            supervisor_pid: None,
+            vmm_pid: None,
+            log: vm.log_path(),
+        }
+    }
+}
+
 fn is_up(status: Status) -> bool {
     !status.is_final()
 }
@@ -48,12 +72,17 @@ fn is_up(status: Status) -> bool {
 pub fn ps(all: bool, json: bool) -> Result<i32> {
     let now = now();
     let mut entries = Vec::new();
-    for (vm, _) in Vm::list()? {
-        let state = match vm.observe() {
+    for (vm, listed) in Vm::list()? {
+        let state = match listed.and_then(|_| vm.observe().map_err(|e| format!("{e:#}"))) {
             Ok(state) => state,
             // Removed since it was listed.
             Err(_) if !vm.dir.exists() => continue,
-            Err(e) => return Err(e),
+            // Shown (also without -a: someone must look at it) and named, never hiding the
+            // others; `wasmvm rm NAME` removes it.
+            Err(why) => {
+                entries.push(Entry::damaged(&vm, why));
+                continue;
+            }
         };
         if !all && !is_up(state.status) {
             continue;
@@ -258,10 +287,13 @@ pub fn rm(names: &[String], force: bool) -> Result<i32> {
         .iter()
         .map(|n| Vm::open(n))
         .collect::<Result<Vec<_>>>()?;
-    // Refuse before removing anything.
+    // Refuse before removing anything. A VM whose state is damaged names no process to
+    // stop: it is removed as it is.
     let mut running = Vec::new();
     for vm in &vms {
-        let state: State = vm.observe()?;
+        let Ok(state) = vm.observe() else {
+            continue;
+        };
         if !state.live_processes().is_empty() || is_up(state.status) {
             running.push(vm.clone());
         }

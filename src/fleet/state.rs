@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use super::sys::{self, ProcId};
 
 const STATE_FILE: &str = "state.json";
+/// A state file is a few hundred bytes; anything far larger is not one.
+const MAX_STATE_BYTES: u64 = 1 << 20;
 const LOG_FILE: &str = "log";
 
 /// The directory holding one directory per VM: `$XDG_STATE_HOME/wasmvm/vms`, where
@@ -243,7 +245,8 @@ impl Vm {
     pub fn open(name: &str) -> Result<Vm> {
         check_name(name)?;
         let vm = Vm::at(&vms_dir()?.join(name));
-        if !vm.dir.join(STATE_FILE).exists() {
+        // Not `exists()`: that follows a symlink, and a damaged entry must stay removable.
+        if std::fs::symlink_metadata(vm.dir.join(STATE_FILE)).is_err() {
             bail!("no VM named `{name}` (see `wasmvm ps -a`)");
         }
         Ok(vm)
@@ -268,8 +271,10 @@ impl Vm {
     }
 
     /// Every VM with a state file, oldest first (a directory claimed this instant, whose
-    /// state is not written yet, and `rm`'s leftovers, whose names start with `.`, are not).
-    pub fn list() -> Result<Vec<(Vm, State)>> {
+    /// state is not written yet, and `rm`'s leftovers, whose names start with `.`, are not),
+    /// each with its state or, when the state file is damaged, why: one bad entry never
+    /// hides the others.
+    pub fn list() -> Result<Vec<(Vm, Result<State, String>)>> {
         let vms = vms_dir()?;
         let entries = match std::fs::read_dir(&vms) {
             Ok(entries) => entries,
@@ -284,13 +289,16 @@ impl Vm {
             }
             let vm = Vm::at(&entry.path());
             match vm.load() {
-                Ok(state) => found.push((vm, state)),
+                Ok(state) => found.push((vm, Ok(state))),
                 // Claimed but not written yet, or removed meanwhile.
-                Err(_) if !vm.dir.join(STATE_FILE).exists() => {}
-                Err(e) => return Err(e),
+                Err(_) if std::fs::symlink_metadata(vm.dir.join(STATE_FILE)).is_err() => {}
+                Err(e) => found.push((vm, Err(format!("{e:#}")))),
             }
         }
-        found.sort_by(|a, b| (a.1.created_at, &a.0.name).cmp(&(b.1.created_at, &b.0.name)));
+        let key = |(vm, state): &(Vm, Result<State, String>)| {
+            (state.as_ref().map_or(0, |s| s.created_at), vm.name.clone())
+        };
+        found.sort_by_key(key);
         Ok(found)
     }
 
@@ -298,10 +306,30 @@ impl Vm {
         self.dir.join(LOG_FILE)
     }
 
+    /// Reads the state file: a regular file (never through a symlink, never a FIFO that
+    /// would block) of at most `MAX_STATE_BYTES`.
     pub fn load(&self) -> Result<State> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
         let path = self.dir.join(STATE_FILE);
-        let text =
-            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let meta = file
+            .metadata()
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if !meta.is_file() {
+            bail!("{} is not a regular file", path.display());
+        }
+        let mut text = Vec::new();
+        file.take(MAX_STATE_BYTES + 1)
+            .read_to_end(&mut text)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if text.len() as u64 > MAX_STATE_BYTES {
+            bail!("{} is larger than a state file can be", path.display());
+        }
         serde_json::from_slice(&text).with_context(|| format!("{} is damaged", path.display()))
     }
 
