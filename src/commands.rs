@@ -249,7 +249,7 @@ fn run(
     };
 
     let control = Control::default();
-    // SIGINT and SIGTERM stop the VM cleanly; a backend that cannot be stopped (host mode)
+    // SIGINT, SIGTERM and SIGHUP stop the VM cleanly; a backend that cannot be stopped (host mode)
     // leaves them at their default action, which ends the process.
     let signal_handle = match backend.honours_stop() {
         true => Some(stop_on_signals(control.stopper())?),
@@ -281,20 +281,22 @@ fn run(
     Ok(ending.status())
 }
 
-/// Turns SIGINT and SIGTERM into stop requests for the running VM.
+/// Turns SIGINT, SIGTERM and SIGHUP into stop requests for the running VM, so each ends it
+/// cleanly (volumes written back) with its own status.
 fn stop_on_signals(stopper: wasmvm_loader::Stopper) -> Result<signal_hook::iterator::Handle> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
     ])
     .context("cannot install signal handlers")?;
     let handle = signals.handle();
     std::thread::spawn(move || {
         for sig in signals.forever() {
-            stopper.stop(if sig == signal_hook::consts::SIGINT {
-                StopReason::Interrupt
-            } else {
-                StopReason::Terminate
+            stopper.stop(match sig {
+                signal_hook::consts::SIGINT => StopReason::Interrupt,
+                signal_hook::consts::SIGHUP => StopReason::Hangup,
+                _ => StopReason::Terminate,
             });
         }
     });

@@ -65,6 +65,7 @@ fn every_command_and_flag_is_documented() {
 fn exit_status_table_matches_the_abi() {
     let doc = std::fs::read_to_string(root().join("docs/cli.md")).unwrap();
     for (status, words) in [
+        (exit::HANGUP, "SIGHUP"),
         (exit::INTERRUPTED, "SIGINT"),
         (exit::TRAP, "trapped"),
         (exit::TERMINATED, "SIGTERM"),

@@ -125,9 +125,9 @@ fn a_timeout_stops_the_vm_with_status_252() {
 }
 
 #[test]
-fn sigterm_and_sigint_stop_the_vm() {
+fn sigterm_sigint_and_sighup_stop_the_vm() {
     for vmm in backends() {
-        for (signal, status) in [("TERM", 143), ("INT", 130)] {
+        for (signal, status) in [("TERM", 143), ("INT", 130), ("HUP", 129)] {
             let o = spin_then_signal(&["--vmm", vmm, "--accel", accel()], signal);
             assert_eq!(o.status.code(), Some(status), "{vmm}: {}", stderr(&o));
         }

@@ -6,6 +6,7 @@
 //! | 1 | also: the app called `proc_exit` with a status of 126 or more (wasmtime does the same) |
 //! | 1 | also: a wasm exception escaped the entry point (the compiled engine; wasmtime does the same) |
 //! | 130 | interrupted by SIGINT (Ctrl-C); the VM was stopped |
+//! | 129 | hung up by SIGHUP (the terminal or session went away); the VM was stopped |
 //! | 134 | the app trapped (wasmtime's status for a trap) |
 //! | 143 | terminated by SIGTERM; the VM was stopped |
 //! | 250 | the guest kernel panicked or could not start the app |
@@ -19,6 +20,7 @@ pub const MAX_APP_STATUS: i32 = 125;
 pub const APP_STATUS_OUT_OF_RANGE: i32 = 1;
 /// Status for an uncaught wasm exception, as `wasmtime run` ends with one.
 pub const UNCAUGHT_EXCEPTION: i32 = 1;
+pub const HANGUP: i32 = 129;
 pub const INTERRUPTED: i32 = 130;
 pub const TRAP: i32 = 134;
 pub const TERMINATED: i32 = 143;

@@ -8,8 +8,12 @@ use crate::host::channel::StreamEnd;
 /// Why a VM was stopped from outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
+    /// SIGINT (Ctrl-C).
     Interrupt,
+    /// SIGTERM.
     Terminate,
+    /// SIGHUP: the terminal or session went away.
+    Hangup,
 }
 
 /// A handle that stops a running VM (e.g. from a signal-handling thread).

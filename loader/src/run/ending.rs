@@ -57,6 +57,7 @@ impl Ending {
             Ending::TimedOut => exit::TIMEOUT,
             Ending::Stopped(StopReason::Interrupt) => exit::INTERRUPTED,
             Ending::Stopped(StopReason::Terminate) => exit::TERMINATED,
+            Ending::Stopped(StopReason::Hangup) => exit::HANGUP,
         }
     }
 
@@ -82,6 +83,7 @@ impl Ending {
             Ending::TimedOut => "timed out: the VM was stopped".to_string(),
             Ending::Stopped(StopReason::Interrupt) => "interrupted: the VM was stopped".to_string(),
             Ending::Stopped(StopReason::Terminate) => "terminated: the VM was stopped".to_string(),
+            Ending::Stopped(StopReason::Hangup) => "hung up: the VM was stopped".to_string(),
         })
     }
 }
