@@ -17,6 +17,7 @@ use crate::KERNELS;
 use crate::cli::{
     AppArgs, BackendChoice, Cli, Command, ImageCommand, KeyCommand, RunArgs, VolumeCommand,
 };
+use crate::output::{self, Output};
 
 pub fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {
@@ -249,15 +250,25 @@ fn run(
     };
 
     let control = Control::default();
-    // SIGINT, SIGTERM and SIGHUP stop the VM cleanly; a backend that cannot be stopped (host mode)
-    // leaves them at their default action, which ends the process.
+    // The user's streams, behind queues of their own: a reader that never reads cannot
+    // hold a stopped run (see `output`).
+    let (out, err) = (
+        Output::new(std::io::stdout()),
+        Output::new(std::io::stderr()),
+    );
+    let give_up = GiveUp::new(&out, &err);
+    // With --timeout the whole command is bounded, output included.
+    if let Some(timeout) = opts.timeout {
+        give_up.after(timeout + output::GRACE);
+    }
+    // SIGINT, SIGTERM and SIGHUP stop the VM cleanly; a backend that cannot be stopped (host
+    // mode) leaves them at their default action, which ends the process.
     let signal_handle = match backend.honours_stop() {
-        true => Some(stop_on_signals(control.stopper())?),
+        true => Some(stop_on_signals(control.stopper(), give_up.clone())?),
         false => None,
     };
 
-    let mut stdout = std::io::stdout();
-    let mut stderr = std::io::stderr();
+    let (mut stdout, mut stderr) = (out.clone(), err.clone());
     let mut log = |line: &str| {
         if verbose {
             eprintln!("[wasmvm] {line}");
@@ -274,6 +285,10 @@ fn run(
     if let Some(handle) = signal_handle {
         handle.close();
     }
+    // Everything the app wrote reaches the reader before our own last words; after a stop
+    // or timeout, only what the reader takes within the grace period.
+    out.drain();
+    err.drain();
     let ending = ending?;
     if let Some(message) = ending.describe() {
         eprintln!("wasmvm: {message}");
@@ -282,8 +297,12 @@ fn run(
 }
 
 /// Turns SIGINT, SIGTERM and SIGHUP into stop requests for the running VM, so each ends it
-/// cleanly (volumes written back) with its own status.
-fn stop_on_signals(stopper: wasmvm_loader::Stopper) -> Result<signal_hook::iterator::Handle> {
+/// cleanly (volumes written back) with its own status; the reader then has
+/// `output::GRACE` to take the rest of the output.
+fn stop_on_signals(
+    stopper: wasmvm_loader::Stopper,
+    give_up: GiveUp,
+) -> Result<signal_hook::iterator::Handle> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
@@ -298,9 +317,36 @@ fn stop_on_signals(stopper: wasmvm_loader::Stopper) -> Result<signal_hook::itera
                 signal_hook::consts::SIGHUP => StopReason::Hangup,
                 _ => StopReason::Terminate,
             });
+            give_up.after(output::GRACE);
         }
     });
     Ok(handle)
+}
+
+/// Drops the output a stopped run's reader will not take, once the reader has had its
+/// grace period: armed by a stop request or by `--timeout`.
+#[derive(Clone)]
+struct GiveUp {
+    outputs: [Output; 2],
+}
+
+impl GiveUp {
+    fn new(out: &Output, err: &Output) -> GiveUp {
+        GiveUp {
+            outputs: [out.clone(), err.clone()],
+        }
+    }
+
+    /// Abandons the outputs after `delay` (a detached timer: the process may end first).
+    fn after(&self, delay: std::time::Duration) {
+        let this = self.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            for o in &this.outputs {
+                o.abandon();
+            }
+        });
+    }
 }
 
 fn inspect(path: &Path, json: bool) -> Result<i32> {

@@ -6,6 +6,7 @@ mod commands;
 mod export;
 mod fleet;
 mod keys;
+mod output;
 mod progress;
 
 use std::process::ExitCode;

@@ -491,3 +491,60 @@ fn the_builtin_vmm_also_boots_through_pvh() {
         stderr(&o)
     );
 }
+
+/// Waits for `child` to end, killing it and failing if it has not within `watchdog` (a hang
+/// detector, not a timing assertion).
+fn wait_or_fail(mut child: std::process::Child, watchdog: std::time::Duration) -> i32 {
+    let deadline = std::time::Instant::now() + watchdog;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the run did not end within {watchdog:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_stop_ends_the_run_even_when_nobody_reads_its_output() {
+    use std::process::Stdio;
+    let spew = || {
+        let mut cmd = wasmvm();
+        cmd.args(["run", "--accel", accel()])
+            .arg(sample("exitcode"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped()) // never read
+            .stderr(Stdio::null());
+        cmd
+    };
+    let watchdog = std::time::Duration::from_secs(60);
+    // --timeout: stopped, and the output the reader never took is dropped.
+    let child = spew()
+        .args(["--timeout", "2s", "--", "spew", "256"])
+        .spawn()
+        .unwrap();
+    assert_eq!(wait_or_fail(child, watchdog), 252);
+    // SIGTERM while output is backed up: the same. `-v`'s "VM built" line on stderr says
+    // the signal handlers are in place (stdout stays unread).
+    let mut cmd = spew();
+    cmd.args(["-v", "--", "spew", "256"]).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut log = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("host: VM built") {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut log, &mut line).unwrap();
+        assert!(n > 0, "the run ended before its VM was built");
+    }
+    // Keep draining the log so it cannot block the run.
+    std::thread::spawn(move || std::io::copy(&mut log, &mut std::io::sink()));
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert_eq!(wait_or_fail(child, watchdog), 143);
+}
