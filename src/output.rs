@@ -89,7 +89,8 @@ impl Output {
     /// Waits until everything queued has been written (or dropped).
     pub fn drain(&self) {
         let mut q = lock(&self.shared);
-        while !(q.chunks.is_empty() && !q.writing) && !q.abandoned && !q.broken {
+        let pending = |q: &Queue| !q.chunks.is_empty() || q.writing;
+        while pending(&q) && !q.abandoned && !q.broken {
             q = self
                 .shared
                 .changed
