@@ -1,8 +1,14 @@
 //! Samples in other languages, built from source by their own toolchains, run in a VM and
 //! in host reference mode with identical results: C (wasi-libc through `zig cc`), Zig, and
-//! AssemblyScript (npm `assemblyscript` with `@assemblyscript/wasi-shim`).
+//! AssemblyScript (npm `assemblyscript` with `@assemblyscript/wasi-shim`). Two reactors
+//! (no `_start`; `_initialize`, then an `--invoke`d export) hold both engines to the reactor
+//! ABI, `_initialize` exactly once per instance: C (`zig cc -mexec-model=reactor`, whose
+//! wasi-libc `_initialize` traps on a second call) and Zig (`-mexec-model=reactor`, whose
+//! `_initialize` runs `main` again on a second call).
 
 mod common;
+
+use std::path::{Path, PathBuf};
 
 use common::*;
 
@@ -81,4 +87,106 @@ fn assemblyscript_sample_exits_5() {
          Error: AssemblyScript stderr line\n"
     );
     assert_eq!(stderr(&o), "");
+}
+
+/// Builds a reactor sample with zig into `out`: C through wasi-libc's reactor start code
+/// (`zig cc -mexec-model=reactor`), Zig through its own (`-mexec-model=reactor`, with
+/// `-rdynamic` to export its `export fn`s). `None` if zig is unavailable.
+fn zig_reactor(source: &str, out: &Path) -> Option<PathBuf> {
+    let zig = zig()?;
+    let src = root().join("samples").join(source);
+    let mut cmd = std::process::Command::new(zig);
+    cmd.env(
+        "ZIG_GLOBAL_CACHE_DIR",
+        root().join("target/toolchains/zig-cache"),
+    );
+    if source.ends_with(".c") {
+        cmd.args([
+            "cc",
+            "--target=wasm32-wasi",
+            "-mexec-model=reactor",
+            "-O2",
+            "-s",
+        ])
+        .arg(&src)
+        .arg("-o")
+        .arg(out);
+    } else {
+        cmd.args([
+            "build-exe",
+            "-target",
+            "wasm32-wasi",
+            "-mexec-model=reactor",
+        ])
+        .args(["-rdynamic", "-O", "ReleaseSmall"])
+        .arg(&src)
+        .arg(format!("-femit-bin={}", out.display()));
+    }
+    cmd.current_dir(out.parent().unwrap());
+    let o = cmd.output().expect("run zig");
+    assert!(
+        o.status.success(),
+        "zig failed on {source}:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    Some(out.to_path_buf())
+}
+
+/// Packs the reactor `wasm` for each engine with `--invoke _initialize` and `--invoke answer`
+/// and runs every image in the VM and in host reference mode: `_initialize` alone exits 0
+/// having printed `init` once; `answer` prints `init` then `answer` and exits 42 (the samples'
+/// `answer` returns 41 + the initialiser's runs).
+fn reactor_initialises_once(wasm: &Path, init: &str, answer: &str) {
+    let dir = scratch();
+    for engine in ENGINES {
+        for (export, status, out) in [
+            ("_initialize", 0, init.to_string()),
+            ("answer", 42, format!("{init}{answer}")),
+        ] {
+            let what = format!("{} --engine {engine} --invoke {export}", wasm.display());
+            let img = dir.path().join(format!("{engine}-{export}.img"));
+            pack(wasm, &img, &["--engine", engine, "--invoke", export]);
+            let o = wasmvm()
+                .arg("inspect")
+                .arg(&img)
+                .arg("--json")
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{what}: {}", stderr(&o));
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert_eq!(v["engine"]["name"], engine, "{what}");
+            assert_eq!(v["invoke"], export, "{what}");
+            let exports = v["module"]["exports"].as_array().unwrap();
+            for (name, exported) in [("_initialize", true), ("answer", true), ("_start", false)] {
+                assert_eq!(
+                    exports.iter().any(|e| e == name),
+                    exported,
+                    "{what}: `{name}` in {exports:?}"
+                );
+            }
+
+            let o = both(&img, &[]);
+            assert_eq!(o.status.code(), Some(status), "{what}: {}", stderr(&o));
+            assert_eq!(stdout(&o), out, "{what}");
+            assert_eq!(stderr(&o), "", "{what}");
+        }
+    }
+}
+
+#[test]
+fn c_reactor_initialises_once_on_both_engines() {
+    let dir = scratch();
+    let Some(wasm) = zig_reactor("c/reactor.c", &dir.path().join("reactor_c.wasm")) else {
+        return;
+    };
+    reactor_initialises_once(&wasm, "C reactor constructed\n", "C reactor answers\n");
+}
+
+#[test]
+fn zig_reactor_initialises_once_on_both_engines() {
+    let dir = scratch();
+    let Some(wasm) = zig_reactor("zig/reactor.zig", &dir.path().join("reactor_zig.wasm")) else {
+        return;
+    };
+    reactor_initialises_once(&wasm, "Zig reactor initialised\n", "Zig reactor answers\n");
 }
