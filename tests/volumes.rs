@@ -151,3 +151,33 @@ fn a_volume_in_use_is_refused_and_a_non_volume_is_named() {
     assert_eq!(o.status.code(), Some(253));
     assert!(stderr(&o).contains("IMAGE::GUEST"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_symlinked_volume_is_updated_through_its_link() {
+    let dir = scratch();
+    let img = dir.path().join("data.img");
+    assert!(create(&img, "16M").status.success());
+    let link = dir.path().join("link.img");
+    std::os::unix::fs::symlink(&img, &link).unwrap();
+    let spec = format!("{}::/data", link.display());
+    for count in 1..=2 {
+        let o = run_on(
+            backends()[0],
+            &sample("files"),
+            &["--volume", &spec, "--", "/data", "counter"],
+            b"",
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert_eq!(stdout(&o), format!("count {count}\n"));
+    }
+    // The link is still a link, and the real image holds the changes.
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    if let Some(count) = mtype(&img, "/count.txt") {
+        assert_eq!(count, "2\n");
+    }
+}

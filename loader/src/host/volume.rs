@@ -101,6 +101,10 @@ pub struct Checkout {
 impl Checkout {
     /// Locks the image at `image` and copies its tree into a private directory.
     pub fn open(image: &Path) -> Result<Checkout, VolumeError> {
+        // Resolved once: a symlinked volume is the file it points to, which is locked and
+        // replaced at commit; the link itself stays a link.
+        let resolved = std::fs::canonicalize(image).map_err(io_at(image))?;
+        let image = resolved.as_path();
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
