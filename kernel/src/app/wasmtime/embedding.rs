@@ -86,12 +86,17 @@ static TLS: [AtomicPtr<u8>; 2] = [const { AtomicPtr::new(core::ptr::null_mut()) 
 /// until set.
 #[unsafe(no_mangle)]
 pub extern "C" fn wasmtime_tls_get(slot: usize) -> *mut u8 {
-    TLS[slot].load(Ordering::Relaxed)
+    TLS.get(slot)
+        .map_or(core::ptr::null_mut(), |s| s.load(Ordering::Relaxed))
 }
 
 /// Called by wasmtime's runtime: sets slot `slot` to `ptr`, stored verbatim (wasmtime
 /// keeps a flag in its low bit).
 #[unsafe(no_mangle)]
 pub extern "C" fn wasmtime_tls_set(slot: usize, ptr: *mut u8) {
-    TLS[slot].store(ptr, Ordering::Relaxed);
+    // wasmtime uses slots 0 and 1 only; another is ignored rather than a panic across
+    // the C boundary.
+    if let Some(s) = TLS.get(slot) {
+        s.store(ptr, Ordering::Relaxed);
+    }
 }
