@@ -43,6 +43,25 @@ pub const CHANNEL_WINDOW: u32 = 96 * 1024;
 /// vCPU) may widen the window by granting extra credit in a [`to_guest::CREDIT`] frame before
 /// any output; the guest accepts credit up to this much in flight.
 pub const MAX_CHANNEL_WINDOW: u32 = 4 << 20;
+/// The least a frame costs of the window, however small: a socket buffer holds bytes and a
+/// bookkeeping overhead per write, so thousands of tiny frames overflow it long before
+/// their bytes do (QEMU then drops console output). Both sides count
+/// [`frame_cost`]: the guest when it sends, the host when it returns credit.
+pub const MIN_FRAME_COST: u32 = 2048;
+
+/// What a frame of `len` bytes (header included) costs of the window.
+pub const fn frame_cost(len: usize) -> u32 {
+    let len = if len > u32::MAX as usize {
+        u32::MAX
+    } else {
+        len as u32
+    };
+    if len < MIN_FRAME_COST {
+        MIN_FRAME_COST
+    } else {
+        len
+    }
+}
 /// Largest frame payload the guest sends within the initial window, so that a frame always
 /// fits it.
 pub const GUEST_FRAME_PAYLOAD: usize = 16 * 1024;

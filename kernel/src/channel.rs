@@ -9,7 +9,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use spin::Mutex;
 use wasmvm_abi::channel::{
     CHANNEL_WINDOW, ExitRecord, FRAME_HEADER_LEN, FrameHeader, GUEST_FRAME_PAYLOAD,
-    MAX_CHANNEL_WINDOW, WIDE_GUEST_FRAME_PAYLOAD, to_guest, to_host,
+    MAX_CHANNEL_WINDOW, WIDE_GUEST_FRAME_PAYLOAD, frame_cost, to_guest, to_host,
 };
 use wasmvm_abi::direct::WAIT_FOREVER;
 
@@ -144,7 +144,8 @@ impl Channel {
             .chunks(chunk_len)
             .chain(bytes.is_empty().then_some(empty))
         {
-            let len = (FRAME_HEADER_LEN + chunk.len()) as u32;
+            // Tiny frames count as MIN_FRAME_COST, as the host returns them (see there).
+            let len = frame_cost(FRAME_HEADER_LEN + chunk.len());
             while self.credit < len.min(self.window) {
                 self.poll_rx();
                 if self.credit < len.min(self.window) {

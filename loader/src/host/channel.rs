@@ -7,7 +7,7 @@ use std::os::fd::AsFd;
 use std::sync::Mutex;
 
 use wasmvm_abi::channel::{
-    CHANNEL_WINDOW, ExitRecord, FRAME_HEADER_LEN, FrameHeader, to_guest, to_host,
+    CHANNEL_WINDOW, ExitRecord, FRAME_HEADER_LEN, FrameHeader, frame_cost, to_guest, to_host,
 };
 
 /// Where the guest's output goes.
@@ -91,7 +91,7 @@ pub fn pump_guest_output(
             }
             other => return Ok(StreamEnd::Garbled(format!("unknown frame kind {other}"))),
         }
-        credit((FRAME_HEADER_LEN + payload.len()) as u32);
+        credit(frame_cost(FRAME_HEADER_LEN + payload.len()));
     }
 }
 
@@ -248,8 +248,9 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(end, StreamEnd::Exit(r) if r.status == 3));
-        // Every data frame is returned as credit, headers included.
-        assert_eq!(credited, 3 * 8 + 3 + 3 + 6);
+        // Every data frame is returned as credit at its cost: a tiny frame costs
+        // MIN_FRAME_COST, as the guest counted it.
+        assert_eq!(credited, 3 * wasmvm_abi::channel::MIN_FRAME_COST);
         assert_eq!((out.as_slice(), err.as_slice()), (&b"out"[..], &b"err"[..]));
         assert_eq!(logs, ["booted"]);
     }
