@@ -58,7 +58,6 @@ impl Backend for HostMode {
         io: RunIo,
         _control: Control,
     ) -> Result<Ending, RunError> {
-        crate::run::prepare::check_image_file(image)?;
         std::thread::scope(|scope| {
             let RunIo {
                 stdin,

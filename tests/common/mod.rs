@@ -23,6 +23,12 @@ pub fn sample(name: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
         let samples = root().join("samples");
+        // rustup adds rust-toolchain.toml's targets only when it installs the toolchain, so
+        // `cargo test` on a machine that already had 1.95 would lack wasm32-wasip1.
+        let _ = Command::new("rustup")
+            .current_dir(&samples)
+            .args(["target", "add", "wasm32-wasip1"])
+            .output();
         let target = samples.join("target");
         let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
         cmd.current_dir(&samples)

@@ -26,6 +26,8 @@ pub enum ImageFileError {
     NotRegular { path: PathBuf },
     #[error("{}: is {size} bytes, more than the {MAX_IMAGE_BYTES} an image can be", path.display())]
     TooLarge { path: PathBuf, size: u64 },
+    #[error("{}: the image file is empty", path.display())]
+    Empty { path: PathBuf },
 }
 
 /// Opens `path` for reading without blocking on a FIFO, and checks what it is.

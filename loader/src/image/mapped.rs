@@ -14,6 +14,8 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::ptr::NonNull;
 
+use crate::image::file::ImageFileError;
+
 /// A whole file mapped read-only and private.
 pub struct MappedImage {
     file: File,
@@ -28,15 +30,16 @@ unsafe impl Send for MappedImage {}
 unsafe impl Sync for MappedImage {}
 
 impl MappedImage {
-    pub fn open(path: &Path) -> std::io::Result<Self> {
-        let file = File::open(path)?;
-        let len = usize::try_from(file.metadata()?.len())
-            .map_err(|_| std::io::Error::other("image larger than the address space"))?;
+    /// Maps the image at `path`, which `image::file::open` checks first (a regular file of
+    /// bounded size, opened without blocking).
+    pub fn open(path: &Path) -> Result<Self, ImageFileError> {
+        let (file, len) = crate::image::file::open(path)?;
+        // At most `MAX_IMAGE_BYTES`, so it fits the address space.
+        let len = len as usize;
         if len == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "the image file is empty",
-            ));
+            return Err(ImageFileError::Empty {
+                path: path.to_path_buf(),
+            });
         }
         // SAFETY: a fresh read-only private mapping of `len` bytes of an open file; the kernel
         // picks the address, so it overlaps nothing.
@@ -50,10 +53,15 @@ impl MappedImage {
                 0,
             )
         };
+        let mapping_failed = |cause| ImageFileError::Io {
+            path: path.to_path_buf(),
+            cause,
+        };
         if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
+            return Err(mapping_failed(std::io::Error::last_os_error()));
         }
-        let ptr = NonNull::new(ptr.cast()).ok_or_else(std::io::Error::last_os_error)?;
+        let ptr = NonNull::new(ptr.cast())
+            .ok_or_else(|| mapping_failed(std::io::Error::last_os_error()))?;
         Ok(MappedImage { file, ptr, len })
     }
 

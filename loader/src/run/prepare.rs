@@ -2,7 +2,6 @@
 //! the network planned and the run configuration (module 0 of the boot) written.
 
 use std::io::Read;
-use std::path::Path;
 
 use wasmvm_abi::bundle::RunConfig;
 
@@ -38,14 +37,6 @@ impl Prepared {
             run_config,
         })
     }
-}
-
-/// Checks that `path` names a regular file of at most `image::file::MAX_IMAGE_BYTES` before
-/// a backend maps or reads it, so that a directory, a device or a FIFO gets an error that
-/// says so (mmap would answer ENODEV, and reading `/dev/zero` would never end).
-pub(crate) fn check_image_file(path: &Path) -> Result<(), RunError> {
-    crate::image::file::open(path).map(drop)?;
-    Ok(())
 }
 
 /// The network plan for a run of `image`; `None` for no network card.
@@ -138,23 +129,6 @@ pub fn default_memory_mib(bundle_len: u64, min_memory: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn image_files_must_be_regular_files() {
-        let e = check_image_file(Path::new("/tmp")).unwrap_err().to_string();
-        assert_eq!(e, "/tmp: is a directory, not a wasmvm image");
-        let e = check_image_file(Path::new("/dev/null"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("not a regular file"), "{e}");
-        let e = check_image_file(Path::new("/nonexistent.img"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("/nonexistent.img: cannot read the image: "),
-            "{e}"
-        );
-    }
 
     #[test]
     fn default_memory_is_clamped() {

@@ -49,7 +49,7 @@ use crate::image::mapped::MappedImage;
 use crate::run::control::RunEvent;
 use crate::run::ending::{Outcome, outcome};
 use crate::run::network::{self, Nic};
-use crate::run::prepare::{Prepared, check_image_file, check_kvm};
+use crate::run::prepare::{Prepared, check_kvm};
 use crate::run::supervise::OutputPump;
 use crate::run::{Control, Ending, RunIo, RunOptions};
 use crate::{Backend, RunError};
@@ -105,8 +105,7 @@ fn run(
     let started = Instant::now();
     check_kvm()?;
     kick::install_handler();
-    check_image_file(image_path)?;
-    let mapped = MappedImage::open(image_path).map_err(io_err("reading the image"))?;
+    let mapped = MappedImage::open(image_path)?;
     let image = Image::parse(mapped.bytes())?;
     let Prepared {
         memory_mib,

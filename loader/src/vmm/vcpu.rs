@@ -17,7 +17,6 @@ use super::devices::Devices;
 use super::devices::console::Rx;
 use super::machine::{self, Machine, MachineConfig};
 use crate::RunError;
-use crate::error::io_err;
 use crate::image::Image;
 use crate::image::mapped::MappedImage;
 
@@ -174,8 +173,7 @@ pub fn probe(
     run: &RunConfig,
 ) -> Result<(VcpuEnd, f64), RunError> {
     let started = Instant::now();
-    crate::run::prepare::check_image_file(image_path)?;
-    let image = MappedImage::open(image_path).map_err(io_err("reading the image"))?;
+    let image = MappedImage::open(image_path)?;
     Image::parse(image.bytes())?;
     let config = MachineConfig {
         memory_mib,

@@ -62,18 +62,16 @@ pub fn load(engine: &Engine, artifact: &'static [u8]) -> Result<Module, String> 
             artifact.as_ptr()
         ));
     }
-    // SAFETY: `deserialize_raw` runs the artifact's machine code, so the bytes must be what
-    // `Engine::precompile_module` wrote for this wasmtime and configuration, must outlive
-    // the module and must never change. They come from the image, as this kernel does:
-    // whoever wrote the image chose the guest's code either way, so trusting the artifact
-    // adds no trust (the host checks the bundle's checksums, `run --verify` its signer).
+    // Why these bytes may run: they come from the image, as this kernel does, so whoever
+    // wrote the image chose the guest's code either way and trusting the artifact adds no
+    // trust (the host checks the bundle's checksums, `run --verify` its signer).
     // `Launch::new` checked that the manifest names this exact engine
-    // (`compiled::ENGINE_ID`), and wasmtime itself checks the object file's header,
-    // version, flags, tunables and features before it trusts anything in it. The slice is
-    // `'static` (the bundle segment, which nothing allocates or writes over: the heap
-    // starts above it) and wasmtime only reads an externally owned image
-    // (`MmapVec::is_always_readonly`). It is aligned as the code memory requires (checked
-    // above) and executable, as all guest RAM is.
+    // (`compiled::ENGINE_ID`), and wasmtime checks the object file's header, version,
+    // flags, tunables and features before it trusts anything in it. The slice is the
+    // bundle segment: `'static`, never written (the heap starts above it; wasmtime only
+    // reads an externally owned image), aligned as checked above, executable as all RAM.
+    // SAFETY: the bytes are this engine's artifact and outlive the module unchanged, aligned
+    // and executable, as the paragraph above establishes.
     let module = unsafe { Module::deserialize_raw(engine, NonNull::from(artifact)) };
     module.map_err(|e| super::message(&e))
 }
