@@ -93,43 +93,11 @@ fn assemblyscript_sample_exits_5() {
 /// (`zig cc -mexec-model=reactor`), Zig through its own (`-mexec-model=reactor`, with
 /// `-rdynamic` to export its `export fn`s). `None` if zig is unavailable.
 fn zig_reactor(source: &str, out: &Path) -> Option<PathBuf> {
-    let zig = zig()?;
-    let src = root().join("samples").join(source);
-    let mut cmd = std::process::Command::new(zig);
-    cmd.env(
-        "ZIG_GLOBAL_CACHE_DIR",
-        root().join("target/toolchains/zig-cache"),
-    );
-    if source.ends_with(".c") {
-        cmd.args([
-            "cc",
-            "--target=wasm32-wasi",
-            "-mexec-model=reactor",
-            "-O2",
-            "-s",
-        ])
-        .arg(&src)
-        .arg("-o")
-        .arg(out);
-    } else {
-        cmd.args([
-            "build-exe",
-            "-target",
-            "wasm32-wasi",
-            "-mexec-model=reactor",
-        ])
-        .args(["-rdynamic", "-O", "ReleaseSmall"])
-        .arg(&src)
-        .arg(format!("-femit-bin={}", out.display()));
-    }
-    cmd.current_dir(out.parent().unwrap());
-    let o = cmd.output().expect("run zig");
-    assert!(
-        o.status.success(),
-        "zig failed on {source}:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    Some(out.to_path_buf())
+    let flags: &[&str] = match source.ends_with(".c") {
+        true => &["-mexec-model=reactor"],
+        false => &["-mexec-model=reactor", "-rdynamic"],
+    };
+    zig_build(source, out, flags)
 }
 
 /// Packs the reactor `wasm` for each engine with `--invoke _initialize` and `--invoke answer`

@@ -324,6 +324,12 @@ pub fn zig() -> Option<PathBuf> {
 
 /// Builds a C or Zig sample with zig into `out`; `None` if zig is unavailable.
 pub fn zig_sample(source: &str, out: &Path) -> Option<PathBuf> {
+    zig_build(source, out, &[])
+}
+
+/// Builds `samples/SOURCE` with zig into `out` as [`zig_sample`] does, with `extra` flags
+/// (e.g. `-mexec-model=reactor` for a reactor).
+pub fn zig_build(source: &str, out: &Path, extra: &[&str]) -> Option<PathBuf> {
     let zig = zig()?;
     let src = root().join("samples").join(source);
     let mut cmd = Command::new(zig);
@@ -333,15 +339,17 @@ pub fn zig_sample(source: &str, out: &Path) -> Option<PathBuf> {
     );
     if source.ends_with(".c") {
         cmd.args(["cc", "--target=wasm32-wasi", "-O2", "-s"])
+            .args(extra)
             .arg(&src)
             .arg("-o")
             .arg(out);
     } else {
         cmd.args(["build-exe", "-target", "wasm32-wasi", "-O", "ReleaseSmall"])
+            .args(extra)
             .arg(&src)
             .arg(format!("-femit-bin={}", out.display()));
-        cmd.current_dir(out.parent().unwrap());
     }
+    cmd.current_dir(out.parent().unwrap());
     let o = cmd.output().expect("run zig");
     assert!(
         o.status.success(),
