@@ -181,3 +181,231 @@ fn a_symlinked_volume_is_updated_through_its_link() {
         assert_eq!(count, "2\n");
     }
 }
+
+/// `fsck.fat -n IMG`'s findings, minus the dirty flag a killed writer leaves (as any FAT
+/// driver does), or `None` without dosfstools (a failure under CI, which installs it).
+fn fsck_findings(img: &Path) -> Option<Vec<String>> {
+    match Command::new("fsck.fat").arg("-n").arg(img).output() {
+        Ok(o) => {
+            let text = format!("{}{}", stdout(&o), stderr(&o));
+            Some(
+                text.lines()
+                    .filter(|l| {
+                        !l.starts_with("fsck.fat ")
+                            && !l.contains("Dirty bit is set")
+                            && !l.contains("Automatically removing dirty bit")
+                            && !l.contains("Leaving filesystem unchanged")
+                            && !l.contains("files,") // the summary line
+                            && !l.trim().is_empty()
+                    })
+                    .map(str::to_owned)
+                    .collect(),
+            )
+        }
+        Err(_) => {
+            assert!(
+                std::env::var("WASMVM_REQUIRE_TOOLCHAINS").as_deref() != Ok("1"),
+                "dosfstools (fsck.fat) is required"
+            );
+            eprintln!("note: dosfstools not installed; skipping the fsck check");
+            None
+        }
+    }
+}
+
+/// Reads lines from `child`'s stdout until one equals `line`.
+fn wait_for_line(child: &mut std::process::Child, line: &str) {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().unwrap();
+    let mut reader = std::io::BufReader::new(stdout);
+    let mut got = String::new();
+    loop {
+        got.clear();
+        let n = reader.read_line(&mut got).unwrap();
+        assert!(n > 0, "the app ended before printing {line:?}");
+        if got.trim_end() == line {
+            break;
+        }
+    }
+    child.stdout = Some(reader.into_inner());
+}
+
+#[test]
+fn what_the_app_synced_survives_a_kill_9_of_the_host_process() {
+    let dir = scratch();
+    let img = dir.path().join("data.img");
+    assert!(create(&img, "16M").status.success());
+    let spec = format!("{}::/data", img.display());
+    // Killed at different moments of a run that never stops writing.
+    for (round, kill_after) in [3u64, 11, 24].into_iter().enumerate() {
+        let mut app = start_ready(
+            &["--volume", &spec],
+            &sample("files"),
+            &["/data", "churn"],
+            "synced 0",
+        );
+        wait_for_line(&mut app, &format!("synced {kill_after}"));
+        app.kill().unwrap(); // SIGKILL, mid-write
+        let _ = app.wait();
+        // Each round starts again at f0: the files of the last round are the ones checked.
+        for i in [0, kill_after / 2, kill_after] {
+            if let Some(text) = mtype(&img, &format!("/f{i}.txt")) {
+                assert_eq!(text, i.to_string().repeat(700), "round {round}: f{i}.txt");
+            }
+        }
+        // A FAT volume has no journal: a write in flight when the process died may have
+        // allocated a cluster that no entry records yet. That, and nothing else, may show.
+        if let Some(findings) = fsck_findings(&img) {
+            assert!(
+                findings.iter().all(|f| f.starts_with("Reclaimed ")),
+                "round {round}: fsck.fat -n found:\n{}",
+                findings.join("\n")
+            );
+        }
+        // The next run opens the volume (reclaiming such a cluster) and it is clean.
+        let o = run_on(
+            "builtin",
+            &sample("files"),
+            &["--volume", &spec, "--", "/data", "counter"],
+            b"",
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        if let Some(findings) = fsck_findings(&img) {
+            assert!(
+                findings.is_empty(),
+                "round {round}: {}",
+                findings.join("\n")
+            );
+        }
+    }
+}
+
+#[test]
+fn a_full_volume_answers_enospc_at_the_write_and_keeps_earlier_files() {
+    let dir = scratch();
+    let img = dir.path().join("small.img");
+    assert!(create(&img, "1M").status.success());
+    let spec = format!("{}::/data", img.display());
+    let o = run_on(
+        "builtin",
+        &sample("files"),
+        &["--volume", &spec, "--", "/data", "fill"],
+        b"",
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains(": StorageFull\n"), "{out}");
+    assert!(out.contains("big.bin holds them: true\n"), "{out}");
+    assert!(out.contains("keep.txt: \"kept\\n\"\n"), "{out}");
+    assert!(out.contains("after removing it: writable\n"), "{out}");
+    if let Some(text) = mtype(&img, "/keep.txt") {
+        assert_eq!(text, "kept\n");
+        assert_eq!(mtype(&img, "/after.txt").unwrap(), "room again\n");
+    }
+    if let Some(findings) = fsck_findings(&img) {
+        assert!(findings.is_empty(), "{}", findings.join("\n"));
+    }
+}
+
+#[test]
+fn a_damaged_volume_is_refused_before_boot_on_every_backend() {
+    let dir = scratch();
+    let img = dir.path().join("cut.img");
+    assert!(create(&img, "16M").status.success());
+    // Cut short, as a copy interrupted halfway would leave it.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let spec = format!("{}::/data", img.display());
+    let mut runs = backends().to_vec();
+    runs.push("host");
+    for vmm in runs {
+        let o = run_on(vmm, &sample("hello"), &["--volume", &spec], b"");
+        assert_eq!(o.status.code(), Some(253), "{vmm}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("damaged or crafted volume image, refused")
+                && err.contains("the file has 8388608"),
+            "{vmm}: {err}"
+        );
+        assert_eq!(err.matches("refused").count(), 1, "said once: {err}");
+    }
+}
+
+#[test]
+fn sighup_stops_the_run_and_saves_the_volume_on_every_backend() {
+    let dir = scratch();
+    let mut runs = backends().to_vec();
+    runs.push("host");
+    for vmm in runs {
+        if vmm == "host" {
+            // Host mode cannot be interrupted (the app runs in this process): SIGHUP ends it
+            // by default, as any process.
+            continue;
+        }
+        let img = dir.path().join(format!("{vmm}.img"));
+        assert!(create(&img, "16M").status.success());
+        let spec = format!("{}::/data", img.display());
+        let mut app = start_ready(
+            &["--vmm", vmm, "--accel", accel(), "--volume", &spec],
+            &sample("files"),
+            &["/data", "sync-and-wait"],
+            "synced",
+        );
+        // Held open: the app waits for the end of its stdin, which must not come first.
+        let stdin = app.stdin.take();
+        // SAFETY: kill(2) with the pid of our own child, which has not been reaped.
+        assert_eq!(unsafe { libc::kill(app.id() as i32, libc::SIGHUP) }, 0);
+        let o = app.wait_with_output().unwrap();
+        drop(stdin);
+        assert_eq!(o.status.code(), Some(129), "{vmm}: {}", stderr(&o));
+        if let Some(text) = mtype(&img, "/written.txt") {
+            assert_eq!(text, "written, not synced\n", "{vmm}");
+            assert_eq!(mtype(&img, "/synced.txt").unwrap().len(), 10_000, "{vmm}");
+        }
+        if let Some(findings) = fsck_findings(&img) {
+            assert!(findings.is_empty(), "{vmm}: {}", findings.join("\n"));
+        }
+    }
+}
+
+#[test]
+fn file_operations_on_a_live_volume_match_host_mode() {
+    let dir = scratch();
+    let input = dir.path().join("input.txt");
+    std::fs::write(&input, "Hello, volume\n").unwrap();
+    let mut outputs = Vec::new();
+    for vmm in ["builtin", "host"] {
+        let img = dir.path().join(format!("{vmm}.img"));
+        assert!(create(&img, "8M").status.success());
+        match Command::new("mcopy")
+            .arg("-i")
+            .arg(&img)
+            .arg(&input)
+            .arg("::/input.txt")
+            .status()
+        {
+            Ok(status) => assert!(status.success()),
+            Err(_) => {
+                assert!(
+                    std::env::var("WASMVM_REQUIRE_TOOLCHAINS").as_deref() != Ok("1"),
+                    "mtools (mcopy) is required"
+                );
+                eprintln!("note: mtools not installed; skipping");
+                return;
+            }
+        }
+        let spec = format!("{}::/data", img.display());
+        let o = run_on(vmm, &sample("files"), &["--volume", &spec], b"");
+        assert_eq!(o.status.code(), Some(0), "{vmm}: {}", stderr(&o));
+        if let Some(findings) = fsck_findings(&img) {
+            assert!(findings.is_empty(), "{vmm}: {}", findings.join("\n"));
+        }
+        outputs.push(stdout(&o));
+    }
+    assert_eq!(outputs[0], outputs[1], "the live volume vs host mode's checkout");
+    assert!(outputs[0].contains("renamed.txt"), "{}", outputs[0]);
+}

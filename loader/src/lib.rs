@@ -42,7 +42,8 @@ pub trait Backend {
     fn name(&self) -> &'static str;
 
     /// Runs the image at `image` with `opts` (volumes already turned into shares by
-    /// [`run::run`]), its streams on `io`, until it ends or `control` stops it.
+    /// [`run::run`] unless it [serves volumes](Backend::serves_volumes)), its streams on
+    /// `io`, until it ends or `control` stops it.
     fn run(
         &self,
         image: &Path,
@@ -56,5 +57,12 @@ pub trait Backend {
     /// default action so that they still end the process.
     fn honours_stop(&self) -> bool {
         true
+    }
+
+    /// Whether it serves `--volume` images itself, live (the built-in VMM, through
+    /// `host::volume::live`). Otherwise [`run::run`] checks each volume out into a
+    /// directory around the run and writes it back at the end.
+    fn serves_volumes(&self) -> bool {
+        false
     }
 }

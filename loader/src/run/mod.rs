@@ -97,7 +97,8 @@ pub struct RunIo<'a> {
 }
 
 /// Runs the image at `image` on `backend` to its end: the one dispatcher of every run. The
-/// run's volumes are checked out around it ([`volumes::with_volumes`]).
+/// run's volumes are served live by a backend that can, else checked out around the run
+/// ([`volumes::with_volumes`]).
 pub fn run(
     backend: &dyn Backend,
     image: &Path,
@@ -105,6 +106,9 @@ pub fn run(
     io: RunIo,
     control: Control,
 ) -> Result<Ending, RunError> {
+    if backend.serves_volumes() {
+        return backend.run(image, opts, io, control);
+    }
     volumes::with_volumes(opts, |opts| backend.run(image, opts, io, control))
 }
 

@@ -71,6 +71,8 @@ fn run_config(opts: &RunOptions, net: Option<&NetPlan>) -> Result<RunConfig, Run
             .ok()
             .map(|d| d.as_nanos() as u64),
         random_seed: Some(seed),
+        // Volumes come after the shares (a backend that does not serve volumes live has
+        // already turned them into shares, in the same place).
         shares: opts
             .shares
             .iter()
@@ -78,6 +80,10 @@ fn run_config(opts: &RunOptions, net: Option<&NetPlan>) -> Result<RunConfig, Run
                 guest_path: s.guest.clone(),
                 read_only: s.read_only,
             })
+            .chain(opts.volumes.iter().map(|v| wasmvm_abi::bundle::Share {
+                guest_path: v.guest.clone(),
+                read_only: false,
+            }))
             .collect(),
         listens: opts.listens.clone(),
         net: net.and_then(|n| n.config),

@@ -1,6 +1,6 @@
-//! Volumes around a run: each `--volume` is checked out (`host::volume::Checkout`), served
-//! to the guest as a live directory after the other shares, and written back however the
-//! run ended.
+//! Volumes around a run on a backend that serves directories only (QEMU, host mode): each
+//! `--volume` is checked out (`host::volume::Checkout`), served to the guest as a live
+//! directory after the other shares, and written back however the run ended.
 
 use super::{RunOptions, ShareSpec};
 use crate::RunError;
@@ -19,6 +19,7 @@ pub fn with_volumes<T>(
         .map(|v| volume::Checkout::open(&v.image))
         .collect::<Result<Vec<_>, _>>()?;
     let mut with = opts.clone();
+    with.volumes.clear();
     for (spec, checkout) in opts.volumes.iter().zip(&checkouts) {
         with.shares.push(ShareSpec {
             host: checkout.dir().to_path_buf(),

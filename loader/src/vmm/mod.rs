@@ -37,13 +37,15 @@ use devices::mmio::Mmio;
 use devices::net::NetDevice;
 use devices::net::link::{FrameLink, StreamLink, TapLink};
 use devices::net::passt::Passt;
-use devices::p9::{self as p9_device, P9Device};
+use devices::p9::{self as p9_device, MakeServer, P9Device};
 use layout::{CONSOLE_RINGS_ADDR, MMIO_BASE};
 use machine::MachineConfig;
 use vcpu::VcpuEnd;
 
 use crate::error::io_err;
+use crate::host;
 use crate::host::channel::pump_stdin;
+use crate::host::volume::VolumeError;
 use crate::image::Image;
 use crate::image::mapped::MappedImage;
 use crate::run::control::RunEvent;
@@ -79,6 +81,10 @@ impl Default for Builtin {
 }
 
 impl Backend for Builtin {
+    fn serves_volumes(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "builtin"
     }
@@ -154,14 +160,31 @@ fn run(
         true => Some(Arc::new(seccomp::share_filter()?)),
         false => None,
     };
-    for (i, share) in opts.shares.iter().enumerate() {
-        let worker = p9_device::spawn_worker(
-            &format!("vmm-9p-{i}"),
-            share.open()?,
-            share.read_only,
-            share_filter.clone(),
-        )
-        .map_err(io_err("starting a share's thread"))?;
+    let volume_filter = match vmm.seccomp && !opts.volumes.is_empty() {
+        true => Some(Arc::new(seccomp::volume_filter()?)),
+        false => None,
+    };
+    // Each share's server, then each volume's (opened, locked and checked here, before the
+    // VM exists: a refused volume costs no boot).
+    let mut servers: Vec<(MakeServer, Option<Arc<seccomp::BpfProgram>>, PathBuf)> = Vec::new();
+    for share in &opts.shares {
+        let (root, read_only) = (share.open()?, share.read_only);
+        let make: MakeServer =
+            Box::new(move || Ok(Box::new(host::p9::Server::new(root, read_only)) as _));
+        servers.push((make, share_filter.clone(), share.host.clone()));
+    }
+    for volume in &opts.volumes {
+        let live = host::volume::open_live(&volume.image)?;
+        let image = live.image().to_path_buf();
+        let make: MakeServer = Box::new(move || Ok(Box::new(live.serve()?) as _));
+        servers.push((make, volume_filter.clone(), image));
+    }
+    // Joined after the VM ends: a volume's close makes the run's writes durable.
+    let mut closers = Vec::new();
+    for (i, (server, filter, path)) in servers.into_iter().enumerate() {
+        let (worker, closer) = p9_device::spawn_worker(&format!("vmm-9p-{i}"), server, filter)
+            .map_err(io_err("starting a share's thread"))?;
+        closers.push((closer, path));
         devices.shares.push(Mmio::new(P9Device::new(
             &share_tag(i),
             worker,
@@ -188,7 +211,8 @@ fn run(
         boot: vmm.boot,
         ready_console: devices.console.as_ref().map(|_| MMIO_BASE),
         // A writable live directory could hold the image itself: a guest writing it would
-        // change the code of every VM mapping it. Copy then.
+        // change the code of every VM mapping it. Copy then. (A volume is a FAT image: the
+        // guest cannot reach other host files through it.)
         map_file: opts.shares.iter().all(|s| s.read_only),
         net_batched: devices.net.is_some(),
     };
@@ -307,6 +331,19 @@ fn run(
         "host: VM ended after {:.1} ms",
         started.elapsed().as_secs_f64() * 1e3
     ));
+    // The devices are gone with the vCPU thread: each worker closes its server and ends.
+    let mut closed = Ok(());
+    for (closer, path) in closers {
+        let result = closer
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the share's thread panicked")));
+        if let Err(cause) = result
+            && closed.is_ok()
+        {
+            closed = Err(RunError::Volume(VolumeError::Io { path, cause }));
+        }
+    }
+    closed?;
     Ok(match outcome(event) {
         Outcome::Ended(ending) => ending,
         Outcome::NoRecord(Some(why)) => Ending::Crashed(why),

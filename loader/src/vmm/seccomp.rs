@@ -11,6 +11,9 @@
 //! Each live directory's 9P server thread (`devices::p9`) runs under [`share_filter`]: the same
 //! list plus the `*at` filesystem calls the server makes beneath the share's descriptor.
 //!
+//! Each volume's worker thread runs under [`volume_filter`]: the list plus positioned reads
+//! and writes, `fstat`, `fsync`/`fdatasync` and `flock` on the image it already holds.
+//!
 //! The network card (`devices::net`) runs in the vCPU thread and needs nothing more: it reads
 //! (`read`), sends (`sendto`, `write`) and waits (`ppoll`) on the link descriptor it was
 //! given (passt's socket or a tap device, opened and set up before the filter goes on).
@@ -81,6 +84,24 @@ pub fn share_filter() -> Result<BpfProgram, RunError> {
         libc::SYS_getdents64,
         libc::SYS_fsync,
         libc::SYS_fdatasync,
+    ])
+    .map_err(|e| RunError::Host(format!("building the seccomp filter: {e}")))
+}
+
+/// The filter of a volume's 9P worker thread (`host::volume::live`): the VMM's list plus
+/// positioned reads and writes of the image it holds, its size and durability. It opens
+/// nothing: the image was opened, locked and checked before the thread started.
+pub fn volume_filter() -> Result<BpfProgram, RunError> {
+    build(&[
+        libc::SYS_pread64,
+        libc::SYS_pwrite64,
+        libc::SYS_lseek,
+        libc::SYS_fstat,
+        libc::SYS_statx,
+        libc::SYS_newfstatat,
+        libc::SYS_fsync,
+        libc::SYS_fdatasync,
+        libc::SYS_flock,
     ])
     .map_err(|e| RunError::Host(format!("building the seccomp filter: {e}")))
 }

@@ -81,6 +81,59 @@ fn live(root: &str, mode: &str) {
             fs::write(&path, format!("{count}\n")).expect("write count");
             println!("count {count}");
         }
+        // Durability: writes and syncs a file, writes another without syncing, says so, then
+        // waits for stdin to close (a test kills the host process meanwhile).
+        "sync-and-wait" => {
+            let mut f = fs::File::create(format!("{root}/synced.txt")).expect("create");
+            f.write_all(&[b's'; 10_000]).expect("write synced");
+            f.sync_all().expect("sync");
+            fs::write(format!("{root}/written.txt"), "written, not synced\n").expect("write");
+            println!("synced");
+            std::io::stdout().flush().expect("flush");
+            let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        }
+        // Durability under a kill at any moment: file after file, each synced and then
+        // announced, with renames and unsynced appends in between, until killed.
+        "churn" => {
+            for i in 0u64.. {
+                let tmp = format!("{root}/tmp-{i}");
+                fs::write(&tmp, i.to_string().repeat(700)).expect("write");
+                fs::rename(&tmp, format!("{root}/f{i}.txt")).expect("rename");
+                let mut log = fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(format!("{root}/log.txt"))
+                    .expect("open log");
+                log.write_all(format!("{i}\n").as_bytes()).expect("append");
+                fs::File::open(format!("{root}/f{i}.txt"))
+                    .and_then(|f| f.sync_all())
+                    .expect("sync");
+                println!("synced {i}");
+                std::io::stdout().flush().expect("flush");
+            }
+        }
+        // Capacity: keeps a small file, then writes until the volume is full, and checks that
+        // the failure came at a write and the small file is whole.
+        "fill" => {
+            fs::write(format!("{root}/keep.txt"), "kept\n").expect("write keep");
+            let mut f = fs::File::create(format!("{root}/big.bin")).expect("create big");
+            let chunk = vec![7u8; 64 << 10];
+            let mut written = 0u64;
+            let error = loop {
+                match f.write(&chunk) {
+                    Ok(n) => written += n as u64,
+                    Err(e) => break e,
+                }
+            };
+            drop(f);
+            let size = fs::metadata(format!("{root}/big.bin")).expect("metadata").len();
+            println!("full after {written} bytes: {:?}", error.kind());
+            println!("big.bin holds them: {}", size == written);
+            println!("keep.txt: {:?}", fs::read_to_string(format!("{root}/keep.txt")).expect("keep"));
+            fs::remove_file(format!("{root}/big.bin")).expect("remove big");
+            fs::write(format!("{root}/after.txt"), "room again\n").expect("write after");
+            println!("after removing it: writable");
+        }
         other => panic!("unknown mode {other}"),
     }
 }

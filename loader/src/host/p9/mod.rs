@@ -48,6 +48,62 @@ pub use wasmvm_abi::p9 as wire;
 mod tests;
 
 pub use server::{MAX_FIDS, Server};
+
+/// A 9P2000.L server as the virtio-9p transport drives it: a live directory ([`Server`])
+/// or a volume image (`host::volume::live`).
+pub trait FileServer {
+    /// Handles one request message and appends exactly one reply to `out`.
+    fn handle(&mut self, request: &[u8], out: &mut Vec<u8>);
+    /// The device is going away (the VM ended): make everything durable and release it.
+    fn close(self: Box<Self>) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl FileServer for Server {
+    fn handle(&mut self, request: &[u8], out: &mut Vec<u8>) {
+        Server::handle(self, request, out)
+    }
+}
+
+/// The framing every server shares: decodes one request (`size[4] type[1] tag[2] ...`),
+/// hands it to `dispatch` and appends exactly one reply to `out`. Malformed input gets
+/// `Rlerror(EINVAL)` with the request's tag if it can be read (else [`wire::NOTAG`]);
+/// unknown types `EOPNOTSUPP`; a request or reply larger than `msize`, `EMSGSIZE`.
+pub fn answer(
+    msize: u32,
+    request: &[u8],
+    out: &mut Vec<u8>,
+    dispatch: impl FnOnce(Tmessage<'_>) -> Result<Rmessage, Errno>,
+) {
+    let start = out.len();
+    let (tag, reply) = match wire::Frame::new_checked(request) {
+        Err(e) => (
+            wire::Frame::peek_tag(request).unwrap_or(wire::NOTAG),
+            Err(e.into()),
+        ),
+        Ok(frame) if frame.size() > msize as usize => (frame.tag(), Err(Errno(libc::EMSGSIZE))),
+        Ok(frame) => {
+            let reply = Tmessage::decode(frame.ty(), frame.body())
+                .map_err(Errno::from)
+                .and_then(dispatch);
+            (frame.tag(), reply)
+        }
+    };
+    let reply = reply.unwrap_or_else(|Errno(e)| Rmessage::Lerror {
+        ecode: u32::try_from(e).unwrap_or(libc::EIO as u32),
+    });
+    reply.encode(tag, out);
+    // Replies are bounded by construction; this keeps the promise to the transport even
+    // if one were not (the buffers the guest posted are `msize` bytes).
+    if out.len() - start > msize as usize {
+        out.truncate(start);
+        Rmessage::Lerror {
+            ecode: libc::EMSGSIZE as u32,
+        }
+        .encode(tag, out);
+    }
+}
 pub use sys::Errno;
 pub use wire::{
     DecodeError, MAX_MSIZE, MIN_MSIZE, Qid, RATTACH, RAUTH, RCLUNK, RFLUSH, RFSYNC, RGETATTR,

@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use libc::c_int;
 
 use super::sys::{Errno, Res, err, fstat, fstatat, openat, openat2};
-use super::wire::{self, Frame, GetLock, Qid, Rmessage, Tmessage};
+use super::wire::{self, GetLock, Qid, Rmessage, Tmessage};
 
 /// At most this many fids per session; more get `ENFILE`. Each fid holds one or two host
 /// file descriptors, so the VMM should allow about twice as many open files.
@@ -98,33 +98,8 @@ impl Server {
     /// response message to `out`. Malformed input gets `Rlerror(EINVAL)` with the request's
     /// tag if it can be read (else [`wire::NOTAG`]); unknown types get `EOPNOTSUPP`.
     pub fn handle(&mut self, request: &[u8], out: &mut Vec<u8>) {
-        let start = out.len();
-        let (tag, reply) = match Frame::new_checked(request) {
-            Err(e) => (
-                Frame::peek_tag(request).unwrap_or(wire::NOTAG),
-                Err(e.into()),
-            ),
-            Ok(frame) if frame.size() > self.msize as usize => (frame.tag(), err(libc::EMSGSIZE)),
-            Ok(frame) => {
-                let reply = Tmessage::decode(frame.ty(), frame.body())
-                    .map_err(Errno::from)
-                    .and_then(|msg| self.dispatch(msg));
-                (frame.tag(), reply)
-            }
-        };
-        let reply = reply.unwrap_or_else(|Errno(e)| Rmessage::Lerror {
-            ecode: u32::try_from(e).unwrap_or(libc::EIO as u32),
-        });
-        reply.encode(tag, out);
-        // Replies are bounded by construction; this keeps the promise to the transport even
-        // if one were not (the buffers the guest posted are `msize` bytes).
-        if out.len() - start > self.msize as usize {
-            out.truncate(start);
-            Rmessage::Lerror {
-                ecode: libc::EMSGSIZE as u32,
-            }
-            .encode(tag, out);
-        }
+        let msize = self.msize;
+        super::answer(msize, request, out, |msg| self.dispatch(msg));
     }
 
     /// Lowers the fid limit (to test `ENFILE` without thousands of descriptors).

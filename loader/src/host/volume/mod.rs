@@ -2,20 +2,31 @@
 //! images (the `fatfs` crate; `mtools`, `fsck.fat` or a loop mount read them on any host)
 //! whose files survive the VM.
 //!
-//! A run checks the volume out: under an exclusive lock on the image, its tree is copied into
-//! a private directory, which the guest gets as a live directory (virtio-9p, on either
-//! backend). When the VM has ended, however it ended, the tree is written back into a fresh
-//! image of the same size, which atomically replaces the old one. So an image is never seen
-//! half-written, and the guest never parses a disk format; the price is that changes reach
-//! the image at the end of the run, not during it, and are lost if the `wasmvm` process itself
-//! is killed (the image then keeps its previous contents).
+//! A run first takes an exclusive lock on the image (resolved once, through symlinks: two
+//! runs can never open one volume read-write at once) and [`check`]s it: a crafted or
+//! damaged image is refused before anything trusts it. Then, by backend:
+//!
+//! - the built-in VMM serves the image itself ([`live`]): writes reach it during the run,
+//!   `fd_sync` makes them durable, a full volume answers `ENOSPC` at the write;
+//! - QEMU and host mode serve a directory, so the tree is checked out into one and written
+//!   back into a fresh image when the run ends ([`checkout`]).
+//!
+//! The guest never parses a disk format either way.
+
+pub mod check;
+pub mod checkout;
+mod disk;
+pub mod live;
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
+
+pub use checkout::Checkout;
+pub use live::{LiveVolume, VolumeServer};
 
 /// Smallest volume: below this FAT has no room worth having.
 pub const MIN_SIZE: u64 = 1 << 20;
@@ -34,6 +45,11 @@ pub enum VolumeError {
     NotFat { path: PathBuf, cause: io::Error },
     #[error("{} is in use by another wasmvm run", .0.display())]
     Busy(PathBuf),
+    #[error("{}: damaged or crafted volume image, refused: {damage}", path.display())]
+    Damaged {
+        path: PathBuf,
+        damage: check::Damage,
+    },
     #[error("{}: {what} cannot be stored on a FAT volume", path.display())]
     Unsupported { path: PathBuf, what: &'static str },
     #[error(
@@ -48,7 +64,7 @@ pub enum VolumeError {
     },
 }
 
-fn io_at(path: &Path) -> impl FnOnce(io::Error) -> VolumeError + '_ {
+pub(crate) fn io_at(path: &Path) -> impl FnOnce(io::Error) -> VolumeError + '_ {
     move |cause| VolumeError::Io {
         path: path.to_path_buf(),
         cause,
@@ -81,205 +97,101 @@ pub fn create(path: &Path, size: u64) -> Result<(), VolumeError> {
     Ok(())
 }
 
-fn format(file: &mut File, size: u64) -> io::Result<()> {
+pub(crate) fn format(file: &mut File, size: u64) -> io::Result<()> {
     file.set_len(size)?;
+    // One FAT: with two, a writer killed between updating the first copy and the second
+    // leaves them different (the next run would put that right, but until then every
+    // fsck.fat reports it). Every FAT driver reads a single copy.
     fatfs::format_volume(
         &mut *file,
-        fatfs::FormatVolumeOptions::new().volume_label(*b"WASMVM     "),
+        fatfs::FormatVolumeOptions::new()
+            .volume_label(*b"WASMVM     ")
+            .fats(1),
     )
 }
 
-/// A volume checked out for one run: the locked image and the directory holding its tree.
-pub struct Checkout {
-    image: PathBuf,
-    /// Keeps the exclusive lock for the whole run.
-    _lock: File,
-    size: u64,
-    dir: tempfile::TempDir,
+/// A volume image opened for one run: the real file (symlinks resolved once), locked
+/// exclusively for the run, and checked.
+pub(crate) struct Locked {
+    /// The resolved path.
+    pub image: PathBuf,
+    pub file: File,
+    pub summary: check::Summary,
 }
 
-impl Checkout {
-    /// Locks the image at `image` and copies its tree into a private directory.
-    pub fn open(image: &Path) -> Result<Checkout, VolumeError> {
+impl Locked {
+    pub fn open(image: &Path) -> Result<Locked, VolumeError> {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
         // Resolved once: a symlinked volume is the file it points to, which is locked and
-        // replaced at commit; the link itself stays a link.
+        // written; the link itself stays a link.
         let resolved = std::fs::canonicalize(image).map_err(io_at(image))?;
         let image = resolved.as_path();
-        let mut file = OpenOptions::new()
+        // Not a FIFO or device: a volume is a regular file (O_NONBLOCK keeps a FIFO's open
+        // from waiting for a writer; the check below refuses it).
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
             .open(image)
             .map_err(io_at(image))?;
+        let held = file.metadata().map_err(io_at(image))?;
+        if !held.is_file() {
+            return Err(VolumeError::NotFat {
+                path: image.to_path_buf(),
+                cause: io::Error::other("not a regular file"),
+            });
+        }
         // SAFETY: flock on a descriptor we own; no memory is involved.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(VolumeError::Busy(image.to_path_buf()));
         }
         // A run that committed between our open and our lock replaced the file: what we
-        // hold is the old one. The newer run's work must not be checked out stale.
-        use std::os::unix::fs::MetadataExt;
-        let held = file.metadata().map_err(io_at(image))?;
+        // hold is the old one. The newer run's work must not be used stale.
         let now = std::fs::metadata(image).map_err(io_at(image))?;
         if (held.dev(), held.ino()) != (now.dev(), now.ino()) {
             return Err(VolumeError::Busy(image.to_path_buf()));
         }
-        let size = file.seek(SeekFrom::End(0)).map_err(io_at(image))?;
-        file.seek(SeekFrom::Start(0)).map_err(io_at(image))?;
-        let dir = tempfile::Builder::new()
-            .prefix("wasmvm-volume-")
-            .tempdir()
-            .map_err(io_at(image))?;
-        {
-            let fs =
-                fatfs::FileSystem::new(&mut file, fatfs::FsOptions::new()).map_err(|cause| {
-                    VolumeError::NotFat {
-                        path: image.to_path_buf(),
-                        cause,
-                    }
-                })?;
-            copy_out(&fs.root_dir(), dir.path()).map_err(io_at(image))?;
+        let summary = check::check(&file, held.len()).map_err(|damage| match damage.not_fat {
+            true => VolumeError::NotFat {
+                path: image.to_path_buf(),
+                cause: io::Error::other(damage.what),
+            },
+            false => VolumeError::Damaged {
+                path: image.to_path_buf(),
+                damage,
+            },
+        })?;
+        if let Some(fat) = &summary.repaired_fat {
+            // Under the lock, after a check that found no chain crossing another: what a
+            // killed run left half-done is put right before anything reads the volume.
+            let g = summary.geometry;
+            use std::os::unix::fs::FileExt;
+            for copy in 0..g.fats {
+                file.write_all_at(fat, g.fat_offset + copy * g.fat_bytes)
+                    .map_err(io_at(image))?;
+            }
+            file.sync_data().map_err(io_at(image))?;
         }
-        Ok(Checkout {
-            image: image.to_path_buf(),
-            _lock: file,
-            size,
-            dir,
+        Ok(Locked {
+            image: resolved,
+            file,
+            summary,
         })
     }
-
-    /// The directory the guest gets.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Writes the tree back: a fresh image of the same size next to the old one, then an
-    /// atomic rename over it. If that fails (e.g. the app made a symlink, which FAT cannot
-    /// store), the old image stays and the run's tree is kept on disk, named in the error.
-    pub fn commit(self) -> Result<(), VolumeError> {
-        match self.write_back() {
-            Ok(()) => Ok(()),
-            Err(cause) => Err(VolumeError::NotCommitted {
-                image: self.image,
-                kept: self.dir.keep(),
-                cause: Box::new(cause),
-            }),
-        }
-    }
-
-    fn write_back(&self) -> Result<(), VolumeError> {
-        let parent = self
-            .image
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let mut fresh = tempfile::Builder::new()
-            .prefix(".wasmvm-volume-")
-            .tempfile_in(parent)
-            .map_err(io_at(&self.image))?;
-        format(fresh.as_file_mut(), self.size).map_err(io_at(&self.image))?;
-        {
-            let fs = fatfs::FileSystem::new(fresh.as_file_mut(), fatfs::FsOptions::new())
-                .map_err(io_at(&self.image))?;
-            copy_in(self.dir.path(), &fs.root_dir())?;
-            fs.unmount().map_err(io_at(&self.image))?;
-        }
-        // Keep the image's permissions (the temporary file starts at 0600).
-        let mode = std::fs::metadata(&self.image)
-            .map_err(io_at(&self.image))?
-            .permissions();
-        fresh
-            .as_file()
-            .set_permissions(mode)
-            .map_err(io_at(&self.image))?;
-        fresh.as_file().sync_all().map_err(io_at(&self.image))?;
-        fresh
-            .persist(&self.image)
-            .map_err(|e| io_at(&self.image)(e.error))?;
-        // The rename itself must survive a crash too.
-        File::open(parent)
-            .and_then(|dir| dir.sync_all())
-            .map_err(io_at(&self.image))?;
-        Ok(())
-    }
 }
 
-fn copy_out<T: fatfs::ReadWriteSeek>(from: &fatfs::Dir<'_, T>, to: &Path) -> io::Result<()> {
-    for entry in from.iter() {
-        let entry = entry?;
-        let name = entry.file_name();
-        if name == "." || name == ".." {
-            continue;
-        }
-        // Names come from an image that may have been crafted: one that is not a single
-        // plain component could place a file anywhere.
-        if name.is_empty() || name.contains(['/', '\0']) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("the volume holds an invalid file name {name:?}"),
-            ));
-        }
-        let target = to.join(&name);
-        if entry.is_dir() {
-            std::fs::create_dir(&target)?;
-            copy_out(&entry.to_dir(), &target)?;
-        } else {
-            let mut data = Vec::with_capacity(entry.len() as usize);
-            entry.to_file().read_to_end(&mut data)?;
-            std::fs::write(&target, &data)?;
-        }
-    }
-    Ok(())
+/// Opens the volume at `image` for the built-in VMM: locked, checked, ready to serve live.
+pub fn open_live(image: &Path) -> Result<LiveVolume, VolumeError> {
+    let locked = Locked::open(image)?;
+    let head_len = locked.summary.geometry.data_offset;
+    LiveVolume::new(&locked.image, locked.file, head_len).map_err(|cause| VolumeError::NotFat {
+        path: locked.image.clone(),
+        cause,
+    })
 }
 
-fn copy_in<T: fatfs::ReadWriteSeek>(
-    from: &Path,
-    to: &fatfs::Dir<'_, T>,
-) -> Result<(), VolumeError> {
-    let entries = std::fs::read_dir(from).map_err(io_at(from))?;
-    let mut entries: Vec<_> = entries.collect::<Result<_, _>>().map_err(io_at(from))?;
-    entries.sort_by_key(|e| e.file_name());
-    // FAT names are case-insensitive: `A` and `a` would silently become one file.
-    let mut seen = std::collections::HashSet::new();
-    for entry in &entries {
-        if !seen.insert(entry.file_name().to_string_lossy().to_lowercase()) {
-            return Err(VolumeError::Unsupported {
-                path: entry.path(),
-                what: "a name differing from another only in case",
-            });
-        }
-    }
-    for entry in entries {
-        let path = entry.path();
-        let kind = entry.file_type().map_err(io_at(&path))?;
-        let name = entry.file_name();
-        let name = name.to_str().ok_or(VolumeError::Unsupported {
-            path: path.clone(),
-            what: "a file name that is not UTF-8",
-        })?;
-        let fat_err = |cause| VolumeError::Io {
-            path: path.clone(),
-            cause,
-        };
-        if kind.is_dir() {
-            let dir = to.create_dir(name).map_err(fat_err)?;
-            copy_in(&path, &dir)?;
-        } else if kind.is_file() {
-            let data = std::fs::read(&path).map_err(io_at(&path))?;
-            let mut file = to.create_file(name).map_err(fat_err)?;
-            file.truncate().map_err(fat_err)?;
-            file.write_all(&data).map_err(fat_err)?;
-        } else {
-            return Err(VolumeError::Unsupported {
-                path,
-                what: if kind.is_symlink() {
-                    "a symlink"
-                } else {
-                    "a special file"
-                },
-            });
-        }
-    }
-    Ok(())
-}
+#[cfg(test)]
+mod live_tests;
 
 #[cfg(test)]
 mod tests {

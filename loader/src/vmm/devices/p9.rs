@@ -1,12 +1,14 @@
-//! The built-in VMM's virtio-9p device (behind `devices::mmio`): a live host directory, served
-//! by the 9P2000.L server of `host::p9` on a worker thread of its own.
+//! The built-in VMM's virtio-9p device (behind `devices::mmio`): a live host directory served
+//! by the 9P2000.L server of `host::p9`, or a volume image served by `host::volume::live`,
+//! on a worker thread of its own.
 //!
 //! The device model runs in the vCPU thread, whose seccomp filter allows no filesystem
-//! calls; the server needs them. So each request crosses to the share's worker thread,
-//! which runs under a filter with the filesystem calls added and holds nothing but the
-//! share's directory. The vCPU waits for the reply: 9P is synchronous from the guest's side.
+//! calls; the servers need them. So each request crosses to the share's worker thread,
+//! which runs under a filter with the calls its server makes added and holds nothing but
+//! the share's directory or volume. The vCPU waits for the reply: 9P is synchronous from the
+//! guest's side. When the device goes, the worker closes its server (a volume is unmounted
+//! and synced) and ends; the VMM joins it before the run ends.
 
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
@@ -15,7 +17,7 @@ use std::time::Duration;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use crate::host::p9::{MAX_MSIZE, Server};
+use crate::host::p9::{FileServer, MAX_MSIZE};
 use crate::vmm::devices::mmio::{VirtioDevice, read_chain, usable, writable, write_descriptors};
 use crate::vmm::seccomp::{self, BpfProgram};
 
@@ -106,35 +108,41 @@ pub struct Worker {
     replies: Receiver<Vec<u8>>,
 }
 
-/// Starts the worker thread serving the directory `root` (confined by `filter` first, when
-/// given). It ends when the device is dropped.
+/// What a worker runs: made on the worker's thread, once it is confined.
+pub type MakeServer = Box<dyn FnOnce() -> std::io::Result<Box<dyn FileServer>> + Send>;
+
+/// Starts the worker thread that makes and runs a server (confined by `filter` first, when
+/// given). It ends when the device is dropped, after closing the server; the handle returns
+/// how the server's making and closing went.
 pub fn spawn_worker(
     name: &str,
-    root: OwnedFd,
-    read_only: bool,
+    make: MakeServer,
     filter: Option<std::sync::Arc<BpfProgram>>,
-) -> std::io::Result<Worker> {
+) -> std::io::Result<(Worker, std::thread::JoinHandle<std::io::Result<()>>)> {
     let (requests, incoming) = sync_channel::<Vec<u8>>(1);
     let (outgoing, replies) = sync_channel::<Vec<u8>>(1);
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
             if let Some(filter) = filter
-                && seccomp::confine_thread(&filter).is_err()
+                && let Err(e) = seccomp::confine_thread(&filter)
             {
                 // Unconfined it would not serve: the guest's calls fail with EIO.
-                return;
+                return Err(std::io::Error::other(e.to_string()));
             }
-            let mut server = Server::new(root, read_only);
+            // A server that cannot be made leaves the channel unanswered: the guest's calls
+            // fail with EIO, and the run reports why at its end.
+            let mut server = make()?;
             for request in incoming {
                 let mut reply = Vec::new();
                 server.handle(&request, &mut reply);
                 if outgoing.send(reply).is_err() {
-                    return;
+                    break;
                 }
             }
+            server.close()
         })?;
-    Ok(Worker { requests, replies })
+    Ok((Worker { requests, replies }, thread))
 }
 
 #[cfg(test)]
@@ -153,8 +161,10 @@ mod tests {
     fn share() -> (Driver<P9Device>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("hello.txt"), b"hello from the host").unwrap();
-        let root: OwnedFd = std::fs::File::open(dir.path()).unwrap().into();
-        let worker = spawn_worker("test-9p", root, false, None).unwrap();
+        let root: std::os::fd::OwnedFd = std::fs::File::open(dir.path()).unwrap().into();
+        let make: MakeServer =
+            Box::new(move || Ok(Box::new(crate::host::p9::Server::new(root, false)) as _));
+        let (worker, _) = spawn_worker("test-9p", make, None).unwrap();
         let device = P9Device::new("share0", worker, Arc::new(AtomicBool::new(false)));
         (Driver::new(device, 4 << 20), dir)
     }
