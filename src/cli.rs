@@ -189,6 +189,8 @@ impl RunArgs {
             network: self.network.clone(),
             publish: self.publish.clone(),
             tap_config,
+            // Set by a fleet supervisor for its VMM (see fleet::supervisor).
+            flush_mark: std::env::var_os(crate::fleet::FLUSH_MARK_ENV).map(PathBuf::from),
             ..RunOptions::default()
         })
     }

@@ -558,3 +558,74 @@ fn a_damaged_state_file_is_named_and_removable_and_hides_no_other_vm() {
     // The symlink's target was never touched.
     assert!(std::fs::metadata("/etc/passwd").is_ok());
 }
+
+/// `wasmvm stop` never kills a VMM while it saves its volumes: on QEMU a volume is written
+/// back when the VM ends, which for a big one outlasts a short grace time.
+#[test]
+fn stop_waits_for_a_vm_saving_its_volumes() {
+    if !backends().contains(&"qemu") {
+        eprintln!("note: QEMU not available; skipping");
+        return;
+    }
+    let fleet = Fleet::new();
+    let img = fleet.path("big.img");
+    let o = fleet.wasmvm(&["volume", "create", img.to_str().unwrap(), "--size", "1G"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let blob = fleet.path("blob");
+    let data: Vec<u8> = (0..200u32 << 20).map(|i| (i * 7 / 4096) as u8).collect();
+    std::fs::write(&blob, &data).unwrap();
+    match Command::new("mcopy")
+        .arg("-i")
+        .arg(&img)
+        .arg(&blob)
+        .arg("::/blob")
+        .status()
+    {
+        Ok(status) => assert!(status.success()),
+        Err(_) => {
+            assert!(
+                std::env::var("WASMVM_REQUIRE_TOOLCHAINS").as_deref() != Ok("1"),
+                "mtools (mcopy) is required"
+            );
+            eprintln!("note: mtools not installed; skipping");
+            return;
+        }
+    }
+    let sleeper = fleet.sleeper();
+    let volume = format!("{}::/data", img.display());
+    let name = fleet.start(&[
+        "--vmm",
+        "qemu",
+        "--accel",
+        accel(),
+        "--volume",
+        &volume,
+        &sleeper,
+    ]);
+    fleet.wait_log(&name, "ready\n");
+    let o = fleet.wasmvm(&["stop", "-t", "1", &name]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), name);
+    // Whether the save outlasted the grace time depends on this host's speed; say which.
+    eprintln!("stop said: {:?}", stderr(&o));
+    let v = fleet.vm(&name);
+    assert_eq!(v["status"], "stopped", "{v:#}");
+    assert!(
+        !v["reason"].as_str().unwrap_or("").contains("killed"),
+        "killed while saving: {v:#}\n{}",
+        stderr(&o)
+    );
+    // The image was replaced whole, with the file intact, and nothing is left beside it.
+    let back = fleet.path("back");
+    let copied = Command::new("mcopy")
+        .arg("-i")
+        .arg(&img)
+        .arg("::/blob")
+        .arg(&back)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    assert!(std::fs::read(&back).unwrap() == data, "the blob changed");
+    assert!(!fleet.path(".big.img.wasmvm-new").exists());
+    fleet.assert_no_processes();
+}

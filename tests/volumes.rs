@@ -406,6 +406,9 @@ fn file_operations_on_a_live_volume_match_host_mode() {
         }
         outputs.push(stdout(&o));
     }
-    assert_eq!(outputs[0], outputs[1], "the live volume vs host mode's checkout");
+    assert_eq!(
+        outputs[0], outputs[1],
+        "the live volume vs host mode's checkout"
+    );
     assert!(outputs[0].contains("renamed.txt"), "{}", outputs[0]);
 }

@@ -214,6 +214,20 @@ impl Stopping<'_> {
     }
 }
 
+/// Whether one of the VM's live processes marks that it is making volumes durable (the
+/// mark holds its process id; a mark left by a dead process counts for nothing).
+fn flushing(s: &mut Stopping) -> bool {
+    let mark = s.vm.dir.join(super::FLUSH_MARK_FILE);
+    let Some(pid) = super::state::read_small(&mark, 32)
+        .ok()
+        .and_then(|t| String::from_utf8(t).ok())
+        .and_then(|t| t.trim().parse::<i32>().ok())
+    else {
+        return false;
+    };
+    s.live().iter().any(|p| p.pid == pid)
+}
+
 /// Waits until none of `vms` has a live process, or `deadline`.
 fn wait_ended(vms: &mut [Stopping], deadline: Instant) {
     while Instant::now() < deadline && vms.iter_mut().any(|s| !s.live().is_empty()) {
@@ -245,6 +259,28 @@ fn stop_vms(vms: &[Vm], grace: Duration) -> Result<Vec<String>> {
         pending.push(Stopping { vm, seen: live });
     }
     wait_ended(&mut pending, Instant::now() + grace);
+    // A VMM making its volumes durable is never killed: that is the one moment a kill
+    // could lose what the app wrote (a checkout being written back). Wait, and say so.
+    for s in &mut pending {
+        if !flushing(s) {
+            continue;
+        }
+        eprintln!(
+            "wasmvm: VM `{}` is saving its volumes; waiting for that to finish",
+            s.vm.name
+        );
+        while flushing(s) {
+            std::thread::sleep(STOP_POLL);
+        }
+        wait_ended(std::slice::from_mut(s), Instant::now() + KILL_WAIT);
+        if let Ok(state) = s.vm.load() {
+            eprintln!(
+                "wasmvm: VM `{}` saved its volumes: {}",
+                s.vm.name,
+                state.status_text(now())
+            );
+        }
+    }
     let mut killed = Vec::new();
     for s in &mut pending {
         let live = s.live();

@@ -23,6 +23,13 @@ use clap::{Args, Subcommand};
 
 pub use state::RestartPolicy;
 
+/// The environment variable through which a supervisor tells its VMM where to mark that it
+/// is making volumes durable (`RunOptions::flush_mark`): the VM's `flushing` file, which
+/// `wasmvm stop` waits on rather than kill.
+pub const FLUSH_MARK_ENV: &str = "WASMVM_FLUSH_MARK";
+/// The name of that file in the VM's directory.
+const FLUSH_MARK_FILE: &str = "flushing";
+
 /// `run`'s flags for the background (flattened into `run`).
 #[derive(Debug, Args, Clone)]
 pub struct DetachArgs {

@@ -309,23 +309,8 @@ impl Vm {
     /// Reads the state file: a regular file (never through a symlink, never a FIFO that
     /// would block) of at most `MAX_STATE_BYTES`.
     pub fn load(&self) -> Result<State> {
-        use std::io::Read;
-        use std::os::unix::fs::OpenOptionsExt;
         let path = self.dir.join(STATE_FILE);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let meta = file
-            .metadata()
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        if !meta.is_file() {
-            bail!("{} is not a regular file", path.display());
-        }
-        let mut text = Vec::new();
-        file.take(MAX_STATE_BYTES + 1)
-            .read_to_end(&mut text)
+        let text = read_small(&path, MAX_STATE_BYTES)
             .with_context(|| format!("cannot read {}", path.display()))?;
         if text.len() as u64 > MAX_STATE_BYTES {
             bail!("{} is larger than a state file can be", path.display());
@@ -503,4 +488,21 @@ mod tests {
         assert_eq!(human(3 * 3600 + 5), "3h");
         assert_eq!(human(3 * 86_400), "3d");
     }
+}
+
+/// Reads `path` if it is a regular file of at most `max` bytes, never through a symlink and
+/// never waiting on a FIFO.
+pub fn read_small(path: &Path, max: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        bail!("not a regular file");
+    }
+    let mut text = Vec::new();
+    file.take(max + 1).read_to_end(&mut text)?;
+    Ok(text)
 }

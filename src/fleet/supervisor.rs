@@ -103,7 +103,7 @@ fn run(dir: &Path, run_args: &[OsString], ready: &mut Readiness) -> Result<()> {
             ready.report("error: stopped before the VM started");
             return Ok(());
         }
-        let mut child = match spawn_vmm(run_args, &log) {
+        let mut child = match spawn_vmm(dir, run_args, &log) {
             Ok(child) => child,
             Err(e) => {
                 state.status = Status::Failed;
@@ -212,9 +212,10 @@ fn exit_reason(code: i32) -> Option<String> {
 
 /// `wasmvm run --supervised RUN_ARGS`, its output appended to the log, stdin empty, and
 /// SIGTERM on its way should the supervisor die.
-fn spawn_vmm(run_args: &[OsString], log: &File) -> std::io::Result<Child> {
+fn spawn_vmm(dir: &Path, run_args: &[OsString], log: &File) -> std::io::Result<Child> {
     let mut cmd = super::wasmvm_command();
-    cmd.arg("run")
+    cmd.env(super::FLUSH_MARK_ENV, dir.join(super::FLUSH_MARK_FILE))
+        .arg("run")
         .arg(SUPERVISED_FLAG)
         .args(run_args)
         .stdin(Stdio::null())

@@ -37,6 +37,10 @@ pub struct RunOptions {
     pub shares: Vec<ShareSpec>,
     /// Persistent volumes (`--volume`), preopened after the shares; see [`volumes`].
     pub volumes: Vec<VolumeSpec>,
+    /// A file that exists (holding this process's id) while the run's volumes are made
+    /// durable at its end: `wasmvm stop` waits for it to go instead of killing; see
+    /// [`volumes::FlushMark`].
+    pub flush_mark: Option<PathBuf>,
     /// `--network`; `None` attaches the user-mode network only when the app needs one
     /// (see [`network::plan`]).
     pub network: Option<network::NetworkMode>,

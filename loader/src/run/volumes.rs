@@ -28,6 +28,7 @@ pub fn with_volumes<T>(
         });
     }
     let outcome = backend(&with);
+    let _flushing = FlushMark::begin(opts);
     let mut first_error = None;
     for checkout in checkouts {
         if let Err(e) = checkout.commit() {
@@ -42,5 +43,30 @@ pub fn with_volumes<T>(
         (Err(e), None) => Err(e),
         (Ok(_), Some(e)) => Err(e.into()),
         (Ok(t), None) => Ok(t),
+    }
+}
+
+/// The file [`RunOptions::flush_mark`] names, present while it lives: created when the run
+/// starts making its volumes durable, removed when that is done (or the process dies: a
+/// reader checks the process id inside).
+pub struct FlushMark(Option<std::path::PathBuf>);
+
+impl FlushMark {
+    /// Marks the flush of `opts`'s volumes, if it has volumes and a mark to make.
+    pub fn begin(opts: &RunOptions) -> FlushMark {
+        let path = opts.flush_mark.clone().filter(|_| !opts.volumes.is_empty());
+        if let Some(path) = &path {
+            // Best effort: without the mark a stop may kill, as before.
+            let _ = std::fs::write(path, format!("{}\n", std::process::id()));
+        }
+        FlushMark(path)
+    }
+}
+
+impl Drop for FlushMark {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }

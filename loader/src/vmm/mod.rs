@@ -53,6 +53,7 @@ use crate::run::ending::{Outcome, outcome};
 use crate::run::network::{self, Nic};
 use crate::run::prepare::{Prepared, check_kvm};
 use crate::run::supervise::OutputPump;
+use crate::run::volumes::FlushMark;
 use crate::run::{Control, Ending, RunIo, RunOptions};
 use crate::{Backend, RunError};
 
@@ -263,6 +264,7 @@ fn run(
         log,
         ..
     } = io;
+    let mut flushing = None;
     let (event, vcpu_end) = std::thread::scope(|scope| {
         let vcpu = std::thread::Builder::new()
             .name("vmm-vcpu".into())
@@ -307,6 +309,8 @@ fn run(
             Ok(_) => control.wait(deadline),
             Err(e) => Some(RunEvent::Stream(Err(e))),
         };
+        // From here the volumes are being closed and made durable.
+        flushing = Some(FlushMark::begin(opts));
         // Stop the vCPU unless it is already leaving: flag, then kick it out of KVM_RUN until
         // it notices (a kick can land just before it re-enters the guest).
         stop.store(true, Ordering::SeqCst);
@@ -343,6 +347,7 @@ fn run(
             closed = Err(RunError::Volume(VolumeError::Io { path, cause }));
         }
     }
+    drop(flushing);
     closed?;
     Ok(match outcome(event) {
         Outcome::Ended(ending) => ending,
