@@ -434,6 +434,23 @@ pub fn claim_name(name: Option<&str>, image: &Path) -> Result<Vm> {
     bail!("cannot find a free VM name; give one with --name")
 }
 
+/// Reads `path` if it is a regular file of at most `max` bytes, never through a symlink and
+/// never waiting on a FIFO.
+pub fn read_small(path: &Path, max: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        bail!("not a regular file");
+    }
+    let mut text = Vec::new();
+    file.take(max + 1).read_to_end(&mut text)?;
+    Ok(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -488,21 +505,4 @@ mod tests {
         assert_eq!(human(3 * 3600 + 5), "3h");
         assert_eq!(human(3 * 86_400), "3d");
     }
-}
-
-/// Reads `path` if it is a regular file of at most `max` bytes, never through a symlink and
-/// never waiting on a FIFO.
-pub fn read_small(path: &Path, max: u64) -> Result<Vec<u8>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)?;
-    if !file.metadata()?.is_file() {
-        bail!("not a regular file");
-    }
-    let mut text = Vec::new();
-    file.take(max + 1).read_to_end(&mut text)?;
-    Ok(text)
 }
