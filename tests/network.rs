@@ -404,3 +404,115 @@ fn network_mistakes_get_clear_errors() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("network"), "{}", stderr(&out));
 }
+
+/// One `GET / HTTP/1.0` on a fresh connection, which the server closes after its response
+/// (the guest closes first); returns the whole response.
+fn one_shot(port: u16) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut response = Vec::new();
+    s.read_to_end(&mut response)?;
+    Ok(response)
+}
+
+/// The guest's `net: quiet after N connections: S sockets, B KiB of socket buffers,
+/// R refused for memory, heap H KiB in use` line, as numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Quiet {
+    connections: u64,
+    sockets: u64,
+    buffers_kib: u64,
+    refused: u64,
+    heap_kib: u64,
+}
+
+fn parse_quiet(line: &str) -> Option<Quiet> {
+    let rest = line.split("net: quiet after ").nth(1)?;
+    let numbers: Vec<u64> = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.parse().unwrap())
+        .collect();
+    match numbers[..] {
+        [connections, sockets, buffers_kib, refused, heap_kib, ..] => Some(Quiet {
+            connections,
+            sockets,
+            buffers_kib,
+            refused,
+            heap_kib,
+        }),
+        _ => None,
+    }
+}
+
+/// Waits (up to two minutes) for a quiet report covering at least `connections`.
+fn wait_quiet(lines: &std::sync::mpsc::Receiver<String>, connections: u64, what: &str) -> Quiet {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("{what}: no quiet report after {connections} connections"));
+        if let Some(q) = parse_quiet(&line)
+            && q.connections >= connections
+        {
+            return q;
+        }
+    }
+}
+
+/// The load that killed the guest once: thousands of short connections from many clients,
+/// each closed by the server after one response, so every connection's buffers linger
+/// through FIN-WAIT and TIME-WAIT. The guest must answer them all, keep answering, and end
+/// up holding what it held before (`-v` reports it when it goes quiet).
+#[test]
+fn thousands_of_connections_the_server_closes_leave_it_as_it_was() {
+    const CLIENTS: usize = 8;
+    const EACH: usize = 300;
+    for vmm in backends() {
+        let mut guest = Guest::start(vmm, http_image(), 8080, HTTP_READY, &["-v"]);
+        let stderr = guest.child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let port = guest.port;
+        let ok = |r: &std::io::Result<Vec<u8>>| matches!(r, Ok(b) if b.starts_with(b"HTTP/1.") && b.ends_with(b"hello from wasmvm\n"));
+        for i in 0..20 {
+            let r = one_shot(port);
+            assert!(ok(&r), "{vmm}: warm-up {i}: {r:?}");
+        }
+        let before = wait_quiet(&lines, 20, vmm);
+        let failures: usize = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..CLIENTS)
+                .map(|_| scope.spawn(move || (0..EACH).filter(|_| !ok(&one_shot(port))).count()))
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).sum()
+        });
+        assert_eq!(failures, 0, "{vmm}: requests failed during the churn");
+        let r = one_shot(port);
+        assert!(ok(&r), "{vmm}: after the churn: {r:?}");
+        let total = 20 + (CLIENTS * EACH) as u64 + 1;
+        let after = wait_quiet(&lines, total, vmm);
+        assert_eq!(
+            (after.sockets, after.buffers_kib, after.refused),
+            (before.sockets, before.buffers_kib, before.refused),
+            "{vmm}: sockets linger: before {before:?}, after {after:?}"
+        );
+        assert!(
+            after.heap_kib.abs_diff(before.heap_kib) <= 64,
+            "{vmm}: the heap went from {} KiB to {} KiB",
+            before.heap_kib,
+            after.heap_kib
+        );
+        request(&guest, "GET", "/exit/0", b"");
+        let status = guest.child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "{vmm}");
+    }
+}

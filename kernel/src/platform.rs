@@ -96,6 +96,14 @@ impl Platform for KernelPlatform {
         crate::net::flush()
     }
 
+    fn log(&mut self, line: &str) {
+        channel::log(line)
+    }
+
+    fn heap_in_use(&self) -> Option<usize> {
+        Some(crate::heap::usage().0)
+    }
+
     fn wait_until(&mut self, deadline_ns: u64, or_stdin: bool) {
         loop {
             let now = clock::monotonic_ns();

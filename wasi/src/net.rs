@@ -11,7 +11,7 @@
 //! SYNs finds a listening socket for each (up to the backlog, past which new SYNs are reset
 //! as on a full Linux backlog).
 
-use alloc::collections::VecDeque;
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -28,9 +28,15 @@ use wasmvm_abi::net::NetConfig;
 use crate::errno::{Errno, WasiResult};
 use crate::platform::{Clock, Platform};
 
-/// Receive and send buffer of each TCP connection: large enough to keep a fast link busy
-/// (smoltcp scales the window past 64 KiB); pages the app never fills are never touched.
+/// Receive and send buffer of each TCP connection while socket memory is plentiful: large
+/// enough to keep a fast link busy (smoltcp scales the window past 64 KiB); pages the app
+/// never fills are never touched.
 pub(crate) const TCP_BUFFER: usize = 128 * 1024;
+/// The smallest buffers a connection gets when socket memory runs low; below that, new
+/// connections are refused (see [`SocketMemory`]).
+const MIN_TCP_BUFFER: usize = 4 * 1024;
+/// How often at most the stack reports going quiet (see [`Net::poll`]).
+const QUIET_REPORT_NS: u64 = 500_000_000;
 /// Sockets kept in LISTEN per listener, ready for simultaneous SYNs.
 const LISTEN_SPARES: usize = 4;
 /// Connections a listener queues for `accept` before it resets new ones (Linux's somaxconn
@@ -59,6 +65,69 @@ pub struct Nic {
     pub config: Option<NetConfig>,
     /// The link MTU (IP packet size).
     pub mtu: u16,
+    /// Bytes the sockets' buffers may take in all: the rest of the heap stays for the
+    /// engine and the app, which allocate infallibly.
+    pub socket_memory: usize,
+}
+
+/// The sockets' buffers, counted against a budget so that no peer, app or load can make
+/// the stack take the heap the engine needs. A connection gets full-size buffers while
+/// memory is plentiful and smaller ones as it runs low; when even the smallest do not fit,
+/// a new connection is refused (a listener has no spare socket, so the peer's SYN is reset;
+/// `sock_connect` and UDP sockets get `ENOBUFS`) and counted.
+struct SocketMemory {
+    budget: usize,
+    in_use: usize,
+    /// The buffer bytes of each smoltcp socket that has them.
+    sizes: BTreeMap<SocketHandle, usize>,
+    /// New sockets refused for lack of memory.
+    refused: u64,
+}
+
+impl SocketMemory {
+    /// A TCP socket with buffers sized to what is left, or `None` (counted) if nothing fits.
+    fn tcp_socket(&mut self) -> Option<(tcp::Socket<'static>, usize)> {
+        let free = self.budget.saturating_sub(self.in_use);
+        // Keep room for eight more connections of the chosen size, so memory runs low
+        // gradually rather than all at once.
+        let mut size = TCP_BUFFER;
+        while size > MIN_TCP_BUFFER && 2 * size * 8 > free {
+            size /= 2;
+        }
+        if 2 * size > free {
+            self.refused += 1;
+            return None;
+        }
+        Some((new_tcp_socket(size), 2 * size))
+    }
+
+    /// Room for `bytes` more, or `ENOBUFS` (counted).
+    fn reserve(&mut self, bytes: usize) -> WasiResult {
+        if self.in_use + bytes > self.budget {
+            self.refused += 1;
+            return Err(Errno::NOBUFS);
+        }
+        Ok(())
+    }
+
+    fn add<T: smoltcp::socket::AnySocket<'static>>(
+        &mut self,
+        set: &mut SocketSet<'static>,
+        socket: T,
+        bytes: usize,
+    ) -> SocketHandle {
+        let handle = set.add(socket);
+        self.in_use += bytes;
+        self.sizes.insert(handle, bytes);
+        handle
+    }
+
+    fn remove(&mut self, set: &mut SocketSet<'static>, handle: SocketHandle) {
+        set.remove(handle);
+        if let Some(bytes) = self.sizes.remove(&handle) {
+            self.in_use -= bytes;
+        }
+    }
 }
 
 /// What a socket descriptor refers to: an index into [`Net::sockets`].
@@ -152,6 +221,14 @@ pub(crate) struct Net {
     next_port: u16,
     /// The name lookup in progress (`sock_getaddrinfo`).
     query: Option<(SocketHandle, dns::QueryHandle)>,
+    mem: SocketMemory,
+    /// Connections accepted or opened by the app so far.
+    connections: u64,
+    /// Whether connections came and went since the last quiet report.
+    report_pending: bool,
+    /// When the last quiet report went out, and when the next one is due.
+    reported_at: Option<u64>,
+    report_due: Option<u64>,
 }
 
 fn instant(ns: u64) -> Instant {
@@ -270,6 +347,16 @@ impl Net {
             now_ns: 0,
             next_port: EPHEMERAL_FIRST,
             query: None,
+            mem: SocketMemory {
+                budget: nic.socket_memory,
+                in_use: 0,
+                sizes: BTreeMap::new(),
+                refused: 0,
+            },
+            connections: 0,
+            report_pending: false,
+            reported_at: None,
+            report_due: None,
         };
         match nic.config {
             Some(c) => net.configure(
@@ -333,7 +420,7 @@ impl Net {
                     // next packet, which may be another SYN.
                     for entry in self.sockets.iter_mut().flatten() {
                         if let Socket::Listener(l) = &mut entry.socket {
-                            promote(&mut self.set, l);
+                            promote(&mut self.set, &mut self.mem, l);
                         }
                     }
                 }
@@ -349,15 +436,74 @@ impl Net {
         }
         self.dhcp_poll();
         self.reap();
+        // Memory freed by the reap lets listeners that ran short of spares (their SYNs were
+        // being reset) listen again.
+        for entry in self.sockets.iter_mut().flatten() {
+            if let Socket::Listener(l) = &mut entry.socket
+                && l.spares.len() < LISTEN_SPARES.min(l.backlog.saturating_sub(l.incoming.len()))
+            {
+                promote(&mut self.set, &mut self.mem, l);
+            }
+        }
+        self.report_quiet(platform);
         changed
+    }
+
+    /// Says on the kernel log (`--verbose`) when the stack has gone quiet after traffic: no
+    /// connection open or lingering, with what its sockets and the heap hold then, at most
+    /// every [`QUIET_REPORT_NS`]. A server's memory after a burst of connections can so be
+    /// compared with before it, and a leak shows as a report that never comes.
+    fn report_quiet<P: Platform>(&mut self, platform: &mut P) {
+        let busy = !self.closing.is_empty()
+            || self.sockets.iter().flatten().any(|e| match &e.socket {
+                Socket::Stream { .. } => true,
+                Socket::Listener(l) => !l.incoming.is_empty(),
+                _ => false,
+            });
+        if busy {
+            self.report_pending = true;
+            self.report_due = None;
+            return;
+        }
+        if !self.report_pending {
+            return;
+        }
+        let due = self
+            .reported_at
+            .map_or(0, |t| t.saturating_add(QUIET_REPORT_NS));
+        if self.now_ns < due {
+            self.report_due = Some(due);
+            return;
+        }
+        self.report_pending = false;
+        self.report_due = None;
+        self.reported_at = Some(self.now_ns);
+        let heap = platform
+            .heap_in_use()
+            .map_or(alloc::string::String::from("?"), |b| {
+                alloc::format!("{}", b / 1024)
+            });
+        platform.log(&alloc::format!(
+            "net: quiet after {} connections: {} sockets, {} KiB of socket buffers, {} refused for memory, heap {heap} KiB in use",
+            self.connections,
+            self.set.iter().count(),
+            self.mem.in_use / 1024,
+            self.mem.refused,
+        ));
     }
 
     /// When the stack next needs a poll even without traffic (retransmits, delayed ACKs,
     /// DHCP), in monotonic nanoseconds.
     pub fn poll_at_ns<P: Platform>(&mut self, platform: &mut P) -> Option<u64> {
         let now_ns = platform.now_ns(Clock::Monotonic);
-        let delay = self.iface.poll_delay(instant(now_ns), &self.set)?;
-        Some(now_ns.saturating_add(delay.total_micros().saturating_mul(1000)))
+        let stack = self
+            .iface
+            .poll_delay(instant(now_ns), &self.set)
+            .map(|delay| now_ns.saturating_add(delay.total_micros().saturating_mul(1000)));
+        match (stack, self.report_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn dhcp_poll(&mut self) {
@@ -384,21 +530,29 @@ impl Net {
     /// [`FIN_WAIT_TIMEOUT_NS`] (Linux's `tcp_fin_timeout` does the same for orphans), since
     /// a peer that never closes, or a user-mode network that drops its FIN, would otherwise
     /// pin the socket and its port for good. Removal sends nothing.
+    ///
+    /// Both hold a connection's buffers for nothing (everything the app sent is
+    /// acknowledged, and it reads no more), so when socket memory is under pressure (more
+    /// than half the budget in use) they go at once: a late FIN from the peer is then
+    /// answered with a reset, as Linux answers data for a closed socket.
     fn reap(&mut self) {
-        let set = &mut self.set;
+        let (set, mem) = (&mut self.set, &mut self.mem);
         let now = self.now_ns;
+        let pressure = mem.in_use.saturating_mul(2) > mem.budget;
         self.closing.retain_mut(|c| {
             let done = match set.get::<tcp::Socket>(c.handle).state() {
                 tcp::State::Closed => true,
                 tcp::State::TimeWait => {
                     let since = *c.time_wait_since.get_or_insert(now);
-                    now.saturating_sub(since) > TIME_WAIT_NS
+                    pressure || now.saturating_sub(since) > TIME_WAIT_NS
                 }
-                tcp::State::FinWait2 => now.saturating_sub(c.closed_at) > FIN_WAIT_TIMEOUT_NS,
+                tcp::State::FinWait2 => {
+                    pressure || now.saturating_sub(c.closed_at) > FIN_WAIT_TIMEOUT_NS
+                }
                 _ => false,
             };
             if done {
-                set.remove(c.handle);
+                mem.remove(set, c.handle);
             }
             !done
         });
@@ -412,12 +566,13 @@ impl Net {
         });
     }
 
-    fn tcp_socket(&self, options: &Options) -> tcp::Socket<'static> {
-        let mut s = new_tcp_socket();
+    /// A TCP socket for the app with buffers from the budget, or `ENOBUFS`.
+    fn tcp_socket(&mut self, options: &Options) -> WasiResult<(tcp::Socket<'static>, usize)> {
+        let (mut s, bytes) = self.mem.tcp_socket().ok_or(Errno::NOBUFS)?;
         if options.keep_alive {
             s.set_keep_alive(Some(Duration::from_secs(60)));
         }
-        s
+        Ok((s, bytes))
     }
 
     fn insert(&mut self, socket: Socket, options: Options) -> WasiResult<SockId> {
@@ -487,11 +642,27 @@ impl Net {
             backlog: backlog.clamp(1, MAX_BACKLOG),
         };
         for _ in 0..LISTEN_SPARES.min(l.backlog) {
-            let mut s = self.tcp_socket(options);
-            s.listen(endpoint).map_err(|_| Errno::INVAL)?;
-            l.spares.push(self.set.add(s));
+            let (mut s, bytes) = match self.tcp_socket(options) {
+                Ok(socket) => socket,
+                Err(e) => {
+                    self.drop_listener(l);
+                    return Err(e);
+                }
+            };
+            if s.listen(endpoint).is_err() {
+                self.drop_listener(l);
+                return Err(Errno::INVAL);
+            }
+            l.spares.push(self.mem.add(&mut self.set, s, bytes));
         }
         Ok(l)
+    }
+
+    /// Frees a listener that never reached the app.
+    fn drop_listener(&mut self, l: Listener) {
+        for h in l.spares.into_iter().chain(l.incoming) {
+            self.mem.remove(&mut self.set, h);
+        }
     }
 
     /// Turns a fresh socket into a listener (`sock_listen`).
@@ -561,6 +732,8 @@ impl Net {
         endpoint: IpListenEndpoint,
         peer: Option<IpEndpoint>,
     ) -> WasiResult {
+        let bytes = 2 * UDP_BYTES;
+        self.mem.reserve(bytes)?;
         let mut s = udp::Socket::new(
             udp::PacketBuffer::new(
                 vec![udp::PacketMetadata::EMPTY; UDP_PACKETS],
@@ -572,7 +745,7 @@ impl Net {
             ),
         );
         s.bind(endpoint).map_err(|_| Errno::INVAL)?;
-        let handle = self.set.add(s);
+        let handle = self.mem.add(&mut self.set, s, bytes);
         self.entry_mut(id)?.socket = Socket::Dgram { handle, peer };
         Ok(())
     }
@@ -624,13 +797,14 @@ impl Net {
                     addr: bound.and_then(|b| b.addr),
                     port,
                 };
-                let mut s = self.tcp_socket(&options);
+                let (mut s, bytes) = self.tcp_socket(&options)?;
                 s.connect(self.iface.context(), peer, local)
                     .map_err(|e| match e {
                         tcp::ConnectError::Unaddressable => Errno::NETUNREACH,
                         tcp::ConnectError::InvalidState => Errno::ISCONN,
                     })?;
-                let handle = self.set.add(s);
+                let handle = self.mem.add(&mut self.set, s, bytes);
+                self.connections += 1;
                 self.entry_mut(id)?.socket = Socket::Stream {
                     handle,
                     read_shut: false,
@@ -671,7 +845,7 @@ impl Net {
     /// Takes the next established connection off a listener.
     pub fn accept(&mut self, id: SockId) -> WasiResult<SockId> {
         let options = self.entry(id)?.options;
-        let set = &mut self.set;
+        let (set, mem) = (&mut self.set, &mut self.mem);
         let entry = self
             .sockets
             .get_mut(id as usize)
@@ -690,7 +864,7 @@ impl Net {
                 // Reset before the app saw it.
                 tcp::State::Closed | tcp::State::Listen => {
                     l.incoming.remove(i);
-                    set.remove(h);
+                    mem.remove(set, h);
                 }
                 _ => {
                     l.incoming.remove(i);
@@ -700,7 +874,8 @@ impl Net {
             }
         }
         let handle = taken.ok_or(Errno::AGAIN)?;
-        promote(set, l);
+        promote(set, mem, l);
+        self.connections += 1;
         self.insert(
             Socket::Stream {
                 handle,
@@ -734,7 +909,7 @@ impl Net {
                 self.linger(handle);
             }
             Socket::Dgram { handle, .. } => {
-                self.set.remove(handle);
+                self.mem.remove(&mut self.set, handle);
             }
         }
     }
@@ -893,11 +1068,11 @@ impl Net {
     }
 }
 
-/// A TCP socket with the settings every one shares.
-fn new_tcp_socket() -> tcp::Socket<'static> {
+/// A TCP socket with `buffer` bytes each way and the settings every one shares.
+fn new_tcp_socket(buffer: usize) -> tcp::Socket<'static> {
     let mut s = tcp::Socket::new(
-        tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
-        tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
+        tcp::SocketBuffer::new(vec![0; buffer]),
+        tcp::SocketBuffer::new(vec![0; buffer]),
     );
     // Apps cannot set TCP_NODELAY through preview1, and a response written in two pieces
     // must not wait for an ACK; batching happens per poll anyway.
@@ -911,7 +1086,7 @@ fn new_tcp_socket() -> tcp::Socket<'static> {
 /// Moves a listener's spares that left LISTEN to its incoming queue, takes back queued
 /// sockets whose handshake was reset (smoltcp returns them to LISTEN) or that closed before
 /// the app accepted them, and tops the spares up.
-fn promote(set: &mut SocketSet<'static>, l: &mut Listener) {
+fn promote(set: &mut SocketSet<'static>, mem: &mut SocketMemory, l: &mut Listener) {
     let mut i = 0;
     while i < l.spares.len() {
         if set.get::<tcp::Socket>(l.spares[i]).state() == tcp::State::Listen {
@@ -929,7 +1104,7 @@ fn promote(set: &mut SocketSet<'static>, l: &mut Listener) {
                 false
             }
             tcp::State::Closed => {
-                set.remove(h);
+                mem.remove(set, h);
                 false
             }
             _ => true,
@@ -938,15 +1113,56 @@ fn promote(set: &mut SocketSet<'static>, l: &mut Listener) {
         if l.spares.len() < LISTEN_SPARES {
             l.spares.push(h);
         } else {
-            set.remove(h);
+            mem.remove(set, h);
         }
     }
     let want = LISTEN_SPARES.min(l.backlog.saturating_sub(l.incoming.len()));
     while l.spares.len() < want {
-        let mut s = new_tcp_socket();
+        // Out of socket memory: no spare, so the next SYN is reset (and counted).
+        let Some((mut s, bytes)) = mem.tcp_socket() else {
+            break;
+        };
         if s.listen(l.endpoint).is_err() {
             break;
         }
-        l.spares.push(set.add(s));
+        l.spares.push(mem.add(set, s, bytes));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_buffers_shrink_as_memory_runs_low_and_then_are_refused() {
+        let mut mem = SocketMemory {
+            budget: 4 << 20,
+            in_use: 0,
+            sizes: BTreeMap::new(),
+            refused: 0,
+        };
+        let mut set = SocketSet::new(Vec::new());
+        let mut handles = Vec::new();
+        let mut sizes = Vec::new();
+        while let Some((s, bytes)) = mem.tcp_socket() {
+            sizes.push(bytes);
+            handles.push(mem.add(&mut set, s, bytes));
+            assert!(mem.in_use <= mem.budget);
+        }
+        assert_eq!(
+            sizes[0],
+            2 * TCP_BUFFER,
+            "full buffers while memory is plentiful"
+        );
+        assert_eq!(*sizes.last().unwrap(), 2 * MIN_TCP_BUFFER);
+        assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{sizes:?}");
+        assert_eq!(mem.refused, 1);
+        assert!(mem.reserve(2 * UDP_BYTES).is_err());
+        // Closing gives it all back.
+        for h in handles {
+            mem.remove(&mut set, h);
+        }
+        assert_eq!((mem.in_use, set.iter().count()), (0, 0));
+        assert_eq!(mem.tcp_socket().map(|(_, b)| b), Some(2 * TCP_BUFFER));
     }
 }

@@ -85,4 +85,10 @@ pub trait Platform {
     }
     /// Sends what `net_send` queued: the stack calls this once per batch of frames.
     fn net_flush(&mut self) {}
+    /// A line for the kernel log (`wasmvm run --verbose`).
+    fn log(&mut self, _line: &str) {}
+    /// Bytes of heap in use, when the platform knows.
+    fn heap_in_use(&self) -> Option<usize> {
+        None
+    }
 }

@@ -972,6 +972,7 @@ mod tests {
                 mtu: 1500,
             }),
             mtu: 1500,
+            socket_memory: 64 << 20,
         });
         w
     }

@@ -224,7 +224,15 @@ fn attach_network(
             None => Ok(()),
         };
     };
-    wasi.attach_network(Nic { mac, config, mtu });
+    // A quarter of the heap for socket buffers: the rest stays for the engine and the
+    // app's linear memory, which allocate infallibly.
+    let (used, free) = crate::heap::usage();
+    wasi.attach_network(Nic {
+        mac,
+        config,
+        mtu,
+        socket_memory: (used + free) / 4,
+    });
     for listen in listens {
         wasi.preopen_listener(*listen)
             .map_err(|e| format!("listening on {listen}: errno {}", e.0))?;
