@@ -412,3 +412,52 @@ fn file_operations_on_a_live_volume_match_host_mode() {
     );
     assert!(outputs[0].contains("renamed.txt"), "{}", outputs[0]);
 }
+
+#[test]
+fn what_a_killed_checkout_left_is_removed_by_the_next_run() {
+    if !backends().contains(&"qemu") {
+        eprintln!("note: QEMU not available; skipping");
+        return;
+    }
+    let dir = scratch();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let img = dir.path().join("data.img");
+    assert!(create(&img, "16M").status.success());
+    let spec = format!("{}::/data", img.display());
+    let run = |app_args: &[&str]| {
+        let mut cmd = wasmvm();
+        cmd.env("TMPDIR", &tmp)
+            .args(["run", "--vmm", "qemu", "--accel", accel(), "--volume", &spec])
+            .arg(sample("files"))
+            .arg("--")
+            .args(app_args)
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd
+    };
+    let mut app = spawn_ready(run(&["/data", "sync-and-wait"]), "synced");
+    app.kill().unwrap();
+    let _ = app.wait();
+    let left = |prefix: &str| {
+        std::fs::read_dir(&tmp)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(prefix)
+            })
+            .count()
+    };
+    assert_eq!(left("wasmvm-volume-"), 1, "the killed run's checkout is there");
+    // The image is as before the killed run: its changes are lost, nothing is damaged.
+    let o = run(&["/data", "counter"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "count 1\n");
+    assert_eq!(left("wasmvm-volume-"), 0, "removed by the next run of the volume");
+    if let Some(findings) = fsck_findings(&img) {
+        assert!(findings.is_empty(), "{}", findings.join("\n"));
+    }
+}
