@@ -19,7 +19,7 @@ mod disk;
 pub mod live;
 
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Seek};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -107,7 +107,14 @@ pub(crate) fn format(file: &mut File, size: u64) -> io::Result<()> {
         fatfs::FormatVolumeOptions::new()
             .volume_label(*b"WASMVM     ")
             .fats(1),
-    )
+    )?;
+    // On FAT32 the formatter leaves the free-cluster count "unknown", which fsck.fat
+    // reports; counting once and unmounting records it.
+    file.seek(std::io::SeekFrom::Start(0))?;
+    let fs = fatfs::FileSystem::new(&mut *file, fatfs::FsOptions::new())?;
+    fs.stats()?;
+    fs.unmount()?;
+    file.seek(std::io::SeekFrom::Start(0)).map(drop)
 }
 
 /// A volume image opened for one run: the real file (symlinks resolved once), locked
