@@ -49,10 +49,15 @@ fn median_ms(runs: usize, mut cmd: impl FnMut() -> Command) -> Option<f64> {
     Some(median(times))
 }
 
+/// `wasmvm run --vmm VMM TARGET -- ARGS`; the pseudo-VMM `builtin-4k` is the built-in VMM
+/// with `--no-huge-pages`.
 fn wasmvm_run(vmm: &str, target: &Path, args: &[&str]) -> Command {
     let mut c = common::wasmvm();
-    c.args(["run", "--vmm", vmm])
-        .arg(target)
+    match vmm {
+        "builtin-4k" => c.args(["run", "--vmm", "builtin", "--no-huge-pages"]),
+        _ => c.args(["run", "--vmm", vmm]),
+    };
+    c.arg(target)
         .arg("--")
         .args(args);
     c
@@ -137,9 +142,9 @@ fn main() {
         .output()
         .is_ok();
     let vmms: Vec<&str> = if qemu {
-        vec!["builtin", "qemu"]
+        vec!["builtin", "builtin-4k", "qemu"]
     } else {
-        vec!["builtin"]
+        vec!["builtin", "builtin-4k"]
     };
 
     println!("Machine: {}", machine());
@@ -153,6 +158,7 @@ fn main() {
     let mut startup = std::collections::HashMap::new();
     for (name, vmm) in [
         ("wasmvm run (built-in VMM, KVM, no QEMU)", "builtin"),
+        ("wasmvm run --no-huge-pages (built-in VMM)", "builtin-4k"),
         ("wasmvm run --vmm qemu (QEMU microvm, KVM)", "qemu"),
         ("wasmvm run --vmm host (no VM)", "host"),
     ] {

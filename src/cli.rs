@@ -130,6 +130,10 @@ pub struct RunArgs {
     /// Print boot timings and kernel log lines to stderr.
     #[arg(short, long)]
     pub verbose: bool,
+    /// Back guest RAM with 4 KiB pages only (built-in VMM): ~4-5 MiB less resident memory
+    /// per VM, ~10 ms slower start on a nested host.
+    #[arg(long)]
+    pub no_huge_pages: bool,
     /// How the built-in VMM enters the kernel (for tests of the PVH path).
     #[arg(long, value_enum, default_value_t = BootArg::Direct, hide = true)]
     pub boot: BootArg,
@@ -195,7 +199,7 @@ impl RunArgs {
         })
     }
 
-    /// The backend `--vmm`, `--accel` and `--boot` ask for.
+    /// The backend `--vmm`, `--accel`, `--boot` and `--no-huge-pages` ask for.
     pub fn backend(&self) -> Result<BackendChoice, String> {
         use wasmvm_loader::qemu::{Accel, Qemu};
         use wasmvm_loader::vmm::{BootPath, Builtin};
@@ -203,6 +207,9 @@ impl RunArgs {
             AccelArg::Kvm => Vmm::Builtin,
             AccelArg::Tcg => Vmm::Qemu,
         });
+        if self.no_huge_pages && vmm != Vmm::Builtin {
+            return Err("--no-huge-pages is for the built-in VMM's guest RAM".into());
+        }
         Ok(match vmm {
             Vmm::Builtin if self.accel == AccelArg::Tcg => {
                 return Err("--accel tcg is QEMU's software emulation; the built-in VMM needs KVM (use --vmm qemu --accel tcg)".into());
@@ -214,6 +221,7 @@ impl RunArgs {
                     BootArg::Direct => BootPath::Best,
                     BootArg::Pvh => BootPath::Pvh,
                 },
+                huge_pages: !self.no_huge_pages,
                 ..Builtin::default()
             }),
             Vmm::Qemu => BackendChoice::Qemu(Qemu {

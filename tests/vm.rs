@@ -548,3 +548,39 @@ fn a_stop_ends_the_run_even_when_nobody_reads_its_output() {
     assert!(killed.success());
     assert_eq!(wait_or_fail(child, watchdog), 143);
 }
+
+/// Guest RAM is backed by transparent huge pages unless `--no-huge-pages` says otherwise
+/// (when the host has THP at all).
+#[test]
+fn guest_ram_uses_huge_pages_unless_told_not_to() {
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .unwrap_or_default();
+    let huge_kib = |extra: &[&str]| {
+        let mut args = vec!["--vmm", "builtin"];
+        args.extend_from_slice(extra);
+        let mut vm = start_ready(&args, &sample("exitcode"), &["idle"], "ready\n");
+        let rollup =
+            std::fs::read_to_string(format!("/proc/{}/smaps_rollup", vm.id())).unwrap();
+        drop(vm.stdin.take());
+        assert_eq!(vm.wait().unwrap().code(), Some(0));
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix("AnonHugePages:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    if thp.contains("[madvise]") {
+        assert!(huge_kib(&[]) >= 2048, "no huge page backs guest RAM");
+        assert_eq!(huge_kib(&["--no-huge-pages"]), 0);
+    } else {
+        eprintln!("note: THP is not in madvise mode here ({}); checking the flag runs", thp.trim());
+        huge_kib(&["--no-huge-pages"]);
+    }
+    let o = wasmvm()
+        .args(["run", "--vmm", "qemu", "--no-huge-pages"])
+        .arg(sample("hello"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(253));
+    assert!(stderr(&o).contains("--no-huge-pages is for the built-in VMM"), "{}", stderr(&o));
+}

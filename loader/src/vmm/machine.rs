@@ -38,6 +38,24 @@ pub struct MachineConfig<'a> {
     /// Tell a guest entering directly that its network card suppresses notifications
     /// (`devices::net`); a PVH guest is not told, and its card notifies as usual.
     pub net_batched: bool,
+    /// Back guest RAM with transparent huge pages where the host can (see
+    /// [`advise_huge_pages`]).
+    pub huge_pages: bool,
+}
+
+/// Asks the host to back guest RAM with transparent huge pages (`MADV_HUGEPAGE`; it
+/// matters when THP is in `madvise` mode, as on Debian). KVM then maps 2 MiB per fault
+/// where it mapped 4 KiB: a first touch of guest memory costs an exit on a nested host
+/// (tens of µs), so booting and instantiating a module take ~10 ms less; on hardware KVM it
+/// also means fewer EPT faults and TLB misses. The cost is resident memory: each 2 MiB the
+/// guest touches at all is resident whole (~4-5 MiB more for a hello). Advice only: a host
+/// without THP, or without free huge pages, maps 4 KiB pages as before.
+fn advise_huge_pages(mem: &GuestMemoryMmap, size: u64) {
+    if let Ok(addr) = mem.get_host_address(GuestAddress(0)) {
+        // SAFETY: advice on the VM's own anonymous mapping of `size` bytes, which no one
+        // else uses yet; madvise changes no contents and fails harmlessly.
+        unsafe { libc::madvise(addr.cast(), size as usize, libc::MADV_HUGEPAGE) };
+    }
 }
 
 /// A VM ready to run: guest memory with the image and boot structures, and its vCPU.
@@ -174,6 +192,9 @@ pub fn build(image: &MappedImage, config: &MachineConfig) -> Result<Machine, Boo
     let mem_size = memory_mib << 20;
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_size as usize)])
         .map_err(|cause| BootError::GuestMemory { memory_mib, cause })?;
+    if config.huge_pages {
+        advise_huge_pages(&mem, mem_size);
+    }
     for ph in elf.phdrs.iter().filter(|p| p.p_type == PT_LOAD) {
         load_segment(&mem, memory_mib, image, &elf, ph, config.map_file)?;
     }

@@ -183,6 +183,7 @@ pub fn probe(
         ready_console: None,
         map_file: true,
         net_batched: false,
+        huge_pages: false,
     };
     let mut machine = machine::build(&image, &config)?;
     let end = machine.run(&mut Devices::default(), &AtomicBool::new(false));
