@@ -57,9 +57,7 @@ fn wasmvm_run(vmm: &str, target: &Path, args: &[&str]) -> Command {
         "builtin-4k" => c.args(["run", "--vmm", "builtin", "--no-huge-pages"]),
         _ => c.args(["run", "--vmm", vmm]),
     };
-    c.arg(target)
-        .arg("--")
-        .args(args);
+    c.arg(target).arg("--").args(args);
     c
 }
 

@@ -309,6 +309,23 @@ pub enum ImageCommand {
         #[arg(long, value_name = "NETWORK", requires = "libvirt")]
         network: Option<String>,
     },
+    /// Write a run configuration (arguments, environment, argv[0]) as the file another VMM
+    /// passes to the image as its initrd (Firecracker's `initrd_path`, Cloud Hypervisor's
+    /// `--initramfs`): the app then gets these instead of its packed ones.
+    RunConfig {
+        /// Where to write it.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Set an environment variable for the app (repeatable).
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<OsString>,
+        /// argv[0] as the app sees it.
+        #[arg(long, value_name = "NAME")]
+        argv0: Option<OsString>,
+        /// Arguments for the app, after `--` (replacing the packed ones).
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<OsString>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -58,6 +58,15 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                 network,
             }),
         ),
+        Command::Image {
+            command:
+                ImageCommand::RunConfig {
+                    output,
+                    env,
+                    argv0,
+                    args,
+                },
+        } => write_run_config(&output, &env, argv0, &args),
         Command::Volume {
             command: VolumeCommand::Create { image, size },
         } => {
@@ -572,5 +581,32 @@ fn doctor() -> Result<i32> {
     if !ok {
         bail!("some checks failed (see above)");
     }
+    Ok(0)
+}
+
+/// `wasmvm image run-config`: the run configuration other VMMs hand over as the initrd.
+/// No entropy seed (a file reused across boots must not carry one: the guest then seeds
+/// from `rdrand`) and no clock (the guest reads kvmclock).
+fn write_run_config(
+    output: &Path,
+    env: &[OsString],
+    argv0: Option<OsString>,
+    args: &[OsString],
+) -> Result<i32> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = |s: &OsString| s.as_bytes().to_vec();
+    for e in env {
+        if !e.as_bytes().contains(&b'=') {
+            anyhow::bail!("--env {}: expected KEY=VALUE", e.to_string_lossy());
+        }
+    }
+    let config = wasmvm_abi::bundle::RunConfig {
+        argv0: argv0.as_ref().map(bytes),
+        args: (!args.is_empty()).then(|| args.iter().map(bytes).collect()),
+        env: env.iter().map(bytes).collect(),
+        ..Default::default()
+    };
+    std::fs::write(output, config.encode())
+        .with_context(|| format!("cannot write {}", output.display()))?;
     Ok(0)
 }

@@ -553,14 +553,13 @@ fn a_stop_ends_the_run_even_when_nobody_reads_its_output() {
 /// (when the host has THP at all).
 #[test]
 fn guest_ram_uses_huge_pages_unless_told_not_to() {
-    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
-        .unwrap_or_default();
+    let thp =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
     let huge_kib = |extra: &[&str]| {
         let mut args = vec!["--vmm", "builtin"];
         args.extend_from_slice(extra);
         let mut vm = start_ready(&args, &sample("exitcode"), &["idle"], "ready\n");
-        let rollup =
-            std::fs::read_to_string(format!("/proc/{}/smaps_rollup", vm.id())).unwrap();
+        let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", vm.id())).unwrap();
         drop(vm.stdin.take());
         assert_eq!(vm.wait().unwrap().code(), Some(0));
         rollup
@@ -573,7 +572,10 @@ fn guest_ram_uses_huge_pages_unless_told_not_to() {
         assert!(huge_kib(&[]) >= 2048, "no huge page backs guest RAM");
         assert_eq!(huge_kib(&["--no-huge-pages"]), 0);
     } else {
-        eprintln!("note: THP is not in madvise mode here ({}); checking the flag runs", thp.trim());
+        eprintln!(
+            "note: THP is not in madvise mode here ({}); checking the flag runs",
+            thp.trim()
+        );
         huge_kib(&["--no-huge-pages"]);
     }
     let o = wasmvm()
@@ -582,5 +584,9 @@ fn guest_ram_uses_huge_pages_unless_told_not_to() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(253));
-    assert!(stderr(&o).contains("--no-huge-pages is for the built-in VMM"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--no-huge-pages is for the built-in VMM"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -175,13 +175,10 @@ impl Channel {
 
     fn serial_summary(&mut self, record: &ExitRecord) {
         use wasmvm_abi::channel::ExitKind;
-        // On a PC (disk image) always a line: on a cloud's serial console this is how the
-        // app's ending shows. Elsewhere (a bare `qemu -kernel`) only an unusual ending is
-        // worth the port I/O, which nested PVM cannot do at CPL 3.
+        // Always a line: on a cloud's serial console, or under a VMM without wasmvm's exit
+        // device (Firecracker, Cloud Hypervisor, a bare `qemu -kernel`), this is the only way
+        // the app's exit status shows (docs/deploy.md).
         let line = match record.kind {
-            ExitKind::Exited if record.status == 0 && !STANDALONE.load(Ordering::Relaxed) => {
-                return;
-            }
             ExitKind::Exited => {
                 alloc::format!("[wasmvm] app exited with status {}\n", record.status)
             }
