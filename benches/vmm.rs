@@ -148,6 +148,12 @@ fn main() {
     println!("Machine: {}", machine());
     println!();
 
+    // 0. Image overhead: what an image adds to its module.
+    image_overhead(dir.path(), &hello);
+    if std::env::var("WASMVM_BENCH_ONLY").as_deref() == Ok("overhead") {
+        return;
+    }
+
     // 1. Cold start.
     println!("hello.wasm cold start, process start to exit, median of {runs} runs");
     println!();
@@ -325,4 +331,32 @@ fn proc_kb_total(field: &str) -> u64 {
         .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// Image bytes minus the module's (and, for the compiled engine, minus the artifact's): the
+/// kernel and the bundle's own structures, per engine.
+fn image_overhead(dir: &Path, module: &Path) {
+    println!("Image overhead (hello.wasm: image bytes minus the module, and minus the compiled artifact)");
+    println!();
+    println!("| engine | image | overhead | target |");
+    println!("|---|---|---|---|");
+    let module_len = std::fs::metadata(module).unwrap().len();
+    for (engine, target) in [("wasmi", 2.0), ("wasmtime", 1.25)] {
+        let img = dir.join(format!("overhead-{engine}.img"));
+        common::pack(module, &img, &["--engine", engine]);
+        let o = common::wasmvm()
+            .args(["inspect", "--json"])
+            .arg(&img)
+            .output()
+            .unwrap();
+        let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let image = info["image_size"].as_u64().unwrap();
+        let artifact = info["engine"]["artifact_size"].as_u64().unwrap_or(0);
+        let overhead = (image - module_len - artifact) as f64 / f64::from(1 << 20);
+        println!(
+            "| {engine} | {:.2} MiB | {overhead:.2} MiB | ≤ {target} MiB |",
+            image as f64 / f64::from(1 << 20)
+        );
+    }
+    println!();
 }
