@@ -148,9 +148,19 @@ fn main() {
     println!("Machine: {}", machine());
     println!();
 
+    // `WASMVM_BENCH_ONLY=overhead|density` runs one part; by default, all of them.
+    let only = std::env::var("WASMVM_BENCH_ONLY").ok();
+    let wanted = |part: &str| only.as_deref().is_none_or(|o| o == part);
+
     // 0. Image overhead: what an image adds to its module.
-    image_overhead(dir.path(), &hello);
-    if std::env::var("WASMVM_BENCH_ONLY").as_deref() == Ok("overhead") {
+    if wanted("overhead") {
+        image_overhead(dir.path(), &hello);
+    }
+    if wanted("density") && only.is_some() {
+        density(vms, &exitcode_img);
+        return;
+    }
+    if only.is_some() {
         return;
     }
 
@@ -241,12 +251,17 @@ fn main() {
     println!();
 
     // 4. Density.
+    density(vms, &exitcode_img);
+}
+
+/// `vms` idle VMs at once: time until all are ready, host CPU while they idle, memory.
+fn density(vms: usize, exitcode_img: &Path) {
     println!("{vms} concurrent idle VMs (built-in VMM)");
     println!();
     let t = Instant::now();
     let children: Vec<Child> = (0..vms)
         .map(|_| {
-            wasmvm_run("builtin", &exitcode_img, &["idle"])
+            wasmvm_run("builtin", exitcode_img, &["idle"])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
@@ -336,7 +351,9 @@ fn proc_kb_total(field: &str) -> u64 {
 /// Image bytes minus the module's (and, for the compiled engine, minus the artifact's): the
 /// kernel and the bundle's own structures, per engine.
 fn image_overhead(dir: &Path, module: &Path) {
-    println!("Image overhead (hello.wasm: image bytes minus the module, and minus the compiled artifact)");
+    println!(
+        "Image overhead (hello.wasm: image bytes minus the module, and minus the compiled artifact)"
+    );
     println!();
     println!("| engine | image | overhead | target |");
     println!("|---|---|---|---|");
