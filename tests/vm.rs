@@ -590,3 +590,19 @@ fn guest_ram_uses_huge_pages_unless_told_not_to() {
         stderr(&o)
     );
 }
+
+/// Stdin the app does not read costs the guest at most the stdin window: 64 MiB piped into
+/// an app that never reads, in a VM of 32 MiB, must not run the guest out of memory (the
+/// host stops sending after a window's worth; the run ends by its timeout).
+#[test]
+fn unread_stdin_cannot_exhaust_guest_memory() {
+    let input = vec![b'x'; 64 << 20];
+    let o = run_on(
+        backends()[0],
+        &sample("exitcode"),
+        &["--memory", "32M", "--timeout", "3", "--", "spin"],
+        &input,
+    );
+    assert_eq!(o.status.code(), Some(252), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "spinning\n");
+}

@@ -22,6 +22,10 @@ pub mod to_host {
     pub const EXIT: u8 = 3;
     /// A kernel log line (UTF-8), shown by `wasmvm run --verbose`.
     pub const LOG: u8 = 4;
+    /// Stdin flow control: the payload (`u32`) is a number of stdin bytes the host may send
+    /// again (see [`STDIN_WINDOW`](super::STDIN_WINDOW)). The guest sends the first one,
+    /// of the whole window, when its channel comes up.
+    pub const STDIN_CREDIT: u8 = 5;
 }
 
 /// Frame kinds sent by the host.
@@ -32,6 +36,13 @@ pub mod to_guest {
     /// Flow control: the payload (`u32`) is a number of bytes the guest may send again.
     pub const CREDIT: u8 = 3;
 }
+
+/// Flow control of stdin: the host may have at most this many stdin payload bytes sent but
+/// not yet taken by the app, counted from the guest's first [`to_host::STDIN_CREDIT`]; the
+/// guest returns them as the app reads. So stdin that arrives while the app does not read it
+/// costs the guest at most this much memory. A host that never hears a `STDIN_CREDIT`
+/// (a kernel older than this frame) sends stdin without a window, as before.
+pub const STDIN_WINDOW: u32 = 1 << 20;
 
 /// Flow control of guest output. The guest may have at most this many bytes (frame headers
 /// included) sent but not yet returned by the host in [`to_guest::CREDIT`] frames; the host

@@ -9,7 +9,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use spin::Mutex;
 use wasmvm_abi::channel::{
     CHANNEL_WINDOW, ExitRecord, FRAME_HEADER_LEN, FrameHeader, GUEST_FRAME_PAYLOAD,
-    MAX_CHANNEL_WINDOW, WIDE_GUEST_FRAME_PAYLOAD, frame_cost, to_guest, to_host,
+    MAX_CHANNEL_WINDOW, STDIN_WINDOW, WIDE_GUEST_FRAME_PAYLOAD, frame_cost, to_guest, to_host,
 };
 use wasmvm_abi::direct::WAIT_FOREVER;
 
@@ -39,9 +39,12 @@ struct Channel {
     rx_kind: u8,
     rx_remaining: u32,
     rx_credit: [u8; 4],
-    /// Stdin that arrived before the app asked for it.
+    /// Stdin that arrived before the app asked for it (at most `STDIN_WINDOW` bytes, by
+    /// the host's count).
     stdin: VecDeque<u8>,
     stdin_eof: bool,
+    /// Stdin bytes the app took since the last `STDIN_CREDIT`.
+    stdin_taken: u32,
 }
 
 static CHANNEL: Mutex<Channel> = Mutex::new(Channel {
@@ -56,11 +59,15 @@ static CHANNEL: Mutex<Channel> = Mutex::new(Channel {
     rx_credit: [0; 4],
     stdin: VecDeque::new(),
     stdin_eof: false,
+    stdin_taken: 0,
 });
 
 /// Switches the channel to a virtio console.
 pub fn attach(console: VirtConsole) {
-    CHANNEL.lock().link = Link::Virtio(alloc::boxed::Box::new(Pinned(console)));
+    let mut channel = CHANNEL.lock();
+    channel.link = Link::Virtio(alloc::boxed::Box::new(Pinned(console)));
+    // From here the host counts stdin against the window (abi::channel::STDIN_WINDOW).
+    channel.send(to_host::STDIN_CREDIT, &STDIN_WINDOW.to_le_bytes());
 }
 
 /// Sends `bytes` as frames of `kind`.
@@ -196,6 +203,13 @@ impl Channel {
                 let n = buf.len().min(self.stdin.len());
                 for (dst, src) in buf.iter_mut().zip(self.stdin.drain(..n)) {
                     *dst = src;
+                }
+                // Return the room in batches of a quarter window, and whenever the app has
+                // emptied the buffer (it is waiting for more).
+                self.stdin_taken += n as u32;
+                if self.stdin_taken >= STDIN_WINDOW / 4 || self.stdin.is_empty() {
+                    let taken = core::mem::take(&mut self.stdin_taken);
+                    self.send(to_host::STDIN_CREDIT, &taken.to_le_bytes());
                 }
                 return n;
             }

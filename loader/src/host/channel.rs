@@ -16,6 +16,50 @@ pub struct Sinks<'a> {
     pub stderr: &'a mut dyn Write,
     /// Kernel log lines, shown with `--verbose`.
     pub log: &'a mut dyn FnMut(&str),
+    /// Where the guest's stdin credit goes (the stdin pump's window).
+    pub stdin_window: Option<&'a StdinWindow>,
+}
+
+/// How much stdin the host may still send before the app reads
+/// (`abi::channel::STDIN_WINDOW`). Unlimited until the guest's first `STDIN_CREDIT` says it
+/// keeps count; a kernel from before that frame never does, and gets stdin as before.
+#[derive(Default)]
+pub struct StdinWindow {
+    /// (counted, room): whether the guest keeps count, and how many bytes may go.
+    state: Mutex<(bool, u64)>,
+    changed: std::sync::Condvar,
+}
+
+impl StdinWindow {
+    /// The guest returned `bytes` of room (its first grant turns counting on).
+    pub fn grant(&self, bytes: u32) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.0 = true;
+        state.1 += u64::from(bytes);
+        self.changed.notify_all();
+    }
+
+    /// Waits until some stdin may go and returns how much (at most `max`); `max` at once
+    /// while the guest does not count.
+    fn wait_room(&self, max: usize) -> usize {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while state.0 && state.1 == 0 {
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        if state.0 {
+            max.min(state.1 as usize)
+        } else {
+            max
+        }
+    }
+
+    /// Records that `bytes` of stdin went to the guest.
+    fn spend(&self, bytes: usize) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.0 {
+            state.1 = state.1.saturating_sub(bytes as u64);
+        }
+    }
 }
 
 /// How the guest's stream ended.
@@ -83,6 +127,14 @@ pub fn pump_guest_output(
                     .and_then(|()| sinks.stderr.flush());
             }
             to_host::LOG => (sinks.log)(&String::from_utf8_lossy(&payload)),
+            to_host::STDIN_CREDIT => {
+                let Ok(bytes) = <[u8; 4]>::try_from(&payload[..]) else {
+                    return Ok(StreamEnd::Garbled("bad stdin credit".into()));
+                };
+                if let Some(window) = sinks.stdin_window {
+                    window.grant(u32::from_le_bytes(bytes));
+                }
+            }
             to_host::EXIT => {
                 return Ok(match ExitRecord::decode(&payload) {
                     Ok(r) => StreamEnd::Exit(r),
@@ -161,14 +213,20 @@ fn read_full(input: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Copies `input` to the guest as stdin frames, then sends end of file. Returns when input
 /// ends or the guest side is gone.
-pub fn pump_stdin<W: Write + AsFd + ?Sized>(input: &mut dyn Read, output: &Mutex<W>) {
+/// At most `window` allows ahead of the app's reading (once the guest counts).
+pub fn pump_stdin<W: Write + AsFd + ?Sized>(
+    input: &mut dyn Read,
+    output: &Mutex<W>,
+    window: &StdinWindow,
+) {
     // Frames small enough to fit the socket once it polls writable (a unix socket does at
     // most a quarter full), so the lock this thread shares with the output pump's credit is
     // never held across a blocking write: a guest that stops reading stdin must not keep
     // its credit (and so its output) from flowing.
     let mut buf = vec![0u8; STDIN_FRAME_PAYLOAD];
     loop {
-        let n = match input.read(&mut buf) {
+        let room = window.wait_room(buf.len());
+        let n = match input.read(&mut buf[..room]) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => 0,
@@ -178,6 +236,7 @@ pub fn pump_stdin<W: Write + AsFd + ?Sized>(input: &mut dyn Read, output: &Mutex
         } else {
             to_guest::STDIN
         };
+        window.spend(n);
         if !wait_writable(output) || send_frame(output, kind, &buf[..n]).is_err() || n == 0 {
             return;
         }
@@ -243,6 +302,7 @@ mod tests {
                 stdout: &mut out,
                 stderr: &mut err,
                 log: &mut log,
+                stdin_window: None,
             },
             &mut |n| credited += n,
         )
@@ -265,6 +325,7 @@ mod tests {
             stdout: &mut out,
             stderr: &mut err,
             log: &mut log,
+            stdin_window: None,
         };
         assert!(matches!(
             pump_guest_output(&mut &stream[..], &mut sinks, &mut |_| {}).unwrap(),

@@ -18,7 +18,7 @@ use std::time::Instant;
 use cmdline::{CHANNEL_FD, command_line};
 
 use crate::error::io_err;
-use crate::host::channel::pump_stdin;
+use crate::host::channel::{StdinWindow, pump_stdin};
 use crate::image::Image;
 use crate::run::ending::{Outcome, outcome};
 use crate::run::network;
@@ -167,7 +167,9 @@ fn run(
     ));
     let stdin_sink = Arc::clone(&guest_writer);
     let mut stdin = io.stdin;
-    std::thread::spawn(move || pump_stdin(&mut stdin, &*stdin_sink));
+    let stdin_window = Arc::new(StdinWindow::default());
+    let pump_window = Arc::clone(&stdin_window);
+    std::thread::spawn(move || pump_stdin(&mut stdin, &*stdin_sink, &pump_window));
 
     let deadline = opts.timeout.map(|t| started + t);
     let RunIo {
@@ -190,6 +192,7 @@ fn run(
                 started,
                 events: tx,
                 grant: 0,
+                stdin_window: &stdin_window,
             }
             .run(&mut reader)
         });

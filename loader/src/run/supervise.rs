@@ -22,6 +22,8 @@ pub(crate) struct OutputPump<'a, W: Write + ?Sized> {
     pub events: mpsc::Sender<RunEvent>,
     /// Extra window granted at once, beyond the channel's initial one.
     pub grant: u32,
+    /// The stdin pump's window, which the guest's stdin credit refills.
+    pub stdin_window: &'a channel::StdinWindow,
 }
 
 impl<W: Write + ?Sized> OutputPump<'_, W> {
@@ -35,6 +37,7 @@ impl<W: Write + ?Sized> OutputPump<'_, W> {
             started,
             events,
             grant,
+            stdin_window,
         } = self;
         let mut log_line = |line: &str| {
             log(&format!(
@@ -46,6 +49,7 @@ impl<W: Write + ?Sized> OutputPump<'_, W> {
             stdout,
             stderr,
             log: &mut log_line,
+            stdin_window: Some(stdin_window),
         };
         let end = channel::pump_with_credit(from_guest, to_guest, &mut sinks, grant);
         let _ = events.send(RunEvent::Stream(end));

@@ -44,7 +44,7 @@ use vcpu::VcpuEnd;
 
 use crate::error::io_err;
 use crate::host;
-use crate::host::channel::pump_stdin;
+use crate::host::channel::{StdinWindow, pump_stdin};
 use crate::host::volume::VolumeError;
 use crate::image::Image;
 use crate::image::mapped::MappedImage;
@@ -251,12 +251,14 @@ fn run(
     let stdin_sink = Arc::clone(&guest_writer);
     let mut stdin = io.stdin;
     let stdin_filter = filter.clone();
+    let stdin_window = Arc::new(StdinWindow::default());
+    let pump_window = Arc::clone(&stdin_window);
     std::thread::Builder::new()
         .name("vmm-stdin".into())
         .spawn(move || {
             // Unconfined, this thread would only read host stdin; it stops rather than run so.
             if confine(&stdin_filter).is_ok() {
-                pump_stdin(&mut stdin, &*stdin_sink)
+                pump_stdin(&mut stdin, &*stdin_sink, &pump_window)
             }
         })
         .map_err(io_err("starting the stdin thread"))?;
@@ -304,6 +306,7 @@ fn run(
                     // The console never drops bytes (a full socket blocks the vCPU): widen
                     // the window to cut exits.
                     grant: MAX_CHANNEL_WINDOW - CHANNEL_WINDOW,
+                    stdin_window: &stdin_window,
                 }
                 .run(&mut reader),
                 Err(e) => {
