@@ -350,11 +350,43 @@ mod tests {
             theirs.read_to_end(&mut all).unwrap();
             all
         });
-        pump_stdin(&mut &input[..], &out);
+        pump_stdin(&mut &input[..], &out, &StdinWindow::default());
         drop(out);
         let mut expected = frame(to_guest::STDIN, &input[..STDIN_FRAME_PAYLOAD]);
         expected.extend(frame(to_guest::STDIN, &input[STDIN_FRAME_PAYLOAD..]));
         expected.extend(frame(to_guest::STDIN_EOF, b""));
         assert_eq!(reader.join().unwrap(), expected);
+    }
+
+    #[test]
+    fn stdin_goes_no_further_ahead_than_the_guest_window() {
+        use std::os::unix::net::UnixStream;
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let window = std::sync::Arc::new(StdinWindow::default());
+        // The guest counts, and has room for 10 bytes only.
+        window.grant(10);
+        let pump_window = std::sync::Arc::clone(&window);
+        let pump = std::thread::spawn(move || {
+            let input = vec![7u8; 25];
+            pump_stdin(&mut &input[..], &Mutex::new(ours), &pump_window);
+        });
+        let mut theirs = theirs;
+        let mut got = vec![0u8; FRAME_HEADER_LEN + 10];
+        theirs.read_exact(&mut got).unwrap();
+        assert_eq!(got, frame(to_guest::STDIN, &[7u8; 10]));
+        // Nothing more until the guest returns room: the pump waits on the window.
+        theirs
+            .set_read_timeout(Some(std::time::Duration::from_millis(200)))
+            .unwrap();
+        let mut more = [0u8; 1];
+        assert!(theirs.read(&mut more).is_err(), "sent past the window");
+        theirs.set_read_timeout(None).unwrap();
+        window.grant(100);
+        let mut rest = Vec::new();
+        theirs.read_to_end(&mut rest).unwrap();
+        let mut expected = frame(to_guest::STDIN, &[7u8; 15]);
+        expected.extend(frame(to_guest::STDIN_EOF, b""));
+        assert_eq!(rest, expected);
+        pump.join().unwrap();
     }
 }
