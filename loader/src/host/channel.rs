@@ -367,7 +367,7 @@ mod tests {
         window.grant(10);
         let pump_window = std::sync::Arc::clone(&window);
         let pump = std::thread::spawn(move || {
-            let input = vec![7u8; 25];
+            let input = [7u8; 25];
             pump_stdin(&mut &input[..], &Mutex::new(ours), &pump_window);
         });
         let mut theirs = theirs;
