@@ -103,13 +103,26 @@ pub fn stdin_ready() -> bool {
 pub fn exit(record: &ExitRecord) -> ! {
     // A panic while the channel was locked cannot report through it; crash instead, which the
     // host reports as a guest crash.
+    let mut serial = false;
     if let Some(mut channel) = CHANNEL.try_lock() {
         match channel.link {
             Link::Virtio(_) => channel.send(to_host::EXIT, &record.encode()),
-            Link::Serial => channel.serial_summary(record),
+            Link::Serial => serial = true,
         }
     }
+    let standalone = STANDALONE.load(Ordering::Relaxed);
+    // Without a console, the ending goes to the serial port. On a PC first (it has no exit
+    // device). Under a VMM, after trying wasmvm's exit device: where it exists (our VMMs
+    // without a console, as in the probe) the VM ends there, and the serial port, which
+    // nested PVM cannot drive at CPL 3, is never touched; elsewhere (Firecracker, Cloud
+    // Hypervisor, a bare QEMU) the write does nothing and the line follows.
+    if serial && standalone {
+        serial_exit_line(record);
+    }
     arch::out8::<{ wasmvm_abi::exit::EXIT_PORT as u8 }>(0);
+    if serial && !standalone {
+        serial_exit_line(record);
+    }
     // Without an exit device: a PC (disk image) powers off through ACPI; anything else
     // (a bare QEMU) ends by triple fault.
     crate::acpi::power_off();
@@ -178,20 +191,6 @@ impl Channel {
             // hang that way, or lose output under QEMU. Costs nothing when nothing came.
             self.poll_rx();
         }
-    }
-
-    fn serial_summary(&mut self, record: &ExitRecord) {
-        use wasmvm_abi::channel::ExitKind;
-        // Always a line: on a cloud's serial console, or under a VMM without wasmvm's exit
-        // device (Firecracker, Cloud Hypervisor, a bare `qemu -kernel`), this is the only way
-        // the app's exit status shows (docs/deploy.md).
-        let line = match record.kind {
-            ExitKind::Exited => {
-                alloc::format!("[wasmvm] app exited with status {}\n", record.status)
-            }
-            _ => alloc::format!("[wasmvm] {:?}: {}\n", record.kind, record.message),
-        };
-        serial_write(line.as_bytes());
     }
 
     fn read_stdin(&mut self, buf: &mut [u8]) -> usize {
@@ -320,4 +319,17 @@ fn serial_byte(b: u8) {
         }
     }
     arch::out8_dx(COM1, b);
+}
+
+/// The line that tells how the app ended, on the serial port (see [`exit`]). Always a line:
+/// on a cloud's serial console, or under a VMM without wasmvm's exit device (Firecracker,
+/// Cloud Hypervisor, a bare `qemu -kernel`), it is the only way the app's exit status shows
+/// (docs/deploy.md).
+fn serial_exit_line(record: &ExitRecord) {
+    use wasmvm_abi::channel::ExitKind;
+    let line = match record.kind {
+        ExitKind::Exited => alloc::format!("[wasmvm] app exited with status {}\n", record.status),
+        _ => alloc::format!("[wasmvm] {:?}: {}\n", record.kind, record.message),
+    };
+    serial_write(line.as_bytes());
 }
