@@ -278,18 +278,25 @@ pub enum KeyCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// Write IMAGE (or a .wasm module, packed first) as a disk that PC firmware boots: GRUB
-    /// (from Debian's packages) loads the unchanged image; the app's output goes to the
-    /// serial console and the VM powers off when it ends.
+    /// Export IMAGE (or a .wasm module, packed first) to a cloud disk or an OCI image. A disk
+    /// (raw, qcow2) is what PC firmware boots: GRUB (from Debian's packages) loads the
+    /// unchanged image, the app's output goes to the serial console and the VM powers off
+    /// when it ends. An OCI image (`--format oci`) is an image layout tarball for
+    /// containerd (`ctr images import`), skopeo and registries, platform wasip1/wasm.
     Export {
         /// An image from `wasmvm pack`, or a .wasm module.
         image: PathBuf,
         /// Where to write the disk.
         #[arg(short, long)]
         output: PathBuf,
-        /// Disk format [default: qcow2 if OUTPUT ends in .qcow2, else raw].
+        /// Output format [default: qcow2 if OUTPUT ends in .qcow2, else raw; an OUTPUT ending
+        /// in .tar needs it said].
         #[arg(long, value_enum)]
-        format: Option<DiskFormatArg>,
+        format: Option<ExportFormatArg>,
+        /// With --format oci: the image's reference, NAME[:TAG] [default: OUTPUT's file stem,
+        /// tag `latest`].
+        #[arg(long, value_name = "NAME[:TAG]")]
+        tag: Option<String>,
         /// Also print a libvirt domain XML for the disk (for `virsh define`) to stdout.
         #[arg(long)]
         libvirt: bool,
@@ -329,9 +336,13 @@ pub enum ImageCommand {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DiskFormatArg {
+pub enum ExportFormatArg {
+    /// A raw disk.
     Raw,
+    /// A qcow2 disk.
     Qcow2,
+    /// An OCI image layout tarball.
+    Oci,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

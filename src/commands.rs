@@ -41,6 +41,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                     image,
                     output,
                     format,
+                    tag,
                     libvirt,
                     name,
                     firmware,
@@ -51,6 +52,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             &image,
             &output,
             format,
+            tag.as_deref(),
             libvirt.then_some(crate::export::LibvirtArgs {
                 name,
                 firmware,

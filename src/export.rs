@@ -9,7 +9,7 @@ use wasmvm_loader::export::libvirt::{Domain, Firmware};
 use wasmvm_loader::image::Image;
 use wasmvm_loader::image::pack::PackOptions;
 
-use crate::cli::{DiskFormatArg, FirmwareArg};
+use crate::cli::{ExportFormatArg, FirmwareArg};
 
 /// Firmware and GRUB take some RAM of their own; and OVMF fragments low memory, so the
 /// kernel's heap (one contiguous stretch) gets less than the total.
@@ -26,9 +26,23 @@ pub struct LibvirtArgs {
 pub fn export(
     target: &Path,
     output: &Path,
-    format: Option<DiskFormatArg>,
+    format: Option<ExportFormatArg>,
+    tag: Option<&str>,
     libvirt: Option<LibvirtArgs>,
 ) -> Result<i32> {
+    if format == Some(ExportFormatArg::Oci) && libvirt.is_some() {
+        bail!("--libvirt describes a disk; an OCI image (--format oci) has no domain");
+    }
+    if tag.is_some() && format != Some(ExportFormatArg::Oci) {
+        bail!("--tag names an OCI image: it needs --format oci");
+    }
+    let is_tar = output.extension().is_some_and(|e| e == "tar");
+    if format.is_none() && is_tar {
+        bail!(
+            "{} ends in .tar: an OCI image? Say --format oci (or --format raw to write a raw disk under that name)",
+            output.display()
+        );
+    }
     let bytes = wasmvm_loader::image::file::read(target)?;
     let image = if bytes.starts_with(b"\0asm") {
         let opts = PackOptions {
@@ -44,8 +58,9 @@ pub fn export(
         bytes
     };
     let format = match format {
-        Some(DiskFormatArg::Raw) => DiskFormat::Raw,
-        Some(DiskFormatArg::Qcow2) => DiskFormat::Qcow2,
+        Some(ExportFormatArg::Oci) => return export_oci(&image, output, tag),
+        Some(ExportFormatArg::Raw) => DiskFormat::Raw,
+        Some(ExportFormatArg::Qcow2) => DiskFormat::Qcow2,
         None if output.extension().is_some_and(|e| e == "qcow2") => DiskFormat::Qcow2,
         None => DiskFormat::Raw,
     };
@@ -125,4 +140,62 @@ fn domain_xml(
         network: network.as_deref(),
     };
     Ok(domain.to_xml())
+}
+
+/// `image export --format oci`: the OCI image layout tarball of `image`, named `tag` or
+/// after the output.
+fn export_oci(image: &[u8], output: &Path, tag: Option<&str>) -> Result<i32> {
+    Image::parse(image).context("not a wasmvm image")?;
+    let reference = match tag {
+        Some(t) => t.to_string(),
+        None => output
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .map(str::to_string)
+            .context("--tag is needed: the output has no UTF-8 file name")?,
+    };
+    let archive = wasmvm_loader::export::oci::archive(image, &reference).map_err(|e| {
+        anyhow::anyhow!(
+            "{e}{}",
+            if tag.is_none() {
+                " (from the output's name; say --tag NAME:TAG)"
+            } else {
+                ""
+            }
+        )
+    })?;
+    write_atomically(output, &archive)?;
+    let (name, version) =
+        wasmvm_loader::export::oci::parse_reference(&reference).map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "wasmvm: wrote {} (OCI image {name}:{version}, platform wasip1/wasm, {} KiB)",
+        output.display(),
+        archive.len() / 1024
+    );
+    Ok(0)
+}
+
+/// Writes `bytes` to `path` through a temporary file beside it and a rename, so a failure
+/// or a kill never leaves half an archive under the name.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".wasmvm-export-")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    tmp.write_all(bytes)
+        .and_then(|()| {
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o644))
+        })
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
