@@ -25,8 +25,9 @@ pub struct Sinks<'a> {
 /// keeps count; a kernel from before that frame never does, and gets stdin as before.
 #[derive(Default)]
 pub struct StdinWindow {
-    /// (counted, room): whether the guest keeps count, and how many bytes may go.
-    state: Mutex<(bool, u64)>,
+    /// (counted, room, closed): whether the guest keeps count, how many bytes may go, and
+    /// whether the run is over.
+    state: Mutex<(bool, u64, bool)>,
     changed: std::sync::Condvar,
 }
 
@@ -39,17 +40,24 @@ impl StdinWindow {
         self.changed.notify_all();
     }
 
-    /// Waits until some stdin may go and returns how much (at most `max`); `max` at once
-    /// while the guest does not count.
-    fn wait_room(&self, max: usize) -> usize {
+    /// The run is over: a pump waiting for room gives up.
+    pub fn close(&self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        while state.0 && state.1 == 0 {
+        state.2 = true;
+        self.changed.notify_all();
+    }
+
+    /// Waits until some stdin may go and returns how much (at most `max`); `max` at once
+    /// while the guest does not count; `None` once the run is over.
+    fn wait_room(&self, max: usize) -> Option<usize> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while state.0 && state.1 == 0 && !state.2 {
             state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
         }
-        if state.0 {
-            max.min(state.1 as usize)
-        } else {
-            max
+        match *state {
+            (_, _, true) => None,
+            (true, room, _) => Some(max.min(room as usize)),
+            (false, _, _) => Some(max),
         }
     }
 
@@ -225,7 +233,9 @@ pub fn pump_stdin<W: Write + AsFd + ?Sized>(
     // its credit (and so its output) from flowing.
     let mut buf = vec![0u8; STDIN_FRAME_PAYLOAD];
     loop {
-        let room = window.wait_room(buf.len());
+        let Some(room) = window.wait_room(buf.len()) else {
+            return;
+        };
         let n = match input.read(&mut buf[..room]) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

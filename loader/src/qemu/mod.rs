@@ -178,6 +178,7 @@ fn run(
         log,
         ..
     } = io;
+    let window: &StdinWindow = &stdin_window;
     let ending = std::thread::scope(|scope| {
         let tx = control.tx.clone();
         let mut reader = &host_end;
@@ -192,7 +193,7 @@ fn run(
                 started,
                 events: tx,
                 grant: 0,
-                stdin_window: &stdin_window,
+                stdin_window: window,
             }
             .run(&mut reader)
         });
@@ -211,6 +212,8 @@ fn run(
         (ending, status)
     });
     let (ending, status) = ending;
+    // A stdin pump waiting for the guest to read gives up (an embedder's process goes on).
+    stdin_window.close();
     let qemu_stderr = stderr_reader.join().unwrap_or_default();
     log(&format!(
         "host: VM ended after {:.1} ms",

@@ -272,6 +272,7 @@ fn run(
         ..
     } = io;
     let mut flushing = None;
+    let window: &StdinWindow = &stdin_window;
     let (event, vcpu_end) = std::thread::scope(|scope| {
         let vcpu = std::thread::Builder::new()
             .name("vmm-vcpu".into())
@@ -306,7 +307,7 @@ fn run(
                     // The console never drops bytes (a full socket blocks the vCPU): widen
                     // the window to cut exits.
                     grant: MAX_CHANNEL_WINDOW - CHANNEL_WINDOW,
-                    stdin_window: &stdin_window,
+                    stdin_window: window,
                 }
                 .run(&mut reader),
                 Err(e) => {
@@ -339,6 +340,8 @@ fn run(
         let _ = out_host.shutdown(std::net::Shutdown::Both);
         Ok::<_, RunError>((event, vcpu_end))
     })?;
+    // A stdin pump waiting for the guest to read gives up (an embedder's process goes on).
+    stdin_window.close();
     log(&format!(
         "host: VM ended after {:.1} ms",
         started.elapsed().as_secs_f64() * 1e3
