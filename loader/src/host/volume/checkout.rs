@@ -13,6 +13,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use super::check::Geometry;
+use super::disk::Disk;
 use super::{Locked, VolumeError, format, io_at};
 
 /// A volume checked out for one run: the locked image and the directory holding its tree.
@@ -62,7 +64,9 @@ impl Checkout {
     /// Locks and checks the image at `image` and copies its tree into a private directory.
     pub fn open(image: &Path) -> Result<Checkout, VolumeError> {
         let Locked {
-            image, mut file, ..
+            image,
+            file,
+            summary,
         } = Locked::open(image)?;
         let key = key(&image);
         remove_stale(&image, &key);
@@ -75,7 +79,9 @@ impl Checkout {
             dir,
         };
         let image = checkout.image.clone();
-        let fs = fatfs::FileSystem::new(&mut file, fatfs::FsOptions::new()).map_err(|cause| {
+        // The metadata cached: fatfs reads the FAT an entry at a time.
+        let disk = Disk::new(file, summary.geometry.data_offset).map_err(io_at(&image))?;
+        let fs = fatfs::FileSystem::new(disk, fatfs::FsOptions::new()).map_err(|cause| {
             VolumeError::NotFat {
                 path: image.clone(),
                 cause,
@@ -132,7 +138,16 @@ impl Checkout {
         let written = (|| {
             format(&mut fresh, self.size).map_err(io_at(&self.image))?;
             {
-                let fs = fatfs::FileSystem::new(&mut fresh, fatfs::FsOptions::new())
+                // The fresh volume's metadata cached, as at checkout.
+                let mut boot = [0u8; 512];
+                use std::os::unix::fs::FileExt;
+                fresh
+                    .read_exact_at(&mut boot, 0)
+                    .map_err(io_at(&self.image))?;
+                let head = Geometry::parse(&boot, self.size).map_or(0, |g| g.data_offset);
+                let disk = Disk::new(fresh.try_clone().map_err(io_at(&self.image))?, head)
+                    .map_err(io_at(&self.image))?;
+                let fs = fatfs::FileSystem::new(disk, fatfs::FsOptions::new())
                     .map_err(io_at(&self.image))?;
                 copy_in(&self.dir, &fs.root_dir())?;
                 fs.unmount().map_err(io_at(&self.image))?;
