@@ -287,6 +287,10 @@ pub mod tag {
     pub const NET: u32 = 16;
     /// Manifest: the engine build and configuration a compiled artifact is for (bytes).
     pub const ENGINE_ID: u32 = 17;
+    /// Run configuration only: the host counts stdin against
+    /// [`STDIN_WINDOW`](crate::channel::STDIN_WINDOW) and takes `STDIN_CREDIT` frames
+    /// (empty). A kernel sends them only when this says so, so it runs under older hosts.
+    pub const STDIN_WINDOW: u32 = 18;
 }
 
 /// [`tag::SHARE`] flag: the host refuses every change.
@@ -497,6 +501,8 @@ pub struct RunConfig {
     pub listens: Option<Vec<Listen>>,
     /// The guest's static network settings, when the VMM attached a card and knows them.
     pub net: Option<NetConfig>,
+    /// The host takes stdin credit ([`tag::STDIN_WINDOW`]).
+    pub stdin_window: bool,
 }
 
 #[cfg(feature = "alloc")]
@@ -535,6 +541,9 @@ impl RunConfig {
         }
         if let Some(net) = &self.net {
             push_record(&mut body, tag::NET, &net.encode());
+        }
+        if self.stdin_window {
+            push_record(&mut body, tag::STDIN_WINDOW, &[]);
         }
         let mut out = Vec::with_capacity(16 + body.len());
         out.extend_from_slice(&RUN_CONFIG_MAGIC);
@@ -592,6 +601,7 @@ impl RunConfig {
                     .get_or_insert_with(Vec::new)
                     .push(Listen::decode(record.value)?),
                 tag::NET => c.net = Some(NetConfig::decode(record.value)?),
+                tag::STDIN_WINDOW => c.stdin_window = true,
                 _ => {}
             }
         }

@@ -23,8 +23,9 @@ pub mod to_host {
     /// A kernel log line (UTF-8), shown by `wasmvm run --verbose`.
     pub const LOG: u8 = 4;
     /// Stdin flow control: the payload (`u32`) is a number of stdin bytes the host may send
-    /// again (see [`STDIN_WINDOW`](super::STDIN_WINDOW)). The guest sends the first one,
-    /// of the whole window, when its channel comes up.
+    /// again (see [`STDIN_WINDOW`](super::STDIN_WINDOW)). Sent only when the run
+    /// configuration says the host counts (`bundle::tag::STDIN_WINDOW`); the first one, at
+    /// boot, grants the whole window.
     pub const STDIN_CREDIT: u8 = 5;
 }
 
@@ -41,7 +42,8 @@ pub mod to_guest {
 /// not yet taken by the app, counted from the guest's first [`to_host::STDIN_CREDIT`]; the
 /// guest returns them as the app reads. So stdin that arrives while the app does not read it
 /// costs the guest at most this much memory. A host that never hears a `STDIN_CREDIT`
-/// (a kernel older than this frame) sends stdin without a window, as before.
+/// (a kernel older than this frame) sends stdin without a window, as before; a kernel whose
+/// run configuration lacks `bundle::tag::STDIN_WINDOW` (an older host) sends none.
 pub const STDIN_WINDOW: u32 = 1 << 20;
 
 /// Flow control of guest output. The guest may have at most this many bytes (frame headers

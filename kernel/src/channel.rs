@@ -43,7 +43,9 @@ struct Channel {
     /// the host's count).
     stdin: VecDeque<u8>,
     stdin_eof: bool,
-    /// Stdin bytes the app took since the last `STDIN_CREDIT`.
+    /// The host counts stdin (see [`count_stdin`]).
+    stdin_counted: bool,
+    /// Stdin room owed to the host: bytes the app took since the last `STDIN_CREDIT`.
     stdin_taken: u32,
 }
 
@@ -59,15 +61,24 @@ static CHANNEL: Mutex<Channel> = Mutex::new(Channel {
     rx_credit: [0; 4],
     stdin: VecDeque::new(),
     stdin_eof: false,
+    stdin_counted: false,
     stdin_taken: 0,
 });
 
 /// Switches the channel to a virtio console.
 pub fn attach(console: VirtConsole) {
+    CHANNEL.lock().link = Link::Virtio(alloc::boxed::Box::new(Pinned(console)));
+}
+
+/// The host keeps a stdin window (its run configuration says so): grant the whole window,
+/// and return stdin room as the app reads from now on (abi::channel::STDIN_WINDOW).
+pub fn count_stdin() {
     let mut channel = CHANNEL.lock();
-    channel.link = Link::Virtio(alloc::boxed::Box::new(Pinned(console)));
-    // From here the host counts stdin against the window (abi::channel::STDIN_WINDOW).
-    channel.send(to_host::STDIN_CREDIT, &STDIN_WINDOW.to_le_bytes());
+    if let Link::Virtio(_) = channel.link {
+        channel.stdin_counted = true;
+        channel.stdin_taken = STDIN_WINDOW;
+        channel.return_stdin_room();
+    }
 }
 
 /// Sends `bytes` as frames of `kind`.
@@ -80,6 +91,18 @@ pub fn log(line: &str) {
     let mut channel = CHANNEL.lock();
     if let Link::Virtio(_) = channel.link {
         channel.send(to_host::LOG, line.as_bytes());
+    }
+}
+
+/// Sends a log line if the output window has room for it now, else drops it: for reports
+/// from paths that must not wait for the host's stdout (the network stack's quiet report).
+pub fn log_if_room(line: &str) {
+    let mut channel = CHANNEL.lock();
+    if let Link::Virtio(_) = channel.link {
+        channel.poll_rx();
+        if channel.credit >= frame_cost(FRAME_HEADER_LEN + line.len()) {
+            channel.send(to_host::LOG, line.as_bytes());
+        }
     }
 }
 
@@ -193,6 +216,20 @@ impl Channel {
         }
     }
 
+    /// Sends the stdin room owed to the host, if the output window has room for the frame
+    /// now: reading stdin never waits for stdout (the room stays owed until it fits).
+    fn return_stdin_room(&mut self) {
+        if !self.stdin_counted || self.stdin_taken == 0 {
+            return;
+        }
+        self.poll_rx();
+        let cost = frame_cost(FRAME_HEADER_LEN + 4);
+        if self.credit >= cost {
+            let taken = core::mem::take(&mut self.stdin_taken);
+            self.send(to_host::STDIN_CREDIT, &taken.to_le_bytes());
+        }
+    }
+
     fn read_stdin(&mut self, buf: &mut [u8]) -> usize {
         if buf.is_empty() || matches!(self.link, Link::Serial) {
             return 0;
@@ -205,13 +242,15 @@ impl Channel {
                 }
                 // Return the room in batches of a quarter window, and whenever the app has
                 // emptied the buffer (it is waiting for more).
-                self.stdin_taken += n as u32;
+                self.stdin_taken = self.stdin_taken.saturating_add(n as u32);
                 if self.stdin_taken >= STDIN_WINDOW / 4 || self.stdin.is_empty() {
-                    let taken = core::mem::take(&mut self.stdin_taken);
-                    self.send(to_host::STDIN_CREDIT, &taken.to_le_bytes());
+                    self.return_stdin_room();
                 }
                 return n;
             }
+            // Room owed but not yet returned (the output window was full): the app waits
+            // for more stdin, which the host sends only once it has the room back.
+            self.return_stdin_room();
             if self.stdin_eof {
                 return 0;
             }

@@ -201,6 +201,9 @@ extern "C" fn kernel_main(boot_paddr: u64, entry: u64) -> ! {
         None => None,
     };
     clock::init(run.as_ref().and_then(|r| r.realtime_ns), standalone);
+    if run.as_ref().is_some_and(|r| r.stdin_window) {
+        channel::count_stdin();
+    }
     if let Some((transport, regs)) = nic {
         let mtu = run
             .as_ref()

@@ -484,7 +484,7 @@ impl Net {
                 alloc::format!("{}", b / 1024)
             });
         platform.log(&alloc::format!(
-            "net: quiet after {} connections: {} sockets, {} KiB of socket buffers, {} refused for memory, heap {heap} KiB in use",
+            "net: quiet after {} connections: {} sockets, {} KiB of socket buffers, {} socket allocations refused for memory, heap {heap} KiB in use",
             self.connections,
             self.set.iter().count(),
             self.mem.in_use / 1024,
@@ -500,10 +500,23 @@ impl Net {
             .iface
             .poll_delay(instant(now_ns), &self.set)
             .map(|delay| now_ns.saturating_add(delay.total_micros().saturating_mul(1000)));
-        match (stack, self.report_due) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        // The reap's own deadlines: smoltcp sets no timer in FIN-WAIT-2, and its TIME-WAIT
+        // timer is longer than ours, so an idle server would keep those sockets until the
+        // next packet.
+        let reap = self
+            .closing
+            .iter()
+            .filter_map(|c| match self.set.get::<tcp::Socket>(c.handle).state() {
+                tcp::State::TimeWait => Some(
+                    c.time_wait_since
+                        .unwrap_or(self.now_ns)
+                        .saturating_add(TIME_WAIT_NS + 1),
+                ),
+                tcp::State::FinWait2 => Some(c.closed_at.saturating_add(FIN_WAIT_TIMEOUT_NS + 1)),
+                _ => None,
+            })
+            .min();
+        [stack, self.report_due, reap].into_iter().flatten().min()
     }
 
     fn dhcp_poll(&mut self) {
@@ -875,6 +888,16 @@ impl Net {
         }
         let handle = taken.ok_or(Errno::AGAIN)?;
         promote(set, mem, l);
+        if self.sockets.len() >= MAX_SOCKETS && !self.sockets.iter().any(Option::is_none) {
+            // No descriptor for it: the connection goes, not its memory.
+            set.get_mut::<tcp::Socket>(handle).abort();
+            self.closing.push(Closing {
+                handle,
+                closed_at: self.now_ns,
+                time_wait_since: None,
+            });
+            return Err(Errno::NFILE);
+        }
         self.connections += 1;
         self.insert(
             Socket::Stream {

@@ -25,25 +25,40 @@ pub struct Sinks<'a> {
 /// keeps count; a kernel from before that frame never does, and gets stdin as before.
 #[derive(Default)]
 pub struct StdinWindow {
-    /// (counted, room, closed): whether the guest keeps count, how many bytes may go, and
-    /// whether the run is over.
-    state: Mutex<(bool, u64, bool)>,
+    state: Mutex<WindowState>,
     changed: std::sync::Condvar,
 }
 
+#[derive(Default)]
+struct WindowState {
+    /// The guest keeps count (it sent its first credit).
+    counted: bool,
+    /// Bytes that may go.
+    room: u64,
+    /// Bytes sent before the guest began to count: its first grant covers them too.
+    sent_uncounted: u64,
+    /// The run is over.
+    closed: bool,
+}
+
 impl StdinWindow {
-    /// The guest returned `bytes` of room (its first grant turns counting on).
+    /// The guest returned `bytes` of room (its first grant turns counting on, less what
+    /// went before it).
     pub fn grant(&self, bytes: u32) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.0 = true;
-        state.1 += u64::from(bytes);
+        let mut bytes = u64::from(bytes);
+        if !state.counted {
+            state.counted = true;
+            bytes = bytes.saturating_sub(std::mem::take(&mut state.sent_uncounted));
+        }
+        state.room += bytes;
         self.changed.notify_all();
     }
 
     /// The run is over: a pump waiting for room gives up.
     pub fn close(&self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.2 = true;
+        state.closed = true;
         self.changed.notify_all();
     }
 
@@ -51,21 +66,25 @@ impl StdinWindow {
     /// while the guest does not count; `None` once the run is over.
     fn wait_room(&self, max: usize) -> Option<usize> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        while state.0 && state.1 == 0 && !state.2 {
+        while state.counted && state.room == 0 && !state.closed {
             state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
         }
-        match *state {
-            (_, _, true) => None,
-            (true, room, _) => Some(max.min(room as usize)),
-            (false, _, _) => Some(max),
+        if state.closed {
+            None
+        } else if state.counted {
+            Some(max.min(state.room as usize))
+        } else {
+            Some(max)
         }
     }
 
     /// Records that `bytes` of stdin went to the guest.
     fn spend(&self, bytes: usize) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.0 {
-            state.1 = state.1.saturating_sub(bytes as u64);
+        if state.counted {
+            state.room = state.room.saturating_sub(bytes as u64);
+        } else {
+            state.sent_uncounted += bytes as u64;
         }
     }
 }

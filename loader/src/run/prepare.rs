@@ -87,6 +87,8 @@ fn run_config(opts: &RunOptions, net: Option<&NetPlan>) -> Result<RunConfig, Run
             .collect(),
         listens: opts.listens.clone(),
         net: net.and_then(|n| n.config),
+        // Both VM backends' stdin pumps keep the window (host::channel::StdinWindow).
+        stdin_window: true,
     })
 }
 
