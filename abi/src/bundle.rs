@@ -796,6 +796,7 @@ mod tests {
             ],
             listens: Some(vec![Listen::parse("10.0.2.15:80").unwrap()]),
             net: Some(NetConfig::user(1500)),
+            stdin_window: true,
         };
         assert_eq!(RunConfig::decode(&c.encode()).unwrap(), c);
         assert_eq!(share_tag(1), "wasmvm1");
