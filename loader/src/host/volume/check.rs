@@ -173,6 +173,13 @@ impl Geometry {
             return damage(format!("a {fat_bytes}-byte FAT (more than wasmvm reads)"));
         }
         let root_cluster = if fat32 { u32_at(44) } else { 0 };
+        if fat32 && u16_at(40) & 0x80 != 0 {
+            // fatfs would then read FAT number `flags & 15`, which this check does not.
+            return damage(format!(
+                "FAT mirroring is off (active FAT {})",
+                u16_at(40) & 0xf
+            ));
+        }
         if fat32 {
             let fs_info = u64::from(u16_at(48));
             if fs_info == 0 || fs_info >= reserved {
@@ -262,6 +269,9 @@ pub struct Summary {
     /// clusters freed, and the copies made equal again (a writer killed between updating
     /// the first copy and the second leaves them different).
     pub repaired_fat: Option<Vec<u8>>,
+    /// Directory entries to rewrite (image offset, the 32 bytes): what an operation killed
+    /// halfway left (see [`check`]).
+    pub repaired_entries: Vec<(u64, [u8; 32])>,
 }
 
 /// Checks the image `file` of `file_len` bytes; see the module docs.
@@ -293,32 +303,70 @@ pub fn check(file: &File, file_len: u64) -> Result<Summary, Damage> {
         seen: vec![0u64; (geometry.clusters as usize + 2).div_ceil(64)],
         files: 0,
         directories: 1,
+        repairs: Vec::new(),
     };
-    // Directories still to read: (their entries' bytes, a name for messages).
-    let mut pending: Vec<(Vec<u8>, String)> = Vec::new();
+    // Directories still to read: their entries' bytes, where they lie (the chain; empty for
+    // the FAT12/16 root region), and a name for messages.
+    let mut pending: Vec<(Vec<u8>, Vec<u32>, String)> = Vec::new();
     let root = match geometry.fat_type {
         FatType::Fat32 => {
             let chain = walk.chain(geometry.root_cluster, "/")?;
-            walk.read_chain(&chain, &read)?
+            (walk.read_chain(&chain, &read)?, chain)
         }
-        _ => read(geometry.root_offset, geometry.root_bytes)?,
+        _ => (read(geometry.root_offset, geometry.root_bytes)?, Vec::new()),
     };
-    pending.push((root, "/".into()));
-    while let Some((entries, dir_name)) = pending.pop() {
-        for raw in entries.chunks_exact(DIR_ENTRY) {
+    pending.push((root.0, root.1, "/".into()));
+    while let Some((entries, chain, dir_name)) = pending.pop() {
+        let at = |i: usize| -> u64 {
+            let byte = (i * DIR_ENTRY) as u64;
+            match chain.get((byte / geometry.cluster_bytes) as usize) {
+                Some(&c) => geometry.cluster_offset(c) + byte % geometry.cluster_bytes,
+                None => geometry.root_offset + byte,
+            }
+        };
+        // Where the long-name entries of the entry at hand begin.
+        let mut long_name_from: Option<usize> = None;
+        for (i, raw) in entries.chunks_exact(DIR_ENTRY).enumerate() {
             match raw[0] {
                 0x00 => break,
-                0xe5 => continue,
+                0xe5 => {
+                    long_name_from = None;
+                    continue;
+                }
                 _ => {}
             }
             let attr = raw[11];
-            if attr & ATTR_LONG_NAME == ATTR_LONG_NAME || attr & ATTR_VOLUME_ID != 0 {
+            if attr & ATTR_LONG_NAME == ATTR_LONG_NAME {
+                long_name_from.get_or_insert(i);
+                continue;
+            }
+            let long_name = long_name_from.take().unwrap_or(i)..i;
+            if attr & ATTR_VOLUME_ID != 0 {
                 continue;
             }
             let short = short_name(raw);
             if short == "." || short == ".." {
+                // Only a subdirectory's first entries (after long-name entries that older
+                // wasmvm versions wrote before them); they are never followed. Anywhere
+                // else fatfs would serve one under its long name, unchecked.
+                if dir_name == "/" || i >= 4 || attr & ATTR_DIRECTORY == 0 {
+                    return damage(format!("{dir_name}: an entry named {short:?} out of place"));
+                }
                 continue;
             }
+            let mut entry: [u8; 32] = raw.try_into().unwrap_or([0; 32]);
+            // Marks the entry and its long-name entries deleted.
+            let deleted = |entry: &mut [u8; 32], repairs: &mut Vec<(u64, [u8; 32])>| {
+                for j in long_name.clone() {
+                    let mut part: [u8; 32] = entries[j * DIR_ENTRY..(j + 1) * DIR_ENTRY]
+                        .try_into()
+                        .unwrap_or([0; 32]);
+                    part[0] = 0xe5;
+                    repairs.push((at(j), part));
+                }
+                entry[0] = 0xe5;
+                repairs.push((at(i), *entry));
+            };
             let name = format!("{}{short}", dir_name.trim_end_matches('/').to_owned() + "/");
             let cluster_hi = if geometry.fat_type == FatType::Fat32 {
                 u32::from(u16::from_le_bytes([raw[20], raw[21]])) << 16
@@ -327,24 +375,39 @@ pub fn check(file: &File, file_len: u64) -> Result<Summary, Damage> {
             };
             let first = cluster_hi | u32::from(u16::from_le_bytes([raw[26], raw[27]]));
             let size = u32::from_le_bytes([raw[28], raw[29], raw[30], raw[31]]);
+            // An entry whose first cluster is free is one a killed remove or truncate had
+            // begun on (fatfs frees the chain first, then writes the entry).
+            let first_free = (2..geometry.clusters + 2).contains(&first)
+                && walk.fat.next(first) == Next::Free
+                && walk.seen[first as usize / 64] & 1 << (first % 64) == 0;
             if attr & ATTR_DIRECTORY != 0 {
-                walk.directories += 1;
-                if first == 0 {
-                    return damage(format!("directory {name} has no clusters"));
+                if first == 0 || first_free {
+                    // A directory without its cluster: a killed mkdir or rmdir.
+                    deleted(&mut entry, &mut walk.repairs);
+                    continue;
                 }
+                walk.directories += 1;
                 let chain = walk.chain(first, &name)?;
-                pending.push((walk.read_chain(&chain, &read)?, name));
+                pending.push((walk.read_chain(&chain, &read)?, chain, name));
             } else {
                 walk.files += 1;
+                if first_free {
+                    // A killed remove or truncate to zero: the file is left empty.
+                    entry[20..22].fill(0);
+                    entry[26..32].fill(0);
+                    walk.repairs.push((at(i), entry));
+                    continue;
+                }
                 let clusters = match first {
                     0 => 0,
                     first => walk.chain(first, &name)?.len() as u64,
                 };
-                if u64::from(size) > clusters * geometry.cluster_bytes {
-                    return damage(format!(
-                        "file {name} claims {size} bytes but its chain holds {}",
-                        clusters * geometry.cluster_bytes
-                    ));
+                // Longer than its chain: a killed truncate (it frees clusters before it
+                // writes the new size). The size the chain holds is what there is.
+                let holds = clusters * geometry.cluster_bytes;
+                if u64::from(size) > holds {
+                    entry[28..32].copy_from_slice(&(holds as u32).to_le_bytes());
+                    walk.repairs.push((at(i), entry));
                 }
             }
         }
@@ -360,6 +423,7 @@ pub fn check(file: &File, file_len: u64) -> Result<Summary, Damage> {
         }
     }
     let (files, directories) = (walk.files, walk.directories);
+    let repaired_entries = std::mem::take(&mut walk.repairs);
     drop(walk);
     let copies_differ = geometry.fats > 1
         && read(geometry.fat_offset + geometry.fat_bytes, geometry.fat_bytes)? != fat_bytes;
@@ -378,6 +442,7 @@ pub fn check(file: &File, file_len: u64) -> Result<Summary, Damage> {
         free_clusters: free_clusters + lost_clusters,
         lost_clusters,
         repaired_fat,
+        repaired_entries,
     })
 }
 
@@ -411,10 +476,13 @@ struct Walk<'a> {
     seen: Vec<u64>,
     files: u64,
     directories: u64,
+    repairs: Vec<(u64, [u8; 32])>,
 }
 
 impl Walk<'_> {
-    /// The clusters of the chain starting at `first`, each marked seen.
+    /// The clusters of the chain starting at `first`, each marked seen. Loops, cross-links,
+    /// free, bad or out-of-range clusters inside a chain are damage: no fatfs operation,
+    /// even one killed halfway, leaves them (it ends a chain before it frees the rest).
     fn chain(&mut self, first: u32, name: &str) -> Result<Vec<u32>, Damage> {
         let mut chain = Vec::new();
         let mut cluster = first;

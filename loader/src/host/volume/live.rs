@@ -282,12 +282,12 @@ impl VolumeServer {
             }
             Tmessage::Unlinkat { dfid, name, flags } => self.unlinkat(dfid, name, flags),
             Tmessage::Remove { fid } => {
-                let f = self.fid(fid)?;
+                // Tremove clunks the fid whatever happens (9P).
+                let f = self.fids.remove(&fid).ok_or(Errno(libc::EBADF))?;
                 let (name, parent) = f.path.split_last().ok_or(Errno(libc::EBUSY))?;
                 self.dir(parent)
                     .and_then(|dir| dir.remove(name))
                     .map_err(errno)?;
-                self.fids.remove(&fid);
                 Ok(Rmessage::Remove)
             }
             Tmessage::Statfs { fid } => {
@@ -396,11 +396,13 @@ impl VolumeServer {
     /// case).
     fn find(&self, parent: &[String], name: &str) -> Res<Found> {
         let dir = self.dir(parent).map_err(errno)?;
-        let wanted = name.to_lowercase();
+        // Compared as fatfs compares (upper case), so that what is found here is what
+        // fatfs opens, creates over, or refuses.
+        let wanted = name.to_uppercase();
         for entry in dir.iter() {
             let e = entry.map_err(errno)?;
             let long = e.file_name();
-            if long.to_lowercase() == wanted || e.short_file_name().to_lowercase() == wanted {
+            if long.to_uppercase() == wanted || e.short_file_name().to_uppercase() == wanted {
                 return Ok(Found {
                     name: long,
                     dir: e.is_dir(),
@@ -817,8 +819,8 @@ impl VolumeServer {
         }
         match self.find(new_parent, &new) {
             Ok(dst) => {
-                let same_dir = lower(old_parent) == lower(new_parent);
-                if same_dir && dst.name.to_lowercase() == src.name.to_lowercase() {
+                let same_dir = folded(old_parent) == folded(new_parent);
+                if same_dir && dst.name.to_uppercase() == src.name.to_uppercase() {
                     if dst.name == new {
                         return Ok(());
                     }
@@ -895,7 +897,10 @@ impl FileServer for VolumeServer {
             broken,
             ..
         } = *self;
-        if !broken {
+        if broken {
+            // Its state cannot be trusted: not even the unmount its Drop would do.
+            std::mem::forget(fs);
+        } else {
             fs.unmount()?;
         }
         image_file.sync_all()
@@ -924,8 +929,8 @@ fn component(name: &[u8]) -> Res<String> {
     String::from_utf8(name.to_vec()).map_err(|_| Errno(libc::EINVAL))
 }
 
-fn lower(path: &[String]) -> Vec<String> {
-    path.iter().map(|c| c.to_lowercase()).collect()
+fn folded(path: &[String]) -> Vec<String> {
+    path.iter().map(|c| c.to_uppercase()).collect()
 }
 
 /// A qid for `path`: FAT has no inode numbers, so the path (as FAT compares names) is
@@ -933,7 +938,7 @@ fn lower(path: &[String]) -> Vec<String> {
 fn qid(path: &[String], dir: bool) -> Qid {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for c in path {
-        for b in c.to_lowercase().bytes().chain([b'/']) {
+        for b in c.to_uppercase().bytes().chain([b'/']) {
             h ^= u64::from(b);
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }

@@ -381,14 +381,6 @@ fn corpus() -> Vec<Case> {
             "loops or crosses",
         ),
         (
-            "a file claiming 1 GiB over three clusters",
-            Box::new(|s, b| {
-                let e = s.entry(b, b"A       TXT");
-                b[e + 28..e + 32].copy_from_slice(&(1u32 << 30).to_le_bytes());
-            }),
-            "claims 1073741824 bytes",
-        ),
-        (
             "a chain running into a free cluster",
             Box::new(|s, b| {
                 let a = Sample::first_cluster(b, s.entry(b, b"A       TXT"));
@@ -405,12 +397,12 @@ fn corpus() -> Vec<Case> {
             "out of range",
         ),
         (
-            "a directory without clusters",
+            "an entry named . outside a directory's first slots",
             Box::new(|s, b| {
-                let e = s.entry(b, b"D          ");
-                b[e + 26..e + 28].copy_from_slice(&0u16.to_le_bytes());
+                let e = s.entry(b, b"B       TXT");
+                b[e..e + 11].copy_from_slice(b".          ");
             }),
-            "has no clusters",
+            "out of place",
         ),
         ("no boot signature", Box::new(|_, b| b[510] = 0), "55AA"),
         (
@@ -526,6 +518,76 @@ fn what_a_killed_writer_leaves_is_put_right_at_the_next_open() {
     let bytes = std::fs::read(&img).unwrap();
     let fat = |i: u64| &bytes[(g.fat_offset + i * g.fat_bytes) as usize..][..g.fat_bytes as usize];
     assert_eq!(fat(0), fat(1));
+}
+
+#[test]
+fn what_an_operation_killed_halfway_leaves_is_repaired_not_refused() {
+    let sample = Sample::new();
+    let sound = sample.bytes();
+    let cs = sample.g.cluster_bytes as usize;
+    // A killed truncate: the chain was cut, the size not yet written.
+    let mut bytes = sound.clone();
+    let e = sample.entry(&bytes, b"A       TXT");
+    bytes[e + 28..e + 32].copy_from_slice(&(1u32 << 30).to_le_bytes());
+    std::fs::write(&sample.img, &bytes).unwrap();
+    drop(open_live(&sample.img).unwrap());
+    assert_eq!(read_back(&sample.img, "A.TXT").unwrap().len(), 3 * cs);
+    // A killed remove: the chain freed, the entry not yet.
+    let mut bytes = sound.clone();
+    let a = Sample::first_cluster(&bytes, sample.entry(&bytes, b"A       TXT"));
+    for c in a..a + 3 {
+        sample.set_fat(&mut bytes, c, 0);
+    }
+    std::fs::write(&sample.img, &bytes).unwrap();
+    drop(open_live(&sample.img).unwrap());
+    assert_eq!(read_back(&sample.img, "A.TXT").unwrap(), b"", "left empty");
+    // A killed mkdir: the entry written, its cluster not.
+    let mut bytes = sound.clone();
+    let e = sample.entry(&bytes, b"D          ");
+    bytes[e + 26..e + 28].fill(0);
+    std::fs::write(&sample.img, &bytes).unwrap();
+    let file = std::fs::File::open(&sample.img).unwrap();
+    let summary = check::check(&file, bytes.len() as u64).unwrap();
+    assert!(!summary.repaired_entries.is_empty());
+    drop(open_live(&sample.img).unwrap());
+    let summary = check::check(&file, bytes.len() as u64).unwrap();
+    assert_eq!(
+        (
+            summary.directories,
+            summary.lost_clusters,
+            summary.repaired_entries.len()
+        ),
+        (1, 0, 0),
+        "the directory and its long name are gone, its clusters free again"
+    );
+    assert_eq!(read_back(&sample.img, "B.TXT").unwrap(), b"b");
+}
+
+#[test]
+fn a_fat32_volume_with_mirroring_off_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("f32.img");
+    let mut f = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&img)
+        .unwrap();
+    f.set_len(64 << 20).unwrap();
+    fatfs::format_volume(
+        &mut f,
+        fatfs::FormatVolumeOptions::new().fat_type(fatfs::FatType::Fat32),
+    )
+    .unwrap();
+    let mut bytes = std::fs::read(&img).unwrap();
+    bytes[40] = 0x81; // mirroring off, FAT 1 active
+    std::fs::write(&img, &bytes).unwrap();
+    match open_live(&img).map(drop) {
+        Err(VolumeError::Damaged { damage, .. }) => {
+            assert!(damage.what.contains("mirroring is off"), "{damage}")
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 /// A small fuzzer that runs in `cargo test`: random bytes written over the metadata of a

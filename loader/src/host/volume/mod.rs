@@ -168,15 +168,21 @@ impl Locked {
                 damage,
             },
         })?;
+        // Under the lock, after a check that found no chain crossing another: what a killed
+        // run left half-done is put right before anything reads the volume. Entries first:
+        // clusters they let go of are then the FAT's lost ones.
+        use std::os::unix::fs::FileExt;
+        for (at, entry) in &summary.repaired_entries {
+            file.write_all_at(entry, *at).map_err(io_at(image))?;
+        }
         if let Some(fat) = &summary.repaired_fat {
-            // Under the lock, after a check that found no chain crossing another: what a
-            // killed run left half-done is put right before anything reads the volume.
             let g = summary.geometry;
-            use std::os::unix::fs::FileExt;
             for copy in 0..g.fats {
                 file.write_all_at(fat, g.fat_offset + copy * g.fat_bytes)
                     .map_err(io_at(image))?;
             }
+        }
+        if summary.repaired_fat.is_some() || !summary.repaired_entries.is_empty() {
             file.sync_data().map_err(io_at(image))?;
         }
         Ok(Locked {
