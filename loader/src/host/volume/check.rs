@@ -25,8 +25,10 @@ use std::os::unix::fs::FileExt;
 /// Largest first FAT the check loads (a 2 TiB FAT32 volume with 32 KiB clusters needs
 /// 256 MiB). Larger FATs are refused rather than read.
 const MAX_FAT_BYTES: u64 = 256 << 20;
-/// Entries in a directory entry.
+/// Bytes of a directory entry.
 const DIR_ENTRY: usize = 32;
+/// The largest directory FAT allows: 65536 entries.
+const MAX_DIR_BYTES: u64 = 65536 * DIR_ENTRY as u64;
 const ATTR_VOLUME_ID: u8 = 0x08;
 const ATTR_DIRECTORY: u8 = 0x10;
 const ATTR_LONG_NAME: u8 = 0x0f;
@@ -507,11 +509,19 @@ impl Walk<'_> {
         }
     }
 
+    /// The bytes of a directory's chain (at most FAT's 65536 entries: a crafted chain
+    /// through a huge sparse image must not become a huge read).
     fn read_chain(
         &self,
         chain: &[u32],
         read: &dyn Fn(u64, u64) -> Result<Vec<u8>, Damage>,
     ) -> Result<Vec<u8>, Damage> {
+        if chain.len() as u64 * self.g.cluster_bytes > MAX_DIR_BYTES {
+            return damage(format!(
+                "a directory of {} clusters, more than FAT's 65536 entries",
+                chain.len()
+            ));
+        }
         let mut bytes = Vec::with_capacity(chain.len() * self.g.cluster_bytes as usize);
         for &cluster in chain {
             bytes.extend(read(self.g.cluster_offset(cluster), self.g.cluster_bytes)?);
