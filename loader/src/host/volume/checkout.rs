@@ -10,7 +10,7 @@
 //! removes them under its lock.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use super::check::Geometry;
@@ -208,9 +208,9 @@ fn copy_out<T: fatfs::ReadWriteSeek>(from: &fatfs::Dir<'_, T>, to: &Path) -> io:
             std::fs::create_dir(&target)?;
             copy_out(&entry.to_dir(), &target)?;
         } else {
-            let mut data = Vec::with_capacity(entry.len() as usize);
-            entry.to_file().read_to_end(&mut data)?;
-            std::fs::write(&target, &data)?;
+            // Streamed: a file may be as large as FAT allows (4 GiB).
+            let mut out = std::fs::File::create(&target)?;
+            io::copy(&mut entry.to_file(), &mut out)?;
         }
     }
     Ok(())
@@ -249,10 +249,10 @@ fn copy_in<T: fatfs::ReadWriteSeek>(
             let dir = to.create_dir(name).map_err(fat_err)?;
             copy_in(&path, &dir)?;
         } else if kind.is_file() {
-            let data = std::fs::read(&path).map_err(io_at(&path))?;
+            let mut data = std::fs::File::open(&path).map_err(io_at(&path))?;
             let mut file = to.create_file(name).map_err(fat_err)?;
             file.truncate().map_err(fat_err)?;
-            file.write_all(&data).map_err(fat_err)?;
+            io::copy(&mut data, &mut file).map_err(fat_err)?;
         } else {
             return Err(VolumeError::Unsupported {
                 path,
