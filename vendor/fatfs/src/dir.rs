@@ -349,6 +349,12 @@ impl<'a, T: ReadWriteSeek + 'a> Dir<'a, T> {
             },
             DirEntryOrShortName::ShortName(short_name) => short_name,
         };
+        // wasmvm: the new entry is written before the old one is freed, so a writer killed
+        // in between leaves the file under both names (which wasmvm's volume check resolves)
+        // rather than under none (its clusters lost). Upstream frees first.
+        // save new directory entry
+        let sfn_entry = e.data.renamed(short_name);
+        dst_dir.write_entry(dst_name, sfn_entry)?;
         // free long and short name entries
         let mut stream = self.stream.clone();
         stream.seek(SeekFrom::Start(e.offset_range.0 as u64))?;
@@ -360,9 +366,6 @@ impl<'a, T: ReadWriteSeek + 'a> Dir<'a, T> {
             stream.seek(SeekFrom::Current(-(DIR_ENTRY_SIZE as i64)))?;
             data.serialize(&mut stream)?;
         }
-        // save new directory entry
-        let sfn_entry = e.data.renamed(short_name);
-        dst_dir.write_entry(dst_name, sfn_entry)?;
         Ok(())
     }
 

@@ -306,6 +306,7 @@ pub fn check(file: &File, file_len: u64) -> Result<Summary, Damage> {
         files: 0,
         directories: 1,
         repairs: Vec::new(),
+        firsts: std::collections::HashMap::new(),
     };
     // Directories still to read: their entries' bytes, where they lie (the chain; empty for
     // the FAT12/16 root region), and a name for messages.
@@ -377,6 +378,14 @@ pub fn check(file: &File, file_len: u64) -> Result<Summary, Damage> {
             };
             let first = cluster_hi | u32::from(u16::from_le_bytes([raw[26], raw[27]]));
             let size = u32::from_le_bytes([raw[28], raw[29], raw[30], raw[31]]);
+            // A second entry for a chain already walked, of the same kind and size: a rename
+            // killed between writing the new entry and freeing the old (vendored fatfs writes
+            // the new one first). Keep one.
+            let is_dir = attr & ATTR_DIRECTORY != 0;
+            if first != 0 && walk.firsts.get(&first) == Some(&(size, is_dir)) {
+                deleted(&mut entry, &mut walk.repairs);
+                continue;
+            }
             // An entry whose first cluster is free is one a killed remove or truncate had
             // begun on (fatfs frees the chain first, then writes the entry).
             let first_free = (2..geometry.clusters + 2).contains(&first)
@@ -390,6 +399,7 @@ pub fn check(file: &File, file_len: u64) -> Result<Summary, Damage> {
                 }
                 walk.directories += 1;
                 let chain = walk.chain(first, &name)?;
+                walk.firsts.insert(first, (size, true));
                 pending.push((walk.read_chain(&chain, &read)?, chain, name));
             } else {
                 walk.files += 1;
@@ -402,7 +412,11 @@ pub fn check(file: &File, file_len: u64) -> Result<Summary, Damage> {
                 }
                 let clusters = match first {
                     0 => 0,
-                    first => walk.chain(first, &name)?.len() as u64,
+                    first => {
+                        let clusters = walk.chain(first, &name)?.len() as u64;
+                        walk.firsts.insert(first, (size, false));
+                        clusters
+                    }
                 };
                 // Longer than its chain: a killed truncate (it frees clusters before it
                 // writes the new size). The size the chain holds is what there is.
@@ -479,6 +493,8 @@ struct Walk<'a> {
     files: u64,
     directories: u64,
     repairs: Vec<(u64, [u8; 32])>,
+    /// The first cluster of each entry walked, with its size and whether it is a directory.
+    firsts: std::collections::HashMap<u32, (u32, bool)>,
 }
 
 impl Walk<'_> {

@@ -561,6 +561,25 @@ fn what_an_operation_killed_halfway_leaves_is_repaired_not_refused() {
         "the directory and its long name are gone, its clusters free again"
     );
     assert_eq!(read_back(&sample.img, "B.TXT").unwrap(), b"b");
+    // A killed rename: the new entry written, the old not yet freed. One name stays, with
+    // the data; nothing is refused or lost.
+    let mut bytes = sound.clone();
+    let e = sample.entry(&bytes, b"B       TXT");
+    let free = (0..512)
+        .map(|k| sample.g.root_offset as usize + 32 * k)
+        .find(|&o| bytes[o] == 0)
+        .unwrap();
+    let mut copy = [0u8; 32];
+    copy.copy_from_slice(&bytes[e..e + 32]);
+    copy[..11].copy_from_slice(b"C       TXT");
+    bytes[free..free + 32].copy_from_slice(&copy);
+    std::fs::write(&sample.img, &bytes).unwrap();
+    drop(open_live(&sample.img).unwrap());
+    let kept = ["B.TXT", "C.TXT"]
+        .iter()
+        .filter(|n| read_back(&sample.img, n).is_ok_and(|d| d == b"b"))
+        .count();
+    assert_eq!(kept, 1, "exactly one name keeps the data");
 }
 
 #[test]
