@@ -355,6 +355,19 @@ impl<'a, T: ReadWriteSeek + 'a> Dir<'a, T> {
         // save new directory entry
         let sfn_entry = e.data.renamed(short_name);
         dst_dir.write_entry(dst_name, sfn_entry)?;
+        // wasmvm: a directory moved to another parent gets its `..` entry pointed at it
+        // (upstream leaves the old parent there, which fsck.fat reports).
+        if e.is_dir() && dst_dir.stream.first_cluster() != self.stream.first_cluster() {
+            for r in e.to_dir().iter() {
+                let dot_dot = r?;
+                if dot_dot.short_file_name_as_bytes() == b".." {
+                    let mut editor = dot_dot.editor();
+                    editor.set_first_cluster(dst_dir.stream.first_cluster(), self.fs.fat_type());
+                    editor.flush(self.fs)?;
+                    break;
+                }
+            }
+        }
         // free long and short name entries
         let mut stream = self.stream.clone();
         stream.seek(SeekFrom::Start(e.offset_range.0 as u64))?;

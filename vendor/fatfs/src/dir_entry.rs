@@ -536,7 +536,7 @@ impl<'a, T: ReadWriteSeek> DirEntry<'a, T> {
         self.data.first_cluster(self.fs.fat_type())
     }
 
-    fn editor(&self) -> DirEntryEditor {
+    pub(crate) fn editor(&self) -> DirEntryEditor {
         DirEntryEditor::new(self.data.clone(), self.entry_pos)
     }
 

@@ -609,6 +609,50 @@ fn a_fat32_volume_with_mirroring_off_is_refused() {
     }
 }
 
+#[test]
+fn a_directory_moved_elsewhere_points_its_dot_dot_at_its_new_parent() {
+    let (_dir, img) = volume(8 << 20);
+    let mut c = Client::new(&img);
+    for name in [&b"from"[..], b"to"] {
+        c.call(Tmessage::Mkdir {
+            dfid: 0,
+            name,
+            mode: 0o755,
+            gid: 0,
+        })
+        .unwrap();
+    }
+    c.walk(1, &[b"from"]).unwrap();
+    c.call(Tmessage::Mkdir {
+        dfid: 1,
+        name: b"moved",
+        mode: 0o755,
+        gid: 0,
+    })
+    .unwrap();
+    c.walk(2, &[b"to"]).unwrap();
+    c.call(Tmessage::Renameat {
+        olddirfid: 1,
+        oldname: b"moved",
+        newdirfid: 2,
+        newname: b"moved",
+    })
+    .unwrap();
+    c.close();
+    match std::process::Command::new("fsck.fat")
+        .arg("-n")
+        .arg(&img)
+        .output()
+    {
+        Ok(o) => {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            assert!(!text.contains(".."), "fsck.fat -n: {text}");
+            assert!(o.status.success(), "fsck.fat -n: {text}");
+        }
+        Err(_) => eprintln!("note: dosfstools not installed; skipping the fsck check"),
+    }
+}
+
 /// A small fuzzer that runs in `cargo test`: random bytes written over the metadata of a
 /// sound image, a few thousand times. Every result must come back (no hang, no panic), and
 /// an image the check accepts must be served, listed and read without a panic.
