@@ -54,6 +54,10 @@ const MAX_SOCKETS: usize = 16 * 1024;
 const TIME_WAIT_NS: u64 = 200_000_000;
 /// How long a connection the app closed may wait in FIN-WAIT-2 for the peer's FIN.
 const FIN_WAIT_TIMEOUT_NS: u64 = 10_000_000_000;
+/// How long a connection the app closed may linger in any state (a peer that never reads
+/// keeps it in FIN-WAIT-1 or LAST-ACK, answering every window probe) before it is reset;
+/// under memory pressure, [`FIN_WAIT_TIMEOUT_NS`].
+const ORPHAN_TIMEOUT_NS: u64 = 60_000_000_000;
 /// The first port handed out for connections and unbound UDP sockets.
 const EPHEMERAL_FIRST: u16 = 49152;
 
@@ -513,7 +517,8 @@ impl Net {
                         .saturating_add(TIME_WAIT_NS + 1),
                 ),
                 tcp::State::FinWait2 => Some(c.closed_at.saturating_add(FIN_WAIT_TIMEOUT_NS + 1)),
-                _ => None,
+                tcp::State::Closed => None,
+                _ => Some(c.closed_at.saturating_add(ORPHAN_TIMEOUT_NS + 1)),
             })
             .min();
         [stack, self.report_due, reap].into_iter().flatten().min()
@@ -553,7 +558,21 @@ impl Net {
         let now = self.now_ns;
         let pressure = mem.in_use.saturating_mul(2) > mem.budget;
         self.closing.retain_mut(|c| {
-            let done = match set.get::<tcp::Socket>(c.handle).state() {
+            let age = now.saturating_sub(c.closed_at);
+            let limit = if pressure {
+                FIN_WAIT_TIMEOUT_NS
+            } else {
+                ORPHAN_TIMEOUT_NS
+            };
+            let socket = set.get_mut::<tcp::Socket>(c.handle);
+            if age > limit && !matches!(socket.state(), tcp::State::Closed | tcp::State::TimeWait)
+            {
+                // Given up on: the peer gets a reset (on the next dispatch), and the socket
+                // goes once it is closed.
+                socket.abort();
+                return true;
+            }
+            let done = match socket.state() {
                 tcp::State::Closed => true,
                 tcp::State::TimeWait => {
                     let since = *c.time_wait_since.get_or_insert(now);
