@@ -565,8 +565,7 @@ impl Net {
                 ORPHAN_TIMEOUT_NS
             };
             let socket = set.get_mut::<tcp::Socket>(c.handle);
-            if age > limit && !matches!(socket.state(), tcp::State::Closed | tcp::State::TimeWait)
-            {
+            if age > limit && !matches!(socket.state(), tcp::State::Closed | tcp::State::TimeWait) {
                 // Given up on: the peer gets a reset (on the next dispatch), and the socket
                 // goes once it is closed.
                 socket.abort();
