@@ -188,8 +188,8 @@ pub fn pack_with_progress(path: &Path, wasm: &[u8], opts: &PackOptions) -> Resul
 }
 
 /// Writes through a temporary file in the same directory, so a failed write never leaves a
-/// half image behind.
-fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
+/// half image (or archive) behind.
+pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
     let dir = path
         .parent()

@@ -164,7 +164,7 @@ fn export_oci(image: &[u8], output: &Path, tag: Option<&str>) -> Result<i32> {
             }
         )
     })?;
-    write_atomically(output, &archive)?;
+    crate::commands::write_atomically(output, &archive)?;
     let (name, version) =
         wasmvm_loader::export::oci::parse_reference(&reference).map_err(anyhow::Error::msg)?;
     eprintln!(
@@ -173,29 +173,4 @@ fn export_oci(image: &[u8], output: &Path, tag: Option<&str>) -> Result<i32> {
         archive.len() / 1024
     );
     Ok(0)
-}
-
-/// Writes `bytes` to `path` through a temporary file beside it and a rename, so a failure
-/// or a kill never leaves half an archive under the name.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".wasmvm-export-")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    tmp.write_all(bytes)
-        .and_then(|()| {
-            tmp.as_file()
-                .set_permissions(std::fs::Permissions::from_mode(0o644))
-        })
-        .and_then(|()| tmp.as_file().sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
 }

@@ -66,6 +66,27 @@ impl FileServer for Server {
     }
 }
 
+/// `Tversion` as every server answers it: the negotiated `msize` (`Some` when the session
+/// may go on with it) and the reply. A new session drops every fid of the old one first.
+pub fn negotiate_version(msize: u32, version: &[u8]) -> Result<(Option<u32>, Rmessage), Errno> {
+    let msize = msize.min(wire::MAX_MSIZE);
+    if version != wire::VERSION_9P2000_L {
+        let reply = Rmessage::Version {
+            msize,
+            version: wire::VERSION_UNKNOWN.to_vec(),
+        };
+        return Ok((None, reply));
+    }
+    if msize < wire::MIN_MSIZE {
+        return Err(Errno(libc::EINVAL));
+    }
+    let reply = Rmessage::Version {
+        msize,
+        version: wire::VERSION_9P2000_L.to_vec(),
+    };
+    Ok((Some(msize), reply))
+}
+
 /// The framing every server shares: decodes one request (`size[4] type[1] tag[2] ...`),
 /// hands it to `dispatch` and appends exactly one reply to `out`. Malformed input gets
 /// `Rlerror(EINVAL)` with the request's tag if it can be read (else [`wire::NOTAG`]);

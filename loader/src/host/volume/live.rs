@@ -340,22 +340,13 @@ impl VolumeServer {
     }
 
     fn version(&mut self, msize: u32, version: &[u8]) -> Res<Rmessage> {
+        // A new session: every fid of the old one is gone.
         self.fids.clear();
-        let msize = msize.min(wire::MAX_MSIZE);
-        if version != wire::VERSION_9P2000_L {
-            return Ok(Rmessage::Version {
-                msize,
-                version: wire::VERSION_UNKNOWN.to_vec(),
-            });
+        let (negotiated, reply) = crate::host::p9::negotiate_version(msize, version)?;
+        if let Some(msize) = negotiated {
+            self.msize = msize;
         }
-        if msize < wire::MIN_MSIZE {
-            return err(libc::EINVAL);
-        }
-        self.msize = msize;
-        Ok(Rmessage::Version {
-            msize,
-            version: wire::VERSION_9P2000_L.to_vec(),
-        })
+        Ok(reply)
     }
 
     fn fid(&self, fid: u32) -> Res<&Fid> {
