@@ -87,6 +87,24 @@ pub fn negotiate_version(msize: u32, version: &[u8]) -> Result<(Option<u32>, Rme
     Ok((Some(msize), reply))
 }
 
+/// `Tlock` and `Tgetlock` as a server with one client answers them (locks are advisory):
+/// every lock is granted, and nothing ever conflicts. `None` for other messages.
+pub fn single_client_lock(msg: &Tmessage<'_>) -> Option<Rmessage> {
+    match msg {
+        Tmessage::Lock { .. } => Some(Rmessage::Lock {
+            status: wire::LOCK_SUCCESS,
+        }),
+        Tmessage::Getlock { lock, .. } => Some(Rmessage::Getlock(wire::GetLock {
+            ty: wire::LOCK_TYPE_UNLCK,
+            start: lock.start,
+            length: lock.length,
+            proc_id: lock.proc_id,
+            client_id: lock.client_id.to_vec(),
+        })),
+        _ => None,
+    }
+}
+
 /// The framing every server shares: decodes one request (`size[4] type[1] tag[2] ...`),
 /// hands it to `dispatch` and appends exactly one reply to `out`. Malformed input gets
 /// `Rlerror(EINVAL)` with the request's tag if it can be read (else [`wire::NOTAG`]);

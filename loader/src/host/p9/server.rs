@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use libc::c_int;
 
 use super::sys::{Errno, Res, err, fstat, fstatat, openat, openat2};
-use super::wire::{self, GetLock, Qid, Rmessage, Tmessage};
+use super::wire::{self, Qid, Rmessage, Tmessage};
 
 /// At most this many fids per session; more get `ENFILE`. Each fid holds one or two host
 /// file descriptors, so the VMM should allow about twice as many open files.
@@ -165,23 +165,9 @@ impl Server {
             Tmessage::Unlinkat { dfid, name, flags } => self.unlinkat(dfid, name, flags),
             Tmessage::Statfs { fid } => self.statfs(fid),
             Tmessage::Fsync { fid, datasync } => self.fsync(fid, datasync),
-            Tmessage::Lock { fid, .. } => {
-                // Locks are advisory and this server has one client: every lock is granted.
+            Tmessage::Lock { fid, .. } | Tmessage::Getlock { fid, .. } => {
                 self.fid(fid)?;
-                Ok(Rmessage::Lock {
-                    status: wire::LOCK_SUCCESS,
-                })
-            }
-            Tmessage::Getlock { fid, lock } => {
-                // Nothing ever conflicts: report the range as unlocked.
-                self.fid(fid)?;
-                Ok(Rmessage::Getlock(GetLock {
-                    ty: wire::LOCK_TYPE_UNLCK,
-                    start: lock.start,
-                    length: lock.length,
-                    proc_id: lock.proc_id,
-                    client_id: lock.client_id.to_vec(),
-                }))
+                super::single_client_lock(&msg).ok_or(Errno(libc::EINVAL))
             }
         }
     }

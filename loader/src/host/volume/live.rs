@@ -24,8 +24,8 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
-use crate::host::p9::wire::{self, Attr, DirEntry, GetLock, Qid, Rmessage, StatFs, Tmessage};
-use crate::host::p9::{Errno, FileServer, answer};
+use crate::host::p9::wire::{self, Attr, DirEntry, Qid, Rmessage, StatFs, Tmessage};
+use crate::host::p9::{Errno, FileServer, answer, single_client_lock};
 
 use super::disk::Disk;
 
@@ -308,22 +308,9 @@ impl VolumeServer {
                 self.image_file.sync_data().map_err(errno)?;
                 Ok(Rmessage::Fsync)
             }
-            Tmessage::Lock { fid, .. } => {
-                // One client, advisory locks: every lock is granted.
+            Tmessage::Lock { fid, .. } | Tmessage::Getlock { fid, .. } => {
                 self.fid(fid)?;
-                Ok(Rmessage::Lock {
-                    status: wire::LOCK_SUCCESS,
-                })
-            }
-            Tmessage::Getlock { fid, lock } => {
-                self.fid(fid)?;
-                Ok(Rmessage::Getlock(GetLock {
-                    ty: wire::LOCK_TYPE_UNLCK,
-                    start: lock.start,
-                    length: lock.length,
-                    proc_id: lock.proc_id,
-                    client_id: lock.client_id.to_vec(),
-                }))
+                single_client_lock(&msg).ok_or(Errno(libc::EINVAL))
             }
             Tmessage::Readlink { fid } => {
                 // Nothing on FAT is a symlink.
