@@ -42,9 +42,14 @@ fn serve(img: &std::path::Path, vmm: &str) -> Served {
     Served { child, port }
 }
 
-/// Parses wrk's `--latency` report: (requests/s, p50 ms, p99 ms).
-fn wrk(port: u16, seconds: u64) -> (f64, f64, f64) {
-    let out = Command::new("wrk")
+/// Parses wrk's `--latency` report: (requests/s, p50 ms, p99 ms). `close`: one request
+/// per connection (`Connection: close`, so the server closes first), else keep-alive.
+fn wrk(port: u16, seconds: u64, close: bool) -> (f64, f64, f64) {
+    let mut cmd = Command::new("wrk");
+    if close {
+        cmd.args(["-H", "Connection: close"]);
+    }
+    let out = cmd
         .args(["-t2", "-c32", "--latency"])
         .arg(format!("-d{seconds}s"))
         .arg(format!("http://127.0.0.1:{port}/"))
@@ -136,17 +141,24 @@ fn main() {
     common::pack(&common::sample("http"), &img, &["--listen", "8080"]);
 
     let mut rows = Vec::new();
+    let mut closing = Vec::new();
     for (vmm, label) in [
         ("builtin", "built-in VMM (passt)"),
         ("qemu", "QEMU microvm (slirp)"),
         ("host", "host reference (wasmi + wasi-common)"),
     ] {
         let served = serve(&img, vmm);
-        let (rps, p50, p99) = wrk(served.port, seconds);
+        let (rps, p50, p99) = wrk(served.port, seconds, false);
+        let (close_rps, _, close_p99) = wrk(served.port, seconds, true);
         let (down, up) = bulk(served.port, mib << 20);
         rows.push((vmm, label, rps, p50, p99, down, up));
+        closing.push((label, close_rps, close_p99));
     }
     let host_rps = rows.iter().find(|r| r.0 == "host").map_or(1.0, |r| r.2);
+    let host_close = closing
+        .iter()
+        .find(|r| r.0.starts_with("host"))
+        .map_or(1.0, |r| r.1);
     println!(
         "HTTP sample, wrk -t2 -c32 -d{seconds}s GET /; bulk {mib} MiB over one connection; accel {}",
         common::accel()
@@ -159,6 +171,16 @@ fn main() {
         println!(
             "| {label} | {rps:.0} | {:.2}x | {p50:.2} | {p99:.2} | {down:.0} | {up:.0} |",
             rps / host_rps
+        );
+    }
+    println!();
+    println!("One request per connection (wrk -H 'Connection: close': the server closes first)");
+    println!("| where | requests/s | vs host | p99 (ms) |");
+    println!("|---|---|---|---|");
+    for (label, rps, p99) in &closing {
+        println!(
+            "| {label} | {rps:.0} | {:.2}x | {p99:.2} |",
+            rps / host_close
         );
     }
 }
