@@ -57,6 +57,8 @@ fn errno(e: io::Error) -> Errno {
         io::ErrorKind::NotFound => libc::ENOENT,
         io::ErrorKind::AlreadyExists => libc::EEXIST,
         io::ErrorKind::InvalidInput => libc::EINVAL,
+        // The fixed root directory of FAT12/16 is full (its region takes no more entries).
+        io::ErrorKind::WriteZero => libc::ENOSPC,
         _ => match e.to_string().as_str() {
             "No space left on device" => libc::ENOSPC,
             "Directory not empty" => libc::ENOTEMPTY,
@@ -152,6 +154,10 @@ struct Fid {
     dir: bool,
     /// `Some((read, write))` once opened.
     open: Option<(bool, bool)>,
+    /// An open directory's entries (name, is a directory), taken when a listing starts
+    /// (offset 0) and read from until the next start: one scan per listing, not one per
+    /// `Treaddir`, and offsets that stay put while it is read.
+    listing: Option<Vec<(String, bool)>>,
 }
 
 /// An entry as the server reports it.
@@ -244,6 +250,7 @@ impl VolumeServer {
                         path: Vec::new(),
                         dir: true,
                         open: None,
+                        listing: None,
                     },
                 );
                 Ok(Rmessage::Attach {
@@ -460,6 +467,7 @@ impl VolumeServer {
                 path,
                 dir,
                 open: None,
+                listing: None,
             },
         );
         Ok(Rmessage::Walk { qids })
@@ -528,6 +536,7 @@ impl VolumeServer {
                 path,
                 dir: false,
                 open: Some((read, write)),
+                listing: None,
             },
         );
         Ok(Rmessage::Lcreate { qid: q, iounit: 0 })
@@ -685,7 +694,7 @@ impl VolumeServer {
         Ok(Rmessage::Setattr)
     }
 
-    fn readdir(&self, fid: u32, offset: u64, count: u32) -> Res<Rmessage> {
+    fn readdir(&mut self, fid: u32, offset: u64, count: u32) -> Res<Rmessage> {
         let f = self.fid(fid)?;
         if !f.dir {
             return err(libc::ENOTDIR);
@@ -694,19 +703,16 @@ impl VolumeServer {
             return err(libc::EBADF);
         }
         let max = count.min(self.msize - RDATA_HDR) as usize;
-        let dir = self.dir(&f.path).map_err(errno)?;
+        if offset == 0 || f.listing.is_none() {
+            let listing = self.list(&f.path)?;
+            if let Some(f) = self.fids.get_mut(&fid) {
+                f.listing = Some(listing);
+            }
+        }
+        let f = self.fid(fid)?;
+        let entries = f.listing.as_deref().unwrap_or_default();
         let mut parent = f.path.clone();
         parent.pop();
-        let mut entries: Vec<(String, bool)> = vec![(".".into(), true), ("..".into(), true)];
-        for entry in dir.iter() {
-            let e = entry.map_err(errno)?;
-            let name = e.file_name();
-            // Names a crafted image may hold that are no single component are not listed.
-            if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
-                continue;
-            }
-            entries.push((name, e.is_dir()));
-        }
         let mut data = Vec::new();
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         for (i, (name, is_dir)) in entries.iter().enumerate().skip(start) {
@@ -731,6 +737,22 @@ impl VolumeServer {
             .encode(&mut data);
         }
         Ok(Rmessage::Readdir { data })
+    }
+
+    /// The entries of the directory at `path`, `.` and `..` first.
+    fn list(&self, path: &[String]) -> Res<Vec<(String, bool)>> {
+        let dir = self.dir(path).map_err(errno)?;
+        let mut entries: Vec<(String, bool)> = vec![(".".into(), true), ("..".into(), true)];
+        for entry in dir.iter() {
+            let e = entry.map_err(errno)?;
+            let name = e.file_name();
+            // Names a crafted image may hold that are no single component are not listed.
+            if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+                continue;
+            }
+            entries.push((name, e.is_dir()));
+        }
+        Ok(entries)
     }
 
     fn mkdir(&mut self, dfid: u32, name: &[u8]) -> Res<Rmessage> {

@@ -653,6 +653,82 @@ fn a_directory_moved_elsewhere_points_its_dot_dot_at_its_new_parent() {
     }
 }
 
+#[test]
+fn a_long_listing_comes_in_pieces_each_entry_once() {
+    let (_dir, img) = volume(8 << 20);
+    let mut c = Client::new(&img);
+    // In a subdirectory: FAT12/16's root holds a fixed number of entries (and says ENOSPC).
+    c.call(Tmessage::Mkdir {
+        dfid: 0,
+        name: b"many",
+        mode: 0o755,
+        gid: 0,
+    })
+    .unwrap();
+    c.walk(2, &[b"many"]).unwrap();
+    for i in 0..300 {
+        let fid = 10 + i;
+        c.call(Tmessage::Walk {
+            fid: 2,
+            newfid: fid,
+            names: vec![],
+        })
+        .unwrap();
+        c.call(Tmessage::Lcreate {
+            fid,
+            name: format!("file-{i:03}.txt").as_bytes(),
+            flags: wire::DOTL_RDWR | wire::DOTL_CREATE,
+            mode: 0o644,
+            gid: 0,
+        })
+        .unwrap();
+        c.call(Tmessage::Clunk { fid }).unwrap();
+    }
+    let mut root_full = None;
+    for i in 0..600 {
+        if let Err(e) = c.create(1000 + i, format!("root-{i:03}.txt").as_bytes()) {
+            root_full = Some(e);
+            break;
+        }
+        c.call(Tmessage::Clunk { fid: 1000 + i }).unwrap();
+    }
+    assert_eq!(
+        root_full,
+        Some(libc::ENOSPC as u32),
+        "a full root directory"
+    );
+    c.walk(1, &[b"many"]).unwrap();
+    c.call(Tmessage::Lopen { fid: 1, flags: 0 }).unwrap();
+    let mut names = Vec::new();
+    let mut offset = 0;
+    loop {
+        let data = match c
+            .call(Tmessage::Readdir {
+                fid: 1,
+                offset,
+                count: 512,
+            })
+            .unwrap()
+        {
+            Rmessage::Readdir { data } => data,
+            other => panic!("{other:?}"),
+        };
+        let entries = wire::DirEntry::decode_all(&data).unwrap();
+        let Some(last) = entries.last() else { break };
+        offset = last.offset;
+        names.extend(
+            entries
+                .iter()
+                .map(|e| String::from_utf8_lossy(e.name).into_owned()),
+        );
+    }
+    assert_eq!(names.len(), 302, "., .. and 300 files, each once");
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 302);
+    c.close();
+}
+
 /// A small fuzzer that runs in `cargo test`: random bytes written over the metadata of a
 /// sound image, a few thousand times. Every result must come back (no hang, no panic), and
 /// an image the check accepts must be served, listed and read without a panic.
