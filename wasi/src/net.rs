@@ -58,6 +58,10 @@ const FIN_WAIT_TIMEOUT_NS: u64 = 10_000_000_000;
 /// keeps it in FIN-WAIT-1 or LAST-ACK, answering every window probe) before it is reset;
 /// under memory pressure, [`FIN_WAIT_TIMEOUT_NS`].
 const ORPHAN_TIMEOUT_NS: u64 = 60_000_000_000;
+/// How long a connection may wait on a listener's queue without a packet from its peer
+/// (a handshake never completed, or a client that never speaks before `accept`) before it is
+/// reset: a flood of half-open connections must not hold the socket budget for good.
+const QUEUED_TIMEOUT: Duration = Duration::from_secs(20);
 /// The first port handed out for connections and unbound UDP sockets.
 const EPHEMERAL_FIRST: u16 = 49152;
 
@@ -680,6 +684,7 @@ impl Net {
                     return Err(e);
                 }
             };
+            s.set_timeout(Some(QUEUED_TIMEOUT));
             if s.listen(endpoint).is_err() {
                 self.drop_listener(l);
                 return Err(Errno::INVAL);
@@ -905,6 +910,8 @@ impl Net {
             }
         }
         let handle = taken.ok_or(Errno::AGAIN)?;
+        // The app has it now: an idle connection is its to keep.
+        set.get_mut::<tcp::Socket>(handle).set_timeout(None);
         promote(set, mem, l);
         if self.sockets.len() >= MAX_SOCKETS && !self.sockets.iter().any(Option::is_none) {
             // No descriptor for it: the connection goes, not its memory.
@@ -1163,6 +1170,7 @@ fn promote(set: &mut SocketSet<'static>, mem: &mut SocketMemory, l: &mut Listene
         let Some((mut s, bytes)) = mem.tcp_socket() else {
             break;
         };
+        s.set_timeout(Some(QUEUED_TIMEOUT));
         if s.listen(l.endpoint).is_err() {
             break;
         }
