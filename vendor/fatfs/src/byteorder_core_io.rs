@@ -508,6 +508,8 @@ pub trait ReadBytesExt: io::Read {
     #[inline]
     fn read_u16_into<T: ByteOrder>(&mut self, dst: &mut [u16]) -> Result<()> {
         {
+            // SAFETY: (wasmvm) `dst` is a slice of plain numbers: every byte pattern is a valid
+            // value, and the byte view covers exactly its memory for this borrow.
             let buf = unsafe { slice_to_u8_mut(dst) };
             try!(self.read_exact(buf));
         }
@@ -543,6 +545,8 @@ pub trait ReadBytesExt: io::Read {
     #[inline]
     fn read_u32_into<T: ByteOrder>(&mut self, dst: &mut [u32]) -> Result<()> {
         {
+            // SAFETY: (wasmvm) `dst` is a slice of plain numbers: every byte pattern is a valid
+            // value, and the byte view covers exactly its memory for this borrow.
             let buf = unsafe { slice_to_u8_mut(dst) };
             try!(self.read_exact(buf));
         }
@@ -581,6 +585,8 @@ pub trait ReadBytesExt: io::Read {
     #[inline]
     fn read_u64_into<T: ByteOrder>(&mut self, dst: &mut [u64]) -> Result<()> {
         {
+            // SAFETY: (wasmvm) `dst` is a slice of plain numbers: every byte pattern is a valid
+            // value, and the byte view covers exactly its memory for this borrow.
             let buf = unsafe { slice_to_u8_mut(dst) };
             try!(self.read_exact(buf));
         }
@@ -620,6 +626,8 @@ pub trait ReadBytesExt: io::Read {
     #[inline]
     fn read_u128_into<T: ByteOrder>(&mut self, dst: &mut [u128]) -> Result<()> {
         {
+            // SAFETY: (wasmvm) `dst` is a slice of plain numbers: every byte pattern is a valid
+            // value, and the byte view covers exactly its memory for this borrow.
             let mut buf = unsafe { slice_to_u8_mut(dst) };
             try!(self.read_exact(buf));
         }
@@ -655,6 +663,8 @@ pub trait ReadBytesExt: io::Read {
     #[inline]
     fn read_i16_into<T: ByteOrder>(&mut self, dst: &mut [i16]) -> Result<()> {
         {
+            // SAFETY: (wasmvm) `dst` is a slice of plain numbers: every byte pattern is a valid
+            // value, and the byte view covers exactly its memory for this borrow.
             let buf = unsafe { slice_to_u8_mut(dst) };
             try!(self.read_exact(buf));
         }
@@ -690,6 +700,8 @@ pub trait ReadBytesExt: io::Read {
     #[inline]
     fn read_i32_into<T: ByteOrder>(&mut self, dst: &mut [i32]) -> Result<()> {
         {
+            // SAFETY: (wasmvm) `dst` is a slice of plain numbers: every byte pattern is a valid
+            // value, and the byte view covers exactly its memory for this borrow.
             let buf = unsafe { slice_to_u8_mut(dst) };
             try!(self.read_exact(buf));
         }
@@ -728,6 +740,8 @@ pub trait ReadBytesExt: io::Read {
     #[inline]
     fn read_i64_into<T: ByteOrder>(&mut self, dst: &mut [i64]) -> Result<()> {
         {
+            // SAFETY: (wasmvm) `dst` is a slice of plain numbers: every byte pattern is a valid
+            // value, and the byte view covers exactly its memory for this borrow.
             let buf = unsafe { slice_to_u8_mut(dst) };
             try!(self.read_exact(buf));
         }
@@ -767,6 +781,8 @@ pub trait ReadBytesExt: io::Read {
     #[inline]
     fn read_i128_into<T: ByteOrder>(&mut self, dst: &mut [i128]) -> Result<()> {
         {
+            // SAFETY: (wasmvm) `dst` is a slice of plain numbers: every byte pattern is a valid
+            // value, and the byte view covers exactly its memory for this borrow.
             let mut buf = unsafe { slice_to_u8_mut(dst) };
             try!(self.read_exact(buf));
         }
@@ -808,6 +824,8 @@ pub trait ReadBytesExt: io::Read {
     #[inline]
     fn read_f32_into<T: ByteOrder>(&mut self, dst: &mut [f32]) -> Result<()> {
         {
+            // SAFETY: (wasmvm) `dst` is a slice of plain numbers: every byte pattern is a valid
+            // value, and the byte view covers exactly its memory for this borrow.
             let buf = unsafe { slice_to_u8_mut(dst) };
             try!(self.read_exact(buf));
         }
@@ -890,6 +908,8 @@ pub trait ReadBytesExt: io::Read {
     #[inline]
     fn read_f64_into<T: ByteOrder>(&mut self, dst: &mut [f64]) -> Result<()> {
         {
+            // SAFETY: (wasmvm) `dst` is a slice of plain numbers: every byte pattern is a valid
+            // value, and the byte view covers exactly its memory for this borrow.
             let buf = unsafe { slice_to_u8_mut(dst) };
             try!(self.read_exact(buf));
         }
@@ -1228,5 +1248,7 @@ unsafe fn slice_to_u8_mut<T: Copy>(slice: &mut [T]) -> &mut [u8] {
     use core::mem::size_of;
 
     let len = size_of::<T>() * slice.len();
+    // SAFETY: (wasmvm) the pointer and length describe exactly `slice`'s memory, borrowed
+    // mutably for the result's lifetime; callers pass only plain-number slices.
     slice::from_raw_parts_mut(slice.as_mut_ptr() as *mut u8, len)
 }
