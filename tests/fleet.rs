@@ -574,22 +574,8 @@ fn stop_waits_for_a_vm_saving_its_volumes() {
     let blob = fleet.path("blob");
     let data: Vec<u8> = (0..200u32 << 20).map(|i| (i * 7 / 4096) as u8).collect();
     std::fs::write(&blob, &data).unwrap();
-    match Command::new("mcopy")
-        .arg("-i")
-        .arg(&img)
-        .arg(&blob)
-        .arg("::/blob")
-        .status()
-    {
-        Ok(status) => assert!(status.success()),
-        Err(_) => {
-            assert!(
-                std::env::var("WASMVM_REQUIRE_TOOLCHAINS").as_deref() != Ok("1"),
-                "mtools (mcopy) is required"
-            );
-            eprintln!("note: mtools not installed; skipping");
-            return;
-        }
+    if mcopy(&img, blob.to_str().unwrap(), "::/blob").is_none() {
+        return;
     }
     let sleeper = fleet.sleeper();
     let volume = format!("{}::/data", img.display());
@@ -617,14 +603,7 @@ fn stop_waits_for_a_vm_saving_its_volumes() {
     );
     // The image was replaced whole, with the file intact, and nothing is left beside it.
     let back = fleet.path("back");
-    let copied = Command::new("mcopy")
-        .arg("-i")
-        .arg(&img)
-        .arg("::/blob")
-        .arg(&back)
-        .status()
-        .unwrap();
-    assert!(copied.success());
+    mcopy(&img, "::/blob", back.to_str().unwrap()).unwrap();
     assert!(std::fs::read(&back).unwrap() == data, "the blob changed");
     assert!(!fleet.path(".big.img.wasmvm-new").exists());
     fleet.assert_no_processes();

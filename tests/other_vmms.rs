@@ -251,22 +251,7 @@ fn a_run_config_file_gives_the_app_its_arguments_on_a_vmm_without_wasmvm() {
         decoded.random_seed, None,
         "one file serves many boots: no seed"
     );
-    let o = Command::new("qemu-system-x86_64")
-        .args([
-            "-M",
-            "microvm",
-            "-accel",
-            "tcg",
-            "-nographic",
-            "-no-reboot",
-            "-kernel",
-        ])
-        .arg(&img)
-        .arg("-initrd")
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .output()
-        .expect("qemu-system-x86_64 must be installed");
+    let o = bare_qemu_with(&img, &["-initrd".as_ref(), cfg.as_os_str()]);
     let console = stdout(&o);
     assert!(console.contains("from the file"), "{console:?}");
     assert!(

@@ -266,6 +266,11 @@ pub fn stderr(o: &Output) -> String {
 /// Boots `image` on a bare `qemu-system-x86_64 -M microvm` under TCG, with no wasmvm on the
 /// host side: serial output, no channel, the VM ends by triple fault.
 pub fn bare_qemu(image: &Path) -> Output {
+    bare_qemu_with(image, &[])
+}
+
+/// [`bare_qemu`] with more QEMU arguments (e.g. `-initrd FILE`).
+pub fn bare_qemu_with(image: &Path, extra: &[&std::ffi::OsStr]) -> Output {
     Command::new("qemu-system-x86_64")
         .args([
             "-M",
@@ -277,9 +282,34 @@ pub fn bare_qemu(image: &Path) -> Output {
             "-kernel",
         ])
         .arg(image)
+        .args(extra)
         .stdin(Stdio::null())
         .output()
         .expect("qemu-system-x86_64 must be installed")
+}
+
+/// `mcopy -i IMG FROM TO` (mtools), which must succeed; `None` without mtools (a failure
+/// under CI, which installs it).
+pub fn mcopy(img: &Path, from: &str, to: &str) -> Option<()> {
+    match Command::new("mcopy")
+        .arg("-i")
+        .arg(img)
+        .args([from, to])
+        .status()
+    {
+        Ok(status) => {
+            assert!(status.success(), "mcopy -i {} {from} {to}", img.display());
+            Some(())
+        }
+        Err(_) => {
+            assert!(
+                std::env::var("WASMVM_REQUIRE_TOOLCHAINS").as_deref() != Ok("1"),
+                "mtools (mcopy) is required"
+            );
+            eprintln!("note: mtools not installed; skipping");
+            None
+        }
+    }
 }
 
 /// Zig (from PyPI's `ziglang`), the toolchain of the C and Zig samples: `WASMVM_ZIG`, else

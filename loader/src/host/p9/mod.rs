@@ -48,6 +48,7 @@ pub use wasmvm_abi::p9 as wire;
 mod tests;
 
 pub use server::{MAX_FIDS, Server};
+pub(crate) use server::{RDATA_HDR, check_new_fid, component};
 
 /// A 9P2000.L server as the virtio-9p transport drives it: a live directory ([`Server`])
 /// or a volume image (`host::volume::live`).

@@ -18,7 +18,7 @@ pub const MAX_FIDS: usize = 4096;
 /// Longest file name component (Linux `NAME_MAX`).
 const NAME_MAX: usize = 255;
 /// `size[4] type[1] tag[2] count[4]`: what `Rread`/`Rreaddir` add around their data.
-pub(super) const RDATA_HDR: u32 = 11;
+pub(crate) const RDATA_HDR: u32 = 11;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Kind {
@@ -187,16 +187,7 @@ impl Server {
 
     /// Checks that `fid` may be (re)defined by this request.
     fn check_new_fid(&self, fid: u32, replacing: Option<u32>) -> Res<()> {
-        if replacing == Some(fid) {
-            return Ok(());
-        }
-        if self.fids.contains_key(&fid) {
-            return err(libc::EBADF);
-        }
-        if self.fids.len() >= self.max_fids {
-            return err(libc::ENFILE);
-        }
-        Ok(())
+        check_new_fid(&self.fids, self.max_fids, fid, replacing)
     }
 
     pub(super) fn qid(&self, st: &libc::stat) -> Qid {
@@ -410,9 +401,29 @@ fn mutates(msg: &Tmessage<'_>) -> bool {
     )
 }
 
+/// Whether `fid` may be (re)defined in `fids` by a request that replaces `replacing`:
+/// `EBADF` if it is taken, `ENFILE` past `max` fids. Every server's fid table keeps this rule.
+pub(crate) fn check_new_fid<F>(
+    fids: &HashMap<u32, F>,
+    max: usize,
+    fid: u32,
+    replacing: Option<u32>,
+) -> Res<()> {
+    if replacing == Some(fid) {
+        return Ok(());
+    }
+    if fids.contains_key(&fid) {
+        return err(libc::EBADF);
+    }
+    if fids.len() >= max {
+        return err(libc::ENFILE);
+    }
+    Ok(())
+}
+
 /// A guest name as one path component: not empty, `.` or `..`, without `/` (or NUL, which
 /// decoding already refused), at most `NAME_MAX` bytes.
-pub(super) fn component(name: &[u8]) -> Res<CString> {
+pub(crate) fn component(name: &[u8]) -> Res<CString> {
     if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
         return err(libc::EINVAL);
     }

@@ -25,7 +25,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
 use crate::host::p9::wire::{self, Attr, DirEntry, Qid, Rmessage, StatFs, Tmessage};
-use crate::host::p9::{Errno, FileServer, answer, single_client_lock};
+use crate::host::p9::{self, Errno, FileServer, MAX_FIDS, RDATA_HDR, answer, single_client_lock};
 
 use super::disk::Disk;
 
@@ -33,10 +33,6 @@ type Fs = fatfs::FileSystem<Disk>;
 type Dir<'a> = fatfs::Dir<'a, Disk>;
 type Res<T> = Result<T, Errno>;
 
-/// At most this many fids per session; more get `ENFILE`.
-const MAX_FIDS: usize = 4096;
-/// `size[4] type[1] tag[2] count[4]`: what `Rread`/`Rreaddir` add around their data.
-const RDATA_HDR: u32 = 11;
 /// `MSDOS_SUPER_MAGIC`, as Linux's `statfs` reports FAT.
 const MSDOS_SUPER_MAGIC: u32 = 0x4d44;
 /// `AT_REMOVEDIR` in `Tunlinkat`.
@@ -356,16 +352,7 @@ impl VolumeServer {
     }
 
     fn check_new_fid(&self, fid: u32, replacing: Option<u32>) -> Res<()> {
-        if replacing == Some(fid) {
-            return Ok(());
-        }
-        if self.fids.contains_key(&fid) {
-            return err(libc::EBADF);
-        }
-        if self.fids.len() >= MAX_FIDS {
-            return err(libc::ENFILE);
-        }
-        Ok(())
+        p9::check_new_fid(&self.fids, MAX_FIDS, fid, replacing)
     }
 
     /// The directory at `path`, opened one component at a time.
@@ -917,16 +904,11 @@ fn access(flags: u32) -> Res<(bool, bool)> {
     }
 }
 
-/// A guest name as one component: UTF-8 (FAT stores names as UTF-16), not empty, `.` or
-/// `..`, without `/`, at most 255 bytes.
+/// A guest name as one component, by the directory server's rules, and UTF-8 (FAT stores
+/// names as UTF-16).
 fn component(name: &[u8]) -> Res<String> {
-    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
-        return err(libc::EINVAL);
-    }
-    if name.len() > 255 {
-        return err(libc::ENAMETOOLONG);
-    }
-    String::from_utf8(name.to_vec()).map_err(|_| Errno(libc::EINVAL))
+    let name = p9::component(name)?;
+    name.into_string().map_err(|_| Errno(libc::EINVAL))
 }
 
 fn folded(path: &[String]) -> Vec<String> {
