@@ -166,6 +166,13 @@ pub(crate) struct Listener {
     backlog: usize,
 }
 
+impl Listener {
+    /// How many sockets it keeps in LISTEN: a few, and none past its backlog.
+    fn spares_wanted(&self) -> usize {
+        LISTEN_SPARES.min(self.backlog.saturating_sub(self.incoming.len()))
+    }
+}
+
 pub(crate) enum Socket {
     /// Opened with `sock_open` (WasmEdge), not yet listening or connected.
     Fresh {
@@ -448,7 +455,7 @@ impl Net {
         // being reset) listen again.
         for entry in self.sockets.iter_mut().flatten() {
             if let Socket::Listener(l) = &mut entry.socket
-                && l.spares.len() < LISTEN_SPARES.min(l.backlog.saturating_sub(l.incoming.len()))
+                && l.spares.len() < l.spares_wanted()
             {
                 promote(&mut self.set, &mut self.mem, l);
             }
@@ -1164,7 +1171,7 @@ fn promote(set: &mut SocketSet<'static>, mem: &mut SocketMemory, l: &mut Listene
             mem.remove(set, h);
         }
     }
-    let want = LISTEN_SPARES.min(l.backlog.saturating_sub(l.incoming.len()));
+    let want = l.spares_wanted();
     while l.spares.len() < want {
         // Out of socket memory: no spare, so the next SYN is reset (and counted).
         let Some((mut s, bytes)) = mem.tcp_socket() else {
