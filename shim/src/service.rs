@@ -1,0 +1,437 @@
+//! The shim process (containerd's `start`, `delete` and serve actions) and its task
+//! service: containerd's ttrpc requests for the containers this shim holds.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use containerd_shim::protos::protobuf::MessageDyn;
+use containerd_shim::protos::topics::{
+    TASK_CREATE_EVENT_TOPIC, TASK_DELETE_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC, TASK_START_EVENT_TOPIC,
+};
+use containerd_shim::protos::ttrpc::{Code, Error as RpcError, get_status};
+use containerd_shim::protos::types::task::{ProcessInfo, Status as TaskStatus};
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{
+    Config, Context, DeleteResponse, ExitSignal, Flags, StartOpts, TtrpcContext, TtrpcResult, api,
+};
+use oci_spec::runtime::Spec;
+
+use crate::container::{Container, Request, RootfsMount, Status};
+use crate::options::Settings;
+
+/// Containers of one CRI pod share a shim; this annotation names the pod.
+const CRI_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+pub struct Shim {
+    exit: Arc<ExitSignal>,
+    namespace: String,
+}
+
+impl containerd_shim::Shim for Shim {
+    type T = Service;
+
+    fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        Shim {
+            exit: Arc::new(ExitSignal::default()),
+            namespace: args.namespace.clone(),
+        }
+    }
+
+    fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
+        // containerd runs `start` in the bundle: a pod's containers go to its sandbox's
+        // shim, everything else gets a shim of its own.
+        let grouping = Spec::load("config.json")
+            .ok()
+            .and_then(|s| s.annotations().clone())
+            .and_then(|a| a.get(CRI_SANDBOX_ID).cloned())
+            .unwrap_or_else(|| opts.id.clone());
+        let (_, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
+        Ok(address)
+    }
+
+    /// containerd's clean-up after a shim died: its VMs died with it (parent-death
+    /// signal); what remains is the cgroup and the root file system mount.
+    fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
+        let bundle = std::env::current_dir().unwrap_or_default();
+        if let Ok(spec) = Spec::load(bundle.join("config.json")) {
+            crate::container::remove_leftovers(&bundle, &spec);
+        }
+        Ok(DeleteResponse {
+            exit_status: 128 + libc::SIGKILL as u32,
+            exited_at: Some(containerd_shim::util::timestamp()?).into(),
+            ..Default::default()
+        })
+    }
+
+    fn wait(&mut self) {
+        self.exit.wait();
+    }
+
+    fn create_task_service(&self, publisher: RemotePublisher) -> Service {
+        Service {
+            shared: Arc::new(Shared {
+                namespace: self.namespace.clone(),
+                exit: self.exit.clone(),
+                publisher: Mutex::new(publisher),
+                containers: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Service {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    namespace: String,
+    exit: Arc<ExitSignal>,
+    publisher: Mutex<RemotePublisher>,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+}
+
+impl Shared {
+    fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+        let publisher = self.publisher.lock().unwrap();
+        if let Err(e) = publisher.publish(Context::default(), topic, &self.namespace, event) {
+            log::warn!("cannot publish {topic}: {e}");
+        }
+    }
+}
+
+fn error(code: Code, msg: impl ToString) -> RpcError {
+    RpcError::RpcStatus(get_status(code, msg))
+}
+
+fn unsupported(what: &str) -> RpcError {
+    error(
+        Code::UNIMPLEMENTED,
+        format!("{what} is not supported: a wasmvm container is one app in its own VM"),
+    )
+}
+
+impl Service {
+    fn container(&self, id: &str, exec_id: &str) -> TtrpcResult<Arc<Container>> {
+        if !exec_id.is_empty() {
+            return Err(error(
+                Code::NOT_FOUND,
+                format!("exec process {exec_id} not found: exec is not supported"),
+            ));
+        }
+        self.shared
+            .containers
+            .lock()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| error(Code::NOT_FOUND, format!("container {id} not found")))
+    }
+}
+
+impl containerd_shim::Task for Service {
+    fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        if self.shared.containers.lock().unwrap().contains_key(&req.id) {
+            return Err(error(
+                Code::ALREADY_EXISTS,
+                format!("container {} already exists", req.id),
+            ));
+        }
+        if !req.checkpoint.is_empty() {
+            return Err(unsupported("restoring a checkpoint"));
+        }
+        let settings = Settings::from_task_options(req.options.as_ref())
+            .map_err(|e| error(Code::INVALID_ARGUMENT, e))?;
+        let request = Request {
+            id: req.id.clone(),
+            bundle: PathBuf::from(&req.bundle),
+            rootfs: req
+                .rootfs
+                .iter()
+                .map(|m| RootfsMount {
+                    kind: m.type_.clone(),
+                    source: m.source.clone(),
+                    options: m.options.clone(),
+                })
+                .collect(),
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            settings,
+        };
+        // The exit can come before `create` returns (a process killed at once): the
+        // handler finds the container through the shared map, or the slot it waits in.
+        let slot: Arc<Mutex<Option<Arc<Container>>>> = Arc::default();
+        let (shared, waiting) = (self.shared.clone(), slot.clone());
+        let id = req.id.clone();
+        let on_exit = move |code: u32| {
+            let container = loop {
+                if let Some(c) = waiting.lock().unwrap().clone() {
+                    break c;
+                }
+                std::thread::yield_now();
+            };
+            container.exited(code);
+            let (exit_status, exited_at) = container.wait();
+            shared.publish(
+                TASK_EXIT_EVENT_TOPIC,
+                Box::new(TaskExit {
+                    container_id: id.clone(),
+                    id: id.clone(),
+                    pid: container.pid,
+                    exit_status,
+                    exited_at: Some(exited_at).into(),
+                    ..Default::default()
+                }),
+            );
+        };
+        let container = match Container::create(request, on_exit) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                // The exit handler must not spin on a slot that stays empty.
+                log::error!("create {}: {}", req.id, e.0);
+                return Err(error(Code::FAILED_PRECONDITION, e.0));
+            }
+        };
+        *slot.lock().unwrap() = Some(container.clone());
+        self.shared
+            .containers
+            .lock()
+            .unwrap()
+            .insert(req.id.clone(), container.clone());
+        self.shared.publish(
+            TASK_CREATE_EVENT_TOPIC,
+            Box::new(TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: Some(TaskIO {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                    ..Default::default()
+                })
+                .into(),
+                checkpoint: String::new(),
+                pid: container.pid,
+                ..Default::default()
+            }),
+        );
+        Ok(api::CreateTaskResponse {
+            pid: container.pid,
+            ..Default::default()
+        })
+    }
+
+    fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
+        let container = self.container(&req.id, &req.exec_id)?;
+        container
+            .start()
+            .map_err(|e| error(Code::FAILED_PRECONDITION, e))?;
+        self.shared.publish(
+            TASK_START_EVENT_TOPIC,
+            Box::new(TaskStart {
+                container_id: req.id.clone(),
+                pid: container.pid,
+                ..Default::default()
+            }),
+        );
+        Ok(api::StartResponse {
+            pid: container.pid,
+            ..Default::default()
+        })
+    }
+
+    fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
+        let container = self.container(&req.id, &req.exec_id)?;
+        let (status, exit_status, exited_at) = match container.status() {
+            Status::Created => (TaskStatus::CREATED, 0, None),
+            Status::Running => (TaskStatus::RUNNING, 0, None),
+            Status::Stopped { code, at } => (TaskStatus::STOPPED, code, Some(at)),
+        };
+        let [stdin, stdout, stderr] = container.stdio.clone();
+        Ok(api::StateResponse {
+            id: req.id,
+            bundle: container.bundle.to_string_lossy().into_owned(),
+            pid: container.pid,
+            status: status.into(),
+            stdin,
+            stdout,
+            stderr,
+            terminal: false,
+            exit_status,
+            exited_at: exited_at.into(),
+            ..Default::default()
+        })
+    }
+
+    fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        let container = self.container(&req.id, &req.exec_id)?;
+        container
+            .kill(req.signal)
+            .map_err(|e| error(Code::NOT_FOUND, e))?;
+        Ok(api::Empty::default())
+    }
+
+    fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+        let container = self.container(&req.id, &req.exec_id)?;
+        let (exit_status, exited_at) = container.wait();
+        Ok(api::WaitResponse {
+            exit_status,
+            exited_at: Some(exited_at).into(),
+            ..Default::default()
+        })
+    }
+
+    fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
+        let container = self.container(&req.id, &req.exec_id)?;
+        match container.status() {
+            Status::Running => {
+                return Err(error(
+                    Code::FAILED_PRECONDITION,
+                    format!("container {} is running: stop it first", req.id),
+                ));
+            }
+            Status::Created => {
+                // Never started: its launcher is waiting; end it.
+                let _ = container.kill(libc::SIGKILL as u32);
+            }
+            Status::Stopped { .. } => {}
+        }
+        let (exit_status, exited_at) = container.wait();
+        container.remove();
+        self.shared.containers.lock().unwrap().remove(&req.id);
+        self.shared.publish(
+            TASK_DELETE_EVENT_TOPIC,
+            Box::new(TaskDelete {
+                container_id: req.id.clone(),
+                pid: container.pid,
+                exit_status,
+                exited_at: Some(exited_at.clone()).into(),
+                ..Default::default()
+            }),
+        );
+        Ok(api::DeleteResponse {
+            pid: container.pid,
+            exit_status,
+            exited_at: Some(exited_at).into(),
+            ..Default::default()
+        })
+    }
+
+    fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+        let container = self.container(&req.id, "")?;
+        Ok(api::PidsResponse {
+            processes: container
+                .pids()
+                .into_iter()
+                .map(|pid| ProcessInfo {
+                    pid,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        let container = self.container(&req.id, "")?;
+        let Some(cg) = container.cgroup() else {
+            return Err(error(
+                Code::NOT_FOUND,
+                format!("container {} has no cgroup to report on", req.id),
+            ));
+        };
+        // containerd's v1 metrics type: on cgroup v2 its fields fill from the v2 files
+        // that have a v1 counterpart.
+        let stats = containerd_shim::cgroup::collect_metrics(cg)
+            .and_then(|m| containerd_shim::util::convert_to_any(Box::new(m)))
+            .map_err(|e| error(Code::INTERNAL, format!("cannot read the cgroup: {e}")))?;
+        Ok(api::StatsResponse {
+            stats: Some(stats).into(),
+            ..Default::default()
+        })
+    }
+
+    fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
+        let task_pid = self.container(&req.id, "").map(|c| c.pid).unwrap_or(0);
+        Ok(api::ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            ..Default::default()
+        })
+    }
+
+    fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
+        // containerd asks after every delete; the shim ends with its last container.
+        if self.shared.containers.lock().unwrap().is_empty() {
+            self.shared.exit.signal();
+        }
+        Ok(api::Empty::default())
+    }
+
+    fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+        // The stdin relay ends when containerd closes its end of the FIFO.
+        self.container(&req.id, &req.exec_id)?;
+        Ok(api::Empty::default())
+    }
+
+    fn exec(&self, _ctx: &TtrpcContext, _req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        Err(unsupported("exec"))
+    }
+
+    fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ResizePtyRequest,
+    ) -> TtrpcResult<api::Empty> {
+        Err(unsupported("a terminal"))
+    }
+
+    fn pause(&self, _ctx: &TtrpcContext, _req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        Err(unsupported("pause"))
+    }
+
+    fn resume(&self, _ctx: &TtrpcContext, _req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+        Err(unsupported("resume"))
+    }
+
+    fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::CheckpointTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        Err(unsupported("checkpoint"))
+    }
+
+    fn update(&self, _ctx: &TtrpcContext, _req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
+        Err(unsupported("changing the resources of a running VM"))
+    }
+}
