@@ -108,6 +108,12 @@ impl Container {
             _ => None,
         };
         let cgroup_procs = cgroup.as_ref().map(procs_files).unwrap_or_default();
+        if cgroup.is_some() && cgroup_procs.is_empty() {
+            return Err(cleanup(CreateError(format!(
+                "cannot put the container in its cgroup {}: no cgroup hierarchy is mounted at /sys/fs/cgroup",
+                plan.cgroups_path.as_deref().unwrap_or_default()
+            ))));
+        }
         let (start_reader, start_writer) =
             std::io::pipe().map_err(|e| cleanup(CreateError(format!("pipe: {e}"))))?;
 

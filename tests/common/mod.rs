@@ -11,11 +11,34 @@ use std::sync::OnceLock;
 pub const ENGINES: [&str; 2] = ["wasmi", "wasmtime"];
 
 pub fn wasmvm() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_wasmvm"))
+    Command::new(wasmvm_binary())
 }
 
+/// The CLI under test. Tests of other workspace members (the containerd shim) include
+/// this module too: for them it is the one `cargo test --workspace` built beside their own
+/// binaries.
+pub fn wasmvm_binary() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_wasmvm") {
+        return PathBuf::from(path);
+    }
+    // target/<profile>/deps/<test> -> target/<profile>/wasmvm
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join("wasmvm");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo test --workspace` (or `cargo build` first)",
+        path.display()
+    );
+    path
+}
+
+/// The workspace root (where `samples/` is).
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    match manifest.join("samples").is_dir() {
+        true => manifest,
+        false => manifest.parent().unwrap().to_path_buf(),
+    }
 }
 
 /// Builds every Rust sample for wasm32-wasip1 (once) and returns the path of `name`.

@@ -3,7 +3,8 @@
 //! stdout), `trap` (executes `unreachable`), `spin` (never ends), `env` (prints its
 //! environment), `args` (prints argv, one per line), `idle` (prints "ready", then waits for
 //! stdin to end, as an idle server would), `spew MIB` (writes MIB MiB to stdout, for the
-//! throughput benchmark).
+//! throughput benchmark), `alloc` (takes memory 1 MiB at a time, writing every page, until
+//! none is left, then prints "allocated N MiB" and exits 0).
 use std::io::{Read, Write};
 
 fn main() {
@@ -47,6 +48,18 @@ fn main() {
                 out.write_all(&chunk).expect("write stdout");
             }
         }
+        Some("alloc") => {
+            let mut blocks: Vec<Vec<u8>> = Vec::new();
+            loop {
+                let mut block = Vec::new();
+                if block.try_reserve_exact(1 << 20).is_err() || blocks.try_reserve(1).is_err() {
+                    break;
+                }
+                block.resize(1 << 20, 1u8);
+                blocks.push(block);
+            }
+            println!("allocated {} MiB", blocks.len());
+        }
         Some("env") => {
             for (k, v) in std::env::vars() {
                 println!("{k}={v}");
@@ -58,7 +71,7 @@ fn main() {
             }
         }
         other => {
-            eprintln!("usage: exitcode exit N | stderr TEXT | cat | trap | spin | idle | spew MIB | env | args (got {other:?})");
+            eprintln!("usage: exitcode exit N | stderr TEXT | cat | trap | spin | idle | spew MIB | alloc | env | args (got {other:?})");
             std::process::exit(2);
         }
     }

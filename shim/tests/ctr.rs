@@ -1,0 +1,340 @@
+//! The shim under a real containerd, driven by `ctr`: output and exit codes, signals,
+//! several containers at once, signed-only runtimes, refusals, cgroups, and a shim killed
+//! with SIGKILL.
+
+mod harness;
+
+use std::io::Write;
+use std::process::Stdio;
+
+use harness::*;
+
+const GREETING: &str = "Hello from a wasmvm VM!";
+
+/// A containerd with the exitcode sample imported as `wasmvm.test/exitcode:1`.
+fn with_exitcode() -> Option<(Containerd, tempfile::TempDir)> {
+    if !available() {
+        return None;
+    }
+    let dir = scratch();
+    let tar = oci_image(
+        dir.path(),
+        &sample("exitcode"),
+        "wasmvm.test/exitcode:1",
+        &[],
+    );
+    let c = Containerd::start();
+    c.import(&tar);
+    Some((c, dir))
+}
+
+const EXITCODE: &str = "wasmvm.test/exitcode:1";
+
+#[test]
+fn ctr_run_gives_the_apps_output_arguments_environment_and_exit_code() {
+    let Some((c, dir)) = with_exitcode() else {
+        return;
+    };
+    let hello = oci_image(dir.path(), &sample("hello"), "wasmvm.test/hello:1", &[]);
+    c.import(&hello);
+    let o = c.run("wasmvm.test/hello:1", "hello", &[], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains(GREETING), "{}", stdout(&o));
+
+    for code in [0, 7, 125] {
+        let o = c.run(
+            EXITCODE,
+            &format!("exit{code}"),
+            &[],
+            &["/app.img", "exit", &code.to_string()],
+        );
+        assert_eq!(o.status.code(), Some(code), "{}", stderr(&o));
+    }
+    let o = c.run(
+        EXITCODE,
+        "stderr",
+        &[],
+        &["/app.img", "stderr", "to the log"],
+    );
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(stdout(&o), "out");
+    assert_eq!(stderr(&o), "to the log");
+
+    let o = c.run(
+        EXITCODE,
+        "args",
+        &[],
+        &["/app.img", "args", "one two", "three"],
+    );
+    assert_eq!(
+        stdout(&o),
+        "/app.img\nargs\none two\nthree\n",
+        "{}",
+        stderr(&o)
+    );
+
+    let o = c.run(
+        EXITCODE,
+        "env",
+        &["--env", "GREETING=hi there", "--cwd", "/srv"],
+        &["/app.img", "env"],
+    );
+    let env = stdout(&o);
+    assert!(env.lines().any(|l| l == "GREETING=hi there"), "{env}");
+    assert!(env.lines().any(|l| l == "PWD=/srv"), "{env}");
+
+    // A trap is the app failing, not the shim.
+    let o = c.run(EXITCODE, "trap", &[], &["/app.img", "trap"]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("trap"), "{}", stderr(&o));
+
+    // stdin reaches the app, with its end of file.
+    let mut child = c
+        .run_command(EXITCODE, "cat", &[], &["/app.img", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"through the fifo")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(stdout(&o), "through the fifo", "{}", stderr(&o));
+
+    // Nothing is left: no tasks, containers or shims.
+    let o = run_ok(c.ctr().args(["containers", "ls", "-q"]));
+    assert_eq!(stdout(&o).trim(), "");
+    assert!(
+        processes_mentioning(&c.socket.to_string_lossy())
+            .iter()
+            .all(|&p| !wait_gone_is_shim(p)),
+        "a shim outlived its containers"
+    );
+}
+
+/// Whether `pid` is one of our shims and is still running after 30 s.
+fn wait_gone_is_shim(pid: u32) -> bool {
+    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&cmd).contains("containerd-shim-wasmvm-v1") && !wait_gone(pid)
+}
+
+#[test]
+fn a_container_killed_by_a_signal_reports_128_plus_the_signal() {
+    let Some((c, _dir)) = with_exitcode() else {
+        return;
+    };
+    for (signal, code) in [("SIGKILL", 137), ("SIGTERM", 143)] {
+        let id = format!("idle-{}", signal.to_lowercase());
+        let mut cmd = c.run_command(EXITCODE, &id, &[], &["/app.img", "idle"]);
+        cmd.stdin(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = spawn_ready(cmd, "ready");
+        run_ok(c.ctr().args(["task", "kill", "-s", signal, &id]));
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(code), "{signal}");
+        drop(child.stdin.take());
+    }
+}
+
+#[test]
+fn two_containers_run_at_once_and_each_keeps_its_own_exit_code() {
+    let Some((c, _dir)) = with_exitcode() else {
+        return;
+    };
+    let start = |id: &str| {
+        let mut cmd = c.run_command(EXITCODE, id, &[], &["/app.img", "idle"]);
+        cmd.stdin(Stdio::piped()).stderr(Stdio::piped());
+        spawn_ready(cmd, "ready")
+    };
+    let mut a = start("a");
+    let mut b = start("b");
+    // Both VMs exist side by side, each its own process.
+    assert_ne!(c.task_pid("a"), c.task_pid("b"));
+    run_ok(c.ctr().args(["task", "kill", "-s", "SIGKILL", "a"]));
+    assert_eq!(a.wait().unwrap().code(), Some(137));
+    // b is untouched by a's end, and ends normally when its stdin does.
+    drop(b.stdin.take());
+    assert_eq!(b.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn a_signed_only_runtime_refuses_unsigned_images_and_runs_signed_ones() {
+    let Some((c, dir)) = with_exitcode() else {
+        return;
+    };
+    let key = dir.path().join("release");
+    run_ok(wasmvm().args(["key", "generate", "-o"]).arg(&key));
+    let signed = oci_image(
+        dir.path(),
+        &sample("hello"),
+        "wasmvm.test/signed:1",
+        &["--sign", key.to_str().unwrap()],
+    );
+    c.import(&signed);
+    let config = dir.path().join("shim.toml");
+    std::fs::write(&config, format!("verify_key = \"{}.pub\"\n", key.display())).unwrap();
+    let opts = ["--runtime-config-path", config.to_str().unwrap()];
+
+    let o = c.run("wasmvm.test/signed:1", "signed", &opts, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains(GREETING));
+
+    let o = c.run(EXITCODE, "unsigned", &opts, &["/app.img", "exit", "0"]);
+    assert_eq!(o.status.code(), Some(253), "{}", stdout(&o));
+    assert!(stderr(&o).contains("not signed"), "{}", stderr(&o));
+
+    // A broken configuration fails the container, naming the file and the key.
+    std::fs::write(&config, "verify_kee = \"/k.pub\"\n").unwrap();
+    let o = c.run(EXITCODE, "badconfig", &opts, &["/app.img", "exit", "0"]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("verify_kee"), "{}", stderr(&o));
+}
+
+#[test]
+fn what_a_vm_cannot_run_fails_that_container_with_a_reason_and_others_run_on() {
+    let Some((c, dir)) = with_exitcode() else {
+        return;
+    };
+    // A long-running neighbour in the same containerd.
+    let mut cmd = c.run_command(EXITCODE, "neighbour", &[], &["/app.img", "idle"]);
+    cmd.stdin(Stdio::piped()).stderr(Stdio::piped());
+    let mut neighbour = spawn_ready(cmd, "ready");
+
+    let refused = |id: &str, ctr_args: &[&str], args: &[&str], reason: &str| {
+        let o = c.run(EXITCODE, id, ctr_args, args);
+        assert_eq!(o.status.code(), Some(253), "{id}: {}", stderr(&o));
+        assert!(stderr(&o).contains(reason), "{id}: {}", stderr(&o));
+    };
+    refused(
+        "shell",
+        &[],
+        &["/bin/sh", "-c", "echo"],
+        "/bin/sh is not in the image",
+    );
+    refused("relative", &[], &["app.img"], "not an absolute path");
+    refused(
+        "privileged",
+        &["--privileged"],
+        &["/app.img"],
+        "privileged mode is not supported",
+    );
+    refused(
+        "device",
+        &["--device", "/dev/null"],
+        &["/app.img"],
+        "devices cannot be given",
+    );
+    refused(
+        "tiny",
+        &["--memory-limit", "33554432"],
+        &["/app.img"],
+        "too small for a VM",
+    );
+
+    // An image whose /app.img is not an image: wasmvm's own refusal, in the log.
+    let corrupt = dir.path().join("corrupt.img");
+    std::fs::write(&corrupt, b"WASMVM\0\0 but not really").unwrap();
+    let tar = dir.path().join("corrupt.tar");
+    let export = wasmvm()
+        .args(["image", "export"])
+        .arg(&corrupt)
+        .arg("-o")
+        .arg(&tar)
+        .args(["--format", "oci", "--tag", "wasmvm.test/corrupt:1"])
+        .output()
+        .unwrap();
+    if export.status.success() {
+        c.import(&tar);
+        let o = c.run("wasmvm.test/corrupt:1", "corrupt", &[], &[]);
+        assert_eq!(o.status.code(), Some(253), "{}", stderr(&o));
+        assert!(stderr(&o).contains("wasmvm:"), "{}", stderr(&o));
+    } else {
+        // export itself refuses a corrupt image: also a clear error, and nothing to run.
+        assert!(stderr(&export).contains("wasmvm:"), "{}", stderr(&export));
+    }
+
+    // exec is answered, not crashed on.
+    let o = c
+        .ctr()
+        .args(["task", "exec", "--exec-id", "x", "neighbour", "/app.img"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("exec is not supported"),
+        "{}",
+        stderr(&o)
+    );
+
+    // The neighbour ran through all of it.
+    drop(neighbour.stdin.take());
+    assert_eq!(neighbour.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn the_vm_runs_in_the_containers_cgroup_and_its_memory_limit_never_kills_it() {
+    let Some((c, _dir)) = with_exitcode() else {
+        return;
+    };
+    let limit: u64 = 128 << 20;
+    let mut cmd = c.run_command(
+        EXITCODE,
+        "limited",
+        &["--memory-limit", &limit.to_string()],
+        &["/app.img", "idle"],
+    );
+    cmd.stdin(Stdio::piped()).stderr(Stdio::piped());
+    let mut idle = spawn_ready(cmd, "ready");
+    let pid = c.task_pid("limited");
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let expected = format!("/{}/limited", c.namespace);
+    assert!(
+        cgroup.lines().any(|l| l.ends_with(&expected)),
+        "the VMM is not in {expected}:\n{cgroup}"
+    );
+    drop(idle.stdin.take());
+    assert_eq!(idle.wait().unwrap().code(), Some(0));
+
+    // An app that takes all the memory it can ends normally: the limit leaves room for
+    // the VMM beside the guest.
+    let o = c.run(
+        EXITCODE,
+        "alloc",
+        &["--memory-limit", &limit.to_string()],
+        &["/app.img", "alloc"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("allocated "), "{}", stdout(&o));
+}
+
+#[test]
+fn a_shim_killed_with_sigkill_leaves_no_vm_running() {
+    let Some((c, _dir)) = with_exitcode() else {
+        return;
+    };
+    let mut cmd = c.run_command(EXITCODE, "orphan", &[], &["/app.img", "idle"]);
+    cmd.stdin(Stdio::piped()).stderr(Stdio::piped());
+    let mut client = spawn_ready(cmd, "ready");
+    let vmm = c.task_pid("orphan");
+    let stat = std::fs::read_to_string(format!("/proc/{vmm}/stat")).unwrap();
+    let shim: i32 = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let shim_cmd = std::fs::read(format!("/proc/{shim}/cmdline")).unwrap();
+    assert!(String::from_utf8_lossy(&shim_cmd).contains("containerd-shim-wasmvm-v1"));
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(shim, libc::SIGKILL) };
+    assert!(wait_gone(vmm), "the VMM outlived its shim");
+    // The client sees the task end instead of hanging.
+    drop(client.stdin.take());
+    let _ = client.wait();
+}

@@ -1,0 +1,326 @@
+//! A containerd of the test's own: its config, state and sockets in a temporary folder,
+//! the shim under test first on its PATH, run inside a network namespace the test creates
+//! (so CNI bridges and pod addresses never touch the host's network), and stopped by its
+//! PID at the end, with any shim it left.
+//!
+//! The tests need root, containerd, ctr and iproute2; without them they say so and pass,
+//! unless `WASMVM_REQUIRE_CONTAINERD=1` (as `.ci/run` sets) makes that a failure.
+#![allow(dead_code)]
+
+#[path = "../../../tests/common/mod.rs"]
+pub mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub use common::*;
+
+/// containerd's name for the runtime under test.
+pub const RUNTIME: &str = "io.containerd.wasmvm.v1";
+
+/// Whether the machine can run these tests (else they return early, having said why).
+pub fn available() -> bool {
+    let required = std::env::var("WASMVM_REQUIRE_CONTAINERD").as_deref() == Ok("1");
+    let mut missing = Vec::new();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        missing.push("root".to_string());
+    }
+    for tool in ["containerd", "ctr", "ip", "nsenter"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            missing.push(tool.to_string());
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        !required,
+        "WASMVM_REQUIRE_CONTAINERD=1 but these are missing: {}",
+        missing.join(", ")
+    );
+    eprintln!(
+        "note: skipping the containerd tests: they need {}",
+        missing.join(", ")
+    );
+    false
+}
+
+pub fn shim_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-wasmvm-v1"))
+}
+
+pub struct Containerd {
+    pub dir: tempfile::TempDir,
+    pub netns: String,
+    pub socket: PathBuf,
+    /// The containerd namespace the test's containers live in (ctr's `-n`).
+    pub namespace: String,
+    child: Child,
+}
+
+impl Containerd {
+    /// Starts containerd and waits for the line that says it booted.
+    pub fn start() -> Containerd {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{}-{n}", std::process::id());
+        let dir = tempfile::Builder::new()
+            .prefix("wasmvm-containerd-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path();
+        // The shim and wasmvm, found by containerd on PATH; the shim finds wasmvm beside
+        // its own (resolved) path.
+        let bin = d.join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        std::os::unix::fs::symlink(shim_binary(), bin.join("containerd-shim-wasmvm-v1")).unwrap();
+        let cni = d.join("cni");
+        std::fs::create_dir(&cni).unwrap();
+        let socket = d.join("containerd.sock");
+        let config = format!(
+            r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+[debug]
+  address = "{d}/debug.sock"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE_IMAGE}"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmvm]
+    runtime_type = "{RUNTIME}"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{cni}"
+"#,
+            d = d.display(),
+            sock = socket.display(),
+            cni = cni.display(),
+        );
+        std::fs::write(d.join("config.toml"), config).unwrap();
+
+        let netns = format!("wasmvm-ctd-{tag}");
+        run_ok(Command::new("ip").args(["netns", "add", &netns]));
+        run_ok(Command::new("ip").args(["netns", "exec", &netns, "ip", "link", "set", "lo", "up"]));
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        // nsenter joins only the network namespace; `ip netns exec` would also give
+        // containerd a fresh /sys without the cgroup mounts.
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{netns}"))
+            .args(["containerd", "--config"])
+            .arg(d.join("config.toml"))
+            .env("PATH", path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let log = d.join("containerd.log");
+        std::thread::spawn(move || {
+            let mut file = std::fs::File::create(log).unwrap();
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                use std::io::Write;
+                let _ = writeln!(file, "{line}");
+                if line.contains("containerd successfully booted") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let me = Containerd {
+            dir,
+            netns,
+            socket,
+            namespace: format!("wasmvm-test-{tag}"),
+            child,
+        };
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            panic!("containerd did not boot:\n{}", me.log());
+        }
+        me
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// `ctr` on this containerd and namespace.
+    pub fn ctr(&self) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("-a")
+            .arg(&self.socket)
+            .args(["-n", &self.namespace]);
+        cmd
+    }
+
+    /// `ctr images import` of an OCI tarball.
+    pub fn import(&self, tarball: &Path) {
+        let o = self
+            .ctr()
+            .args(["images", "import", "--platform", "wasip1/wasm"])
+            .arg(tarball)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "import: {}", stderr(&o));
+    }
+
+    /// `ctr run --rm` of `image` as container `id` with the app's arguments (ctr replaces
+    /// the image's entrypoint and command with them).
+    pub fn run(&self, image: &str, id: &str, ctr_args: &[&str], args: &[&str]) -> Output {
+        self.run_command(image, id, ctr_args, args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    pub fn run_command(&self, image: &str, id: &str, ctr_args: &[&str], args: &[&str]) -> Command {
+        let mut cmd = self.ctr();
+        cmd.args([
+            "run",
+            "--rm",
+            "--platform",
+            "wasip1/wasm",
+            "--runtime",
+            RUNTIME,
+        ])
+        .args(ctr_args)
+        .args([image, id])
+        .args(args);
+        cmd
+    }
+
+    /// The pid of a running task (`ctr task ls`).
+    pub fn task_pid(&self, id: &str) -> u32 {
+        let o = self.ctr().args(["task", "ls"]).output().unwrap();
+        let out = stdout(&o);
+        out.lines()
+            .find_map(|l| {
+                let mut f = l.split_whitespace();
+                (f.next() == Some(id)).then(|| f.next().unwrap().parse().unwrap())
+            })
+            .unwrap_or_else(|| panic!("no task {id} in:\n{out}"))
+    }
+
+    /// Runs `cmd ARGS` inside the test's network namespace.
+    pub fn in_netns(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.netns])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // Shims of this containerd first (their VMs die with them), then containerd.
+        for pid in processes_mentioning(&self.socket.to_string_lossy()) {
+            if pid != self.child.id() {
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+        // SAFETY: as above; the pid is our own child, not yet waited for.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
+        // ctr's cgroups are /NAMESPACE/ID: the shim removed each ID; the namespace's
+        // folder is the test's (as runc leaves /default).
+        for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_dir(hierarchy.path().join(&self.namespace));
+        }
+    }
+}
+
+/// Processes whose command line contains `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            if String::from_utf8_lossy(&cmdline).contains(needle) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// Waits (bounded) until process `pid` is gone; false if it is still there after 30 s.
+pub fn wait_gone(pid: u32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        // A zombie has gone as far as it can (its parent reaps it).
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|s| s.trim_start().starts_with('Z'))
+        {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{cmd:?}: {}", stderr(&o));
+    o
+}
+
+/// The image CRI's pod sandboxes use (`sandbox_image`): any image will do, since the
+/// shim's sandbox is a placeholder process.
+pub const PAUSE_IMAGE: &str = "wasmvm.test/pause:1";
+
+/// `wasmvm pack MODULE` (with `pack_args`) exported as an OCI tarball tagged `tag`.
+pub fn oci_image(dir: &Path, module: &Path, tag: &str, pack_args: &[&str]) -> PathBuf {
+    let name = tag.replace([':', '/'], "_");
+    let img = dir.join(format!("{name}.img"));
+    pack(module, &img, pack_args);
+    let tar = dir.join(format!("{name}.tar"));
+    let o = wasmvm()
+        .args(["image", "export"])
+        .arg(&img)
+        .arg("-o")
+        .arg(&tar)
+        .args(["--format", "oci", "--tag", tag])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "export: {}", stderr(&o));
+    tar
+}
