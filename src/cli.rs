@@ -101,6 +101,10 @@ pub struct RunArgs {
         value_parser = parse_publish
     )]
     pub publish: Vec<Publish>,
+    /// Publish every TCP port the app listens on (packed or --listen) on the same host
+    /// port, on every interface: what a container runtime wants for a pod's address.
+    #[arg(short = 'P', long = "publish-all")]
+    pub publish_all: bool,
     /// The VM's network: user (user-mode, unprivileged), none, or tap:IFNAME (an
     /// existing tap device). Default: user if the app listens, -p is given or the module
     /// imports socket functions; otherwise none.
@@ -192,6 +196,7 @@ impl RunArgs {
             volumes: self.volumes.clone(),
             network: self.network.clone(),
             publish: self.publish.clone(),
+            publish_all: self.publish_all,
             tap_config,
             // Set by a fleet supervisor for its VMM (see fleet::supervisor).
             flush_mark: std::env::var_os(crate::fleet::FLUSH_MARK_ENV).map(PathBuf::from),

@@ -378,9 +378,14 @@ fn wasmvm_args(
         spec.push(&share.guest);
         args.push(spec);
     }
-    if *network == Network::None {
-        args.push("--network".into());
-        args.push("none".into());
+    match network {
+        Network::None => {
+            args.push("--network".into());
+            args.push("none".into());
+        }
+        // The app's listeners on the same ports of the namespace's addresses: a pod's IP
+        // (or the host's, with host networking) reaches the app as it would a process.
+        Network::Host | Network::Join(_) => args.push("--publish-all".into()),
     }
     args.push(entry.into());
     args.push("--".into());

@@ -338,3 +338,41 @@ fn a_shim_killed_with_sigkill_leaves_no_vm_running() {
     drop(client.stdin.take());
     let _ = client.wait();
 }
+
+#[test]
+fn a_plain_wasm_image_runs_packed_in_memory_unless_signatures_are_required() {
+    let Some((c, dir)) = with_exitcode() else {
+        return;
+    };
+    // runwasi's convention: the module in an ordinary layer, the entrypoint naming it.
+    let tar = dir.path().join("plain.tar");
+    let module = std::fs::read(sample("hello")).unwrap();
+    oci::write_image(
+        &tar,
+        "wasmvm.test/plain:1",
+        ("wasip1", "wasm"),
+        &[("hello.wasm", &module)],
+        &["/hello.wasm"],
+    );
+    c.import(&tar);
+    let o = c.run("wasmvm.test/plain:1", "plain", &[], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains(GREETING), "{}", stdout(&o));
+
+    let key = dir.path().join("k");
+    run_ok(wasmvm().args(["key", "generate", "-o"]).arg(&key));
+    let config = dir.path().join("shim.toml");
+    std::fs::write(&config, format!("verify_key = \"{}.pub\"\n", key.display())).unwrap();
+    let o = c.run(
+        "wasmvm.test/plain:1",
+        "plain-signed-only",
+        &["--runtime-config-path", config.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(253));
+    assert!(
+        stderr(&o).contains("carries no signature"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -48,6 +48,8 @@ pub struct RunOptions {
     pub listens: Option<Vec<wasmvm_abi::net::Listen>>,
     /// Host ports forwarded to the guest (`-p/--publish`; user-mode network only).
     pub publish: Vec<network::Publish>,
+    /// Also publish each TCP listener's port on the same host port (`-P/--publish-all`).
+    pub publish_all: bool,
     /// The guest's static settings on a tap network (`--ip`, `--gateway`); `None` asks DHCP.
     pub tap_config: Option<wasmvm_abi::net::NetConfig>,
 }

@@ -309,6 +309,8 @@ pub struct Request<'a> {
     pub network: Option<&'a NetworkMode>,
     pub listens: Option<&'a [Listen]>,
     pub publish: &'a [Publish],
+    /// Publish each listener's port too, where `publish` does not already.
+    pub publish_all: bool,
     /// `--ip`/`--gateway` for a tap network.
     pub tap_config: Option<NetConfig>,
 }
@@ -337,8 +339,25 @@ pub fn plan(
         return Err(NetError::StaticNeedsTap);
     }
     let listens = req.listens.unwrap_or(&manifest.listens);
+    let mut publish = req.publish.to_vec();
+    if req.publish_all {
+        for listen in listens {
+            let forwarded = req
+                .publish
+                .iter()
+                .any(|p| p.proto == Proto::Tcp && p.guest_port == listen.port);
+            if !forwarded && seen.insert((Proto::Tcp, listen.port)) {
+                publish.push(Publish {
+                    proto: Proto::Tcp,
+                    host_addr: Ipv4Addr::UNSPECIFIED,
+                    host_port: listen.port,
+                    guest_port: listen.port,
+                });
+            }
+        }
+    }
     let nic = match req.network {
-        Some(mode @ (NetworkMode::None | NetworkMode::Tap(_))) if !req.publish.is_empty() => {
+        Some(mode @ (NetworkMode::None | NetworkMode::Tap(_))) if !publish.is_empty() => {
             return Err(NetError::PublishNeedsUser(mode.clone()));
         }
         Some(NetworkMode::None) => match listens.first() {
@@ -349,7 +368,7 @@ pub fn plan(
         Some(NetworkMode::Tap(name)) => Nic::Tap(name.clone()),
         Some(NetworkMode::User) => Nic::User,
         None => {
-            if listens.is_empty() && req.publish.is_empty() && !imports_sockets(module) {
+            if listens.is_empty() && publish.is_empty() && !imports_sockets(module) {
                 return Ok(None);
             }
             Nic::User
@@ -358,7 +377,7 @@ pub fn plan(
     Ok(Some(match nic {
         Nic::User => NetPlan {
             nic,
-            publish: req.publish.to_vec(),
+            publish,
             config: Some(NetConfig::user(user_mtu)),
             mtu: user_mtu,
         },
@@ -479,8 +498,27 @@ mod tests {
             network,
             listens: None,
             publish,
+            publish_all: false,
             tap_config: None,
         }
+    }
+
+    #[test]
+    fn publish_all_publishes_each_listener_on_its_own_port_unless_already_forwarded() {
+        let packed = Manifest {
+            listens: vec![
+                Listen::parse("80").unwrap(),
+                Listen::parse("127.0.0.1:81").unwrap(),
+            ],
+            ..Manifest::default()
+        };
+        let explicit = [Publish::parse("8080:80").unwrap()];
+        let all = Request {
+            publish_all: true,
+            ..request(None, &explicit)
+        };
+        let p = plan(all, &packed, &[], 1500).unwrap().unwrap();
+        assert_eq!(p.publish, [explicit[0], Publish::parse("81:81").unwrap()]);
     }
 
     #[test]

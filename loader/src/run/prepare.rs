@@ -45,6 +45,7 @@ fn net_plan(opts: &RunOptions, image: &Image, user_mtu: u16) -> Result<Option<Ne
         network: opts.network.as_ref(),
         listens: opts.listens.as_deref(),
         publish: &opts.publish,
+        publish_all: opts.publish_all,
         tap_config: opts.tap_config,
     };
     Ok(network::plan(

@@ -9,6 +9,8 @@
 
 #[path = "../../../tests/common/mod.rs"]
 pub mod common;
+pub mod cri;
+pub mod oci;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -79,8 +81,21 @@ impl Containerd {
         let bin = d.join("bin");
         std::fs::create_dir(&bin).unwrap();
         std::os::unix::fs::symlink(shim_binary(), bin.join("containerd-shim-wasmvm-v1")).unwrap();
+        // CRI's pod network: a bridge in the test's namespace, addresses from a subnet
+        // that exists only there, allocations kept in the temporary folder.
         let cni = d.join("cni");
         std::fs::create_dir(&cni).unwrap();
+        std::fs::write(
+            cni.join("10-wasmvm-test.conflist"),
+            format!(
+                r#"{{"cniVersion":"0.4.0","name":"wasmvm-test","plugins":[
+                    {{"type":"bridge","bridge":"wvm0","isGateway":true,"ipMasq":false,
+                      "ipam":{{"type":"host-local","dataDir":"{}","ranges":[[{{"subnet":"{POD_SUBNET}"}}]]}}}},
+                    {{"type":"loopback"}}]}}"#,
+                d.join("cni-state").display()
+            ),
+        )
+        .unwrap();
         let socket = d.join("containerd.sock");
         let config = format!(
             r#"version = 2
@@ -95,6 +110,8 @@ state = "{d}/state"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{PAUSE_IMAGE}"
   stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmvm]
     runtime_type = "{RUNTIME}"
   [plugins."io.containerd.grpc.v1.cri".cni]
@@ -167,11 +184,17 @@ state = "{d}/state"
         cmd
     }
 
-    /// `ctr images import` of an OCI tarball.
+    /// `ctr images import` of a wasm OCI tarball into the test's namespace.
     pub fn import(&self, tarball: &Path) {
-        let o = self
-            .ctr()
-            .args(["images", "import", "--platform", "wasip1/wasm"])
+        self.import_into(&self.namespace.clone(), tarball, "wasip1/wasm");
+    }
+
+    /// `ctr images import` into namespace `ns` (CRI's is `k8s.io`) for `platform`.
+    pub fn import_into(&self, ns: &str, tarball: &Path, platform: &str) {
+        let o = Command::new("ctr")
+            .arg("-a")
+            .arg(&self.socket)
+            .args(["-n", ns, "images", "import", "--platform", platform])
             .arg(tarball)
             .output()
             .unwrap();
@@ -248,14 +271,26 @@ impl Drop for Containerd {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.netns])
             .output();
-        // ctr's cgroups are /NAMESPACE/ID: the shim removed each ID; the namespace's
-        // folder is the test's (as runc leaves /default).
-        for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = std::fs::remove_dir(hierarchy.path().join(&self.namespace));
+        // ctr's cgroups are /NAMESPACE/ID and the pods' /NAMESPACE-POD/ID: the shim removed
+        // each ID; the parents are the test's (as runc leaves /default).
+        let mut roots = vec![PathBuf::from("/sys/fs/cgroup")];
+        roots.extend(
+            std::fs::read_dir("/sys/fs/cgroup")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path()),
+        );
+        for root in roots {
+            for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+                if entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(&self.namespace)
+                {
+                    let _ = std::fs::remove_dir(entry.path());
+                }
+            }
         }
     }
 }
@@ -302,6 +337,9 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     assert!(o.status.success(), "{cmd:?}: {}", stderr(&o));
     o
 }
+
+/// The pods' subnet, inside the test's network namespace.
+pub const POD_SUBNET: &str = "10.88.0.0/24";
 
 /// The image CRI's pod sandboxes use (`sandbox_image`): any image will do, since the
 /// shim's sandbox is a placeholder process.

@@ -1,0 +1,295 @@
+//! Pods through containerd's CRI, as kubelet drives it with a RuntimeClass whose handler
+//! is wasmvm: the sandbox is a placeholder, each container a VM in the pod's network
+//! namespace; exit codes and log lines reach CRI, and the HTTP sample answers at the
+//! pod's IP (a CNI bridge inside the test's network namespace).
+
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use harness::cri::*;
+use harness::*;
+
+const HANDLER: &str = "wasmvm";
+
+struct Pod<'a> {
+    cri: &'a Cri,
+    id: String,
+    config: PodSandboxConfig,
+}
+
+fn run_pod<'a>(cri: &'a Cri, c: &Containerd, name: &str) -> Pod<'a> {
+    let logs = c.dir.path().join("logs").join(name);
+    std::fs::create_dir_all(&logs).unwrap();
+    let config = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: logs.to_string_lossy().into_owned(),
+        linux: Some(LinuxPodSandboxConfig {
+            cgroup_parent: format!("/{}-{name}", c.namespace),
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption::default()),
+            }),
+        }),
+    };
+    let resp: RunPodSandboxResponse = cri
+        .call(
+            "RunPodSandbox",
+            RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: HANDLER.into(),
+            },
+        )
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.log()));
+    Pod {
+        cri,
+        id: resp.pod_sandbox_id,
+        config,
+    }
+}
+
+impl Pod<'_> {
+    fn ip(&self) -> String {
+        let s: PodSandboxStatusResponse = self
+            .cri
+            .call(
+                "PodSandboxStatus",
+                PodSandboxIdRequest {
+                    pod_sandbox_id: self.id.clone(),
+                },
+            )
+            .unwrap();
+        s.status.unwrap().network.unwrap().ip
+    }
+
+    /// Creates and starts container `name` running `image`'s `/app.img` with `args`.
+    fn start(&self, name: &str, image: &str, args: &[&str]) -> String {
+        self.start_command(name, image, "/app.img", args)
+    }
+
+    fn start_command(&self, name: &str, image: &str, command: &str, args: &[&str]) -> String {
+        let resp: CreateContainerResponse = self
+            .cri
+            .call(
+                "CreateContainer",
+                CreateContainerRequest {
+                    pod_sandbox_id: self.id.clone(),
+                    config: Some(ContainerConfig {
+                        metadata: Some(ContainerMetadata {
+                            name: name.into(),
+                            attempt: 0,
+                        }),
+                        image: Some(ImageSpec {
+                            image: image.into(),
+                        }),
+                        command: vec![command.into()],
+                        args: args.iter().map(|a| a.to_string()).collect(),
+                        envs: vec![KeyValue {
+                            key: "FROM_POD".into(),
+                            value: "yes".into(),
+                        }],
+                        log_path: format!("{name}.log"),
+                    }),
+                    sandbox_config: Some(self.config.clone()),
+                },
+            )
+            .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"));
+        let id = resp.container_id;
+        let _: Empty = self
+            .cri
+            .call(
+                "StartContainer",
+                ContainerIdRequest {
+                    container_id: id.clone(),
+                },
+            )
+            .unwrap_or_else(|e| panic!("StartContainer {name}: {e}"));
+        id
+    }
+
+    fn status(&self, id: &str) -> ContainerStatus {
+        let s: ContainerStatusResponse = self
+            .cri
+            .call(
+                "ContainerStatus",
+                ContainerIdRequest {
+                    container_id: id.into(),
+                },
+            )
+            .unwrap();
+        s.status.unwrap()
+    }
+
+    /// Waits for container `id` to exit (CRI learns it from the shim's exit event).
+    fn wait_exit(&self, id: &str) -> ContainerStatus {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let status = self.status(id);
+            if status.state == CONTAINER_EXITED {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "container {id} never exited: {status:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for `line` in container `name`'s CRI log (`TIME STREAM TAG LINE` lines).
+    fn wait_log_line(&self, name: &str, line: &str) -> String {
+        let path = std::path::Path::new(&self.config.log_directory).join(format!("{name}.log"));
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            if log.lines().any(|l| l.ends_with(line)) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line {line:?} in {}:\n{log}",
+                path.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn remove(self) {
+        for method in ["StopPodSandbox", "RemovePodSandbox"] {
+            let _: Empty = self
+                .cri
+                .call(
+                    method,
+                    PodSandboxIdRequest {
+                        pod_sandbox_id: self.id.clone(),
+                    },
+                )
+                .unwrap_or_else(|e| panic!("{method}: {e}"));
+        }
+    }
+}
+
+/// containerd with CRI's images in place: the pause image and wasm images in `k8s.io`.
+fn with_images() -> Option<(Containerd, tempfile::TempDir)> {
+    if !available() {
+        return None;
+    }
+    let dir = scratch();
+    let c = Containerd::start();
+    let pause = dir.path().join("pause.tar");
+    oci::write_image(
+        &pause,
+        PAUSE_IMAGE,
+        ("linux", "amd64"),
+        &[("pause", b"never run: the shim's sandbox is a placeholder")],
+        &["/pause"],
+    );
+    c.import_into("k8s.io", &pause, "linux/amd64");
+    let exitcode = oci_image(
+        dir.path(),
+        &sample("exitcode"),
+        "wasmvm.test/exitcode:1",
+        &[],
+    );
+    c.import_into("k8s.io", &exitcode, "wasip1/wasm");
+    let http = oci_image(
+        dir.path(),
+        &sample("http"),
+        "wasmvm.test/http:1",
+        &["--listen", "8080"],
+    );
+    c.import_into("k8s.io", &http, "wasip1/wasm");
+    Some((c, dir))
+}
+
+#[test]
+fn a_pod_runs_containers_as_vms_with_exit_codes_and_logs() {
+    let Some((c, _dir)) = with_images() else {
+        return;
+    };
+    let cri = Cri::connect(&c.socket);
+    let pod = run_pod(&cri, &c, "batch");
+
+    let lines = pod.start(
+        "lines",
+        "wasmvm.test/exitcode:1",
+        &["args", "first line", "second"],
+    );
+    let status = pod.wait_exit(&lines);
+    assert_eq!(status.exit_code, 0, "{status:?}");
+    let log = pod.wait_log_line("lines", "second");
+    assert!(log.contains(" stdout F first line\n"), "{log}");
+
+    let failing = pod.start("failing", "wasmvm.test/exitcode:1", &["exit", "3"]);
+    assert_eq!(pod.wait_exit(&failing).exit_code, 3);
+
+    let env = pod.start("env", "wasmvm.test/exitcode:1", &["env"]);
+    pod.wait_exit(&env);
+    pod.wait_log_line("env", "FROM_POD=yes");
+
+    // Refused in the pod as on the command line: a reason in the log, status 253.
+    let shell = pod.start_command(
+        "shell",
+        "wasmvm.test/exitcode:1",
+        "/bin/sh",
+        &["-c", "true"],
+    );
+    assert_eq!(pod.wait_exit(&shell).exit_code, 253);
+    pod.wait_log_line("shell", "wasmvm: the entrypoint /bin/sh is not in the image: it needs a wasm module or wasmvm image there");
+
+    // The pod's containers shared one shim, which ends with the pod and leaves no cgroup.
+    let shims: Vec<u32> = processes_mentioning(&c.socket.to_string_lossy())
+        .into_iter()
+        .filter(|&p| is_shim(p))
+        .collect();
+    assert_eq!(shims.len(), 1, "one shim per pod: {shims:?}");
+    pod.remove();
+    assert!(wait_gone(shims[0]), "the pod's shim outlived the pod");
+    let cgroup = format!("/sys/fs/cgroup/memory/{}-batch", c.namespace);
+    let leftover = std::fs::read_dir(&cgroup)
+        .map(|d| d.flatten().filter(|e| e.path().is_dir()).count())
+        .unwrap_or(0);
+    assert_eq!(leftover, 0, "containers' cgroups left in {cgroup}");
+}
+
+fn is_shim(pid: u32) -> bool {
+    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&cmd).contains("containerd-shim-wasmvm-v1")
+}
+
+#[test]
+fn the_http_sample_answers_at_its_pod_ip() {
+    let Some((c, _dir)) = with_images() else {
+        return;
+    };
+    let cri = Cri::connect(&c.socket);
+    let pod = run_pod(&cri, &c, "web");
+    let ip = pod.ip();
+    assert!(ip.starts_with("10.88.0."), "pod IP {ip}");
+    let server = pod.start("server", "wasmvm.test/http:1", &[]);
+    pod.wait_log_line("server", "listening on fd 3");
+    assert_eq!(pod.status(&server).state, CONTAINER_RUNNING);
+    // From the test's network namespace, across the CNI bridge, to the VM in the pod.
+    let request =
+        format!("exec 3<>/dev/tcp/{ip}/8080 && printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3");
+    let o = c.in_netns(&["bash", "-c", &request]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("HTTP/1."), "{}", stdout(&o));
+    let _: Empty = cri
+        .call(
+            "StopContainer",
+            StopContainerRequest {
+                container_id: server.clone(),
+                timeout: 10,
+            },
+        )
+        .unwrap();
+    // SIGTERM stops the VM at once: 143.
+    assert_eq!(pod.wait_exit(&server).exit_code, 143);
+    pod.remove();
+}
