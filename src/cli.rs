@@ -101,8 +101,9 @@ pub struct RunArgs {
         value_parser = parse_publish
     )]
     pub publish: Vec<Publish>,
-    /// Publish every TCP port the app listens on (packed or --listen) on the same host
-    /// port, on every interface: what a container runtime wants for a pod's address.
+    /// Publish every TCP port the app listens on (packed, or given with `--listen`) on the
+    /// same host port, on every interface: what a container runtime wants for a pod's
+    /// address.
     #[arg(short = 'P', long = "publish-all")]
     pub publish_all: bool,
     /// The VM's network: user (user-mode, unprivileged), none, or tap:IFNAME (an
@@ -376,6 +377,11 @@ pub struct AppArgs {
     /// Set an environment variable for the app (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<OsString>,
+    /// Read environment variables from FILE: KEY=VALUE lines (blank lines and lines
+    /// starting with # skipped), or NUL-terminated entries if the file holds a NUL byte
+    /// (values with newlines); before any --env (repeatable)
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_files: Vec<PathBuf>,
     /// argv[0] as the app sees it (default: the module's file name).
     #[arg(long, value_name = "NAME")]
     pub argv0: Option<OsString>,

@@ -116,13 +116,50 @@ fn bytes(s: &OsString) -> Vec<u8> {
 }
 
 fn env_list(app: &AppArgs) -> Result<Vec<Vec<u8>>> {
-    app.env
-        .iter()
-        .map(|v| {
-            let v = bytes(v);
-            check_env(&v).map_err(|e| anyhow::anyhow!("--env {e}"))?;
-            Ok(v)
-        })
+    let mut list = Vec::new();
+    for file in &app.env_files {
+        for entry in read_env_file(file)? {
+            check_env(&entry).map_err(|e| anyhow::anyhow!("--env-file {}: {e}", file.display()))?;
+            list.push(entry);
+        }
+    }
+    for v in &app.env {
+        let v = bytes(v);
+        check_env(&v).map_err(|e| anyhow::anyhow!("--env {e}"))?;
+        list.push(v);
+    }
+    Ok(list)
+}
+
+/// The entries of an `--env-file`: NUL-terminated if the file holds a NUL byte (so values
+/// may contain newlines; what the containerd shim writes), else one per line, skipping
+/// blank lines and `#` comments (docker's format).
+fn read_env_file(path: &Path) -> Result<Vec<Vec<u8>>> {
+    /// Far above any real environment; a mistaken path to a large file fails at once.
+    const LIMIT: u64 = 16 << 20;
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot read --env-file {}", path.display()))?;
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, LIMIT + 1), &mut text)
+        .with_context(|| format!("cannot read --env-file {}", path.display()))?;
+    if text.len() as u64 > LIMIT {
+        bail!("--env-file {}: larger than 16 MiB", path.display());
+    }
+    Ok(split_env_file(&text))
+}
+
+fn split_env_file(text: &[u8]) -> Vec<Vec<u8>> {
+    if text.contains(&0) {
+        return text
+            .split(|&b| b == 0)
+            .filter(|e| !e.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect();
+    }
+    text.split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace) && !l.starts_with(b"#"))
+        .map(<[u8]>::to_vec)
         .collect()
 }
 
@@ -611,4 +648,21 @@ fn write_run_config(
     std::fs::write(output, config.encode())
         .with_context(|| format!("cannot write {}", output.display()))?;
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_env_file;
+
+    #[test]
+    fn env_files_split_on_nul_or_lines() {
+        assert_eq!(
+            split_env_file(b"A=1\n\n# comment\r\nB=two words\r\n  \n"),
+            [b"A=1".to_vec(), b"B=two words".to_vec()]
+        );
+        assert_eq!(
+            split_env_file(b"PEM=-----BEGIN\nabc\n-----END\0X=\0"),
+            [b"PEM=-----BEGIN\nabc\n-----END".to_vec(), b"X=".to_vec()]
+        );
+    }
 }

@@ -2,6 +2,8 @@
 //! is a wasm app in its own VM, run by `wasmvm run` installed beside this binary
 //! (docs/deploy.md says how to install and configure it).
 
+mod cgroup;
+mod command;
 mod container;
 mod launcher;
 mod options;

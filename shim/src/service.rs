@@ -18,7 +18,7 @@ use containerd_shim::{
 };
 use oci_spec::runtime::Spec;
 
-use crate::container::{Container, Request, RootfsMount, Status};
+use crate::container::{Container, KillError, Request, RootfsMount, Status};
 use crate::options::Settings;
 
 /// Containers of one CRI pod share a shim; this annotation names the pod.
@@ -55,9 +55,7 @@ impl containerd_shim::Shim for Shim {
     /// signal); what remains is the cgroup and the root file system mount.
     fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
         let bundle = std::env::current_dir().unwrap_or_default();
-        if let Ok(spec) = Spec::load(bundle.join("config.json")) {
-            crate::container::remove_leftovers(&bundle, &spec);
-        }
+        crate::container::remove_leftovers(&bundle);
         Ok(DeleteResponse {
             exit_status: 128 + libc::SIGKILL as u32,
             exited_at: Some(containerd_shim::util::timestamp()?).into(),
@@ -90,7 +88,40 @@ struct Shared {
     namespace: String,
     exit: Arc<ExitSignal>,
     publisher: Mutex<RemotePublisher>,
-    containers: Mutex<HashMap<String, Arc<Container>>>,
+    containers: Mutex<HashMap<String, Entry>>,
+}
+
+/// A container id is reserved while it is created, so two creates of one id cannot both
+/// proceed, and a shutdown during a create does not end the shim under it.
+enum Entry {
+    Creating,
+    Ready(Arc<Container>),
+}
+
+/// Where a container's exit handler finds it: the exit can come before `create` has
+/// returned (a launcher killed at once), or after a create that failed.
+#[derive(Default)]
+struct Handoff {
+    slot: Mutex<Option<Option<Arc<Container>>>>,
+    filled: std::sync::Condvar,
+}
+
+impl Handoff {
+    fn fill(&self, container: Option<Arc<Container>>) {
+        *self.slot.lock().unwrap() = Some(container);
+        self.filled.notify_all();
+    }
+
+    /// The container, once create has finished; `None` if it failed.
+    fn take(&self) -> Option<Arc<Container>> {
+        let mut slot = self.slot.lock().unwrap();
+        loop {
+            if let Some(c) = &*slot {
+                return c.clone();
+            }
+            slot = self.filled.wait(slot).unwrap();
+        }
+    }
 }
 
 impl Shared {
@@ -121,13 +152,14 @@ impl Service {
                 format!("exec process {exec_id} not found: exec is not supported"),
             ));
         }
-        self.shared
-            .containers
-            .lock()
-            .unwrap()
-            .get(id)
-            .cloned()
-            .ok_or_else(|| error(Code::NOT_FOUND, format!("container {id} not found")))
+        match self.shared.containers.lock().unwrap().get(id) {
+            Some(Entry::Ready(c)) => Ok(c.clone()),
+            Some(Entry::Creating) => Err(error(
+                Code::FAILED_PRECONDITION,
+                format!("container {id} is being created"),
+            )),
+            None => Err(error(Code::NOT_FOUND, format!("container {id} not found"))),
+        }
     }
 }
 
@@ -137,17 +169,21 @@ impl containerd_shim::Task for Service {
         _ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
-        if self.shared.containers.lock().unwrap().contains_key(&req.id) {
-            return Err(error(
-                Code::ALREADY_EXISTS,
-                format!("container {} already exists", req.id),
-            ));
-        }
         if !req.checkpoint.is_empty() {
             return Err(unsupported("restoring a checkpoint"));
         }
         let settings = Settings::from_task_options(req.options.as_ref())
             .map_err(|e| error(Code::INVALID_ARGUMENT, e))?;
+        {
+            let mut containers = self.shared.containers.lock().unwrap();
+            if containers.contains_key(&req.id) {
+                return Err(error(
+                    Code::ALREADY_EXISTS,
+                    format!("container {} already exists", req.id),
+                ));
+            }
+            containers.insert(req.id.clone(), Entry::Creating);
+        }
         let request = Request {
             id: req.id.clone(),
             bundle: PathBuf::from(&req.bundle),
@@ -165,17 +201,12 @@ impl containerd_shim::Task for Service {
             stderr: req.stderr.clone(),
             settings,
         };
-        // The exit can come before `create` returns (a process killed at once): the
-        // handler finds the container through the shared map, or the slot it waits in.
-        let slot: Arc<Mutex<Option<Arc<Container>>>> = Arc::default();
-        let (shared, waiting) = (self.shared.clone(), slot.clone());
+        let handoff = Arc::new(Handoff::default());
+        let (shared, waiting) = (self.shared.clone(), handoff.clone());
         let id = req.id.clone();
         let on_exit = move |code: u32| {
-            let container = loop {
-                if let Some(c) = waiting.lock().unwrap().clone() {
-                    break c;
-                }
-                std::thread::yield_now();
+            let Some(container) = waiting.take() else {
+                return;
             };
             container.exited(code);
             let (exit_status, exited_at) = container.wait();
@@ -190,21 +221,18 @@ impl containerd_shim::Task for Service {
                     ..Default::default()
                 }),
             );
+            container.exit_published();
         };
         let container = match Container::create(request, on_exit) {
             Ok(c) => Arc::new(c),
             Err(e) => {
-                // The exit handler must not spin on a slot that stays empty.
+                handoff.fill(None);
+                self.shared.containers.lock().unwrap().remove(&req.id);
                 log::error!("create {}: {}", req.id, e.0);
                 return Err(error(Code::FAILED_PRECONDITION, e.0));
             }
         };
-        *slot.lock().unwrap() = Some(container.clone());
-        self.shared
-            .containers
-            .lock()
-            .unwrap()
-            .insert(req.id.clone(), container.clone());
+        // containerd hears of the create before anything else of this container.
         self.shared.publish(
             TASK_CREATE_EVENT_TOPIC,
             Box::new(TaskCreate {
@@ -224,6 +252,12 @@ impl containerd_shim::Task for Service {
                 ..Default::default()
             }),
         );
+        self.shared
+            .containers
+            .lock()
+            .unwrap()
+            .insert(req.id.clone(), Entry::Ready(container.clone()));
+        handoff.fill(Some(container.clone()));
         Ok(api::CreateTaskResponse {
             pid: container.pid,
             ..Default::default()
@@ -237,16 +271,17 @@ impl containerd_shim::Task for Service {
     ) -> TtrpcResult<api::StartResponse> {
         let container = self.container(&req.id, &req.exec_id)?;
         container
-            .start()
+            .start(|| {
+                self.shared.publish(
+                    TASK_START_EVENT_TOPIC,
+                    Box::new(TaskStart {
+                        container_id: req.id.clone(),
+                        pid: container.pid,
+                        ..Default::default()
+                    }),
+                )
+            })
             .map_err(|e| error(Code::FAILED_PRECONDITION, e))?;
-        self.shared.publish(
-            TASK_START_EVENT_TOPIC,
-            Box::new(TaskStart {
-                container_id: req.id.clone(),
-                pid: container.pid,
-                ..Default::default()
-            }),
-        );
         Ok(api::StartResponse {
             pid: container.pid,
             ..Default::default()
@@ -282,9 +317,11 @@ impl containerd_shim::Task for Service {
 
     fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
         let container = self.container(&req.id, &req.exec_id)?;
-        container
-            .kill(req.signal)
-            .map_err(|e| error(Code::NOT_FOUND, e))?;
+        container.kill(req.signal, req.all).map_err(|e| match e {
+            KillError::Finished(m) => error(Code::NOT_FOUND, m),
+            KillError::BadSignal(m) => error(Code::INVALID_ARGUMENT, m),
+            KillError::Failed(m) => error(Code::INTERNAL, m),
+        })?;
         Ok(api::Empty::default())
     }
 
@@ -304,22 +341,33 @@ impl containerd_shim::Task for Service {
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
         let container = self.container(&req.id, &req.exec_id)?;
-        match container.status() {
-            Status::Running => {
-                return Err(error(
-                    Code::FAILED_PRECONDITION,
-                    format!("container {} is running: stop it first", req.id),
-                ));
-            }
-            Status::Created => {
-                // Never started: its launcher is waiting; end it.
-                let _ = container.kill(libc::SIGKILL as u32);
-            }
-            Status::Stopped { .. } => {}
+        // Never started: its launcher is waiting; end it (a start racing this finds its
+        // start pipe gone). A running container must be stopped first.
+        container.abandon();
+        if container.status() == Status::Running {
+            return Err(error(
+                Code::FAILED_PRECONDITION,
+                format!("container {} is running: stop it first", req.id),
+            ));
         }
-        let (exit_status, exited_at) = container.wait();
+        // One delete takes the container out of the map; a second finds nothing.
+        {
+            let mut containers = self.shared.containers.lock().unwrap();
+            match containers.get(&req.id) {
+                Some(Entry::Ready(c)) if Arc::ptr_eq(c, &container) => {
+                    containers.remove(&req.id);
+                }
+                _ => {
+                    return Err(error(
+                        Code::NOT_FOUND,
+                        format!("container {} not found", req.id),
+                    ));
+                }
+            }
+        }
+        // The exit event goes out before the delete event and before any shutdown.
+        let (exit_status, exited_at) = container.wait_published();
         container.remove();
-        self.shared.containers.lock().unwrap().remove(&req.id);
         self.shared.publish(
             TASK_DELETE_EVENT_TOPIC,
             Box::new(TaskDelete {

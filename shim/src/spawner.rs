@@ -1,17 +1,20 @@
 //! Every container process is forked by one long-lived thread. A process's parent-death
 //! signal fires when the *thread* that forked it ends, and the ttrpc server's worker
-//! threads come and go; this thread lives as long as the shim, so the VMs die with the
-//! shim and only then.
+//! threads come and go; this thread lives as long as the shim (a job that panics is
+//! caught), so the VMs die with the shim and only then.
 //!
 //! The shim's reaper (containerd-shim's SIGCHLD handler) collects every child, so an exit
 //! status comes from its process monitor, subscribed to before the fork.
 
-use std::io;
+use std::io::{self, PipeReader, PipeWriter, Read};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::Command;
 use std::sync::mpsc::{Sender, channel};
 use std::sync::{Mutex, OnceLock};
 
 use containerd_shim::monitor::{Topic, monitor_subscribe, wait_pid};
+
+use crate::sys::SetupFailure;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -23,7 +26,9 @@ fn spawner() -> &'static Mutex<Sender<Job>> {
             .name("spawner".into())
             .spawn(move || {
                 for job in rx {
-                    job();
+                    if catch_unwind(AssertUnwindSafe(job)).is_err() {
+                        log::error!("a spawn panicked; the spawner goes on");
+                    }
                 }
             })
             .expect("cannot start the spawner thread");
@@ -31,18 +36,37 @@ fn spawner() -> &'static Mutex<Sender<Job>> {
     })
 }
 
+/// The error pipe of one spawn: the child's setup (`sys::confine`) reports a failed step
+/// on the writer; the reader sees end of file once the child has `exec`ed.
+pub struct ErrorPipe {
+    pub reader: PipeReader,
+    pub writer: PipeWriter,
+}
+
 /// Forks `cmd` on the spawner thread; `on_exit` gets its exit status (128+N for signal N)
 /// on a thread of its own. Never waits on the child: the reaper does.
-pub fn spawn(mut cmd: Command, on_exit: impl FnOnce(u32) + Send + 'static) -> io::Result<u32> {
+pub fn spawn(
+    mut cmd: Command,
+    errors: ErrorPipe,
+    on_exit: impl FnOnce(u32) + Send + 'static,
+) -> io::Result<u32> {
     let (reply_tx, reply_rx) = channel();
     let job: Job = Box::new(move || {
         let result = (|| {
             let subscription = monitor_subscribe(Topic::Pid)
                 .map_err(|e| io::Error::other(format!("process monitor: {e}")))?;
+            let ErrorPipe { mut reader, writer } = errors;
             let child = cmd.spawn()?;
             let pid = child.id();
-            // Dropping `child` neither waits nor kills.
-            drop(child);
+            // Dropping `child` neither waits nor kills; dropping `cmd` and the writer
+            // leaves the child's copy as the pipe's only writer.
+            drop((child, cmd, writer));
+            let mut record = Vec::new();
+            let _ = (&mut reader).take(16).read_to_end(&mut record);
+            if let Some(failure) = SetupFailure::decode(&record) {
+                // The child has exited (127); the reaper collects it.
+                return Err(io::Error::other(failure.to_string()));
+            }
             std::thread::Builder::new()
                 .name(format!("wait-{pid}"))
                 .spawn(move || {
@@ -60,5 +84,5 @@ pub fn spawn(mut cmd: Command, on_exit: impl FnOnce(u32) + Send + 'static) -> io
         .map_err(|_| io::Error::other("the spawner thread is gone"))?;
     reply_rx
         .recv()
-        .map_err(|_| io::Error::other("the spawner thread is gone"))?
+        .map_err(|_| io::Error::other("the spawn failed (see the shim's log)"))?
 }

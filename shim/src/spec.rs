@@ -232,12 +232,10 @@ fn shares(spec: &Spec) -> Vec<Share> {
             || options.iter().any(|o| o == "bind" || o == "rbind");
         let Some(source) = m.source() else { continue };
         let guest = m.destination().to_string_lossy().into_owned();
-        if !bind
-            || !source.is_dir()
-            || guest.starts_with("/dev")
-            || guest.starts_with("/proc")
-            || guest.starts_with("/sys")
-        {
+        let system = ["/dev", "/proc", "/sys"]
+            .iter()
+            .any(|dir| m.destination().starts_with(dir));
+        if !bind || !source.is_dir() || system {
             continue;
         }
         out.push(Share {

@@ -18,6 +18,9 @@ pub struct Confinement {
     pub network: NetworkNamespace,
     /// Read end of the start pipe, moved to [`START_FD`] in the child.
     pub start: RawFd,
+    /// Write end of a close-on-exec pipe: a step that fails writes a [`SetupFailure`]
+    /// there and the child exits, so the parent learns why and `exec` never runs.
+    pub errors: RawFd,
 }
 
 pub enum NetworkNamespace {
@@ -29,62 +32,112 @@ pub enum NetworkNamespace {
     Join(RawFd),
 }
 
+/// The step of [`confine`] that failed in the child, and its errno.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SetupFailure {
+    pub step: Step,
+    pub errno: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Step {
+    ParentDeathSignal = 1,
+    Cgroup = 2,
+    NetworkNamespace = 3,
+    StartPipe = 4,
+}
+
+impl SetupFailure {
+    /// Decodes what the child wrote: nothing (it reached `exec`) is `None`.
+    pub fn decode(bytes: &[u8]) -> Option<SetupFailure> {
+        let [step, e0, e1, e2, e3] = bytes.try_into().ok()?;
+        let step = match step {
+            1 => Step::ParentDeathSignal,
+            2 => Step::Cgroup,
+            3 => Step::NetworkNamespace,
+            _ => Step::StartPipe,
+        };
+        Some(SetupFailure {
+            step,
+            errno: i32::from_le_bytes([e0, e1, e2, e3]),
+        })
+    }
+}
+
+impl std::fmt::Display for SetupFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.step {
+            Step::ParentDeathSignal => "cannot set the parent-death signal",
+            Step::Cgroup => "cannot join the container's cgroup",
+            Step::NetworkNamespace => "cannot enter the container's network namespace",
+            Step::StartPipe => "cannot set up the start pipe",
+        };
+        write!(f, "{what}: {}", io::Error::from_raw_os_error(self.errno))
+    }
+}
+
 /// Arranges for `cmd`'s child to die with the shim, join the cgroups and network namespace
-/// of its container, and find its start pipe at [`START_FD`], all before `exec`.
+/// of its container, and find its start pipe at [`START_FD`], all before `exec`. A step
+/// that fails never returns an error to std (whose `wait` for the failed child would race
+/// the shim's reaper): it reports through `errors` and exits.
 pub fn confine(cmd: &mut Command, confinement: Confinement) {
     let shim = std::process::id();
     let Confinement {
         cgroup_procs,
         network,
         start,
+        errors,
     } = confinement;
     let network = match network {
         NetworkNamespace::Inherit => None,
         NetworkNamespace::New => Some(None),
         NetworkNamespace::Join(fd) => Some(Some(fd)),
     };
-    let check = |ret: libc::c_int| {
-        if ret < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(ret)
-        }
-    };
     // SAFETY: the closure runs in the forked child, where only async-signal-safe calls are
     // allowed: it makes raw system calls (prctl, getppid, open, write, close, setns,
-    // unshare, dup2, fcntl) on values prepared before the fork, and allocates nothing
-    // (`io::Error::last_os_error` holds an errno, not a heap value).
+    // unshare, dup2, fcntl, _exit) on values prepared before the fork, reads errno, and
+    // allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
+            let fail = |step: Step| -> ! {
+                let errno = *libc::__errno_location();
+                let e = errno.to_le_bytes();
+                let record = [step as u8, e[0], e[1], e[2], e[3]];
+                libc::write(errors, record.as_ptr().cast(), record.len());
+                libc::_exit(127)
+            };
             // The VM dies with the shim, even by SIGKILL; if the shim is already gone,
             // the child must not run on as an orphan.
-            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                fail(Step::ParentDeathSignal);
+            }
             if libc::getppid() as u32 != shim {
                 libc::_exit(1);
             }
             for procs in &cgroup_procs {
-                let fd = check(libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC))?;
-                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-                let err = io::Error::last_os_error();
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    fail(Step::Cgroup);
+                }
                 libc::close(fd);
-                if written != 1 {
-                    return Err(err);
-                }
             }
-            match network {
-                None => {}
-                Some(None) => {
-                    check(libc::unshare(libc::CLONE_NEWNET))?;
-                }
-                Some(Some(fd)) => {
-                    check(libc::setns(fd, libc::CLONE_NEWNET))?;
-                }
+            let entered = match network {
+                None => 0,
+                Some(None) => libc::unshare(libc::CLONE_NEWNET),
+                Some(Some(fd)) => libc::setns(fd, libc::CLONE_NEWNET),
+            };
+            if entered != 0 {
+                fail(Step::NetworkNamespace);
             }
-            if start == START_FD {
+            let moved = if start == START_FD {
                 // dup2 onto itself would leave close-on-exec set.
-                check(libc::fcntl(START_FD, libc::F_SETFD, 0))?;
+                libc::fcntl(START_FD, libc::F_SETFD, 0)
             } else {
-                check(libc::dup2(start, START_FD))?;
+                libc::dup2(start, START_FD)
+            };
+            if moved < 0 {
+                fail(Step::StartPipe);
             }
             Ok(())
         });

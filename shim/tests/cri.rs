@@ -232,6 +232,47 @@ fn a_pod_runs_containers_as_vms_with_exit_codes_and_logs() {
     pod.wait_exit(&env);
     pod.wait_log_line("env", "FROM_POD=yes");
 
+    // A container created and removed without ever starting: its launcher ends, the
+    // shim goes on.
+    let resp: CreateContainerResponse = cri
+        .call(
+            "CreateContainer",
+            CreateContainerRequest {
+                pod_sandbox_id: pod.id.clone(),
+                config: Some(ContainerConfig {
+                    metadata: Some(ContainerMetadata {
+                        name: "unstarted".into(),
+                        attempt: 0,
+                    }),
+                    image: Some(ImageSpec {
+                        image: "wasmvm.test/exitcode:1".into(),
+                    }),
+                    command: vec!["/app.img".into()],
+                    log_path: "unstarted.log".into(),
+                    ..Default::default()
+                }),
+                sandbox_config: Some(pod.config.clone()),
+            },
+        )
+        .unwrap();
+    let _: Empty = cri
+        .call(
+            "RemoveContainer",
+            ContainerIdRequest {
+                container_id: resp.container_id.clone(),
+            },
+        )
+        .unwrap();
+    assert!(
+        cri.call::<_, ContainerStatusResponse>(
+            "ContainerStatus",
+            ContainerIdRequest {
+                container_id: resp.container_id
+            }
+        )
+        .is_err()
+    );
+
     // Refused in the pod as on the command line: a reason in the log, status 253.
     let shell = pod.start_command(
         "shell",

@@ -102,8 +102,10 @@ fn ctr_run_gives_the_apps_output_arguments_environment_and_exit_code() {
         .unwrap()
         .write_all(b"through the fifo")
         .unwrap();
-    let o = child.wait_with_output().unwrap();
-    assert_eq!(stdout(&o), "through the fifo", "{}", stderr(&o));
+    assert!(wait_within(&mut child).success());
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    assert_eq!(out, "through the fifo");
 
     // Nothing is left: no tasks, containers or shims.
     let o = run_ok(c.ctr().args(["containers", "ls", "-q"]));
@@ -133,7 +135,7 @@ fn a_container_killed_by_a_signal_reports_128_plus_the_signal() {
         cmd.stdin(Stdio::piped()).stderr(Stdio::piped());
         let mut child = spawn_ready(cmd, "ready");
         run_ok(c.ctr().args(["task", "kill", "-s", signal, &id]));
-        let status = child.wait().unwrap();
+        let status = wait_within(&mut child);
         assert_eq!(status.code(), Some(code), "{signal}");
         drop(child.stdin.take());
     }
@@ -154,10 +156,10 @@ fn two_containers_run_at_once_and_each_keeps_its_own_exit_code() {
     // Both VMs exist side by side, each its own process.
     assert_ne!(c.task_pid("a"), c.task_pid("b"));
     run_ok(c.ctr().args(["task", "kill", "-s", "SIGKILL", "a"]));
-    assert_eq!(a.wait().unwrap().code(), Some(137));
+    assert_eq!(wait_within(&mut a).code(), Some(137));
     // b is untouched by a's end, and ends normally when its stdin does.
     drop(b.stdin.take());
-    assert_eq!(b.wait().unwrap().code(), Some(0));
+    assert_eq!(wait_within(&mut b).code(), Some(0));
 }
 
 #[test]
@@ -271,7 +273,7 @@ fn what_a_vm_cannot_run_fails_that_container_with_a_reason_and_others_run_on() {
 
     // The neighbour ran through all of it.
     drop(neighbour.stdin.take());
-    assert_eq!(neighbour.wait().unwrap().code(), Some(0));
+    assert_eq!(wait_within(&mut neighbour).code(), Some(0));
 }
 
 #[test]
@@ -296,7 +298,7 @@ fn the_vm_runs_in_the_containers_cgroup_and_its_memory_limit_never_kills_it() {
         "the VMM is not in {expected}:\n{cgroup}"
     );
     drop(idle.stdin.take());
-    assert_eq!(idle.wait().unwrap().code(), Some(0));
+    assert_eq!(wait_within(&mut idle).code(), Some(0));
 
     // An app that takes all the memory it can ends normally: the limit leaves room for
     // the VMM beside the guest.
@@ -336,7 +338,7 @@ fn a_shim_killed_with_sigkill_leaves_no_vm_running() {
     assert!(wait_gone(vmm), "the VMM outlived its shim");
     // The client sees the task end instead of hanging.
     drop(client.stdin.take());
-    let _ = client.wait();
+    wait_within(&mut client);
 }
 
 #[test]
@@ -375,4 +377,80 @@ fn a_plain_wasm_image_runs_packed_in_memory_unless_signatures_are_required() {
         "{}",
         stderr(&o)
     );
+}
+
+#[test]
+fn the_environment_stays_off_command_lines_and_may_be_large() {
+    let Some((c, dir)) = with_exitcode() else {
+        return;
+    };
+    let mut cmd = c.run_command(
+        EXITCODE,
+        "secret",
+        &["--env", "SECRET=hunter2"],
+        &["/app.img", "idle"],
+    );
+    cmd.stdin(Stdio::piped()).stderr(Stdio::piped());
+    let mut idle = spawn_ready(cmd, "ready");
+    let vmm = c.task_pid("secret");
+    let cmdline = std::fs::read(format!("/proc/{vmm}/cmdline")).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    assert!(cmdline.contains("wasmvm"), "{cmdline}");
+    assert!(
+        !cmdline.contains("hunter2"),
+        "the environment is on the command line: {cmdline}"
+    );
+    drop(idle.stdin.take());
+    assert_eq!(wait_within(&mut idle).code(), Some(0));
+
+    // Four variables of 60 KiB (ctr's --env-file takes lines up to 64 KiB), all of
+    // which reach the app.
+    let big = "x".repeat(60 << 10);
+    let env_file = dir.path().join("big.env");
+    let text: String = (0..4).map(|i| format!("BIG{i}={big}\n")).collect();
+    std::fs::write(&env_file, text).unwrap();
+    let o = c.run(
+        EXITCODE,
+        "bigenv",
+        &["--env-file", env_file.to_str().unwrap()],
+        &["/app.img", "env"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    for i in 0..4 {
+        let prefix = format!("BIG{i}=");
+        assert!(
+            out.lines()
+                .any(|l| l.len() == prefix.len() + big.len() && l.starts_with(&prefix)),
+            "BIG{i} did not arrive whole"
+        );
+    }
+}
+
+#[test]
+fn a_create_that_fails_after_the_fork_fails_cleanly() {
+    let Some((c, _dir)) = with_exitcode() else {
+        return;
+    };
+    // Not a network namespace: setns fails in the forked child, before exec.
+    let o = c.run(
+        EXITCODE,
+        "badns",
+        &["--with-ns", "network:/proc/self/ns/pid"],
+        &["/app.img", "exit", "0"],
+    );
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        stderr(&o).contains("cannot enter the container's network namespace"),
+        "{}",
+        stderr(&o)
+    );
+    let cgroup = format!("/sys/fs/cgroup/memory/{}/badns", c.namespace);
+    assert!(
+        !std::path::Path::new(&cgroup).exists(),
+        "{cgroup} left behind"
+    );
+    // The same containerd runs the next container as if nothing happened.
+    let o = c.run(EXITCODE, "after", &[], &["/app.img", "exit", "5"]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
 }

@@ -37,6 +37,12 @@ pub fn available() -> bool {
             missing.push(tool.to_string());
         }
     }
+    // Pods get their network from these (Debian's containernetworking-plugins).
+    for plugin in ["bridge", "host-local", "loopback"] {
+        if !Path::new("/usr/lib/cni").join(plugin).exists() {
+            missing.push(format!("/usr/lib/cni/{plugin}"));
+        }
+    }
     if missing.is_empty() {
         return true;
     }
@@ -109,6 +115,7 @@ state = "{d}/state"
   address = "{d}/debug.sock"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{PAUSE_IMAGE}"
+  netns_mounts_under_state_dir = true
   stream_server_port = "0"
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
     runtime_type = "io.containerd.runc.v2"
@@ -204,10 +211,9 @@ state = "{d}/state"
     /// `ctr run --rm` of `image` as container `id` with the app's arguments (ctr replaces
     /// the image's entrypoint and command with them).
     pub fn run(&self, image: &str, id: &str, ctr_args: &[&str], args: &[&str]) -> Output {
-        self.run_command(image, id, ctr_args, args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+        let mut cmd = self.run_command(image, id, ctr_args, args);
+        cmd.stdin(Stdio::null());
+        output_within(cmd, Duration::from_secs(120))
     }
 
     pub fn run_command(&self, image: &str, id: &str, ctr_args: &[&str], args: &[&str]) -> Command {
@@ -250,7 +256,24 @@ state = "{d}/state"
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        // Shims of this containerd first (their VMs die with them), then containerd.
+        // Through containerd first, so it unmounts root file systems and removes
+        // cgroups; a test that failed midway leaves tasks behind.
+        for ns in [self.namespace.as_str(), "k8s.io"] {
+            let ctr = |args: &[&str]| {
+                let mut cmd = Command::new("ctr");
+                cmd.arg("-a").arg(&self.socket).args(["-n", ns]).args(args);
+                cmd.stdin(Stdio::null());
+                output_within(cmd, Duration::from_secs(30))
+            };
+            for task in stdout(&ctr(&["tasks", "ls", "-q"])).lines() {
+                ctr(&["tasks", "kill", "-s", "SIGKILL", task]);
+                ctr(&["tasks", "rm", "-f", task]);
+            }
+            for container in stdout(&ctr(&["containers", "ls", "-q"])).lines() {
+                ctr(&["containers", "rm", container]);
+            }
+        }
+        // Then the shims that are left (their VMs die with them), then containerd.
         for pid in processes_mentioning(&self.socket.to_string_lossy()) {
             if pid != self.child.id() {
                 // SAFETY: kill has no memory-safety preconditions.
@@ -268,11 +291,23 @@ impl Drop for Containerd {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Mounts left under the temporary folder (overlays, pod network namespaces),
+        // deepest first, so the folder can go.
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|p| Path::new(p).starts_with(self.dir.path()))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = Command::new("umount").args(["-l", p]).output();
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.netns])
             .output();
-        // ctr's cgroups are /NAMESPACE/ID and the pods' /NAMESPACE-POD/ID: the shim removed
-        // each ID; the parents are the test's (as runc leaves /default).
+        // ctr's cgroups are /NAMESPACE/ID and the pods' /NAMESPACE-POD/ID: the shim
+        // removed each ID; the parents are the test's (as runc leaves /default).
         let mut roots = vec![PathBuf::from("/sys/fs/cgroup")];
         roots.extend(
             std::fs::read_dir("/sys/fs/cgroup")
@@ -281,17 +316,54 @@ impl Drop for Containerd {
                 .flatten()
                 .map(|e| e.path()),
         );
+        let ours = |name: &str| {
+            name == self.namespace || name.starts_with(&format!("{}-", self.namespace))
+        };
         for root in roots {
             for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-                if entry
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with(&self.namespace)
-                {
+                if ours(&entry.file_name().to_string_lossy()) {
                     let _ = std::fs::remove_dir(entry.path());
                 }
             }
         }
+    }
+}
+
+/// Runs `cmd` to its end with output captured, killing it after `limit` (a hung client
+/// fails the test instead of hanging it).
+pub fn output_within(mut cmd: Command, limit: Duration) -> Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+    }
+}
+
+/// Waits for `child` to exit within two minutes, else kills it and fails.
+pub fn wait_within(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process {} did not end within 120 s", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
