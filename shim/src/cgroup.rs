@@ -38,11 +38,11 @@ pub fn create(path: &str, spec: &Spec) -> Result<Cgroup, String> {
     let cg = Cgroup::new(hierarchies::auto(), &rel)
         .map_err(|e| format!("cannot create the cgroup {path}: {e}"))?;
     let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
-    if let Some(resources) = resources {
-        if let Err(e) = containerd_shim::cgroup::update_resources(&cg, resources) {
-            let _ = cg.delete();
-            return Err(format!("cannot set the limits of the cgroup {path}: {e}"));
-        }
+    if let Some(resources) = resources
+        && let Err(e) = containerd_shim::cgroup::update_resources(&cg, resources)
+    {
+        let _ = cg.delete();
+        return Err(format!("cannot set the limits of the cgroup {path}: {e}"));
     }
     if procs_files(&cg).is_empty() {
         let _ = cg.delete();
@@ -95,10 +95,10 @@ pub fn remove(cg: &Cgroup) -> Result<(), String> {
 pub fn remove_leftover(path: &str) {
     let Ok(rel) = checked_path(path) else { return };
     let cg = Cgroup::load(hierarchies::auto(), rel);
-    if cg.exists() {
-        if let Err(e) = remove(&cg) {
-            log::warn!("cannot remove the cgroup {path}: {e}");
-        }
+    if cg.exists()
+        && let Err(e) = remove(&cg)
+    {
+        log::warn!("cannot remove the cgroup {path}: {e}");
     }
 }
 

@@ -22,14 +22,14 @@ pub fn wasmvm_args(
 ) -> Result<(PathBuf, Vec<OsString>), String> {
     let wasmvm = wasmvm_binary()?;
     let entry = resolve_in_root(rootfs, &app.entry)?;
-    if let Some(key) = &settings.verify_key {
-        if is_wasm_module(&entry) {
-            return Err(format!(
-                "/{} is a plain .wasm module, which carries no signature, and this runtime requires images signed by {}",
-                app.entry.display(),
-                key.display()
-            ));
-        }
+    if let Some(key) = &settings.verify_key
+        && is_wasm_module(&entry)
+    {
+        return Err(format!(
+            "/{} is a plain .wasm module, which carries no signature, and this runtime requires images signed by {}",
+            app.entry.display(),
+            key.display()
+        ));
     }
     write_env_file(env_file, &app.env)
         .map_err(|e| format!("cannot write {}: {e}", env_file.display()))?;

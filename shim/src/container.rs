@@ -333,10 +333,10 @@ impl Container {
 
     /// Removes what the container left on the host; the process must have exited.
     pub fn remove(&self) {
-        if let Some(cg) = &self.cgroup {
-            if let Err(e) = cgroup::remove(cg) {
-                log::warn!("cannot remove the cgroup of {}: {e}", self.id);
-            }
+        if let Some(cg) = &self.cgroup
+            && let Err(e) = cgroup::remove(cg)
+        {
+            log::warn!("cannot remove the cgroup of {}: {e}", self.id);
         }
         if let Some(dir) = &self.mounted_rootfs {
             unmount_rootfs(dir);

@@ -65,14 +65,14 @@ impl Settings {
     fn parse(text: &str, origin: &Path) -> Result<Settings, String> {
         let settings: Settings =
             toml::from_str(text).map_err(|e| format!("{}: {}", origin.display(), e.message()))?;
-        if let Some(key) = &settings.verify_key {
-            if !key.is_absolute() {
-                return Err(format!(
-                    "{}: verify_key must be an absolute path, not `{}`",
-                    origin.display(),
-                    key.display()
-                ));
-            }
+        if let Some(key) = &settings.verify_key
+            && !key.is_absolute()
+        {
+            return Err(format!(
+                "{}: verify_key must be an absolute path, not `{}`",
+                origin.display(),
+                key.display()
+            ));
         }
         Ok(settings)
     }

@@ -134,10 +134,10 @@ fn app(spec: &Spec) -> Result<App, String> {
     if privileged(spec) {
         return Err("privileged mode is not supported: a wasmvm app runs in a VM and has no host capabilities to raise".into());
     }
-    if let Some(linux) = spec.linux() {
-        if linux.devices().as_ref().is_some_and(|d| !d.is_empty()) {
-            return Err("devices cannot be given to a wasmvm VM (linux.devices)".into());
-        }
+    if let Some(linux) = spec.linux()
+        && linux.devices().as_ref().is_some_and(|d| !d.is_empty())
+    {
+        return Err("devices cannot be given to a wasmvm VM (linux.devices)".into());
     }
     let args = process.args().clone().unwrap_or_default();
     let Some(first) = args.first() else {
