@@ -148,13 +148,16 @@ fn main() {
     println!("Machine: {}", machine());
     println!();
 
-    // `WASMVM_BENCH_ONLY=overhead|density` runs one part; by default, all of them.
+    // `WASMVM_BENCH_ONLY=overhead|memory|density` runs one part; by default, all of them.
     let only = std::env::var("WASMVM_BENCH_ONLY").ok();
     let wanted = |part: &str| only.as_deref().is_none_or(|o| o == part);
 
     // 0. Image overhead: what an image adds to its module.
     if wanted("overhead") {
         image_overhead(dir.path(), &hello);
+    }
+    if wanted("memory") {
+        usable_memory(&exitcode_img, &common::sample("exitcode"));
     }
     if wanted("density") && only.is_some() {
         density(vms, &exitcode_img);
@@ -374,6 +377,53 @@ fn image_overhead(dir: &Path, module: &Path) {
             "| {engine} | {:.2} MiB | {overhead:.2} MiB | ≤ {target} MiB |",
             image as f64 / f64::from(1 << 20)
         );
+    }
+    println!();
+}
+
+/// Memory that users give is memory apps get: `exitcode alloc` takes 1 MiB blocks until
+/// none is left; the share of `--memory` it got, on the built-in VMM, and with `wasmtime
+/// run` capped at the same size (`-W max-memory-size`) when it is on PATH.
+fn usable_memory(exitcode_img: &Path, exitcode_wasm: &Path) {
+    let allocated = |out: std::process::Output| -> Option<u64> {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("allocated "))
+            .and_then(|l| l.trim_end_matches(" MiB").parse().ok())
+    };
+    let wasmtime = Command::new("wasmtime").arg("--version").output().is_ok();
+    println!("Usable memory: `exitcode alloc` (1 MiB blocks until none is left)");
+    println!();
+    println!("| --memory | built-in VMM MiB | share | wasmtime run (capped) MiB | share |");
+    println!("|---|---|---|---|---|");
+    for mib in [64u64, 256, 1024] {
+        let vm = common::wasmvm()
+            .args(["run", "--memory", &format!("{mib}M")])
+            .arg(exitcode_img)
+            .args(["--", "alloc"])
+            .output()
+            .ok()
+            .and_then(allocated);
+        let peer = wasmtime
+            .then(|| {
+                Command::new("wasmtime")
+                    .args(["run", "-W", &format!("max-memory-size={}", mib << 20)])
+                    .arg(exitcode_wasm)
+                    .arg("alloc")
+                    .output()
+                    .ok()
+                    .and_then(allocated)
+            })
+            .flatten();
+        let cell = |v: Option<u64>| match v {
+            Some(v) => (
+                v.to_string(),
+                format!("{:.0} %", v as f64 * 100.0 / mib as f64),
+            ),
+            None => ("n/a".into(), "".into()),
+        };
+        let ((a, b), (c, d)) = (cell(vm), cell(peer));
+        println!("| {mib}M | {a} | {b} | {c} | {d} |");
     }
     println!();
 }

@@ -7,6 +7,7 @@
 //! - [`compiled`] (features `wasmtime-runtime` for the kernel, `wasmtime-compiler` for the
 //!   packer): wasmtime's configuration, every setting explicit, for code Cranelift compiles
 //!   when the image is packed and the kernel runs natively.
+//! - [`linear_memory`]: the rewrite that lets the interpreter's linear memory grow in place.
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,7 @@ extern crate alloc;
 pub mod compiled;
 #[cfg(feature = "wasmi")]
 pub mod interpreter;
+pub mod linear_memory;
 
 #[cfg(feature = "wasmi")]
 pub use interpreter::*;

@@ -92,3 +92,22 @@ pub fn usage() -> (usize, usize) {
     let heap = HEAP.inner.lock();
     (heap.used(), heap.free())
 }
+
+/// A zeroed buffer of `len` bytes that lives for the rest of the run (the interpreter's
+/// linear memory), or `None` if no free stretch is that long. Above the high-water mark it is
+/// zero already and stays untouched until used.
+#[cfg(feature = "engine-wasmi")]
+pub fn zeroed_static(len: usize) -> Option<&'static mut [u8]> {
+    let layout = Layout::from_size_align(len, 16).ok()?;
+    if len == 0 {
+        return None;
+    }
+    // SAFETY: the layout has a non-zero size.
+    let ptr = unsafe { HEAP.alloc_zeroed(layout) };
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: `ptr` is a fresh, zeroed allocation of `len` bytes that is never freed, so
+    // handing out the only reference to it for 'static is sound.
+    Some(unsafe { core::slice::from_raw_parts_mut(ptr, len) })
+}

@@ -4,8 +4,9 @@
 
 use alloc::format;
 
-use wasmi::{Engine, Error, Linker, Module, Store};
+use wasmi::{AsContextMut, Engine, Error, Linker, Memory, MemoryType, Module, Store};
 use wasmvm_abi::channel::{ExitKind, ExitRecord, trap};
+use wasmvm_engine::linear_memory::{self, Limits};
 use wasmvm_wasi::link;
 
 use super::{LINGER_NS, Launch};
@@ -19,10 +20,15 @@ pub fn run(mut launch: Launch) -> ExitRecord {
     let mut config = wasmvm_engine::engine_config();
     config.compilation_mode(wasmi::CompilationMode::Lazy);
     let engine = Engine::new(&config);
-    let module = match Module::new(&engine, launch.module) {
+    // The module's own memory becomes an import we give as one buffer that growth only
+    // extends (see `wasmvm_engine::linear_memory`).
+    let rewritten = linear_memory::import_own_memory(launch.module);
+    let bytes = rewritten.as_ref().map_or(launch.module, |(b, _)| &b[..]);
+    let module = match Module::new(&engine, bytes) {
         Ok(m) => m,
         Err(e) => return ExitRecord::failed(ExitKind::BootFailed, format!("invalid module: {e}")),
     };
+    let limits = rewritten.map(|(_, limits)| limits);
     let parsed = crate::clock::monotonic_ns();
     let wasi = match super::world(&mut launch) {
         Ok(w) => w,
@@ -39,6 +45,15 @@ pub fn run(mut launch: Launch) -> ExitRecord {
     });
     if let Err(e) = linked {
         return ExitRecord::failed(ExitKind::BootFailed, format!("linking WASI: {e}"));
+    }
+    if let Some(limits) = limits {
+        let memory = match linear_memory_for(&mut store, limits, launch.module.len()) {
+            Ok(m) => m,
+            Err(e) => return outcome(e),
+        };
+        if let Err(e) = linker.define(linear_memory::MODULE, linear_memory::NAME, memory) {
+            return ExitRecord::failed(ExitKind::BootFailed, format!("linking memory: {e}"));
+        }
     }
     let instance = match linker.instantiate_and_start(&mut store, &module) {
         Ok(i) => i,
@@ -64,4 +79,49 @@ fn outcome(e: Error) -> ExitRecord {
         Some(code) => super::trapped(u8::from(code) as u32),
         None => super::trapped_with(Some(trap::HOST_ERROR), format!("{e}")),
     }
+}
+
+/// Heap the kernel keeps for itself beside the app's linear memory: wasmi's code, which it
+/// translates function by function as they are first called (about 8 bytes per byte of
+/// module), WASI's buffers and files written to packed directories, and the socket
+/// budget when the VM has a network card.
+fn kernel_reserve(module_len: usize) -> usize {
+    let (used, free) = crate::heap::usage();
+    let sockets = match crate::net::info() {
+        Some(_) => (used + free) / 4,
+        None => 0,
+    };
+    (8 << 20) + module_len.saturating_mul(8) + sockets
+}
+
+/// The app's linear memory: a buffer of all the heap the kernel does not keep, up to the
+/// module's maximum, whose size is also the memory's maximum (so `memory.grow` beyond it
+/// returns -1). If the heap is too fragmented or small for the module's minimum, a
+/// growable memory as wasmi makes them.
+fn linear_memory_for(
+    store: &mut Store<impl Sized>,
+    limits: Limits,
+    module_len: usize,
+) -> Result<Memory, Error> {
+    const PAGE: usize = 64 << 10;
+    let (_, free) = crate::heap::usage();
+    let wanted = limits.max.unwrap_or(65536).min(65536) as usize;
+    let mut pages = (free.saturating_sub(kernel_reserve(module_len)) / PAGE).min(wanted);
+    while pages >= limits.min as usize && pages > 0 {
+        if let Some(buf) = crate::heap::zeroed_static(pages * PAGE) {
+            crate::channel::log(&format!(
+                "kernel: linear memory of up to {} MiB in place ({} pages at start)",
+                (pages * PAGE) >> 20,
+                limits.min
+            ));
+            let ty = MemoryType::new(limits.min, Some(pages as u32));
+            return Memory::new_static(store.as_context_mut(), ty, buf);
+        }
+        // A fragmented heap: try a smaller stretch.
+        pages = pages * 7 / 8;
+    }
+    Memory::new(
+        store.as_context_mut(),
+        MemoryType::new(limits.min, limits.max),
+    )
 }
