@@ -606,3 +606,53 @@ fn unread_stdin_cannot_exhaust_guest_memory() {
     assert_eq!(o.status.code(), Some(252), "{}", stderr(&o));
     assert_eq!(stdout(&o), "spinning\n");
 }
+
+/// An app that fills an in-memory (packed) directory gets ENOSPC from `fd_write` and goes
+/// on, on every backend: the kernel heap running out is the app's error, not a crash.
+#[test]
+fn filling_a_packed_directory_is_enospc_not_a_kernel_panic() {
+    let wasm = wat::parse_str(
+        r#"(module
+            (import "wasi_snapshot_preview1" "path_open"
+                (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+            (import "wasi_snapshot_preview1" "fd_write"
+                (func $fd_write (param i32 i32 i32 i32) (result i32)))
+            (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+            (memory (export "memory") 17)
+            (data (i32.const 0) "big")
+            (func (export "_start")
+                (local $fd i32) (local $err i32)
+                ;; path_open(/data, "big", O_CREAT, all rights) -> fd at 16
+                (local.set $err (call $path_open (i32.const 3) (i32.const 0) (i32.const 0)
+                    (i32.const 3) (i32.const 1) (i64.const -1) (i64.const -1) (i32.const 0)
+                    (i32.const 16)))
+                (if (local.get $err)
+                    (then (call $proc_exit (i32.add (i32.const 100) (local.get $err)))))
+                (local.set $fd (i32.load (i32.const 16)))
+                ;; 1 MiB writes (pages 1 to 16) until one fails; exit with its errno.
+                (i32.store (i32.const 32) (i32.const 65536))
+                (i32.store (i32.const 36) (i32.const 1048576))
+                (loop $again
+                    (local.set $err (call $fd_write (local.get $fd) (i32.const 32) (i32.const 1)
+                        (i32.const 48)))
+                    (br_if $again (i32.eqz (local.get $err))))
+                (call $proc_exit (local.get $err))))"#,
+    )
+    .unwrap();
+    let dir = scratch();
+    let module = dir.path().join("fill.wasm");
+    std::fs::write(&module, &wasm).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let img = dir.path().join("fill.img");
+    pack(
+        &module,
+        &img,
+        &["--dir", &format!("{}::/data", data.display())],
+    );
+    for vmm in backends() {
+        let o = run_on(vmm, &img, &["--memory", "64M"], b"");
+        // WASI's ENOSPC is 51.
+        assert_eq!(o.status.code(), Some(51), "{vmm}: {}", stderr(&o));
+    }
+}

@@ -221,7 +221,7 @@ impl<P: Platform> Wasi<P> {
                     let start = usize::try_from(pos).map_err(|_| Errno::FBIG)?;
                     let end = start.checked_add(bytes.len()).ok_or(Errno::FBIG)?;
                     if data.len() < end {
-                        data.resize(end, 0);
+                        grow_file(data, end)?;
                     }
                     data[start..end].copy_from_slice(bytes);
                     pos = end as u64;
@@ -468,7 +468,7 @@ impl<P: Platform> Wasi<P> {
         };
         let data = self.file_data(ino)?;
         if (data.len() as u64) < end {
-            data.resize(usize::try_from(end).map_err(|_| Errno::FBIG)?, 0);
+            grow_file(data, usize::try_from(end).map_err(|_| Errno::FBIG)?)?;
         }
         Ok(())
     }
@@ -509,8 +509,13 @@ impl<P: Platform> Wasi<P> {
             Handle::Share(r) => return self.share_set_size(r, size),
         };
         let now = self.now();
-        self.file_data(ino)?
-            .resize(usize::try_from(size).map_err(|_| Errno::FBIG)?, 0);
+        let size = usize::try_from(size).map_err(|_| Errno::FBIG)?;
+        let data = self.file_data(ino)?;
+        if data.len() < size {
+            grow_file(data, size)?;
+        } else {
+            data.truncate(size);
+        }
         let node = self.fs.node_mut(ino)?;
         node.mtim = now;
         node.ctim = now;
@@ -1176,4 +1181,16 @@ mod tests {
         );
         assert_eq!(w.call(Func::FdSync, &mut mem, &[2]), Ok(Errno::SUCCESS));
     }
+}
+
+/// Grows an in-memory file to `len` bytes (zeros), or fails with `ENOSPC` when the kernel
+/// heap has no room: a file is the app's data, and running out of room for it is the
+/// app's error to handle, not the kernel's end. Amortized growth first, then exact.
+fn grow_file(data: &mut Vec<u8>, len: usize) -> Result<(), Errno> {
+    let additional = len.saturating_sub(data.len());
+    if data.try_reserve(additional).is_err() && data.try_reserve_exact(additional).is_err() {
+        return Err(Errno::NOSPC);
+    }
+    data.resize(len, 0);
+    Ok(())
 }
