@@ -120,6 +120,14 @@ fn env_list(app: &AppArgs) -> Result<Vec<Vec<u8>>> {
     for file in &app.env_files {
         for entry in read_env_file(file)? {
             check_env(&entry).map_err(|e| anyhow::anyhow!("--env-file {}: {e}", file.display()))?;
+            let key = entry.split(|&b| b == b'=').next().unwrap_or_default();
+            if key.iter().any(u8::is_ascii_whitespace) {
+                bail!(
+                    "--env-file {}: `{}`: a key cannot contain spaces (no `export`)",
+                    file.display(),
+                    String::from_utf8_lossy(&entry)
+                );
+            }
             list.push(entry);
         }
     }
@@ -128,7 +136,17 @@ fn env_list(app: &AppArgs) -> Result<Vec<Vec<u8>>> {
         check_env(&v).map_err(|e| anyhow::anyhow!("--env {e}"))?;
         list.push(v);
     }
-    Ok(list)
+    // A later setting of a key replaces an earlier one (--env over --env-file), as
+    // libc's getenv would otherwise find the first.
+    let key = |e: &[u8]| e.split(|&b| b == b'=').next().unwrap_or_default().to_vec();
+    let mut seen = std::collections::HashSet::new();
+    let mut deduped: Vec<Vec<u8>> = list
+        .into_iter()
+        .rev()
+        .filter(|e| seen.insert(key(e)))
+        .collect();
+    deduped.reverse();
+    Ok(deduped)
 }
 
 /// The entries of an `--env-file`: NUL-terminated if the file holds a NUL byte (so values
@@ -156,9 +174,11 @@ fn split_env_file(text: &[u8]) -> Vec<Vec<u8>> {
             .map(<[u8]>::to_vec)
             .collect();
     }
+    let text = text.strip_prefix(b"\xef\xbb\xbf").unwrap_or(text);
     text.split(|&b| b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-        .filter(|l| !l.iter().all(u8::is_ascii_whitespace) && !l.starts_with(b"#"))
+        .map(|l| l.trim_ascii_start())
+        .filter(|l| !l.is_empty() && !l.starts_with(b"#"))
         .map(<[u8]>::to_vec)
         .collect()
 }
@@ -657,7 +677,7 @@ mod tests {
     #[test]
     fn env_files_split_on_nul_or_lines() {
         assert_eq!(
-            split_env_file(b"A=1\n\n# comment\r\nB=two words\r\n  \n"),
+            split_env_file(b"\xef\xbb\xbfA=1\n\n  # comment\r\n  B=two words\r\n  \n"),
             [b"A=1".to_vec(), b"B=two words".to_vec()]
         );
         assert_eq!(

@@ -151,7 +151,7 @@ struct Reader<'a> {
     at: usize,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn byte(&mut self) -> Option<u8> {
         let b = *self.bytes.get(self.at)?;
         self.at += 1;
@@ -174,15 +174,6 @@ impl Reader<'_> {
         None
     }
 
-    fn skip_name(&mut self) -> Option<()> {
-        let len = self.u32()? as usize;
-        self.at = self
-            .at
-            .checked_add(len)
-            .filter(|&e| e <= self.bytes.len())?;
-        Some(())
-    }
-
     /// 32-bit, unshared, 64 KiB pages only: flags 0 (min) and 1 (min and max).
     fn limits(&mut self) -> Option<Limits> {
         match self.byte()? {
@@ -202,10 +193,21 @@ impl Reader<'_> {
         }
     }
 
-    /// Skips one import entry; returns its kind.
+    fn name(&mut self) -> Option<&'a [u8]> {
+        let len = self.u32()? as usize;
+        let start = self.at;
+        self.at = start.checked_add(len).filter(|&e| e <= self.bytes.len())?;
+        Some(&self.bytes[start..self.at])
+    }
+
+    /// Skips one import entry; returns its kind. An import already named like ours
+    /// (whatever its kind) makes the rewrite impossible.
     fn import_kind(&mut self) -> Option<u8> {
-        self.skip_name()?;
-        self.skip_name()?;
+        let module = self.name()?;
+        let name = self.name()?;
+        if module == MODULE.as_bytes() && name == NAME.as_bytes() {
+            return None;
+        }
         let kind = self.byte()?;
         match kind {
             // A function or a tag: a type index (a tag's after its attribute byte).
@@ -312,6 +314,7 @@ mod tests {
             r#"(module (import "env" "memory" (memory 1)))"#,
             r#"(module (memory 1 1 shared))"#,
             r#"(module (memory i64 1))"#,
+            r#"(module (import "wasmvm" "linear-memory" (func)) (memory 1))"#,
         ] {
             let module = wat::parse_str(text).unwrap();
             assert!(import_own_memory(&module).is_none(), "{text}");

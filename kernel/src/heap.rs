@@ -93,21 +93,24 @@ pub fn usage() -> (usize, usize) {
     (heap.used(), heap.free())
 }
 
-/// A zeroed buffer of `len` bytes that lives for the rest of the run (the interpreter's
-/// linear memory), or `None` if no free stretch is that long. Above the high-water mark it is
-/// zero already and stays untouched until used.
+/// A buffer of `len` bytes that lives for the rest of the run (the interpreter's linear
+/// memory), or `None` if no free stretch is that long. Not zeroed here: wasmi zeroes
+/// every range it exposes (the initial pages, then each growth), so above the high-water
+/// mark the pages stay untouched until used, and on a firmware boot (dirty RAM) nothing
+/// zeroes all of guest RAM up front.
 #[cfg(feature = "engine-wasmi")]
-pub fn zeroed_static(len: usize) -> Option<&'static mut [u8]> {
+pub fn static_buffer(len: usize) -> Option<&'static mut [u8]> {
     let layout = Layout::from_size_align(len, 16).ok()?;
     if len == 0 {
         return None;
     }
     // SAFETY: the layout has a non-zero size.
-    let ptr = unsafe { HEAP.alloc_zeroed(layout) };
+    let ptr = unsafe { HEAP.alloc(layout) };
     if ptr.is_null() {
         return None;
     }
-    // SAFETY: `ptr` is a fresh, zeroed allocation of `len` bytes that is never freed, so
-    // handing out the only reference to it for 'static is sound.
+    // SAFETY: `ptr` is a fresh allocation of `len` bytes that is never freed, so handing
+    // out the only reference to it for 'static is sound; u8 has no invalid values, and
+    // wasmi writes zeros over every byte before the app can read it.
     Some(unsafe { core::slice::from_raw_parts_mut(ptr, len) })
 }

@@ -81,17 +81,19 @@ fn outcome(e: Error) -> ExitRecord {
     }
 }
 
-/// Heap the kernel keeps for itself beside the app's linear memory: wasmi's code, which it
-/// translates function by function as they are first called (about 8 bytes per byte of
-/// module), WASI's buffers and files written to packed directories, and the socket
-/// budget when the VM has a network card.
+/// Heap the kernel keeps for itself beside the app's linear memory: an eighth of the heap
+/// (at least 8 MiB) for WASI's buffers, tables and files written to packed directories;
+/// wasmi's code, which it translates function by function as they are first called
+/// (about 8 bytes per byte of module); and the socket budget when the VM has a network
+/// card.
 fn kernel_reserve(module_len: usize) -> usize {
     let (used, free) = crate::heap::usage();
+    let heap = used + free;
     let sockets = match crate::net::info() {
-        Some(_) => (used + free) / 4,
+        Some(_) => heap / 4,
         None => 0,
     };
-    (8 << 20) + module_len.saturating_mul(8) + sockets
+    (heap / 8).max(8 << 20) + module_len.saturating_mul(8) + sockets
 }
 
 /// The app's linear memory: a buffer of all the heap the kernel does not keep, up to the
@@ -108,7 +110,7 @@ fn linear_memory_for(
     let wanted = limits.max.unwrap_or(65536).min(65536) as usize;
     let mut pages = (free.saturating_sub(kernel_reserve(module_len)) / PAGE).min(wanted);
     while pages >= limits.min as usize && pages > 0 {
-        if let Some(buf) = crate::heap::zeroed_static(pages * PAGE) {
+        if let Some(buf) = crate::heap::static_buffer(pages * PAGE) {
             crate::channel::log(&format!(
                 "kernel: linear memory of up to {} MiB in place ({} pages at start)",
                 (pages * PAGE) >> 20,
@@ -117,8 +119,8 @@ fn linear_memory_for(
             let ty = MemoryType::new(limits.min, Some(pages as u32));
             return Memory::new_static(store.as_context_mut(), ty, buf);
         }
-        // A fragmented heap: try a smaller stretch.
-        pages = pages * 7 / 8;
+        // A fragmented heap: try a slightly smaller stretch.
+        pages -= (pages / 64).max(1);
     }
     Memory::new(
         store.as_context_mut(),

@@ -340,8 +340,12 @@ pub fn plan(
     }
     let listens = req.listens.unwrap_or(&manifest.listens);
     let mut publish = req.publish.to_vec();
-    if req.publish_all {
-        for listen in listens {
+    // -P forwards what the user-mode network can reach: listeners on every guest address
+    // (one on 127.0.0.1 never sees a forwarded connection); a tap network is reached
+    // directly and `none` not at all.
+    let user_mode = matches!(req.network, None | Some(NetworkMode::User));
+    if req.publish_all && user_mode {
+        for listen in listens.iter().filter(|l| l.addr == [0, 0, 0, 0]) {
             let forwarded = req
                 .publish
                 .iter()
@@ -518,7 +522,22 @@ mod tests {
             ..request(None, &explicit)
         };
         let p = plan(all, &packed, &[], 1500).unwrap().unwrap();
+        // 80 is forwarded already; 81 listens on loopback only, out of a forward's reach.
+        assert_eq!(p.publish, [explicit[0]]);
+        let everywhere = Manifest {
+            listens: vec![Listen::parse("81").unwrap()],
+            ..Manifest::default()
+        };
+        let p = plan(all, &everywhere, &[], 1500).unwrap().unwrap();
         assert_eq!(p.publish, [explicit[0], Publish::parse("81:81").unwrap()]);
+        // On tap, -P has nothing to do (and is no contradiction).
+        let tap = NetworkMode::Tap("t0".into());
+        let on_tap = Request {
+            publish_all: true,
+            ..request(Some(&tap), &[])
+        };
+        let p = plan(on_tap, &everywhere, &[], 1500).unwrap().unwrap();
+        assert!(p.publish.is_empty());
     }
 
     #[test]
