@@ -893,6 +893,18 @@ fn socket_filetype(kind: crate::net::SockType) -> u8 {
     }
 }
 
+/// Grows an in-memory file to `len` bytes (zeros), or fails with `ENOSPC` when the kernel
+/// heap has no room: a file is the app's data, and running out of room for it is the
+/// app's error to handle, not the kernel's end. Amortized growth first, then exact.
+fn grow_file(data: &mut Vec<u8>, len: usize) -> Result<(), Errno> {
+    let additional = len.saturating_sub(data.len());
+    if data.try_reserve(additional).is_err() && data.try_reserve_exact(additional).is_err() {
+        return Err(Errno::NOSPC);
+    }
+    data.resize(len, 0);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1181,16 +1193,4 @@ mod tests {
         );
         assert_eq!(w.call(Func::FdSync, &mut mem, &[2]), Ok(Errno::SUCCESS));
     }
-}
-
-/// Grows an in-memory file to `len` bytes (zeros), or fails with `ENOSPC` when the kernel
-/// heap has no room: a file is the app's data, and running out of room for it is the
-/// app's error to handle, not the kernel's end. Amortized growth first, then exact.
-fn grow_file(data: &mut Vec<u8>, len: usize) -> Result<(), Errno> {
-    let additional = len.saturating_sub(data.len());
-    if data.try_reserve(additional).is_err() && data.try_reserve_exact(additional).is_err() {
-        return Err(Errno::NOSPC);
-    }
-    data.resize(len, 0);
-    Ok(())
 }
