@@ -93,19 +93,35 @@ pub fn usage() -> (usize, usize) {
     (heap.used(), heap.free())
 }
 
-/// A buffer of `len` bytes that lives for the rest of the run (the interpreter's linear
-/// memory), or `None` if no free stretch is that long. Not zeroed here: wasmi zeroes
-/// every range it exposes (the initial pages, then each growth), so above the high-water
-/// mark the pages stay untouched until used, and on a firmware boot (dirty RAM) nothing
-/// zeroes all of guest RAM up front.
+/// A buffer `below` bytes above the heap's lowest free stretch, of `len` bytes or else up
+/// to the heap's very end, that lives for the rest of the run (the interpreter's linear
+/// memory); `None` if the heap has no such stretch. The kernel's own later allocations go to the `below`
+/// bytes, next to what it already uses; and as the buffer ends where the heap does, no
+/// free block (whose header the allocator would write) lies beyond it: with huge pages
+/// either would touch a 2 MiB page of its own.
+///
+/// Not zeroed here: wasmi zeroes every range it exposes (the initial pages, then each
+/// growth), so above the high-water mark the pages stay untouched until used, and on a
+/// firmware boot (dirty RAM) nothing zeroes all of guest RAM up front.
 #[cfg(feature = "engine-wasmi")]
-pub fn static_buffer(len: usize) -> Option<&'static mut [u8]> {
-    let layout = Layout::from_size_align(len, 16).ok()?;
-    if len == 0 {
+pub fn static_buffer(below: usize, len: Option<usize>) -> Option<&'static mut [u8]> {
+    const ALIGN: usize = 16;
+    let spacer = Layout::from_size_align(below.max(ALIGN).next_multiple_of(ALIGN), ALIGN).ok()?;
+    // SAFETY: the layout has a non-zero size.
+    let held = unsafe { HEAP.alloc(spacer) };
+    if held.is_null() {
         return None;
     }
-    // SAFETY: the layout has a non-zero size.
-    let ptr = unsafe { HEAP.alloc(layout) };
+    let top = HEAP.inner.lock().top() as usize;
+    let start = held as usize + spacer.size();
+    let len = len.unwrap_or(top.saturating_sub(start));
+    let ptr = match Layout::from_size_align(len, ALIGN) {
+        // SAFETY: the layout has a non-zero size.
+        Ok(layout) if len > 0 => unsafe { HEAP.alloc(layout) },
+        _ => core::ptr::null_mut(),
+    };
+    // SAFETY: `held` came from `alloc` with this layout just above.
+    unsafe { HEAP.dealloc(held, spacer) };
     if ptr.is_null() {
         return None;
     }

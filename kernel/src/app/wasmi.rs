@@ -106,11 +106,17 @@ fn linear_memory_for(
     module_len: usize,
 ) -> Result<Memory, Error> {
     const PAGE: usize = 64 << 10;
-    let (_, free) = crate::heap::usage();
     let wanted = limits.max.unwrap_or(65536).min(65536) as usize;
-    let mut pages = (free.saturating_sub(kernel_reserve(module_len)) / PAGE).min(wanted);
-    while pages >= limits.min as usize && pages > 0 {
-        if let Some(buf) = crate::heap::static_buffer(pages * PAGE) {
+    let reserve = kernel_reserve(module_len);
+    let (_, free) = crate::heap::usage();
+    let room = free.saturating_sub(reserve) / PAGE;
+    // The kernel's share lies below the buffer, which runs to the end of the heap unless
+    // the module's maximum is smaller.
+    let len = (wanted < room).then_some(wanted * PAGE);
+    let fits = room >= (limits.min as usize).max(1);
+    if let Some(buf) = fits.then(|| crate::heap::static_buffer(reserve, len)).flatten() {
+        let pages = (buf.len() / PAGE).min(wanted);
+        if pages >= limits.min as usize && pages > 0 {
             crate::channel::log(&format!(
                 "kernel: linear memory of up to {} MiB in place ({} pages at start)",
                 (pages * PAGE) >> 20,
@@ -119,11 +125,6 @@ fn linear_memory_for(
             let ty = MemoryType::new(limits.min, Some(pages as u32));
             return Memory::new_static(store.as_context_mut(), ty, buf);
         }
-        // A fragmented heap: try a slightly smaller stretch.
-        pages -= (pages / 64).max(1);
     }
-    Memory::new(
-        store.as_context_mut(),
-        MemoryType::new(limits.min, limits.max),
-    )
+    Memory::new(store.as_context_mut(), MemoryType::new(limits.min, limits.max))
 }
