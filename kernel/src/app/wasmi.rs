@@ -114,7 +114,10 @@ fn linear_memory_for(
     // the module's maximum is smaller.
     let len = (wanted < room).then_some(wanted * PAGE);
     let fits = room >= (limits.min as usize).max(1);
-    if let Some(buf) = fits.then(|| crate::heap::static_buffer(reserve, len)).flatten() {
+    if let Some(buf) = fits
+        .then(|| crate::heap::static_buffer(reserve, len))
+        .flatten()
+    {
         let pages = (buf.len() / PAGE).min(wanted);
         if pages >= limits.min as usize && pages > 0 {
             crate::channel::log(&format!(
@@ -126,5 +129,8 @@ fn linear_memory_for(
             return Memory::new_static(store.as_context_mut(), ty, buf);
         }
     }
-    Memory::new(store.as_context_mut(), MemoryType::new(limits.min, limits.max))
+    Memory::new(
+        store.as_context_mut(),
+        MemoryType::new(limits.min, limits.max),
+    )
 }
