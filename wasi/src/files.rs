@@ -43,9 +43,8 @@ fn node_size(node: &Node) -> u64 {
 /// A path argument: bounds-checked, copied out of guest memory, and valid UTF-8 as WASI
 /// requires.
 fn path_arg(mem: &GuestMemory, ptr: u32, len: u32) -> WasiResult<Vec<u8>> {
-    let bytes = mem.slice(ptr, len)?;
-    core::str::from_utf8(bytes).map_err(|_| Errno::ILSEQ)?;
-    Ok(bytes.to_vec())
+    core::str::from_utf8(mem.slice(ptr, len)?).map_err(|_| Errno::ILSEQ)?;
+    mem.copy(ptr, len)
 }
 
 /// A WASI `filestat`.

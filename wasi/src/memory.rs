@@ -1,5 +1,7 @@
 //! Bounds-checked access to the guest's linear memory.
 
+use alloc::vec::Vec;
+
 use crate::errno::{Errno, WasiResult};
 
 /// The guest's linear memory. Every accessor checks `ptr + len` against the memory size (in
@@ -25,6 +27,17 @@ impl<'a> GuestMemory<'a> {
     pub fn slice(&self, ptr: u32, len: u32) -> WasiResult<&[u8]> {
         let r = self.range(ptr, len as u64)?;
         Ok(&self.bytes[r])
+    }
+
+    /// A copy of guest bytes, or `ENOMEM` when the kernel has no room for it: the length
+    /// is the app's, so running out is the app's error, not a kernel panic.
+    pub fn copy(&self, ptr: u32, len: u32) -> WasiResult<Vec<u8>> {
+        let bytes = self.slice(ptr, len)?;
+        let mut out = Vec::new();
+        out.try_reserve_exact(bytes.len())
+            .map_err(|_| Errno::NOMEM)?;
+        out.extend_from_slice(bytes);
+        Ok(out)
     }
 
     pub fn slice_mut(&mut self, ptr: u32, len: u32) -> WasiResult<&mut [u8]> {

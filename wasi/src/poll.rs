@@ -51,12 +51,10 @@ impl<P: Platform> Wasi<P> {
         if count == 0 {
             return Err(Errno::INVAL);
         }
-        let table = mem
-            .slice(
-                subs,
-                count.checked_mul(SUBSCRIPTION_LEN).ok_or(Errno::FAULT)?,
-            )?
-            .to_vec();
+        let table = mem.copy(
+            subs,
+            count.checked_mul(SUBSCRIPTION_LEN).ok_or(Errno::FAULT)?,
+        )?;
         // Validate the events buffer before waiting, so a bad pointer fails at once.
         mem.slice(events, count.checked_mul(EVENT_LEN).ok_or(Errno::FAULT)?)?;
         let u64_at =

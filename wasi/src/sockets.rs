@@ -550,7 +550,7 @@ impl<P: Platform> Wasi<P> {
         if level != 0 || name > opt::LAST {
             return Err(Errno::INVAL);
         }
-        let bytes = mem.slice(value, len)?.to_vec();
+        let bytes = mem.copy(value, len)?;
         let int = || -> WasiResult<bool> {
             let b: [u8; 4] = bytes
                 .get(..4)
@@ -874,7 +874,9 @@ fn send_datagram(
 ) -> WasiResult<u32> {
     let mut payload = Vec::new();
     for &(ptr, len) in iovs {
-        payload.extend_from_slice(mem.slice(ptr, len)?);
+        let bytes = mem.slice(ptr, len)?;
+        payload.try_reserve(bytes.len()).map_err(|_| Errno::NOMEM)?;
+        payload.extend_from_slice(bytes);
         if payload.len() > u16::MAX as usize {
             return Err(Errno::MSGSIZE);
         }
