@@ -94,10 +94,11 @@ pub fn confine(cmd: &mut Command, confinement: Confinement) {
         NetworkNamespace::New => Some(None),
         NetworkNamespace::Join(fd) => Some(Some(fd)),
     };
-    // SAFETY: the closure runs in the forked child, where only async-signal-safe calls are
+    // The closure runs in the forked child, where only async-signal-safe calls are
     // allowed: it makes raw system calls (prctl, getppid, open, write, close, setns,
     // unshare, dup2, fcntl, _exit) on values prepared before the fork, reads errno, and
     // allocates nothing.
+    // SAFETY: the closure is async-signal-safe, as just said.
     unsafe {
         cmd.pre_exec(move || {
             let fail = |step: Step| -> ! {
