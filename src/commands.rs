@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use wasmvm_abi::ABI_VERSION;
+use wasmvm_abi::bundle::{env_key, set_env};
 use wasmvm_loader::host::volume;
 use wasmvm_loader::image::elf::Elf;
 use wasmvm_loader::image::pack::{DirSpec, PackOptions, check_env, pack_module};
@@ -120,33 +121,23 @@ fn env_list(app: &AppArgs) -> Result<Vec<Vec<u8>>> {
     for file in &app.env_files {
         for entry in read_env_file(file)? {
             check_env(&entry).map_err(|e| anyhow::anyhow!("--env-file {}: {e}", file.display()))?;
-            let key = entry.split(|&b| b == b'=').next().unwrap_or_default();
-            if key.iter().any(u8::is_ascii_whitespace) {
+            if env_key(&entry).iter().any(u8::is_ascii_whitespace) {
                 bail!(
                     "--env-file {}: `{}`: a key cannot contain spaces (no `export`)",
                     file.display(),
                     String::from_utf8_lossy(&entry)
                 );
             }
-            list.push(entry);
+            set_env(&mut list, entry);
         }
     }
+    // --env over the files.
     for v in &app.env {
         let v = bytes(v);
         check_env(&v).map_err(|e| anyhow::anyhow!("--env {e}"))?;
-        list.push(v);
+        set_env(&mut list, v);
     }
-    // A later setting of a key replaces an earlier one (--env over --env-file), as
-    // libc's getenv would otherwise find the first.
-    let key = |e: &[u8]| e.split(|&b| b == b'=').next().unwrap_or_default().to_vec();
-    let mut seen = std::collections::HashSet::new();
-    let mut deduped: Vec<Vec<u8>> = list
-        .into_iter()
-        .rev()
-        .filter(|e| seen.insert(key(e)))
-        .collect();
-    deduped.reverse();
-    Ok(deduped)
+    Ok(list)
 }
 
 /// The entries of an `--env-file`: NUL-terminated if the file holds a NUL byte (so values

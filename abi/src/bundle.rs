@@ -470,15 +470,26 @@ impl Manifest {
             .unwrap_or_else(|| self.module_name.clone());
         let mut args = alloc::vec![argv0];
         args.extend(run.args.clone().unwrap_or_else(|| self.args.clone()));
-        let key = |var: &[u8]| var.split(|&b| b == b'=').next().map(<[u8]>::to_vec);
         let mut env = self.env.clone();
         for var in &run.env {
-            env.retain(|old| key(old) != key(var));
-            env.push(var.clone());
+            set_env(&mut env, var.clone());
         }
         let listens = run.listens.clone().unwrap_or_else(|| self.listens.clone());
         AppSettings { args, env, listens }
     }
+}
+
+/// The key of a `KEY=VALUE` environment entry.
+pub fn env_key(var: &[u8]) -> &[u8] {
+    var.split(|&b| b == b'=').next().unwrap_or_default()
+}
+
+/// Sets `var` in `env`: it replaces the entry of the same key (a later setting wins, as
+/// libc's `getenv` would otherwise find the first) or is added.
+#[cfg(feature = "alloc")]
+pub fn set_env(env: &mut Vec<Vec<u8>>, var: Vec<u8>) {
+    env.retain(|old| env_key(old) != env_key(&var));
+    env.push(var);
 }
 
 pub const RUN_CONFIG_MAGIC: [u8; 8] = *b"WASMVMR\0";
