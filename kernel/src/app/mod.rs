@@ -224,20 +224,24 @@ fn attach_network(
             None => Ok(()),
         };
     };
-    // A quarter of the heap for socket buffers: the rest stays for the engine and the
-    // app's linear memory, which allocate infallibly.
-    let (used, free) = crate::heap::usage();
     wasi.attach_network(Nic {
         mac,
         config,
         mtu,
-        socket_memory: (used + free) / 4,
+        socket_memory: socket_memory(),
     });
     for listen in listens {
         wasi.preopen_listener(*listen)
             .map_err(|e| format!("listening on {listen}: errno {}", e.0))?;
     }
     Ok(())
+}
+
+/// Heap for socket buffers when the VM has a network card: a quarter of it; the rest stays
+/// for the engine and the app's linear memory, which allocate infallibly.
+fn socket_memory() -> usize {
+    let (used, free) = crate::heap::usage();
+    (used + free) / 4
 }
 
 /// Builds the packed directory trees in the WASI filesystem and preopens them, in order.

@@ -86,11 +86,9 @@ fn outcome(e: Error) -> ExitRecord {
 /// wasmi's code, which it translates function by function as they are first called
 /// (about 8 bytes per byte of module); and the socket budget when the VM has a network
 /// card.
-fn kernel_reserve(module_len: usize) -> usize {
-    let (used, free) = crate::heap::usage();
-    let heap = used + free;
+fn kernel_reserve(heap: usize, module_len: usize) -> usize {
     let sockets = match crate::net::info() {
-        Some(_) => heap / 4,
+        Some(_) => super::socket_memory(),
         None => 0,
     };
     (heap / 8).max(8 << 20) + module_len.saturating_mul(8) + sockets
@@ -107,8 +105,8 @@ fn linear_memory_for(
 ) -> Result<Memory, Error> {
     const PAGE: usize = 64 << 10;
     let wanted = limits.max.unwrap_or(65536).min(65536) as usize;
-    let reserve = kernel_reserve(module_len);
-    let (_, free) = crate::heap::usage();
+    let (used, free) = crate::heap::usage();
+    let reserve = kernel_reserve(used + free, module_len);
     let room = free.saturating_sub(reserve) / PAGE;
     // The kernel's share lies below the buffer, which runs to the end of the heap unless
     // the module's maximum is smaller.
