@@ -66,7 +66,7 @@ pub fn import_own_memory(module: &[u8]) -> Option<(Vec<u8>, Limits)> {
     }
     let limits_bytes = &module[limits_at..mem_end];
 
-    let import = sections.iter().find(|s| s.0 == SECTION_IMPORT);
+    let has_import = sections.iter().any(|s| s.0 == SECTION_IMPORT);
     // The new import entry: module name, field name, kind 2 (memory), the same limits.
     let mut entry = Vec::new();
     for name in [MODULE, NAME] {
@@ -109,20 +109,14 @@ pub fn import_own_memory(module: &[u8]) -> Option<(Vec<u8>, Limits)> {
         }
         // Without an import section, one goes in before the first section that must
         // follow it (anything but custom and type sections).
-        if import.is_none() && !import_written && id != 0 && id != 1 {
-            let mut payload = Vec::new();
-            write_u32(&mut payload, 1);
-            payload.extend_from_slice(&entry);
-            write_section(&mut out, SECTION_IMPORT, &payload);
+        if !has_import && !import_written && id != 0 && id != 1 {
+            write_import_section(&mut out, &entry);
             import_written = true;
         }
         out.extend_from_slice(&module[header..end]);
     }
     if !import_written {
-        let mut payload = Vec::new();
-        write_u32(&mut payload, 1);
-        payload.extend_from_slice(&entry);
-        write_section(&mut out, SECTION_IMPORT, &payload);
+        write_import_section(&mut out, &entry);
     }
     Some((out, limits))
 }
@@ -137,6 +131,14 @@ fn write_u32(out: &mut Vec<u8>, mut v: u32) {
         }
         out.push(byte | 0x80);
     }
+}
+
+/// An import section of one entry.
+fn write_import_section(out: &mut Vec<u8>, entry: &[u8]) {
+    let mut payload = Vec::new();
+    write_u32(&mut payload, 1);
+    payload.extend_from_slice(entry);
+    write_section(out, SECTION_IMPORT, &payload);
 }
 
 fn write_section(out: &mut Vec<u8>, id: u8, payload: &[u8]) {
