@@ -114,40 +114,24 @@ fn an_oci_export_is_deterministic_and_holds_the_image_unchanged() {
 fn a_module_is_packed_first_and_export_mistakes_are_named() {
     let dir = scratch();
     let out = dir.path().join("app.tar");
-    // A .tar name without a format: a question, and nothing written.
-    let o = export(&[s(&sample("hello")), "-o", s(&out)]);
-    assert_eq!(o.status.code(), Some(253));
-    assert!(stderr(&o).contains("Say --format oci"), "{}", stderr(&o));
-    assert!(!out.exists());
-    let o = export(&[
-        s(&sample("hello")),
-        "-o",
-        s(&out),
-        "--format",
-        "oci",
-        "--libvirt",
-    ]);
-    assert_eq!(o.status.code(), Some(253));
-    assert!(stderr(&o).contains("has no domain"), "{}", stderr(&o));
-    let o = export(&[s(&sample("hello")), "-o", s(&out), "--tag", "x"]);
-    assert_eq!(o.status.code(), Some(253));
-    assert!(stderr(&o).contains("needs --format oci"), "{}", stderr(&o));
-    let o = export(&[
-        s(&sample("hello")),
-        "-o",
-        s(&out),
-        "--format",
-        "oci",
-        "--tag",
-        "Bad Name",
-    ]);
-    assert_eq!(o.status.code(), Some(253));
-    assert!(
-        stderr(&o).contains("is not an image reference"),
-        "{}",
-        stderr(&o)
+    let hello = sample("hello");
+    // Each mistake: refused (253) with its reason, and nothing written.
+    let refused = |extra: &[&str], reason: &str| {
+        let mut args = vec![s(&hello), "-o", s(&out)];
+        args.extend_from_slice(extra);
+        let o = export(&args);
+        assert_eq!(o.status.code(), Some(253), "{extra:?}");
+        assert!(stderr(&o).contains(reason), "{extra:?}: {}", stderr(&o));
+        assert!(!out.exists());
+    };
+    // A .tar name without a format: a question.
+    refused(&[], "Say --format oci");
+    refused(&["--format", "oci", "--libvirt"], "has no domain");
+    refused(&["--tag", "x"], "needs --format oci");
+    refused(
+        &["--format", "oci", "--tag", "Bad Name"],
+        "is not an image reference",
     );
-    assert!(!out.exists());
     // A module: packed in memory, named after the output.
     let o = export(&[s(&sample("hello")), "-o", s(&out), "--format", "oci"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));

@@ -284,10 +284,7 @@ fn a_pod_runs_containers_as_vms_with_exit_codes_and_logs() {
     pod.wait_log_line("shell", "wasmvm: the entrypoint /bin/sh is not in the image: it needs a wasm module or wasmvm image there");
 
     // The pod's containers shared one shim, which ends with the pod and leaves no cgroup.
-    let shims: Vec<u32> = processes_mentioning(&c.socket.to_string_lossy())
-        .into_iter()
-        .filter(|&p| is_shim(p))
-        .collect();
+    let shims = c.shims();
     assert_eq!(shims.len(), 1, "one shim per pod: {shims:?}");
     pod.remove();
     assert!(wait_gone(shims[0]), "the pod's shim outlived the pod");
@@ -296,11 +293,6 @@ fn a_pod_runs_containers_as_vms_with_exit_codes_and_logs() {
         .map(|d| d.flatten().filter(|e| e.path().is_dir()).count())
         .unwrap_or(0);
     assert_eq!(leftover, 0, "containers' cgroups left in {cgroup}");
-}
-
-fn is_shim(pid: u32) -> bool {
-    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    String::from_utf8_lossy(&cmd).contains("containerd-shim-wasmvm-v1")
 }
 
 #[test]

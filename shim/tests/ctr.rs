@@ -111,17 +111,9 @@ fn ctr_run_gives_the_apps_output_arguments_environment_and_exit_code() {
     let o = run_ok(c.ctr().args(["containers", "ls", "-q"]));
     assert_eq!(stdout(&o).trim(), "");
     assert!(
-        processes_mentioning(&c.socket.to_string_lossy())
-            .iter()
-            .all(|&p| !wait_gone_is_shim(p)),
+        c.shims().into_iter().all(wait_gone),
         "a shim outlived its containers"
     );
-}
-
-/// Whether `pid` is one of our shims and is still running after 30 s.
-fn wait_gone_is_shim(pid: u32) -> bool {
-    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    String::from_utf8_lossy(&cmd).contains("containerd-shim-wasmvm-v1") && !wait_gone(pid)
 }
 
 #[test]
@@ -131,9 +123,7 @@ fn a_container_killed_by_a_signal_reports_128_plus_the_signal() {
     };
     for (signal, code) in [("SIGKILL", 137), ("SIGTERM", 143)] {
         let id = format!("idle-{}", signal.to_lowercase());
-        let mut cmd = c.run_command(EXITCODE, &id, &[], &["/app.img", "idle"]);
-        cmd.stdin(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = spawn_ready(cmd, "ready");
+        let mut child = c.start_ready(EXITCODE, &id, &[], &["/app.img", "idle"], "ready");
         run_ok(c.ctr().args(["task", "kill", "-s", signal, &id]));
         let status = wait_within(&mut child);
         assert_eq!(status.code(), Some(code), "{signal}");
@@ -146,11 +136,7 @@ fn two_containers_run_at_once_and_each_keeps_its_own_exit_code() {
     let Some((c, _dir)) = with_exitcode() else {
         return;
     };
-    let start = |id: &str| {
-        let mut cmd = c.run_command(EXITCODE, id, &[], &["/app.img", "idle"]);
-        cmd.stdin(Stdio::piped()).stderr(Stdio::piped());
-        spawn_ready(cmd, "ready")
-    };
+    let start = |id: &str| c.start_ready(EXITCODE, id, &[], &["/app.img", "idle"], "ready");
     let mut a = start("a");
     let mut b = start("b");
     // Both VMs exist side by side, each its own process.
@@ -201,9 +187,7 @@ fn what_a_vm_cannot_run_fails_that_container_with_a_reason_and_others_run_on() {
         return;
     };
     // A long-running neighbour in the same containerd.
-    let mut cmd = c.run_command(EXITCODE, "neighbour", &[], &["/app.img", "idle"]);
-    cmd.stdin(Stdio::piped()).stderr(Stdio::piped());
-    let mut neighbour = spawn_ready(cmd, "ready");
+    let mut neighbour = c.start_ready(EXITCODE, "neighbour", &[], &["/app.img", "idle"], "ready");
 
     let refused = |id: &str, ctr_args: &[&str], args: &[&str], reason: &str| {
         let o = c.run(EXITCODE, id, ctr_args, args);
@@ -282,14 +266,13 @@ fn the_vm_runs_in_the_containers_cgroup_and_its_memory_limit_never_kills_it() {
         return;
     };
     let limit: u64 = 128 << 20;
-    let mut cmd = c.run_command(
+    let mut idle = c.start_ready(
         EXITCODE,
         "limited",
         &["--memory-limit", &limit.to_string()],
         &["/app.img", "idle"],
+        "ready",
     );
-    cmd.stdin(Stdio::piped()).stderr(Stdio::piped());
-    let mut idle = spawn_ready(cmd, "ready");
     let pid = c.task_pid("limited");
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     let expected = format!("/{}/limited", c.namespace);
@@ -317,9 +300,7 @@ fn a_shim_killed_with_sigkill_leaves_no_vm_running() {
     let Some((c, _dir)) = with_exitcode() else {
         return;
     };
-    let mut cmd = c.run_command(EXITCODE, "orphan", &[], &["/app.img", "idle"]);
-    cmd.stdin(Stdio::piped()).stderr(Stdio::piped());
-    let mut client = spawn_ready(cmd, "ready");
+    let mut client = c.start_ready(EXITCODE, "orphan", &[], &["/app.img", "idle"], "ready");
     let vmm = c.task_pid("orphan");
     let stat = std::fs::read_to_string(format!("/proc/{vmm}/stat")).unwrap();
     let shim: i32 = stat
@@ -331,8 +312,10 @@ fn a_shim_killed_with_sigkill_leaves_no_vm_running() {
         .unwrap()
         .parse()
         .unwrap();
-    let shim_cmd = std::fs::read(format!("/proc/{shim}/cmdline")).unwrap();
-    assert!(String::from_utf8_lossy(&shim_cmd).contains("containerd-shim-wasmvm-v1"));
+    assert!(
+        is_shim(shim as u32),
+        "the VMM's parent {shim} is not the shim"
+    );
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(shim, libc::SIGKILL) };
     assert!(wait_gone(vmm), "the VMM outlived its shim");
@@ -384,14 +367,13 @@ fn the_environment_stays_off_command_lines_and_may_be_large() {
     let Some((c, dir)) = with_exitcode() else {
         return;
     };
-    let mut cmd = c.run_command(
+    let mut idle = c.start_ready(
         EXITCODE,
         "secret",
         &["--env", "SECRET=hunter2"],
         &["/app.img", "idle"],
+        "ready",
     );
-    cmd.stdin(Stdio::piped()).stderr(Stdio::piped());
-    let mut idle = spawn_ready(cmd, "ready");
     let vmm = c.task_pid("secret");
     let cmdline = std::fs::read(format!("/proc/{vmm}/cmdline")).unwrap();
     let cmdline = String::from_utf8_lossy(&cmdline);

@@ -232,6 +232,29 @@ state = "{d}/state"
         cmd
     }
 
+    /// `ctr run` of a container whose first line of output is `ready` (stdin and stderr
+    /// piped: the container runs until its stdin closes or it is killed).
+    pub fn start_ready(
+        &self,
+        image: &str,
+        id: &str,
+        ctr_args: &[&str],
+        args: &[&str],
+        ready: &str,
+    ) -> Child {
+        let mut cmd = self.run_command(image, id, ctr_args, args);
+        cmd.stdin(Stdio::piped()).stderr(Stdio::piped());
+        spawn_ready(cmd, ready)
+    }
+
+    /// The shim processes of this containerd.
+    pub fn shims(&self) -> Vec<u32> {
+        processes_mentioning(&self.socket.to_string_lossy())
+            .into_iter()
+            .filter(|&p| is_shim(p))
+            .collect()
+    }
+
     /// The pid of a running task (`ctr task ls`).
     pub fn task_pid(&self, id: &str) -> u32 {
         let o = self.ctr().args(["task", "ls"]).output().unwrap();
@@ -365,6 +388,12 @@ pub fn wait_within(child: &mut Child) -> std::process::ExitStatus {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Whether process `pid` runs the shim under test.
+pub fn is_shim(pid: u32) -> bool {
+    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&cmd).contains("containerd-shim-wasmvm-v1")
 }
 
 /// Processes whose command line contains `needle`.
