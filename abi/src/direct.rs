@@ -46,6 +46,9 @@ pub mod flags {
     /// (`VRING_USED_F_NO_NOTIFY`); the guest writes the transmit queue's QueueNotify once
     /// per batch of frames instead, so a burst costs one exit.
     pub const NET_BATCHED: u32 = 1 << 4;
+    /// The host discards the kernel's log lines (`wasmvm run` without `--verbose`): the
+    /// kernel need not send them, and sends none (each would cost it a notify exit).
+    pub const LOG_DISCARDED: u32 = 1 << 5;
 }
 
 /// The ring layout of a console the VMM set up ([`flags::CONSOLE_READY`]); a guest that

@@ -86,8 +86,20 @@ pub fn send(kind: u8, bytes: &[u8]) {
     CHANNEL.lock().send(kind, bytes);
 }
 
-/// Sends a kernel log line (shown by `wasmvm run --verbose`); dropped without a console.
+/// Whether the host wants log lines: not when it said it discards them
+/// (`wasmvm_abi::direct::flags::LOG_DISCARDED`).
+static SEND_LOG: AtomicBool = AtomicBool::new(true);
+
+pub fn set_send_log(send: bool) {
+    SEND_LOG.store(send, Ordering::Relaxed);
+}
+
+/// Sends a kernel log line (shown by `wasmvm run --verbose`); dropped without a console or
+/// when the host discards them.
 pub fn log(line: &str) {
+    if !SEND_LOG.load(Ordering::Relaxed) {
+        return;
+    }
     let mut channel = CHANNEL.lock();
     if let Link::Virtio(_) = channel.link {
         channel.send(to_host::LOG, line.as_bytes());
@@ -97,6 +109,9 @@ pub fn log(line: &str) {
 /// Sends a log line if the output window has room for it now, else drops it: for reports
 /// from paths that must not wait for the host's stdout (the network stack's quiet report).
 pub fn log_if_room(line: &str) {
+    if !SEND_LOG.load(Ordering::Relaxed) {
+        return;
+    }
     let mut channel = CHANNEL.lock();
     if let Link::Virtio(_) = channel.link {
         channel.poll_rx();

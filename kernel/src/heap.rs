@@ -93,12 +93,16 @@ pub fn usage() -> (usize, usize) {
     (heap.used(), heap.free())
 }
 
-/// A buffer `below` bytes above the heap's lowest free stretch, of `len` bytes or else up
-/// to the heap's very end, that lives for the rest of the run (the interpreter's linear
-/// memory); `None` if the heap has no such stretch. The kernel's own later allocations go to the `below`
-/// bytes, next to what it already uses; and as the buffer ends where the heap does, no
-/// free block (whose header the allocator would write) lies beyond it: with huge pages
-/// either would touch a 2 MiB page of its own.
+/// A buffer about `below` bytes above the heap's lowest free stretch, of `len` bytes or
+/// else up to the heap's very end, that lives for the rest of the run (the interpreter's
+/// linear memory); `None` if the heap has no such stretch. The kernel's own later
+/// allocations go to the stretch below it, next to what it already uses; and as the buffer
+/// ends where the heap does, no free block (whose header the allocator would write) lies
+/// beyond it: with huge pages either would touch a 2 MiB page of its own.
+///
+/// The buffer starts on a 2 MiB boundary, so the app's first pages (its stack and data,
+/// zeroed by wasmi at instantiation) share one huge page rather than straddle two; the
+/// kernel keeps between `below - 2 MiB` and `below` bytes for itself.
 ///
 /// Not zeroed here: wasmi zeroes every range it exposes (the initial pages, then each
 /// growth), so above the high-water mark the pages stay untouched until used, and on a
@@ -106,14 +110,27 @@ pub fn usage() -> (usize, usize) {
 #[cfg(feature = "engine-wasmi")]
 pub fn static_buffer(below: usize, len: Option<usize>) -> Option<&'static mut [u8]> {
     const ALIGN: usize = 16;
-    let spacer = Layout::from_size_align(below.max(ALIGN).next_multiple_of(ALIGN), ALIGN).ok()?;
+    const HUGE_PAGE: usize = 2 << 20;
+    let layout = |size: usize| Layout::from_size_align(size.max(ALIGN), ALIGN).ok();
+    // Where a block of the kernel's share lands: the front of the heap's big free stretch
+    // (first fit; only that stretch is large enough). Then a spacer from there to the 2 MiB
+    // boundary, so that the allocator writes no free block's header in between.
+    let probe = layout(below.saturating_sub(HUGE_PAGE))?;
+    // SAFETY: the layout has a non-zero size.
+    let front = unsafe { HEAP.alloc(probe) };
+    if front.is_null() {
+        return None;
+    }
+    // SAFETY: `front` came from `alloc` with this layout just above.
+    unsafe { HEAP.dealloc(front, probe) };
+    let start = (front as usize + probe.size()).next_multiple_of(HUGE_PAGE);
+    let spacer = layout(start - front as usize)?;
     // SAFETY: the layout has a non-zero size.
     let held = unsafe { HEAP.alloc(spacer) };
     if held.is_null() {
         return None;
     }
     let top = HEAP.inner.lock().top() as usize;
-    let start = held as usize + spacer.size();
     let len = len.unwrap_or(top.saturating_sub(start));
     let ptr = match Layout::from_size_align(len, ALIGN) {
         // SAFETY: the layout has a non-zero size.

@@ -105,6 +105,7 @@ extern "C" fn kernel_main(boot_paddr: u64, entry: u64) -> ! {
     }
     let entered_us = clock::vm_clock_ns().map(|ns| ns / 1000);
     channel::set_wait_blocks(boot_info.is_some_and(|i| i.has(direct::flags::WAIT_BLOCKS)));
+    channel::set_send_log(!boot_info.is_some_and(|i| i.has(direct::flags::LOG_DISCARDED)));
     let standalone = entry == path::MULTIBOOT2;
     let handover = if standalone {
         phys::Handover::multiboot2(boot_paddr)

@@ -119,8 +119,9 @@ fn linear_memory_for(
         let pages = (buf.len() / PAGE).min(wanted);
         if pages >= limits.min as usize && pages > 0 {
             crate::channel::log(&format!(
-                "kernel: linear memory of up to {} MiB in place ({} pages at start)",
+                "kernel: linear memory of up to {} MiB in place at {:#x} ({} pages at start)",
                 (pages * PAGE) >> 20,
+                buf.as_ptr() as usize,
                 limits.min
             ));
             let ty = MemoryType::new(limits.min, Some(pages as u32));
