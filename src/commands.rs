@@ -338,6 +338,7 @@ fn run(
         stdout: &mut stdout,
         stderr: &mut stderr,
         log: &mut log,
+        verbose,
         process_stdio: true,
     };
     let ending = wasmvm_loader::run::run(backend, &image_path, &opts, io, control);

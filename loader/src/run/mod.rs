@@ -96,6 +96,9 @@ pub struct RunIo<'a> {
     pub stderr: &'a mut (dyn Write + Send),
     /// Kernel log lines and boot timings, for `--verbose`.
     pub log: &'a mut (dyn FnMut(&str) + Send),
+    /// Whether `log` shows what it gets. When it does not, the built-in VMM asks the guest
+    /// to send no log lines (`LOG_DISCARDED`): each costs the guest an exit.
+    pub verbose: bool,
     /// The three streams are this process's own (fd 0, 1 and 2): a backend that runs the
     /// app inside this process may hand them to it directly (host mode does, so the app sees
     /// the real terminal or pipe). VM backends ignore it.
@@ -141,6 +144,7 @@ pub fn run_captured(
         stdout: &mut stdout,
         stderr: &mut stderr,
         log: &mut |_| {},
+        verbose: false,
         process_stdio: false,
     };
     let ending = run(backend, image, opts, io, Control::default())?;

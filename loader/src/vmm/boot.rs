@@ -39,6 +39,8 @@ pub enum BootError {
         memory_mib: u64,
         needed_mib: u64,
     },
+    #[error("{memory_mib} MiB of guest memory is more than the built-in VMM gives (3072 MiB)")]
+    TooMuchMemory { memory_mib: u64 },
     #[error("cannot reserve {memory_mib} MiB of guest memory: {cause}")]
     GuestMemory {
         memory_mib: u64,

@@ -1,6 +1,7 @@
 //! Where things sit in a built-in VMM guest's physical address space. The boot structures go
 //! in low memory below the kernel's 1 MiB load address; the run configuration goes at the
-//! top of RAM; devices sit in one MMIO window each, far above RAM.
+//! top of RAM; the direct entry's page tables sit alone above RAM; devices sit in one MMIO
+//! window each, far above that.
 
 /// The guest page size the VMM lays things out in.
 pub const PAGE_SIZE: u64 = 4096;
@@ -21,8 +22,12 @@ pub const CMDLINE_ADDR: u64 = 0x9000;
 pub const CMDLINE_MAX: usize = (GDT_ADDR - CMDLINE_ADDR) as usize;
 /// The direct entry's GDT.
 pub const GDT_ADDR: u64 = 0xa000;
-/// PML4, PDPT and four page directories identity-mapping 4 GiB (direct entry only).
-pub const PAGE_TABLES_ADDR: u64 = 0x10000;
+/// PML4, PDPT and four page directories identity-mapping 4 GiB (direct entry only), in a
+/// memory slot of their own above RAM. A host that shadows the guest's page tables (nested
+/// KVM without hardware virtualization) write-protects them, and then maps the whole 2 MiB
+/// around them with 4 KiB pages: in low memory that made every page of the kernel's code a
+/// fault of its own (~270 exits at tens of µs each for a hello) instead of one.
+pub const PAGE_TABLES_ADDR: u64 = MAX_RAM;
 /// How many page-table pages start at [`PAGE_TABLES_ADDR`].
 pub const PAGE_TABLE_PAGES: u64 = 6;
 /// The console's queues when the VMM sets it up for the guest (`CONSOLE_READY`).
@@ -33,8 +38,13 @@ pub const MMIO_BASE: u64 = 0xd000_0000;
 /// The interrupt line announced for the first device; the kernel polls and ignores it.
 pub const FIRST_IRQ: u64 = 5;
 
-// Devices sit above any guest RAM (`--memory` is at most 3 GiB).
-const _: () = assert!(MMIO_BASE >= 3 << 30);
+/// The most guest RAM the built-in VMM gives (`--memory` is at most 3 GiB).
+pub const MAX_RAM: u64 = 3 << 30;
+
+// The page tables' slot and the devices sit above any guest RAM, in that order; the page
+// tables start a 2 MiB page of their own.
+const _: () = assert!(PAGE_TABLES_ADDR >= MAX_RAM && PAGE_TABLES_ADDR.is_multiple_of(2 << 20));
+const _: () = assert!(PAGE_TABLES_ADDR + PAGE_TABLE_PAGES * PAGE_SIZE <= MMIO_BASE);
 
 #[cfg(test)]
 mod tests {
@@ -50,7 +60,6 @@ mod tests {
             (MODLIST_ADDR, PAGE_SIZE),
             (CMDLINE_ADDR, CMDLINE_MAX as u64),
             (GDT_ADDR, PAGE_SIZE),
-            (PAGE_TABLES_ADDR, PAGE_TABLE_PAGES * PAGE_SIZE),
             (
                 CONSOLE_RINGS_ADDR,
                 2 * wasmvm_abi::direct::console_rings::QUEUE_SPAN,

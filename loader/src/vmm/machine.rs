@@ -4,7 +4,7 @@
 
 use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, Msrs, kvm_msr_entry, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use wasmvm_abi::align_up;
 use wasmvm_abi::bundle::RunConfig;
 use wasmvm_abi::direct::{self, BootInfo};
@@ -33,7 +33,11 @@ pub struct MachineConfig<'a> {
     pub ready_console: Option<u64>,
     /// Map the image's segments copy-on-write from the file where their layout allows; a
     /// writable live directory could hold the image itself, so callers pass false then (a
-    /// guest writing it would change the code of every VM mapping it).
+    /// guest writing it would change the code of every VM mapping it). With `huge_pages`
+    /// the segments are copied anyway: the file's page-cache pages are 4 KiB, so KVM maps
+    /// them one fault at a time (~270 exits for a hello's kernel code on a nested host),
+    /// where a copy in huge-page RAM costs two. The price is the sharing of those pages
+    /// between VMs of one image, which `--no-huge-pages` keeps.
     pub map_file: bool,
     /// Tell a guest entering directly that its network card suppresses notifications
     /// (`devices::net`); a PVH guest is not told, and its card notifies as usual.
@@ -41,6 +45,9 @@ pub struct MachineConfig<'a> {
     /// Back guest RAM with transparent huge pages where the host can (see
     /// [`advise_huge_pages`]).
     pub huge_pages: bool,
+    /// Whether the host shows the kernel's log lines; a guest entering directly is told
+    /// when it does not (`LOG_DISCARDED`), and then sends none.
+    pub kernel_log: bool,
 }
 
 /// Asks the host to back guest RAM with transparent huge pages (`MADV_HUGEPAGE`; it
@@ -123,10 +130,15 @@ fn load_segment(
 }
 
 /// Writes the PVH boot structures: start info, one RAM entry, the run configuration as
-/// module 0 (at the top of RAM), and the command line.
+/// module 0, and the command line. The configuration goes on the page after `image_end`
+/// (the end of the image's last segment), where the guest's stack, the app bundle and its
+/// heap's first blocks already share a 2 MiB page: at the top of RAM it would cost a (huge)
+/// page of its own, zeroed by the host and faulted in by the guest. If it does not fit
+/// there, it goes at the top of RAM.
 fn write_pvh_structures(
     mem: &GuestMemoryMmap,
     mem_size: u64,
+    image_end: u64,
     run: &RunConfig,
     cmdline: &str,
 ) -> Result<(), BootError> {
@@ -139,7 +151,11 @@ fn write_pvh_structures(
         });
     }
     let config = run.encode();
-    let config_addr = mem_size.saturating_sub(config.len() as u64) & !(PAGE_SIZE - 1);
+    let after_image = align_up(image_end, PAGE_SIZE);
+    let config_addr = match after_image.checked_add(config.len() as u64) {
+        Some(end) if end <= mem_size => after_image,
+        _ => mem_size.saturating_sub(config.len() as u64) & !(PAGE_SIZE - 1),
+    };
     let modlist = pvh::Module {
         paddr: config_addr,
         size: config.len() as u64,
@@ -180,6 +196,50 @@ fn write(mem: &GuestMemoryMmap, what: &'static str, data: &[u8], at: u64) -> Res
         })
 }
 
+/// Guest memory for `config`: RAM with the image's segments and the PVH structures in it,
+/// then the direct entry's page tables in a slot of their own (see [`PAGE_TABLES_ADDR`]).
+fn fill_memory(
+    image: &MappedImage,
+    elf: &Elf,
+    config: &MachineConfig,
+) -> Result<GuestMemoryMmap, BootError> {
+    let memory_mib = config.memory_mib;
+    let mem_size = memory_mib << 20;
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[
+        (GuestAddress(0), mem_size as usize),
+        (
+            GuestAddress(PAGE_TABLES_ADDR),
+            (PAGE_TABLE_PAGES * PAGE_SIZE) as usize,
+        ),
+    ])
+    .map_err(|cause| BootError::GuestMemory { memory_mib, cause })?;
+    if config.huge_pages {
+        advise_huge_pages(&mem, mem_size);
+    }
+    let map_file = config.map_file && !config.huge_pages;
+    let mut image_end = 0;
+    for ph in elf.phdrs.iter().filter(|p| p.p_type == PT_LOAD) {
+        load_segment(&mem, memory_mib, image, elf, ph, map_file)?;
+        // load_segment checked that the segment fits in RAM, so this cannot overflow.
+        image_end = image_end.max(ph.p_paddr + ph.p_memsz.max(ph.p_filesz));
+    }
+    write_pvh_structures(&mem, mem_size, image_end, config.run_config, config.cmdline)?;
+    Ok(mem)
+}
+
+/// A KVM VM and its vCPU, which reports the host's CPUID; no memory yet.
+fn create_vm() -> Result<(VmFd, VcpuFd), BootError> {
+    let kvm = Kvm::new().map_err(kvm_step("open /dev/kvm"))?;
+    let vm = kvm.create_vm().map_err(kvm_step("create the VM"))?;
+    let vcpu = vm.create_vcpu(0).map_err(kvm_step("create the vCPU"))?;
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_step("report the supported CPUID"))?;
+    vcpu.set_cpuid2(&cpuid)
+        .map_err(kvm_step("set the vCPU's CPUID"))?;
+    Ok((vm, vcpu))
+}
+
 /// Builds the VM for `image` (an image the caller has verified with `Image::parse`) as
 /// `config` says, with the vCPU at the kernel's entry.
 ///
@@ -190,41 +250,47 @@ pub fn build(image: &MappedImage, config: &MachineConfig) -> Result<Machine, Boo
     let entry = Entry::find(&elf, config.boot)?;
     let memory_mib = config.memory_mib;
     let mem_size = memory_mib << 20;
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_size as usize)])
-        .map_err(|cause| BootError::GuestMemory { memory_mib, cause })?;
-    if config.huge_pages {
-        advise_huge_pages(&mem, mem_size);
+    if mem_size > MAX_RAM {
+        return Err(BootError::TooMuchMemory { memory_mib });
     }
-    for ph in elf.phdrs.iter().filter(|p| p.p_type == PT_LOAD) {
-        load_segment(&mem, memory_mib, image, &elf, ph, config.map_file)?;
-    }
-    write_pvh_structures(&mem, mem_size, config.run_config, config.cmdline)?;
-
-    let kvm = Kvm::new().map_err(kvm_step("open /dev/kvm"))?;
-    let vm = kvm.create_vm().map_err(kvm_step("create the VM"))?;
-    let host_addr =
-        mem.get_host_address(GuestAddress(0))
+    // KVM's VM and vCPU come up on a thread of their own while this one fills guest memory:
+    // each takes about a millisecond here, mostly in the host kernel.
+    let (mem, created) = std::thread::scope(|scope| {
+        let creating = std::thread::Builder::new()
+            .name("vmm-create".into())
+            .spawn_scoped(scope, create_vm);
+        let mem = fill_memory(image, &elf, config);
+        let created = match creating {
+            Ok(thread) => thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            // No thread to spare: the same work, one after the other.
+            Err(_) => create_vm(),
+        };
+        (mem, created)
+    });
+    let (mem, (vm, vcpu)) = (mem?, created?);
+    for (slot, region) in mem.iter().enumerate() {
+        let at = region.start_addr();
+        let host_addr = mem
+            .get_host_address(at)
             .map_err(|cause| BootError::GuestWrite {
                 what: "guest RAM",
-                addr: 0,
+                addr: at.0,
                 cause,
             })?;
-    let region = kvm_userspace_memory_region {
-        slot: 0,
-        flags: 0,
-        guest_phys_addr: 0,
-        memory_size: mem_size,
-        userspace_addr: host_addr as u64,
-    };
-    // SAFETY: `host_addr` is the start of `mem`'s single mapping of `mem_size` bytes; the
-    // mapping lives in the returned `Machine` next to the VM, so it outlives every use.
-    unsafe { vm.set_user_memory_region(region) }.map_err(kvm_step("register guest RAM"))?;
-    let vcpu = vm.create_vcpu(0).map_err(kvm_step("create the vCPU"))?;
-    let cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm_step("report the supported CPUID"))?;
-    vcpu.set_cpuid2(&cpuid)
-        .map_err(kvm_step("set the vCPU's CPUID"))?;
+        let region = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: at.0,
+            memory_size: region.len(),
+            userspace_addr: host_addr as u64,
+        };
+        // SAFETY: `host_addr` is the start of one of `mem`'s mappings, `memory_size` bytes
+        // long; the mappings live in the returned `Machine` next to the VM, so they outlive
+        // every use.
+        unsafe { vm.set_user_memory_region(region) }.map_err(kvm_step("register guest RAM"))?;
+    }
 
     let mut sregs = vcpu
         .get_sregs()
@@ -248,7 +314,7 @@ pub fn build(image: &MappedImage, config: &MachineConfig) -> Result<Machine, Boo
             .expect("one MSR fits");
             // A host without kvmclock refuses the MSR: the guest is told and uses the TSC.
             let pvclock = vcpu.set_msrs(&clock).unwrap_or(0) == 1;
-            let info = boot_info(pvclock, config.ready_console, config.net_batched);
+            let info = boot_info(pvclock, config);
             write(&mem, "the boot info", &info.encode(), BOOT_INFO_ADDR)?;
             boot::direct_sregs(&mut sregs);
             boot::direct_regs(at)
@@ -270,17 +336,20 @@ pub fn build(image: &MappedImage, config: &MachineConfig) -> Result<Machine, Boo
     })
 }
 
-/// The direct entry's boot info: what the VMM did for the guest, and where things are.
-fn boot_info(pvclock: bool, ready_console: Option<u64>, net_batched: bool) -> BootInfo {
+/// The direct entry's boot info: what the VMM did for the guest (`pvclock`: it registered
+/// the kvmclock page), and where things are.
+fn boot_info(pvclock: bool, config: &MachineConfig) -> BootInfo {
+    let ready_console = config.ready_console;
     let mut flags = direct::flags::WAIT_BLOCKS | direct::flags::CONSOLE_VIRTIO;
-    if pvclock {
-        flags |= direct::flags::PVCLOCK;
-    }
-    if ready_console.is_some() {
-        flags |= direct::flags::CONSOLE_READY;
-    }
-    if net_batched {
-        flags |= direct::flags::NET_BATCHED;
+    for (wanted, flag) in [
+        (pvclock, direct::flags::PVCLOCK),
+        (ready_console.is_some(), direct::flags::CONSOLE_READY),
+        (config.net_batched, direct::flags::NET_BATCHED),
+        (!config.kernel_log, direct::flags::LOG_DISCARDED),
+    ] {
+        if wanted {
+            flags |= flag;
+        }
     }
     BootInfo {
         flags,
@@ -304,7 +373,7 @@ mod tests {
     fn boot_structures_land_where_the_layout_says() {
         let mem = memory(4);
         let run = RunConfig::default();
-        write_pvh_structures(&mem, 4 << 20, &run, "console=x").unwrap();
+        write_pvh_structures(&mem, 4 << 20, 0x20_1234, &run, "console=x").unwrap();
         let mut line = [0u8; 10];
         mem.read_slice(&mut line, GuestAddress(CMDLINE_ADDR))
             .unwrap();
@@ -325,8 +394,26 @@ mod tests {
             }
             .encode()
         );
-        // The run configuration sits page-aligned at the top of RAM.
+        // The run configuration sits on the page after the image.
         let config = run.encode();
+        let mut back = vec![0u8; config.len()];
+        mem.read_slice(&mut back, GuestAddress(0x20_2000)).unwrap();
+        assert_eq!(back, config);
+        let mut modlist = vec![0u8; 8];
+        mem.read_slice(&mut modlist, GuestAddress(MODLIST_ADDR))
+            .unwrap();
+        assert_eq!(u64::from_le_bytes(modlist.try_into().unwrap()), 0x20_2000);
+    }
+
+    #[test]
+    fn a_run_configuration_that_does_not_fit_after_the_image_goes_at_the_top() {
+        let mem = memory(4);
+        let run = RunConfig {
+            env: vec![vec![b'x'; 8000]],
+            ..RunConfig::default()
+        };
+        let config = run.encode();
+        write_pvh_structures(&mem, 4 << 20, (4 << 20) - 4096, &run, "").unwrap();
         let at = ((4u64 << 20) - config.len() as u64) & !0xfff;
         let mut back = vec![0u8; config.len()];
         mem.read_slice(&mut back, GuestAddress(at)).unwrap();
@@ -337,7 +424,7 @@ mod tests {
     fn a_long_command_line_is_refused_by_size() {
         let line = "x".repeat(CMDLINE_MAX);
         let e =
-            write_pvh_structures(&memory(4), 4 << 20, &RunConfig::default(), &line).unwrap_err();
+            write_pvh_structures(&memory(4), 4 << 20, 0, &RunConfig::default(), &line).unwrap_err();
         assert_eq!(
             e.to_string(),
             format!(
@@ -349,17 +436,38 @@ mod tests {
 
     #[test]
     fn boot_info_flags_say_what_the_vmm_did() {
-        let plain = boot_info(false, None, false);
+        let run = RunConfig::default();
+        let config = MachineConfig {
+            memory_mib: 64,
+            run_config: &run,
+            cmdline: "",
+            boot: BootPath::Best,
+            ready_console: None,
+            map_file: true,
+            net_batched: false,
+            huge_pages: true,
+            kernel_log: true,
+        };
+        let plain = boot_info(false, &config);
         assert_eq!(
             plain.flags,
             direct::flags::WAIT_BLOCKS | direct::flags::CONSOLE_VIRTIO
         );
         assert_eq!((plain.console_mmio, plain.console_rings), (0, 0));
-        let all = boot_info(true, Some(MMIO_BASE), true);
+        let all = boot_info(
+            true,
+            &MachineConfig {
+                ready_console: Some(MMIO_BASE),
+                net_batched: true,
+                kernel_log: false,
+                ..config
+            },
+        );
         for flag in [
             direct::flags::PVCLOCK,
             direct::flags::CONSOLE_READY,
             direct::flags::NET_BATCHED,
+            direct::flags::LOG_DISCARDED,
         ] {
             assert_ne!(all.flags & flag, 0);
         }

@@ -24,6 +24,7 @@ pub mod vcpu;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -221,6 +222,7 @@ fn run(
         map_file: opts.shares.iter().all(|s| s.read_only),
         net_batched: devices.net.is_some(),
         huge_pages: vmm.huge_pages,
+        kernel_log: io.verbose,
     };
     let mut machine = machine::build(&mapped, &machine_config)?;
     if let Some(net) = devices.net.as_mut() {
@@ -253,15 +255,6 @@ fn run(
     let stdin_filter = filter.clone();
     let stdin_window = Arc::new(StdinWindow::default());
     let pump_window = Arc::clone(&stdin_window);
-    std::thread::Builder::new()
-        .name("vmm-stdin".into())
-        .spawn(move || {
-            // Unconfined, this thread would only read host stdin; it stops rather than run so.
-            if confine(&stdin_filter).is_ok() {
-                pump_stdin(&mut stdin, &*stdin_sink, &pump_window)
-            }
-        })
-        .map_err(io_err("starting the stdin thread"))?;
 
     let vcpu_thread = AtomicU64::new(0);
     let deadline = opts.timeout.map(|t| started + t);
@@ -273,10 +266,13 @@ fn run(
     } = io;
     let mut flushing = None;
     let window: &StdinWindow = &stdin_window;
+    // Dropped as the vCPU thread ends, so its end is seen at once (not at the next poll).
+    let (vcpu_ending, vcpu_ended) = std::sync::mpsc::channel::<()>();
     let (event, vcpu_end) = std::thread::scope(|scope| {
         let vcpu = std::thread::Builder::new()
             .name("vmm-vcpu".into())
             .spawn_scoped(scope, || {
+                let _ending = vcpu_ending;
                 // SAFETY: pthread_self has no preconditions.
                 vcpu_thread.store(unsafe { libc::pthread_self() } as u64, Ordering::SeqCst);
                 let end = match confine(&filter) {
@@ -289,6 +285,16 @@ fn run(
                 end
             });
         let vcpu = vcpu.map_err(io_err("starting the vCPU thread"))?;
+        // The guest is running (its start matters most); then its input and output.
+        let input = std::thread::Builder::new()
+            .name("vmm-stdin".into())
+            .spawn(move || {
+                // Unconfined, this thread would only read host stdin; it stops rather than
+                // run so.
+                if confine(&stdin_filter).is_ok() {
+                    pump_stdin(&mut stdin, &*stdin_sink, &pump_window)
+                }
+            });
         let tx = control.tx.clone();
         let writer = &guest_writer;
         let mut reader = &out_host;
@@ -314,9 +320,10 @@ fn run(
                     let _ = tx.send(RunEvent::Stream(Err(std::io::Error::other(e))));
                 }
             });
-        let event = match output {
-            Ok(_) => control.wait(deadline),
-            Err(e) => Some(RunEvent::Stream(Err(e))),
+        // A pump that could not start ends the run (the guest is stopped below).
+        let event = match (input, output) {
+            (Ok(_), Ok(_)) => control.wait(deadline),
+            (Err(e), _) | (_, Err(e)) => Some(RunEvent::Stream(Err(e))),
         };
         // From here the volumes are being closed and made durable.
         flushing = Some(FlushMark::begin(opts));
@@ -332,7 +339,9 @@ fn run(
                 // the signal's handler does nothing.
                 unsafe { libc::pthread_kill(thread as libc::pthread_t, kick::signal()) };
             }
-            std::thread::sleep(Duration::from_millis(1));
+            if vcpu_ended.recv_timeout(Duration::from_millis(1)) != Err(RecvTimeoutError::Timeout) {
+                break;
+            }
         }
         let vcpu_end = vcpu
             .join()

@@ -184,6 +184,7 @@ pub fn probe(
         map_file: true,
         net_batched: false,
         huge_pages: false,
+        kernel_log: false,
     };
     let mut machine = machine::build(&image, &config)?;
     let end = machine.run(&mut Devices::default(), &AtomicBool::new(false));
