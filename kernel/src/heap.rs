@@ -112,24 +112,40 @@ pub fn static_buffer(below: usize, len: Option<usize>) -> Option<&'static mut [u
     const ALIGN: usize = 16;
     const HUGE_PAGE: usize = 2 << 20;
     let layout = |size: usize| Layout::from_size_align(size.max(ALIGN), ALIGN).ok();
-    // Where a block of the kernel's share lands: the front of the heap's big free stretch
-    // (first fit; only that stretch is large enough). Then a spacer from there to the 2 MiB
-    // boundary, so that the allocator writes no free block's header in between.
-    let probe = layout(below.saturating_sub(HUGE_PAGE))?;
+    // The spacer must end exactly at the 2 MiB boundary where the buffer starts: a gap would
+    // be a free block whose header the allocator writes, touching a huge page for nothing.
+    // So first find the front of the heap's big free stretch with a probe small enough
+    // that the header after it lands next to what the kernel already uses, yet larger
+    // than the crumbs freed below (first fit).
+    let probe = layout(64 << 10)?;
     // SAFETY: the layout has a non-zero size.
-    let front = unsafe { HEAP.alloc(probe) };
+    let mut front = unsafe { HEAP.alloc(probe) };
     if front.is_null() {
         return None;
     }
     // SAFETY: `front` came from `alloc` with this layout just above.
     unsafe { HEAP.dealloc(front, probe) };
-    let start = (front as usize + probe.size()).next_multiple_of(HUGE_PAGE);
-    let spacer = layout(start - front as usize)?;
-    // SAFETY: the layout has a non-zero size.
-    let held = unsafe { HEAP.alloc(spacer) };
-    if held.is_null() {
-        return None;
+    let kept = below.saturating_sub(HUGE_PAGE);
+    let mut placed = None;
+    for _ in 0..2 {
+        let start = (front as usize + kept).next_multiple_of(HUGE_PAGE);
+        let spacer = layout(start - front as usize)?;
+        // SAFETY: the layout has a non-zero size.
+        let held = unsafe { HEAP.alloc(spacer) };
+        if held.is_null() {
+            return None;
+        }
+        if held == front {
+            placed = Some((held, spacer, start));
+            break;
+        }
+        // The probe found a crumb below the big stretch: start again from where the
+        // spacer went, the big stretch's front.
+        // SAFETY: `held` came from `alloc` with this layout just above.
+        unsafe { HEAP.dealloc(held, spacer) };
+        front = held;
     }
+    let (held, spacer, start) = placed?;
     let top = HEAP.inner.lock().top() as usize;
     let len = len.unwrap_or(top.saturating_sub(start));
     let ptr = match Layout::from_size_align(len, ALIGN) {
