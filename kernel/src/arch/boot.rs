@@ -19,12 +19,19 @@
 
 use core::arch::global_asm;
 
-/// Size of the kernel stack (in `.bss`, touched only as deep as it is used). wasmi keeps
-/// wasm values on the heap, not here; compiled wasm (wasmtime) runs on this stack, down to
-/// `MAX_WASM_STACK` below where it was entered, after which it traps. Below that limit runs
-/// what is not checked: the last wasm frame's overshoot, host functions called from wasm
-/// (WASI, the network stack) and the trap and exception paths. Hence the slack.
+/// Size of the kernel stack (in `.bss`, touched only as deep as it is used). Compiled wasm
+/// (wasmtime) runs on this stack, down to `MAX_WASM_STACK` below where it was entered, after
+/// which it traps. Below that limit runs what is not checked: the last wasm frame's
+/// overshoot, host functions called from wasm (WASI, the network stack) and the trap and
+/// exception paths. Hence the slack.
+#[cfg(feature = "engine-wasmtime")]
 pub const STACK_SIZE: usize = 4 << 20;
+/// Size of the kernel stack (in `.bss`, touched only as deep as it is used). wasmi keeps
+/// wasm values and frames on the heap, so the stack holds only the kernel's own calls
+/// (WASI, the network stack, translation); what it does not take is RAM the app gets (the
+/// linear memory lies above the kernel's image).
+#[cfg(not(feature = "engine-wasmtime"))]
+pub const STACK_SIZE: usize = 1 << 20;
 
 /// The stack kept for what runs below compiled wasm's stack limit unchecked.
 #[cfg(feature = "engine-wasmtime")]
