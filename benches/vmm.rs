@@ -6,10 +6,13 @@
 //! 2. host memory per idle VM (RSS and PSS of the VMM process, which includes the guest
 //!    pages it touched; for QEMU the QEMU process is added);
 //! 3. stdout throughput of the guest (256 MiB, start-up subtracted);
-//! 4. N concurrent idle VMs: time until all are ready, and the host CPU they use idle.
+//! 4. N concurrent idle VMs: time until all are ready, and the host CPU they use idle;
+//! 5. where a hello's start goes (`WASMVM_BENCH_ONLY=phases`): the `--verbose` milestones.
 //!
 //! `cargo bench --bench vmm`; `WASMVM_BENCH_RUNS` (default 21) and `WASMVM_BENCH_VMS`
-//! (default 100; the issue's target is for 500) change the sizes.
+//! (default 100; the issue's target is for 500) change the sizes. A full run also draws
+//! the start-up and memory tables as SVG bar charts into `docs/charts/` (benchmarks.md
+//! shows them).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -159,6 +162,9 @@ fn main() {
     if wanted("memory") {
         usable_memory(&exitcode_img, &common::sample("exitcode"));
     }
+    if wanted("phases") {
+        phases(runs, &hello_img);
+    }
     if wanted("density") && only.is_some() {
         density(vms, &exitcode_img);
         return;
@@ -173,6 +179,7 @@ fn main() {
     println!("| how | ms |");
     println!("|---|---|");
     let mut startup = std::collections::HashMap::new();
+    let mut start_bars = Vec::new();
     for (name, vmm) in [
         ("wasmvm run (built-in VMM, KVM, no QEMU)", "builtin"),
         ("wasmvm run --no-huge-pages (built-in VMM)", "builtin-4k"),
@@ -184,6 +191,7 @@ fn main() {
         }
         let ms = median_ms(runs, || wasmvm_run(vmm, &hello_img, &[]));
         startup.insert(vmm, ms.unwrap_or(0.0));
+        start_bars.extend(ms.map(|m| (name.to_string(), m)));
         print_row(name, ms.map(|m| format!("{m:.1}")));
     }
     for (name, tool, args) in [
@@ -196,18 +204,26 @@ fn main() {
                 c.args(args).arg(&hello);
                 c
             });
+            start_bars.extend(ms.map(|m| (name.to_string(), m)));
             print_row(name, ms.map(|m| format!("{m:.1}")));
         } else {
             print_row(name, Some("not on PATH".into()));
         }
     }
     println!();
+    write_chart(
+        "start.svg",
+        "hello.wasm cold start, process start to exit (median; shorter is better)",
+        "ms",
+        &start_bars,
+    );
 
     // 2. Memory per idle VM.
     println!("Host memory of one idle VM (median of 5; VMM process incl. guest pages touched)");
     println!();
     println!("| backend | RSS MiB | PSS MiB |");
     println!("|---|---|---|");
+    let mut memory_bars = Vec::new();
     for vmm in &vmms {
         let (mut rss, mut pss) = (Vec::new(), Vec::new());
         for _ in 0..5 {
@@ -225,13 +241,18 @@ fn main() {
             );
             stop(child);
         }
-        println!(
-            "| {vmm} | {:.1} | {:.1} |",
-            median(rss) / 1024.0,
-            median(pss) / 1024.0
-        );
+        let (rss, pss) = (median(rss) / 1024.0, median(pss) / 1024.0);
+        println!("| {vmm} | {rss:.1} | {pss:.1} |");
+        memory_bars.push((format!("{vmm}: RSS"), rss));
+        memory_bars.push((format!("{vmm}: PSS"), pss));
     }
     println!();
+    write_chart(
+        "memory.svg",
+        "Host memory of one idle VM (median; smaller is better)",
+        "MiB",
+        &memory_bars,
+    );
 
     // 3. Throughput.
     let mib = 256;
@@ -259,12 +280,18 @@ fn main() {
 
 /// `vms` idle VMs at once: time until all are ready, host CPU while they idle, memory.
 fn density(vms: usize, exitcode_img: &Path) {
-    println!("{vms} concurrent idle VMs (built-in VMM)");
+    for vmm in ["builtin", "builtin-4k"] {
+        density_of(vms, exitcode_img, vmm);
+    }
+}
+
+fn density_of(vms: usize, exitcode_img: &Path, vmm: &str) {
+    println!("{vms} concurrent idle VMs ({vmm})");
     println!();
     let t = Instant::now();
     let children: Vec<Child> = (0..vms)
         .map(|_| {
-            wasmvm_run("builtin", exitcode_img, &["idle"])
+            wasmvm_run(vmm, exitcode_img, &["idle"])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
@@ -318,6 +345,126 @@ fn density(vms: usize, exitcode_img: &Path) {
     );
     for child in children.drain(..) {
         stop(child);
+    }
+}
+
+/// Where a hello's start goes: the milestones `wasmvm run --verbose` prints (the host's
+/// times from the start of the run, the guest's lines stamped on arrival), medians of
+/// `runs`. Verbose runs send the log lines, which quiet runs do not (a few exits more).
+fn phases(runs: usize, img: &Path) {
+    const MILESTONES: [(&str, &str); 4] = [
+        (
+            "VM built (memory filled, KVM VM and vCPU created)",
+            "host: VM built after ",
+        ),
+        (
+            "kernel ready (devices up, run configuration read)",
+            "kernel: ready",
+        ),
+        (
+            "module compiled and instantiated, `_start` called",
+            "calling _start",
+        ),
+        ("exit record handled, VM torn down", "host: VM ended after "),
+    ];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); MILESTONES.len() + 1];
+    for _ in 0..runs {
+        let t = Instant::now();
+        let out = common::wasmvm()
+            .args(["run", "-v"])
+            .arg(img)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run wasmvm");
+        let whole = t.elapsed().as_secs_f64() * 1e3;
+        assert!(out.status.success(), "a verbose hello failed");
+        let log = String::from_utf8_lossy(&out.stderr);
+        for (i, (_, marker)) in MILESTONES.iter().enumerate() {
+            let line = log
+                .lines()
+                .find(|l| l.contains(marker))
+                .unwrap_or_else(|| panic!("no `{marker}` line in:\n{log}"));
+            times[i].push(milestone_ms(line));
+        }
+        times[MILESTONES.len()].push(whole);
+    }
+    println!("Where hello's start goes (`wasmvm run -v`, median of {runs} runs)");
+    println!();
+    println!("| milestone | ms after the run started |");
+    println!("|---|---|");
+    for (i, (name, _)) in MILESTONES.iter().enumerate() {
+        println!("| {name} | {:.1} |", median(times[i].clone()));
+    }
+    println!(
+        "| process exit, as its parent sees it (from spawn) | {:.1} |",
+        median(times[MILESTONES.len()].clone())
+    );
+    println!();
+}
+
+/// The milliseconds in a `--verbose` line: `after X ms` (host lines) or `(host +X ms)`
+/// (guest lines, stamped on arrival).
+fn milestone_ms(line: &str) -> f64 {
+    let tail = line
+        .rsplit_once("host +")
+        .or_else(|| line.rsplit_once("after "))
+        .map(|(_, t)| t)
+        .unwrap_or_default();
+    tail.split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no time in `{line}`"))
+}
+
+/// Draws `bars` as a horizontal bar chart into `docs/charts/NAME` (an SVG that GitHub and
+/// browsers render), labelled with each value in `unit`.
+fn write_chart(name: &str, title: &str, unit: &str, bars: &[(String, f64)]) {
+    if bars.is_empty() {
+        return;
+    }
+    let (label_w, bar_w, row_h, top) = (330.0, 360.0, 26.0, 40.0);
+    let max = bars.iter().map(|b| b.1).fold(0.0f64, f64::max).max(1e-9);
+    let height = top + row_h * bars.len() as f64 + 10.0;
+    let width = label_w + bar_w + 90.0;
+    let escape = |t: &str| {
+        t.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
+         font-family=\"sans-serif\" font-size=\"13\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"10\" y=\"22\" font-weight=\"bold\">{}</text>\n",
+        escape(title)
+    );
+    for (i, (label, value)) in bars.iter().enumerate() {
+        let y = top + row_h * i as f64;
+        let w = (value / max * bar_w).max(1.0);
+        let fill = if label.starts_with("wasmvm run (") || label.starts_with("builtin:") {
+            "#2f6fdf"
+        } else {
+            "#9aa7b8"
+        };
+        svg += &format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n\
+             <rect x=\"{label_w}\" y=\"{}\" width=\"{w:.1}\" height=\"{}\" fill=\"{fill}\"/>\n\
+             <text x=\"{:.1}\" y=\"{}\">{value:.1} {unit}</text>\n",
+            label_w - 8.0,
+            y + 17.0,
+            escape(label),
+            y + 4.0,
+            row_h - 8.0,
+            label_w + w + 6.0,
+            y + 17.0,
+        );
+    }
+    svg += "</svg>\n";
+    let dir = common::root().join("docs/charts");
+    let written = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(dir.join(name), svg));
+    match written {
+        Ok(()) => println!("(chart: docs/charts/{name})\n"),
+        Err(e) => println!("(chart docs/charts/{name} not written: {e})\n"),
     }
 }
 
