@@ -139,6 +139,17 @@ pub fn stdin_ready() -> bool {
 
 /// Sends the exit record and ends the VM. Never returns.
 pub fn exit(record: &ExitRecord) -> ! {
+    // A kernel stack that overflowed has corrupted statics: that is the reason to report.
+    let overflow;
+    let record = if arch::boot::stack_overflowed() {
+        overflow = ExitRecord::failed(
+            wasmvm_abi::channel::ExitKind::KernelPanic,
+            alloc::string::String::from("the kernel's stack overflowed"),
+        );
+        &overflow
+    } else {
+        record
+    };
     // A panic while the channel was locked cannot report through it; crash instead, which the
     // host reports as a guest crash.
     let mut serial = false;

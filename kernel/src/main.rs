@@ -89,6 +89,7 @@ mod path {
 /// the PVH path, of a [`BootInfo`] after the direct entry, or of the Multiboot2 information.
 #[unsafe(no_mangle)]
 extern "C" fn kernel_main(boot_paddr: u64, entry: u64) -> ! {
+    arch::boot::mark_stack_end();
     let boot_info = if entry == path::DIRECT {
         match phys::loader_bytes(boot_paddr, BOOT_INFO_LEN as u64).map(BootInfo::decode) {
             Some(Ok(info)) => Some(info),

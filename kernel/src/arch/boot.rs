@@ -43,6 +43,30 @@ const _: () = assert!(
     "the kernel stack must hold compiled wasm's stack plus slack"
 );
 
+/// What [`mark_stack_end`] writes at the stack's lowest word.
+const STACK_CANARY: u64 = u64::from_le_bytes(*b"WASMVMSt");
+
+unsafe extern "C" {
+    /// The lowest byte of the kernel stack (the assembly below).
+    static mut boot_stack: u64;
+}
+
+/// Marks the stack's lowest word. The stack lies in `.bss` with no guard page below it (no
+/// exception could be taken at CPL 3 anyway), so an overflow would silently overwrite the
+/// kernel's statics; [`stack_overflowed`] tells it at the end, so that the run fails with
+/// that reason rather than whatever the corruption did.
+pub fn mark_stack_end() {
+    // SAFETY: `boot_stack` is the kernel's own, 4 KiB-aligned stack area; its lowest word is
+    // only ever reached by an overflow, and nothing else aliases it.
+    unsafe { core::ptr::addr_of_mut!(boot_stack).write_volatile(STACK_CANARY) }
+}
+
+/// Whether the stack grew past its end since [`mark_stack_end`].
+pub fn stack_overflowed() -> bool {
+    // SAFETY: as in `mark_stack_end`; a read of the kernel's own memory.
+    unsafe { core::ptr::addr_of!(boot_stack).read_volatile() != STACK_CANARY }
+}
+
 /// GDT selectors. User data precedes user code, as `sysret` would expect.
 pub const KERNEL_CS: u16 = 0x08;
 pub const KERNEL_DS: u16 = 0x10;
@@ -235,6 +259,7 @@ boot_pd:
 
     .section .bss.boot_stack, "aw", @nobits
     .p2align 12
+    .global boot_stack
 boot_stack:
     .space {stack_size}
     .global boot_stack_top
