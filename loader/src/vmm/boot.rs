@@ -41,6 +41,14 @@ pub enum BootError {
     },
     #[error("{memory_mib} MiB of guest memory is more than the built-in VMM gives (3072 MiB)")]
     TooMuchMemory { memory_mib: u64 },
+    #[error(
+        "the run configuration ({len} bytes: arguments, environment, shares) does not fit in guest memory of {memory_mib} MiB after the image: give the VM at least --memory {needed_mib}M"
+    )]
+    ConfigDoesNotFit {
+        len: usize,
+        memory_mib: u64,
+        needed_mib: u64,
+    },
     #[error("cannot reserve {memory_mib} MiB of guest memory: {cause}")]
     GuestMemory {
         memory_mib: u64,

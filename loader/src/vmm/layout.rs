@@ -1,7 +1,7 @@
 //! Where things sit in a built-in VMM guest's physical address space. The boot structures go
-//! in low memory below the kernel's 1 MiB load address; the run configuration goes at the
-//! top of RAM; the direct entry's page tables sit alone above RAM; devices sit in one MMIO
-//! window each, far above that.
+//! in low memory below the kernel's 1 MiB load address; the run configuration goes on the
+//! page after the image (`machine::write_pvh_structures`); the direct entry's page tables
+//! sit alone above RAM; devices sit in one MMIO window each, far above that.
 
 /// The guest page size the VMM lays things out in.
 pub const PAGE_SIZE: u64 = 4096;

@@ -133,8 +133,8 @@ fn load_segment(
 /// module 0, and the command line. The configuration goes on the page after `image_end`
 /// (the end of the image's last segment), where the guest's stack, the app bundle and its
 /// heap's first blocks already share a 2 MiB page: at the top of RAM it would cost a (huge)
-/// page of its own, zeroed by the host and faulted in by the guest. If it does not fit
-/// there, it goes at the top of RAM.
+/// page of its own, zeroed by the host and faulted in by the guest. A configuration that
+/// does not fit there does not fit anywhere (it would overlap the image).
 fn write_pvh_structures(
     mem: &GuestMemoryMmap,
     mem_size: u64,
@@ -151,11 +151,15 @@ fn write_pvh_structures(
         });
     }
     let config = run.encode();
-    let after_image = align_up(image_end, PAGE_SIZE);
-    let config_addr = match after_image.checked_add(config.len() as u64) {
-        Some(end) if end <= mem_size => after_image,
-        _ => mem_size.saturating_sub(config.len() as u64) & !(PAGE_SIZE - 1),
-    };
+    let config_addr = align_up(image_end, PAGE_SIZE);
+    let config_end = config_addr.saturating_add(config.len() as u64);
+    if config_end > mem_size {
+        return Err(BootError::ConfigDoesNotFit {
+            len: config.len(),
+            memory_mib: mem_size >> 20,
+            needed_mib: config_end.div_ceil(1 << 20),
+        });
+    }
     let modlist = pvh::Module {
         paddr: config_addr,
         size: config.len() as u64,
@@ -244,13 +248,13 @@ fn create_vm() -> Result<(VmFd, VcpuFd), BootError> {
 /// `config` says, with the vCPU at the kernel's entry.
 ///
 /// Guest RAM is an anonymous mapping the host fills only as the guest touches it; the
-/// image's segments are mapped copy-on-write from the file where their layout allows.
+/// image's segments are copied into it (with huge pages) or mapped copy-on-write from the
+/// file where their layout allows (see [`MachineConfig::map_file`]).
 pub fn build(image: &MappedImage, config: &MachineConfig) -> Result<Machine, BootError> {
     let elf = Elf::parse(image.bytes()).map_err(BootError::Elf)?;
     let entry = Entry::find(&elf, config.boot)?;
     let memory_mib = config.memory_mib;
-    let mem_size = memory_mib << 20;
-    if mem_size > MAX_RAM {
+    if memory_mib > MAX_RAM >> 20 {
         return Err(BootError::TooMuchMemory { memory_mib });
     }
     // KVM's VM and vCPU come up on a thread of their own while this one fills guest memory:
@@ -406,18 +410,21 @@ mod tests {
     }
 
     #[test]
-    fn a_run_configuration_that_does_not_fit_after_the_image_goes_at_the_top() {
-        let mem = memory(4);
+    fn a_run_configuration_that_does_not_fit_after_the_image_is_refused_by_size() {
         let run = RunConfig {
             env: vec![vec![b'x'; 8000]],
             ..RunConfig::default()
         };
-        let config = run.encode();
-        write_pvh_structures(&mem, 4 << 20, (4 << 20) - 4096, &run, "").unwrap();
-        let at = ((4u64 << 20) - config.len() as u64) & !0xfff;
-        let mut back = vec![0u8; config.len()];
-        mem.read_slice(&mut back, GuestAddress(at)).unwrap();
-        assert_eq!(back, config);
+        let e = write_pvh_structures(&memory(4), 4 << 20, (4 << 20) - 4096, &run, "").unwrap_err();
+        assert!(matches!(
+            e,
+            BootError::ConfigDoesNotFit {
+                memory_mib: 4,
+                needed_mib: 5,
+                ..
+            }
+        ));
+        assert!(e.to_string().contains("--memory 5M"), "{e}");
     }
 
     #[test]

@@ -323,7 +323,11 @@ fn run(
         // A pump that could not start ends the run (the guest is stopped below).
         let event = match (input, output) {
             (Ok(_), Ok(_)) => control.wait(deadline),
-            (Err(e), _) | (_, Err(e)) => Some(RunEvent::Stream(Err(e))),
+            (Err(e), _) => Some(RunEvent::Stream(Err(std::io::Error::new(
+                e.kind(),
+                format!("starting the stdin thread: {e}"),
+            )))),
+            (_, Err(e)) => Some(RunEvent::Stream(Err(e))),
         };
         // From here the volumes are being closed and made durable.
         flushing = Some(FlushMark::begin(opts));
