@@ -151,7 +151,7 @@ fn main() {
     println!("Machine: {}", machine());
     println!();
 
-    // `WASMVM_BENCH_ONLY=overhead|memory|density` runs one part; by default, all of them.
+    // `WASMVM_BENCH_ONLY=overhead|memory|phases|density` runs one part; by default, all.
     let only = std::env::var("WASMVM_BENCH_ONLY").ok();
     let wanted = |part: &str| only.as_deref().is_none_or(|o| o == part);
 
@@ -196,7 +196,7 @@ fn main() {
     }
     for (name, tool, args) in [
         ("wasmtime run", "wasmtime", &["run"][..]),
-        ("wasmi CLI", "wasmi_cli", &[][..]),
+        ("wasmi CLI", "wasmi", &[][..]),
     ] {
         if Command::new(tool).arg("--version").output().is_ok() {
             let ms = median_ms(runs, || {
