@@ -173,42 +173,65 @@ fn main() {
         return;
     }
 
-    // 1. Cold start.
-    println!("hello.wasm cold start, process start to exit, median of {runs} runs");
+    // 1. Cold start: one run of each contender per round, so that the host's drift over the
+    // minute this takes weighs on all of them alike.
+    println!("hello.wasm cold start, process start to exit, median of {runs} interleaved runs");
     println!();
     println!("| how | ms |");
     println!("|---|---|");
-    let mut startup = std::collections::HashMap::new();
-    let mut start_bars = Vec::new();
+    type MakeCommand<'a> = Box<dyn Fn() -> Command + 'a>;
+    let mut contenders: Vec<(&str, &str, MakeCommand)> = Vec::new();
     for (name, vmm) in [
         ("wasmvm run (built-in VMM, KVM, no QEMU)", "builtin"),
         ("wasmvm run --no-huge-pages (built-in VMM)", "builtin-4k"),
         ("wasmvm run --vmm qemu (QEMU microvm, KVM)", "qemu"),
         ("wasmvm run --vmm host (no VM)", "host"),
     ] {
-        if vmm == "qemu" && !qemu {
-            continue;
+        if vmm != "qemu" || qemu {
+            let img = &hello_img;
+            contenders.push((name, vmm, Box::new(move || wasmvm_run(vmm, img, &[]))));
         }
-        let ms = median_ms(runs, || wasmvm_run(vmm, &hello_img, &[]));
-        startup.insert(vmm, ms.unwrap_or(0.0));
-        start_bars.extend(ms.map(|m| (name.to_string(), m)));
-        print_row(name, ms.map(|m| format!("{m:.1}")));
     }
+    let mut missing = Vec::new();
     for (name, tool, args) in [
         ("wasmtime run", "wasmtime", &["run"][..]),
         ("wasmi CLI", "wasmi", &[][..]),
     ] {
         if Command::new(tool).arg("--version").output().is_ok() {
-            let ms = median_ms(runs, || {
-                let mut c = Command::new(tool);
-                c.args(args).arg(&hello);
-                c
-            });
-            start_bars.extend(ms.map(|m| (name.to_string(), m)));
-            print_row(name, ms.map(|m| format!("{m:.1}")));
+            let hello = &hello;
+            contenders.push((
+                name,
+                tool,
+                Box::new(move || {
+                    let mut c = Command::new(tool);
+                    c.args(args).arg(hello);
+                    c
+                }),
+            ));
         } else {
-            print_row(name, Some("not on PATH".into()));
+            missing.push(name);
         }
+    }
+    let mut times: Vec<Option<Vec<f64>>> = vec![Some(Vec::new()); contenders.len()];
+    for _ in 0..runs {
+        for (i, (_, _, command)) in contenders.iter().enumerate() {
+            let took = times[i].as_ref().and_then(|_| median_ms(1, command));
+            match (took, times[i].as_mut()) {
+                (Some(ms), Some(list)) => list.push(ms),
+                _ => times[i] = None,
+            }
+        }
+    }
+    let mut startup = std::collections::HashMap::new();
+    let mut start_bars = Vec::new();
+    for ((name, key, _), list) in contenders.iter().zip(times) {
+        let ms = list.map(median);
+        startup.insert(*key, ms.unwrap_or(0.0));
+        start_bars.extend(ms.map(|m| (name.to_string(), m)));
+        print_row(name, ms.map(|m| format!("{m:.1}")));
+    }
+    for name in missing {
+        print_row(name, Some("not on PATH".into()));
     }
     println!();
     write_chart(
