@@ -228,6 +228,67 @@ fn verbose_prints_boot_timings() {
 }
 
 #[test]
+fn a_run_configuration_too_big_for_guest_memory_is_refused_by_size() {
+    if accel() != "kvm" {
+        eprintln!("note: no KVM; skipping the built-in VMM");
+        return;
+    }
+    let dir = scratch();
+    let env = dir.path().join("big.env");
+    std::fs::write(&env, format!("BIG={}\n", "x".repeat(14 << 20))).unwrap();
+    let env = env.to_str().unwrap();
+    // A packed image: its environment then travels in the run configuration (a module run
+    // directly is packed with it, and the bundle is what would not fit).
+    let img = dir.path().join("hello.img");
+    pack(&sample("hello"), &img, &[]);
+    let o = run(
+        &img,
+        &["--vmm", "builtin", "--memory", "16M", "--env-file", env],
+        b"",
+    );
+    assert_eq!(o.status.code(), Some(253), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "");
+    let err = stderr(&o);
+    assert!(
+        err.contains("the run configuration") && err.contains("does not fit in guest memory"),
+        "{err}"
+    );
+    assert_eq!(err.matches("error").count(), 1, "said once: {err}");
+    // Given what it asks for, the same run works.
+    let needed = err
+        .split("--memory ")
+        .nth(1)
+        .and_then(|t| t.split('M').next())
+        .expect("the message names the --memory it needs");
+    let memory = format!("{needed}M");
+    let o = run(
+        &img,
+        &["--vmm", "builtin", "--memory", &memory, "--env-file", env],
+        b"",
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn the_linear_memory_starts_on_a_huge_page_boundary() {
+    if accel() != "kvm" {
+        eprintln!("note: no KVM; skipping the built-in VMM");
+        return;
+    }
+    // The app's first pages then share one 2 MiB page (design.md, *Touch few huge pages*).
+    let o = run(&sample("hello"), &["--vmm", "builtin", "-v"], b"");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    let at = err
+        .split("in place at 0x")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .unwrap_or_else(|| panic!("no linear memory address in:\n{err}"));
+    assert_eq!(at % (2 << 20), 0, "{at:#x}");
+}
+
+#[test]
 fn packed_directories_are_preopened_and_writable_in_guest_memory() {
     let dir = scratch();
     let data = dir.path().join("data");

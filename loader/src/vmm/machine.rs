@@ -101,7 +101,7 @@ fn load_segment(
             addr: ph.p_paddr,
             len,
             memory_mib,
-            needed_mib: ph.p_paddr.saturating_add(len).div_ceil(1 << 20),
+            needed_mib: needed_mib(ph.p_paddr.saturating_add(len), len),
         });
     }
     let write_err = |cause| BootError::GuestWrite {
@@ -127,6 +127,20 @@ fn load_segment(
     }
     mem.write_slice(elf.segment(ph), GuestAddress(ph.p_paddr))
         .map_err(write_err)
+}
+
+/// RAM the kernel needs above everything the VMM loads, besides its own copies of what it
+/// was handed: its heap (below ~1 MiB it cannot even report) and a small app's linear
+/// memory. Errors that name the `--memory` a run needs add it, so that the size they name
+/// works.
+const HEAP_HEADROOM_MIB: u64 = 8;
+
+/// The `--memory` to name for a VM whose loaded bytes end at `end`, the last piece `len`
+/// bytes long: the kernel decodes that piece (the run configuration, the app bundle) into
+/// its heap and keeps what WASI hands out from it, and the app copies its arguments and
+/// environment into its own memory once more: room for three more copies.
+fn needed_mib(end: u64, len: u64) -> u64 {
+    end.saturating_add(len.saturating_mul(3)).div_ceil(1 << 20) + HEAP_HEADROOM_MIB
 }
 
 /// Writes the PVH boot structures: start info, one RAM entry, the run configuration as
@@ -157,7 +171,7 @@ fn write_pvh_structures(
         return Err(BootError::ConfigDoesNotFit {
             len: config.len(),
             memory_mib: mem_size >> 20,
-            needed_mib: config_end.div_ceil(1 << 20),
+            needed_mib: needed_mib(config_end, config.len() as u64),
         });
     }
     let modlist = pvh::Module {
@@ -420,11 +434,11 @@ mod tests {
             e,
             BootError::ConfigDoesNotFit {
                 memory_mib: 4,
-                needed_mib: 5,
+                needed_mib: 13,
                 ..
             }
         ));
-        assert!(e.to_string().contains("--memory 5M"), "{e}");
+        assert!(e.to_string().contains("--memory 13M"), "{e}");
     }
 
     #[test]
