@@ -130,7 +130,8 @@ extern "C" fn kernel_main(boot_paddr: u64, entry: u64) -> ! {
     };
 
     // The heap: the largest free stretch of RAM above the bundle, clear of everything the
-    // loader handed over (under QEMU, the run configuration at the top of RAM).
+    // loader handed over (the run configuration: on the page after the image under
+    // wasmvm's VMM, at the top of RAM under QEMU).
     let Some((heap_start, heap_end)) = handover
         .heap_region(align_up(bundle_end, 4096))
         .filter(|(start, end)| end - start > 1 << 20)
