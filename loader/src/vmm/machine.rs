@@ -79,7 +79,8 @@ pub struct Machine {
 /// offset and address are page aligned (the pages past the file bytes zeroed, as `.bss` must
 /// be), else copied. Every range is checked against guest memory first. A private mapping
 /// still shows later writes to the file in pages the guest has not written, so callers copy
-/// whenever a guest could reach the file (a writable live directory).
+/// whenever a guest could reach the file (a writable live directory). Returns where the
+/// segment ends in guest memory (`.bss` included).
 fn load_segment(
     mem: &GuestMemoryMmap,
     memory_mib: u64,
@@ -87,7 +88,7 @@ fn load_segment(
     elf: &Elf,
     ph: &ProgramHeader,
     map_file: bool,
-) -> Result<(), BootError> {
+) -> Result<u64, BootError> {
     let mem_size = memory_mib << 20;
     let file_span = align_up(ph.p_filesz, PAGE_SIZE);
     let fits = |len: u64| {
@@ -104,6 +105,7 @@ fn load_segment(
             needed_mib: needed_mib(ph.p_paddr.saturating_add(len), len),
         });
     }
+    let end = ph.p_paddr + len;
     let write_err = |cause| BootError::GuestWrite {
         what: "an image segment",
         addr: ph.p_paddr,
@@ -120,13 +122,14 @@ fn load_segment(
             .map_err(|cause| BootError::MapImage { cause })?;
         if mapped {
             let tail = (file_span - ph.p_filesz) as usize;
-            return mem
-                .write_slice(&vec![0u8; tail], GuestAddress(ph.p_paddr + ph.p_filesz))
-                .map_err(write_err);
+            mem.write_slice(&vec![0u8; tail], GuestAddress(ph.p_paddr + ph.p_filesz))
+                .map_err(write_err)?;
+            return Ok(end);
         }
     }
     mem.write_slice(elf.segment(ph), GuestAddress(ph.p_paddr))
-        .map_err(write_err)
+        .map_err(write_err)?;
+    Ok(end)
 }
 
 /// RAM the kernel needs above everything the VMM loads, besides its own copies of what it
@@ -237,9 +240,7 @@ fn fill_memory(
     let map_file = config.map_file && !config.huge_pages;
     let mut image_end = 0;
     for ph in elf.phdrs.iter().filter(|p| p.p_type == PT_LOAD) {
-        load_segment(&mem, memory_mib, image, elf, ph, map_file)?;
-        // load_segment checked that the segment fits in RAM, so this cannot overflow.
-        image_end = image_end.max(ph.p_paddr + ph.p_memsz.max(ph.p_filesz));
+        image_end = image_end.max(load_segment(&mem, memory_mib, image, elf, ph, map_file)?);
     }
     write_pvh_structures(&mem, mem_size, image_end, config.run_config, config.cmdline)?;
     Ok(mem)
