@@ -229,8 +229,7 @@ fn verbose_prints_boot_timings() {
 
 #[test]
 fn a_run_configuration_too_big_for_guest_memory_is_refused_by_size() {
-    if accel() != "kvm" {
-        eprintln!("note: no KVM; skipping the built-in VMM");
+    if !builtin_vmm_usable() {
         return;
     }
     let dir = scratch();
@@ -271,8 +270,7 @@ fn a_run_configuration_too_big_for_guest_memory_is_refused_by_size() {
 
 #[test]
 fn the_linear_memory_starts_on_a_huge_page_boundary() {
-    if accel() != "kvm" {
-        eprintln!("note: no KVM; skipping the built-in VMM");
+    if !builtin_vmm_usable() {
         return;
     }
     // The app's first pages then share one 2 MiB page (design.md, *Touch few huge pages*).
@@ -427,8 +425,7 @@ fn a_missing_qemu_is_a_clear_error() {
 
 #[test]
 fn the_builtin_vmms_worker_threads_run_under_seccomp() {
-    if accel() != "kvm" {
-        eprintln!("note: no KVM; skipping the built-in VMM");
+    if !builtin_vmm_usable() {
         return;
     }
     let mut child = start_ready(
@@ -530,8 +527,7 @@ fn large_output_arrives_intact_through_the_widened_window() {
 
 #[test]
 fn the_builtin_vmm_also_boots_through_pvh() {
-    if accel() != "kvm" {
-        eprintln!("note: no KVM; skipping the built-in VMM");
+    if !builtin_vmm_usable() {
         return;
     }
     let o = run(

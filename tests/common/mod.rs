@@ -101,6 +101,15 @@ pub fn accel() -> &'static str {
     })
 }
 
+/// Whether the built-in VMM can run here (it needs KVM); says so when a test skips it.
+pub fn builtin_vmm_usable() -> bool {
+    let usable = accel() == "kvm";
+    if !usable {
+        eprintln!("note: no KVM; skipping the built-in VMM");
+    }
+    usable
+}
+
 /// A scratch directory removed at the end of the test.
 pub fn scratch() -> tempfile::TempDir {
     tempfile::Builder::new()
