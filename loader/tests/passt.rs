@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use wasmvm_abi::net::{GATEWAY, GUEST_ADDR, GUEST_MAC};
-use wasmvm_loader::run::network::{BUILTIN_USER_MTU, Publish};
+use wasmvm_loader::run::network::{BUILTIN_USER_MTU, NetError, Publish};
 use wasmvm_loader::vmm::devices::net::link::{FrameLink, StreamLink};
 use wasmvm_loader::vmm::devices::net::passt::Passt;
 
@@ -218,7 +218,20 @@ fn a_failing_passt_is_reported_with_its_messages() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
     let (vmm, peer) = UnixStream::pair().unwrap();
-    let mut passt = Passt::spawn(&fake, &[], BUILTIN_USER_MTU, &peer).unwrap();
+    // Another test's fork can briefly hold the script's write descriptor (between its fork
+    // and exec), and exec then fails with ETXTBSY: the known Linux race, retried as Go does.
+    let mut attempts = 0;
+    let mut passt = loop {
+        match Passt::spawn(&fake, &[], BUILTIN_USER_MTU, &peer) {
+            Err(NetError::PasstSpawn { cause, .. })
+                if cause.kind() == std::io::ErrorKind::ExecutableFileBusy && attempts < 100 =>
+            {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => break other.unwrap(),
+        }
+    };
     drop(peer);
     let mut link = StreamLink::new(vmm).unwrap();
     let e = passt.wait_ready(&mut link).unwrap_err().to_string();
