@@ -24,6 +24,7 @@ const RX_BUFFER_LEN: usize = 4096;
 const TX_HEAD: u16 = RX_BUFFERS;
 const DESC_NEXT: u16 = 1;
 const DESC_WRITE: u16 = 2;
+const VRING_USED_F_NO_NOTIFY: u16 = 1;
 
 const STATUS_ACKNOWLEDGE: u32 = 1;
 const STATUS_DRIVER: u32 = 2;
@@ -94,6 +95,17 @@ impl Queue {
             fence(Ordering::Release);
             idx.write_volatile(self.next_avail);
         }
+    }
+
+    /// Whether the device wants to hear of newly posted buffers: not when its used ring
+    /// carries `VRING_USED_F_NO_NOTIFY` (the built-in VMM's receive queue: it looks at the
+    /// queue in every exit that can bring input).
+    fn device_wants_notify(&self) -> bool {
+        let flags = self.used_addr() as *const u16;
+        // SAFETY: the used ring's flags, in this queue's memory; volatile, as the device
+        // writes them.
+        let flags = unsafe { flags.read_volatile() };
+        flags & VRING_USED_F_NO_NOTIFY == 0
     }
 
     /// The next chain the device has used: (head, bytes written).
@@ -255,11 +267,13 @@ impl VirtConsole {
     }
 
     /// Hands every byte the host has delivered to `take`, then gives the buffers back (one
-    /// notify for all of them). Returns whether anything arrived.
+    /// notify for all of them, unless the device asked for none). Returns whether anything
+    /// arrived.
     ///
-    /// A VMM may deliver more during that notify's exit (the built-in one fills receive
-    /// buffers there), so the used ring is read again after each notify: returning with bytes
-    /// already delivered but unseen would leave the caller waiting for input that came.
+    /// A VMM may deliver more during that notify's exit, so the used ring is read again
+    /// after each notify: returning with bytes already delivered but unseen would leave the
+    /// caller waiting for input that came. A device that asks for no notifies delivers in
+    /// the exits the kernel makes anyway (its wait exit, the next send's notify).
     pub fn receive(&mut self, mut take: impl FnMut(&[u8])) -> bool {
         let mut any = false;
         loop {
@@ -276,6 +290,9 @@ impl VirtConsole {
                 return any;
             }
             any = true;
+            if !self.rx.device_wants_notify() {
+                return any;
+            }
             self.notify(RX);
         }
     }

@@ -1,7 +1,10 @@
 //! The built-in VMM's virtio console (behind `devices::mmio`): port 0 carries the framed guest
 //! channel (`wasmvm_abi::channel`). Transmit buffers are consumed in the notify exit that
-//! announces them; receive buffers are filled whenever the vCPU exits (notifies, and the
-//! kernel's wait exits while it waits for input or credit).
+//! announces them; receive buffers are filled in the console's notify exits and in the
+//! kernel's wait exits (it waits there for input or credit). So the receive queue asks the
+//! driver not to notify (`VRING_USED_F_NO_NOTIFY`): a buffer the kernel hands back is
+//! found at the next of those exits, and re-posting buffers costs it no exit of its own
+//! (it was one exit in two while the guest streamed output, returning the host's credit).
 
 use std::io::{ErrorKind, Read};
 use std::os::unix::net::UnixStream;
@@ -28,6 +31,9 @@ pub struct Console {
     /// Host bytes read but not yet placed in a guest buffer.
     pending: Vec<u8>,
     host_closed: bool,
+    /// Whether the receive queue's used ring carries `VRING_USED_F_NO_NOTIFY` (set as soon
+    /// as the queue works, again after a reset).
+    rx_quiet: bool,
 }
 
 impl VirtioDevice for Console {
@@ -47,6 +53,10 @@ impl VirtioDevice for Console {
         // Take what the guest queued, and fill what it offered.
         self.process_tx(queues, mem);
         self.process_rx(queues, mem);
+    }
+
+    fn reset(&mut self) {
+        self.rx_quiet = false;
     }
 }
 
@@ -115,6 +125,7 @@ impl Console {
             from_host,
             pending: Vec::new(),
             host_closed: false,
+            rx_quiet: false,
         })
     }
 
@@ -151,6 +162,10 @@ impl Console {
 
     /// Moves host bytes into the guest's receive buffers, as far as both allow.
     pub fn process_rx(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) -> Rx {
+        if !self.rx_quiet {
+            self.rx_quiet =
+                usable(queues, RX, mem).is_some_and(|q| q.disable_notification(mem).is_ok());
+        }
         let mut chunk = [0u8; 16 * 1024];
         while !self.host_closed && self.pending.len() < 64 * 1024 {
             match self.from_host.read(&mut chunk) {
@@ -298,6 +313,32 @@ mod tests {
         d.notify(RX as u32);
         assert_eq!(d.used(RX), [(u32::from(third), 4)]);
         assert_eq!(d.get(BUFFERS + 0x3000, 4), b"more");
+    }
+
+    #[test]
+    fn the_receive_queue_asks_for_no_notifies_and_a_reset_clears_that() {
+        use crate::vmm::devices::testing::RINGS;
+        const NO_NOTIFY: [u8; 2] = [1, 0];
+        let rx_used_flags = RINGS + RX as u64 * 0x1000 + 0x800;
+        let (mut d, _, mut host) = console();
+        assert_eq!(d.get(rx_used_flags, 2), [0, 0]);
+        // The first exit that looks at the queue sets the flag, input or not.
+        assert_eq!(process_rx(&mut d), Rx::Idle);
+        assert_eq!(d.get(rx_used_flags, 2), NO_NOTIFY);
+        // Buffers posted without a notify are still filled at the next exit.
+        let head = d.post(RX, &[(BUFFERS, 16, true)]);
+        host.write_all(b"credit").unwrap();
+        assert_eq!(process_rx(&mut d), Rx::Delivered);
+        assert_eq!(d.used(RX), [(u32::from(head), 6)]);
+        // After a reset the driver may lay the rings out afresh: the device forgets it
+        // asked, and asks again once the queue works.
+        d.w(reg::STATUS, 0);
+        assert!(!d.dev.device.rx_quiet);
+        assert_eq!(process_rx(&mut d), Rx::Idle);
+        assert!(
+            !d.dev.device.rx_quiet,
+            "a reset queue cannot carry the flag"
+        );
     }
 
     #[test]
