@@ -158,6 +158,11 @@ pub fn exit(record: &ExitRecord) -> ! {
             Link::Virtio(_) => channel.send(to_host::EXIT, &record.encode()),
             Link::Serial => serial = true,
         }
+        // Frames still staged are taken before the VM ends: the built-in VMM takes them at
+        // the exit port anyway, another VMM might end the VM first.
+        if let Link::Virtio(console) = &mut channel.link {
+            console.0.flush();
+        }
     }
     let standalone = STANDALONE.load(Ordering::Relaxed);
     // Without a console, the ending goes to the serial port. On a PC first (it has no exit

@@ -6,8 +6,16 @@
 //! (`wasmvm_abi::direct::flags::CONSOLE_READY`) has already negotiated and laid out the
 //! queues, so the kernel only posts receive buffers (no exits); otherwise (QEMU, PVH) the
 //! kernel negotiates with the fewest accesses the virtio-mmio spec allows (about 20).
-//! Frames go out as two chained descriptors (header, payload) with no copy; receive buffers
-//! are 4 KiB each, handed back after their bytes are taken.
+//! Frames go out as two chained descriptors (header, payload) with no copy, and the kernel
+//! waits until the device has taken them; receive buffers are 4 KiB each, handed back after
+//! their bytes are taken.
+//!
+//! A device that asks for no transmit notifies (`VRING_USED_F_NO_NOTIFY` in the transmit
+//! queue's used ring: the built-in VMM, for a few milliseconds after each notify) promises
+//! to take what is queued at its next exit anyway. Frames sent meanwhile are copied into a
+//! staging buffer and queued without an exit, so an app that writes a burst of lines pays
+//! one exit for the burst rather than one per line. The staging buffer is reused once the
+//! device has taken everything in it; when it is full, the kernel notifies and waits.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -20,8 +28,14 @@ const TX: u16 = 1;
 /// Receive buffers posted at a time, and their size.
 const RX_BUFFERS: u16 = 8;
 const RX_BUFFER_LEN: usize = 4096;
-/// The two transmit descriptors (header, payload) after the receive ones.
-const TX_HEAD: u16 = RX_BUFFERS;
+/// The two transmit descriptors (header, payload) of a frame sent without a copy: the last
+/// two; the ones before are for staged frames, one descriptor each.
+const TX_HEAD: u16 = QUEUE_SIZE - 2;
+/// Descriptors for staged frames.
+const STAGED_SLOTS: u16 = TX_HEAD;
+/// Bytes of frames (headers included) staged at most before the kernel waits for the
+/// device: four of the widest frames (`WIDE_GUEST_FRAME_PAYLOAD`).
+const STAGING_LEN: usize = 1 << 20;
 const DESC_NEXT: u16 = 1;
 const DESC_WRITE: u16 = 2;
 const VRING_USED_F_NO_NOTIFY: u16 = 1;
@@ -133,6 +147,13 @@ pub struct VirtConsole {
     /// Ring memory the kernel allocated when it negotiated itself (kept for the whole run).
     _rings: Option<Box<[u8]>>,
     rx_buffers: Vec<Box<[u8; RX_BUFFER_LEN]>>,
+    /// Staged frames, back to back (allocated at the first one; its capacity never changes,
+    /// as the device holds addresses into it).
+    staging: Vec<u8>,
+    /// Staged frames queued since the buffer was last emptied, and how many of them the
+    /// device has handed back.
+    staged: u16,
+    staged_done: u16,
 }
 
 impl VirtConsole {
@@ -149,6 +170,9 @@ impl VirtConsole {
             tx: Queue::at(rings, TX),
             _rings: None,
             rx_buffers: Vec::new(),
+            staging: Vec::new(),
+            staged: 0,
+            staged_done: 0,
         };
         console.post_rx_buffers();
         console
@@ -169,6 +193,9 @@ impl VirtConsole {
             tx: Queue::at(rings, TX),
             _rings: Some(memory),
             rx_buffers: Vec::new(),
+            staging: Vec::new(),
+            staged: 0,
+            staged_done: 0,
         };
         if console.read(0x000) != 0x7472_6976 || console.read(0x004) != 2 {
             return Err(ConsoleError::NotVirtioMmioV2);
@@ -232,10 +259,53 @@ impl VirtConsole {
         }
     }
 
-    /// Sends `header` and `payload` as one frame and waits until the device has taken it.
-    /// Both must be in identity-mapped RAM (any kernel memory is). False if the device
-    /// answered with a bad descriptor id (it is gone or broken).
+    /// Sends `header` and `payload` as one frame: staged if the device asked for no
+    /// notifies (see the module's notes), else without a copy, waiting until the device has
+    /// taken it. Both must be in identity-mapped RAM (any kernel memory is). False if the
+    /// device answered with a bad descriptor id (it is gone or broken).
     pub fn send(&mut self, header: &[u8], payload: &[u8]) -> bool {
+        if !self.reap_tx() {
+            return false;
+        }
+        let len = header.len() + payload.len();
+        if !self.tx.device_wants_notify() && len <= STAGING_LEN {
+            return self.stage(header, payload);
+        }
+        self.send_in_place(header, payload)
+    }
+
+    /// Queues a copy of the frame without an exit; waits for the device first if the
+    /// staging buffer or its descriptors are used up.
+    fn stage(&mut self, header: &[u8], payload: &[u8]) -> bool {
+        let len = header.len() + payload.len();
+        if self.staging.capacity() == 0 {
+            self.staging = Vec::with_capacity(STAGING_LEN);
+        }
+        let full = self.staging.len() + len > STAGING_LEN || self.staged == STAGED_SLOTS;
+        if full && !self.flush() {
+            return false;
+        }
+        let at = self.staging.len();
+        // Within the capacity checked above: the buffer never moves.
+        self.staging.extend_from_slice(header);
+        self.staging.extend_from_slice(payload);
+        let addr = self.staging[at..].as_ptr() as u64;
+        self.tx.set_desc(self.staged, addr, len as u32, 0, 0);
+        self.tx.push(self.staged);
+        self.staged += 1;
+        // The flag read before the push may be stale: an exit in between (the VMM's timer
+        // can make one at any instruction) may have ended the quiet period. Read after the
+        // push, as virtio drivers must, a device that wants a notify gets one.
+        fence(Ordering::SeqCst);
+        if self.tx.device_wants_notify() {
+            self.notify(TX);
+        }
+        true
+    }
+
+    /// Sends a frame straight from where it lies and waits until the device has taken it
+    /// (and, as it takes the queue in order, every staged frame before it).
+    fn send_in_place(&mut self, header: &[u8], payload: &[u8]) -> bool {
         let head = TX_HEAD;
         if payload.is_empty() {
             self.tx
@@ -259,11 +329,46 @@ impl VirtConsole {
         self.tx.push(head);
         self.notify(TX);
         loop {
-            if let Some((id, _)) = self.tx.pop_used() {
-                return id == head;
+            match self.tx.pop_used() {
+                Some((id, _)) if id == head => return self.reap_tx(),
+                Some((id, _)) if id < self.staged => self.staged_done += 1,
+                Some(_) => return false,
+                None => core::hint::spin_loop(),
             }
-            core::hint::spin_loop();
         }
+    }
+
+    /// Has the device take every staged frame now: one notify, then a wait for them.
+    pub fn flush(&mut self) -> bool {
+        if self.staged == self.staged_done {
+            return self.reap_tx();
+        }
+        self.notify(TX);
+        while self.staged != self.staged_done {
+            match self.tx.pop_used() {
+                Some((id, _)) if id < self.staged => self.staged_done += 1,
+                Some(_) => return false,
+                None => core::hint::spin_loop(),
+            }
+        }
+        self.reap_tx()
+    }
+
+    /// Counts the staged frames the device handed back, and empties the staging buffer
+    /// once it has them all. False on a descriptor id that was not outstanding.
+    fn reap_tx(&mut self) -> bool {
+        while let Some((id, _)) = self.tx.pop_used() {
+            if id >= self.staged || self.staged_done == self.staged {
+                return false;
+            }
+            self.staged_done += 1;
+        }
+        if self.staged_done == self.staged {
+            self.staging.clear();
+            self.staged = 0;
+            self.staged_done = 0;
+        }
+        true
     }
 
     /// Hands every byte the host has delivered to `take`, then gives the buffers back (one

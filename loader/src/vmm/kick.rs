@@ -25,3 +25,70 @@ pub fn install_handler() {
         }
     });
 }
+
+/// A one-shot timer that kicks the thread that made it (with [`signal`]) when it expires:
+/// the console's bound on how long output the guest queued without an exit may wait
+/// (`devices::console`). Needs [`install_handler`], or the signal would end the process.
+pub struct KickTimer {
+    id: libc::timer_t,
+}
+
+// SAFETY: a POSIX timer id is a process-wide handle, valid from any thread until deleted;
+// the timer keeps signalling the thread that created it.
+unsafe impl Send for KickTimer {}
+
+impl KickTimer {
+    pub fn for_this_thread() -> std::io::Result<KickTimer> {
+        install_handler();
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        // SAFETY: a zeroed sigevent is valid (its padding is private); the fields set make
+        // it "signal this thread".
+        let mut event: libc::sigevent = unsafe { std::mem::zeroed() };
+        event.sigev_notify = libc::SIGEV_THREAD_ID;
+        event.sigev_signo = signal();
+        event.sigev_notify_thread_id = tid;
+        let mut id: libc::timer_t = std::ptr::null_mut();
+        // SAFETY: `event` and `id` are valid for the call; the kernel fills `id`.
+        if unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut id) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(KickTimer { id })
+    }
+
+    /// Fires once, `after` from now (replacing any earlier setting).
+    pub fn arm(&self, after: std::time::Duration) {
+        self.set(libc::timespec {
+            tv_sec: after.as_secs().min(i32::MAX as u64) as libc::time_t,
+            // Zero would disarm: at least a nanosecond.
+            tv_nsec: libc::c_long::from(after.subsec_nanos()).max(1),
+        });
+    }
+
+    pub fn disarm(&self) {
+        self.set(libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        });
+    }
+
+    fn set(&self, value: libc::timespec) {
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: value,
+        };
+        // SAFETY: `id` is a live timer of this process; `spec` is valid for the call. It
+        // cannot fail for a valid timer and a normalised value.
+        unsafe { libc::timer_settime(self.id, 0, &spec, std::ptr::null_mut()) };
+    }
+}
+
+impl Drop for KickTimer {
+    fn drop(&mut self) {
+        // SAFETY: deletes the timer this value owns, once.
+        unsafe { libc::timer_delete(self.id) };
+    }
+}

@@ -42,7 +42,11 @@ impl Machine {
             if stop.load(Ordering::Relaxed) {
                 return VcpuEnd::Stopped;
             }
-            match self.vcpu.run() {
+            let exit = self.vcpu.run();
+            // Output the guest queued without an exit goes out at every exit, before the
+            // exit port or a crash ends the run.
+            devices.at_exit(&self.mem);
+            match exit {
                 Ok(VcpuExit::IoOut(port, _)) if port == EXIT_PORT => return VcpuEnd::ExitPort,
                 Ok(VcpuExit::IoOut(port, data)) if port == WAIT_PORT => {
                     let timeout = wait_timeout(data);
@@ -101,6 +105,12 @@ fn wait_for_host(devices: &mut Devices, mem: &GuestMemoryMmap, timeout: Option<D
         revents: 0,
     }; 2];
     let mut watched = 0;
+    // The guest's output went out at this exit (`Devices::at_exit`); it writes no more
+    // while it waits.
+    if let Some(console) = devices.console.as_mut() {
+        let (console, queues) = console.parts();
+        console.before_wait(queues, mem);
+    }
     // Frames the guest queued go out now whatever else happens (it relies on this exit),
     // and frames for it end the wait at once.
     if let Some(net) = devices.net.as_mut() {

@@ -3,7 +3,9 @@
 //! stdout), `trap` (executes `unreachable`), `spin` (never ends), `env` (prints its
 //! environment), `args` (prints argv, one per line), `idle` (prints "ready", then waits for
 //! stdin to end, as an idle server would), `spew MIB` (writes MIB MiB to stdout, for the
-//! throughput benchmark), `alloc` (takes memory 1 MiB at a time, writing every page, until
+//! throughput benchmark), `lines N` (prints N short lines, one write each, as a chatty
+//! app logs), `echo` (prints "ready", then answers every stdin line with the same line,
+//! written in two pieces, until stdin ends), `alloc` (takes memory 1 MiB at a time, writing every page, until
 //! none is left, then prints "allocated N MiB" and exits 0).
 use std::io::{Read, Write};
 
@@ -28,8 +30,12 @@ fn main() {
             core::arch::wasm32::unreachable();
         }
         Some("spin") => {
-            // The readiness line tests wait for before they signal or time out the VM.
-            println!("spinning");
+            // The readiness line tests wait for before they signal or time out the VM, in
+            // two writes: on the built-in VMM the second is queued without an exit, and
+            // only the console's timer brings it out while the app computes.
+            print!("spin");
+            std::io::stdout().flush().expect("flush stdout");
+            println!("ning");
             let mut x: u64 = 0;
             loop {
                 x = std::hint::black_box(x.wrapping_add(1));
@@ -46,6 +52,23 @@ fn main() {
             let mut out = std::io::stdout().lock();
             for _ in 0..mib * 16 {
                 out.write_all(&chunk).expect("write stdout");
+            }
+        }
+        Some("lines") => {
+            let n: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1000);
+            let mut out = std::io::stdout().lock();
+            for i in 0..n {
+                writeln!(out, "line {i}").expect("write stdout");
+            }
+        }
+        Some("echo") => {
+            println!("ready");
+            for line in std::io::stdin().lines() {
+                let line = line.expect("read stdin");
+                let (first, rest) = line.split_at(line.len() / 2);
+                print!("{first}");
+                std::io::stdout().flush().expect("flush stdout");
+                println!("{rest}");
             }
         }
         Some("alloc") => {

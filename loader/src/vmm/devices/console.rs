@@ -5,18 +5,34 @@
 //! driver not to notify (`VRING_USED_F_NO_NOTIFY`): a buffer the kernel hands back is
 //! found at the next of those exits, and re-posting buffers costs it no exit of its own
 //! (it was one exit in two while the guest streamed output, returning the host's credit).
+//!
+//! The transmit queue does the same for a while after each notify, when the vCPU thread
+//! gave the console a [`KickTimer`]: for [`QUIET_TX`] the used ring carries
+//! `VRING_USED_F_NO_NOTIFY`, the kernel queues frames without an exit, and the VMM takes
+//! them at every exit (`Console::at_exit`: so also before it blocks in a wait, and at the
+//! exit port), and the timer kicks the vCPU out of the guest when the period ends. So a
+//! burst of output costs an exit per period or per staging buffer instead of one per
+//! frame, and output still reaches the host within [`QUIET_TX`] of being written, however
+//! long the app then computes.
 
 use std::io::{ErrorKind, Read};
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 
 use crate::vmm::devices::mmio::{VirtioDevice, usable, writable, write_descriptors};
+use crate::vmm::kick::KickTimer;
 
 const RX: usize = 0;
 const TX: usize = 1;
 const DEVICE_ID_CONSOLE: u32 = 3;
+/// How long the transmit queue asks for no notifies after one: the longest output the guest
+/// queued may wait for the VMM to take it.
+pub const QUIET_TX: Duration = Duration::from_millis(5);
+/// The send buffer asked for on the guest-to-host socket.
+const TO_HOST_BUFFER: libc::c_int = 2 << 20;
 /// Configuration space: cols and rows 0 (no size), `max_nr_ports` 1, `emerg_wr`.
 const CONFIG: [u8; 12] = [0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
 /// The most one transmit chain may carry: a whole channel frame of the largest size.
@@ -34,6 +50,11 @@ pub struct Console {
     /// Whether the receive queue's used ring carries `VRING_USED_F_NO_NOTIFY` (set as soon
     /// as the queue works, again after a reset).
     rx_quiet: bool,
+    /// Kicks the vCPU thread when a quiet period of the transmit queue ends; without one
+    /// the queue is never quiet.
+    tx_timer: Option<KickTimer>,
+    /// When the transmit queue's quiet period ends (`None`: it asks for notifies).
+    tx_quiet_until: Option<Instant>,
 }
 
 impl VirtioDevice for Console {
@@ -53,10 +74,17 @@ impl VirtioDevice for Console {
         // Take what the guest queued, and fill what it offered.
         self.process_tx(queues, mem);
         self.process_rx(queues, mem);
+        // The receive queue notifies no more, so this was the transmit queue: more output
+        // may follow at once.
+        self.quiet_tx(queues, mem);
     }
 
     fn reset(&mut self) {
         self.rx_quiet = false;
+        self.tx_quiet_until = None;
+        if let Some(timer) = &self.tx_timer {
+            timer.disarm();
+        }
     }
 }
 
@@ -69,6 +97,23 @@ pub enum Rx {
     Delivered,
     /// Host bytes wait, but the guest offers no receive buffer (it is not reading now).
     Backlog,
+}
+
+/// Asks for a send buffer of `bytes` on `socket` (the system caps it at `wmem_max`): room
+/// for a quiet period's output, so taking it rarely blocks the vCPU on the output thread.
+fn set_send_buffer(socket: &UnixStream, bytes: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid socket and a c_int option value of the stated size; failure (a
+    // smaller buffer) only costs speed.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
 }
 
 /// Writes all of `slices` to `out`, in order, with as few `writev` calls as it takes.
@@ -120,12 +165,15 @@ fn write_slices(out: &UnixStream, slices: &[VolatileSlice<'_, ()>]) -> std::io::
 impl Console {
     pub fn new(to_host: UnixStream, from_host: UnixStream) -> std::io::Result<Self> {
         from_host.set_nonblocking(true)?;
+        set_send_buffer(&to_host, TO_HOST_BUFFER);
         Ok(Console {
             to_host,
             from_host,
             pending: Vec::new(),
             host_closed: false,
             rx_quiet: false,
+            tx_timer: None,
+            tx_quiet_until: None,
         })
     }
 
@@ -158,6 +206,62 @@ impl Console {
             }
             let _ = q.add_used(mem, chain.head_index(), 0);
         }
+    }
+
+    /// Lets the transmit queue go quiet after notifies, bounded by `timer` (made by the
+    /// vCPU thread, which it kicks).
+    pub fn set_tx_timer(&mut self, timer: KickTimer) {
+        self.tx_timer = Some(timer);
+    }
+
+    /// Asks for no transmit notifies for [`QUIET_TX`], unless already quiet or without a
+    /// timer to end the period.
+    fn quiet_tx(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) {
+        let Some(timer) = &self.tx_timer else {
+            return;
+        };
+        if self.tx_quiet_until.is_some() {
+            return;
+        }
+        if usable(queues, TX, mem).is_some_and(|q| q.disable_notification(mem).is_ok()) {
+            timer.arm(QUIET_TX);
+            self.tx_quiet_until = Some(Instant::now() + QUIET_TX);
+        }
+    }
+
+    /// Ends a quiet period: notifies wanted again, and whatever the guest queued before it
+    /// saw that taken now.
+    fn end_quiet_tx(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) {
+        if self.tx_quiet_until.take().is_none() {
+            return;
+        }
+        if let Some(timer) = &self.tx_timer {
+            timer.disarm();
+        }
+        let missed =
+            usable(queues, TX, mem).is_some_and(|q| q.enable_notification(mem).unwrap_or(true));
+        if missed {
+            self.process_tx(queues, mem);
+        }
+    }
+
+    /// At every exit of the vCPU: while the transmit queue is quiet, takes what the guest
+    /// queued, and ends the period once it is over.
+    pub fn at_exit(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) {
+        let Some(until) = self.tx_quiet_until else {
+            return;
+        };
+        self.process_tx(queues, mem);
+        if Instant::now() >= until {
+            self.end_quiet_tx(queues, mem);
+        }
+    }
+
+    /// Before the vCPU blocks in a wait exit (whose [`at_exit`](Self::at_exit) took the
+    /// guest's output): the quiet period ends, as the guest writes nothing while it waits
+    /// and the timer would only cut the wait short.
+    pub fn before_wait(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) {
+        self.end_quiet_tx(queues, mem);
     }
 
     /// Moves host bytes into the guest's receive buffers, as far as both allow.
@@ -339,6 +443,111 @@ mod tests {
             !d.dev.device.rx_quiet,
             "a reset queue cannot carry the flag"
         );
+    }
+
+    /// The transmit queue's used-ring flags.
+    fn tx_used_flags(d: &Driver<Console>) -> Vec<u8> {
+        use crate::vmm::devices::testing::RINGS;
+        d.get(RINGS + TX as u64 * 0x1000 + 0x800, 2)
+    }
+
+    #[test]
+    fn without_a_timer_the_transmit_queue_always_wants_notifies() {
+        let (mut d, mut host, _) = console();
+        d.put(BUFFERS, b"one");
+        d.post(TX, &[(BUFFERS, 3, false)]);
+        d.notify(TX as u32);
+        assert_eq!(received(&mut host), b"one");
+        assert_eq!(tx_used_flags(&d), [0, 0]);
+    }
+
+    #[test]
+    fn after_a_notify_output_queued_quietly_is_taken_at_the_next_exit() {
+        let (mut d, mut host, _) = console();
+        d.dev
+            .device
+            .set_tx_timer(crate::vmm::kick::KickTimer::for_this_thread().unwrap());
+        d.put(BUFFERS, b"first ");
+        d.post(TX, &[(BUFFERS, 6, false)]);
+        d.notify(TX as u32);
+        assert_eq!(received(&mut host), b"first ");
+        // Quiet: the driver is asked not to notify, for a bounded time.
+        assert_eq!(tx_used_flags(&d), [1, 0]);
+        let until = d.dev.device.tx_quiet_until.expect("quiet");
+        assert!(until <= Instant::now() + QUIET_TX);
+        // Queued without a notify: any exit takes it, in order.
+        d.put(BUFFERS + 0x1000, b"second ");
+        d.put(BUFFERS + 0x2000, b"third");
+        d.post(TX, &[(BUFFERS + 0x1000, 7, false)]);
+        d.post(TX, &[(BUFFERS + 0x2000, 5, false)]);
+        assert!(received(&mut host).is_empty());
+        let (console, queues) = d.dev.parts();
+        console.at_exit(queues, &d.mem);
+        assert_eq!(received(&mut host), b"second third");
+        assert_eq!(d.used(TX).len(), 3);
+        // The first exit after the period (the timer's) ends it, taking what came last.
+        d.put(BUFFERS, b"last");
+        d.post(TX, &[(BUFFERS, 4, false)]);
+        d.dev.device.tx_quiet_until = Some(Instant::now() - Duration::from_millis(1));
+        let (console, queues) = d.dev.parts();
+        console.at_exit(queues, &d.mem);
+        assert_eq!(received(&mut host), b"last");
+        assert_eq!(tx_used_flags(&d), [0, 0]);
+        assert!(d.dev.device.tx_quiet_until.is_none());
+    }
+
+    #[test]
+    fn a_wait_ends_the_quiet_period_and_takes_what_came_meanwhile() {
+        let (mut d, mut host, _) = console();
+        d.dev
+            .device
+            .set_tx_timer(crate::vmm::kick::KickTimer::for_this_thread().unwrap());
+        d.put(BUFFERS, b"prompt> ");
+        d.post(TX, &[(BUFFERS, 8, false)]);
+        d.notify(TX as u32);
+        // Queued after the last exit's look (as if between that look and the wait): the
+        // driver saw no flag, so nothing else would take it.
+        d.post(TX, &[(BUFFERS, 6, false)]);
+        let (console, queues) = d.dev.parts();
+        console.before_wait(queues, &d.mem);
+        assert_eq!(received(&mut host), b"prompt> prompt");
+        assert_eq!(tx_used_flags(&d), [0, 0]);
+        assert!(d.dev.device.tx_quiet_until.is_none());
+        // A reset ends a period too.
+        d.notify(TX as u32);
+        assert!(d.dev.device.tx_quiet_until.is_some());
+        d.w(reg::STATUS, 0);
+        assert!(d.dev.device.tx_quiet_until.is_none());
+    }
+
+    #[test]
+    fn the_timer_kicks_the_thread_that_made_it() {
+        // The kick interrupts a blocking call on this thread, as it interrupts KVM_RUN.
+        let timer = crate::vmm::kick::KickTimer::for_this_thread().unwrap();
+        let (mut a, _b) = UnixStream::pair().unwrap();
+        let started = Instant::now();
+        timer.arm(Duration::from_millis(20));
+        let mut byte = [0u8; 1];
+        // SAFETY: a read into a valid one-byte buffer.
+        let n = unsafe {
+            libc::read(
+                std::os::fd::AsRawFd::as_raw_fd(&a),
+                byte.as_mut_ptr().cast(),
+                1,
+            )
+        };
+        assert_eq!(n, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().kind(),
+            ErrorKind::Interrupted
+        );
+        assert!(started.elapsed() >= Duration::from_millis(20));
+        // Disarmed, it stays quiet.
+        timer.arm(Duration::from_millis(20));
+        timer.disarm();
+        a.set_read_timeout(Some(Duration::from_millis(60))).unwrap();
+        let e = a.read(&mut byte).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::WouldBlock);
     }
 
     #[test]

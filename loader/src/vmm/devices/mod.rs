@@ -62,6 +62,15 @@ impl Devices {
         Some((handler, offset))
     }
 
+    /// What every exit of the vCPU does: takes the output the guest queued while the
+    /// console asked for no notifies (see `devices::console`).
+    pub fn at_exit(&mut self, mem: &GuestMemoryMmap) {
+        if let Some(console) = self.console.as_mut() {
+            let (console, queues) = console.parts();
+            console.at_exit(queues, mem);
+        }
+    }
+
     /// Moves network frames both ways (no-op without a card): the card asks the guest not
     /// to notify, so the VMM does this at every exit (see `devices::net`).
     pub fn poll(&mut self, mem: &GuestMemoryMmap) {
