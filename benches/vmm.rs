@@ -5,13 +5,14 @@
 //!    microvm, host reference mode, and `wasmtime run` / the `wasmi` CLI when on PATH;
 //! 2. host memory per idle VM (RSS and PSS of the VMM process, which includes the guest
 //!    pages it touched; for QEMU the QEMU process is added);
-//! 3. stdout throughput of the guest (256 MiB, start-up subtracted);
+//! 3. stdout throughput of the guest (256 MiB, start-up subtracted), and short lines per
+//!    second (one write each, as a chatty app logs);
 //! 4. N concurrent idle VMs: time until all are ready, and the host CPU they use idle;
 //! 5. where a hello's start goes (`WASMVM_BENCH_ONLY=phases`): the `--verbose` milestones.
 //!
 //! `cargo bench --bench vmm`; `WASMVM_BENCH_RUNS` (default 21) and `WASMVM_BENCH_VMS`
 //! (default 100; the target is for 500) change the sizes. A full run also draws
-//! the start-up and memory tables as SVG bar charts into `docs/charts/` (benchmarks.md
+//! the start-up, memory and short-line tables as SVG bar charts into `docs/charts/` (benchmarks.md
 //! shows them).
 
 #[path = "../tests/common/mod.rs"]
@@ -297,6 +298,34 @@ fn main() {
     }
     println!();
 
+    // Short lines: one write (and, without a quiet console, one exit) each.
+    let lines = 200_000;
+    println!(
+        "Guest stdout in short lines: {lines} lines of ~12 bytes, one write each, to /dev/null, start-up subtracted (median of 3)"
+    );
+    println!();
+    println!("| backend | lines/s |");
+    println!("|---|---|");
+    let mut line_bars = Vec::new();
+    for vmm in vmms.iter().copied().chain(["host"]) {
+        let ms = median_ms(3, || {
+            wasmvm_run(vmm, &exitcode_img, &["lines", &lines.to_string()])
+        });
+        let rate = ms.map(|ms| {
+            let secs = (ms - startup.get(vmm).copied().unwrap_or(0.0)).max(0.1) / 1e3;
+            lines as f64 / secs
+        });
+        line_bars.extend(rate.map(|r| (vmm.to_string(), r / 1e3)));
+        print_row(vmm, rate.map(|r| format!("{r:.0}")));
+    }
+    println!();
+    write_chart(
+        "lines.svg",
+        "Short lines written per second (thousands; longer is better)",
+        "k lines/s",
+        &line_bars,
+    );
+
     // 4. Density.
     density(vms, &exitcode_img);
 }
@@ -464,7 +493,7 @@ fn write_chart(name: &str, title: &str, unit: &str, bars: &[(String, f64)]) {
     for (i, (label, value)) in bars.iter().enumerate() {
         let y = top + row_h * i as f64;
         let w = (value / max * bar_w).max(1.0);
-        let fill = if label.starts_with("wasmvm run (") || label.starts_with("builtin:") {
+        let fill = if label.starts_with("wasmvm run (") || label.starts_with("builtin") {
             "#2f6fdf"
         } else {
             "#9aa7b8"
