@@ -278,10 +278,13 @@ impl VirtConsole {
     /// staging buffer or its descriptors are used up.
     fn stage(&mut self, header: &[u8], payload: &[u8]) -> bool {
         let len = header.len() + payload.len();
-        if self.staging.capacity() == 0 {
-            self.staging = Vec::with_capacity(STAGING_LEN);
+        // Allocated at the first staged frame; a heap too full for it (the app took the
+        // rest) just means frames go in place.
+        if self.staging.capacity() == 0 && self.staging.try_reserve_exact(STAGING_LEN).is_err() {
+            return self.send_in_place(header, payload);
         }
-        let full = self.staging.len() + len > STAGING_LEN || self.staged == STAGED_SLOTS;
+        let full =
+            self.staging.len() + len > self.staging.capacity() || self.staged == STAGED_SLOTS;
         if full && !self.flush() {
             return false;
         }

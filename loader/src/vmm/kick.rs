@@ -1,6 +1,10 @@
-//! Interrupting the vCPU: a real-time signal whose handler does nothing makes KVM_RUN
-//! return EINTR, so the vCPU thread sees its stop flag.
+//! Interrupting the vCPU: a real-time signal makes KVM_RUN return EINTR, so the vCPU
+//! thread sees its stop flag or the end of the console's quiet period. A kick that lands
+//! while the thread is outside KVM_RUN (serving an exit) would be lost, so the handler also
+//! sets the vCPU's `immediate_exit` ([`KickTarget`]): the next KVM_RUN then returns EINTR
+//! at once instead of entering the guest.
 
+use std::cell::Cell;
 use std::sync::Once;
 
 /// The signal that kicks the vCPU thread out of KVM_RUN.
@@ -8,18 +12,52 @@ pub fn signal() -> libc::c_int {
     libc::SIGRTMIN()
 }
 
-extern "C" fn ignore_signal(_: libc::c_int) {}
+thread_local! {
+    /// The `immediate_exit` byte of the vCPU this thread runs; null on other threads.
+    static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn on_kick(_: libc::c_int) {
+    // A const-initialised thread-local without a destructor is a plain TLS access, safe in
+    // a signal handler.
+    let target = IMMEDIATE_EXIT.with(Cell::get);
+    if !target.is_null() {
+        // SAFETY: set by a live `KickTarget` of this thread to its vCPU's `immediate_exit`,
+        // which stays mapped while the target lives; a volatile byte store, as the kernel
+        // reads it at the next KVM_RUN.
+        unsafe { target.write_volatile(1) };
+    }
+}
+
+/// While alive, kicks to this thread also set `immediate_exit` of the vCPU it runs.
+pub struct KickTarget(());
+
+impl KickTarget {
+    /// # Safety
+    /// `immediate_exit` must be the `immediate_exit` field of this thread's vCPU `kvm_run`
+    /// mapping, and stay mapped while the returned value lives.
+    pub unsafe fn new(immediate_exit: *mut u8) -> KickTarget {
+        IMMEDIATE_EXIT.with(|t| t.set(immediate_exit));
+        KickTarget(())
+    }
+}
+
+impl Drop for KickTarget {
+    fn drop(&mut self) {
+        IMMEDIATE_EXIT.with(|t| t.set(std::ptr::null_mut()));
+    }
+}
 
 /// Installs the kick signal's handler, once per process.
 pub fn install_handler() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        // SAFETY: installs a handler that does nothing (async-signal-safe) for a real-time
-        // signal nothing else in wasmvm uses; a zeroed sigaction with SA_RESTART unset is
-        // valid, so KVM_RUN returns EINTR.
+        // SAFETY: installs an async-signal-safe handler (one byte store, see `on_kick`) for
+        // a real-time signal nothing else in wasmvm uses; a zeroed sigaction with
+        // SA_RESTART unset is valid, so KVM_RUN returns EINTR.
         unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = ignore_signal as *const () as usize;
+            action.sa_sigaction = on_kick as *const () as usize;
             libc::sigemptyset(&mut action.sa_mask);
             libc::sigaction(signal(), &action, std::ptr::null_mut());
         }

@@ -58,6 +58,10 @@ use crate::run::volumes::FlushMark;
 use crate::run::{Control, Ending, RunIo, RunOptions};
 use crate::{Backend, RunError};
 
+/// How long a stopped run keeps the guest's output channel open for the vCPU's last exit,
+/// which hands over output queued during a quiet period (`devices::console`).
+const STOP_GRACE: Duration = Duration::from_millis(100);
+
 /// The built-in VMM as a [`Backend`], with what only it needs.
 #[derive(Debug, Clone)]
 pub struct Builtin {
@@ -340,9 +344,16 @@ fn run(
         // Stop the vCPU unless it is already leaving: flag, then kick it out of KVM_RUN until
         // it notices (a kick can land just before it re-enters the guest).
         stop.store(true, Ordering::SeqCst);
-        // A vCPU blocked writing guest output (the pump has stopped reading) gets EPIPE.
-        let _ = out_host.shutdown(std::net::Shutdown::Both);
+        // The vCPU's last exit hands over output the guest queued without one (the
+        // console's quiet period), so the channel stays open a moment for it. Only a vCPU
+        // still blocked after that, writing output nobody reads, gets EPIPE.
+        let grace = Instant::now() + STOP_GRACE;
+        let mut channel_open = true;
         while !vcpu.is_finished() {
+            if channel_open && Instant::now() >= grace {
+                let _ = out_host.shutdown(std::net::Shutdown::Both);
+                channel_open = false;
+            }
             let thread = vcpu_thread.load(Ordering::SeqCst);
             if thread != 0 {
                 // SAFETY: the id is that of the live vCPU thread (it has not finished), and

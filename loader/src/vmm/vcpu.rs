@@ -15,6 +15,7 @@ use wasmvm_abi::exit::{EXIT_PORT, WAIT_PORT};
 use super::boot::BootPath;
 use super::devices::Devices;
 use super::devices::console::Rx;
+use super::kick;
 use super::machine::{self, Machine, MachineConfig};
 use crate::RunError;
 use crate::image::Image;
@@ -38,11 +39,19 @@ impl Machine {
     /// Network frames move at every exit (`Devices::poll`): the card asks the guest not to
     /// notify, so exits the guest makes anyway carry them.
     pub fn run(&mut self, devices: &mut Devices, stop: &AtomicBool) -> VcpuEnd {
+        let immediate_exit: *mut u8 = &mut self.vcpu.get_kvm_run().immediate_exit;
+        // SAFETY: this thread runs this vCPU, whose kvm_run mapping lives as long as
+        // `self.vcpu`, which outlives the target (dropped when this function returns).
+        let _kicks_stick = unsafe { kick::KickTarget::new(immediate_exit) };
         loop {
             if stop.load(Ordering::Relaxed) {
                 return VcpuEnd::Stopped;
             }
             let exit = self.vcpu.run();
+            // From here a kick (stop, the console's timer) makes the next KVM_RUN return at
+            // once, even if it lands before that.
+            // SAFETY: as above; KVM reads the byte only when KVM_RUN starts.
+            unsafe { immediate_exit.write_volatile(0) };
             // Output the guest queued without an exit goes out at every exit, before the
             // exit port or a crash ends the run.
             devices.at_exit(&self.mem);
