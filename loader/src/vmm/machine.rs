@@ -246,10 +246,27 @@ fn fill_memory(
     Ok(mem)
 }
 
+/// Gives the VM an in-kernel local APIC (and nothing else: no PIC, no IOAPIC), best
+/// effort. The guest takes no interrupts, but a vCPU without an in-kernel APIC holds a
+/// KVM-wide static key from its creation to its destruction, and flipping it patches the
+/// host kernel's text on every core: ~0.3-0.5 ms of each run's start and exit on the
+/// development host (7.0 vs 7.5 ms for a hello, interleaved). A host without
+/// `KVM_CAP_SPLIT_IRQCHIP` runs the VM as before.
+fn split_irqchip(vm: &VmFd) {
+    let mut cap = kvm_bindings::kvm_enable_cap {
+        cap: kvm_bindings::KVM_CAP_SPLIT_IRQCHIP,
+        ..Default::default()
+    };
+    // IOAPIC routes reserved for userspace: none are used, but KVM wants a count.
+    cap.args[0] = 24;
+    let _ = vm.enable_cap(&cap);
+}
+
 /// A KVM VM and its vCPU, which reports the host's CPUID; no memory yet.
 fn create_vm() -> Result<(VmFd, VcpuFd), BootError> {
     let kvm = Kvm::new().map_err(kvm_step("open /dev/kvm"))?;
     let vm = kvm.create_vm().map_err(kvm_step("create the VM"))?;
+    split_irqchip(&vm);
     let vcpu = vm.create_vcpu(0).map_err(kvm_step("create the vCPU"))?;
     let cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
