@@ -152,7 +152,8 @@ fn main() {
     println!("Machine: {}", machine());
     println!();
 
-    // `WASMVM_BENCH_ONLY=overhead|memory|phases|density` runs one part; by default, all.
+    // `WASMVM_BENCH_ONLY=overhead|memory|phases|stdout|density` runs one part; by default,
+    // all.
     let only = std::env::var("WASMVM_BENCH_ONLY").ok();
     let wanted = |part: &str| only.as_deref().is_none_or(|o| o == part);
 
@@ -165,6 +166,14 @@ fn main() {
     }
     if wanted("phases") {
         phases(runs, &hello_img);
+    }
+    if wanted("stdout") && only.is_some() {
+        let vmms: Vec<&str> = match qemu {
+            true => vec!["builtin", "builtin-4k", "qemu"],
+            false => vec!["builtin", "builtin-4k"],
+        };
+        stdout_rates(&vmms, &exitcode_img);
+        return;
     }
     if wanted("density") && only.is_some() {
         density(vms, &exitcode_img);
@@ -223,11 +232,9 @@ fn main() {
             }
         }
     }
-    let mut startup = std::collections::HashMap::new();
     let mut start_bars = Vec::new();
-    for ((name, key, _), list) in contenders.iter().zip(times) {
+    for ((name, _, _), list) in contenders.iter().zip(times) {
         let ms = list.map(median);
-        startup.insert(*key, ms.unwrap_or(0.0));
         start_bars.extend(ms.map(|m| (name.to_string(), m)));
         print_row(name, ms.map(|m| format!("{m:.1}")));
     }
@@ -278,61 +285,70 @@ fn main() {
         &memory_bars,
     );
 
-    // 3. Throughput.
-    let mib = 256;
-    println!(
-        "Guest stdout throughput: {mib} MiB in 64 KiB writes to /dev/null, start-up subtracted (median of 3)"
-    );
-    println!();
-    println!("| backend | MB/s |");
-    println!("|---|---|");
-    for vmm in vmms.iter().copied().chain(["host"]) {
-        let ms = median_ms(3, || {
-            wasmvm_run(vmm, &exitcode_img, &["spew", &mib.to_string()])
-        });
-        let rate = ms.map(|ms| {
-            let secs = (ms - startup.get(vmm).copied().unwrap_or(0.0)) / 1e3;
-            format!("{:.0}", (mib << 20) as f64 / secs / 1e6)
-        });
-        print_row(vmm, rate);
-    }
-    // The compiled engine (the 500 MB/s target), its own start-up subtracted.
+    // 3. Stdout.
+    stdout_rates(&vmms, &exitcode_img);
+
+    // 4. Density.
+    density(vms, &exitcode_img);
+}
+
+/// Stdout throughput (256 MiB in 64 KiB writes) and short lines per second (one write
+/// each), on every backend and with the compiled engine. Rounds interleave the
+/// contenders, as for the cold start, and each round subtracts that contender's own
+/// start-up (`exit 0` of the same image) measured in the same round.
+fn stdout_rates(vmms: &[&str], exitcode_img: &Path) {
+    let (mib, lines, rounds) = (256usize, 100_000usize, 5);
     let compiled_img = exitcode_img.with_file_name("exitcode-compiled.img");
     common::pack(
         &common::sample("exitcode"),
         &compiled_img,
         &["--engine", "wasmtime"],
     );
-    let start = median_ms(3, || wasmvm_run("builtin", &compiled_img, &["exit", "0"]));
-    let spew = median_ms(3, || {
-        wasmvm_run("builtin", &compiled_img, &["spew", &mib.to_string()])
-    });
-    let rate = start.zip(spew).map(|(start, spew)| {
-        let secs = (spew - start) / 1e3;
-        format!("{:.0}", (mib << 20) as f64 / secs / 1e6)
-    });
-    print_row("builtin, compiled engine", rate);
-    println!();
-
-    // Short lines: one write (and, without a quiet console, one exit) each.
-    let lines = 200_000;
+    let mut contenders: Vec<(String, &str, &Path)> = vmms
+        .iter()
+        .copied()
+        .chain(["host"])
+        .map(|vmm| (vmm.to_string(), vmm, exitcode_img))
+        .collect();
+    contenders.push(("builtin, compiled engine".into(), "builtin", &compiled_img));
+    let (mib_arg, lines_arg) = (mib.to_string(), lines.to_string());
+    let once = |vmm: &str, img: &Path, args: &[&str]| median_ms(1, || wasmvm_run(vmm, img, args));
+    // Per contender: seconds of spew and of lines, start-up subtracted, one per round.
+    let mut spew: Vec<Option<Vec<f64>>> = vec![Some(Vec::new()); contenders.len()];
+    let mut line: Vec<Option<Vec<f64>>> = vec![Some(Vec::new()); contenders.len()];
+    for _ in 0..rounds {
+        for (i, (_, vmm, img)) in contenders.iter().enumerate() {
+            let start = once(vmm, img, &["exit", "0"]);
+            let s = once(vmm, img, &["spew", &mib_arg]);
+            let l = once(vmm, img, &["lines", &lines_arg]);
+            for (list, took) in [(&mut spew[i], s), (&mut line[i], l)] {
+                match (start.zip(took), list.as_mut()) {
+                    (Some((start, took)), Some(l)) => l.push(((took - start) / 1e3).max(1e-4)),
+                    _ => *list = None,
+                }
+            }
+        }
+    }
     println!(
-        "Guest stdout in short lines: {lines} lines of ~12 bytes, one write each, to /dev/null, start-up subtracted (median of 3)"
+        "Guest stdout: {mib} MiB in 64 KiB writes, and {lines} lines of ~12 bytes (one write each), to /dev/null; each run's start-up subtracted; median of {rounds} interleaved rounds"
     );
     println!();
-    println!("| backend | lines/s |");
-    println!("|---|---|");
+    println!("| backend | MB/s | lines/s |");
+    println!("|---|---|---|");
     let mut line_bars = Vec::new();
-    for vmm in vmms.iter().copied().chain(["host"]) {
-        let ms = median_ms(3, || {
-            wasmvm_run(vmm, &exitcode_img, &["lines", &lines.to_string()])
-        });
-        let rate = ms.map(|ms| {
-            let secs = (ms - startup.get(vmm).copied().unwrap_or(0.0)).max(0.1) / 1e3;
-            lines as f64 / secs
-        });
-        line_bars.extend(rate.map(|r| (vmm.to_string(), r / 1e3)));
-        print_row(vmm, rate.map(|r| format!("{r:.0}")));
+    for (i, (name, _, _)) in contenders.iter().enumerate() {
+        let rate = spew[i]
+            .clone()
+            .map(|v| format!("{:.0}", (mib << 20) as f64 / median(v) / 1e6));
+        let per_s = line[i].clone().map(|v| lines as f64 / median(v));
+        if let Some(r) = per_s {
+            line_bars.push((name.clone(), r / 1e3));
+        }
+        println!(
+            "| {name} | {} | {} |",
+            rate.unwrap_or_else(|| "failed".into()),
+            per_s.map_or_else(|| "failed".into(), |r| format!("{r:.0}"))
+        );
     }
     println!();
     write_chart(
@@ -341,9 +357,6 @@ fn main() {
         "k lines/s",
         &line_bars,
     );
-
-    // 4. Density.
-    density(vms, &exitcode_img);
 }
 
 /// `vms` idle VMs at once: time until all are ready, host CPU while they idle, memory.
