@@ -451,6 +451,16 @@ mod tests {
         d.get(RINGS + TX as u64 * 0x1000 + 0x800, 2)
     }
 
+    /// A console whose transmit queue goes quiet after notifies (its timer kicks this
+    /// thread, harmlessly).
+    fn timed_console() -> (Driver<Console>, UnixStream) {
+        let (mut d, host, _) = console();
+        d.dev
+            .device
+            .set_tx_timer(crate::vmm::kick::KickTimer::for_this_thread().unwrap());
+        (d, host)
+    }
+
     #[test]
     fn without_a_timer_the_transmit_queue_always_wants_notifies() {
         let (mut d, mut host, _) = console();
@@ -463,10 +473,7 @@ mod tests {
 
     #[test]
     fn after_a_notify_output_queued_quietly_is_taken_at_the_next_exit() {
-        let (mut d, mut host, _) = console();
-        d.dev
-            .device
-            .set_tx_timer(crate::vmm::kick::KickTimer::for_this_thread().unwrap());
+        let (mut d, mut host) = timed_console();
         d.put(BUFFERS, b"first ");
         d.post(TX, &[(BUFFERS, 6, false)]);
         d.notify(TX as u32);
@@ -497,10 +504,7 @@ mod tests {
 
     #[test]
     fn a_wait_ends_the_quiet_period_and_takes_what_came_meanwhile() {
-        let (mut d, mut host, _) = console();
-        d.dev
-            .device
-            .set_tx_timer(crate::vmm::kick::KickTimer::for_this_thread().unwrap());
+        let (mut d, mut host) = timed_console();
         d.put(BUFFERS, b"prompt> ");
         d.post(TX, &[(BUFFERS, 8, false)]);
         d.notify(TX as u32);
