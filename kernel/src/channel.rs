@@ -103,6 +103,11 @@ pub fn log(line: &str) {
     let mut channel = CHANNEL.lock();
     if let Link::Virtio(_) = channel.link {
         channel.send(to_host::LOG, line.as_bytes());
+        // At once, not with the next batch: the host stamps each line as it arrives, and
+        // `--verbose` timings are read from those stamps.
+        if let Link::Virtio(console) = &mut channel.link {
+            console.0.flush();
+        }
     }
 }
 

@@ -154,6 +154,8 @@ pub struct VirtConsole {
     /// device has handed back.
     staged: u16,
     staged_done: u16,
+    /// The heap had no room for the staging buffer: frames go in place from then on.
+    staging_refused: bool,
 }
 
 impl VirtConsole {
@@ -173,6 +175,7 @@ impl VirtConsole {
             staging: Vec::new(),
             staged: 0,
             staged_done: 0,
+            staging_refused: false,
         };
         console.post_rx_buffers();
         console
@@ -196,6 +199,7 @@ impl VirtConsole {
             staging: Vec::new(),
             staged: 0,
             staged_done: 0,
+            staging_refused: false,
         };
         if console.read(0x000) != 0x7472_6976 || console.read(0x004) != 2 {
             return Err(ConsoleError::NotVirtioMmioV2);
@@ -280,7 +284,10 @@ impl VirtConsole {
         let len = header.len() + payload.len();
         // Allocated at the first staged frame; a heap too full for it (the app took the
         // rest) just means frames go in place.
-        if self.staging.capacity() == 0 && self.staging.try_reserve_exact(STAGING_LEN).is_err() {
+        if self.staging.capacity() == 0 {
+            self.staging_refused |= self.staging.try_reserve_exact(STAGING_LEN).is_err();
+        }
+        if self.staging_refused {
             return self.send_in_place(header, payload);
         }
         let full =

@@ -29,8 +29,9 @@ extern "C" fn on_kick(_: libc::c_int) {
     }
 }
 
-/// While alive, kicks to this thread also set `immediate_exit` of the vCPU it runs.
-pub struct KickTarget(());
+/// While alive, kicks to this thread also set `immediate_exit` of the vCPU it runs. Not
+/// `Send`: it must be dropped on the thread that made it.
+pub struct KickTarget(std::marker::PhantomData<*const ()>);
 
 impl KickTarget {
     /// # Safety
@@ -38,7 +39,7 @@ impl KickTarget {
     /// mapping, and stay mapped while the returned value lives.
     pub unsafe fn new(immediate_exit: *mut u8) -> KickTarget {
         IMMEDIATE_EXIT.with(|t| t.set(immediate_exit));
-        KickTarget(())
+        KickTarget(std::marker::PhantomData)
     }
 }
 

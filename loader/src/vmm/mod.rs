@@ -357,7 +357,7 @@ fn run(
             let thread = vcpu_thread.load(Ordering::SeqCst);
             if thread != 0 {
                 // SAFETY: the id is that of the live vCPU thread (it has not finished), and
-                // the signal's handler does nothing.
+                // the signal's handler only sets that thread's vCPU's `immediate_exit`.
                 unsafe { libc::pthread_kill(thread as libc::pthread_t, kick::signal()) };
             }
             if vcpu_ended.recv_timeout(Duration::from_millis(1)) != Err(RecvTimeoutError::Timeout) {
