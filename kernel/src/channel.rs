@@ -105,9 +105,7 @@ pub fn log(line: &str) {
         channel.send(to_host::LOG, line.as_bytes());
         // At once, not with the next batch: the host stamps each line as it arrives, and
         // `--verbose` timings are read from those stamps.
-        if let Link::Virtio(console) = &mut channel.link {
-            console.0.flush();
-        }
+        channel.flush();
     }
 }
 
@@ -165,9 +163,7 @@ pub fn exit(record: &ExitRecord) -> ! {
         }
         // Frames still staged are taken before the VM ends: the built-in VMM takes them at
         // the exit port anyway, another VMM might end the VM first.
-        if let Link::Virtio(console) = &mut channel.link {
-            console.0.flush();
-        }
+        channel.flush();
     }
     let standalone = STANDALONE.load(Ordering::Relaxed);
     // Without a console, the ending goes to the serial port. On a PC first (it has no exit
@@ -203,6 +199,13 @@ pub fn exit(record: &ExitRecord) -> ! {
 }
 
 impl Channel {
+    /// Has the console take every frame staged so far (see `console::VirtConsole::flush`).
+    fn flush(&mut self) {
+        if let Link::Virtio(console) = &mut self.link {
+            console.0.flush();
+        }
+    }
+
     fn send(&mut self, kind: u8, bytes: &[u8]) {
         if let Link::Serial = self.link {
             if kind == to_host::STDOUT || kind == to_host::STDERR {

@@ -338,14 +338,7 @@ impl VirtConsole {
         }
         self.tx.push(head);
         self.notify(TX);
-        loop {
-            match self.tx.pop_used() {
-                Some((id, _)) if id == head => return self.reap_tx(),
-                Some((id, _)) if id < self.staged => self.staged_done += 1,
-                Some(_) => return false,
-                None => core::hint::spin_loop(),
-            }
-        }
+        self.wait_for_tx(Some(head))
     }
 
     /// Has the device take every staged frame now: one notify, then a wait for them.
@@ -354,14 +347,24 @@ impl VirtConsole {
             return self.reap_tx();
         }
         self.notify(TX);
-        while self.staged != self.staged_done {
+        self.wait_for_tx(None)
+    }
+
+    /// Spins until the device has handed back `head` (a frame sent in place) or, without
+    /// one, every staged frame, counting staged frames as they come back. False on a
+    /// descriptor id that was not outstanding.
+    fn wait_for_tx(&mut self, head: Option<u16>) -> bool {
+        loop {
+            if head.is_none() && self.staged == self.staged_done {
+                return self.reap_tx();
+            }
             match self.tx.pop_used() {
+                Some((id, _)) if Some(id) == head => return self.reap_tx(),
                 Some((id, _)) if id < self.staged => self.staged_done += 1,
                 Some(_) => return false,
                 None => core::hint::spin_loop(),
             }
         }
-        self.reap_tx()
     }
 
     /// Counts the staged frames the device handed back, and empties the staging buffer
