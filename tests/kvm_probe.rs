@@ -13,17 +13,9 @@ use wasmvm_loader::vmm::Builtin;
 use wasmvm_loader::vmm::vcpu::{VcpuEnd, probe};
 use wasmvm_loader::{Backend, Ending, RunOptions, run_captured};
 
-fn kvm_or_skip() -> bool {
-    if accel() == "kvm" {
-        return true;
-    }
-    eprintln!("note: no KVM; skipping the built-in VMM probe");
-    false
-}
-
 #[test]
 fn the_builtin_vmm_boots_an_image_to_its_exit_port() {
-    if !kvm_or_skip() {
+    if !builtin_vmm_usable() {
         return;
     }
     let dir = scratch();
@@ -37,7 +29,7 @@ fn the_builtin_vmm_boots_an_image_to_its_exit_port() {
 
 #[test]
 fn the_builtin_vmm_reports_a_triple_fault() {
-    if !kvm_or_skip() {
+    if !builtin_vmm_usable() {
         return;
     }
     let dir = scratch();
@@ -50,7 +42,7 @@ fn the_builtin_vmm_reports_a_triple_fault() {
 
 #[test]
 fn the_builtin_vmm_refuses_an_image_larger_than_guest_memory() {
-    if !kvm_or_skip() {
+    if !builtin_vmm_usable() {
         return;
     }
     let dir = scratch();
