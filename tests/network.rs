@@ -170,6 +170,39 @@ fn the_http_sample_answers_from_every_backend_on_both_engines() {
     }
 }
 
+/// A reply the app wrote just before it computes forever (no system call, so no exit the
+/// VMM could take the frames at) still arrives: the built-in VMM's quiet windows end with a
+/// timer's exit. On both engines; the VM is stopped afterwards.
+#[test]
+fn a_reply_reaches_the_client_while_the_app_computes_forever() {
+    let runs = backends()
+        .iter()
+        .flat_map(|vmm| [(vmm, http_image()), (vmm, http_image_compiled())]);
+    for (vmm, image) in runs {
+        let vmm = *vmm;
+        let guest = Guest::start(vmm, image, 8080, HTTP_READY, &[]);
+        // Traffic first, so the transmit queue is in a quiet window when the reply goes.
+        for _ in 0..3 {
+            assert_eq!(request(&guest, "GET", "/", b"").0, 200, "{vmm}");
+        }
+        let mut s = guest.connect();
+        // Failing (a timeout), not hanging, if the reply is stranded.
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(b"GET /spin HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let mut reply = Vec::new();
+        let got = s.read_to_end(&mut reply);
+        let text = String::from_utf8_lossy(&reply).into_owned();
+        assert!(
+            got.is_ok() && text.starts_with("HTTP/1.1 200") && text.ends_with("spinning\n"),
+            "{vmm}: {got:?}, {text:?}"
+        );
+        // Still computing: the VM has not ended on its own.
+        let mut guest = guest;
+        assert!(guest.child.try_wait().unwrap().is_none(), "{vmm}");
+    }
+}
+
 #[test]
 fn many_concurrent_keep_alive_clients_are_served() {
     for vmm in backends() {

@@ -213,7 +213,8 @@ extern "C" fn kernel_main(boot_paddr: u64, entry: u64) -> ! {
             .and_then(|r| r.net)
             .map_or(wasmvm_abi::net::DEFAULT_MTU, |c| c.mtu);
         let batched = boot_info.is_some_and(|i| i.has(direct::flags::NET_BATCHED));
-        net::attach(transport, regs.filter(|_| batched), mtu);
+        let windows = boot_info.is_some_and(|i| i.has(direct::flags::NET_TX_WINDOWS));
+        net::attach(transport, regs.filter(|_| batched), windows, mtu);
     }
 
     let header = match header {

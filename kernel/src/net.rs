@@ -2,11 +2,15 @@
 //! `virtio-drivers`' non-blocking `VirtIONetRaw` and polled (no interrupts at CPL 3). The
 //! WASI layer's TCP/IP stack reaches it through the platform's `net_*` calls.
 //!
-//! Batching: the built-in VMM asks for no notifications (`VRING_USED_F_NO_NOTIFY`), works
-//! the queues at every exit, and the stack calls [`Card::flush`] once per poll, which
-//! kicks the transmit queue with one register write: one exit for a batch of frames
-//! instead of one per frame. Under other VMMs `virtio-drivers` notifies as usual and the
-//! kick is not needed.
+//! Batching: the built-in VMM asks for no notifications (`VRING_USED_F_NO_NOTIFY`) and
+//! works the queues at every exit. With `NET_TX_WINDOWS` it asks so on the transmit queue
+//! only for a quiet window after each notify, and makes an exit before the window ends:
+//! `virtio-drivers` then notifies for the first frame after a window and not for the rest,
+//! and the stack's [`flush`] does nothing; a full transmit queue is kicked at once
+//! ([`can_send`]). So a server answering a burst of requests exits only to wait. With
+//! `NET_BATCHED` alone (an older VMM) the flag stays set and [`flush`] kicks the transmit
+//! queue once per poll: one exit for a batch of frames. Under other VMMs `virtio-drivers`
+//! notifies as usual and neither kick is needed.
 
 use alloc::boxed::Box;
 use alloc::vec;
@@ -33,8 +37,13 @@ pub struct Card {
     rx: Vec<Option<Box<[u8]>>>,
     /// Frames the device has not finished sending, by token.
     tx: Vec<Option<Box<[u8]>>>,
-    /// Where to kick the transmit queue, when the VMM wants kicks per batch.
+    /// Where to kick the transmit queue, when the VMM suppresses notifications.
     kick_at: Option<u64>,
+    /// The VMM opens quiet windows (`NET_TX_WINDOWS`): no kick per batch, one when full.
+    windows: bool,
+    /// A full transmit queue was kicked and nothing was freed since: the device could not
+    /// take the frames (its link is backed up), and kicking again would only spin.
+    full_kicked: bool,
     pub mtu: u16,
     pub mac: [u8; 6],
 }
@@ -42,8 +51,8 @@ pub struct Card {
 static CARD: Mutex<Option<Pinned<Card>>> = Mutex::new(None);
 
 /// Takes a network card (the first one wins). `kick_at`: the virtio-mmio registers, when the
-/// VMM suppresses notifications and wants one kick per batch.
-pub fn attach(transport: SomeTransport<'static>, kick_at: Option<u64>, mtu: u16) {
+/// VMM suppresses notifications; `windows`: only in quiet windows (`NET_TX_WINDOWS`).
+pub fn attach(transport: SomeTransport<'static>, kick_at: Option<u64>, windows: bool, mtu: u16) {
     let mut slot = CARD.lock();
     if slot.is_some() {
         return;
@@ -57,6 +66,8 @@ pub fn attach(transport: SomeTransport<'static>, kick_at: Option<u64>, mtu: u16)
         rx: (0..QUEUE_SIZE).map(|_| None).collect(),
         tx: (0..QUEUE_SIZE).map(|_| None).collect(),
         kick_at,
+        windows,
+        full_kicked: false,
         mtu,
     };
     let len = HEADER + ETHERNET + usize::from(mtu);
@@ -120,7 +131,26 @@ fn reclaim(card: &mut Card) {
         };
         // SAFETY: `buf` is the buffer given to the device under this token.
         let _ = unsafe { card.raw.transmit_complete(token, &buf) };
+        card.full_kicked = false;
     }
+}
+
+/// Frees what the device has sent; if that leaves the transmit queue full under quiet
+/// windows (the device takes frames only at exits), kicks it once so it takes them now.
+fn make_room(card: &mut Card) -> bool {
+    reclaim(card);
+    if card.raw.can_send() {
+        return true;
+    }
+    if let Some(regs) = card.kick_at
+        && card.windows
+        && !card.full_kicked
+    {
+        card.full_kicked = true;
+        crate::virtio::notify(regs, TRANSMIT_QUEUE);
+        reclaim(card);
+    }
+    card.raw.can_send()
 }
 
 pub fn can_send() -> bool {
@@ -128,8 +158,7 @@ pub fn can_send() -> bool {
     let Some(Pinned(card)) = slot.as_mut() else {
         return false;
     };
-    reclaim(card);
-    card.raw.can_send()
+    make_room(card)
 }
 
 /// Queues a frame of `len` bytes written by `fill`.
@@ -138,8 +167,7 @@ pub fn send(len: usize, fill: &mut dyn FnMut(&mut [u8])) -> bool {
     let Some(Pinned(card)) = slot.as_mut() else {
         return false;
     };
-    reclaim(card);
-    if !card.raw.can_send() || len > ETHERNET + usize::from(card.mtu) {
+    if !make_room(card) || len > ETHERNET + usize::from(card.mtu) {
         return false;
     }
     let mut buf = vec![0u8; HEADER + len].into_boxed_slice();
@@ -163,11 +191,13 @@ pub fn send(len: usize, fill: &mut dyn FnMut(&mut [u8])) -> bool {
     }
 }
 
-/// Kicks the transmit queue once for everything queued since the last kick.
+/// Kicks the transmit queue once for everything queued since the last kick, when the VMM
+/// wants a kick per batch (`NET_BATCHED` without `NET_TX_WINDOWS`).
 pub fn flush() {
     let slot = CARD.lock();
     if let Some(Pinned(Card {
         kick_at: Some(regs),
+        windows: false,
         ..
     })) = slot.as_ref()
     {

@@ -382,6 +382,7 @@ fn boot_info(pvclock: bool, config: &MachineConfig) -> BootInfo {
         (pvclock, direct::flags::PVCLOCK),
         (ready_console.is_some(), direct::flags::CONSOLE_READY),
         (config.net_batched, direct::flags::NET_BATCHED),
+        (config.net_batched, direct::flags::NET_TX_WINDOWS),
         (!config.kernel_log, direct::flags::LOG_DISCARDED),
     ] {
         if wanted {
@@ -507,6 +508,7 @@ mod tests {
             direct::flags::PVCLOCK,
             direct::flags::CONSOLE_READY,
             direct::flags::NET_BATCHED,
+            direct::flags::NET_TX_WINDOWS,
             direct::flags::LOG_DISCARDED,
         ] {
             assert_ne!(all.flags & flag, 0);

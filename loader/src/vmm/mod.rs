@@ -279,11 +279,17 @@ fn run(
                 let _ending = vcpu_ending;
                 // SAFETY: pthread_self has no preconditions.
                 vcpu_thread.store(unsafe { libc::pthread_self() } as u64, Ordering::SeqCst);
-                // Without the timer the console simply never goes quiet: one exit per frame.
+                // Without a timer a transmit queue simply never goes quiet: one exit per
+                // frame (the console) or per frame outside a batch (the card).
                 if let Some(console) = devices.console.as_mut()
                     && let Ok(timer) = kick::KickTimer::for_this_thread()
                 {
                     console.device.set_tx_timer(timer);
+                }
+                if let Some(net) = devices.net.as_mut()
+                    && let Ok(timer) = kick::KickTimer::for_this_thread()
+                {
+                    net.device.set_tx_timer(timer);
                 }
                 let end = match confine(&filter) {
                     Ok(()) => machine.run(&mut devices, &stop),

@@ -165,6 +165,11 @@ fn wait_for_host(devices: &mut Devices, mem: &GuestMemoryMmap, timeout: Option<D
     let ts_ptr = ts
         .as_ref()
         .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // The guest queues no frames while it waits: the card's quiet window must not cut the
+    // wait short.
+    if let Some(net) = devices.net.as_mut() {
+        net.device.before_wait();
+    }
     // SAFETY: the first `watched` entries of `pfds` and `ts` are valid for the duration of
     // the call; a null timeout blocks until input or a signal (the stop kick), and a null
     // mask leaves the mask unchanged.
@@ -179,6 +184,10 @@ fn wait_for_host(devices: &mut Devices, mem: &GuestMemoryMmap, timeout: Option<D
     if let Some(console) = devices.console.as_mut() {
         let (console, queues) = console.parts();
         console.process_rx(queues, mem);
+    }
+    if let Some(net) = devices.net.as_mut() {
+        let (net, queues) = net.parts();
+        net.after_wait(queues, mem);
     }
     devices.poll(mem);
 }

@@ -235,6 +235,9 @@ enum Action {
     Reply(u16, &'static [u8]),
     Bytes(u64),
     Exit(i32),
+    /// Reply, then compute forever without a system call (`GET /spin`): output the app
+    /// wrote must still reach the client, though the app never waits again.
+    Spin,
 }
 
 /// Where the bytes of the current request body go.
@@ -278,6 +281,7 @@ pub struct Session {
     /// The peer sends no more.
     eof: bool,
     exit: Option<i32>,
+    spin: bool,
 }
 
 impl Default for Session {
@@ -293,6 +297,7 @@ impl Default for Session {
             closing: false,
             eof: false,
             exit: None,
+            spin: false,
         }
     }
 }
@@ -349,6 +354,11 @@ impl Session {
     /// The process should exit with this status once this connection is done.
     pub fn exit_code(&self) -> Option<i32> {
         self.exit
+    }
+
+    /// The process should compute forever once this connection is done (`GET /spin`).
+    pub fn spins_after(&self) -> bool {
+        self.spin
     }
 
     fn unprocessed(&self) -> usize {
@@ -453,6 +463,8 @@ impl Session {
                 Some(code) if code <= 255 => Sink::Then(Action::Exit(code as i32)),
                 _ => return self.fail(400),
             }
+        } else if get && path == "/spin" {
+            Sink::Then(Action::Spin)
         } else if post && path == "/echo" {
             Sink::Echo
         } else if post && path == "/sum" {
@@ -490,6 +502,11 @@ impl Session {
                 self.keep_alive = false;
                 self.exit = Some(code);
                 self.reply(200, b"bye\n");
+            }
+            Sink::Then(Action::Spin) => {
+                self.keep_alive = false;
+                self.spin = true;
+                self.reply(200, b"spinning\n");
             }
         }
     }

@@ -350,6 +350,19 @@ fn exit_replies_then_asks_to_exit() {
 }
 
 #[test]
+fn spin_replies_closes_and_asks_to_spin() {
+    let mut s = Session::default();
+    s.received(b"GET /spin HTTP/1.1\r\n\r\n");
+    assert!(s.spins_after() && s.exit_code().is_none());
+    let out = text(&drain(&mut s));
+    assert_eq!(
+        out,
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 9\r\nConnection: close\r\n\r\nspinning\n"
+    );
+    assert!(s.is_done());
+}
+
+#[test]
 fn not_found_discards_its_body() {
     let mut s = Session::default();
     s.received(b"PUT /nope HTTP/1.1\r\nContent-Length: 5\r\n\r\nGET");

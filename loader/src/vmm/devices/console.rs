@@ -7,22 +7,23 @@
 //! (it was one exit in two while the guest streamed output, returning the host's credit).
 //!
 //! The transmit queue does the same for a while after each notify, when the vCPU thread
-//! gave the console a [`KickTimer`]: for [`QUIET_TX`] the used ring carries
-//! `VRING_USED_F_NO_NOTIFY`, the kernel queues frames without an exit, and the VMM takes
-//! them at every exit (`Console::at_exit`: so also before it blocks in a wait, and at the
-//! exit port), and the timer kicks the vCPU out of the guest when the period ends. So a
-//! burst of output costs an exit per period or per staging buffer instead of one per
+//! gave the console a [`KickTimer`]: for [`QUIET_TX`] (a [`QuietWindow`]) the used ring
+//! carries `VRING_USED_F_NO_NOTIFY`, the kernel queues frames without an exit, and the VMM
+//! takes them at every exit (`Console::at_exit`: so also before it blocks in a wait, and at
+//! the exit port), and the timer kicks the vCPU out of the guest when the window ends. So a
+//! burst of output costs an exit per window or per staging buffer instead of one per
 //! frame, and output still reaches the host within [`QUIET_TX`] of being written, however
 //! long the app then computes.
 
 use std::io::{ErrorKind, Read};
 use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 
 use crate::vmm::devices::mmio::{VirtioDevice, usable, writable, write_descriptors};
+use crate::vmm::devices::quiet::QuietWindow;
 use crate::vmm::kick::KickTimer;
 
 const RX: usize = 0;
@@ -50,11 +51,8 @@ pub struct Console {
     /// Whether the receive queue's used ring carries `VRING_USED_F_NO_NOTIFY` (set as soon
     /// as the queue works, again after a reset).
     rx_quiet: bool,
-    /// Kicks the vCPU thread when a quiet period of the transmit queue ends; without one
-    /// the queue is never quiet.
-    tx_timer: Option<KickTimer>,
-    /// When the transmit queue's quiet period ends (`None`: it asks for notifies).
-    tx_quiet_until: Option<Instant>,
+    /// The transmit queue's quiet window (never open without a timer).
+    tx_quiet: QuietWindow,
 }
 
 impl VirtioDevice for Console {
@@ -81,10 +79,7 @@ impl VirtioDevice for Console {
 
     fn reset(&mut self) {
         self.rx_quiet = false;
-        self.tx_quiet_until = None;
-        if let Some(timer) = &self.tx_timer {
-            timer.disarm();
-        }
+        self.tx_quiet.close();
     }
 }
 
@@ -171,8 +166,7 @@ impl Console {
             pending: Vec::new(),
             host_closed: false,
             rx_quiet: false,
-            tx_timer: None,
-            tx_quiet_until: None,
+            tx_quiet: QuietWindow::new(QUIET_TX),
         })
     }
 
@@ -210,33 +204,24 @@ impl Console {
     /// Lets the transmit queue go quiet after notifies, bounded by `timer` (made by the
     /// vCPU thread, which it kicks).
     pub fn set_tx_timer(&mut self, timer: KickTimer) {
-        self.tx_timer = Some(timer);
+        self.tx_quiet.set_timer(timer);
     }
 
     /// Asks for no transmit notifies for [`QUIET_TX`], unless already quiet or without a
-    /// timer to end the period.
+    /// timer to end the window.
     fn quiet_tx(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) {
-        let Some(timer) = &self.tx_timer else {
-            return;
-        };
-        if self.tx_quiet_until.is_some() {
-            return;
-        }
-        if usable(queues, TX, mem).is_some_and(|q| q.disable_notification(mem).is_ok()) {
-            // The deadline before the timer: the exit it makes must find the period over.
-            self.tx_quiet_until = Some(Instant::now() + QUIET_TX);
-            timer.arm(QUIET_TX);
+        if self.tx_quiet.can_open()
+            && usable(queues, TX, mem).is_some_and(|q| q.disable_notification(mem).is_ok())
+        {
+            self.tx_quiet.open();
         }
     }
 
-    /// Ends a quiet period: notifies wanted again, and whatever the guest queued before it
+    /// Ends a quiet window: notifies wanted again, and whatever the guest queued before it
     /// saw that taken now.
     fn end_quiet_tx(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) {
-        if self.tx_quiet_until.take().is_none() {
+        if !self.tx_quiet.close() {
             return;
-        }
-        if let Some(timer) = &self.tx_timer {
-            timer.disarm();
         }
         let missed =
             usable(queues, TX, mem).is_some_and(|q| q.enable_notification(mem).unwrap_or(true));
@@ -246,19 +231,19 @@ impl Console {
     }
 
     /// At every exit of the vCPU: while the transmit queue is quiet, takes what the guest
-    /// queued, and ends the period once it is over.
+    /// queued, and ends the window once it is over.
     pub fn at_exit(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) {
-        let Some(until) = self.tx_quiet_until else {
+        if !self.tx_quiet.is_open() {
             return;
-        };
+        }
         self.process_tx(queues, mem);
-        if Instant::now() >= until {
+        if self.tx_quiet.is_over() {
             self.end_quiet_tx(queues, mem);
         }
     }
 
     /// Before the vCPU blocks in a wait exit (whose [`at_exit`](Self::at_exit) took the
-    /// guest's output): the quiet period ends, as the guest writes nothing while it waits
+    /// guest's output): the quiet window ends, as the guest writes nothing while it waits
     /// and the timer would only cut the wait short.
     pub fn before_wait(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) {
         self.end_quiet_tx(queues, mem);
@@ -315,6 +300,7 @@ mod tests {
     use crate::vmm::devices::mmio::reg;
     use crate::vmm::devices::testing::{BUFFERS, Driver, QSIZE};
     use std::io::Write;
+    use std::time::Instant;
 
     /// The console in 4 MiB of guest memory (room for a chain past the largest frame), and
     /// the host's ends of its two sockets (as `vmm::run` sets them up): what the guest
@@ -480,7 +466,7 @@ mod tests {
         assert_eq!(received(&mut host), b"first ");
         // Quiet: the driver is asked not to notify, for a bounded time.
         assert_eq!(tx_used_flags(&d), [1, 0]);
-        assert!(d.dev.device.tx_quiet_until.is_some());
+        assert!(d.dev.device.tx_quiet.is_open());
         // Queued without a notify: any exit takes it, in order.
         d.put(BUFFERS + 0x1000, b"second ");
         d.put(BUFFERS + 0x2000, b"third");
@@ -494,12 +480,12 @@ mod tests {
         // The first exit after the period (the timer's) ends it, taking what came last.
         d.put(BUFFERS, b"last");
         d.post(TX, &[(BUFFERS, 4, false)]);
-        d.dev.device.tx_quiet_until = Some(Instant::now() - Duration::from_millis(1));
+        d.dev.device.tx_quiet.expire();
         let (console, queues) = d.dev.parts();
         console.at_exit(queues, &d.mem);
         assert_eq!(received(&mut host), b"last");
         assert_eq!(tx_used_flags(&d), [0, 0]);
-        assert!(d.dev.device.tx_quiet_until.is_none());
+        assert!(!d.dev.device.tx_quiet.is_open());
     }
 
     #[test]
@@ -515,12 +501,12 @@ mod tests {
         console.before_wait(queues, &d.mem);
         assert_eq!(received(&mut host), b"prompt> prompt");
         assert_eq!(tx_used_flags(&d), [0, 0]);
-        assert!(d.dev.device.tx_quiet_until.is_none());
+        assert!(!d.dev.device.tx_quiet.is_open());
         // A reset ends a period too.
         d.notify(TX as u32);
-        assert!(d.dev.device.tx_quiet_until.is_some());
+        assert!(d.dev.device.tx_quiet.is_open());
         d.w(reg::STATUS, 0);
-        assert!(d.dev.device.tx_quiet_until.is_none());
+        assert!(!d.dev.device.tx_quiet.is_open());
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod console;
 pub mod mmio;
 pub mod net;
 pub mod p9;
+pub mod quiet;
 #[cfg(test)]
 mod testing;
 
@@ -62,12 +63,16 @@ impl Devices {
         Some((handler, offset))
     }
 
-    /// What every exit of the vCPU does: takes the output the guest queued while the
-    /// console asked for no notifies (see `devices::console`).
+    /// What every exit of the vCPU does first (the exit port and a crash too): takes what
+    /// the guest queued while a transmit queue asked for no notifies (`devices::quiet`).
     pub fn at_exit(&mut self, mem: &GuestMemoryMmap) {
         if let Some(console) = self.console.as_mut() {
             let (console, queues) = console.parts();
             console.at_exit(queues, mem);
+        }
+        if let Some(net) = self.net.as_mut() {
+            let (net, queues) = net.parts();
+            net.at_exit(queues, mem);
         }
     }
 
