@@ -50,11 +50,11 @@ pub mod flags {
     /// kernel need not send them, and sends none (each would cost it a notify exit).
     pub const LOG_DISCARDED: u32 = 1 << 5;
     /// With [`NET_BATCHED`]: the transmit queue's used ring carries
-    /// `VRING_USED_F_NO_NOTIFY` only during quiet windows of at most a few milliseconds
-    /// after a notify, during which the VMM takes transmit buffers at every exit and makes
-    /// an exit before the window ends. The guest then notifies as virtio says (after
-    /// posting, when the flag is clear) instead of once per batch, and also when its
-    /// transmit queue is full, to have the device take the frames at once.
+    /// `VRING_USED_F_NO_NOTIFY` only during quiet windows after a notify (renewed while
+    /// frames flow), during which the VMM takes transmit buffers at every exit and makes an
+    /// exit before each window ends, a few milliseconds at most. The guest then notifies as
+    /// virtio says (after posting, when the flag is clear) instead of once per batch, and
+    /// also when its transmit queue is full, to have the device take the frames at once.
     pub const NET_TX_WINDOWS: u32 = 1 << 6;
 }
 

@@ -1,5 +1,5 @@
 //! Interrupting the vCPU: a real-time signal makes KVM_RUN return EINTR, so the vCPU
-//! thread sees its stop flag or the end of the console's quiet period. A kick that lands
+//! thread sees its stop flag or the end of a transmit queue's quiet window (`devices::quiet`). A kick that lands
 //! while the thread is outside KVM_RUN (serving an exit) would be lost, so the handler also
 //! sets the vCPU's `immediate_exit` ([`KickTarget`]): the next KVM_RUN then returns EINTR
 //! at once instead of entering the guest.
@@ -66,8 +66,8 @@ pub fn install_handler() {
 }
 
 /// A one-shot timer that kicks the thread that made it (with [`signal`]) when it expires:
-/// the console's bound on how long output the guest queued without an exit may wait
-/// (`devices::console`). Needs [`install_handler`], or the signal would end the process.
+/// a quiet window's bound on how long frames the guest queued without an exit may wait
+/// (`devices::quiet`). Needs [`install_handler`], or the signal would end the process.
 pub struct KickTimer {
     id: libc::timer_t,
 }
@@ -102,6 +102,17 @@ impl KickTimer {
             // Zero would disarm: at least a nanosecond.
             tv_nsec: libc::c_long::from(after.subsec_nanos()).max(1),
         });
+    }
+
+    /// Time left before it fires (zero: disarmed), for tests.
+    #[cfg(test)]
+    pub fn remaining(&self) -> std::time::Duration {
+        // SAFETY: a zeroed itimerspec is valid; `id` is a live timer of this process and
+        // `spec` is valid for the call.
+        let mut spec: libc::itimerspec = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        unsafe { libc::timer_gettime(self.id, &mut spec) };
+        std::time::Duration::new(spec.it_value.tv_sec as u64, spec.it_value.tv_nsec as u32)
     }
 
     pub fn disarm(&self) {

@@ -48,12 +48,12 @@ impl Machine {
                 return VcpuEnd::Stopped;
             }
             let exit = self.vcpu.run();
-            // From here a kick (stop, the console's timer) makes the next KVM_RUN return at
+            // From here a kick (stop, a quiet window's timer) makes the next KVM_RUN return at
             // once, even if it lands before that.
             // SAFETY: as above; KVM reads the byte only when KVM_RUN starts.
             unsafe { immediate_exit.write_volatile(0) };
-            // Output the guest queued without an exit goes out at every exit, before the
-            // exit port or a crash ends the run.
+            // Output and frames the guest queued without an exit go out at every exit,
+            // before the exit port or a crash ends the run.
             devices.at_exit(&self.mem);
             match exit {
                 Ok(VcpuExit::IoOut(port, _)) if port == EXIT_PORT => return VcpuEnd::ExitPort,

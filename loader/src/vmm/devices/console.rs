@@ -444,6 +444,8 @@ mod tests {
         d.dev
             .device
             .set_tx_timer(crate::vmm::kick::KickTimer::for_this_thread().unwrap());
+        // Windows end when a test says so (`expire`), however loaded the machine.
+        d.dev.device.tx_quiet.set_period(Duration::from_secs(60));
         (d, host)
     }
 

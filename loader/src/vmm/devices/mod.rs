@@ -66,13 +66,14 @@ impl Devices {
     /// What every exit of the vCPU does first (the exit port and a crash too): takes what
     /// the guest queued while a transmit queue asked for no notifies (`devices::quiet`).
     pub fn at_exit(&mut self, mem: &GuestMemoryMmap) {
-        if let Some(console) = self.console.as_mut() {
-            let (console, queues) = console.parts();
-            console.at_exit(queues, mem);
-        }
+        // The card first: its link never blocks, the console's host socket may.
         if let Some(net) = self.net.as_mut() {
             let (net, queues) = net.parts();
             net.at_exit(queues, mem);
+        }
+        if let Some(console) = self.console.as_mut() {
+            let (console, queues) = console.parts();
+            console.at_exit(queues, mem);
         }
     }
 

@@ -94,6 +94,21 @@ impl QuietWindow {
         }
     }
 
+    /// A longer period, so that a test on a loaded machine decides when windows end
+    /// ([`expire`](Self::expire)), not the clock.
+    #[cfg(test)]
+    pub fn set_period(&mut self, period: Duration) {
+        self.period = period;
+    }
+
+    /// Time left on the timer (zero: not armed), for tests.
+    #[cfg(test)]
+    pub fn timer_left(&self) -> Duration {
+        self.timer
+            .as_ref()
+            .map_or(Duration::ZERO, KickTimer::remaining)
+    }
+
     /// Ends the window now for tests, as if its time were up.
     #[cfg(test)]
     pub fn expire(&mut self) {
@@ -117,14 +132,21 @@ mod tests {
         assert!(window.can_open());
         window.open();
         assert!(window.is_open() && !window.can_open() && !window.is_over());
-        // Paused and resumed with time left: still open.
+        assert!(window.timer_left() > Duration::ZERO, "armed when opened");
+        // Paused, the timer stops but the window stays; resumed with time left, it runs.
         window.pause();
+        assert_eq!(window.timer_left(), Duration::ZERO);
+        assert!(window.is_open());
         assert!(window.resume());
+        assert!(window.timer_left() > Duration::ZERO);
         window.expire();
         assert!(window.is_over());
+        window.pause();
         assert!(!window.resume(), "an expired window is not re-armed");
+        assert_eq!(window.timer_left(), Duration::ZERO);
         assert!(window.close());
         assert!(!window.close(), "closing twice closes once");
         assert!(!window.is_open() && window.can_open());
+        assert_eq!(window.timer_left(), Duration::ZERO);
     }
 }

@@ -11,9 +11,10 @@
 //! direct entry) the card asks it not to notify: the receive queue's used ring carries
 //! `VRING_USED_F_NO_NOTIFY` for good (set as soon as the queue is ready), and the transmit
 //! queue's for a quiet window after each notify (`devices::quiet`), renewed while frames
-//! keep coming. The VMM moves frames at every exit of the vCPU — any MMIO access, port
-//! write or wait exit — and at a notify; the window's timer makes an exit when it ends, so
-//! a frame the guest queued quietly waits at most [`QUIET_TX`], and during a wait exit the
+//! keep coming or wait for a backed-up link. The VMM moves frames at every exit of the vCPU
+//! — any MMIO access, port write or wait exit — and at a notify; the window's timer makes
+//! an exit when it ends, so a frame the guest queued quietly waits at most [`QUIET_TX`] for
+//! the VMM (longer only if the link itself cannot take it), and during a wait exit the
 //! timer pauses (the guest queues nothing then). So a server answering a burst of requests
 //! pays the wait exits it makes anyway, not an exit per answer. Receive buffers are filled
 //! at the same points, without blocking; the guest's wait exit blocks on the link until a
@@ -145,7 +146,9 @@ impl NetDevice {
 
     /// Before the vCPU blocks in a wait exit: the window's timer pauses.
     pub fn before_wait(&mut self) {
-        self.tx_quiet.pause();
+        if self.tx_quiet.is_open() {
+            self.tx_quiet.pause();
+        }
     }
 
     /// After the block, before the guest runs again: the window's timer resumes, or the
@@ -156,11 +159,14 @@ impl NetDevice {
         }
     }
 
-    /// A window whose time is up: renewed if it took frames (more are likely to follow),
-    /// else ended, with notifies wanted again and whatever the guest queued before it saw
-    /// that taken now.
+    /// A window whose time is up: renewed if it took frames (more are likely to follow) or
+    /// if frames still wait (the link is backed up: queued in the ring, which the guest will
+    /// not notify for, or in the link's own backlog, written only at exits), else ended,
+    /// with notifies wanted again and whatever the guest queued before it saw that taken now.
     fn renew_or_end_quiet(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) {
-        if std::mem::take(&mut self.tx_taken) > 0 {
+        let waiting =
+            self.link.has_backlog() || usable(queues, TX, mem).is_some_and(|q| has_avail(q, mem));
+        if std::mem::take(&mut self.tx_taken) > 0 || waiting {
             self.tx_quiet.open();
             return;
         }
@@ -321,6 +327,8 @@ mod tests {
         /// The frame `peek` handed out.
         current: Option<Vec<u8>>,
         fd: Arc<std::fs::File>,
+        /// A peer that reads nothing: the link takes no frames.
+        blocked: Arc<std::sync::atomic::AtomicBool>,
     }
 
     impl Default for Loop {
@@ -330,6 +338,7 @@ mod tests {
                 from_guest: Arc::default(),
                 current: None,
                 fd: Arc::new(std::fs::File::open("/dev/null").unwrap()),
+                blocked: Arc::default(),
             }
         }
     }
@@ -348,7 +357,7 @@ mod tests {
             self.current = None;
         }
         fn can_send(&self) -> bool {
-            true
+            !self.blocked.load(Ordering::Relaxed)
         }
         fn send(&mut self, frame: &[u8]) {
             self.from_guest.lock().unwrap().push(frame.to_vec());
@@ -535,6 +544,8 @@ mod tests {
         d.dev
             .device
             .set_tx_timer(crate::vmm::kick::KickTimer::for_this_thread().unwrap());
+        // Windows end when a test says so (`expire`), however loaded the machine.
+        d.dev.device.tx_quiet.set_period(Duration::from_secs(60));
         d
     }
 
@@ -589,16 +600,17 @@ mod tests {
         at_exit(&mut d);
         assert!(d.dev.device.tx_quiet.is_open() && !d.dev.device.tx_quiet.is_over());
         assert_eq!(tx_flags(&d), 1);
-        // One that took none ends: notifies wanted again, and a frame queued before the
-        // guest could see that goes at once.
+        // The exit that finds it over takes what came meanwhile, and renews it for that.
         d.dev.device.tx_quiet.expire();
         post_frame(&mut d, 4);
-        let (dev, queues) = d.dev.parts();
-        dev.tx_taken = 0;
-        dev.renew_or_end_quiet(queues, &d.mem);
+        at_exit(&mut d);
+        assert_eq!(fills(&link), [1, 2, 3, 4]);
+        assert!(d.dev.device.tx_quiet.is_open());
+        // One that took none ends: notifies wanted again.
+        d.dev.device.tx_quiet.expire();
+        at_exit(&mut d);
         assert!(!d.dev.device.tx_quiet.is_open());
         assert_eq!(tx_flags(&d), 0);
-        assert_eq!(fills(&link), [1, 2, 3, 4]);
         assert_eq!(d.used(TX).len(), 4);
     }
 
@@ -608,13 +620,25 @@ mod tests {
         let mut d = timed_driver(link.clone());
         post_frame(&mut d, 1);
         d.notify(TX as u32);
-        // A wait within the window: it stays open.
+        // A wait within the window: its timer stops while the vCPU blocks (the kick would
+        // only cut the wait short), and runs again after; the window stays open.
         d.dev.device.before_wait();
+        assert_eq!(d.dev.device.tx_quiet.timer_left(), Duration::ZERO);
         let (dev, queues) = d.dev.parts();
         dev.after_wait(queues, &d.mem);
         assert!(d.dev.device.tx_quiet.is_open());
-        // The window ran out during the wait, having taken nothing: it ends before the
-        // guest runs again.
+        assert!(d.dev.device.tx_quiet.timer_left() > Duration::ZERO);
+        // It ran out during a wait after taking frames: renewed, as more are likely.
+        post_frame(&mut d, 2);
+        at_exit(&mut d);
+        d.dev.device.before_wait();
+        d.dev.device.tx_quiet.expire();
+        let (dev, queues) = d.dev.parts();
+        dev.after_wait(queues, &d.mem);
+        assert!(d.dev.device.tx_quiet.is_open() && !d.dev.device.tx_quiet.is_over());
+        assert_eq!(tx_flags(&d), 1);
+        // It ran out during the wait, having taken nothing: it ends before the guest runs
+        // again.
         d.dev.device.before_wait();
         d.dev.device.tx_quiet.expire();
         let (dev, queues) = d.dev.parts();
@@ -622,10 +646,39 @@ mod tests {
         assert!(!d.dev.device.tx_quiet.is_open());
         assert_eq!(tx_flags(&d), 0);
         // The next notify opens a new one.
-        post_frame(&mut d, 2);
+        post_frame(&mut d, 3);
         d.notify(TX as u32);
         assert!(d.dev.device.tx_quiet.is_open());
+        assert_eq!(fills(&link), [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_window_stays_while_a_backed_up_link_keeps_frames_waiting() {
+        let link = Loop::default();
+        let mut d = timed_driver(link.clone());
+        post_frame(&mut d, 1);
+        d.notify(TX as u32);
+        // The peer stops reading: frames queued quietly stay in the ring. The guest will
+        // not notify for them, so the window must not end while they wait.
+        link.blocked.store(true, Ordering::Relaxed);
+        post_frame(&mut d, 2);
+        for _ in 0..3 {
+            d.dev.device.tx_quiet.expire();
+            at_exit(&mut d);
+            assert!(d.dev.device.tx_quiet.is_open() && !d.dev.device.tx_quiet.is_over());
+            assert_eq!(tx_flags(&d), 1);
+        }
+        // The peer reads again: the next exit takes the frame, and a window that then
+        // takes nothing more ends.
+        link.blocked.store(false, Ordering::Relaxed);
+        at_exit(&mut d);
         assert_eq!(fills(&link), [1, 2]);
+        d.dev.device.tx_quiet.expire();
+        at_exit(&mut d);
+        d.dev.device.tx_quiet.expire();
+        at_exit(&mut d);
+        assert!(!d.dev.device.tx_quiet.is_open());
+        assert_eq!(tx_flags(&d), 0);
     }
 
     #[test]
