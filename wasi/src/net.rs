@@ -28,10 +28,16 @@ use wasmvm_abi::net::NetConfig;
 use crate::errno::{Errno, WasiResult};
 use crate::platform::{Clock, Platform};
 
-/// Receive and send buffer of each TCP connection while socket memory is plentiful: large
-/// enough to keep a fast link busy (smoltcp scales the window past 64 KiB); pages the app
-/// never fills are never touched.
-pub(crate) const TCP_BUFFER: usize = 128 * 1024;
+/// Receive buffer of each TCP connection while socket memory is plentiful: large enough to
+/// keep a fast link busy (smoltcp scales the window past 64 KiB); pages the app never fills
+/// are never touched. (512 KiB made passt, the user-mode network, leave the reopened window
+/// unused for seconds after filling it.)
+pub(crate) const TCP_RX_BUFFER: usize = 128 * 1024;
+/// Send buffer of each TCP connection while socket memory is plentiful: room for eight
+/// 64 KiB segments in flight. A segment the peer drops (passt does when its host socket is
+/// full) is then followed by others that draw duplicate ACKs, and smoltcp retransmits at
+/// once, where with two in flight it waits for its retransmission timeout (1 s at least).
+pub(crate) const TCP_TX_BUFFER: usize = 512 * 1024;
 /// The smallest buffers a connection gets when socket memory runs low; below that, new
 /// connections are refused (see [`SocketMemory`]).
 const MIN_TCP_BUFFER: usize = 4 * 1024;
@@ -97,16 +103,24 @@ impl SocketMemory {
     fn tcp_socket(&mut self) -> Option<(tcp::Socket<'static>, usize)> {
         let free = self.budget.saturating_sub(self.in_use);
         // Keep room for eight more connections of the chosen size, so memory runs low
-        // gradually rather than all at once.
-        let mut size = TCP_BUFFER;
-        while size > MIN_TCP_BUFFER && 2 * size * 8 > free {
-            size /= 2;
+        // gradually rather than all at once: both buffers halve together.
+        let sizes = |halvings: u32| {
+            (
+                (TCP_RX_BUFFER >> halvings).max(MIN_TCP_BUFFER),
+                (TCP_TX_BUFFER >> halvings).max(MIN_TCP_BUFFER),
+            )
+        };
+        let mut halvings = 0;
+        let (mut rx, mut tx) = sizes(0);
+        while rx + tx > 2 * MIN_TCP_BUFFER && (rx + tx) * 8 > free {
+            halvings += 1;
+            (rx, tx) = sizes(halvings);
         }
-        if 2 * size > free {
+        if rx + tx > free {
             self.refused += 1;
             return None;
         }
-        Some((new_tcp_socket(size), 2 * size))
+        Some((new_tcp_socket(rx, tx), rx + tx))
     }
 
     /// Room for `bytes` more, or `ENOBUFS` (counted).
@@ -128,6 +142,19 @@ impl SocketMemory {
         self.in_use += bytes;
         self.sizes.insert(handle, bytes);
         handle
+    }
+
+    /// Whether [`tcp_socket`](Self::tcp_socket) would now give full-size buffers.
+    fn gives_full_size(&self) -> bool {
+        let full = TCP_RX_BUFFER + TCP_TX_BUFFER;
+        full * 8 <= self.budget.saturating_sub(self.in_use)
+    }
+
+    /// Whether `handle`'s buffers are smaller than full size (made while memory ran low).
+    fn is_undersized(&self, handle: SocketHandle) -> bool {
+        self.sizes
+            .get(&handle)
+            .is_some_and(|&bytes| bytes < TCP_RX_BUFFER + TCP_TX_BUFFER)
     }
 
     fn remove(&mut self, set: &mut SocketSet<'static>, handle: SocketHandle) {
@@ -452,12 +479,13 @@ impl Net {
         self.dhcp_poll();
         self.reap();
         // Memory freed by the reap lets listeners that ran short of spares (their SYNs were
-        // being reset) listen again.
+        // being reset) listen again, and spares made while it ran low get full buffers.
         for entry in self.sockets.iter_mut().flatten() {
-            if let Socket::Listener(l) = &mut entry.socket
-                && l.spares.len() < l.spares_wanted()
-            {
-                promote(&mut self.set, &mut self.mem, l);
+            if let Socket::Listener(l) = &mut entry.socket {
+                if l.spares.len() < l.spares_wanted() {
+                    promote(&mut self.set, &mut self.mem, l);
+                }
+                restore_spares(&mut self.set, &mut self.mem, l);
             }
         }
         self.report_quiet(platform);
@@ -1123,11 +1151,12 @@ impl Net {
     }
 }
 
-/// A TCP socket with `buffer` bytes each way and the settings every one shares.
-fn new_tcp_socket(buffer: usize) -> tcp::Socket<'static> {
+/// A TCP socket with `rx` bytes of receive and `tx` of send buffer, and the settings every
+/// one shares.
+fn new_tcp_socket(rx: usize, tx: usize) -> tcp::Socket<'static> {
     let mut s = tcp::Socket::new(
-        tcp::SocketBuffer::new(vec![0; buffer]),
-        tcp::SocketBuffer::new(vec![0; buffer]),
+        tcp::SocketBuffer::new(vec![0; rx]),
+        tcp::SocketBuffer::new(vec![0; tx]),
     );
     // Apps cannot set TCP_NODELAY through preview1, and a response written in two pieces
     // must not wait for an ACK; batching happens per poll anyway.
@@ -1185,6 +1214,27 @@ fn promote(set: &mut SocketSet<'static>, mem: &mut SocketMemory, l: &mut Listene
     }
 }
 
+/// Replaces a listener's spares that were made with small buffers while memory ran low by
+/// full-size ones once memory allows: otherwise they would serve the next connections
+/// with less after every burst, until each had served one. Spares are in LISTEN, so
+/// nothing is lost.
+fn restore_spares(set: &mut SocketSet<'static>, mem: &mut SocketMemory, l: &mut Listener) {
+    for spare in l.spares.iter_mut() {
+        if !mem.is_undersized(*spare) || !mem.gives_full_size() {
+            continue;
+        }
+        let Some((mut s, bytes)) = mem.tcp_socket() else {
+            return;
+        };
+        s.set_timeout(Some(QUEUED_TIMEOUT));
+        if s.listen(l.endpoint).is_err() {
+            return;
+        }
+        mem.remove(set, *spare);
+        *spare = mem.add(set, s, bytes);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1192,7 +1242,7 @@ mod tests {
     #[test]
     fn socket_buffers_shrink_as_memory_runs_low_and_then_are_refused() {
         let mut mem = SocketMemory {
-            budget: 4 << 20,
+            budget: 8 << 20,
             in_use: 0,
             sizes: BTreeMap::new(),
             refused: 0,
@@ -1207,7 +1257,7 @@ mod tests {
         }
         assert_eq!(
             sizes[0],
-            2 * TCP_BUFFER,
+            TCP_RX_BUFFER + TCP_TX_BUFFER,
             "full buffers while memory is plentiful"
         );
         assert_eq!(*sizes.last().unwrap(), 2 * MIN_TCP_BUFFER);
@@ -1219,6 +1269,55 @@ mod tests {
             mem.remove(&mut set, h);
         }
         assert_eq!((mem.in_use, set.iter().count()), (0, 0));
-        assert_eq!(mem.tcp_socket().map(|(_, b)| b), Some(2 * TCP_BUFFER));
+        assert_eq!(
+            mem.tcp_socket().map(|(_, b)| b),
+            Some(TCP_RX_BUFFER + TCP_TX_BUFFER)
+        );
+    }
+
+    #[test]
+    fn spares_made_while_memory_ran_low_get_full_buffers_once_it_is_back() {
+        let full = TCP_RX_BUFFER + TCP_TX_BUFFER;
+        let mut mem = SocketMemory {
+            budget: 16 * full,
+            in_use: 0,
+            sizes: BTreeMap::new(),
+            refused: 0,
+        };
+        let mut set = SocketSet::new(Vec::new());
+        // A burst holds most of the budget while the listener tops its spares up.
+        let burst: Vec<_> = (0..10)
+            .map(|_| {
+                let (s, bytes) = mem.tcp_socket().unwrap();
+                mem.add(&mut set, s, bytes)
+            })
+            .collect();
+        let mut l = Listener {
+            endpoint: IpListenEndpoint {
+                addr: None,
+                port: 8080,
+            },
+            spares: Vec::new(),
+            incoming: VecDeque::new(),
+            backlog: 16,
+        };
+        promote(&mut set, &mut mem, &mut l);
+        assert_eq!(l.spares.len(), LISTEN_SPARES);
+        assert!(l.spares.iter().all(|&h| mem.is_undersized(h)));
+        // Still short of memory: nothing changes.
+        restore_spares(&mut set, &mut mem, &mut l);
+        assert!(l.spares.iter().all(|&h| mem.is_undersized(h)));
+        // The burst ends: the spares get full buffers, still listening, none leaked.
+        for h in burst {
+            mem.remove(&mut set, h);
+        }
+        restore_spares(&mut set, &mut mem, &mut l);
+        assert_eq!(l.spares.len(), LISTEN_SPARES);
+        for &h in &l.spares {
+            assert!(!mem.is_undersized(h));
+            assert_eq!(set.get::<tcp::Socket>(h).state(), tcp::State::Listen);
+        }
+        assert_eq!(set.iter().count(), LISTEN_SPARES);
+        assert_eq!(mem.in_use, LISTEN_SPARES * full);
     }
 }
