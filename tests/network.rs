@@ -147,13 +147,16 @@ fn http_image_compiled() -> &'static PathBuf {
         .1
 }
 
+/// Every backend with the HTTP sample packed for each engine.
+fn http_runs() -> impl Iterator<Item = (&'static str, &'static PathBuf)> {
+    backends()
+        .iter()
+        .flat_map(|&vmm| [(vmm, http_image()), (vmm, http_image_compiled())])
+}
+
 #[test]
 fn the_http_sample_answers_from_every_backend_on_both_engines() {
-    let runs = backends()
-        .iter()
-        .flat_map(|vmm| [(vmm, http_image()), (vmm, http_image_compiled())]);
-    for (vmm, image) in runs {
-        let vmm = *vmm;
+    for (vmm, image) in http_runs() {
         let guest = Guest::start(vmm, image, 8080, HTTP_READY, &[]);
         let (code, body) = request(&guest, "GET", "/", b"");
         assert_eq!(
@@ -175,11 +178,7 @@ fn the_http_sample_answers_from_every_backend_on_both_engines() {
 /// timer's exit. On both engines; the VM is stopped afterwards.
 #[test]
 fn a_reply_reaches_the_client_while_the_app_computes_forever() {
-    let runs = backends()
-        .iter()
-        .flat_map(|vmm| [(vmm, http_image()), (vmm, http_image_compiled())]);
-    for (vmm, image) in runs {
-        let vmm = *vmm;
+    for (vmm, image) in http_runs() {
         let guest = Guest::start(vmm, image, 8080, HTTP_READY, &[]);
         // Traffic first, so the transmit queue is in a quiet window when the reply goes.
         for _ in 0..3 {

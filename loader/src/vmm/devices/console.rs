@@ -210,22 +210,13 @@ impl Console {
     /// Asks for no transmit notifies for [`QUIET_TX`], unless already quiet or without a
     /// timer to end the window.
     fn quiet_tx(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) {
-        if self.tx_quiet.can_open()
-            && usable(queues, TX, mem).is_some_and(|q| q.disable_notification(mem).is_ok())
-        {
-            self.tx_quiet.open();
-        }
+        self.tx_quiet.begin(usable(queues, TX, mem), mem);
     }
 
     /// Ends a quiet window: notifies wanted again, and whatever the guest queued before it
     /// saw that taken now.
     fn end_quiet_tx(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) {
-        if !self.tx_quiet.close() {
-            return;
-        }
-        let missed =
-            usable(queues, TX, mem).is_some_and(|q| q.enable_notification(mem).unwrap_or(true));
-        if missed {
+        if self.tx_quiet.end(usable(queues, TX, mem), mem) {
             self.process_tx(queues, mem);
         }
     }

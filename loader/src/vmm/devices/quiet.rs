@@ -9,6 +9,9 @@
 
 use std::time::{Duration, Instant};
 
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
 use crate::vmm::kick::KickTimer;
 
 pub struct QuietWindow {
@@ -52,6 +55,20 @@ impl QuietWindow {
             self.until = Some(Instant::now() + self.period);
             timer.arm(self.period);
         }
+    }
+
+    /// Opens a window on `queue` (its used ring asks for no notifies from now), unless one is
+    /// open, there is no timer, or the queue is not ready.
+    pub fn begin(&mut self, queue: Option<&mut Queue>, mem: &GuestMemoryMmap) {
+        if self.can_open() && queue.is_some_and(|q| q.disable_notification(mem).is_ok()) {
+            self.open();
+        }
+    }
+
+    /// Closes the open window on `queue` (notifies wanted again). True if the guest queued
+    /// buffers before it could see that: the caller takes them now, as no notify will come.
+    pub fn end(&mut self, queue: Option<&mut Queue>, mem: &GuestMemoryMmap) -> bool {
+        self.close() && queue.is_some_and(|q| q.enable_notification(mem).unwrap_or(true))
     }
 
     /// Whether the open window's time is up.

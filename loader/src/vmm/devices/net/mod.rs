@@ -168,14 +168,7 @@ impl NetDevice {
             self.link.has_backlog() || usable(queues, TX, mem).is_some_and(|q| has_avail(q, mem));
         if std::mem::take(&mut self.tx_taken) > 0 || waiting {
             self.tx_quiet.open();
-            return;
-        }
-        if !self.tx_quiet.close() {
-            return;
-        }
-        let missed =
-            usable(queues, TX, mem).is_some_and(|q| q.enable_notification(mem).unwrap_or(true));
-        if missed {
+        } else if self.tx_quiet.end(usable(queues, TX, mem), mem) {
             self.transmit(queues, mem);
         }
     }
@@ -183,12 +176,9 @@ impl NetDevice {
     /// After a notify (the transmit queue's: the receive queue asks for none): more frames
     /// may follow at once, so the transmit queue goes quiet.
     fn quiet_tx(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) {
-        if self.batched
-            && self.tx_quiet.can_open()
-            && usable(queues, TX, mem).is_some_and(|q| q.disable_notification(mem).is_ok())
-        {
+        if self.batched && self.tx_quiet.can_open() {
             self.tx_taken = 0;
-            self.tx_quiet.open();
+            self.tx_quiet.begin(usable(queues, TX, mem), mem);
         }
     }
 
