@@ -29,9 +29,9 @@ use crate::errno::{Errno, WasiResult};
 use crate::platform::{Clock, Platform};
 
 /// Receive buffer of each TCP connection while socket memory is plentiful: large enough to
-/// keep a fast link busy (smoltcp scales the window past 64 KiB); pages the app never fills
-/// are never touched. (512 KiB made passt, the user-mode network, leave the reopened window
-/// unused for seconds after filling it.)
+/// keep a fast link busy (smoltcp scales the window past 64 KiB); fresh heap pages the app
+/// never fills are never touched (reused heap is zeroed). (512 KiB made passt, the
+/// user-mode network, leave the reopened window unused for seconds after filling it.)
 pub(crate) const TCP_RX_BUFFER: usize = 128 * 1024;
 /// Send buffer of each TCP connection while socket memory is plentiful: room for eight
 /// 64 KiB segments in flight. A segment the peer drops (passt does when its host socket is
@@ -144,13 +144,21 @@ impl SocketMemory {
         handle
     }
 
-    /// Whether [`tcp_socket`](Self::tcp_socket) would now give full-size buffers.
-    fn gives_full_size(&self) -> bool {
+    /// Whether `handle`'s buffers are smaller than full size (made while memory ran low)
+    /// and could be full size now, with room to spare: after the swap
+    /// [`tcp_socket`](Self::tcp_socket) would still give full-size buffers. Without that
+    /// margin a budget near the threshold would swap a spare at every connection.
+    fn can_restore(&self, handle: SocketHandle) -> bool {
         let full = TCP_RX_BUFFER + TCP_TX_BUFFER;
-        full * 8 <= self.budget.saturating_sub(self.in_use)
+        let Some(&bytes) = self.sizes.get(&handle) else {
+            return false;
+        };
+        let free = self.budget.saturating_sub(self.in_use);
+        bytes < full && free >= full * 8 + (full - bytes)
     }
 
-    /// Whether `handle`'s buffers are smaller than full size (made while memory ran low).
+    /// Whether `handle`'s buffers are smaller than full size.
+    #[cfg(test)]
     fn is_undersized(&self, handle: SocketHandle) -> bool {
         self.sizes
             .get(&handle)
@@ -656,6 +664,17 @@ impl Net {
         }
         self.sockets.push(Some(entry));
         Ok((self.sockets.len() - 1) as SockId)
+    }
+
+    /// The receive and send buffer sizes of stream socket `id` (halved ones too).
+    pub fn stream_buffers(&self, id: SockId) -> Option<(usize, usize)> {
+        match &self.entry(id).ok()?.socket {
+            Socket::Stream { handle, .. } => {
+                let s = self.set.get::<tcp::Socket>(*handle);
+                Some((s.recv_capacity(), s.send_capacity()))
+            }
+            _ => None,
+        }
     }
 
     pub fn entry(&self, id: SockId) -> WasiResult<&SocketEntry> {
@@ -1216,11 +1235,13 @@ fn promote(set: &mut SocketSet<'static>, mem: &mut SocketMemory, l: &mut Listene
 
 /// Replaces a listener's spares that were made with small buffers while memory ran low by
 /// full-size ones once memory allows: otherwise they would serve the next connections
-/// with less after every burst, until each had served one. Spares are in LISTEN, so
-/// nothing is lost.
+/// with less after every burst, until each had served one. Only spares still in LISTEN
+/// are replaced, so no connection is lost.
 fn restore_spares(set: &mut SocketSet<'static>, mem: &mut SocketMemory, l: &mut Listener) {
     for spare in l.spares.iter_mut() {
-        if !mem.is_undersized(*spare) || !mem.gives_full_size() {
+        // A spare a SYN just reached is a connection now (`promote` moves it on).
+        let listening = set.get::<tcp::Socket>(*spare).state() == tcp::State::Listen;
+        if !listening || !mem.can_restore(*spare) {
             continue;
         }
         let Some((mut s, bytes)) = mem.tcp_socket() else {

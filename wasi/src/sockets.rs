@@ -620,6 +620,7 @@ impl<P: Platform> Wasi<P> {
         let entry = net.entry(id)?;
         let options = entry.options;
         let listening = matches!(entry.socket, Socket::Listener(_));
+        let buffers = net.stream_buffers(id);
         let error = match entry.socket {
             Socket::Stream { .. } => match net.connect_state(id) {
                 Err(e) => e.0 as i32,
@@ -643,8 +644,9 @@ impl<P: Platform> Wasi<P> {
             }),
             opt::ERROR => int(error),
             opt::KEEPALIVE => int(options.keep_alive as i32),
-            opt::SNDBUF => int(crate::net::TCP_TX_BUFFER as i32),
-            opt::RCVBUF => int(crate::net::TCP_RX_BUFFER as i32),
+            // A connection's own sizes (smaller when it was made while memory ran low).
+            opt::SNDBUF => int(buffers.map_or(crate::net::TCP_TX_BUFFER, |b| b.1) as i32),
+            opt::RCVBUF => int(buffers.map_or(crate::net::TCP_RX_BUFFER, |b| b.0) as i32),
             opt::RCVTIMEO => timeval(options.recv_timeout),
             opt::SNDTIMEO => timeval(options.send_timeout),
             opt::ACCEPTCONN => int(listening as i32),
