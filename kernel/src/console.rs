@@ -147,15 +147,36 @@ pub struct VirtConsole {
     /// Ring memory the kernel allocated when it negotiated itself (kept for the whole run).
     _rings: Option<Box<[u8]>>,
     rx_buffers: Vec<Box<[u8; RX_BUFFER_LEN]>>,
-    /// Staged frames, back to back (allocated at the first one; its capacity never changes,
-    /// as the device holds addresses into it).
-    staging: Vec<u8>,
-    /// Staged frames queued since the buffer was last emptied, and how many of them the
-    /// device has handed back.
-    staged: u16,
-    staged_done: u16,
-    /// The heap had no room for the staging buffer: frames go in place from then on.
-    staging_refused: bool,
+    staging: Staging,
+}
+
+/// Frames copied and queued without an exit (see the module's notes).
+#[derive(Default)]
+struct Staging {
+    /// The frames, back to back (allocated at the first one; its capacity never changes, as
+    /// the device holds addresses into it).
+    buffer: Vec<u8>,
+    /// Frames queued since the buffer was last emptied, and how many of them the device has
+    /// handed back.
+    queued: u16,
+    returned: u16,
+    /// The heap had no room for the buffer: frames go in place from then on.
+    refused: bool,
+}
+
+impl Staging {
+    fn all_returned(&self) -> bool {
+        self.returned == self.queued
+    }
+
+    /// Counts staged frame `id` as handed back; false if it was not outstanding.
+    fn take_back(&mut self, id: u16) -> bool {
+        if id >= self.queued || self.all_returned() {
+            return false;
+        }
+        self.returned += 1;
+        true
+    }
 }
 
 impl VirtConsole {
@@ -172,10 +193,7 @@ impl VirtConsole {
             tx: Queue::at(rings, TX),
             _rings: None,
             rx_buffers: Vec::new(),
-            staging: Vec::new(),
-            staged: 0,
-            staged_done: 0,
-            staging_refused: false,
+            staging: Staging::default(),
         };
         console.post_rx_buffers();
         console
@@ -196,10 +214,7 @@ impl VirtConsole {
             tx: Queue::at(rings, TX),
             _rings: Some(memory),
             rx_buffers: Vec::new(),
-            staging: Vec::new(),
-            staged: 0,
-            staged_done: 0,
-            staging_refused: false,
+            staging: Staging::default(),
         };
         if console.read(0x000) != 0x7472_6976 || console.read(0x004) != 2 {
             return Err(ConsoleError::NotVirtioMmioV2);
@@ -284,25 +299,28 @@ impl VirtConsole {
         let len = header.len() + payload.len();
         // Allocated at the first staged frame; a heap too full for it (the app took the
         // rest) just means frames go in place.
-        if self.staging.capacity() == 0 {
-            self.staging_refused |= self.staging.try_reserve_exact(STAGING_LEN).is_err();
+        let staging = &mut self.staging;
+        if staging.buffer.capacity() == 0 {
+            staging.refused |= staging.buffer.try_reserve_exact(STAGING_LEN).is_err();
         }
-        if self.staging_refused {
+        if staging.refused {
             return self.send_in_place(header, payload);
         }
-        let full =
-            self.staging.len() + len > self.staging.capacity() || self.staged == STAGED_SLOTS;
+        let full = staging.buffer.len() + len > staging.buffer.capacity()
+            || staging.queued == STAGED_SLOTS;
         if full && !self.flush() {
             return false;
         }
-        let at = self.staging.len();
+        let staging = &mut self.staging;
+        let at = staging.buffer.len();
         // Within the capacity checked above: the buffer never moves.
-        self.staging.extend_from_slice(header);
-        self.staging.extend_from_slice(payload);
-        let addr = self.staging[at..].as_ptr() as u64;
-        self.tx.set_desc(self.staged, addr, len as u32, 0, 0);
-        self.tx.push(self.staged);
-        self.staged += 1;
+        staging.buffer.extend_from_slice(header);
+        staging.buffer.extend_from_slice(payload);
+        let addr = staging.buffer[at..].as_ptr() as u64;
+        let slot = staging.queued;
+        staging.queued += 1;
+        self.tx.set_desc(slot, addr, len as u32, 0, 0);
+        self.tx.push(slot);
         // The flag read before the push may be stale: an exit in between (the VMM's timer
         // can make one at any instruction) may have ended the quiet period. Read after the
         // push, as virtio drivers must, a device that wants a notify gets one.
@@ -343,7 +361,7 @@ impl VirtConsole {
 
     /// Has the device take every staged frame now: one notify, then a wait for them.
     pub fn flush(&mut self) -> bool {
-        if self.staged == self.staged_done {
+        if self.staging.all_returned() {
             return self.reap_tx();
         }
         self.notify(TX);
@@ -355,13 +373,16 @@ impl VirtConsole {
     /// descriptor id that was not outstanding.
     fn wait_for_tx(&mut self, head: Option<u16>) -> bool {
         loop {
-            if head.is_none() && self.staged == self.staged_done {
+            if head.is_none() && self.staging.all_returned() {
                 return self.reap_tx();
             }
             match self.tx.pop_used() {
                 Some((id, _)) if Some(id) == head => return self.reap_tx(),
-                Some((id, _)) if id < self.staged => self.staged_done += 1,
-                Some(_) => return false,
+                Some((id, _)) => {
+                    if !self.staging.take_back(id) {
+                        return false;
+                    }
+                }
                 None => core::hint::spin_loop(),
             }
         }
@@ -371,15 +392,14 @@ impl VirtConsole {
     /// once it has them all. False on a descriptor id that was not outstanding.
     fn reap_tx(&mut self) -> bool {
         while let Some((id, _)) = self.tx.pop_used() {
-            if id >= self.staged || self.staged_done == self.staged {
+            if !self.staging.take_back(id) {
                 return false;
             }
-            self.staged_done += 1;
         }
-        if self.staged_done == self.staged {
-            self.staging.clear();
-            self.staged = 0;
-            self.staged_done = 0;
+        if self.staging.all_returned() {
+            self.staging.buffer.clear();
+            self.staging.queued = 0;
+            self.staging.returned = 0;
         }
         true
     }
