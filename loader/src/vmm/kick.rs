@@ -1,8 +1,9 @@
 //! Interrupting the vCPU: a real-time signal makes KVM_RUN return EINTR, so the vCPU
-//! thread sees its stop flag or the end of a transmit queue's quiet window (`devices::quiet`). A kick that lands
-//! while the thread is outside KVM_RUN (serving an exit) would be lost, so the handler also
-//! sets the vCPU's `immediate_exit` ([`KickTarget`]): the next KVM_RUN then returns EINTR
-//! at once instead of entering the guest.
+//! thread sees its stop flag or the end of a transmit queue's quiet window
+//! (`devices::quiet`). A kick that lands while the thread is outside KVM_RUN (serving an
+//! exit) would be lost, so the handler also sets the vCPU's `immediate_exit`
+//! ([`KickTarget`]): the next KVM_RUN then returns EINTR at once instead of entering the
+//! guest.
 
 use std::cell::Cell;
 use std::sync::Once;

@@ -59,7 +59,7 @@ use crate::run::{Control, Ending, RunIo, RunOptions};
 use crate::{Backend, RunError};
 
 /// How long a stopped run keeps the guest's output channel open for the vCPU's last exit,
-/// which hands over output queued during a quiet period (`devices::console`).
+/// which hands over output queued during a quiet window (`devices::quiet`).
 const STOP_GRACE: Duration = Duration::from_millis(100);
 
 /// The built-in VMM as a [`Backend`], with what only it needs.
@@ -279,18 +279,7 @@ fn run(
                 let _ending = vcpu_ending;
                 // SAFETY: pthread_self has no preconditions.
                 vcpu_thread.store(unsafe { libc::pthread_self() } as u64, Ordering::SeqCst);
-                // Without a timer a transmit queue simply never goes quiet: one exit per
-                // frame (the console) or per frame outside a batch (the card).
-                if let Some(console) = devices.console.as_mut()
-                    && let Ok(timer) = kick::KickTimer::for_this_thread()
-                {
-                    console.device.set_tx_timer(timer);
-                }
-                if let Some(net) = devices.net.as_mut()
-                    && let Ok(timer) = kick::KickTimer::for_this_thread()
-                {
-                    net.device.set_tx_timer(timer);
-                }
+                devices.set_quiet_timers();
                 let end = match confine(&filter) {
                     Ok(()) => machine.run(&mut devices, &stop),
                     Err(e) => VcpuEnd::Crashed(e),

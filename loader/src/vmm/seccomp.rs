@@ -128,7 +128,7 @@ fn build(extra: &[i64]) -> Result<BpfProgram, Box<dyn std::error::Error>> {
         libc::SYS_nanosleep,
         libc::SYS_clock_nanosleep,
         libc::SYS_clock_gettime,
-        // The console's quiet-period timer (made before the thread is confined).
+        // The transmit queues' quiet-window timers (made before the thread is confined).
         libc::SYS_timer_settime,
         libc::SYS_timer_delete,
         // Memory for buffers (the allocator), and thread exit.

@@ -13,6 +13,7 @@ mod testing;
 
 use vm_memory::GuestMemoryMmap;
 
+use super::kick::KickTimer;
 use super::layout::{FIRST_IRQ, MMIO_BASE};
 use console::Console;
 use mmio::{Mmio, MmioHandler, WINDOW};
@@ -61,6 +62,22 @@ impl Devices {
             _ => return None,
         };
         Some((handler, offset))
+    }
+
+    /// Gives each transmit queue that can go quiet (`devices::quiet`) a timer aimed at the
+    /// calling thread, which must be the vCPU's. Without one a queue simply never goes
+    /// quiet: one exit per frame (the console) or per frame outside a batch (the card).
+    pub fn set_quiet_timers(&mut self) {
+        if let Some(console) = self.console.as_mut()
+            && let Ok(timer) = KickTimer::for_this_thread()
+        {
+            console.device.set_tx_timer(timer);
+        }
+        if let Some(net) = self.net.as_mut()
+            && let Ok(timer) = KickTimer::for_this_thread()
+        {
+            net.device.set_tx_timer(timer);
+        }
     }
 
     /// What every exit of the vCPU does first (the exit port and a crash too): takes what
