@@ -93,6 +93,51 @@ pub fn usage() -> (usize, usize) {
     (heap.used(), heap.free())
 }
 
+/// The front of the heap's big free stretch, the one that runs to the heap's end. First fit
+/// hands a `probe` the lowest hole that fits, which may be a crumb freed below the big
+/// stretch; the probe is at the front of the big stretch exactly when the rest of the heap
+/// after it is one free hole, which an allocation of all of it tells (without writing a
+/// header: it takes the hole whole). Probes that land in crumbs stay held until the front is
+/// found, so that the next one skips them. Every header written lands in memory the kernel
+/// used before, or one probe's length past the front, next to what it uses now; a guess
+/// that overshot would instead write one at a random address, touching a huge page.
+#[cfg(feature = "engine-wasmi")]
+fn big_stretch_front(probe: Layout) -> Option<*mut u8> {
+    const MAX_CRUMBS: usize = 32;
+    let mut crumbs = [core::ptr::null_mut::<u8>(); MAX_CRUMBS];
+    let mut front = None;
+    for crumb in crumbs.iter_mut() {
+        // SAFETY: the layout has a non-zero size.
+        let at = unsafe { HEAP.alloc(probe) };
+        if at.is_null() {
+            break;
+        }
+        let after = at as usize + probe.size();
+        let top = HEAP.inner.lock().top() as usize;
+        let rest = Layout::from_size_align(top.saturating_sub(after), probe.align()).ok();
+        // SAFETY: the layout has a non-zero size.
+        let taken = rest
+            .filter(|r| r.size() > 0)
+            .map_or(core::ptr::null_mut(), |r| unsafe { HEAP.alloc(r) });
+        if let (Some(rest), false) = (rest, taken.is_null()) {
+            // SAFETY: `taken` came from `alloc` with this layout just above.
+            unsafe { HEAP.dealloc(taken, rest) };
+        }
+        if taken as usize == after {
+            // SAFETY: `at` came from `alloc` with this layout just above.
+            unsafe { HEAP.dealloc(at, probe) };
+            front = Some(at);
+            break;
+        }
+        *crumb = at;
+    }
+    for &crumb in crumbs.iter().filter(|c| !c.is_null()) {
+        // SAFETY: each crumb came from `alloc` with `probe` above and is freed once.
+        unsafe { HEAP.dealloc(crumb, probe) };
+    }
+    front
+}
+
 /// A buffer about `below` bytes above the heap's lowest free stretch, of `len` bytes or
 /// else up to the heap's very end, that lives for the rest of the run (the interpreter's
 /// linear memory); `None` if the heap has no such stretch. The kernel's own later
@@ -114,17 +159,8 @@ pub fn static_buffer(below: usize, len: Option<usize>) -> Option<&'static mut [u
     let layout = |size: usize| Layout::from_size_align(size.max(ALIGN), ALIGN).ok();
     // The spacer must end exactly at the 2 MiB boundary where the buffer starts: a gap would
     // be a free block whose header the allocator writes, touching a huge page for nothing.
-    // So first find the front of the heap's big free stretch with a probe small enough
-    // that the header after it lands next to what the kernel already uses, yet larger
-    // than the crumbs freed below (first fit).
-    let probe = layout(64 << 10)?;
-    // SAFETY: the layout has a non-zero size.
-    let mut front = unsafe { HEAP.alloc(probe) };
-    if front.is_null() {
-        return None;
-    }
-    // SAFETY: `front` came from `alloc` with this layout just above.
-    unsafe { HEAP.dealloc(front, probe) };
+    // So first find the front of the heap's big free stretch.
+    let mut front = big_stretch_front(layout(64 << 10)?)?;
     let kept = below.saturating_sub(HUGE_PAGE);
     let mut placed = None;
     for _ in 0..2 {
@@ -139,8 +175,8 @@ pub fn static_buffer(below: usize, len: Option<usize>) -> Option<&'static mut [u
             placed = Some((held, spacer, start));
             break;
         }
-        // The probe found a crumb below the big stretch: start again from where the
-        // spacer went, the big stretch's front.
+        // A crumb below the big stretch was as large as the spacer: start again from
+        // where the spacer went.
         // SAFETY: `held` came from `alloc` with this layout just above.
         unsafe { HEAP.dealloc(held, spacer) };
         front = held;
