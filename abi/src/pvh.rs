@@ -11,6 +11,8 @@ pub const MODLIST_ENTRY_LEN: usize = 32;
 pub const MEMMAP_ENTRY_LEN: usize = 24;
 /// `hvm_memmap_table_entry.type` of usable RAM (E820 type 1).
 pub const MEMMAP_TYPE_RAM: u32 = 1;
+/// `hvm_memmap_table_entry.type` of memory the guest must leave alone (E820 type 2).
+pub const MEMMAP_TYPE_RESERVED: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StartInfo {

@@ -7,9 +7,7 @@ use thiserror::Error;
 use wasmvm_abi::bundle::kernel_note;
 use wasmvm_abi::pvh;
 
-use super::layout::{
-    BOOT_INFO_ADDR, GDT_ADDR, PAGE_TABLE_PAGES, PAGE_TABLES_ADDR, START_INFO_ADDR,
-};
+use super::layout::{BootArea, PAGE_TABLE_PAGES, PAGE_TABLES_ADDR};
 use crate::image::elf::{Elf, ElfError};
 
 /// How the vCPU enters the kernel.
@@ -112,6 +110,7 @@ pub const GDT: [u64; 5] = [
     0x00cf_f200_0000_ffff,
     0x00af_fa00_0000_ffff,
 ];
+const _: () = assert!(GDT.len() <= BootArea::GDT_MAX);
 /// Selectors of the direct entry: user data and user code at RPL 3.
 pub const USER_DS: u16 = 0x18 | 3;
 pub const USER_CS: u16 = 0x20 | 3;
@@ -224,15 +223,15 @@ pub fn identity_page_tables(at: u64) -> Vec<u8> {
     tables
 }
 
-/// The GDT as bytes, for [`GDT_ADDR`].
+/// The GDT as bytes, for [`BootArea::gdt`].
 pub fn gdt_bytes() -> Vec<u8> {
     GDT.iter().flat_map(|d| d.to_le_bytes()).collect()
 }
 
 /// The special registers of the direct entry, over `sregs` as KVM created them: long mode
-/// at CPL 3 with the page tables at [`PAGE_TABLES_ADDR`] and the GDT at [`GDT_ADDR`], no IDT
-/// (the guest takes no exception it could survive anyway).
-pub fn direct_sregs(sregs: &mut kvm_sregs) {
+/// at CPL 3 with the page tables at [`PAGE_TABLES_ADDR`] and the GDT in `area`, no IDT (the
+/// guest takes no exception it could survive anyway).
+pub fn direct_sregs(sregs: &mut kvm_sregs, area: &BootArea) {
     set_flat_segments(
         sregs,
         flat_segment(USER_CS, true, 3, true),
@@ -251,7 +250,7 @@ pub fn direct_sregs(sregs: &mut kvm_sregs) {
         unusable: 1,
         ..Default::default()
     };
-    sregs.gdt.base = GDT_ADDR;
+    sregs.gdt.base = area.gdt();
     sregs.gdt.limit = (GDT.len() * 8 - 1) as u16;
     sregs.idt.base = 0;
     sregs.idt.limit = 0;
@@ -261,12 +260,12 @@ pub fn direct_sregs(sregs: &mut kvm_sregs) {
     sregs.efer = EFER_LMA | EFER_LME;
 }
 
-/// The general registers of the direct entry: `%rdi` points at the boot info; port I/O
-/// allowed at CPL 3; interrupts off.
-pub fn direct_regs(entry: u64) -> kvm_regs {
+/// The general registers of the direct entry: `%rdi` points at the boot info in `area`;
+/// port I/O allowed at CPL 3; interrupts off.
+pub fn direct_regs(entry: u64, area: &BootArea) -> kvm_regs {
     kvm_regs {
         rip: entry,
-        rdi: BOOT_INFO_ADDR,
+        rdi: area.boot_info(),
         rflags: RFLAGS_IOPL3 | RFLAGS_RESERVED,
         ..Default::default()
     }
@@ -285,11 +284,11 @@ pub fn pvh_sregs(sregs: &mut kvm_sregs) {
     sregs.efer = 0;
 }
 
-/// The general registers of the PVH entry: `%ebx` points at the start info.
-pub fn pvh_regs(entry: u64) -> kvm_regs {
+/// The general registers of the PVH entry: `%ebx` points at the start info in `area`.
+pub fn pvh_regs(entry: u64, area: &BootArea) -> kvm_regs {
     kvm_regs {
         rip: entry,
-        rbx: START_INFO_ADDR,
+        rbx: area.start_info(),
         rflags: RFLAGS_RESERVED,
         ..Default::default()
     }
@@ -345,8 +344,9 @@ mod tests {
 
     #[test]
     fn the_direct_entry_starts_in_long_mode_at_cpl_3() {
+        let area = BootArea::after(0x30_0000);
         let mut sregs = kvm_sregs::default();
-        direct_sregs(&mut sregs);
+        direct_sregs(&mut sregs, &area);
         assert_eq!(sregs.cr0, 0x8001_0033);
         assert_eq!(sregs.cr4, 0x620);
         assert_eq!(sregs.efer, 0x500);
@@ -358,11 +358,11 @@ mod tests {
         for seg in [sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss] {
             assert_eq!((seg.selector, seg.dpl, seg.l), (USER_DS, 3, 0));
         }
-        assert_eq!(sregs.gdt.base, GDT_ADDR);
+        assert_eq!(sregs.gdt.base, area.gdt());
         assert_eq!(usize::from(sregs.gdt.limit) + 1, GDT.len() * 8);
         assert_eq!(sregs.idt.limit, 0);
-        let regs = direct_regs(0x1234);
-        assert_eq!((regs.rip, regs.rdi), (0x1234, BOOT_INFO_ADDR));
+        let regs = direct_regs(0x1234, &area);
+        assert_eq!((regs.rip, regs.rdi), (0x1234, area.boot_info()));
         assert_eq!(regs.rflags, 0x3002, "IOPL 3, interrupts off");
     }
 
@@ -373,10 +373,11 @@ mod tests {
         assert_eq!(sregs.cr0, 0x11);
         assert_eq!((sregs.cr4, sregs.efer), (0, 0));
         assert_eq!((sregs.cs.db, sregs.cs.l, sregs.cs.dpl), (1, 0, 0));
-        let regs = pvh_regs(0x100_0000);
+        let area = BootArea::after(0x30_0000);
+        let regs = pvh_regs(0x100_0000, &area);
         assert_eq!(
             (regs.rip, regs.rbx, regs.rflags),
-            (0x100_0000, START_INFO_ADDR, 2)
+            (0x100_0000, area.start_info(), 2)
         );
     }
 }

@@ -72,6 +72,8 @@ pub struct Machine {
     /// Whether the guest was told that wait exits block (the direct entry's
     /// `WAIT_BLOCKS`); with PVH it spins on them, so each returns at once.
     pub waits_block: bool,
+    /// Where the boot structures are (the console's queues among them).
+    pub boot_area: BootArea,
     _vm: VmFd,
 }
 
@@ -146,29 +148,31 @@ fn needed_mib(end: u64, len: u64) -> u64 {
     end.saturating_add(len.saturating_mul(3)).div_ceil(1 << 20) + HEAP_HEADROOM_MIB
 }
 
-/// Writes the PVH boot structures: start info, one RAM entry, the run configuration as
-/// module 0, and the command line. The configuration goes on the page after `image_end`
-/// (the end of the image's last segment), where the guest's stack, the app bundle and its
-/// heap's first blocks already share a 2 MiB page: at the top of RAM it would cost a (huge)
-/// page of its own, zeroed by the host and faulted in by the guest. A configuration that
-/// does not fit there does not fit anywhere (it would overlap the image).
+/// Writes the PVH boot structures into the [`BootArea`] on the page after `image_end` (the
+/// end of the image's last segment): start info, the memory map (RAM, with the area
+/// reserved), the command line, and the run configuration as module 0 right after the area.
+/// There the guest's stack, the app bundle and its heap's first blocks already share a
+/// 2 MiB page: at the top of RAM or in low memory they would cost a (huge) page of their
+/// own, zeroed by the host and faulted in by the guest. A configuration that does not fit
+/// there does not fit anywhere (it would overlap the image).
 fn write_pvh_structures(
     mem: &GuestMemoryMmap,
     mem_size: u64,
     image_end: u64,
     run: &RunConfig,
     cmdline: &str,
-) -> Result<(), BootError> {
+) -> Result<BootArea, BootError> {
     let mut line = cmdline.as_bytes().to_vec();
     line.push(0);
-    if line.len() > CMDLINE_MAX {
+    if line.len() > BootArea::CMDLINE_MAX {
         return Err(BootError::CmdlineTooLong {
             len: line.len(),
-            max: CMDLINE_MAX,
+            max: BootArea::CMDLINE_MAX,
         });
     }
+    let area = BootArea::after(image_end);
     let config = run.encode();
-    let config_addr = align_up(image_end, PAGE_SIZE);
+    let config_addr = area.end();
     let config_end = config_addr.saturating_add(config.len() as u64);
     if config_end > mem_size {
         return Err(BootError::ConfigDoesNotFit {
@@ -182,30 +186,38 @@ fn write_pvh_structures(
         size: config.len() as u64,
         cmdline_paddr: 0,
     };
-    let memmap = MemmapEntry {
-        addr: 0,
-        size: mem_size,
-        kind: pvh::MEMMAP_TYPE_RAM,
-    };
+    let memmap: [MemmapEntry; BootArea::MEMMAP_ENTRIES] = [
+        (0, area.start(), pvh::MEMMAP_TYPE_RAM),
+        (area.start(), BootArea::LEN, pvh::MEMMAP_TYPE_RESERVED),
+        (area.end(), mem_size - area.end(), pvh::MEMMAP_TYPE_RAM),
+    ]
+    .map(|(addr, size, kind)| MemmapEntry { addr, size, kind });
+    let memmap: Vec<u8> = memmap.iter().flat_map(|e| e.encode()).collect();
     let start_info = StartInfo {
         version: 1,
         nr_modules: 1,
-        modlist_paddr: MODLIST_ADDR,
-        cmdline_paddr: CMDLINE_ADDR,
-        memmap_paddr: MEMMAP_ADDR,
-        memmap_entries: 1,
+        modlist_paddr: area.modlist(),
+        cmdline_paddr: area.cmdline(),
+        memmap_paddr: area.memmap(),
+        memmap_entries: BootArea::MEMMAP_ENTRIES as u32,
         ..StartInfo::default()
     };
     write(mem, "the run configuration", &config, config_addr)?;
-    write(mem, "the PVH module list", &modlist.encode(), MODLIST_ADDR)?;
-    write(mem, "the PVH memory map", &memmap.encode(), MEMMAP_ADDR)?;
-    write(mem, "the kernel command line", &line, CMDLINE_ADDR)?;
+    write(
+        mem,
+        "the PVH module list",
+        &modlist.encode(),
+        area.modlist(),
+    )?;
+    write(mem, "the PVH memory map", &memmap, area.memmap())?;
+    write(mem, "the kernel command line", &line, area.cmdline())?;
     write(
         mem,
         "the PVH start info",
         &start_info.encode(),
-        START_INFO_ADDR,
-    )
+        area.start_info(),
+    )?;
+    Ok(area)
 }
 
 fn write(mem: &GuestMemoryMmap, what: &'static str, data: &[u8], at: u64) -> Result<(), BootError> {
@@ -218,12 +230,13 @@ fn write(mem: &GuestMemoryMmap, what: &'static str, data: &[u8], at: u64) -> Res
 }
 
 /// Guest memory for `config`: RAM with the image's segments and the PVH structures in it,
-/// then the direct entry's page tables in a slot of their own (see [`PAGE_TABLES_ADDR`]).
+/// then the direct entry's page tables in a slot of their own (see [`PAGE_TABLES_ADDR`]);
+/// and where the boot structures went.
 fn fill_memory(
     image: &MappedImage,
     elf: &Elf,
     config: &MachineConfig,
-) -> Result<GuestMemoryMmap, BootError> {
+) -> Result<(GuestMemoryMmap, BootArea), BootError> {
     let memory_mib = config.memory_mib;
     let mem_size = memory_mib << 20;
     let mem = GuestMemoryMmap::<()>::from_ranges(&[
@@ -242,8 +255,8 @@ fn fill_memory(
     for ph in elf.phdrs.iter().filter(|p| p.p_type == PT_LOAD) {
         image_end = image_end.max(load_segment(&mem, memory_mib, image, elf, ph, map_file)?);
     }
-    write_pvh_structures(&mem, mem_size, image_end, config.run_config, config.cmdline)?;
-    Ok(mem)
+    let area = write_pvh_structures(&mem, mem_size, image_end, config.run_config, config.cmdline)?;
+    Ok((mem, area))
 }
 
 /// Gives the VM an in-kernel local APIC (and nothing else: no PIC, no IOAPIC), best
@@ -306,7 +319,7 @@ pub fn build(image: &MappedImage, config: &MachineConfig) -> Result<Machine, Boo
         };
         (mem, created)
     });
-    let (mem, (vm, vcpu)) = (mem?, created?);
+    let ((mem, area), (vm, vcpu)) = (mem?, created?);
     for (slot, region) in mem.iter().enumerate() {
         let at = region.start_addr();
         let host_addr = mem
@@ -342,23 +355,23 @@ pub fn build(image: &MappedImage, config: &MachineConfig) -> Result<Machine, Boo
                 &boot::identity_page_tables(PAGE_TABLES_ADDR),
                 PAGE_TABLES_ADDR,
             )?;
-            write(&mem, "the GDT", &boot::gdt_bytes(), GDT_ADDR)?;
+            write(&mem, "the GDT", &boot::gdt_bytes(), area.gdt())?;
             let clock = Msrs::from_entries(&[kvm_msr_entry {
                 index: MSR_KVM_SYSTEM_TIME,
-                data: PVCLOCK_ADDR | 1,
+                data: area.pvclock() | 1,
                 ..Default::default()
             }])
             .expect("one MSR fits");
             // A host without kvmclock refuses the MSR: the guest is told and uses the TSC.
             let pvclock = vcpu.set_msrs(&clock).unwrap_or(0) == 1;
-            let info = boot_info(pvclock, config);
-            write(&mem, "the boot info", &info.encode(), BOOT_INFO_ADDR)?;
-            boot::direct_sregs(&mut sregs);
-            boot::direct_regs(at)
+            let info = boot_info(pvclock, config, &area);
+            write(&mem, "the boot info", &info.encode(), area.boot_info())?;
+            boot::direct_sregs(&mut sregs, &area);
+            boot::direct_regs(at, &area)
         }
         Entry::Pvh(at) => {
             boot::pvh_sregs(&mut sregs);
-            boot::pvh_regs(at)
+            boot::pvh_regs(at, &area)
         }
     };
     vcpu.set_sregs(&sregs)
@@ -369,13 +382,14 @@ pub fn build(image: &MappedImage, config: &MachineConfig) -> Result<Machine, Boo
         mem,
         vcpu,
         waits_block: matches!(entry, Entry::Direct(_)),
+        boot_area: area,
         _vm: vm,
     })
 }
 
 /// The direct entry's boot info: what the VMM did for the guest (`pvclock`: it registered
 /// the kvmclock page), and where things are.
-fn boot_info(pvclock: bool, config: &MachineConfig) -> BootInfo {
+fn boot_info(pvclock: bool, config: &MachineConfig, area: &BootArea) -> BootInfo {
     let ready_console = config.ready_console;
     let mut flags = direct::flags::WAIT_BLOCKS | direct::flags::CONSOLE_VIRTIO;
     for (wanted, flag) in [
@@ -391,11 +405,11 @@ fn boot_info(pvclock: bool, config: &MachineConfig) -> BootInfo {
     }
     BootInfo {
         flags,
-        start_info_paddr: START_INFO_ADDR,
-        pvclock_paddr: PVCLOCK_ADDR,
+        start_info_paddr: area.start_info(),
+        pvclock_paddr: area.pvclock(),
         vmm: *b"wasmvm\0\0",
         console_mmio: ready_console.unwrap_or(0),
-        console_rings: ready_console.map_or(0, |_| CONSOLE_RINGS_ADDR),
+        console_rings: ready_console.map_or(0, |_| area.console_rings()),
     }
 }
 
@@ -411,36 +425,63 @@ mod tests {
     fn boot_structures_land_where_the_layout_says() {
         let mem = memory(4);
         let run = RunConfig::default();
-        write_pvh_structures(&mem, 4 << 20, 0x20_1234, &run, "console=x").unwrap();
+        let area = write_pvh_structures(&mem, 4 << 20, 0x20_1234, &run, "console=x").unwrap();
+        // On the page after the image, all of them; the run configuration after them.
+        assert_eq!(area, BootArea::after(0x20_1234));
+        assert_eq!(area.start(), 0x20_2000);
         let mut line = [0u8; 10];
-        mem.read_slice(&mut line, GuestAddress(CMDLINE_ADDR))
+        mem.read_slice(&mut line, GuestAddress(area.cmdline()))
             .unwrap();
         assert_eq!(&line, b"console=x\0");
         let mut start = vec![0u8; StartInfo::default().encode().len()];
-        mem.read_slice(&mut start, GuestAddress(START_INFO_ADDR))
+        mem.read_slice(&mut start, GuestAddress(area.start_info()))
             .unwrap();
         assert_eq!(
             start,
             StartInfo {
                 version: 1,
                 nr_modules: 1,
-                modlist_paddr: MODLIST_ADDR,
-                cmdline_paddr: CMDLINE_ADDR,
-                memmap_paddr: MEMMAP_ADDR,
-                memmap_entries: 1,
+                modlist_paddr: area.modlist(),
+                cmdline_paddr: area.cmdline(),
+                memmap_paddr: area.memmap(),
+                memmap_entries: 3,
                 ..StartInfo::default()
             }
             .encode()
         );
-        // The run configuration sits on the page after the image.
         let config = run.encode();
         let mut back = vec![0u8; config.len()];
-        mem.read_slice(&mut back, GuestAddress(0x20_2000)).unwrap();
+        mem.read_slice(&mut back, GuestAddress(area.end())).unwrap();
         assert_eq!(back, config);
         let mut modlist = vec![0u8; 8];
-        mem.read_slice(&mut modlist, GuestAddress(MODLIST_ADDR))
+        mem.read_slice(&mut modlist, GuestAddress(area.modlist()))
             .unwrap();
-        assert_eq!(u64::from_le_bytes(modlist.try_into().unwrap()), 0x20_2000);
+        assert_eq!(u64::from_le_bytes(modlist.try_into().unwrap()), area.end());
+        // The memory map reserves the area, so the kernel's heap (the largest free RAM above
+        // the bundle) lies above it and the run configuration.
+        let mut table = vec![0u8; 3 * pvh::MEMMAP_ENTRY_LEN];
+        mem.read_slice(&mut table, GuestAddress(area.memmap()))
+            .unwrap();
+        let entries: Vec<MemmapEntry> = table
+            .chunks(pvh::MEMMAP_ENTRY_LEN)
+            .map(|e| MemmapEntry::decode(e).unwrap())
+            .collect();
+        assert_eq!(
+            entries
+                .iter()
+                .map(|e| (e.addr, e.size, e.kind))
+                .collect::<Vec<_>>(),
+            [
+                (0, 0x20_2000, pvh::MEMMAP_TYPE_RAM),
+                (0x20_2000, BootArea::LEN, pvh::MEMMAP_TYPE_RESERVED),
+                (area.end(), (4 << 20) - area.end(), pvh::MEMMAP_TYPE_RAM),
+            ]
+        );
+        let modules = [(area.end(), area.end() + config.len() as u64)];
+        assert_eq!(
+            pvh::heap_region(entries.into_iter(), 0x20_1234, 1 << 32, &modules),
+            Some((align_up(modules[0].1, PAGE_SIZE), 4 << 20))
+        );
     }
 
     #[test]
@@ -463,14 +504,15 @@ mod tests {
 
     #[test]
     fn a_long_command_line_is_refused_by_size() {
-        let line = "x".repeat(CMDLINE_MAX);
+        let line = "x".repeat(BootArea::CMDLINE_MAX);
         let e =
             write_pvh_structures(&memory(4), 4 << 20, 0, &RunConfig::default(), &line).unwrap_err();
         assert_eq!(
             e.to_string(),
             format!(
-                "the kernel command line is {} bytes; at most {CMDLINE_MAX} fit",
-                CMDLINE_MAX + 1
+                "the kernel command line is {} bytes; at most {} fit",
+                BootArea::CMDLINE_MAX + 1,
+                BootArea::CMDLINE_MAX
             )
         );
     }
@@ -489,7 +531,8 @@ mod tests {
             huge_pages: true,
             kernel_log: true,
         };
-        let plain = boot_info(false, &config);
+        let area = BootArea::after(0x30_0000);
+        let plain = boot_info(false, &config, &area);
         assert_eq!(
             plain.flags,
             direct::flags::WAIT_BLOCKS | direct::flags::CONSOLE_VIRTIO
@@ -503,6 +546,7 @@ mod tests {
                 kernel_log: false,
                 ..config
             },
+            &area,
         );
         for flag in [
             direct::flags::PVCLOCK,
@@ -515,7 +559,7 @@ mod tests {
         }
         assert_eq!(
             (all.console_mmio, all.console_rings),
-            (MMIO_BASE, CONSOLE_RINGS_ADDR)
+            (MMIO_BASE, area.console_rings())
         );
     }
 }

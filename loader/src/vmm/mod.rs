@@ -39,7 +39,7 @@ use devices::net::NetDevice;
 use devices::net::link::{FrameLink, StreamLink, TapLink};
 use devices::net::passt::Passt;
 use devices::p9::{self as p9_device, MakeServer, P9Device};
-use layout::{CONSOLE_RINGS_ADDR, MMIO_BASE};
+use layout::MMIO_BASE;
 use machine::MachineConfig;
 use vcpu::VcpuEnd;
 
@@ -202,18 +202,6 @@ fn run(
         )));
     }
 
-    // The console comes up set up (the guest skips ~45 exits of negotiation); a guest that
-    // enters through PVH resets and negotiates it as usual.
-    if let Some(console) = devices.console.as_mut() {
-        use wasmvm_abi::direct::console_rings as rings;
-        console.preset(
-            CONSOLE_RINGS_ADDR,
-            rings::QUEUE_SIZE,
-            rings::QUEUE_SPAN,
-            rings::AVAIL_OFFSET,
-            rings::USED_OFFSET,
-        );
-    }
     let machine_config = MachineConfig {
         memory_mib,
         run_config: &run_config,
@@ -229,6 +217,18 @@ fn run(
         kernel_log: io.verbose,
     };
     let mut machine = machine::build(&mapped, &machine_config)?;
+    // The console comes up set up (the guest skips ~45 exits of negotiation), its queues in
+    // the boot area; a guest that enters through PVH resets and negotiates it as usual.
+    if let Some(console) = devices.console.as_mut() {
+        use wasmvm_abi::direct::console_rings as rings;
+        console.preset(
+            machine.boot_area.console_rings(),
+            rings::QUEUE_SIZE,
+            rings::QUEUE_SPAN,
+            rings::AVAIL_OFFSET,
+            rings::USED_OFFSET,
+        );
+    }
     if let Some(net) = devices.net.as_mut() {
         // The card suppresses notifications only for a guest that was told (the direct
         // entry); a PVH guest notifies as usual.
