@@ -22,6 +22,9 @@ pub static KERNELS: wasmvm_loader::image::pack::Kernels = wasmvm_loader::image::
 };
 
 fn main() -> ExitCode {
+    // Before any thread exists: the VMM's confined threads must not get malloc arenas of
+    // their own (see the function).
+    wasmvm_loader::vmm::seccomp::single_arena();
     let args = match cli::Cli::try_parse() {
         Ok(a) => a,
         Err(e) => {

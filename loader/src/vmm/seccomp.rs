@@ -41,14 +41,25 @@ fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, seccompiler::B
     SeccompRule::new(conditions)
 }
 
-/// Builds the filter (once per run, before the threads start).
-pub fn vmm_filter() -> Result<BpfProgram, RunError> {
-    // glibc's per-thread malloc arenas read files when they grow and shrink
-    // (/sys/devices/system/cpu/online for the arena limit, /proc/sys/vm/overcommit_memory
-    // before shrinking a heap): under the filter those opens would kill the process. With a
-    // single arena every thread allocates from the main heap, which only uses brk and mmap.
+/// Makes every thread allocate from glibc's main heap: a program that runs VMs calls this
+/// first thing in `main`, before any thread exists. glibc's per-thread malloc arenas make
+/// system calls the filter kills: the first time one shrinks, glibc opens
+/// `/proc/sys/vm/overcommit_memory` (once per process, from whichever thread gets there
+/// first), and past eight arenas it asks `sched_getaffinity` for the arena limit. The main
+/// heap grows and shrinks with `brk` and `mmap` only. Too late is too late: `M_ARENA_MAX`
+/// stops only new arenas, and a thread started after it may still be handed one that an
+/// earlier thread made (the CLI's output writers and signal thread start before a VM is
+/// built), which is how one run in ~50 of a guest writing 256 MiB died of SIGSYS.
+pub fn single_arena() {
     // SAFETY: mallopt only adjusts allocator tunables; M_ARENA_MAX takes any positive count.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+}
+
+/// Builds the filter (once per run, before the threads start). It also calls
+/// [`single_arena`], which is enough only for a program whose threads have not allocated
+/// yet.
+pub fn vmm_filter() -> Result<BpfProgram, RunError> {
+    single_arena();
     build(&[]).map_err(|e| RunError::Host(format!("building the seccomp filter: {e}")))
 }
 
