@@ -384,3 +384,87 @@ fn run_time_features_work_on_the_compiled_engine() {
         assert_eq!(o.status.code(), Some(5), "{engine}: {}", stderr(&o));
     }
 }
+
+/// Checks that every 8-byte word of `[from, to)` is zero, else prints "dirty <what>" and
+/// exits 1; `$fill` writes a pattern and then zeros, as an app reusing memory would.
+const ZERO_CHECKS: &str = r#"
+  (func $zero (param $from i32) (param $to i32) (param $what i32)
+    (loop $l
+      (if (i64.ne (i64.load (local.get $from)) (i64.const 0))
+        (then (call $print (local.get $what) (i32.const 12)) (call $exit (i32.const 1))))
+      (local.set $from (i32.add (local.get $from) (i32.const 8)))
+      (br_if $l (i32.lt_u (local.get $from) (local.get $to)))))
+  (func $dirty_then_zero (param $from i32) (param $len i32)
+    (memory.fill (local.get $from) (i32.const 0xaa) (local.get $len))
+    (memory.fill (local.get $from) (i32.const 0) (local.get $len)))"#;
+
+#[test]
+fn linear_memory_reads_zero_until_written_at_start_and_after_growth_on_both_engines() {
+    // The kernel skips zeroing linear memory that nothing has written since boot (the
+    // engines zero each range they expose, and RAM starts zero): whatever an app has
+    // written must still read back as zero after it zeroes it, and fresh pages, at start
+    // or grown, must read zero. 16 MiB at start, then two growths.
+    const MIB: u32 = 1 << 20;
+    let start = format!(
+        r#"(call $zero (i32.const 2048) (i32.const {s}) (i32.const 1024))
+           (call $dirty_then_zero (i32.const {h}) (i32.const {h}))
+           (call $zero (i32.const {h}) (i32.const {s}) (i32.const 1040))
+           (drop (memory.grow (i32.const 256)))
+           (call $zero (i32.const {s}) (i32.const {d}) (i32.const 1056))
+           (call $dirty_then_zero (i32.const {s}) (i32.const {s}))
+           (call $zero (i32.const {s}) (i32.const {d}) (i32.const 1072))
+           (drop (memory.grow (i32.const 16)))
+           (call $zero (i32.const {d}) (i32.const {e}) (i32.const 1088))
+           (call $print (i32.const 1104) (i32.const 5))"#,
+        h = 8 * MIB,
+        s = 16 * MIB,
+        d = 32 * MIB,
+        e = 33 * MIB
+    );
+    let text = format!(
+        r#"(module
+          (import "wasi_snapshot_preview1" "fd_write"
+            (func $fd_write (param i32 i32 i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+          (memory (export "memory") 256)
+          (data (i32.const 1024) "dirty start\n" "\00\00\00\00" "dirty reuse\n" "\00\00\00\00"
+                                 "dirty grown\n" "\00\00\00\00" "dirty again\n" "\00\00\00\00"
+                                 "dirty later\n" "\00\00\00\00" "zero\n")
+          (func $print (param $ptr i32) (param $len i32)
+            (i32.store (i32.const 0) (local.get $ptr))
+            (i32.store (i32.const 4) (local.get $len))
+            (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))))
+          {ZERO_CHECKS}
+          (func (export "_start") {start}))"#
+    );
+    let dir = scratch();
+    let module = write(
+        dir.path(),
+        "zero.wasm",
+        &wat::parse_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}")),
+    );
+    for engine in ENGINES {
+        let img = dir.path().join(format!("zero-{engine}.img"));
+        pack(&module, &img, &["--engine", engine]);
+        // Every backend, then 4 KiB guest pages on the built-in VMM.
+        let mut variants = vec![vec!["--memory", "128M"]];
+        if backends().contains(&"builtin") {
+            variants.push(vec![
+                "--memory",
+                "128M",
+                "--vmm",
+                "builtin",
+                "--no-huge-pages",
+            ]);
+        }
+        for extra in variants {
+            let o = run(&img, &extra, b"");
+            assert_eq!(
+                (stdout(&o).as_str(), o.status.code()),
+                ("zero\n", Some(0)),
+                "{engine} {extra:?}: {}",
+                stderr(&o)
+            );
+        }
+    }
+}

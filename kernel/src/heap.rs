@@ -4,9 +4,15 @@
 //! memory above the heap's high-water mark: a fresh 1 MiB wasm linear memory then costs no
 //! page touches until the app uses it. On this host every first touch of a guest page is a
 //! costly exit, and a Rust hello's memory is mostly its untouched stack.
+//!
+//! The app's linear memory ([`static_buffer`]) gets the same treatment through `memset`:
+//! the engines zero every range of it they expose (its initial size, then each growth), and
+//! the part of the buffer nobody has written yet ([`Untouched`]) is zero already, so those
+//! fills write nothing ([`zero_fill_len`]). An app whose module asks for 64 MiB at start
+//! then touches only the pages it uses, as under a host runtime's lazily mapped memory.
 
 use core::alloc::{GlobalAlloc, Layout};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use linked_list_allocator::LockedHeap;
 
@@ -26,6 +32,66 @@ static HEAP: Heap = Heap {
     inner: LockedHeap::empty(),
     high_water: AtomicUsize::new(0),
 };
+
+/// Whether the loader handed the heap over zeroed (see [`init`]).
+static ZEROED: AtomicBool = AtomicBool::new(false);
+
+/// The untouched tail of the linear-memory buffer: `[from, end)` has not been written since
+/// the loader zeroed RAM, so it is still zero. Only the buffer's owner (the engine) writes
+/// there, and only after a zero fill exposed the range, which moves `from` past it. Empty
+/// (`from == end`) until [`static_buffer`] arms it, and for good on dirty RAM. One CPU and
+/// no interrupts: the two words never change under a reader.
+struct Untouched {
+    from: AtomicUsize,
+    end: AtomicUsize,
+}
+
+static UNTOUCHED: Untouched = Untouched {
+    from: AtomicUsize::new(0),
+    end: AtomicUsize::new(0),
+};
+
+/// How many bytes from `dest` a write of `n` bytes must really store, the write being
+/// zeros if `zero`; called by `memset` for every fill. A zero fill of untouched buffer
+/// memory stores nothing there (it is zero already) and only its part below the untouched
+/// tail, if any; any write over the tail moves the tail's start past it, since the owner
+/// writes those bytes from now on.
+pub fn zero_fill_len(dest: usize, n: usize, zero: bool) -> usize {
+    let (from, end) = (
+        UNTOUCHED.from.load(Ordering::Relaxed),
+        UNTOUCHED.end.load(Ordering::Relaxed),
+    );
+    let stop = dest.saturating_add(n);
+    if n == 0 || stop <= from || dest >= end {
+        return n;
+    }
+    if stop > end {
+        // Reaches past the buffer: not an engine exposing memory. Drop the tail rather
+        // than reason about it.
+        UNTOUCHED.from.store(end, Ordering::Relaxed);
+        return n;
+    }
+    UNTOUCHED.from.store(stop, Ordering::Relaxed);
+    if zero {
+        from.saturating_sub(dest).min(n)
+    } else {
+        n
+    }
+}
+
+/// Where the linear-memory buffer's untouched tail starts: the engine checks, after it
+/// created the memory, that its zero fill went through `memset` and moved it.
+pub fn untouched_from() -> usize {
+    UNTOUCHED.from.load(Ordering::Relaxed)
+}
+
+/// Forgets the untouched tail, so every later fill writes: for an engine whose fills did
+/// not move it as they should.
+pub fn forget_untouched() {
+    UNTOUCHED
+        .from
+        .store(UNTOUCHED.end.load(Ordering::Relaxed), Ordering::Relaxed);
+}
 
 // SAFETY: every method forwards to `LockedHeap`, a correct allocator; `alloc_zeroed` only
 // skips zeroing bytes that are zero already (see `Heap::high_water`).
@@ -85,6 +151,7 @@ pub unsafe fn init(start: u64, end: u64, zeroed: bool) {
     let clean_from = if zeroed { start } else { end };
     HEAP.high_water
         .store(clean_from as usize, Ordering::Relaxed);
+    ZEROED.store(zeroed, Ordering::Relaxed);
 }
 
 /// Bytes of heap in use and free, for `--verbose`.
@@ -101,7 +168,6 @@ pub fn usage() -> (usize, usize) {
 /// found, so that the next one skips them. Every header written lands in memory the kernel
 /// used before, or one probe's length past the front, next to what it uses now; a guess
 /// that overshot would instead write one at a random address, touching a huge page.
-#[cfg(feature = "engine-wasmi")]
 fn big_stretch_front(probe: Layout) -> Option<*mut u8> {
     const MAX_CRUMBS: usize = 32;
     let mut crumbs = [core::ptr::null_mut::<u8>(); MAX_CRUMBS];
@@ -149,13 +215,16 @@ fn big_stretch_front(probe: Layout) -> Option<*mut u8> {
 /// zeroed by wasmi at instantiation) share one huge page rather than straddle two; the
 /// kernel keeps between `below - 2 MiB` and `below` bytes for itself.
 ///
-/// Not zeroed here: wasmi zeroes every range it exposes (the initial pages, then each
-/// growth), so above the high-water mark the pages stay untouched until used, and on a
-/// firmware boot (dirty RAM) nothing zeroes all of guest RAM up front.
-#[cfg(feature = "engine-wasmi")]
+/// Not zeroed here: the engine zeroes every range it exposes (the initial pages, then each
+/// growth), which on zeroed RAM writes nothing (the buffer becomes the [`Untouched`] tail),
+/// so pages stay untouched until the app uses them; and on a firmware boot (dirty RAM)
+/// nothing zeroes all of guest RAM up front.
 pub fn static_buffer(below: usize, len: Option<usize>) -> Option<&'static mut [u8]> {
     const ALIGN: usize = 16;
     const HUGE_PAGE: usize = 2 << 20;
+    // Everything the kernel has written lies below this (and the free hole's header just
+    // above it); the probes below hand out blocks but write nothing into them.
+    let written_below = HEAP.high_water.load(Ordering::Relaxed) + HOLE_HEADER_SLACK;
     let layout = |size: usize| Layout::from_size_align(size.max(ALIGN), ALIGN).ok();
     // The spacer must end exactly at the 2 MiB boundary where the buffer starts: a gap would
     // be a free block whose header the allocator writes, touching a huge page for nothing.
@@ -194,8 +263,16 @@ pub fn static_buffer(below: usize, len: Option<usize>) -> Option<&'static mut [u
     if ptr.is_null() {
         return None;
     }
+    if ZEROED.load(Ordering::Relaxed) && UNTOUCHED.end.load(Ordering::Relaxed) == 0 {
+        let end = ptr as usize + len;
+        UNTOUCHED.from.store(
+            (ptr as usize).max(written_below).min(end),
+            Ordering::Relaxed,
+        );
+        UNTOUCHED.end.store(end, Ordering::Relaxed);
+    }
     // SAFETY: `ptr` is a fresh allocation of `len` bytes that is never freed, so handing
     // out the only reference to it for 'static is sound; u8 has no invalid values, and
-    // wasmi writes zeros over every byte before the app can read it.
+    // the engine writes zeros over every byte before the app can read it.
     Some(unsafe { core::slice::from_raw_parts_mut(ptr, len) })
 }

@@ -237,6 +237,18 @@ fn attach_network(
     Ok(())
 }
 
+/// Heap the kernel keeps for itself beside the app's linear memory, which takes the rest:
+/// an eighth of the heap (at least 8 MiB) for WASI's buffers, tables and files written to
+/// packed directories, and the engine's own structures; `engine_code` for code the engine
+/// makes while the app runs; and the socket budget when the VM has a network card.
+fn kernel_reserve(heap: usize, engine_code: usize) -> usize {
+    let sockets = match crate::net::info() {
+        Some(_) => socket_memory(),
+        None => 0,
+    };
+    (heap / 8).max(8 << 20) + engine_code + sockets
+}
+
 /// Heap for socket buffers when the VM has a network card: a quarter of it; the rest stays
 /// for the engine and the app's linear memory, which allocate infallibly.
 fn socket_memory() -> usize {

@@ -81,19 +81,6 @@ fn outcome(e: Error) -> ExitRecord {
     }
 }
 
-/// Heap the kernel keeps for itself beside the app's linear memory: an eighth of the heap
-/// (at least 8 MiB) for WASI's buffers, tables and files written to packed directories;
-/// wasmi's code, which it translates function by function as they are first called
-/// (about 8 bytes per byte of module); and the socket budget when the VM has a network
-/// card.
-fn kernel_reserve(heap: usize, module_len: usize) -> usize {
-    let sockets = match crate::net::info() {
-        Some(_) => super::socket_memory(),
-        None => 0,
-    };
-    (heap / 8).max(8 << 20) + module_len.saturating_mul(8) + sockets
-}
-
 /// The app's linear memory: a buffer of all the heap the kernel does not keep, up to the
 /// module's maximum, whose size is also the memory's maximum (so `memory.grow` beyond it
 /// returns -1). If the heap is too fragmented or small for the module's minimum, a
@@ -106,7 +93,8 @@ fn linear_memory_for(
     const PAGE: usize = 64 << 10;
     let wanted = limits.max.unwrap_or(65536).min(65536) as usize;
     let (used, free) = crate::heap::usage();
-    let reserve = kernel_reserve(used + free, module_len);
+    // wasmi translates functions as they are first called: about 8 bytes per byte of module.
+    let reserve = super::kernel_reserve(used + free, module_len.saturating_mul(8));
     let room = free.saturating_sub(reserve) / PAGE;
     // The kernel's share lies below the buffer, which runs to the end of the heap unless
     // the module's maximum is smaller.
@@ -125,7 +113,14 @@ fn linear_memory_for(
                 limits.min
             ));
             let ty = MemoryType::new(limits.min, Some(pages as u32));
-            return Memory::new_static(store.as_context_mut(), ty, buf);
+            let exposed = buf.as_ptr() as usize + limits.min as usize * PAGE;
+            let memory = Memory::new_static(store.as_context_mut(), ty, buf)?;
+            // wasmi zeroed the initial pages with `memset`, which skipped the untouched
+            // ones; had it stored them some other way, later fills would not be noticed.
+            if crate::heap::untouched_from() < exposed {
+                crate::heap::forget_untouched();
+            }
+            return Ok(memory);
         }
     }
     Memory::new(

@@ -1,7 +1,7 @@
 //! `memcpy`, `memmove`, `memset`, `memcmp` and `bcmp`: the Linux target expects libc to
 //! provide them, and the kernel has no libc. `rep movsb`/`stosb` are fast on every CPU since
 //! Ivy Bridge (ERMSB) and, being single instructions, cannot be turned back into calls to
-//! themselves by the optimiser.
+//! themselves by the optimiser. `memset` knows which linear memory is still zero.
 
 use core::arch::asm;
 
@@ -37,11 +37,17 @@ pub unsafe extern "C" fn memmove(dest: *mut u8, src: *const u8, n: usize) -> *mu
     dest
 }
 
+/// Skips the part of a zero fill that lands in the linear memory's untouched, still-zero
+/// tail (`heap::zero_fill_len`): the engines zero each range of linear memory they expose,
+/// and storing zeros over zero RAM would touch every page of it.
+///
 /// # Safety
 /// `dest` must be valid for `n` bytes.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn memset(dest: *mut u8, c: i32, n: usize) -> *mut u8 {
-    // SAFETY: the caller guarantees the range is valid; the direction flag is clear.
+    let n = crate::heap::zero_fill_len(dest as usize, n, c as u8 == 0);
+    // SAFETY: the caller guarantees the range is valid, and `n` is at most its length;
+    // the direction flag is clear.
     unsafe {
         asm!("rep stosb", inout("rcx") n => _, inout("rdi") dest => _, in("al") c as u8,
              options(nostack, preserves_flags));
