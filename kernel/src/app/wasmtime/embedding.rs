@@ -8,18 +8,23 @@
 //!   so one static array; wasmtime uses slot 0 (slot 1 only with component-model async).
 //! - Loading ([`load`]): the artifact is run in place in the bundle, which the loader put
 //!   page aligned in RAM that nothing writes for the rest of the run.
+//! - Linear memory ([`LinearMemories`]): the app's memory lies in place in one buffer of
+//!   all the heap the kernel does not keep, as the interpreter's does, so growth never
+//!   copies it, and its untouched pages stay untouched (`heap::static_buffer`).
 //!
 //! The rest wasmtime needs is the kernel's: `memcpy` & co. (`arch::mem`), a global
 //! allocator that honours alignment (`heap`, whose memory is executable too), the panic
 //! handler (`main.rs`).
 
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
+use alloc::vec::Vec;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
-use wasmtime::{CustomCodeMemory, Engine, Module};
+use wasmtime::{CustomCodeMemory, Engine, LinearMemory, MemoryCreator, MemoryType, Module};
 
 /// Alignment of the artifact's start: wasmtime asserts that its `.text` section, aligned
 /// to a page inside the artifact, is aligned to this in memory, and Cranelift's 16-byte
@@ -49,7 +54,184 @@ impl CustomCodeMemory for InPlace {
 pub fn engine() -> wasmtime::Result<Engine> {
     let mut config = wasmvm_engine::compiled::config();
     config.with_custom_code_memory(Some(Arc::new(InPlace)));
+    config.with_host_memory(Arc::new(LinearMemories));
     Engine::new(&config)
+}
+
+/// Makes the memories wasmtime asks for: the first (the app's linear memory: instances
+/// allocate their memories before anything can allocate on a GC heap) in place, any other
+/// (the GC heap of an app that throws exceptions) in a vector that grows by moving, as
+/// wasmtime's own memories do under this configuration.
+struct LinearMemories;
+
+// SAFETY: every memory returned is zero filled, owned by wasmtime alone, and accessible
+// for `byte_size` bytes at `as_ptr` (see `InPlaceMemory` and `MovingMemory`); the
+// configuration asks for no guard pages and allows memories to move, which both honour.
+unsafe impl MemoryCreator for LinearMemories {
+    fn new_memory(
+        &self,
+        _ty: MemoryType,
+        minimum: usize,
+        maximum: Option<usize>,
+        _reserved_size_in_bytes: Option<usize>,
+        guard_size_in_bytes: usize,
+    ) -> Result<Box<dyn LinearMemory>, String> {
+        if guard_size_in_bytes != 0 {
+            return Err(format!(
+                "a linear memory with {guard_size_in_bytes} bytes of guard pages: this kernel maps none"
+            ));
+        }
+        if let Some(memory) = InPlaceMemory::new(minimum, maximum) {
+            return Ok(Box::new(memory));
+        }
+        let mut memory = MovingMemory {
+            chunks: Vec::new(),
+            base: NonNull::dangling(),
+            len: 0,
+        };
+        memory
+            .grow_to(minimum)
+            .map_err(|_| format!("no heap left for a memory of {minimum} bytes"))?;
+        Ok(Box::new(memory))
+    }
+}
+
+/// The app's linear memory in one heap buffer that runs to the heap's end (or the
+/// memory's maximum), whose length is also how far the memory can grow.
+struct InPlaceMemory {
+    base: NonNull<u8>,
+    len: usize,
+    capacity: usize,
+}
+
+// SAFETY: the memory is plain bytes that only its owner (wasmtime, on the kernel's one
+// thread) reaches through `base`.
+unsafe impl Send for InPlaceMemory {}
+// SAFETY: as for `Send`; `&InPlaceMemory` only reads the three fields.
+unsafe impl Sync for InPlaceMemory {}
+
+impl InPlaceMemory {
+    /// `None` if the heap holds no buffer for `minimum` bytes, or one was handed out
+    /// already.
+    fn new(minimum: usize, maximum: Option<usize>) -> Option<Self> {
+        static TAKEN: AtomicBool = AtomicBool::new(false);
+        if TAKEN.swap(true, Ordering::Relaxed) {
+            return None;
+        }
+        let (used, free) = crate::heap::usage();
+        // Compiled code was compiled at pack time: the kernel makes none while the app runs.
+        let reserve = crate::app::kernel_reserve(used + free, 0);
+        let room = free.saturating_sub(reserve);
+        if room < minimum.max(1) {
+            return None;
+        }
+        let len = maximum.filter(|&max| max < room);
+        let buf = crate::heap::static_buffer(reserve, len)?;
+        if buf.len() < minimum {
+            return None;
+        }
+        crate::channel::log(&format!(
+            "kernel: linear memory of up to {} MiB in place at {:#x} ({} KiB at start)",
+            buf.len() >> 20,
+            buf.as_ptr() as usize,
+            minimum >> 10
+        ));
+        let mut memory = Self {
+            capacity: buf.len(),
+            base: NonNull::from(buf).cast(),
+            len: 0,
+        };
+        memory.grow_to(minimum).ok()?;
+        // The zero fill went through `memset`, which skipped the untouched pages; had it
+        // stored them some other way, later fills would not be noticed.
+        if crate::heap::untouched_from() < memory.base.as_ptr() as usize + minimum {
+            crate::heap::forget_untouched();
+        }
+        Some(memory)
+    }
+}
+
+// SAFETY: `base` points to `capacity` bytes that only this memory reaches, of which the
+// first `len` are accessible, zero filled when they became so, and the base never moves.
+unsafe impl LinearMemory for InPlaceMemory {
+    fn byte_size(&self) -> usize {
+        self.len
+    }
+
+    fn byte_capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn grow_to(&mut self, new_size: usize) -> wasmtime::Result<()> {
+        if new_size > self.capacity {
+            wasmtime::bail!(
+                "linear memory full: {new_size} bytes asked, {} the most",
+                self.capacity
+            );
+        }
+        if new_size > self.len {
+            // SAFETY: `[len, new_size)` lies within the buffer (checked just above).
+            unsafe {
+                core::ptr::write_bytes(self.base.as_ptr().add(self.len), 0, new_size - self.len)
+            };
+            self.len = new_size;
+        }
+        Ok(())
+    }
+
+    fn as_ptr(&self) -> *mut u8 {
+        self.base.as_ptr()
+    }
+}
+
+/// A memory in a vector of 16-byte chunks (the alignment wasmtime's own memories keep),
+/// which moves when it grows past its capacity.
+struct MovingMemory {
+    chunks: Vec<Chunk>,
+    /// `chunks.as_mut_ptr()`, taken after each growth: wasmtime writes through it.
+    base: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: as for `InPlaceMemory`: only wasmtime reaches the bytes, through `base`.
+unsafe impl Send for MovingMemory {}
+// SAFETY: as for `Send`; `&MovingMemory` only reads its fields.
+unsafe impl Sync for MovingMemory {}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(16))]
+struct Chunk([u8; 16]);
+
+// SAFETY: the vector holds `len` accessible bytes (rounded up to whole chunks), zero
+// filled by `resize` as they became accessible, and may move on growth, which the
+// configuration allows.
+unsafe impl LinearMemory for MovingMemory {
+    fn byte_size(&self) -> usize {
+        self.len
+    }
+
+    fn byte_capacity(&self) -> usize {
+        self.chunks.capacity() * size_of::<Chunk>()
+    }
+
+    fn grow_to(&mut self, new_size: usize) -> wasmtime::Result<()> {
+        let chunks = new_size.div_ceil(size_of::<Chunk>());
+        if chunks > self.chunks.len() {
+            self.chunks
+                .try_reserve(chunks - self.chunks.len())
+                .map_err(|_| {
+                    wasmtime::format_err!("no heap left to grow a memory to {new_size} bytes")
+                })?;
+            self.chunks.resize(chunks, Chunk([0; 16]));
+            self.base = NonNull::from(self.chunks.as_mut_slice()).cast();
+        }
+        self.len = self.len.max(new_size);
+        Ok(())
+    }
+
+    fn as_ptr(&self) -> *mut u8 {
+        self.base.as_ptr()
+    }
 }
 
 /// Loads the artifact in place: its code runs where it lies. Fails on a misaligned
