@@ -70,6 +70,42 @@ fn main() {
         };
         println!("cargo:rustc-env={}={}", flavour.embed, elf.display());
     }
+    pack_relative_relocations();
+}
+
+/// Links the `wasmvm` binary with its relative relocations packed (`DT_RELR`) when the
+/// linker and the C library both support it. A position-independent binary this size has
+/// ~20,000 of them: unpacked, a 490 KiB table the dynamic loader reads at every start, and
+/// with the pages the kernel maps around each read, about 1 MiB of every VM's VMM process.
+/// A probe program whose one pointer needs a relative relocation is linked with the flag
+/// and run: an old binutils ignores the flag (and warns), an old glibc would not apply the
+/// packed relocations, and a cross build cannot run the probe; each leaves the flag out.
+fn pack_relative_relocations() {
+    const FLAG: &str = "-Wl,-z,pack-relative-relocs";
+    let native = env::var("TARGET").ok() == env::var("HOST").ok();
+    let linux_gnu = env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux")
+        && env::var("CARGO_CFG_TARGET_ENV").as_deref() == Ok("gnu");
+    if !native || !linux_gnu {
+        return;
+    }
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
+    let source = out.join("relr-probe.c");
+    let probe = out.join("relr-probe");
+    std::fs::write(
+        &source,
+        "static int target;\nstatic int *volatile pointer = &target;\nint main(void) { return pointer == &target ? 0 : 1; }\n",
+    )
+    .expect("write the relocation probe");
+    let linked = Command::new("cc")
+        .args(["-pie", "-fPIE", FLAG, "-o"])
+        .arg(&probe)
+        .arg(&source)
+        .output();
+    let clean_link = linked.is_ok_and(|o| o.status.success() && o.stderr.is_empty());
+    let runs = clean_link && Command::new(&probe).status().is_ok_and(|s| s.success());
+    if runs {
+        println!("cargo:rustc-link-arg-bin=wasmvm={FLAG}");
+    }
 }
 
 /// Builds one flavour and returns the path of its ELF.
