@@ -77,9 +77,12 @@ fn main() {
 /// linker and the C library both support it. A position-independent binary this size has
 /// ~20,000 of them: unpacked, a 490 KiB table the dynamic loader reads at every start, and
 /// with the pages the kernel maps around each read, about 1 MiB of every VM's VMM process.
-/// A probe program whose one pointer needs a relative relocation is linked with the flag
-/// and run: an old binutils ignores the flag (and warns), an old glibc would not apply the
-/// packed relocations, and a cross build cannot run the probe; each leaves the flag out.
+/// rustc links with its own LLD, which knows the flag; what may not is the C library the
+/// binary will run with (glibc 2.36 or later applies packed relocations) or a linker the
+/// user chose. So a probe program whose one pointer needs a relative relocation is linked
+/// with the flag by the system's `cc` and run: a linker that ignores the flag (and warns),
+/// a C library that would not apply the table, or a cross build (which cannot run the
+/// probe) each leave the flag out.
 fn pack_relative_relocations() {
     const FLAG: &str = "-Wl,-z,pack-relative-relocs";
     let native = env::var("TARGET").ok() == env::var("HOST").ok();
