@@ -163,6 +163,7 @@ fn main() {
     }
     if wanted("memory") {
         usable_memory(&exitcode_img, &common::sample("exitcode"));
+        large_initial_memory(dir.path(), runs.min(11));
     }
     if wanted("phases") {
         phases(runs, &hello_img);
@@ -606,8 +607,8 @@ fn image_overhead(dir: &Path, module: &Path) {
 }
 
 /// Memory that users give is memory apps get: `exitcode alloc` takes 1 MiB blocks until
-/// none is left; the share of `--memory` it got, on the built-in VMM, and with `wasmtime
-/// run` capped at the same size (`-W max-memory-size`) when it is on PATH.
+/// none is left; the share of `--memory` it got, on the built-in VMM with each engine, and
+/// with `wasmtime run` capped at the same size (`-W max-memory-size`) when it is on PATH.
 fn usable_memory(exitcode_img: &Path, exitcode_wasm: &Path) {
     let allocated = |out: std::process::Output| -> Option<u64> {
         String::from_utf8_lossy(&out.stdout)
@@ -615,19 +616,25 @@ fn usable_memory(exitcode_img: &Path, exitcode_wasm: &Path) {
             .find_map(|l| l.strip_prefix("allocated "))
             .and_then(|l| l.trim_end_matches(" MiB").parse().ok())
     };
+    let compiled_img = exitcode_img.with_file_name("exitcode-usable-compiled.img");
+    common::pack(exitcode_wasm, &compiled_img, &["--engine", "wasmtime"]);
     let wasmtime = Command::new("wasmtime").arg("--version").output().is_ok();
     println!("Usable memory: `exitcode alloc` (1 MiB blocks until none is left)");
     println!();
-    println!("| --memory | built-in VMM MiB | share | wasmtime run (capped) MiB | share |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| --memory | built-in VMM MiB | share | compiled engine MiB | share | wasmtime run (capped) MiB | share |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for mib in [64u64, 256, 1024] {
-        let vm = common::wasmvm()
-            .args(["run", "--memory", &format!("{mib}M")])
-            .arg(exitcode_img)
-            .args(["--", "alloc"])
-            .output()
-            .ok()
-            .and_then(allocated);
+        let vm = |img: &Path| {
+            common::wasmvm()
+                .args(["run", "--memory", &format!("{mib}M")])
+                .arg(img)
+                .args(["--", "alloc"])
+                .output()
+                .ok()
+                .and_then(allocated)
+        };
         let peer = wasmtime
             .then(|| {
                 Command::new("wasmtime")
@@ -640,14 +647,108 @@ fn usable_memory(exitcode_img: &Path, exitcode_wasm: &Path) {
             })
             .flatten();
         let cell = |v: Option<u64>| match v {
-            Some(v) => (
-                v.to_string(),
-                format!("{:.0} %", v as f64 * 100.0 / mib as f64),
-            ),
-            None => ("n/a".into(), "".into()),
+            Some(v) => format!("{v} | {:.0} %", v as f64 * 100.0 / mib as f64),
+            None => "n/a | ".into(),
         };
-        let ((a, b), (c, d)) = (cell(vm), cell(peer));
-        println!("| {mib}M | {a} | {b} | {c} | {d} |");
+        println!(
+            "| {mib}M | {} | {} | {} |",
+            cell(vm(exitcode_img)),
+            cell(vm(&compiled_img)),
+            cell(peer)
+        );
+    }
+    println!();
+}
+
+/// An app whose module asks for 64 MiB of linear memory at start and uses a few bytes of
+/// it (prints "ready", then reads stdin to its end): start to exit with stdin empty, and
+/// the memory of one such VM idling, against `wasmtime run`, which maps linear memory
+/// lazily. Interleaved rounds, as for the cold start.
+fn large_initial_memory(dir: &Path, runs: usize) {
+    let module = dir.join("initial64.wasm");
+    let text = r#"(module
+      (import "wasi_snapshot_preview1" "fd_write"
+        (func $fd_write (param i32 i32 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "fd_read"
+        (func $fd_read (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1024)
+      (data (i32.const 16) "ready\n")
+      (func (export "_start")
+        (i32.store (i32.const 0) (i32.const 16))
+        (i32.store (i32.const 4) (i32.const 6))
+        (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+        (loop $more
+          (i32.store (i32.const 0) (i32.const 64))
+          (i32.store (i32.const 4) (i32.const 64))
+          (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+          (br_if $more (i32.load (i32.const 8))))))"#;
+    std::fs::write(&module, wat::parse_str(text).unwrap()).unwrap();
+    let img = dir.join("initial64.img");
+    let compiled = dir.join("initial64-compiled.img");
+    common::pack(&module, &img, &[]);
+    common::pack(&module, &compiled, &["--engine", "wasmtime"]);
+    type MakeCommand<'a> = Box<dyn Fn() -> Command + 'a>;
+    let mut contenders: Vec<(&str, MakeCommand)> = vec![
+        ("wasmvm run", Box::new(|| wasmvm_run("builtin", &img, &[]))),
+        (
+            "wasmvm run --no-huge-pages",
+            Box::new(|| wasmvm_run("builtin-4k", &img, &[])),
+        ),
+        (
+            "wasmvm run, compiled engine",
+            Box::new(|| wasmvm_run("builtin", &compiled, &[])),
+        ),
+    ];
+    if Command::new("wasmtime").arg("--version").output().is_ok() {
+        contenders.push((
+            "wasmtime run",
+            Box::new(|| {
+                let mut c = Command::new("wasmtime");
+                c.arg("run").arg(&module);
+                c
+            }),
+        ));
+    }
+    println!(
+        "A module asking for 64 MiB at start (uses a few bytes): start to exit, median of {runs}; one idle, median of 5"
+    );
+    println!();
+    println!("| how | start ms | idle RSS MiB |");
+    println!("|---|---|---|");
+    let mut times = vec![Vec::new(); contenders.len()];
+    for _ in 0..runs {
+        for (i, (_, command)) in contenders.iter().enumerate() {
+            times[i].extend(median_ms(1, command));
+        }
+    }
+    for ((name, command), times) in contenders.iter().zip(times) {
+        let mut rss = Vec::new();
+        for _ in 0..5 {
+            let mut child = command()
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start the idle app");
+            let mut line = String::new();
+            BufReader::new(child.stdout.as_mut().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            assert_eq!(line, "ready\n", "{name}: the idle app did not start");
+            rss.push(
+                family(child.id())
+                    .iter()
+                    .map(|&p| proc_kb(p, "status", "VmRSS:"))
+                    .sum::<u64>() as f64,
+            );
+            stop(child);
+        }
+        let start = (times.len() == runs).then(|| median(times));
+        println!(
+            "| {name} | {} | {:.1} |",
+            start.map_or("failed".into(), |ms| format!("{ms:.1}")),
+            median(rss) / 1024.0
+        );
     }
     println!();
 }
