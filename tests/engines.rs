@@ -468,3 +468,35 @@ fn linear_memory_reads_zero_until_written_at_start_and_after_growth_on_both_engi
         }
     }
 }
+
+#[test]
+fn a_memory_too_large_for_the_vm_fails_the_boot_naming_the_sizes_on_both_engines() {
+    // 1000 pages (62.5 MiB) at start: more than a 64 MiB VM leaves beside the kernel, well
+    // within 128 MiB.
+    let dir = scratch();
+    let module = write(
+        dir.path(),
+        "big.wasm",
+        &wat::parse_str(r#"(module (memory (export "memory") 1000) (func (export "_start")))"#)
+            .unwrap(),
+    );
+    for engine in ENGINES {
+        let img = dir.path().join(format!("big-{engine}.img"));
+        pack(&module, &img, &["--engine", engine]);
+        let o = run(&img, &["--memory", "64M"], b"");
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(250), "{engine}: {err}");
+        assert!(
+            err.contains("linear memory needs 63 MiB at start")
+                && err.contains("run with a larger --memory"),
+            "{engine}: {err}"
+        );
+        assert_eq!(
+            err.matches("linear memory needs").count(),
+            1,
+            "{engine}: {err}"
+        );
+        let o = run(&img, &["--memory", "128M"], b"");
+        assert_eq!(o.status.code(), Some(0), "{engine}: {}", stderr(&o));
+    }
+}

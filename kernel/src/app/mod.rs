@@ -249,6 +249,19 @@ fn kernel_reserve(heap: usize, engine_code: usize) -> usize {
     (heap / 8).max(8 << 20) + engine_code + sockets
 }
 
+/// The boot's end when the app's linear memory does not fit at its initial size: `needed`
+/// bytes asked, `room` what the heap leaves for it beside the kernel's share.
+fn no_room_for_memory(needed: usize, room: usize) -> ExitRecord {
+    ExitRecord::failed(
+        ExitKind::BootFailed,
+        format!(
+            "the app's linear memory needs {} MiB at start, more than the {} MiB this VM's RAM leaves for it: run with a larger --memory",
+            needed.div_ceil(1 << 20),
+            room >> 20
+        ),
+    )
+}
+
 /// Heap for socket buffers when the VM has a network card: a quarter of it; the rest stays
 /// for the engine and the app's linear memory, which allocate infallibly.
 fn socket_memory() -> usize {

@@ -49,7 +49,7 @@ pub fn run(mut launch: Launch) -> ExitRecord {
     if let Some(limits) = limits {
         let memory = match linear_memory_for(&mut store, limits, launch.module.len()) {
             Ok(m) => m,
-            Err(e) => return outcome(e),
+            Err(record) => return record,
         };
         if let Err(e) = linker.define(linear_memory::MODULE, linear_memory::NAME, memory) {
             return ExitRecord::failed(ExitKind::BootFailed, format!("linking memory: {e}"));
@@ -84,12 +84,12 @@ fn outcome(e: Error) -> ExitRecord {
 /// The app's linear memory: a buffer of all the heap the kernel does not keep, up to the
 /// module's maximum, whose size is also the memory's maximum (so `memory.grow` beyond it
 /// returns -1). If the heap is too fragmented or small for the module's minimum, a
-/// growable memory as wasmi makes them.
+/// growable memory as wasmi makes them; if that fails too, the boot fails naming the sizes.
 fn linear_memory_for(
     store: &mut Store<impl Sized>,
     limits: Limits,
     module_len: usize,
-) -> Result<Memory, Error> {
+) -> Result<Memory, ExitRecord> {
     const PAGE: usize = 64 << 10;
     let wanted = limits.max.unwrap_or(65536).min(65536) as usize;
     let (used, free) = crate::heap::usage();
@@ -114,7 +114,7 @@ fn linear_memory_for(
             ));
             let ty = MemoryType::new(limits.min, Some(pages as u32));
             let exposed = buf.as_ptr() as usize + limits.min as usize * PAGE;
-            let memory = Memory::new_static(store.as_context_mut(), ty, buf)?;
+            let memory = Memory::new_static(store.as_context_mut(), ty, buf).map_err(outcome)?;
             // wasmi zeroed the initial pages with `memset`, which skipped the untouched
             // ones; had it stored them some other way, later fills would not be noticed.
             if crate::heap::untouched_from() < exposed {
@@ -127,4 +127,8 @@ fn linear_memory_for(
         store.as_context_mut(),
         MemoryType::new(limits.min, limits.max),
     )
+    .map_err(|e| match fits {
+        true => outcome(e),
+        false => super::no_room_for_memory(limits.min as usize * PAGE, room * PAGE),
+    })
 }

@@ -57,7 +57,10 @@ pub fn run(mut launch: Launch) -> ExitRecord {
     }
     let instance = match linker.instantiate(&mut store, &module) {
         Ok(i) => i,
-        Err(e) => return outcome(&mut store, None, e),
+        Err(e) => match embedding::memory_refused() {
+            Some((needed, room)) => return super::no_room_for_memory(needed, room),
+            None => return outcome(&mut store, None, e),
+        },
     };
     let invoke = launch.invoke.as_deref();
     super::log_ready(started, loaded, "artifact loaded", invoke);

@@ -22,7 +22,7 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
 use wasmtime::{CustomCodeMemory, Engine, LinearMemory, MemoryCreator, MemoryType, Module};
 
@@ -81,19 +81,36 @@ unsafe impl MemoryCreator for LinearMemories {
                 "a linear memory with {guard_size_in_bytes} bytes of guard pages: this kernel maps none"
             ));
         }
-        if let Some(memory) = InPlaceMemory::new(minimum, maximum) {
-            return Ok(Box::new(memory));
-        }
+        let room = match InPlaceMemory::new(minimum, maximum) {
+            Ok(memory) => return Ok(Box::new(memory)),
+            Err(room) => room,
+        };
         let mut memory = MovingMemory {
             chunks: Vec::new(),
             base: NonNull::dangling(),
             len: 0,
         };
-        memory
-            .grow_to(minimum)
-            .map_err(|_| format!("no heap left for a memory of {minimum} bytes"))?;
+        if memory.grow_to(minimum).is_err() {
+            if let Some(room) = room.filter(|&room| room < minimum) {
+                REFUSED.store(minimum, Ordering::Relaxed);
+                REFUSED_ROOM.store(room, Ordering::Relaxed);
+            }
+            return Err(format!("no heap left for a memory of {minimum} bytes"));
+        }
         Ok(Box::new(memory))
     }
+}
+
+/// The app's memory that did not fit at its initial size: bytes asked (0: none) and what
+/// the heap left for it, for [`memory_refused`].
+static REFUSED: AtomicUsize = AtomicUsize::new(0);
+static REFUSED_ROOM: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether instantiation failed because the app's linear memory did not fit at its initial
+/// size: (bytes asked, bytes the heap left for it).
+pub fn memory_refused() -> Option<(usize, usize)> {
+    let needed = REFUSED.load(Ordering::Relaxed);
+    (needed > 0).then(|| (needed, REFUSED_ROOM.load(Ordering::Relaxed)))
 }
 
 /// The app's linear memory in one heap buffer that runs to the heap's end (or the
@@ -111,24 +128,24 @@ unsafe impl Send for InPlaceMemory {}
 unsafe impl Sync for InPlaceMemory {}
 
 impl InPlaceMemory {
-    /// `None` if the heap holds no buffer for `minimum` bytes, or one was handed out
-    /// already.
-    fn new(minimum: usize, maximum: Option<usize>) -> Option<Self> {
+    /// Fails if the heap holds no buffer for `minimum` bytes, with the room it leaves for
+    /// the app's memory (`None`: a buffer was handed out already, this is not the app's).
+    fn new(minimum: usize, maximum: Option<usize>) -> Result<Self, Option<usize>> {
         static TAKEN: AtomicBool = AtomicBool::new(false);
         if TAKEN.swap(true, Ordering::Relaxed) {
-            return None;
+            return Err(None);
         }
         let (used, free) = crate::heap::usage();
         // Compiled code was compiled at pack time: the kernel makes none while the app runs.
         let reserve = crate::app::kernel_reserve(used + free, 0);
         let room = free.saturating_sub(reserve);
         if room < minimum.max(1) {
-            return None;
+            return Err(Some(room));
         }
         let len = maximum.filter(|&max| max < room);
-        let buf = crate::heap::static_buffer(reserve, len)?;
+        let buf = crate::heap::static_buffer(reserve, len).ok_or(Some(room))?;
         if buf.len() < minimum {
-            return None;
+            return Err(Some(room));
         }
         crate::channel::log(&format!(
             "kernel: linear memory of up to {} MiB in place at {:#x} ({} KiB at start)",
@@ -141,13 +158,13 @@ impl InPlaceMemory {
             base: NonNull::from(buf).cast(),
             len: 0,
         };
-        memory.grow_to(minimum).ok()?;
+        memory.grow_to(minimum).map_err(|_| Some(room))?;
         // The zero fill went through `memset`, which skipped the untouched pages; had it
         // stored them some other way, later fills would not be noticed.
         if crate::heap::untouched_from() < memory.base.as_ptr() as usize + minimum {
             crate::heap::forget_untouched();
         }
-        Some(memory)
+        Ok(memory)
     }
 }
 
