@@ -500,3 +500,60 @@ fn a_memory_too_large_for_the_vm_fails_the_boot_naming_the_sizes_on_both_engines
         assert_eq!(o.status.code(), Some(0), "{engine}: {}", stderr(&o));
     }
 }
+
+#[test]
+fn a_second_memory_grows_and_reads_zero_beside_the_first_on_both_engines() {
+    // Only the app's first memory lies in place; a second one (multi-memory) is the
+    // engine's own, which moves as it grows: both must keep what was written and read
+    // zero where nothing was.
+    let text = format!(
+        r#"(module
+          (import "wasi_snapshot_preview1" "fd_write"
+            (func $fd_write (param i32 i32 i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+          (memory (export "memory") 1)
+          (memory $two 2)
+          (data (i32.const 1024) "dirty start\n" "\00\00\00\00" "dirty reuse\n" "\00\00\00\00"
+                                 "dirty grown\n" "\00\00\00\00" "lost value\n\00" "\00\00\00\00"
+                                 "zero\n")
+          (func $print (param $ptr i32) (param $len i32)
+            (i32.store (i32.const 0) (local.get $ptr))
+            (i32.store (i32.const 4) (local.get $len))
+            (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))))
+          (func $zero2 (param $from i32) (param $to i32) (param $what i32)
+            (loop $l
+              (if (i64.ne (i64.load $two (local.get $from)) (i64.const 0))
+                (then (call $print (local.get $what) (i32.const 12)) (call $exit (i32.const 1))))
+              (local.set $from (i32.add (local.get $from) (i32.const 8)))
+              (br_if $l (i32.lt_u (local.get $from) (local.get $to)))))
+          (func (export "_start")
+            (call $zero2 (i32.const 0) (i32.const 131072) (i32.const 1024))
+            (i64.store $two (i32.const 65536) (i64.const 0x1122334455667788))
+            (memory.fill $two (i32.const 0) (i32.const 0xaa) (i32.const 65536))
+            (memory.fill $two (i32.const 0) (i32.const 0) (i32.const 65536))
+            (call $zero2 (i32.const 0) (i32.const 65536) (i32.const 1040))
+            (drop (memory.grow $two (i32.const 300)))
+            (call $zero2 (i32.const 131072) (i32.const {end}) (i32.const 1056))
+            (if (i64.ne (i64.load $two (i32.const 65536)) (i64.const 0x1122334455667788))
+              (then (call $print (i32.const 1072) (i32.const 11)) (call $exit (i32.const 1))))
+            (call $print (i32.const 1088) (i32.const 5))))"#,
+        end = 302 * 65536
+    );
+    let dir = scratch();
+    let module = write(
+        dir.path(),
+        "two.wasm",
+        &wat::parse_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}")),
+    );
+    for engine in ENGINES {
+        let img = dir.path().join(format!("two-{engine}.img"));
+        pack(&module, &img, &["--engine", engine]);
+        let o = run(&img, &[], b"");
+        assert_eq!(
+            (stdout(&o).as_str(), o.status.code()),
+            ("zero\n", Some(0)),
+            "{engine}: {}",
+            stderr(&o)
+        );
+    }
+}

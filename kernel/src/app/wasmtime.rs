@@ -45,6 +45,7 @@ pub fn run(mut launch: Launch) -> ExitRecord {
         Ok(m) => m,
         Err(e) => return boot_failed(format!("compiled artifact: {e}")),
     };
+    embedding::place_app_memory(&module);
     let loaded = crate::clock::monotonic_ns();
     let wasi = match super::world(&mut launch) {
         Ok(w) => w,

@@ -58,11 +58,23 @@ pub fn engine() -> wasmtime::Result<Engine> {
     Engine::new(&config)
 }
 
-/// Makes the memories wasmtime asks for: the first (the app's linear memory: instances
-/// allocate their memories before anything can allocate on a GC heap) in place, any other
-/// (the GC heap of an app that throws exceptions) in a vector that grows by moving, as
-/// wasmtime's own memories do under this configuration.
+/// Makes the memories wasmtime asks for: the app's linear memory in place when
+/// [`place_app_memory`] allowed it (the first memory made: instances allocate their
+/// memories before anything can allocate on a GC heap), any other (the GC heap of an app
+/// that throws exceptions, every memory of a module with several) in a vector that grows
+/// by moving, as wasmtime's own memories do under this configuration.
 struct LinearMemories;
+
+/// Whether the next memory made may take the in-place buffer.
+static IN_PLACE_AVAILABLE: AtomicBool = AtomicBool::new(false);
+
+/// Lets the first memory made go in place, for a module that defines exactly one: it takes
+/// all the heap the kernel does not keep, so a second memory, which must fit in the
+/// kernel's share, could hardly grow. Modules with several keep wasmtime's usual memories.
+pub fn place_app_memory(module: &Module) {
+    let one = module.resources_required().num_memories == 1;
+    IN_PLACE_AVAILABLE.store(one, Ordering::Relaxed);
+}
 
 // SAFETY: every memory returned is zero filled, owned by wasmtime alone, and accessible
 // for `byte_size` bytes at `as_ptr` (see `InPlaceMemory` and `MovingMemory`); the
@@ -129,10 +141,9 @@ unsafe impl Sync for InPlaceMemory {}
 
 impl InPlaceMemory {
     /// Fails if the heap holds no buffer for `minimum` bytes, with the room it leaves for
-    /// the app's memory (`None`: a buffer was handed out already, this is not the app's).
+    /// the app's memory (`None`: not the app's one memory, see [`place_app_memory`]).
     fn new(minimum: usize, maximum: Option<usize>) -> Result<Self, Option<usize>> {
-        static TAKEN: AtomicBool = AtomicBool::new(false);
-        if TAKEN.swap(true, Ordering::Relaxed) {
+        if !IN_PLACE_AVAILABLE.swap(false, Ordering::Relaxed) {
             return Err(None);
         }
         let (used, free) = crate::heap::usage();
