@@ -403,10 +403,12 @@ fn linear_memory_reads_zero_until_written_at_start_and_after_growth_on_both_engi
     // The kernel skips zeroing linear memory that nothing has written since boot (the
     // engines zero each range they expose, and RAM starts zero): whatever an app has
     // written must still read back as zero after it zeroes it, and fresh pages, at start
-    // or grown, must read zero. 16 MiB at start, then two growths.
+    // or grown, must read zero, down to address 0 (where the kernel's allocator kept a
+    // header of its own). 16 MiB at start, then two growths.
     const MIB: u32 = 1 << 20;
     let start = format!(
-        r#"(call $zero (i32.const 2048) (i32.const {s}) (i32.const 1024))
+        r#"(call $zero (i32.const 0) (i32.const 1024) (i32.const 1024))
+           (call $zero (i32.const 2048) (i32.const {s}) (i32.const 1024))
            (call $dirty_then_zero (i32.const {h}) (i32.const {h}))
            (call $zero (i32.const {h}) (i32.const {s}) (i32.const 1040))
            (drop (memory.grow (i32.const 256)))

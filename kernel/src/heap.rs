@@ -264,11 +264,11 @@ pub fn static_buffer(below: usize, len: Option<usize>) -> Option<&'static mut [u
         return None;
     }
     if ZEROED.load(Ordering::Relaxed) && UNTOUCHED.end.load(Ordering::Relaxed) == 0 {
+        // The buffer's first bytes hold the free hole's header (the spacer split the hole
+        // there): the engine's zero fill must store over them.
         let end = ptr as usize + len;
-        UNTOUCHED.from.store(
-            (ptr as usize).max(written_below).min(end),
-            Ordering::Relaxed,
-        );
+        let from = (ptr as usize + HOLE_HEADER_SLACK).max(written_below);
+        UNTOUCHED.from.store(from.min(end), Ordering::Relaxed);
         UNTOUCHED.end.store(end, Ordering::Relaxed);
     }
     // SAFETY: `ptr` is a fresh allocation of `len` bytes that is never freed, so handing
