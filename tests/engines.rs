@@ -559,3 +559,36 @@ fn a_second_memory_grows_and_reads_zero_beside_the_first_on_both_engines() {
         );
     }
 }
+
+#[test]
+fn an_app_that_throws_gets_its_memory_in_place_and_grows_it() {
+    // wasmtime makes the GC heap of an app that throws before the instance's memories; the
+    // app's memory, not that heap, must take the VM's room: 32 MiB of growth in a 128 MiB
+    // VM, more than the kernel's own share holds.
+    let dir = scratch();
+    let module = write(
+        dir.path(),
+        "throwing-grower.wasm",
+        &app(
+            r#"(block $handler
+                 (try_table (catch $boom $handler)
+                   (throw $boom))
+                 (unreachable))
+               (if (i32.eq (memory.grow (i32.const 512)) (i32.const -1))
+                 (then (call $print (i32.const 1024) (i32.const 12)) (call $exit (i32.const 1))))
+               (i32.store (i32.const 33554432) (i32.const 7))
+               (call $print (i32.const 1036) (i32.const 8))"#,
+            "(tag $boom)",
+            r#"grow failed\ngrown 7\n"#,
+        ),
+    );
+    let img = dir.path().join("throwing-grower.img");
+    pack(&module, &img, &[]);
+    let o = run(&img, &["--memory", "128M"], b"");
+    assert_eq!(
+        (stdout(&o).as_str(), o.status.code()),
+        ("grown 7\n", Some(0)),
+        "{}",
+        stderr(&o)
+    );
+}

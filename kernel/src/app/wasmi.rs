@@ -122,6 +122,14 @@ fn linear_memory_for(
             }
             return Ok(memory);
         }
+        if pages < limits.min as usize {
+            // Part of the free heap lies below its big stretch: the buffer got the room
+            // there is, and holds it (nothing else would fit there either).
+            return Err(super::no_room_for_memory(
+                limits.min as usize * PAGE,
+                buf.len(),
+            ));
+        }
     }
     Memory::new(
         store.as_context_mut(),

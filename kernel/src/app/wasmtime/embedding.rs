@@ -22,7 +22,7 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use wasmtime::{CustomCodeMemory, Engine, LinearMemory, MemoryCreator, MemoryType, Module};
 
@@ -59,21 +59,28 @@ pub fn engine() -> wasmtime::Result<Engine> {
 }
 
 /// Makes the memories wasmtime asks for: the app's linear memory in place when
-/// [`place_app_memory`] allowed it (the first memory made: instances allocate their
-/// memories before anything can allocate on a GC heap), any other (the GC heap of an app
-/// that throws exceptions, every memory of a module with several) in a vector that grows
-/// by moving, as wasmtime's own memories do under this configuration.
+/// [`place_app_memory`] allowed it, any other (the GC heap of an app that throws
+/// exceptions, every memory of a module with several) in a vector that grows by moving, as
+/// wasmtime's own memories do under this configuration.
 struct LinearMemories;
 
-/// Whether the next memory made may take the in-place buffer.
-static IN_PLACE_AVAILABLE: AtomicBool = AtomicBool::new(false);
+/// The initial size, in wasm pages, of the memory that may take the in-place buffer; 0
+/// when none may (or it was taken).
+static IN_PLACE_PAGES: AtomicU64 = AtomicU64::new(0);
 
-/// Lets the first memory made go in place, for a module that defines exactly one: it takes
-/// all the heap the kernel does not keep, so a second memory, which must fit in the
-/// kernel's share, could hardly grow. Modules with several keep wasmtime's usual memories.
+/// Lets the app's memory go in place, for a module that defines exactly one: the buffer
+/// takes all the heap the kernel does not keep, so a second memory, which must fit in the
+/// kernel's share, could hardly grow; modules with several keep wasmtime's usual memories.
+/// The memory is told by its initial size: wasmtime makes a GC heap (0 pages at start)
+/// before the instance's memories when the module throws exceptions, and that one must
+/// not take the buffer. A module whose memory starts empty keeps the usual memory too.
 pub fn place_app_memory(module: &Module) {
-    let one = module.resources_required().num_memories == 1;
-    IN_PLACE_AVAILABLE.store(one, Ordering::Relaxed);
+    let needs = module.resources_required();
+    let pages = match (needs.num_memories, needs.max_initial_memory_size) {
+        (1, Some(pages)) => pages,
+        _ => 0,
+    };
+    IN_PLACE_PAGES.store(pages, Ordering::Relaxed);
 }
 
 // SAFETY: every memory returned is zero filled, owned by wasmtime alone, and accessible
@@ -82,7 +89,7 @@ pub fn place_app_memory(module: &Module) {
 unsafe impl MemoryCreator for LinearMemories {
     fn new_memory(
         &self,
-        _ty: MemoryType,
+        ty: MemoryType,
         minimum: usize,
         maximum: Option<usize>,
         _reserved_size_in_bytes: Option<usize>,
@@ -93,9 +100,15 @@ unsafe impl MemoryCreator for LinearMemories {
                 "a linear memory with {guard_size_in_bytes} bytes of guard pages: this kernel maps none"
             ));
         }
-        let room = match InPlaceMemory::new(minimum, maximum) {
-            Ok(memory) => return Ok(Box::new(memory)),
-            Err(room) => room,
+        let app = IN_PLACE_PAGES.load(Ordering::Relaxed);
+        let room = if app != 0 && ty.minimum() == app {
+            IN_PLACE_PAGES.store(0, Ordering::Relaxed);
+            match InPlaceMemory::new(minimum, maximum) {
+                Ok(memory) => return Ok(Box::new(memory)),
+                Err(room) => Some(room),
+            }
+        } else {
+            None
         };
         let mut memory = MovingMemory {
             chunks: Vec::new(),
@@ -141,22 +154,21 @@ unsafe impl Sync for InPlaceMemory {}
 
 impl InPlaceMemory {
     /// Fails if the heap holds no buffer for `minimum` bytes, with the room it leaves for
-    /// the app's memory (`None`: not the app's one memory, see [`place_app_memory`]).
-    fn new(minimum: usize, maximum: Option<usize>) -> Result<Self, Option<usize>> {
-        if !IN_PLACE_AVAILABLE.swap(false, Ordering::Relaxed) {
-            return Err(None);
-        }
+    /// the app's memory.
+    fn new(minimum: usize, maximum: Option<usize>) -> Result<Self, usize> {
         let (used, free) = crate::heap::usage();
         // Compiled code was compiled at pack time: the kernel makes none while the app runs.
         let reserve = crate::app::kernel_reserve(used + free, 0);
         let room = free.saturating_sub(reserve);
         if room < minimum.max(1) {
-            return Err(Some(room));
+            return Err(room);
         }
         let len = maximum.filter(|&max| max < room);
-        let buf = crate::heap::static_buffer(reserve, len).ok_or(Some(room))?;
+        let buf = crate::heap::static_buffer(reserve, len).ok_or(room)?;
         if buf.len() < minimum {
-            return Err(Some(room));
+            // Part of the free heap lies below its big stretch: the buffer got the room
+            // there is (and keeps it: nothing else would fit there either).
+            return Err(buf.len());
         }
         crate::channel::log(&format!(
             "kernel: linear memory of up to {} MiB in place at {:#x} ({} KiB at start)",
@@ -169,7 +181,7 @@ impl InPlaceMemory {
             base: NonNull::from(buf).cast(),
             len: 0,
         };
-        memory.grow_to(minimum).map_err(|_| Some(room))?;
+        memory.grow_to(minimum).map_err(|_| room)?;
         // The zero fill went through `memset`, which skipped the untouched pages; had it
         // stored them some other way, later fills would not be noticed.
         if crate::heap::untouched_from() < memory.base.as_ptr() as usize + minimum {
