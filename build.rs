@@ -83,8 +83,15 @@ fn main() {
 /// with the flag by the system's `cc` and run: a linker that ignores the flag (and warns),
 /// a C library that would not apply the table, or a cross build (which cannot run the
 /// probe) each leave the flag out.
+///
+/// A binary so linked needs glibc 2.36 or later wherever it runs; `WASMVM_PACK_RELOCS=0`
+/// leaves the flag out, for a build meant for older hosts.
 fn pack_relative_relocations() {
     const FLAG: &str = "-Wl,-z,pack-relative-relocs";
+    println!("cargo:rerun-if-env-changed=WASMVM_PACK_RELOCS");
+    if env::var("WASMVM_PACK_RELOCS").as_deref() == Ok("0") {
+        return;
+    }
     let native = env::var("TARGET").ok() == env::var("HOST").ok();
     let linux_gnu = env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux")
         && env::var("CARGO_CFG_TARGET_ENV").as_deref() == Ok("gnu");
