@@ -26,7 +26,22 @@ fn app(body: &str, extra: &str, data: &str) -> Vec<u8> {
           {extra}
           (func (export "_start") {body}))"#
     );
-    wat::parse_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+    parse(&text)
+}
+
+/// The binary module of `text`, or a panic that shows both the error and the text.
+fn parse(text: &str) -> Vec<u8> {
+    wat::parse_str(text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+/// Asserts that a run printed exactly `expected` and exited 0, showing its stderr if not.
+fn assert_printed(o: &std::process::Output, expected: &str, what: &str) {
+    assert_eq!(
+        (stdout(o).as_str(), o.status.code()),
+        (expected, Some(0)),
+        "{what}: {}",
+        stderr(o)
+    );
 }
 
 fn write(dir: &Path, name: &str, wasm: &[u8]) -> PathBuf {
@@ -440,11 +455,7 @@ fn linear_memory_reads_zero_until_written_at_start_and_after_growth_on_both_engi
           (func (export "_start") {start}))"#
     );
     let dir = scratch();
-    let module = write(
-        dir.path(),
-        "zero.wasm",
-        &wat::parse_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}")),
-    );
+    let module = write(dir.path(), "zero.wasm", &parse(&text));
     for engine in ENGINES {
         let img = dir.path().join(format!("zero-{engine}.img"));
         pack(&module, &img, &["--engine", engine]);
@@ -461,12 +472,7 @@ fn linear_memory_reads_zero_until_written_at_start_and_after_growth_on_both_engi
         }
         for extra in variants {
             let o = run(&img, &extra, b"");
-            assert_eq!(
-                (stdout(&o).as_str(), o.status.code()),
-                ("zero\n", Some(0)),
-                "{engine} {extra:?}: {}",
-                stderr(&o)
-            );
+            assert_printed(&o, "zero\n", &format!("{engine} {extra:?}"));
         }
     }
 }
@@ -479,8 +485,7 @@ fn a_memory_too_large_for_the_vm_fails_the_boot_naming_the_sizes_on_both_engines
     let module = write(
         dir.path(),
         "big.wasm",
-        &wat::parse_str(r#"(module (memory (export "memory") 1000) (func (export "_start")))"#)
-            .unwrap(),
+        &parse(r#"(module (memory (export "memory") 1000) (func (export "_start")))"#),
     );
     for engine in ENGINES {
         let img = dir.path().join(format!("big-{engine}.img"));
@@ -542,21 +547,11 @@ fn a_second_memory_grows_and_reads_zero_beside_the_first_on_both_engines() {
         end = 302 * 65536
     );
     let dir = scratch();
-    let module = write(
-        dir.path(),
-        "two.wasm",
-        &wat::parse_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}")),
-    );
+    let module = write(dir.path(), "two.wasm", &parse(&text));
     for engine in ENGINES {
         let img = dir.path().join(format!("two-{engine}.img"));
         pack(&module, &img, &["--engine", engine]);
-        let o = run(&img, &[], b"");
-        assert_eq!(
-            (stdout(&o).as_str(), o.status.code()),
-            ("zero\n", Some(0)),
-            "{engine}: {}",
-            stderr(&o)
-        );
+        assert_printed(&run(&img, &[], b""), "zero\n", engine);
     }
 }
 
@@ -585,10 +580,5 @@ fn an_app_that_throws_gets_its_memory_in_place_and_grows_it() {
     let img = dir.path().join("throwing-grower.img");
     pack(&module, &img, &[]);
     let o = run(&img, &["--memory", "128M"], b"");
-    assert_eq!(
-        (stdout(&o).as_str(), o.status.code()),
-        ("grown 7\n", Some(0)),
-        "{}",
-        stderr(&o)
-    );
+    assert_printed(&o, "grown 7\n", "wasmtime");
 }
