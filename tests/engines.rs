@@ -494,7 +494,7 @@ fn a_memory_too_large_for_the_vm_fails_the_boot_naming_the_sizes_on_both_engines
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(250), "{engine}: {err}");
         assert!(
-            err.contains("linear memory needs 63 MiB at start")
+            err.contains("linear memory needs 62.5 MiB at start")
                 && err.contains("run with a larger --memory"),
             "{engine}: {err}"
         );

@@ -8,7 +8,7 @@
 //! The app's linear memory ([`static_buffer`]) gets the same treatment through `memset`:
 //! the engines zero every range of it they expose (its initial size, then each growth), and
 //! the part of the buffer nobody has written yet ([`Untouched`]) is zero already, so those
-//! fills write nothing ([`zero_fill_len`]). An app whose module asks for 64 MiB at start
+//! fills store nothing there ([`zero_fill_len`]). An app whose module asks for 64 MiB at start
 //! then touches only the pages it uses, as under a host runtime's lazily mapped memory.
 
 use core::alloc::{GlobalAlloc, Layout};
@@ -52,10 +52,9 @@ static UNTOUCHED: Untouched = Untouched {
 };
 
 /// How many bytes from `dest` a write of `n` bytes must really store, the write being
-/// zeros if `zero`; called by `memset` for every fill. A zero fill of untouched buffer
-/// memory stores nothing there (it is zero already) and only its part below the untouched
-/// tail, if any; any write over the tail moves the tail's start past it, since the owner
-/// writes those bytes from now on.
+/// zeros if `zero`; called by `memset` for every fill. A zero fill stores only its part
+/// below the untouched tail (the rest is zero already); any write that reaches into the
+/// tail moves the tail's start past it, since the owner writes those bytes from now on.
 pub fn zero_fill_len(dest: usize, n: usize, zero: bool) -> usize {
     let (from, end) = (
         UNTOUCHED.from.load(Ordering::Relaxed),
@@ -211,8 +210,8 @@ fn big_stretch_front(probe: Layout) -> Option<*mut u8> {
 /// ends where the heap does, no free block (whose header the allocator would write) lies
 /// beyond it: with huge pages either would touch a 2 MiB page of its own.
 ///
-/// The buffer starts on a 2 MiB boundary, so the app's first pages (its stack and data,
-/// zeroed by wasmi at instantiation) share one huge page rather than straddle two; the
+/// The buffer starts on a 2 MiB boundary, so the app's first pages (its stack and data)
+/// share one huge page rather than straddle two; the
 /// kernel keeps between `below - 2 MiB` and `below` bytes for itself.
 ///
 /// Not zeroed here: the engine zeroes every range it exposes (the initial pages, then each

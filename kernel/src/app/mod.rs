@@ -255,8 +255,8 @@ fn no_room_for_memory(needed: usize, room: usize) -> ExitRecord {
     ExitRecord::failed(
         ExitKind::BootFailed,
         format!(
-            "the app's linear memory needs {} MiB at start, more than the {} MiB this VM's RAM leaves for it: run with a larger --memory",
-            needed.div_ceil(1 << 20),
+            "the app's linear memory needs {:.1} MiB at start, more than the {} MiB this VM's RAM leaves for it: run with a larger --memory",
+            needed as f64 / f64::from(1 << 20),
             room >> 20
         ),
     )

@@ -257,11 +257,13 @@ unsafe impl LinearMemory for MovingMemory {
     fn grow_to(&mut self, new_size: usize) -> wasmtime::Result<()> {
         let chunks = new_size.div_ceil(size_of::<Chunk>());
         if chunks > self.chunks.len() {
-            self.chunks
-                .try_reserve(chunks - self.chunks.len())
-                .map_err(|_| {
+            // Room to grow again without moving if the heap has it, else just enough.
+            let more = chunks - self.chunks.len();
+            if self.chunks.try_reserve(more).is_err() {
+                self.chunks.try_reserve_exact(more).map_err(|_| {
                     wasmtime::format_err!("no heap left to grow a memory to {new_size} bytes")
                 })?;
+            }
             self.chunks.resize(chunks, Chunk([0; 16]));
             self.base = NonNull::from(self.chunks.as_mut_slice()).cast();
         }
