@@ -401,7 +401,8 @@ fn run_time_features_work_on_the_compiled_engine() {
 }
 
 /// Checks that every 8-byte word of `[from, to)` is zero, else prints "dirty <what>" and
-/// exits 1; `$fill` writes a pattern and then zeros, as an app reusing memory would.
+/// exits 1; `$dirty_then_zero` writes a pattern and then zeros, as an app reusing memory
+/// would.
 const ZERO_CHECKS: &str = r#"
   (func $zero (param $from i32) (param $to i32) (param $what i32)
     (loop $l
