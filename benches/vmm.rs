@@ -68,18 +68,28 @@ fn wasmvm_run(vmm: &str, target: &Path, args: &[&str]) -> Command {
 /// Starts an idle VM (prints "ready", then waits for stdin to end) and waits for its
 /// readiness line.
 fn start_idle(vmm: &str, img: &Path) -> Child {
-    let mut child = wasmvm_run(vmm, img, &["idle"])
+    start_ready(wasmvm_run(vmm, img, &["idle"]), "idle VM")
+}
+
+/// Spawns `cmd` with stdin and stdout piped and waits for its readiness line, "ready".
+fn start_ready(mut cmd: Command, what: &str) -> Child {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .expect("start wasmvm");
+        .unwrap_or_else(|e| panic!("start {what}: {e}"));
     let mut line = String::new();
     BufReader::new(child.stdout.as_mut().unwrap())
         .read_line(&mut line)
         .unwrap();
-    assert_eq!(line, "ready\n", "idle VM did not start");
+    assert_eq!(line, "ready\n", "{what} did not start");
     child
+}
+
+/// A `/proc/PID/{file}` field in kB, summed over `pids`.
+fn sum_kb(pids: &[u32], file: &str, field: &str) -> u64 {
+    pids.iter().map(|&p| proc_kb(p, file, field)).sum()
 }
 
 fn stop(mut child: Child) {
@@ -257,16 +267,8 @@ fn main() {
         for _ in 0..5 {
             let child = start_idle(vmm, &exitcode_img);
             let pids = family(child.id());
-            rss.push(
-                pids.iter()
-                    .map(|&p| proc_kb(p, "status", "VmRSS:"))
-                    .sum::<u64>() as f64,
-            );
-            pss.push(
-                pids.iter()
-                    .map(|&p| proc_kb(p, "smaps_rollup", "Pss:"))
-                    .sum::<u64>() as f64,
-            );
+            rss.push(sum_kb(&pids, "status", "VmRSS:") as f64);
+            pss.push(sum_kb(&pids, "smaps_rollup", "Pss:") as f64);
             stop(child);
         }
         let (rss, pss) = (median(rss) / 1024.0, median(pss) / 1024.0);
@@ -401,11 +403,8 @@ fn density_of(vms: usize, exitcode_img: &Path, vmm: &str) {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let cpu = idle_ticks as f64 / hz / elapsed / cores * 100.0;
-    let rss: u64 = pids.iter().map(|&p| proc_kb(p, "status", "VmRSS:")).sum();
-    let pss: u64 = pids
-        .iter()
-        .map(|&p| proc_kb(p, "smaps_rollup", "Pss:"))
-        .sum();
+    let rss = sum_kb(&pids, "status", "VmRSS:");
+    let pss = sum_kb(&pids, "smaps_rollup", "Pss:");
     println!("| measure | value |");
     println!("|---|---|");
     println!(
@@ -724,23 +723,8 @@ fn large_initial_memory(dir: &Path, runs: usize) {
     for ((name, command), times) in contenders.iter().zip(times) {
         let mut rss = Vec::new();
         for _ in 0..5 {
-            let mut child = command()
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start the idle app");
-            let mut line = String::new();
-            BufReader::new(child.stdout.as_mut().unwrap())
-                .read_line(&mut line)
-                .unwrap();
-            assert_eq!(line, "ready\n", "{name}: the idle app did not start");
-            rss.push(
-                family(child.id())
-                    .iter()
-                    .map(|&p| proc_kb(p, "status", "VmRSS:"))
-                    .sum::<u64>() as f64,
-            );
+            let child = start_ready(command(), &format!("{name}: the idle app"));
+            rss.push(sum_kb(&family(child.id()), "status", "VmRSS:") as f64);
             stop(child);
         }
         let start = (times.len() == runs).then(|| median(times));
