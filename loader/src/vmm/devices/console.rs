@@ -171,33 +171,38 @@ impl Console {
     }
 
     /// Sends every queued transmit buffer to the host, straight from guest memory to the
-    /// socket with one `sendmsg` per frame (vm-memory validates each range; no copy in
-    /// between). A chain larger than a whole frame, or reaching outside guest memory, is
-    /// dropped: the host's frame parser then reports the guest's stream as garbled, which is
-    /// all a misbehaving guest can achieve.
+    /// socket (vm-memory validates each range; no copy in between), all of them with one
+    /// `sendmsg` where the socket takes them: a chatty app queues a frame per line, up to
+    /// a ring's worth per exit, and a call per frame made the host's side of each line cost
+    /// more than the guest's. The buffers go back to the guest only once sent. A chain larger
+    /// than a whole frame, or reaching outside guest memory, is dropped: the host's frame
+    /// parser then reports the guest's stream as garbled, which is all a misbehaving guest
+    /// can achieve.
     fn process_tx(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) {
         let Some(q) = usable(queues, TX, mem) else {
             return;
         };
+        let mut slices = Vec::new();
+        let mut heads = Vec::new();
         while let Some(chain) = q.pop_descriptor_chain(mem) {
-            let mut slices = Vec::new();
+            let first = slices.len();
             let mut total = 0usize;
-            let mut whole = true;
             for desc in chain.clone().readable() {
                 total += desc.len() as usize;
                 match mem.get_slice(desc.addr(), desc.len() as usize) {
                     Ok(slice) if total <= MAX_TX_CHAIN => slices.push(slice),
                     _ => {
-                        whole = false;
+                        slices.truncate(first);
                         break;
                     }
                 }
             }
-            if whole {
-                // The host end is gone when the run is over; the guest is about to stop.
-                let _ = write_slices(&self.to_host, &slices);
-            }
-            let _ = q.add_used(mem, chain.head_index(), 0);
+            heads.push(chain.head_index());
+        }
+        // The host end is gone when the run is over; the guest is about to stop.
+        let _ = write_slices(&self.to_host, &slices);
+        for head in heads {
+            let _ = q.add_used(mem, head, 0);
         }
     }
 
