@@ -114,64 +114,123 @@ pub fn send_frame<W: Write + ?Sized>(out: &Mutex<W>, kind: u8, payload: &[u8]) -
     out.flush()
 }
 
+/// A source of the guest's frames that knows whether its next read is served from what it
+/// already holds (so the pump can tell when a read may block).
+pub trait FrameSource: Read {
+    /// True if the next read returns at once, from bytes already read in.
+    fn has_buffered(&self) -> bool;
+}
+
+impl FrameSource for &[u8] {
+    fn has_buffered(&self) -> bool {
+        !self.is_empty()
+    }
+}
+
+/// The largest run of stdout (or stderr) frames the pump joins into one write.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// Consecutive payloads of one stream, not yet written out, and what they will return as
+/// credit once they are.
+#[derive(Default)]
+struct Batch {
+    kind: Option<u8>,
+    bytes: Vec<u8>,
+    credit: u32,
+}
+
+impl Batch {
+    /// Writes the batch to its stream, then returns its credit.
+    fn flush(&mut self, sinks: &mut Sinks, credit: &mut dyn FnMut(u32)) {
+        let Some(kind) = self.kind.take() else {
+            return;
+        };
+        let sink = match kind {
+            to_host::STDOUT => &mut *sinks.stdout,
+            _ => &mut *sinks.stderr,
+        };
+        let _ = sink.write_all(&self.bytes).and_then(|()| sink.flush());
+        self.bytes.clear();
+        credit(std::mem::take(&mut self.credit));
+    }
+}
+
 /// Reads frames from `input` until the exit record or end of stream, writing output as it
 /// arrives and returning each frame's bytes to the guest as credit (see
 /// `wasmvm_abi::channel::CHANNEL_WINDOW`) once it has been written out, so a slow consumer
 /// slows the guest instead of losing data. Output errors on the host side (e.g. a closed
 /// pipe) drop that stream's data rather than stopping the guest.
+///
+/// Consecutive frames of one stream that arrived together are written with one call: an
+/// app that writes a line at a time sends a frame per line, and a write (with a wake-up of
+/// the CLI's writer thread) per line made the host's side cost more than the guest's. What
+/// is batched is written before any read that may wait for the guest, before any other
+/// kind of frame, and at [`BATCH_BYTES`], so output is as prompt and as ordered as before;
+/// its credit goes back once it is written.
 pub fn pump_guest_output(
-    input: &mut dyn Read,
+    input: &mut dyn FrameSource,
     sinks: &mut Sinks,
     credit: &mut dyn FnMut(u32),
 ) -> io::Result<StreamEnd> {
     let mut header = [0u8; FRAME_HEADER_LEN];
     let mut payload = Vec::new();
-    loop {
-        match read_full(input, &mut header)? {
-            0 => return Ok(StreamEnd::Closed),
-            n if n < FRAME_HEADER_LEN => return Ok(StreamEnd::Closed),
+    let mut batch = Batch::default();
+    let end = loop {
+        match read_full(input, &mut header, &mut || batch.flush(sinks, credit))? {
+            0 => break StreamEnd::Closed,
+            n if n < FRAME_HEADER_LEN => break StreamEnd::Closed,
             _ => {}
         }
         let frame = match FrameHeader::decode(&header) {
             Ok(f) => f,
-            Err(e) => return Ok(StreamEnd::Garbled(format!("bad frame header: {e}"))),
+            Err(e) => break StreamEnd::Garbled(format!("bad frame header: {e}")),
         };
-        payload.resize(frame.len as usize, 0);
-        if read_full(input, &mut payload)? < payload.len() {
-            return Ok(StreamEnd::Closed);
+        let data = matches!(frame.kind, to_host::STDOUT | to_host::STDERR);
+        if !data || batch.kind.is_some_and(|k| k != frame.kind) {
+            batch.flush(sinks, credit);
         }
+        payload.resize(frame.len as usize, 0);
+        if read_full(input, &mut payload, &mut || batch.flush(sinks, credit))? < payload.len() {
+            break StreamEnd::Closed;
+        }
+        let cost = frame_cost(FRAME_HEADER_LEN + payload.len());
         match frame.kind {
-            to_host::STDOUT => {
-                let _ = sinks
-                    .stdout
-                    .write_all(&payload)
-                    .and_then(|()| sinks.stdout.flush());
-            }
-            to_host::STDERR => {
-                let _ = sinks
-                    .stderr
-                    .write_all(&payload)
-                    .and_then(|()| sinks.stderr.flush());
+            to_host::STDOUT | to_host::STDERR => {
+                if batch.bytes.len() + payload.len() > BATCH_BYTES {
+                    batch.flush(sinks, credit);
+                }
+                batch.kind = Some(frame.kind);
+                if batch.bytes.is_empty() {
+                    // A batch's first frame (often its only one, a large write) is not copied.
+                    std::mem::swap(&mut batch.bytes, &mut payload);
+                } else {
+                    batch.bytes.extend_from_slice(&payload);
+                }
+                batch.credit += cost;
+                continue;
             }
             to_host::LOG => (sinks.log)(&String::from_utf8_lossy(&payload)),
             to_host::STDIN_CREDIT => {
                 let Ok(bytes) = <[u8; 4]>::try_from(&payload[..]) else {
-                    return Ok(StreamEnd::Garbled("bad stdin credit".into()));
+                    break StreamEnd::Garbled("bad stdin credit".into());
                 };
                 if let Some(window) = sinks.stdin_window {
                     window.grant(u32::from_le_bytes(bytes));
                 }
             }
             to_host::EXIT => {
-                return Ok(match ExitRecord::decode(&payload) {
+                break match ExitRecord::decode(&payload) {
                     Ok(r) => StreamEnd::Exit(r),
                     Err(e) => StreamEnd::Garbled(format!("bad exit record: {e}")),
-                });
+                };
             }
-            other => return Ok(StreamEnd::Garbled(format!("unknown frame kind {other}"))),
+            other => break StreamEnd::Garbled(format!("unknown frame kind {other}")),
         }
-        credit(frame_cost(FRAME_HEADER_LEN + payload.len()));
-    }
+        credit(cost);
+    };
+    // What came before the end is written out, whatever the end.
+    batch.flush(sinks, credit);
+    Ok(end)
 }
 
 /// [`pump_guest_output`], returning credit to the guest through `to_guest`: first `grant`
@@ -223,10 +282,24 @@ impl<R: Read> Read for CreditingReader<'_, R> {
     }
 }
 
-/// Reads until `buf` is full or end of stream; returns how much was read.
-fn read_full(input: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+impl<R: Read> FrameSource for CreditingReader<'_, R> {
+    fn has_buffered(&self) -> bool {
+        !self.inner.buffer().is_empty()
+    }
+}
+
+/// Reads until `buf` is full or end of stream; returns how much was read. `before_block`
+/// runs before each read that may wait for the guest.
+fn read_full(
+    input: &mut dyn FrameSource,
+    buf: &mut [u8],
+    before_block: &mut dyn FnMut(),
+) -> io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
+        if !input.has_buffered() {
+            before_block();
+        }
         match input.read(&mut buf[got..]) {
             Ok(0) => break,
             Ok(n) => got += n,
@@ -342,6 +415,140 @@ mod tests {
         assert_eq!(credited, 3 * wasmvm_abi::channel::MIN_FRAME_COST);
         assert_eq!((out.as_slice(), err.as_slice()), (&b"out"[..], &b"err"[..]));
         assert_eq!(logs, ["booted"]);
+    }
+
+    /// A sink that keeps each write apart, shared with the test.
+    #[derive(Clone, Default)]
+    struct Writes(std::rc::Rc<std::cell::RefCell<Vec<Vec<u8>>>>);
+
+    impl Write for Writes {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.borrow_mut().push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Writes {
+        fn all(&self) -> Vec<Vec<u8>> {
+            self.0.borrow().clone()
+        }
+    }
+
+    #[test]
+    fn frames_of_one_stream_that_arrive_together_are_written_at_once_in_order() {
+        let mut stream = Vec::new();
+        for (kind, data) in [
+            (to_host::STDOUT, &b"a"[..]),
+            (to_host::STDOUT, b"b"),
+            (to_host::STDOUT, b"c"),
+            (to_host::STDERR, b"x"),
+            (to_host::STDOUT, b"d"),
+            (to_host::LOG, b"l"),
+            (to_host::STDOUT, b"e"),
+        ] {
+            stream.extend(frame(kind, data));
+        }
+        stream.extend(frame(to_host::EXIT, &ExitRecord::exited(0).encode()));
+        let (out, err) = (Writes::default(), Writes::default());
+        let (mut out_sink, mut err_sink) = (out.clone(), err.clone());
+        let mut log = |_: &str| {};
+        let mut credited = 0;
+        let end = pump_guest_output(
+            &mut &stream[..],
+            &mut Sinks {
+                stdout: &mut out_sink,
+                stderr: &mut err_sink,
+                log: &mut log,
+                stdin_window: None,
+            },
+            &mut |n| credited += n,
+        )
+        .unwrap();
+        assert!(matches!(end, StreamEnd::Exit(_)));
+        // A run ends at a frame of another kind; what was written came out in order.
+        assert_eq!(out.all(), [&b"abc"[..], b"d", b"e"]);
+        assert_eq!(err.all(), [b"x"]);
+        // Every frame but the exit record comes back as credit, batched or not.
+        assert_eq!(credited, 7 * wasmvm_abi::channel::MIN_FRAME_COST);
+    }
+
+    /// Frames that arrive in separate reads: the pump must write (and credit) what it holds
+    /// before the read that waits for the next ones, or a guest waiting on that credit, or a
+    /// reader waiting on that output, would wait for ever.
+    struct TwoReads {
+        reads: std::collections::VecDeque<Vec<u8>>,
+        current: Vec<u8>,
+        /// Stdout, credit as the second read began.
+        seen: Option<(Vec<Vec<u8>>, u32)>,
+        out: Writes,
+        credited: std::rc::Rc<Cell<u32>>,
+    }
+
+    impl Read for TwoReads {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.current.is_empty() {
+                let Some(next) = self.reads.pop_front() else {
+                    return Ok(0);
+                };
+                if self.seen.is_none() && self.reads.is_empty() {
+                    self.seen = Some((self.out.all(), self.credited.get()));
+                }
+                self.current = next;
+            }
+            let n = buf.len().min(self.current.len());
+            buf[..n].copy_from_slice(&self.current[..n]);
+            self.current.drain(..n);
+            Ok(n)
+        }
+    }
+
+    impl FrameSource for TwoReads {
+        fn has_buffered(&self) -> bool {
+            !self.current.is_empty()
+        }
+    }
+
+    #[test]
+    fn what_is_batched_is_written_and_credited_before_the_pump_waits_for_more() {
+        let mut first = frame(to_host::STDOUT, b"line 1\n");
+        first.extend(frame(to_host::STDOUT, b"line 2\n"));
+        // The next frame is split between the reads: its header waits too.
+        let next = frame(to_host::STDOUT, b"line 3\n");
+        first.extend_from_slice(&next[..3]);
+        let mut second = next[3..].to_vec();
+        second.extend(frame(to_host::EXIT, &ExitRecord::exited(0).encode()));
+        let out = Writes::default();
+        let credited = std::rc::Rc::new(Cell::new(0));
+        let mut source = TwoReads {
+            reads: [first, second].into(),
+            current: Vec::new(),
+            seen: None,
+            out: out.clone(),
+            credited: std::rc::Rc::clone(&credited),
+        };
+        let (mut out_sink, mut err) = (out.clone(), Vec::new());
+        let mut log = |_: &str| {};
+        pump_guest_output(
+            &mut source,
+            &mut Sinks {
+                stdout: &mut out_sink,
+                stderr: &mut err,
+                log: &mut log,
+                stdin_window: None,
+            },
+            &mut |n| credited.set(credited.get() + n),
+        )
+        .unwrap();
+        let cost = wasmvm_abi::channel::MIN_FRAME_COST;
+        assert_eq!(
+            source.seen,
+            Some((vec![b"line 1\nline 2\n".to_vec()], 2 * cost)),
+            "written and credited before the second read"
+        );
+        assert_eq!(out.all().concat(), b"line 1\nline 2\nline 3\n");
     }
 
     #[test]
