@@ -11,6 +11,10 @@ use std::time::Duration;
 
 /// Bytes queued before a writer waits for the reader.
 const CAPACITY: usize = 1 << 20;
+/// Small writes join the last queued chunk up to this size, so that a chatty app's lines
+/// reach the reader in a few large writes rather than one system call (and one wake-up of
+/// the writer thread) each.
+const COALESCE: usize = 64 * 1024;
 /// How long a stopped run still waits for a slow reader before dropping its output.
 pub const GRACE: Duration = Duration::from_secs(1);
 
@@ -20,6 +24,10 @@ struct Queue {
     bytes: usize,
     /// The writer thread is writing a chunk it took off the queue.
     writing: bool,
+    /// The writer thread waits for a chunk: only then does queuing one wake it.
+    writer_idle: bool,
+    /// Callers of `write` or `drain` waiting for the writer: only then does it wake them.
+    waiting: usize,
     /// Drop everything from now on: the run was stopped and the reader had its grace.
     abandoned: bool,
     /// The reader is gone (EPIPE or another error): drop everything.
@@ -52,12 +60,16 @@ impl Output {
                 let chunk = {
                     let mut q = lock(&writer);
                     while q.chunks.is_empty() {
+                        q.writer_idle = true;
                         q = writer.changed.wait(q).unwrap_or_else(|e| e.into_inner());
                     }
+                    q.writer_idle = false;
                     let chunk = q.chunks.pop_front().expect("not empty");
                     q.bytes -= chunk.len();
                     q.writing = true;
-                    writer.changed.notify_all();
+                    if q.waiting > 0 {
+                        writer.changed.notify_all();
+                    }
                     chunk
                 };
                 let ok = target
@@ -71,7 +83,9 @@ impl Output {
                     q.chunks.clear();
                     q.bytes = 0;
                 }
-                writer.changed.notify_all();
+                if q.waiting > 0 {
+                    writer.changed.notify_all();
+                }
             }
         });
         Output { shared }
@@ -91,11 +105,7 @@ impl Output {
         let mut q = lock(&self.shared);
         let pending = |q: &Queue| !q.chunks.is_empty() || q.writing;
         while pending(&q) && !q.abandoned && !q.broken {
-            q = self
-                .shared
-                .changed
-                .wait(q)
-                .unwrap_or_else(|e| e.into_inner());
+            q = self.shared.wait(q);
         }
     }
 }
@@ -104,20 +114,37 @@ fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Queue> {
     shared.queue.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+impl Shared {
+    /// Waits for the writer thread to take or finish a chunk (or for `abandon`), counted in
+    /// `waiting` so that the writer knows to wake this caller.
+    fn wait<'a>(
+        &'a self,
+        mut q: std::sync::MutexGuard<'a, Queue>,
+    ) -> std::sync::MutexGuard<'a, Queue> {
+        q.waiting += 1;
+        let mut q = self.changed.wait(q).unwrap_or_else(|e| e.into_inner());
+        q.waiting -= 1;
+        q
+    }
+}
+
 impl Write for Output {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let mut q = lock(&self.shared);
         while q.bytes >= CAPACITY && !q.abandoned && !q.broken {
-            q = self
-                .shared
-                .changed
-                .wait(q)
-                .unwrap_or_else(|e| e.into_inner());
+            q = self.shared.wait(q);
         }
         if !q.abandoned && !q.broken && !buf.is_empty() {
-            q.chunks.push_back(buf.to_vec());
+            // The writer thread pops a chunk before writing it, so the last one queued is
+            // still free to grow.
+            match q.chunks.back_mut() {
+                Some(last) if last.len() + buf.len() <= COALESCE => last.extend_from_slice(buf),
+                _ => q.chunks.push_back(buf.to_vec()),
+            }
             q.bytes += buf.len();
-            self.shared.changed.notify_all();
+            if q.writer_idle {
+                self.shared.changed.notify_all();
+            }
         }
         Ok(buf.len())
     }
@@ -183,5 +210,42 @@ mod tests {
         }
         out.drain();
         assert_eq!(*got.lock().unwrap(), expected);
+    }
+
+    #[test]
+    fn small_writes_queued_behind_a_slow_reader_reach_it_in_few_writes() {
+        /// Counts the writes it is given, each only once the gate opens.
+        struct Counted(Stuck, Arc<Mutex<usize>>);
+        impl Write for Counted {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                *self.1.lock().unwrap() += 1;
+                self.0.write(buf)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let calls = Arc::new(Mutex::new(0));
+        let stuck = Stuck(Arc::clone(&gate), Arc::clone(&got));
+        let out = Output::new(Counted(stuck, Arc::clone(&calls)));
+        let mut writer = out.clone();
+        let mut expected = Vec::new();
+        for i in 0..1000u32 {
+            let line = format!("line {i}\n");
+            writer.write_all(line.as_bytes()).unwrap();
+            expected.extend_from_slice(line.as_bytes());
+        }
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        out.drain();
+        assert_eq!(*got.lock().unwrap(), expected);
+        // The first line, taken before the others came, then the rest in one chunk.
+        assert!(
+            *calls.lock().unwrap() <= 2,
+            "{} writes",
+            calls.lock().unwrap()
+        );
     }
 }
