@@ -111,6 +111,10 @@ fn set_send_buffer(socket: &UnixStream, bytes: libc::c_int) {
     };
 }
 
+/// Buffers [`Console::process_tx`] gathers before it sends them: one `sendmsg`'s worth
+/// (`IOV_MAX`).
+const SEND_ROUND: usize = 1024;
+
 /// Writes all of `slices` to `out`, in order, with as few `sendmsg` calls as it takes.
 fn write_slices(out: &UnixStream, slices: &[VolatileSlice<'_, ()>]) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
@@ -128,7 +132,7 @@ fn write_slices(out: &UnixStream, slices: &[VolatileSlice<'_, ()>]) -> std::io::
         // SAFETY: a zeroed msghdr is valid (no name, no control data).
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_iov = iov[first..].as_mut_ptr();
-        msg.msg_iovlen = (iov.len() - first).min(1024);
+        msg.msg_iovlen = (iov.len() - first).min(SEND_ROUND);
         // SAFETY: every iovec describes a range vm-memory validated inside guest memory, kept
         // mapped by `guards` for this call; sendmsg only reads it. MSG_NOSIGNAL: a closed
         // host end is an EPIPE error, not a SIGPIPE an embedder may not ignore.
@@ -184,7 +188,22 @@ impl Console {
         };
         let mut slices = Vec::new();
         let mut heads = Vec::new();
-        while let Some(chain) = q.pop_descriptor_chain(mem) {
+        loop {
+            let chain = q.pop_descriptor_chain(mem);
+            // Sent in rounds of about a sendmsg's worth of buffers: a guest can make a chain
+            // of thousands of tiny descriptors (an indirect table) and queue it many times
+            // over, and holding them all for one call would grow the host's memory with it.
+            if chain.is_none() || slices.len() >= SEND_ROUND {
+                // The host end is gone when the run is over; the guest is about to stop.
+                let _ = write_slices(&self.to_host, &slices);
+                for head in heads.drain(..) {
+                    let _ = q.add_used(mem, head, 0);
+                }
+                slices.clear();
+            }
+            let Some(chain) = chain else {
+                break;
+            };
             let first = slices.len();
             let mut total = 0usize;
             for desc in chain.clone().readable() {
@@ -198,11 +217,6 @@ impl Console {
                 }
             }
             heads.push(chain.head_index());
-        }
-        // The host end is gone when the run is over; the guest is about to stop.
-        let _ = write_slices(&self.to_host, &slices);
-        for head in heads {
-            let _ = q.add_used(mem, head, 0);
         }
     }
 
@@ -297,6 +311,7 @@ mod tests {
     use crate::vmm::devices::testing::{BUFFERS, Driver, QSIZE};
     use std::io::Write;
     use std::time::Instant;
+    use vm_memory::{Bytes, GuestAddress};
 
     /// The console in 4 MiB of guest memory (room for a chain past the largest frame), and
     /// the host's ends of its two sockets (as `vmm::run` sets them up): what the guest
@@ -601,13 +616,58 @@ mod tests {
                 (BUFFERS, MAX_TX_CHAIN as u32 / 2 + 1, false),
             ],
         ];
-        let mut heads: Vec<u32> = bad.iter().map(|c| u32::from(d.post(TX, c))).collect();
+        // Sound chains before and after the bad ones: a bad chain takes none of its
+        // neighbours' bytes with it.
+        let mut heads = vec![u32::from(d.post(TX, &[(BUFFERS, 4, false)]))];
+        heads.extend(bad.iter().map(|c| u32::from(d.post(TX, c))));
         heads.push(u32::from(d.post(TX, &[(BUFFERS, 4, false)])));
         assert!(heads.len() <= usize::from(QSIZE));
         d.notify(TX as u32);
-        // Only the sound chain got through; every chain came back.
+        // Only the sound chains got through; every chain came back.
         let got = received(&mut host);
-        assert!(got == b"good", "the host got {} bytes", got.len());
+        assert!(got == b"goodgood", "the host got {} bytes", got.len());
+        let used: Vec<_> = d.used(TX).into_iter().map(|(head, _)| head).collect();
+        assert_eq!(used, heads);
+    }
+
+    #[test]
+    fn chains_of_many_buffers_go_out_in_rounds_in_order() {
+        use crate::vmm::devices::testing::RINGS;
+        let (mut d, mut host, _) = console();
+        host.set_nonblocking(false).unwrap();
+        // Three chains, each one indirect descriptor naming a table of 600 one-byte
+        // buffers: more buffers than one round (SEND_ROUND) holds.
+        const PER_CHAIN: u64 = 600;
+        let data = BUFFERS + 0x10_0000;
+        let mut expected = Vec::new();
+        let mut heads = Vec::new();
+        for chain in 0..3u64 {
+            let table = BUFFERS + chain * 0x4000;
+            for i in 0..PER_CHAIN {
+                let byte = (chain * PER_CHAIN + i) as u8;
+                let at = data + chain * PER_CHAIN + i;
+                d.put(at, &[byte]);
+                expected.push(byte);
+                let desc = table + i * 16;
+                d.mem.write_obj(at, GuestAddress(desc)).unwrap();
+                d.mem.write_obj(1u32, GuestAddress(desc + 8)).unwrap();
+                let flags: u16 = if i + 1 < PER_CHAIN { 1 } else { 0 }; // NEXT
+                d.mem.write_obj(flags, GuestAddress(desc + 12)).unwrap();
+                d.mem
+                    .write_obj((i + 1) as u16, GuestAddress(desc + 14))
+                    .unwrap();
+            }
+            let head = d.post(TX, &[(table, (PER_CHAIN * 16) as u32, false)]);
+            // VIRTQ_DESC_F_INDIRECT on the head descriptor.
+            let flags_at = RINGS + TX as u64 * 0x1000 + u64::from(head) * 16 + 12;
+            d.mem.write_obj(4u16, GuestAddress(flags_at)).unwrap();
+            heads.push(u32::from(head));
+        }
+        assert!(3 * PER_CHAIN as usize > SEND_ROUND);
+        d.notify(TX as u32);
+        let mut got = vec![0u8; expected.len()];
+        host.read_exact(&mut got).unwrap();
+        assert_eq!(got, expected);
         let used: Vec<_> = d.used(TX).into_iter().map(|(head, _)| head).collect();
         assert_eq!(used, heads);
     }
