@@ -248,4 +248,34 @@ mod tests {
             calls.lock().unwrap()
         );
     }
+
+    #[test]
+    fn a_writer_held_at_capacity_goes_on_once_the_reader_reads() {
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let out = Output::new(Stuck(Arc::clone(&gate), Arc::clone(&got)));
+        let mut writer = out.clone();
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Three times what the queue holds: the writer waits for the reader twice.
+            for i in 0..3u8 {
+                writer.write_all(&vec![i; CAPACITY]).unwrap();
+            }
+            let _ = done.send(());
+        });
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        // Only the writer thread's progress can release it (nothing abandons).
+        finished
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the writer was never woken");
+        out.drain();
+        let got = got.lock().unwrap();
+        assert_eq!(got.len(), 3 * CAPACITY);
+        assert!(
+            got.chunks(CAPACITY)
+                .enumerate()
+                .all(|(i, c)| c.iter().all(|&b| b == i as u8))
+        );
+    }
 }

@@ -417,13 +417,21 @@ mod tests {
         assert_eq!(logs, ["booted"]);
     }
 
-    /// A sink that keeps each write apart, shared with the test.
+    /// One write a sink was given, and the credit returned before it.
+    type Written = (Vec<u8>, u32);
+
+    /// A sink that keeps each write apart, shared with the test, with the credit the pump
+    /// had returned (`credited`, shared with its credit callback) when the write came.
     #[derive(Clone, Default)]
-    struct Writes(std::rc::Rc<std::cell::RefCell<Vec<Vec<u8>>>>);
+    struct Writes {
+        writes: std::rc::Rc<std::cell::RefCell<Vec<Written>>>,
+        credited: std::rc::Rc<Cell<u32>>,
+    }
 
     impl Write for Writes {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.borrow_mut().push(buf.to_vec());
+            let credited = self.credited.get();
+            self.writes.borrow_mut().push((buf.to_vec(), credited));
             Ok(buf.len())
         }
         fn flush(&mut self) -> io::Result<()> {
@@ -433,8 +441,68 @@ mod tests {
 
     impl Writes {
         fn all(&self) -> Vec<Vec<u8>> {
-            self.0.borrow().clone()
+            self.writes
+                .borrow()
+                .iter()
+                .map(|(w, _)| w.clone())
+                .collect()
         }
+        /// The credit returned before each write.
+        fn credit_before(&self) -> Vec<u32> {
+            self.writes.borrow().iter().map(|(_, c)| *c).collect()
+        }
+    }
+
+    /// Pumps `stream` (all of it at hand) into fresh sinks: the end, stdout's writes,
+    /// stderr's, and the credit returned.
+    fn pump_all(stream: &[u8]) -> (StreamEnd, Writes, Writes, u32) {
+        let (out, err) = (Writes::default(), Writes::default());
+        let credited = std::rc::Rc::clone(&out.credited);
+        let (mut out_sink, mut err_sink) = (out.clone(), err.clone());
+        let mut log = |_: &str| {};
+        let end = pump_guest_output(
+            &mut &stream[..],
+            &mut Sinks {
+                stdout: &mut out_sink,
+                stderr: &mut err_sink,
+                log: &mut log,
+                stdin_window: None,
+            },
+            &mut |n| credited.set(credited.get() + n),
+        )
+        .unwrap();
+        let total = out.credited.get();
+        (end, out, err, total)
+    }
+
+    #[test]
+    fn a_batch_is_written_before_its_credit_returns_and_at_any_end() {
+        let cost = wasmvm_abi::channel::MIN_FRAME_COST;
+        // Output, then a garbled frame in the same read: what came before is written.
+        let mut stream = frame(to_host::STDOUT, b"a");
+        stream.extend(frame(to_host::STDOUT, b"b"));
+        stream.extend([9u8, 1, 0, 0, 0, 0, 0, 0]);
+        let (end, out, _, credited) = pump_all(&stream);
+        assert!(matches!(end, StreamEnd::Garbled(_)), "{end:?}");
+        assert_eq!(out.all(), [b"ab"]);
+        // Its credit came back after the write, not before.
+        assert_eq!(out.credit_before(), [0]);
+        assert_eq!(credited, 2 * cost);
+        // A stream that just stops: the same.
+        let (end, out, _, credited) = pump_all(&frame(to_host::STDOUT, b"c"));
+        assert!(matches!(end, StreamEnd::Closed));
+        assert_eq!((out.all(), credited), (vec![b"c".to_vec()], cost));
+    }
+
+    #[test]
+    fn a_batch_stops_at_64_kib() {
+        let big = vec![7u8; 40 << 10];
+        let mut stream = frame(to_host::STDOUT, &big);
+        stream.extend(frame(to_host::STDOUT, &big));
+        stream.extend(frame(to_host::STDOUT, b"tail"));
+        let (_, out, _, _) = pump_all(&stream);
+        let sizes: Vec<_> = out.all().iter().map(Vec::len).collect();
+        assert_eq!(sizes, [40 << 10, (40 << 10) + 4]);
     }
 
     #[test]
@@ -452,21 +520,7 @@ mod tests {
             stream.extend(frame(kind, data));
         }
         stream.extend(frame(to_host::EXIT, &ExitRecord::exited(0).encode()));
-        let (out, err) = (Writes::default(), Writes::default());
-        let (mut out_sink, mut err_sink) = (out.clone(), err.clone());
-        let mut log = |_: &str| {};
-        let mut credited = 0;
-        let end = pump_guest_output(
-            &mut &stream[..],
-            &mut Sinks {
-                stdout: &mut out_sink,
-                stderr: &mut err_sink,
-                log: &mut log,
-                stdin_window: None,
-            },
-            &mut |n| credited += n,
-        )
-        .unwrap();
+        let (end, out, err, credited) = pump_all(&stream);
         assert!(matches!(end, StreamEnd::Exit(_)));
         // A run ends at a frame of another kind; what was written came out in order.
         assert_eq!(out.all(), [&b"abc"[..], b"d", b"e"]);
