@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use wasmvm_abi::ABI_VERSION;
-use wasmvm_abi::bundle::{env_key, set_env};
+use wasmvm_abi::bundle::{env_key, with_env};
 use wasmvm_loader::host::volume;
 use wasmvm_loader::image::elf::Elf;
 use wasmvm_loader::image::pack::{DirSpec, PackOptions, check_env, pack_module};
@@ -128,16 +128,17 @@ fn env_list(app: &AppArgs) -> Result<Vec<Vec<u8>>> {
                     String::from_utf8_lossy(&entry)
                 );
             }
-            set_env(&mut list, entry);
+            list.push(entry);
         }
     }
     // --env over the files.
     for v in &app.env {
         let v = bytes(v);
         check_env(&v).map_err(|e| anyhow::anyhow!("--env {e}"))?;
-        set_env(&mut list, v);
+        list.push(v);
     }
-    Ok(list)
+    // A later setting of a key wins.
+    Ok(with_env(Vec::new(), list))
 }
 
 /// The entries of an `--env-file`: NUL-terminated if the file holds a NUL byte (so values

@@ -470,10 +470,7 @@ impl Manifest {
             .unwrap_or_else(|| self.module_name.clone());
         let mut args = alloc::vec![argv0];
         args.extend(run.args.clone().unwrap_or_else(|| self.args.clone()));
-        let mut env = self.env.clone();
-        for var in &run.env {
-            set_env(&mut env, var.clone());
-        }
+        let env = with_env(self.env.clone(), run.env.clone());
         let listens = run.listens.clone().unwrap_or_else(|| self.listens.clone());
         AppSettings { args, env, listens }
     }
@@ -484,12 +481,36 @@ pub fn env_key(var: &[u8]) -> &[u8] {
     var.split(|&b| b == b'=').next().unwrap_or_default()
 }
 
-/// Sets `var` in `env`: it replaces the entry of the same key (a later setting wins, as
-/// libc's `getenv` would otherwise find the first) or is added.
+/// `env` with each of `vars` set in turn: a variable replaces every earlier entry of its key
+/// (a later setting wins, as libc's `getenv` would otherwise find the first) and goes after
+/// the entries it did not replace. The result keeps `env`'s entries whose key `vars` never
+/// sets, in order, then each variable of `vars` that no later one of its key replaces, in
+/// order. One pass and a map of keys: setting them one by one, with a pass over the list
+/// each, took minutes for an environment of 200,000 variables (`--env-file`).
 #[cfg(feature = "alloc")]
-pub fn set_env(env: &mut Vec<Vec<u8>>, var: Vec<u8>) {
-    env.retain(|old| env_key(old) != env_key(&var));
-    env.push(var);
+pub fn with_env(env: Vec<Vec<u8>>, vars: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    use alloc::collections::BTreeMap;
+    // The last variable of each key.
+    let mut last = BTreeMap::new();
+    for (i, var) in vars.iter().enumerate() {
+        last.insert(env_key(var), i);
+    }
+    let kept_env: Vec<bool> = env
+        .iter()
+        .map(|old| !last.contains_key(env_key(old)))
+        .collect();
+    let kept_vars: Vec<bool> = vars
+        .iter()
+        .enumerate()
+        .map(|(i, var)| last.get(env_key(var)) == Some(&i))
+        .collect();
+    drop(last);
+    let keep = |(entry, kept): (Vec<u8>, bool)| kept.then_some(entry);
+    env.into_iter()
+        .zip(kept_env)
+        .filter_map(keep)
+        .chain(vars.into_iter().zip(kept_vars).filter_map(keep))
+        .collect()
 }
 
 pub const RUN_CONFIG_MAGIC: [u8; 8] = *b"WASMVMR\0";
@@ -823,5 +844,45 @@ mod tests {
     fn load_address_is_page_aligned() {
         assert_eq!(bundle_load_addr(0x10_0001), 0x10_1000);
         assert_eq!(bundle_load_addr(0x10_1000), 0x10_1000);
+    }
+
+    #[test]
+    fn with_env_sets_variables_as_one_by_one_does() {
+        // The reference: each variable set in turn, with a pass over the list each.
+        fn one_by_one(mut env: Vec<Vec<u8>>, vars: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+            for var in vars {
+                env.retain(|old| env_key(old) != env_key(&var));
+                env.push(var);
+            }
+            env
+        }
+        // Every list of up to three entries over three keys (two values each, and a
+        // bare key), on each side: duplicate keys in either list, keys on both sides.
+        let entries: [&[u8]; 7] = [b"A=1", b"A=2", b"B=1", b"B=2", b"C=1", b"C", b"=x"];
+        let mut lists = vec![Vec::new()];
+        for len in 1..=3u32 {
+            for n in 0..entries.len().pow(len) {
+                let mut list = Vec::new();
+                let mut n = n;
+                for _ in 0..len {
+                    list.push(entries[n % entries.len()].to_vec());
+                    n /= entries.len();
+                }
+                lists.push(list);
+            }
+        }
+        let mut checked = 0;
+        for env in &lists {
+            for vars in &lists {
+                let want = one_by_one(env.clone(), vars.clone());
+                assert_eq!(
+                    with_env(env.clone(), vars.clone()),
+                    want,
+                    "{env:?} + {vars:?}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 100_000);
     }
 }
