@@ -271,6 +271,78 @@ fn a_run_configuration_too_big_for_guest_memory_is_refused_by_size() {
 }
 
 #[test]
+fn a_kernel_out_of_memory_says_so_and_what_to_do() {
+    if !builtin_vmm_usable() {
+        return;
+    }
+    // 4 MB of environment fits in 16 MiB of RAM, but not the kernel's copies of it.
+    let dir = scratch();
+    let env = dir.path().join("big.env");
+    std::fs::write(&env, format!("BIG={}\n", "x".repeat(4 << 20))).unwrap();
+    let img = dir.path().join("hello.img");
+    pack(&sample("hello"), &img, &[]);
+    let env = env.to_str().unwrap();
+    let o = run(
+        &img,
+        &["--vmm", "builtin", "--memory", "16M", "--env-file", env],
+        b"",
+    );
+    assert_eq!(o.status.code(), Some(250), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("out of memory") && err.contains("run with a larger --memory"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("panicked at"),
+        "a source location is no help: {err}"
+    );
+    assert_eq!(err.lines().count(), 1, "said once: {err}");
+}
+
+#[test]
+fn an_environment_of_200000_variables_reaches_the_app() {
+    if !builtin_vmm_usable() {
+        return;
+    }
+    // Set one by one, with a pass over the list each, these took minutes (CLI and kernel).
+    let dir = scratch();
+    let env = dir.path().join("many.env");
+    let mut text = String::new();
+    for i in 0..200_000 {
+        text.push_str(&format!("K{i}={i}\n"));
+    }
+    // A later setting of a key wins, in the file and over it.
+    text.push_str("K7=seven\n");
+    std::fs::write(&env, text).unwrap();
+    let img = dir.path().join("exitcode.img");
+    pack(&sample("exitcode"), &img, &[]);
+    let env = env.to_str().unwrap();
+    let args = [
+        "--vmm",
+        "builtin",
+        "--memory",
+        "256M",
+        "--timeout",
+        "60s",
+        "--env-file",
+        env,
+        "--env",
+        "K9=nine",
+        "--",
+        "env",
+    ];
+    let o = run(&img, &args, b"");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    let vars: Vec<&str> = out.lines().filter(|l| l.starts_with('K')).collect();
+    assert_eq!(vars.len(), 200_000);
+    assert!(vars.contains(&"K7=seven") && vars.contains(&"K9=nine"));
+    assert!(vars.contains(&"K199999=199999"));
+    assert!(!vars.contains(&"K7=7") && !vars.contains(&"K9=9"));
+}
+
+#[test]
 fn the_linear_memory_starts_on_a_huge_page_boundary() {
     if !builtin_vmm_usable() {
         return;

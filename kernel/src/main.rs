@@ -259,5 +259,17 @@ extern "C" fn kernel_main(boot_paddr: u64, entry: u64) -> ! {
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
+    let message = format!("{}", info.message());
+    // The heap could not give what an infallible allocation asked (alloc's handler panics
+    // with this text): a VM too small for the app's arguments, environment or files, not a
+    // kernel bug to report with a source location. Said so, with what to do.
+    if message.starts_with("memory allocation of ") {
+        fail(
+            ExitKind::KernelPanic,
+            format!(
+                "out of memory ({message}): this VM's RAM is too small for the app; run with a larger --memory"
+            ),
+        )
+    }
     fail(ExitKind::KernelPanic, format!("{info}"))
 }
