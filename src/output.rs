@@ -196,18 +196,29 @@ mod tests {
         out.drain();
     }
 
+    /// Writes `n` short lines, one write each; returns what was written.
+    fn write_lines(writer: &mut Output, n: u32) -> Vec<u8> {
+        let mut written = Vec::new();
+        for i in 0..n {
+            let line = format!("line {i}\n");
+            writer.write_all(line.as_bytes()).unwrap();
+            written.extend_from_slice(line.as_bytes());
+        }
+        written
+    }
+
+    /// Lets a [`Stuck`] reader take what it is given, from now on.
+    fn open(gate: &(Mutex<bool>, Condvar)) {
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+    }
+
     #[test]
     fn everything_arrives_in_order_when_the_reader_reads() {
         let gate = Arc::new((Mutex::new(true), Condvar::new()));
         let got = Arc::new(Mutex::new(Vec::new()));
         let out = Output::new(Stuck(gate, Arc::clone(&got)));
-        let mut writer = out.clone();
-        let mut expected = Vec::new();
-        for i in 0..1000u32 {
-            let line = format!("line {i}\n");
-            writer.write_all(line.as_bytes()).unwrap();
-            expected.extend_from_slice(line.as_bytes());
-        }
+        let expected = write_lines(&mut out.clone(), 1000);
         out.drain();
         assert_eq!(*got.lock().unwrap(), expected);
     }
@@ -230,15 +241,8 @@ mod tests {
         let calls = Arc::new(Mutex::new(0));
         let stuck = Stuck(Arc::clone(&gate), Arc::clone(&got));
         let out = Output::new(Counted(stuck, Arc::clone(&calls)));
-        let mut writer = out.clone();
-        let mut expected = Vec::new();
-        for i in 0..1000u32 {
-            let line = format!("line {i}\n");
-            writer.write_all(line.as_bytes()).unwrap();
-            expected.extend_from_slice(line.as_bytes());
-        }
-        *gate.0.lock().unwrap() = true;
-        gate.1.notify_all();
+        let expected = write_lines(&mut out.clone(), 1000);
+        open(&gate);
         out.drain();
         assert_eq!(*got.lock().unwrap(), expected);
         // The first line, taken before the others came, then the rest in one chunk.
@@ -263,8 +267,7 @@ mod tests {
             }
             let _ = done.send(());
         });
-        *gate.0.lock().unwrap() = true;
-        gate.1.notify_all();
+        open(&gate);
         // Only the writer thread's progress can release it (nothing abandons).
         finished
             .recv_timeout(Duration::from_secs(30))

@@ -453,15 +453,15 @@ mod tests {
         }
     }
 
-    /// Pumps `stream` (all of it at hand) into fresh sinks: the end, stdout's writes,
-    /// stderr's, and the credit returned.
-    fn pump_all(stream: &[u8]) -> (StreamEnd, Writes, Writes, u32) {
-        let (out, err) = (Writes::default(), Writes::default());
+    /// Pumps `source` into `out` (whose `credited` counts the credit returned) and a fresh
+    /// stderr sink; returns the end and stderr's writes.
+    fn pump_into(source: &mut dyn FrameSource, out: &Writes) -> (StreamEnd, Writes) {
+        let err = Writes::default();
         let credited = std::rc::Rc::clone(&out.credited);
         let (mut out_sink, mut err_sink) = (out.clone(), err.clone());
         let mut log = |_: &str| {};
         let end = pump_guest_output(
-            &mut &stream[..],
+            source,
             &mut Sinks {
                 stdout: &mut out_sink,
                 stderr: &mut err_sink,
@@ -471,6 +471,14 @@ mod tests {
             &mut |n| credited.set(credited.get() + n),
         )
         .unwrap();
+        (end, err)
+    }
+
+    /// Pumps `stream` (all of it at hand) into fresh sinks: the end, stdout's writes,
+    /// stderr's, and the credit returned.
+    fn pump_all(stream: &[u8]) -> (StreamEnd, Writes, Writes, u32) {
+        let out = Writes::default();
+        let (end, err) = pump_into(&mut &stream[..], &out);
         let total = out.credited.get();
         (end, out, err, total)
     }
@@ -575,27 +583,14 @@ mod tests {
         let mut second = next[3..].to_vec();
         second.extend(frame(to_host::EXIT, &ExitRecord::exited(0).encode()));
         let out = Writes::default();
-        let credited = std::rc::Rc::new(Cell::new(0));
         let mut source = TwoReads {
             reads: [first, second].into(),
             current: Vec::new(),
             seen: None,
             out: out.clone(),
-            credited: std::rc::Rc::clone(&credited),
+            credited: std::rc::Rc::clone(&out.credited),
         };
-        let (mut out_sink, mut err) = (out.clone(), Vec::new());
-        let mut log = |_: &str| {};
-        pump_guest_output(
-            &mut source,
-            &mut Sinks {
-                stdout: &mut out_sink,
-                stderr: &mut err,
-                log: &mut log,
-                stdin_window: None,
-            },
-            &mut |n| credited.set(credited.get() + n),
-        )
-        .unwrap();
+        pump_into(&mut source, &out);
         let cost = wasmvm_abi::channel::MIN_FRAME_COST;
         assert_eq!(
             source.seen,
