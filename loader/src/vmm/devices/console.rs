@@ -175,10 +175,11 @@ impl Console {
     }
 
     /// Sends every queued transmit buffer to the host, straight from guest memory to the
-    /// socket (vm-memory validates each range; no copy in between), all of them with one
-    /// `sendmsg` where the socket takes them: a chatty app queues a frame per line, up to
-    /// a ring's worth per exit, and a call per frame made the host's side of each line cost
-    /// more than the guest's. The buffers go back to the guest only once sent. A chain larger
+    /// socket (vm-memory validates each range; no copy in between), with one `sendmsg` per
+    /// [`SEND_ROUND`] buffers where the socket takes them: a chatty app queues a frame per
+    /// line, up to a ring's worth per exit, and a call per frame made the host's side of
+    /// each line cost more than the guest's. The buffers go back to the guest only once
+    /// sent. A chain larger
     /// than a whole frame, or reaching outside guest memory, is dropped: the host's frame
     /// parser then reports the guest's stream as garbled, which is all a misbehaving guest
     /// can achieve.
