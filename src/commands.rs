@@ -1,6 +1,7 @@
 //! The subcommands: argument plumbing between the CLI grammar and `wasmvm_loader`.
 
 use std::ffi::OsString;
+use std::io::IsTerminal;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
@@ -334,6 +335,15 @@ fn run(
             eprintln!("[wasmvm] {line}");
         }
     };
+    // The app's stdio are terminals where ours are (its `isatty`, colours and prompts).
+    opts.stdio_terminals = [
+        std::io::stdin().is_terminal(),
+        std::io::stdout().is_terminal(),
+        std::io::stderr().is_terminal(),
+    ]
+    .iter()
+    .enumerate()
+    .fold(0, |mask, (i, &tty)| mask | (u8::from(tty) << i));
     let io = RunIo {
         stdin: Box::new(std::io::stdin()),
         stdout: &mut stdout,

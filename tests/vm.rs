@@ -343,6 +343,36 @@ fn an_environment_of_200000_variables_reaches_the_app() {
 }
 
 #[test]
+fn the_apps_stdio_are_terminals_where_the_hosts_are() {
+    if !builtin_vmm_usable() {
+        return;
+    }
+    // Pipes, as the tests run it: no terminal, so no colours or prompts into them.
+    let o = run(&sample("exitcode"), &["--vmm", "builtin", "--", "tty"], b"");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "stdin false stdout false stderr false\n");
+    // Under a pseudo-terminal (util-linux's `script`), stdout redirected to a file: the
+    // app sees what the host has, stream by stream.
+    let dir = scratch();
+    let out = dir.path().join("tty.txt");
+    let command = format!(
+        "{} run --vmm builtin {} -- tty > {}",
+        common::wasmvm_binary().display(),
+        sample("exitcode").display(),
+        out.display()
+    );
+    let status = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("script (util-linux) runs a command under a pseudo-terminal");
+    assert!(status.success(), "{status}");
+    let seen = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(seen, "stdin true stdout false stderr true\n");
+}
+
+#[test]
 fn the_linear_memory_starts_on_a_huge_page_boundary() {
     if !builtin_vmm_usable() {
         return;

@@ -291,6 +291,10 @@ pub mod tag {
     /// [`STDIN_WINDOW`](crate::channel::STDIN_WINDOW) and takes `STDIN_CREDIT` frames
     /// (empty). A kernel sends them only when this says so, so it runs under older hosts.
     pub const STDIN_WINDOW: u32 = 18;
+    /// Run configuration only: which of the host's stdin, stdout and stderr are terminals
+    /// (one byte: bits 0, 1 and 2). Without it the guest takes all three for terminals, as
+    /// kernels did before the host said.
+    pub const STDIO_TERMINALS: u32 = 19;
 }
 
 /// [`tag::SHARE`] flag: the host refuses every change.
@@ -535,6 +539,9 @@ pub struct RunConfig {
     pub net: Option<NetConfig>,
     /// The host takes stdin credit ([`tag::STDIN_WINDOW`]).
     pub stdin_window: bool,
+    /// Which of the host's stdin, stdout and stderr are terminals (bits 0, 1, 2;
+    /// [`tag::STDIO_TERMINALS`]); `None`: the host does not say.
+    pub stdio_terminals: Option<u8>,
 }
 
 #[cfg(feature = "alloc")]
@@ -576,6 +583,9 @@ impl RunConfig {
         }
         if self.stdin_window {
             push_record(&mut body, tag::STDIN_WINDOW, &[]);
+        }
+        if let Some(terminals) = self.stdio_terminals {
+            push_record(&mut body, tag::STDIO_TERMINALS, &[terminals]);
         }
         let mut out = Vec::with_capacity(16 + body.len());
         out.extend_from_slice(&RUN_CONFIG_MAGIC);
@@ -634,6 +644,10 @@ impl RunConfig {
                     .push(Listen::decode(record.value)?),
                 tag::NET => c.net = Some(NetConfig::decode(record.value)?),
                 tag::STDIN_WINDOW => c.stdin_window = true,
+                tag::STDIO_TERMINALS => match record.value {
+                    [mask] => c.stdio_terminals = Some(*mask),
+                    _ => return Err(DecodeError::Malformed("stdio terminals record")),
+                },
                 _ => {}
             }
         }
@@ -829,6 +843,7 @@ mod tests {
             listens: Some(vec![Listen::parse("10.0.2.15:80").unwrap()]),
             net: Some(NetConfig::user(1500)),
             stdin_window: true,
+            stdio_terminals: Some(0b101),
         };
         assert_eq!(RunConfig::decode(&c.encode()).unwrap(), c);
         assert_eq!(share_tag(1), "wasmvm1");

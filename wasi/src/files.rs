@@ -318,7 +318,7 @@ impl<P: Platform> Wasi<P> {
     pub(crate) fn fd_fdstat_get(&mut self, mem: &mut GuestMemory, fd: u32, out: u32) -> WasiResult {
         let d = self.fd(fd)?;
         let ty = match d.entry {
-            Entry::Stdin | Entry::Out(_) => filetype::CHARACTER_DEVICE,
+            Entry::Stdin | Entry::Out(_) => self.stdio_filetype(&d.entry),
             Entry::Dir { .. } => filetype::DIRECTORY,
             Entry::File { .. } => filetype::REGULAR_FILE,
             Entry::Socket { kind, .. } => socket_filetype(kind),
@@ -486,9 +486,9 @@ impl<P: Platform> Wasi<P> {
                 }
                 Handle::Share(r) => self.share_filestat(mem, out, r),
             },
-            Entry::Stdin | Entry::Out(_) => {
+            ref entry @ (Entry::Stdin | Entry::Out(_)) => {
                 let mut b = [0u8; 64];
-                b[16] = filetype::CHARACTER_DEVICE;
+                b[16] = self.stdio_filetype(entry);
                 mem.write_bytes(out, &b)
             }
             Entry::Socket { kind, .. } => {
@@ -914,6 +914,43 @@ mod tests {
     fn put(mem: &mut [u8], at: usize, bytes: &[u8]) -> (u64, u64) {
         mem[at..at + bytes.len()].copy_from_slice(bytes);
         (at as u64, bytes.len() as u64)
+    }
+
+    #[test]
+    fn stdio_is_a_character_device_only_where_the_host_has_a_terminal() {
+        let filetypes = |w: &mut Wasi<crate::state::tests::Mock>| {
+            let mut mem = vec![0u8; 128];
+            [0u64, 1, 2].map(|fd| {
+                assert_eq!(
+                    w.call(Func::FdFdstatGet, &mut mem, &[fd, 0]),
+                    Ok(Errno::SUCCESS)
+                );
+                assert_eq!(
+                    w.call(Func::FdFilestatGet, &mut mem, &[fd, 64]),
+                    Ok(Errno::SUCCESS)
+                );
+                assert_eq!(mem[0], mem[64 + 16], "fdstat and filestat agree");
+                mem[0]
+            })
+        };
+        let (tty, unknown) = (filetype::CHARACTER_DEVICE, filetype::UNKNOWN);
+        // A host that does not say: all three, as before.
+        let mut w = wasi();
+        assert_eq!(filetypes(&mut w), [tty; 3]);
+        // stdout piped, stdin and stderr on a terminal.
+        w.set_terminals(0b101);
+        assert_eq!(filetypes(&mut w), [tty, unknown, tty]);
+        // The stream's kind follows it to another descriptor.
+        let mut mem = vec![0u8; 64];
+        assert_eq!(
+            w.call(Func::FdRenumber, &mut mem, &[1, 0]),
+            Ok(Errno::SUCCESS)
+        );
+        assert_eq!(
+            w.call(Func::FdFdstatGet, &mut mem, &[0, 0]),
+            Ok(Errno::SUCCESS)
+        );
+        assert_eq!(mem[0], unknown);
     }
 
     #[test]

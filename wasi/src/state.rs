@@ -7,6 +7,7 @@ use alloc::vec::Vec;
 use crate::Exit;
 use crate::Func;
 use crate::errno::{Errno, WasiResult};
+use crate::filetype;
 use crate::fs::{Fs, Ino};
 use crate::memory::GuestMemory;
 use crate::net::{Net, SockId, SockType};
@@ -127,6 +128,8 @@ pub struct Wasi<P> {
     pub(crate) shares: BTreeMap<u32, Session>,
     /// The TCP/IP stack, when the platform has a network card.
     pub(crate) net: Option<Net>,
+    /// Which of the host's stdin, stdout and stderr are terminals (bits 0, 1, 2).
+    terminals: u8,
 }
 
 impl<P: Platform> Wasi<P> {
@@ -152,6 +155,29 @@ impl<P: Platform> Wasi<P> {
             fs: Fs::new(),
             shares: BTreeMap::new(),
             net: None,
+            terminals: 0b111,
+        }
+    }
+
+    /// Says which of the host's stdin, stdout and stderr are terminals (bits 0, 1, 2; all
+    /// three until told): the others are not character devices to the app, so that its
+    /// `isatty` is false where the host's is (no colours or prompts into a pipe).
+    pub fn set_terminals(&mut self, mask: u8) {
+        self.terminals = mask;
+    }
+
+    /// The filetype of a stdio entry: a character device if the host's stream is a
+    /// terminal, else unknown (as `wasmtime run` reports a pipe or a file).
+    pub(crate) fn stdio_filetype(&self, entry: &Entry) -> u8 {
+        let bit = match entry {
+            Entry::Stdin => 0,
+            Entry::Out(Stdio::Stdout) => 1,
+            Entry::Out(Stdio::Stderr) => 2,
+            _ => return filetype::UNKNOWN,
+        };
+        match self.terminals & (1 << bit) {
+            0 => filetype::UNKNOWN,
+            _ => filetype::CHARACTER_DEVICE,
         }
     }
 

@@ -57,6 +57,8 @@ pub struct Launch {
     pub listens: Vec<Listen>,
     /// The guest's static network settings (none: DHCP).
     pub net: Option<NetConfig>,
+    /// Which of the host's stdio streams are terminals (none: the host does not say).
+    pub stdio_terminals: Option<u8>,
 }
 
 impl Launch {
@@ -87,6 +89,7 @@ impl Launch {
             shares: run.shares,
             listens: settings.listens,
             net: run.net,
+            stdio_terminals: run.stdio_terminals,
         })
     }
 }
@@ -175,6 +178,9 @@ fn world(launch: &mut Launch) -> Result<Wasi<KernelPlatform>, String> {
         core::mem::take(&mut launch.args),
         core::mem::take(&mut launch.env),
     );
+    if let Some(terminals) = launch.stdio_terminals {
+        wasi.set_terminals(terminals);
+    }
     populate(
         &mut wasi,
         &launch.preopens,

@@ -26,6 +26,9 @@ use crate::{Backend, RunError};
 pub struct RunOptions {
     /// Guest RAM in MiB; `None` sizes it from the module's needs.
     pub memory_mib: Option<u64>,
+    /// Which of the streams the run's stdin, stdout and stderr go to are terminals (bits 0,
+    /// 1, 2): the app's `isatty` says the same. The CLI sets it from its own descriptors.
+    pub stdio_terminals: u8,
     pub timeout: Option<Duration>,
     /// Replace argv[0].
     pub argv0: Option<Vec<u8>>,

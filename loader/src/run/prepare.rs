@@ -90,6 +90,7 @@ fn run_config(opts: &RunOptions, net: Option<&NetPlan>) -> Result<RunConfig, Run
         net: net.and_then(|n| n.config),
         // Both VM backends' stdin pumps keep the window (host::channel::StdinWindow).
         stdin_window: true,
+        stdio_terminals: Some(opts.stdio_terminals),
     })
 }
 

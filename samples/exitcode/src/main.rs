@@ -6,8 +6,9 @@
 //! throughput benchmark), `lines N` (prints N short lines, one write each, as a chatty
 //! app logs), `echo` (prints "ready", then answers every stdin line with the same line,
 //! written in two pieces, until stdin ends), `alloc` (takes memory 1 MiB at a time, writing every page, until
-//! none is left, then prints "allocated N MiB" and exits 0).
-use std::io::{Read, Write};
+//! none is left, then prints "allocated N MiB" and exits 0), `tty` (prints which of stdin,
+//! stdout and stderr are terminals, as `isatty` says).
+use std::io::{IsTerminal, Read, Write};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -93,8 +94,16 @@ fn main() {
                 println!("{a}");
             }
         }
+        Some("tty") => {
+            println!(
+                "stdin {} stdout {} stderr {}",
+                std::io::stdin().is_terminal(),
+                std::io::stdout().is_terminal(),
+                std::io::stderr().is_terminal()
+            );
+        }
         other => {
-            eprintln!("usage: exitcode exit N | stderr TEXT | cat | trap | spin | idle | spew MIB | alloc | env | args (got {other:?})");
+            eprintln!("usage: exitcode exit N | stderr TEXT | cat | trap | spin | idle | spew MIB | alloc | env | args | tty (got {other:?})");
             std::process::exit(2);
         }
     }
