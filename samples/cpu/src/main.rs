@@ -45,7 +45,9 @@ fn main() {
 
 /// FNV-1a over a 256 KiB table, `rounds` times, each round perturbing the table.
 fn hash_table(rounds: u64) {
-    let mut table: Vec<u32> = (0..65536u32).map(|i| i.wrapping_mul(2_654_435_761)).collect();
+    let mut table: Vec<u32> = (0..65536u32)
+        .map(|i| i.wrapping_mul(2_654_435_761))
+        .collect();
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for round in 0..rounds {
         for (i, v) in table.iter_mut().enumerate() {

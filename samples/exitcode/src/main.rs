@@ -23,7 +23,9 @@ fn main() {
         }
         Some("cat") => {
             let mut input = Vec::new();
-            std::io::stdin().read_to_end(&mut input).expect("read stdin");
+            std::io::stdin()
+                .read_to_end(&mut input)
+                .expect("read stdin");
             std::io::stdout().write_all(&input).expect("write stdout");
         }
         Some("trap") => {
@@ -45,7 +47,9 @@ fn main() {
         Some("idle") => {
             println!("ready");
             let mut input = Vec::new();
-            std::io::stdin().read_to_end(&mut input).expect("read stdin");
+            std::io::stdin()
+                .read_to_end(&mut input)
+                .expect("read stdin");
         }
         Some("spew") => {
             let mib: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(64);
@@ -103,7 +107,9 @@ fn main() {
             );
         }
         other => {
-            eprintln!("usage: exitcode exit N | stderr TEXT | cat | trap | spin | idle | spew MIB | alloc | env | args | tty (got {other:?})");
+            eprintln!(
+                "usage: exitcode exit N | stderr TEXT | cat | trap | spin | idle | spew MIB | alloc | env | args | tty (got {other:?})"
+            );
             std::process::exit(2);
         }
     }

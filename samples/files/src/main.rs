@@ -9,7 +9,11 @@ fn listing(dir: &str) -> Vec<String> {
         .expect("read_dir")
         .map(|e| {
             let e = e.expect("entry");
-            let kind = if e.file_type().expect("file_type").is_dir() { "/" } else { "" };
+            let kind = if e.file_type().expect("file_type").is_dir() {
+                "/"
+            } else {
+                ""
+            };
             format!("{}{kind}", e.file_name().to_string_lossy())
         })
         .collect();
@@ -57,7 +61,12 @@ fn live(root: &str, mode: &str) {
         }
         // Ways out of the share: none may reach the secret next to it.
         "escape" => {
-            for path in ["../secret.txt", "abs-link/secret.txt", "rel-link/secret.txt", "file-link"] {
+            for path in [
+                "../secret.txt",
+                "abs-link/secret.txt",
+                "rel-link/secret.txt",
+                "file-link",
+            ] {
                 match fs::read_to_string(format!("{root}/{path}")) {
                     Ok(text) => println!("{path}: READ {text:?}"),
                     Err(_) => println!("{path}: refused"),
@@ -126,10 +135,15 @@ fn live(root: &str, mode: &str) {
                 }
             };
             drop(f);
-            let size = fs::metadata(format!("{root}/big.bin")).expect("metadata").len();
+            let size = fs::metadata(format!("{root}/big.bin"))
+                .expect("metadata")
+                .len();
             println!("full after {written} bytes: {:?}", error.kind());
             println!("big.bin holds them: {}", size == written);
-            println!("keep.txt: {:?}", fs::read_to_string(format!("{root}/keep.txt")).expect("keep"));
+            println!(
+                "keep.txt: {:?}",
+                fs::read_to_string(format!("{root}/keep.txt")).expect("keep")
+            );
             fs::remove_file(format!("{root}/big.bin")).expect("remove big");
             fs::write(format!("{root}/after.txt"), "room again\n").expect("write after");
             println!("after removing it: writable");
@@ -139,7 +153,9 @@ fn live(root: &str, mode: &str) {
 }
 
 fn main() {
-    let root = std::env::args().nth(1).unwrap_or_else(|| "/data".to_string());
+    let root = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "/data".to_string());
     if let Some(mode) = std::env::args().nth(2) {
         return live(&root, &mode);
     }
@@ -150,7 +166,10 @@ fn main() {
     let out = format!("{root}/out/result.txt");
     fs::create_dir_all(format!("{root}/out")).expect("mkdir out");
     fs::write(&out, input.to_uppercase()).expect("write result");
-    let mut f = fs::OpenOptions::new().append(true).open(&out).expect("open append");
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(&out)
+        .expect("open append");
     f.write_all(b"!\n").expect("append");
     drop(f);
 

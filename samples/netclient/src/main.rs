@@ -16,8 +16,8 @@
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::process::ExitCode;
-use wasmedge_wasi_socket::poll::{EventType, Subscription, poll};
 use wasmedge_wasi_socket::TcpStream;
+use wasmedge_wasi_socket::poll::{EventType, Subscription, poll};
 
 const CHUNK: usize = 64 * 1024;
 /// Poll userdata of the two subscriptions.

@@ -5,8 +5,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 fn main() {
     // Realtime: a plausible wall-clock date (after 2024-01-01, before 2100).
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("after the epoch");
-    println!("realtime plausible: {}", (1_704_067_200..4_102_444_800).contains(&now.as_secs()));
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after the epoch");
+    println!(
+        "realtime plausible: {}",
+        (1_704_067_200..4_102_444_800).contains(&now.as_secs())
+    );
 
     // Monotonic: never goes backwards, and a 20 ms sleep (poll_oneoff) takes at least 20 ms.
     let start = Instant::now();
@@ -20,7 +25,10 @@ fn main() {
     println!("monotonic never backwards: {}", !backwards);
     std::thread::sleep(Duration::from_millis(20));
     let slept = start.elapsed();
-    println!("slept at least 20ms: {}", slept >= Duration::from_millis(20));
+    println!(
+        "slept at least 20ms: {}",
+        slept >= Duration::from_millis(20)
+    );
     println!("slept under 5s: {}", slept < Duration::from_secs(5));
 
     // Randomness: two 32-byte draws differ and are not all zero; HashMap seeds from it too.
