@@ -99,7 +99,7 @@ impl KickTimer {
     /// Fires once, `after` from now (replacing any earlier setting).
     pub fn arm(&self, after: std::time::Duration) {
         self.set(libc::timespec {
-            tv_sec: after.as_secs().min(i32::MAX as u64) as libc::time_t,
+            tv_sec: after.as_secs().min(i32::MAX as u64) as i64,
             // Zero would disarm: at least a nanosecond.
             tv_nsec: libc::c_long::from(after.subsec_nanos()).max(1),
         });

@@ -50,9 +50,14 @@ fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, seccompiler::B
 /// stops only new arenas, and a thread started after it may still be handed one that an
 /// earlier thread made (the CLI's output writers and signal thread start before a VM is
 /// built), which is how one run in ~50 of a guest writing 256 MiB died of SIGSYS.
+///
+/// musl's allocator has one heap and no arenas: nothing to do there.
 pub fn single_arena() {
+    #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only adjusts allocator tunables; M_ARENA_MAX takes any positive count.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1)
+    };
 }
 
 /// Builds the filter (once per run, before the threads start). It also calls

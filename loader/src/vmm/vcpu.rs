@@ -159,7 +159,7 @@ fn wait_for_host(devices: &mut Devices, mem: &GuestMemoryMmap, timeout: Option<D
         }
     }
     let ts = timeout.map(|t| libc::timespec {
-        tv_sec: t.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_sec: t.as_secs().min(i32::MAX as u64) as i64,
         tv_nsec: t.subsec_nanos().into(),
     });
     let ts_ptr = ts

@@ -51,7 +51,7 @@ impl Server {
                     timespec(0, libc::UTIME_NOW)
                 } else {
                     // Times are signed, sent as two's complement; utimensat checks nsec.
-                    timespec(sec as libc::time_t, nsec as libc::c_long)
+                    timespec(sec as i64, nsec as libc::c_long)
                 }
             };
             let times = [

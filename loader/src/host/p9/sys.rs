@@ -76,7 +76,7 @@ pub fn retry<T>(mut f: impl FnMut() -> Res<T>) -> Res<T> {
     }
 }
 
-pub fn timespec(sec: libc::time_t, nsec: libc::c_long) -> libc::timespec {
+pub fn timespec(sec: i64, nsec: libc::c_long) -> libc::timespec {
     libc::timespec {
         tv_sec: sec,
         tv_nsec: nsec,

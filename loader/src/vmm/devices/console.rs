@@ -132,7 +132,8 @@ fn write_slices(out: &UnixStream, slices: &[VolatileSlice<'_, ()>]) -> std::io::
         // SAFETY: a zeroed msghdr is valid (no name, no control data).
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_iov = iov[first..].as_mut_ptr();
-        msg.msg_iovlen = (iov.len() - first).min(SEND_ROUND);
+        // `as`: size_t with glibc, int with musl; SEND_ROUND fits both.
+        msg.msg_iovlen = (iov.len() - first).min(SEND_ROUND) as _;
         // SAFETY: every iovec describes a range vm-memory validated inside guest memory, kept
         // mapped by `guards` for this call; sendmsg only reads it. MSG_NOSIGNAL: a closed
         // host end is an EPIPE error, not a SIGPIPE an embedder may not ignore.
