@@ -15,12 +15,19 @@ const CAPACITY: usize = 1 << 20;
 /// reach the reader in a few large writes rather than one system call (and one wake-up of
 /// the writer thread) each.
 const COALESCE: usize = 64 * 1024;
+/// Written chunks kept for reuse. A chunk is allocated once and then cycles between the
+/// queue and the writer: an allocator that returns large blocks to the kernel at once (musl's
+/// does, at 64 KiB) would otherwise map, fault in and unmap one per chunk, which halved the
+/// compiled engine's stdout rate (500 against 244 ms for 256 MiB).
+const SPARES: usize = 4;
 /// How long a stopped run still waits for a slow reader before dropping its output.
 pub const GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Queue {
     chunks: VecDeque<Vec<u8>>,
+    /// Empty chunks the writer has finished with (at most `SPARES`).
+    spare: Vec<Vec<u8>>,
     bytes: usize,
     /// The writer thread is writing a chunk it took off the queue.
     writing: bool,
@@ -57,7 +64,7 @@ impl Output {
         // the process exits, and nothing waits for it.
         std::thread::spawn(move || {
             loop {
-                let chunk = {
+                let mut chunk = {
                     let mut q = lock(&writer);
                     while q.chunks.is_empty() {
                         q.writer_idle = true;
@@ -76,8 +83,12 @@ impl Output {
                     .write_all(&chunk)
                     .and_then(|()| target.flush())
                     .is_ok();
+                chunk.clear();
                 let mut q = lock(&writer);
                 q.writing = false;
+                if q.spare.len() < SPARES {
+                    q.spare.push(chunk);
+                }
                 if !ok {
                     q.broken = true;
                     q.chunks.clear();
@@ -139,7 +150,14 @@ impl Write for Output {
             // still free to grow.
             match q.chunks.back_mut() {
                 Some(last) if last.len() + buf.len() <= COALESCE => last.extend_from_slice(buf),
-                _ => q.chunks.push_back(buf.to_vec()),
+                _ => {
+                    let mut chunk = q
+                        .spare
+                        .pop()
+                        .unwrap_or_else(|| Vec::with_capacity(COALESCE.max(buf.len())));
+                    chunk.extend_from_slice(buf);
+                    q.chunks.push_back(chunk);
+                }
             }
             q.bytes += buf.len();
             if q.writer_idle {
