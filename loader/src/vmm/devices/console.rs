@@ -20,7 +20,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::vmm::devices::mmio::{VirtioDevice, usable, writable, write_descriptors};
 use crate::vmm::devices::quiet::QuietWindow;
@@ -53,6 +53,10 @@ pub struct Console {
     rx_quiet: bool,
     /// The transmit queue's quiet window (never open without a timer).
     tx_quiet: QuietWindow,
+    /// [`Console::process_tx`]'s ranges and chain heads, kept between exits: allocating
+    /// them at every exit cost an `mmap` and a `munmap` each with musl's allocator.
+    tx_slots: Vec<IoSlot>,
+    tx_heads: Vec<u16>,
 }
 
 impl VirtioDevice for Console {
@@ -115,28 +119,28 @@ fn set_send_buffer(socket: &UnixStream, bytes: libc::c_int) {
 /// (`IOV_MAX`).
 const SEND_ROUND: usize = 1024;
 
-/// Writes all of `slices` to `out`, in order, with as few `sendmsg` calls as it takes.
-fn write_slices(out: &UnixStream, slices: &[VolatileSlice<'_, ()>]) -> std::io::Result<()> {
+/// One guest range to send: the layout of `libc::iovec` (an address, then a length), in a
+/// type that may move between threads with the [`Console`] that reuses it.
+#[repr(C)]
+struct IoSlot {
+    base: usize,
+    len: usize,
+}
+
+/// Writes all of `slots` to `out`, in order, with as few `sendmsg` calls as it takes.
+fn write_slots(out: &UnixStream, slots: &mut [IoSlot]) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let guards: Vec<_> = slices.iter().map(|s| s.ptr_guard()).collect();
-    let mut iov: Vec<libc::iovec> = guards
-        .iter()
-        .zip(slices)
-        .map(|(g, s)| libc::iovec {
-            iov_base: g.as_ptr() as *mut libc::c_void,
-            iov_len: s.len(),
-        })
-        .collect();
     let mut first = 0;
-    while first < iov.len() {
+    while first < slots.len() {
         // SAFETY: a zeroed msghdr is valid (no name, no control data).
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = iov[first..].as_mut_ptr();
+        // `IoSlot` is `repr(C)` with the fields of `iovec`, in its order and of its sizes.
+        msg.msg_iov = slots[first..].as_mut_ptr().cast::<libc::iovec>();
         // `as`: size_t with glibc, int with musl; SEND_ROUND fits both.
-        msg.msg_iovlen = (iov.len() - first).min(SEND_ROUND) as _;
-        // SAFETY: every iovec describes a range vm-memory validated inside guest memory, kept
-        // mapped by `guards` for this call; sendmsg only reads it. MSG_NOSIGNAL: a closed
-        // host end is an EPIPE error, not a SIGPIPE an embedder may not ignore.
+        msg.msg_iovlen = (slots.len() - first).min(SEND_ROUND) as _;
+        // SAFETY: every slot describes a range vm-memory validated inside guest memory,
+        // which stays mapped while the vCPU runs; sendmsg only reads it. MSG_NOSIGNAL: a
+        // closed host end is an EPIPE error, not a SIGPIPE an embedder may not ignore.
         let n = unsafe { libc::sendmsg(out.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
@@ -147,15 +151,14 @@ fn write_slices(out: &UnixStream, slices: &[VolatileSlice<'_, ()>]) -> std::io::
         }
         // Skip what was written: whole entries, then part of the next.
         let mut n = n as usize;
-        while first < iov.len() && n >= iov[first].iov_len {
-            n -= iov[first].iov_len;
+        while first < slots.len() && n >= slots[first].len {
+            n -= slots[first].len;
             first += 1;
         }
         if n > 0 {
-            let entry = &mut iov[first];
-            // SAFETY: `n` is less than this entry's length, so the pointer stays inside it.
-            entry.iov_base = unsafe { entry.iov_base.cast::<u8>().add(n) }.cast();
-            entry.iov_len -= n;
+            // `n` is less than this entry's length, so the address stays inside it.
+            slots[first].base += n;
+            slots[first].len -= n;
         }
     }
     Ok(())
@@ -172,6 +175,8 @@ impl Console {
             host_closed: false,
             rx_quiet: false,
             tx_quiet: QuietWindow::new(QUIET_TX),
+            tx_slots: Vec::new(),
+            tx_heads: Vec::new(),
         })
     }
 
@@ -188,32 +193,38 @@ impl Console {
         let Some(q) = usable(queues, TX, mem) else {
             return;
         };
-        let mut slices = Vec::new();
-        let mut heads = Vec::new();
+        let (slots, heads) = (&mut self.tx_slots, &mut self.tx_heads);
+        slots.clear();
+        heads.clear();
         loop {
             let chain = q.pop_descriptor_chain(mem);
             // Sent in rounds of about a sendmsg's worth of buffers: a guest can make a chain
             // of thousands of tiny descriptors (an indirect table) and queue it many times
             // over, and holding them all for one call would grow the host's memory with it.
-            if chain.is_none() || slices.len() >= SEND_ROUND {
+            if chain.is_none() || slots.len() >= SEND_ROUND {
                 // The host end is gone when the run is over; the guest is about to stop.
-                let _ = write_slices(&self.to_host, &slices);
+                let _ = write_slots(&self.to_host, slots);
                 for head in heads.drain(..) {
                     let _ = q.add_used(mem, head, 0);
                 }
-                slices.clear();
+                slots.clear();
             }
             let Some(chain) = chain else {
                 break;
             };
-            let first = slices.len();
+            let first = slots.len();
             let mut total = 0usize;
             for desc in chain.clone().readable() {
                 total += desc.len() as usize;
                 match mem.get_slice(desc.addr(), desc.len() as usize) {
-                    Ok(slice) if total <= MAX_TX_CHAIN => slices.push(slice),
+                    Ok(slice) if total <= MAX_TX_CHAIN => slots.push(IoSlot {
+                        // The guard only matters for memory mapped per access (Xen); this
+                        // guest memory is mapped for the VM's life.
+                        base: slice.ptr_guard().as_ptr() as usize,
+                        len: slice.len(),
+                    }),
                     _ => {
-                        slices.truncate(first);
+                        slots.truncate(first);
                         break;
                     }
                 }
