@@ -26,7 +26,7 @@ pub const GRACE: Duration = Duration::from_secs(1);
 #[derive(Default)]
 struct Queue {
     chunks: VecDeque<Vec<u8>>,
-    /// Empty chunks the writer has finished with (at most `SPARES`).
+    /// Empty chunks the writer has finished with (at most `SPARES`, of `COALESCE` bytes).
     spare: Vec<Vec<u8>>,
     bytes: usize,
     /// The writer thread is writing a chunk it took off the queue.
@@ -86,7 +86,8 @@ impl Output {
                 chunk.clear();
                 let mut q = lock(&writer);
                 q.writing = false;
-                if q.spare.len() < SPARES {
+                // Only chunks of the usual size: one made for a larger write is let go.
+                if q.spare.len() < SPARES && chunk.capacity() <= COALESCE {
                     q.spare.push(chunk);
                 }
                 if !ok {

@@ -127,6 +127,14 @@ struct IoSlot {
     len: usize,
 }
 
+// `write_slots` hands a slice of slots to `sendmsg` as iovecs: the layouts must agree.
+const _: () = assert!(
+    std::mem::size_of::<IoSlot>() == std::mem::size_of::<libc::iovec>()
+        && std::mem::align_of::<IoSlot>() == std::mem::align_of::<libc::iovec>()
+        && std::mem::offset_of!(libc::iovec, iov_base) == std::mem::offset_of!(IoSlot, base)
+        && std::mem::offset_of!(libc::iovec, iov_len) == std::mem::offset_of!(IoSlot, len)
+);
+
 /// Writes all of `slots` to `out`, in order, with as few `sendmsg` calls as it takes.
 fn write_slots(out: &UnixStream, slots: &mut [IoSlot]) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
