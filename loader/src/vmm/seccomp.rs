@@ -27,12 +27,11 @@
 use std::collections::BTreeMap;
 
 pub use seccompiler::BpfProgram;
-use seccompiler::{
-    SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
-    TargetArch,
-};
+use seccompiler::{SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
 
 use crate::RunError;
+
+mod search;
 
 /// `KVM_RUN`: `_IO(KVMIO, 0x80)`.
 const KVM_RUN: u64 = 0xae80;
@@ -122,7 +121,17 @@ pub fn volume_filter() -> Result<BpfProgram, RunError> {
     .map_err(|e| RunError::Host(format!("building the seccomp filter: {e}")))
 }
 
+/// The program for the VMM's list plus `extra` calls (see [`search`]).
 fn build(extra: &[i64]) -> Result<BpfProgram, Box<dyn std::error::Error>> {
+    Ok(search::compile(
+        rules(extra)?,
+        SeccompAction::Allow,
+        SeccompAction::KillProcess,
+    )?)
+}
+
+/// The VMM's list plus `extra` calls: call number → conditions (none: always allowed).
+fn rules(extra: &[i64]) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     // Moving bytes over descriptors the thread already has.
     for call in [
@@ -202,13 +211,7 @@ fn build(extra: &[i64]) -> Result<BpfProgram, Box<dyn std::error::Error>> {
             KVM_RUN,
         )?])?],
     );
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::KillProcess,
-        SeccompAction::Allow,
-        TargetArch::x86_64,
-    )?;
-    Ok(filter.try_into()?)
+    Ok(rules)
 }
 
 /// Confines the calling thread with `filter` (from [`vmm_filter`]).
@@ -219,6 +222,76 @@ pub fn confine_thread(filter: &BpfProgram) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use search::tests::{Call, run};
+    use seccompiler::{SeccompFilter, TargetArch};
+
+    /// The extra calls of each filter this module builds.
+    const LISTS: [&[i64]; 3] = [
+        &[],
+        &[libc::SYS_openat, libc::SYS_getdents64, libc::SYS_fchmodat2],
+        &[libc::SYS_pread64, libc::SYS_flock],
+    ];
+
+    /// seccompiler's own program for the same rules: one chain, walked in order.
+    fn linear(extra: &[i64]) -> BpfProgram {
+        let filter = SeccompFilter::new(
+            rules(extra).unwrap(),
+            SeccompAction::KillProcess,
+            SeccompAction::Allow,
+            TargetArch::x86_64,
+        )
+        .unwrap();
+        filter.try_into().unwrap()
+    }
+
+    /// Every call number (and x32's), both architectures, and arguments on either side of
+    /// each condition (the ioctl request, the mapping's protection, the fcntl command).
+    fn calls() -> impl Iterator<Item = Call> {
+        const X86_64: u32 = 62 | 0x8000_0000 | 0x4000_0000;
+        const I386: u32 = 3 | 0x4000_0000;
+        let nrs = (0..=600u32).chain(0x4000_0000..0x4000_0000 + 600);
+        let args: [[u64; 6]; 6] = [
+            [0; 6],
+            [3, KVM_RUN, 0, 0, 0, 0],
+            [3, KVM_RUN | (1 << 32), 0, 0, 0, 0],
+            [3, 0xae41, 0, 0, 0, 0],
+            [0, 4096, libc::PROT_EXEC as u64 | 3, 0, 0, 0],
+            [0, libc::F_GETFD as u64, 3, 0, 0, 0],
+        ];
+        nrs.flat_map(move |nr| {
+            [X86_64, I386]
+                .into_iter()
+                .flat_map(move |arch| args.into_iter().map(move |args| Call { nr, arch, args }))
+        })
+    }
+
+    #[test]
+    fn the_search_decides_every_call_as_seccompilers_chain_does_and_sooner() {
+        for extra in LISTS {
+            let (chain, search) = (linear(extra), build(extra).unwrap());
+            let (mut chain_steps, mut search_steps) = (0, 0);
+            for call in calls() {
+                let (want, walked) = run(&chain, &call);
+                let (got, searched) = run(&search, &call);
+                assert_eq!(
+                    got, want,
+                    "call {} arch {:#x} args {:x?}",
+                    call.nr, call.arch, call.args
+                );
+                chain_steps = chain_steps.max(walked);
+                search_steps = search_steps.max(searched);
+            }
+            // The longest path: a few comparisons and a call's conditions, not the chain.
+            assert!(
+                search_steps <= 24,
+                "{search_steps} steps (chain: {chain_steps})"
+            );
+            assert!(
+                chain_steps > 2 * search_steps,
+                "{chain_steps} vs {search_steps}"
+            );
+        }
+    }
 
     #[test]
     fn the_filter_builds_and_blocks_open_in_a_confined_thread() {
