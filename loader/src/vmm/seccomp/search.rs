@@ -6,7 +6,7 @@
 //! the program at every system call of a confined thread, and once for every system call
 //! number when the filter is installed, to learn which are always allowed
 //! (`seccomp_cache_prepare`, under a spinlock with interrupts off). That made each install
-//! cost ~0.25 ms on the development host, three per VM (the vCPU thread's on the way to the
+//! cost ~0.2 ms on the development host, three per VM (the vCPU thread's on the way to the
 //! guest's first instruction). A search takes about log2(n) comparisons instead.
 //!
 //! seccompiler still compiles each call's argument conditions: a call with conditions gets
