@@ -34,6 +34,24 @@ mod tests {
     }
 
     #[test]
+    fn functions_compiled_in_parallel_still_give_the_same_bytes() {
+        // Enough functions, of different sizes, for the threads to finish out of order.
+        let mut text = String::from("(module\n");
+        for i in 0..400 {
+            let body = "(local.set 0 (i32.mul (local.get 0) (i32.const 31)))".repeat(1 + i % 23);
+            text.push_str(&format!(
+                "(func $f{i} (param i32) (result i32) {body} (local.get 0))\n"
+            ));
+        }
+        text.push_str(r#"(func (export "_start")))"#);
+        let wasm = wat::parse_str(&text).unwrap();
+        let first = compile(&wasm).unwrap();
+        for _ in 0..3 {
+            assert!(compile(&wasm).unwrap() == first, "the artifact changed");
+        }
+    }
+
+    #[test]
     fn an_invalid_module_is_an_error_not_a_panic() {
         let e = compile(b"\0asm\x01\0\0\0\x01\xff").unwrap_err();
         assert!(e.to_string().starts_with("compiling the module"), "{e}");
