@@ -148,6 +148,48 @@ fn live(root: &str, mode: &str) {
             fs::write(format!("{root}/after.txt"), "room again\n").expect("write after");
             println!("after removing it: writable");
         }
+        // Speed (benches/fs.rs): writes MIB MiB (argv[3]) in 64 KiB writes and syncs them,
+        // reads them back in 64 KiB reads, checks them and removes the file; prints the two
+        // times, measured here so that start-up does not count.
+        "throughput" => {
+            let mib: u64 = std::env::args()
+                .nth(3)
+                .and_then(|m| m.parse().ok())
+                .expect("throughput MIB");
+            let path = format!("{root}/throughput.bin");
+            let mut chunk = vec![0u8; 64 << 10];
+            let started = std::time::Instant::now();
+            let mut f = fs::File::create(&path).expect("create");
+            for i in 0..mib * 16 {
+                chunk[0] = i as u8;
+                f.write_all(&chunk).expect("write");
+            }
+            f.sync_data().expect("sync");
+            drop(f);
+            let wrote = started.elapsed();
+            let started = std::time::Instant::now();
+            let mut f = fs::File::open(&path).expect("open");
+            let mut total = 0u64;
+            loop {
+                let n = f.read(&mut chunk).expect("read");
+                if n == 0 {
+                    break;
+                }
+                if total % (64 << 10) == 0 {
+                    let i = total >> 16;
+                    assert_eq!(chunk[0], i as u8, "chunk {i} read back wrong");
+                }
+                total += n as u64;
+            }
+            let read = started.elapsed();
+            assert_eq!(total, mib << 20, "read back a different size");
+            fs::remove_file(&path).expect("remove");
+            println!(
+                "throughput: wrote {mib} MiB in {} us, read in {} us",
+                wrote.as_micros(),
+                read.as_micros()
+            );
+        }
         other => panic!("unknown mode {other}"),
     }
 }

@@ -27,11 +27,23 @@ const F_MOUNT_TAG: u64 = 1;
 /// The most a request may carry: the largest message the server negotiates.
 const MAX_REQUEST: usize = MAX_MSIZE as usize;
 
+/// One request and its reply, in buffers that go back and forth between the device and the
+/// worker and are used again: a 128 KiB message would otherwise be a fresh allocation each
+/// way, which the static musl build's allocator maps and unmaps every time (page faults,
+/// zeroing, a TLB shootdown on each core): reads of a share went 1.6x slower than with glibc.
+#[derive(Debug, Default)]
+pub struct Exchange {
+    pub request: Vec<u8>,
+    pub reply: Vec<u8>,
+}
+
 pub struct P9Device {
     /// `u16` tag length, then the tag.
     config: Vec<u8>,
-    requests: SyncSender<Vec<u8>>,
-    replies: Receiver<Vec<u8>>,
+    requests: SyncSender<Exchange>,
+    replies: Receiver<Exchange>,
+    /// The buffers of the last exchange, for the next one.
+    spare: Option<Exchange>,
     /// The run's stop flag: a request stuck in the host filesystem must not keep the vCPU
     /// from stopping.
     stop: Arc<AtomicBool>,
@@ -47,13 +59,15 @@ impl P9Device {
             config,
             requests: worker.requests,
             replies: worker.replies,
+            spare: None,
             stop,
         }
     }
 
-    /// One request through the worker; `None` if it is gone or the run is stopping.
-    fn transact(&self, request: Vec<u8>) -> Option<Vec<u8>> {
-        self.requests.send(request).ok()?;
+    /// One request through the worker, which fills the reply; `None` if it is gone or the
+    /// run is stopping (the buffers go with it).
+    fn transact(&self, exchange: Exchange) -> Option<Exchange> {
+        self.requests.send(exchange).ok()?;
         loop {
             match self.replies.recv_timeout(Duration::from_millis(100)) {
                 Ok(reply) => return Some(reply),
@@ -86,15 +100,21 @@ impl VirtioDevice for P9Device {
             return;
         };
         while let Some(chain) = q.pop_descriptor_chain(mem) {
-            let mut request = Vec::new();
+            let mut exchange = self.spare.take().unwrap_or_default();
+            exchange.request.clear();
             // An oversized or unreadable request is answered with nothing: the guest's
             // client sees an empty reply and fails the call with EIO.
-            let written = if read_chain(&chain, mem, MAX_REQUEST, &mut request) {
-                match self.transact(request) {
-                    Some(reply) => write_descriptors(&writable(&chain), mem, &reply),
+            let written = if read_chain(&chain, mem, MAX_REQUEST, &mut exchange.request) {
+                match self.transact(exchange) {
+                    Some(done) => {
+                        let written = write_descriptors(&writable(&chain), mem, &done.reply);
+                        self.spare = Some(done);
+                        written
+                    }
                     None => 0,
                 }
             } else {
+                self.spare = Some(exchange);
                 0
             };
             let _ = q.add_used(mem, chain.head_index(), written as u32);
@@ -104,8 +124,8 @@ impl VirtioDevice for P9Device {
 
 /// The device's end of a share's worker thread.
 pub struct Worker {
-    requests: SyncSender<Vec<u8>>,
-    replies: Receiver<Vec<u8>>,
+    requests: SyncSender<Exchange>,
+    replies: Receiver<Exchange>,
 }
 
 /// What a worker runs: made on the worker's thread, once it is confined.
@@ -119,8 +139,8 @@ pub fn spawn_worker(
     make: MakeServer,
     filter: Option<std::sync::Arc<BpfProgram>>,
 ) -> std::io::Result<(Worker, std::thread::JoinHandle<std::io::Result<()>>)> {
-    let (requests, incoming) = sync_channel::<Vec<u8>>(1);
-    let (outgoing, replies) = sync_channel::<Vec<u8>>(1);
+    let (requests, incoming) = sync_channel::<Exchange>(1);
+    let (outgoing, replies) = sync_channel::<Exchange>(1);
     let thread = std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
@@ -133,10 +153,10 @@ pub fn spawn_worker(
             // A server that cannot be made leaves the channel unanswered: the guest's calls
             // fail with EIO, and the run reports why at its end.
             let mut server = make()?;
-            for request in incoming {
-                let mut reply = Vec::new();
-                server.handle(&request, &mut reply);
-                if outgoing.send(reply).is_err() {
+            for mut exchange in incoming {
+                exchange.reply.clear();
+                server.handle(&exchange.request, &mut exchange.reply);
+                if outgoing.send(exchange).is_err() {
                     break;
                 }
             }
@@ -188,7 +208,10 @@ mod tests {
     }
 
     fn reply(d: &mut Driver<P9Device>, tag: u16, msg: Tmessage<'_>) -> Rmessage {
-        let (_, bytes) = call(d, tag, msg, 8192);
+        let (len, bytes) = call(d, tag, msg, 8192);
+        // Exactly the reply: nothing of an earlier, longer one through the reused buffers.
+        let size = u32::from_le_bytes(bytes[..4].try_into().unwrap());
+        assert_eq!(len, size, "used length against the reply's size");
         let (got_tag, reply) = Rmessage::decode(&bytes).unwrap();
         assert_eq!(got_tag, tag);
         reply
