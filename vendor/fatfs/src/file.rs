@@ -157,8 +157,34 @@ impl<'a, T: ReadWriteSeek> File<'a, T> {
         }
     }
 
-    pub(crate) fn first_cluster(&self) -> Option<u32> {
+    /// The file's first cluster (`None` while it is empty): it names the file's chain.
+    /// (wasmvm: public, for [`File::cursor`].)
+    pub fn first_cluster(&self) -> Option<u32> {
         self.first_cluster
+    }
+
+    /// The size its directory entry records, in bytes (`None` for a root directory).
+    /// (wasmvm: added, so that finding it does not walk the chain to its end.)
+    pub fn len(&self) -> Option<u64> {
+        self.size().map(u64::from)
+    }
+
+    /// Where the file stands: its position and the cluster that holds the byte before it
+    /// (`None` at 0). (wasmvm: added, with [`File::restore_cursor`].)
+    pub fn cursor(&self) -> (u32, Option<u32>) {
+        (self.offset, self.current_cluster)
+    }
+
+    /// Stands the file where [`File::cursor`] found a file with the same first cluster,
+    /// trusting that its chain up to there has not changed since: the caller forgets the
+    /// cursors it keeps whenever a chain may have been cut or freed. A later seek forward
+    /// then walks the chain from there, not from its start. (wasmvm: added.)
+    pub fn restore_cursor(&mut self, cursor: (u32, Option<u32>)) {
+        let (offset, cluster) = cursor;
+        if self.size().map_or(true, |size| offset <= size) && (offset == 0) == cluster.is_none() {
+            self.offset = offset;
+            self.current_cluster = cluster;
+        }
     }
 }
 
@@ -339,6 +365,23 @@ impl<'a, T: ReadWriteSeek> Seek for File<'a, T> {
             None
         } else if cluster_count == old_cluster_count {
             self.current_cluster
+        } else if let (Some(from), true) = (self.current_cluster, cluster_count > old_cluster_count) {
+            // wasmvm: forward from the current cluster rather than from the first one, so
+            // that reading or writing a file in order does not walk its chain again and
+            // again (quadratic in the file's size).
+            let mut cluster = from;
+            let mut iter = self.fs.cluster_iter(from);
+            for i in old_cluster_count..cluster_count {
+                cluster = match iter.next() {
+                    Some(r) => r?,
+                    None => {
+                        // chain ends before new position - seek to end of last cluster
+                        new_pos = self.fs.bytes_from_clusters((i + 1) as u32) as u32;
+                        break;
+                    },
+                };
+            }
+            Some(cluster)
         } else {
             match self.first_cluster {
                 Some(n) => {
