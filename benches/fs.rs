@@ -18,12 +18,18 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The command of a contender, given the scratch directory the app writes in, or why it
+/// cannot run.
+type MakeCommand = Box<dyn Fn(&Path) -> Result<Command, String>>;
+
 /// One way to run the app against a directory.
 struct Contender {
     name: &'static str,
-    /// The command, given the scratch directory the app writes in, or why it cannot run.
-    command: Box<dyn Fn(&Path) -> Result<Command, String>>,
+    command: MakeCommand,
 }
+
+/// Write and read times in µs of each run, or why a contender could not run.
+type Times = Result<(Vec<f64>, Vec<f64>), String>;
 
 /// (write, read) in microseconds, from the app's line `throughput: wrote N MiB in W us,
 /// read in R us`.
@@ -94,7 +100,7 @@ fn main() {
                 .arg("--")
                 .args(args("/data"));
             Ok(cmd)
-        }) as Box<dyn Fn(&Path) -> Result<Command, String>>
+        }) as MakeCommand
     };
     let on_volume = {
         let (img, volume) = (img.clone(), volume.clone());
@@ -106,7 +112,7 @@ fn main() {
                 .arg("--")
                 .args(args("/data"));
             Ok(cmd)
-        }) as Box<dyn Fn(&Path) -> Result<Command, String>>
+        }) as MakeCommand
     };
     let cli = wasmtime_cli();
     let peer = {
@@ -120,7 +126,7 @@ fn main() {
                 .arg(&wasm)
                 .args(args("/data"));
             Ok(cmd)
-        }) as Box<dyn Fn(&Path) -> Result<Command, String>>
+        }) as MakeCommand
     };
     let contenders = [
         Contender {
@@ -145,8 +151,7 @@ fn main() {
         },
     ];
 
-    let mut times: Vec<Result<(Vec<f64>, Vec<f64>), String>> =
-        contenders.iter().map(|_| Ok((vec![], vec![]))).collect();
+    let mut times: Vec<Times> = contenders.iter().map(|_| Ok((vec![], vec![]))).collect();
     for round in 0..runs {
         // Interleaved, and in the other order every other round.
         let mut order: Vec<usize> = (0..contenders.len()).collect();
