@@ -112,7 +112,15 @@ impl Server {
         Ok(Rmessage::Lcreate { qid, iounit })
     }
 
-    pub(super) fn read(&self, fid: u32, offset: u64, count: u32) -> Res<Rmessage> {
+    /// Appends to `data` what a read of `count` bytes at `offset` returns (on an error,
+    /// `data` may hold part of an attempt: the caller drops what it appended).
+    pub(super) fn read_into(
+        &self,
+        fid: u32,
+        offset: u64,
+        count: u32,
+        data: &mut Vec<u8>,
+    ) -> Res<()> {
         let f = self.fid(fid)?;
         let open = f
             .open
@@ -124,10 +132,11 @@ impl Server {
         }
         let offset = i64::try_from(offset).map_err(|_| Errno(libc::EINVAL))?;
         let len = count.min(self.msize - RDATA_HDR) as usize;
-        let mut data = vec![0u8; len];
-        let n = retry(|| io_result(open.file.read_at(&mut data, offset as u64)))?;
-        data.truncate(n);
-        Ok(Rmessage::Read { data })
+        let at = data.len();
+        data.resize(at + len, 0);
+        let n = retry(|| io_result(open.file.read_at(&mut data[at..], offset as u64)))?;
+        data.truncate(at + n);
+        Ok(())
     }
 
     pub(super) fn write(&self, fid: u32, offset: u64, data: &[u8]) -> Res<Rmessage> {

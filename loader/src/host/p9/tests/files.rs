@@ -108,3 +108,61 @@ fn current_umask() -> u32 {
     let line = status.lines().find(|l| l.starts_with("Umask:")).unwrap();
     u32::from_str_radix(line["Umask:".len()..].trim(), 8).unwrap()
 }
+
+#[test]
+fn p9_reads_answered_in_place_are_the_replies_the_general_path_makes() {
+    let fx = Fixture::new();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    fs::write(fx.share.join("big.bin"), &data).unwrap();
+    let mut c = fx.client(false, true);
+    c.open(1, &["big.bin"], wire::DOTL_RDONLY).unwrap();
+    let most = (crate::host::p9::MAX_MSIZE - crate::host::p9::server::RDATA_HDR) as usize;
+    for (offset, count) in [
+        (0u64, 4096u32),
+        (1, 65_536),
+        (299_990, 100),
+        (300_000, 10),
+        (400_000, 10),
+        (12_345, u32::MAX),
+    ] {
+        let mut request = Vec::new();
+        Tmessage::Read {
+            fid: 1,
+            offset,
+            count,
+        }
+        .encode(9, &mut request);
+        // Appended after what the buffer holds, as the device's reused buffers are not.
+        let mut got = vec![0xaa; 3];
+        c.srv.handle(&request, &mut got);
+        let start = (offset as usize).min(data.len());
+        let len = (count as usize).min(most).min(data.len() - start);
+        let mut want = vec![0xaa; 3];
+        Rmessage::Read {
+            data: data[start..start + len].to_vec(),
+        }
+        .encode(9, &mut want);
+        assert!(got == want, "read of {count} at {offset}");
+    }
+    // A read that fails is answered by the general path, with nothing of the attempt left.
+    c.open(2, &["hello.txt"], wire::DOTL_WRONLY).unwrap();
+    for fid in [2, 77] {
+        assert_eq!(
+            c.call(Tmessage::Read {
+                fid,
+                offset: 0,
+                count: 100
+            }),
+            Err(libc::EBADF)
+        );
+    }
+    c.open(3, &["sub"], wire::DOTL_RDONLY).unwrap();
+    assert_eq!(
+        c.call(Tmessage::Read {
+            fid: 3,
+            offset: 0,
+            count: 100
+        }),
+        Err(libc::EISDIR)
+    );
+}
