@@ -235,11 +235,27 @@ impl<'a, T: ReadWriteSeek> Read for File<'a, T> {
         let offset_in_cluster = self.offset % cluster_size;
         let bytes_left_in_cluster = (cluster_size - offset_in_cluster) as usize;
         let bytes_left_in_file = self.bytes_left_in_file().unwrap_or(bytes_left_in_cluster);
-        let read_size = cmp::min(cmp::min(buf.len(), bytes_left_in_cluster), bytes_left_in_file);
+        let mut read_size = cmp::min(cmp::min(buf.len(), bytes_left_in_cluster), bytes_left_in_file);
         if read_size == 0 {
             return Ok(0);
         }
-        trace!("read {} bytes in cluster {}", read_size, current_cluster);
+        // wasmvm: go on across the clusters that follow this one on disk, so that a file
+        // written in order is read in one disk read per call rather than one per cluster.
+        // An error reading the chain only ends the run here; the next call meets it.
+        let wanted = cmp::min(buf.len(), bytes_left_in_file);
+        let mut last_cluster = current_cluster;
+        while read_size == bytes_left_in_cluster + (last_cluster - current_cluster) as usize * cluster_size as usize
+            && read_size < wanted
+        {
+            match self.fs.cluster_iter(last_cluster).next() {
+                Some(Ok(next)) if next == last_cluster + 1 => {
+                    last_cluster = next;
+                    read_size = cmp::min(read_size + cluster_size as usize, wanted);
+                },
+                _ => break,
+            }
+        }
+        trace!("read {} bytes from cluster {}", read_size, current_cluster);
         let offset_in_fs = self.fs.offset_from_cluster(current_cluster) + (offset_in_cluster as u64);
         let read_bytes = {
             let mut disk = self.fs.disk.borrow_mut();
@@ -250,7 +266,9 @@ impl<'a, T: ReadWriteSeek> Read for File<'a, T> {
             return Ok(0);
         }
         self.offset += read_bytes as u32;
-        self.current_cluster = Some(current_cluster);
+        // The cluster that holds the last byte read.
+        let last_read = (offset_in_cluster as usize + read_bytes - 1) / cluster_size as usize;
+        self.current_cluster = Some(current_cluster + last_read as u32);
 
         if let Some(ref mut e) = self.entry {
             if self.fs.options.update_accessed_date {
