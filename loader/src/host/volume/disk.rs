@@ -176,7 +176,7 @@ mod tests {
         tmp.write_all(&image).unwrap();
         let mut disk = Disk::new(tmp.try_clone().unwrap(), 512).unwrap();
         let mut expected = image.clone();
-        let mut read_at = |disk: &mut Disk, at: u64, len: usize| {
+        let read_at = |disk: &mut Disk, at: u64, len: usize| {
             disk.seek(SeekFrom::Start(at)).unwrap();
             let mut got = vec![0u8; len];
             let mut done = 0;
