@@ -19,7 +19,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -57,18 +57,6 @@ fn wasmvm_run(img: &Path, vmm: &str) -> Command {
     let mut c = common::wasmvm();
     c.args(["run", "--vmm", vmm]).arg(img);
     c
-}
-
-fn wasmtime_cli() -> Option<PathBuf> {
-    let path = std::env::var_os("WASMTIME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("wasmtime"));
-    Command::new(&path)
-        .arg("--version")
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|_| path)
 }
 
 /// `wasmtime compile` with `flags`, then a command that runs the result.
@@ -235,7 +223,7 @@ fn large_pack(dir: &Path) {
 /// `WASMVM_BENCH_ONLY=engines|hello|pack` runs one part; by default, all of them.
 fn main() {
     let dir = common::scratch();
-    let cli = wasmtime_cli();
+    let cli = common::wasmtime_cli();
     let only = std::env::var("WASMVM_BENCH_ONLY").ok();
     let wanted = |part: &str| only.as_deref().is_none_or(|o| o == part);
     if wanted("engines") {

