@@ -286,8 +286,9 @@ impl<'a, T: ReadWriteSeek> Write for File<'a, T> {
         let offset_in_cluster = self.offset % cluster_size;
         let bytes_left_in_cluster = (cluster_size - offset_in_cluster) as usize;
         let bytes_left_until_max_file_size = (MAX_FILE_SIZE - self.offset) as usize;
-        let write_size = cmp::min(buf.len(), bytes_left_in_cluster);
-        let write_size = cmp::min(write_size, bytes_left_until_max_file_size);
+        let mut write_size = cmp::min(buf.len(), bytes_left_in_cluster);
+        let write_size_cap = cmp::min(buf.len(), bytes_left_until_max_file_size);
+        write_size = cmp::min(write_size, bytes_left_until_max_file_size);
         // Exit early if we are going to write no data
         if write_size == 0 {
             return Ok(0);
@@ -310,6 +311,20 @@ impl<'a, T: ReadWriteSeek> Write for File<'a, T> {
             };
             match next_cluster {
                 Some(n) => n,
+                None if !self.is_dir() && write_size_cap > cluster_size as usize => {
+                    // wasmvm: end of chain reached with more than a cluster to write -
+                    // allocate a run of clusters that follow each other on disk and write
+                    // across it at once (two FAT writes and one data write per run instead
+                    // of per cluster).
+                    let wanted = cmp::min(write_size_cap.div_ceil(cluster_size as usize), 256) as u32;
+                    let (new_cluster, n) = self.fs.alloc_cluster_run(self.current_cluster, wanted)?;
+                    trace!("allocated {} clusters from {}", n, new_cluster);
+                    if self.first_cluster.is_none() {
+                        self.set_first_cluster(new_cluster);
+                    }
+                    write_size = cmp::min(write_size_cap, n as usize * cluster_size as usize);
+                    new_cluster
+                },
                 None => {
                     // end of chain reached - allocate new cluster
                     let new_cluster = self.fs.alloc_cluster(self.current_cluster, self.is_dir())?;
@@ -339,7 +354,10 @@ impl<'a, T: ReadWriteSeek> Write for File<'a, T> {
         }
         // some bytes were writter - update position and optionally size
         self.offset += written_bytes as u32;
-        self.current_cluster = Some(current_cluster);
+        // wasmvm: the cluster that holds the last byte written (a run's clusters follow
+        // each other on disk).
+        let last_written = (offset_in_cluster as usize + written_bytes - 1) / cluster_size as usize;
+        self.current_cluster = Some(current_cluster + last_written as u32);
         self.update_dir_entry_after_write();
         Ok(written_bytes)
     }

@@ -17,7 +17,7 @@ use boot_sector::{format_boot_sector, BiosParameterBlock, BootSector};
 use dir::{Dir, DirRawStream};
 use dir_entry::{DirFileEntryData, FileAttributes};
 use file::File;
-use table::{alloc_cluster, count_free_clusters, format_fat, read_fat_flags, ClusterIterator, RESERVED_FAT_ENTRIES};
+use table::{alloc_cluster, alloc_cluster_run, count_free_clusters, format_fat, read_fat_flags, ClusterIterator, RESERVED_FAT_ENTRIES};
 use time::{TimeProvider, DEFAULT_TIME_PROVIDER};
 
 // FAT implementation based on:
@@ -506,6 +506,20 @@ impl<T: ReadWriteSeek> FileSystem<T> {
         fs_info.set_next_free_cluster(cluster + 1);
         fs_info.add_free_clusters(-1);
         Ok(cluster)
+    }
+
+    /// wasmvm: up to `wanted` clusters in one run on disk after `prev_cluster` (see
+    /// `table::alloc_cluster_run`); its first cluster and length.
+    pub(crate) fn alloc_cluster_run(&self, prev_cluster: Option<u32>, wanted: u32) -> io::Result<(u32, u32)> {
+        let hint = self.fs_info.borrow().next_free_cluster;
+        let (first, n) = {
+            let mut fat = self.fat_slice();
+            alloc_cluster_run(&mut fat, self.fat_type, prev_cluster, hint, self.total_clusters, wanted)?
+        };
+        let mut fs_info = self.fs_info.borrow_mut();
+        fs_info.set_next_free_cluster(first + n);
+        fs_info.add_free_clusters(-(n as i32));
+        Ok((first, n))
     }
 
     /// Returns status flags for this volume.

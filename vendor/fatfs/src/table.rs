@@ -98,6 +98,84 @@ pub(crate) fn alloc_cluster<T: ReadWriteSeek>(
     Ok(new_cluster)
 }
 
+/// wasmvm: allocates up to `wanted` clusters that follow each other on disk, as one run at
+/// the end of `prev_cluster`'s chain, and returns the run's first cluster and length. The
+/// run's FAT entries (each pointing at the next, the last one the end of the chain) go in
+/// one write per FAT copy, then `prev_cluster`'s entry is pointed at the run: the same
+/// order as one cluster at a time (a run that nothing points at yet is lost space, which
+/// the volume check reclaims), with two writes per run instead of two per cluster. FAT12
+/// (entries of a byte and a half) and runs of one take `alloc_cluster`.
+pub(crate) fn alloc_cluster_run<T: ReadWriteSeek>(
+    fat: &mut T,
+    fat_type: FatType,
+    prev_cluster: Option<u32>,
+    hint: Option<u32>,
+    total_clusters: u32,
+    wanted: u32,
+) -> io::Result<(u32, u32)> {
+    let entry_len: u32 = match fat_type {
+        FatType::Fat12 => 0,
+        FatType::Fat16 => 2,
+        FatType::Fat32 => 4,
+    };
+    if entry_len == 0 || wanted < 2 {
+        return alloc_cluster(fat, fat_type, prev_cluster, hint, total_clusters).map(|c| (c, 1));
+    }
+    let end_cluster = total_clusters + RESERVED_FAT_ENTRIES;
+    let start_cluster = match hint {
+        Some(n) if n < end_cluster => n,
+        _ => RESERVED_FAT_ENTRIES,
+    };
+    let first = match find_free_cluster(fat, fat_type, start_cluster, end_cluster) {
+        Ok(n) => n,
+        Err(_) if start_cluster > RESERVED_FAT_ENTRIES => {
+            find_free_cluster(fat, fat_type, RESERVED_FAT_ENTRIES, start_cluster)?
+        },
+        Err(e) => return Err(e),
+    };
+    // The run: `first` and the free clusters right after it. FAT32 entries keep their
+    // reserved top four bits, as `Fat32::set` does.
+    let mut entries: Vec<u8> = Vec::with_capacity((wanted * entry_len) as usize);
+    let mut old: Vec<u32> = Vec::with_capacity(wanted as usize);
+    let mut n = 0;
+    while n < wanted && first + n < end_cluster {
+        let raw = match fat_type {
+            FatType::Fat32 => Fat32::get_raw(fat, first + n)?,
+            _ => Fat16::get_raw(fat, first + n)?,
+        };
+        let free = match fat_type {
+            FatType::Fat32 => raw & 0x0FFF_FFFF == 0,
+            _ => raw == 0,
+        };
+        if !free {
+            break;
+        }
+        old.push(raw);
+        n += 1;
+    }
+    for (k, raw) in old.iter().enumerate() {
+        let k = k as u32;
+        let last = k + 1 == n;
+        match fat_type {
+            FatType::Fat32 => {
+                let value = if last { 0x0FFF_FFFF } else { first + k + 1 };
+                entries.extend_from_slice(&(value | (raw & 0xF000_0000)).to_le_bytes());
+            },
+            _ => {
+                let value: u16 = if last { 0xFFFF } else { (first + k + 1) as u16 };
+                entries.extend_from_slice(&value.to_le_bytes());
+            },
+        }
+    }
+    fat.seek(io::SeekFrom::Start((first * entry_len) as u64))?;
+    fat.write_all(&entries)?;
+    if let Some(p) = prev_cluster {
+        write_fat(fat, fat_type, p, FatValue::Data(first))?;
+    }
+    trace!("allocated clusters {}..{}", first, first + n);
+    Ok((first, n))
+}
+
 pub(crate) fn read_fat_flags<T: ReadSeek>(fat: &mut T, fat_type: FatType) -> io::Result<FsStatusFlags> {
     // check MSB (except in FAT12)
     let val = match fat_type {

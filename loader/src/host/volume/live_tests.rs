@@ -899,12 +899,32 @@ fn files_of_many_clusters_read_back_whole_in_any_order_across_truncation_and_reu
 
 #[test]
 fn random_file_operations_match_a_model_of_the_files() {
+    // FAT16, then FAT32 (which fatfs formats from 512 MiB up; the image is sparse).
+    for size in [32 << 20, 1 << 30] {
+        random_operations_on(size);
+    }
+}
+
+fn random_operations_on(size: u64) {
     // Four names; each op picks one: write (anywhere, growing past the end too), read
     // (anywhere), truncate (shorter or longer), remove, rename onto another name (replacing
     // it), or create afresh. Every read and, at the end, every file on the image must be
     // what the model holds: stale cursors, reused clusters and chains cut under a kept
     // position would all show as wrong bytes.
-    let (_dir, img) = volume(32 << 20);
+    let (_dir, img) = volume(size);
+    let fs = fatfs::FileSystem::new(std::fs::File::open(&img).unwrap(), fatfs::FsOptions::new())
+        .unwrap();
+    let fat_type = fs.fat_type();
+    drop(fs);
+    assert_eq!(
+        fat_type,
+        if size < 512 << 20 {
+            fatfs::FatType::Fat16
+        } else {
+            fatfs::FatType::Fat32
+        },
+        "the volume of {size} bytes"
+    );
     let mut c = Client::new(&img);
     let names: [&[u8]; 4] = [b"a.bin", b"b.bin", b"c.bin", b"d.bin"];
     let mut model: Vec<Option<Vec<u8>>> = vec![None; names.len()];
