@@ -11,6 +11,16 @@ use super::*;
 use crate::host::p9::FileServer;
 use crate::host::p9::wire::{self, Rmessage, SetAttr, Tmessage};
 
+/// A reproducible stream of pseudo-random numbers (xorshift64) from `seed` (not 0).
+fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+}
+
 /// Runs `f` on a thread and fails if it takes longer than `secs` seconds (a hang).
 fn within<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = mpsc::channel();
@@ -740,13 +750,7 @@ fn random_damage_never_hangs_or_panics() {
     let meta_end = g.data_offset as usize + 4 * g.cluster_bytes as usize;
     let img = sample.img.clone();
     within(120, "random damage", move || {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
         let (mut accepted, mut refused) = (0, 0);
         for _ in 0..1500 {
             let mut bytes = sound.clone();
@@ -928,13 +932,8 @@ fn random_operations_on(size: u64) {
     let mut c = Client::new(&img);
     let names: [&[u8]; 4] = [b"a.bin", b"b.bin", b"c.bin", b"d.bin"];
     let mut model: Vec<Option<Vec<u8>>> = vec![None; names.len()];
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move |below: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % below
-    };
+    let mut random = xorshift(0x2545_f491_4f6c_dd1d);
+    let mut next = move |below: u64| random() % below;
     // fid 10 + i is file i, open read-write while it exists.
     let open = |c: &mut Client, i: usize| {
         let fid = 10 + i as u32;
