@@ -144,6 +144,42 @@ pub fn answer(
         .encode(tag, out);
     }
 }
+/// Answers a read (`Tread`) with the bytes `read` appends straight to `out`, after the
+/// reply's header, rather than into a buffer of their own that the reply's encoding then
+/// copies: reads are most of a share's traffic, up to `msize` bytes each. `read` gets the
+/// fid, offset and count and appends at most `msize - 11` bytes. Returns `false`, with
+/// `out` as it was, for any other message and for a read that fails; the server's general
+/// path ([`answer`]) then answers it, with its error.
+pub fn answer_read_in_place(
+    msize: u32,
+    request: &[u8],
+    out: &mut Vec<u8>,
+    read: impl FnOnce(u32, u64, u32, &mut Vec<u8>) -> Result<(), Errno>,
+) -> bool {
+    let Ok(frame) = wire::Frame::new_checked(request) else {
+        return false;
+    };
+    if frame.ty() != wire::TREAD || frame.size() > msize as usize {
+        return false;
+    }
+    let Ok(Tmessage::Read { fid, offset, count }) = Tmessage::decode(frame.ty(), frame.body())
+    else {
+        return false;
+    };
+    let start = out.len();
+    // The header of an empty Rread (size, type, tag, count), patched once the bytes are in.
+    Rmessage::Read { data: Vec::new() }.encode(frame.tag(), out);
+    let data_at = out.len();
+    if read(fid, offset, count, out).is_err() || out.len() - start > msize as usize {
+        out.truncate(start);
+        return false;
+    }
+    let (size, count) = ((out.len() - start) as u32, (out.len() - data_at) as u32);
+    out[start..start + 4].copy_from_slice(&size.to_le_bytes());
+    out[data_at - 4..data_at].copy_from_slice(&count.to_le_bytes());
+    true
+}
+
 pub use sys::Errno;
 pub use wire::{
     DecodeError, MAX_MSIZE, MIN_MSIZE, Qid, RATTACH, RAUTH, RCLUNK, RFLUSH, RFSYNC, RGETATTR,

@@ -98,42 +98,14 @@ impl Server {
     /// response message to `out`. Malformed input gets `Rlerror(EINVAL)` with the request's
     /// tag if it can be read (else [`wire::NOTAG`]); unknown types get `EOPNOTSUPP`.
     pub fn handle(&mut self, request: &[u8], out: &mut Vec<u8>) {
-        if self.read_in_place(request, out) {
+        let msize = self.msize;
+        // Reads go straight into the reply (see `answer_read_in_place`).
+        if super::answer_read_in_place(msize, request, out, |fid, offset, count, out| {
+            self.read_into(fid, offset, count, out)
+        }) {
             return;
         }
-        let msize = self.msize;
         super::answer(msize, request, out, |msg| self.dispatch(msg));
-    }
-
-    /// Answers a read with the file's bytes read straight into `out`, after the reply's
-    /// header, rather than into a buffer of their own that is then copied: a share's reads
-    /// are most of its traffic, up to `msize` bytes each. `false`, with `out` as it was,
-    /// for any other message and for a read that fails, which [`Server::handle`]'s general
-    /// path then answers (with the error).
-    fn read_in_place(&mut self, request: &[u8], out: &mut Vec<u8>) -> bool {
-        let Ok(frame) = wire::Frame::new_checked(request) else {
-            return false;
-        };
-        if frame.ty() != wire::TREAD || frame.size() > self.msize as usize {
-            return false;
-        }
-        let Ok(Tmessage::Read { fid, offset, count }) = Tmessage::decode(frame.ty(), frame.body())
-        else {
-            return false;
-        };
-        let start = out.len();
-        // The header of an empty Rread (size, type, tag, count), patched once the bytes
-        // are in.
-        Rmessage::Read { data: Vec::new() }.encode(frame.tag(), out);
-        let data_at = out.len();
-        if self.read_into(fid, offset, count, out).is_err() {
-            out.truncate(start);
-            return false;
-        }
-        let (size, count) = ((out.len() - start) as u32, (out.len() - data_at) as u32);
-        out[start..start + 4].copy_from_slice(&size.to_le_bytes());
-        out[data_at - 4..data_at].copy_from_slice(&count.to_le_bytes());
-        true
     }
 
     /// Lowers the fid limit (to test `ENFILE` without thousands of descriptors).

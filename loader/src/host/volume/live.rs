@@ -26,7 +26,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
 use crate::host::p9::wire::{self, Attr, DirEntry, Qid, Rmessage, StatFs, Tmessage};
-use crate::host::p9::{self, Errno, FileServer, MAX_FIDS, RDATA_HDR, answer, single_client_lock};
+use crate::host::p9::{
+    self, Errno, FileServer, MAX_FIDS, RDATA_HDR, answer, answer_read_in_place, single_client_lock,
+};
 
 use super::disk::Disk;
 
@@ -295,7 +297,11 @@ impl VolumeServer {
             Tmessage::Lcreate {
                 fid, name, flags, ..
             } => self.lcreate(fid, name, flags),
-            Tmessage::Read { fid, offset, count } => self.read(fid, offset, count),
+            Tmessage::Read { fid, offset, count } => {
+                let mut data = Vec::new();
+                self.read_into(fid, offset, count, &mut data)?;
+                Ok(Rmessage::Read { data })
+            }
             Tmessage::Write { fid, offset, data } => self.write(fid, offset, data),
             Tmessage::Clunk { fid } => {
                 self.fids.remove(&fid).ok_or(Errno(libc::EBADF))?;
@@ -576,20 +582,24 @@ impl VolumeServer {
         }
     }
 
-    fn read(&self, fid: u32, offset: u64, count: u32) -> Res<Rmessage> {
+    /// Appends to `data` what a read of `count` bytes at `offset` returns (on an error,
+    /// `data` may hold part of an attempt: the caller drops what it appended).
+    fn read_into(&self, fid: u32, offset: u64, count: u32, data: &mut Vec<u8>) -> Res<()> {
         let f = self.open_fid(fid, false)?;
         let mut file = self.file(&f.path)?;
         let size = file.len().unwrap_or(0);
         let want = count.min(self.msize - RDATA_HDR) as u64;
         let len = want.min(size.saturating_sub(offset)) as usize;
-        let mut data = vec![0u8; len];
         if len > 0 {
             self.seek(&mut file, offset)?;
+            let at = data.len();
+            data.resize(at + len, 0);
             // A file shorter than its entry says (damage met now) reads as EIO.
-            file.read_exact(&mut data).map_err(|_| Errno(libc::EIO))?;
+            file.read_exact(&mut data[at..])
+                .map_err(|_| Errno(libc::EIO))?;
             self.remember(&file);
         }
-        Ok(Rmessage::Read { data })
+        Ok(())
     }
 
     /// Moves `file` (just opened) to `offset`, walking its chain from where the last read
@@ -930,6 +940,23 @@ impl FileServer for VolumeServer {
         }
         let msize = self.msize;
         let mut panicked = false;
+        // Reads go straight into the reply (see `answer_read_in_place`); one that fails,
+        // or panics inside `fatfs`, is answered below (`EIO` once broken).
+        let in_place = answer_read_in_place(msize, request, out, |fid, offset, count, out| {
+            catch_unwind(AssertUnwindSafe(|| self.read_into(fid, offset, count, out)))
+                .unwrap_or_else(|_| {
+                    panicked = true;
+                    err(libc::EIO)
+                })
+        });
+        self.broken |= panicked;
+        if in_place {
+            return;
+        }
+        if self.broken {
+            answer(msize, request, out, |_| err(libc::EIO));
+            return;
+        }
         answer(msize, request, out, |msg| {
             match catch_unwind(AssertUnwindSafe(|| self.dispatch(msg))) {
                 Ok(reply) => reply,
