@@ -286,9 +286,9 @@ impl<'a, T: ReadWriteSeek> Write for File<'a, T> {
         let offset_in_cluster = self.offset % cluster_size;
         let bytes_left_in_cluster = (cluster_size - offset_in_cluster) as usize;
         let bytes_left_until_max_file_size = (MAX_FILE_SIZE - self.offset) as usize;
-        let mut write_size = cmp::min(buf.len(), bytes_left_in_cluster);
+        // wasmvm: what may be written at all, then what fits this cluster.
         let write_size_cap = cmp::min(buf.len(), bytes_left_until_max_file_size);
-        write_size = cmp::min(write_size, bytes_left_until_max_file_size);
+        let mut write_size = cmp::min(write_size_cap, bytes_left_in_cluster);
         // Exit early if we are going to write no data
         if write_size == 0 {
             return Ok(0);

@@ -79,6 +79,21 @@ impl Disk {
     }
 }
 
+/// Copies into `cache`, which holds the image's bytes from `cache_at` on, the part of
+/// `written` (just written at `pos`) that falls inside it.
+fn overlay(cache: &mut [u8], cache_at: u64, pos: u64, written: &[u8]) {
+    let from = pos.max(cache_at);
+    let to = (pos + written.len() as u64).min(cache_at + cache.len() as u64);
+    if from < to {
+        let (inside, at, len) = (
+            (from - cache_at) as usize,
+            (from - pos) as usize,
+            (to - from) as usize,
+        );
+        cache[inside..inside + len].copy_from_slice(&written[at..at + len]);
+    }
+}
+
 impl Read for Disk {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = match usize::try_from(self.pos)
@@ -102,24 +117,10 @@ impl Read for Disk {
 impl Write for Disk {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write_at(buf, self.pos)?;
-        if let Some(cached) = usize::try_from(self.pos)
-            .ok()
-            .and_then(|p| self.head.get_mut(p..))
-        {
-            let m = n.min(cached.len());
-            cached[..m].copy_from_slice(&buf[..m]);
-        }
-        // The kept block sees the bytes of the write that fall in it.
+        // Both copies see the bytes of the write that fall in them.
+        overlay(&mut self.head, 0, self.pos, &buf[..n]);
         if let Some((at, bytes)) = self.block.as_mut() {
-            let (from, to) = (
-                self.pos.max(*at),
-                (self.pos + n as u64).min(*at + bytes.len() as u64),
-            );
-            if from < to {
-                let (inside, written) = ((from - *at) as usize, (from - self.pos) as usize);
-                let len = (to - from) as usize;
-                bytes[inside..inside + len].copy_from_slice(&buf[written..written + len]);
-            }
+            overlay(bytes, *at, self.pos, &buf[..n]);
         }
         self.pos += n as u64;
         Ok(n)

@@ -934,25 +934,22 @@ impl VolumeServer {
 
 impl FileServer for VolumeServer {
     fn handle(&mut self, request: &[u8], out: &mut Vec<u8>) {
-        if self.broken {
-            answer(self.msize, request, out, |_| err(libc::EIO));
-            return;
-        }
         let msize = self.msize;
         let mut panicked = false;
         // Reads go straight into the reply (see `answer_read_in_place`); one that fails,
         // or panics inside `fatfs`, is answered below (`EIO` once broken).
-        let in_place = answer_read_in_place(msize, request, out, |fid, offset, count, out| {
-            catch_unwind(AssertUnwindSafe(|| self.read_into(fid, offset, count, out)))
-                .unwrap_or_else(|_| {
-                    panicked = true;
-                    err(libc::EIO)
-                })
-        });
-        self.broken |= panicked;
-        if in_place {
+        if !self.broken
+            && answer_read_in_place(msize, request, out, |fid, offset, count, out| {
+                catch_unwind(AssertUnwindSafe(|| self.read_into(fid, offset, count, out)))
+                    .unwrap_or_else(|_| {
+                        panicked = true;
+                        err(libc::EIO)
+                    })
+            })
+        {
             return;
         }
+        self.broken |= panicked;
         if self.broken {
             answer(msize, request, out, |_| err(libc::EIO));
             return;
