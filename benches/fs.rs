@@ -74,31 +74,23 @@ fn main() {
         .expect("run wasmvm volume create");
     assert!(created.status.success(), "volume create failed");
 
-    let vm = |vmm: &'static str| {
+    // `wasmvm run` on `vmm` with the app's /data: the scratch directory, live, or `volume`.
+    let vm = |vmm: &'static str, volume: Option<&Path>| {
         let img = img.clone();
+        let volume = volume.map(Path::to_path_buf);
         Box::new(move |dir: &Path| -> Result<Command, String> {
             let mut cmd = common::wasmvm();
             cmd.args(["run", "--vmm", vmm]);
             if vmm == "qemu" {
                 cmd.args(["--accel", common::accel()]);
             }
-            cmd.arg("--dir")
-                .arg(format!("{}::/data", dir.display()))
-                .arg(&img)
-                .arg("--")
-                .args(args("/data"));
-            Ok(cmd)
-        }) as MakeCommand
-    };
-    let on_volume = {
-        let (img, volume) = (img.clone(), volume.clone());
-        Box::new(move |_: &Path| -> Result<Command, String> {
-            let mut cmd = common::wasmvm();
-            cmd.args(["run", "--volume"])
-                .arg(format!("{}::/data", volume.display()))
-                .arg(&img)
-                .arg("--")
-                .args(args("/data"));
+            match &volume {
+                Some(volume) => cmd
+                    .arg("--volume")
+                    .arg(format!("{}::/data", volume.display())),
+                None => cmd.arg("--dir").arg(format!("{}::/data", dir.display())),
+            };
+            cmd.arg(&img).arg("--").args(args("/data"));
             Ok(cmd)
         }) as MakeCommand
     };
@@ -119,19 +111,19 @@ fn main() {
     let contenders = [
         Contender {
             name: "built-in VMM, live directory (9P)",
-            command: vm("builtin"),
+            command: vm("builtin", None),
         },
         Contender {
             name: "built-in VMM, volume (FAT image)",
-            command: on_volume,
+            command: vm("builtin", Some(&volume)),
         },
         Contender {
             name: "QEMU microvm, live directory (9P)",
-            command: vm("qemu"),
+            command: vm("qemu", None),
         },
         Contender {
             name: "host reference (wasmi + wasi-common)",
-            command: vm("host"),
+            command: vm("host", None),
         },
         Contender {
             name: "wasmtime run --dir (host)",
