@@ -257,6 +257,23 @@ fn what_the_app_synced_survives_a_kill_9_of_the_host_process() {
                 assert_eq!(text, i.to_string().repeat(700), "round {round}: f{i}.txt");
             }
         }
+        // big.bin grows by 48 KiB chunks of their own index in every round, a run of
+        // clusters each: whatever the kill cut short, no byte it keeps is another's.
+        let copy = dir.path().join("big.bin");
+        if common::mcopy(&img, "::/big.bin", copy.to_str().unwrap()).is_some() {
+            let big = std::fs::read(&copy).unwrap();
+            std::fs::remove_file(&copy).unwrap();
+            assert!(
+                big.len() >= (kill_after as usize) * (48 << 10),
+                "round {round}: {} bytes",
+                big.len()
+            );
+            let wrong = big
+                .iter()
+                .enumerate()
+                .find(|&(at, &b)| b != (at / (48 << 10)) as u8);
+            assert_eq!(wrong, None, "round {round}: big.bin ({} bytes)", big.len());
+        }
         // A FAT volume has no journal: a write in flight when the process died may have
         // allocated a cluster that no entry records yet. That, and nothing else, may show.
         if let Some(findings) = fsck_findings(&img) {

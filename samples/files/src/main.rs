@@ -102,9 +102,21 @@ fn live(root: &str, mode: &str) {
             let _ = std::io::stdin().read_to_end(&mut Vec::new());
         }
         // Durability under a kill at any moment: file after file, each synced and then
-        // announced, with renames and unsynced appends in between, until killed.
+        // announced, with renames and unsynced appends in between, until killed. Each round
+        // also appends a 48 KiB chunk to big.bin (a run of clusters on a volume), every
+        // byte of chunk k being k: whatever size big.bin is left with, its bytes say
+        // whether they are the ones written there.
         "churn" => {
+            const CHUNK: usize = 48 << 10;
             for i in 0u64.. {
+                let mut big = fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(format!("{root}/big.bin"))
+                    .expect("open big.bin");
+                let k = big.metadata().expect("big.bin metadata").len() as usize / CHUNK;
+                big.write_all(&vec![k as u8; CHUNK]).expect("append to big.bin");
+                drop(big);
                 let tmp = format!("{root}/tmp-{i}");
                 fs::write(&tmp, i.to_string().repeat(700)).expect("write");
                 fs::rename(&tmp, format!("{root}/f{i}.txt")).expect("rename");
