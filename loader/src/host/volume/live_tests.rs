@@ -1043,3 +1043,66 @@ fn random_operations_on(size: u64) {
         }
     }
 }
+
+#[test]
+fn crafted_reads_get_one_well_formed_reply_each() {
+    // Reads go straight into the reply; hostile offsets, counts and fids must still get
+    // exactly one well-formed answer, and nothing past the file or msize.
+    let (_dir, img) = volume(32 << 20);
+    let mut c = Client::new(&img);
+    c.create(1, b"f.bin").unwrap();
+    let data = pattern(200_000, 7);
+    for at in (0..data.len()).step_by(60_000) {
+        let end = (at + 60_000).min(data.len());
+        c.write(1, at as u64, &data[at..end]).unwrap();
+    }
+    c.walk(2, &[]).unwrap();
+    c.call(Tmessage::Lopen { fid: 2, flags: 0 }).unwrap();
+    for (fid, offset, count) in [
+        (1, u64::MAX, u32::MAX),
+        (1, u64::from(u32::MAX) + 5, 10),
+        (1, 199_999, u32::MAX),
+        (1, 200_000, 1),
+        (1, 0, 0),
+        (1, 4095, 2),
+        (2, 0, 100),
+        (99, 0, 100),
+    ] {
+        match c.call(Tmessage::Read { fid, offset, count }) {
+            Ok(Rmessage::Read { data: got }) => {
+                // At most the count, what msize leaves (65,536 - 11), and what the file has.
+                let start = (offset.min(data.len() as u64)) as usize;
+                let len = (count as usize).min(65_536 - 11).min(data.len() - start);
+                assert!(
+                    got == data[start..start + len],
+                    "read of {count} at {offset}: {} bytes",
+                    got.len()
+                );
+            }
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => assert!(
+                fid != 1,
+                "read of {count} at {offset} of the file: errno {e}"
+            ),
+        }
+    }
+    // A truncated Tread and one whose size field claims more than it holds: one Rlerror
+    // each, with its tag.
+    let mut request = Vec::new();
+    Tmessage::Read {
+        fid: 1,
+        offset: 0,
+        count: 10,
+    }
+    .encode(77, &mut request);
+    let mut lying = request.clone();
+    lying[..4].copy_from_slice(&(request.len() as u32 + 5).to_le_bytes());
+    for bad in [&request[..request.len() - 3], &lying[..]] {
+        let mut out = Vec::new();
+        c.server.handle(bad, &mut out);
+        let (tag, reply) = Rmessage::decode(&out).unwrap();
+        assert_eq!(tag, 77);
+        assert!(matches!(reply, Rmessage::Lerror { .. }), "{reply:?}");
+    }
+    c.close();
+}
