@@ -14,7 +14,7 @@ use containerd_shim::protos::ttrpc::{Code, Error as RpcError, get_status};
 use containerd_shim::protos::types::task::{ProcessInfo, Status as TaskStatus};
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{
-    Config, Context, DeleteResponse, ExitSignal, Flags, StartOpts, TtrpcContext, TtrpcResult, api,
+    Config, DeleteResponse, ExitSignal, Flags, StartOpts, TtrpcContext, TtrpcResult, api,
 };
 use oci_spec::runtime::Spec;
 
@@ -124,11 +124,30 @@ impl Handoff {
     }
 }
 
+/// How long containerd may take to take one event, and how often the shim asks. A call
+/// without a deadline that containerd never answers would hold the publisher's lock
+/// forever: no exit event would follow, and containerd's StopContainer, which waits for
+/// that event, would hang with it. (containerd's own shims also retry with a deadline.)
+const PUBLISH_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+const PUBLISH_ATTEMPTS: u32 = 5;
+
 impl Shared {
+    /// Sends `event` to containerd, in order with every other event (the lock is held
+    /// across retries: an exit must never overtake the create before it).
     fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
         let publisher = self.publisher.lock().unwrap();
-        if let Err(e) = publisher.publish(Context::default(), topic, &self.namespace, event) {
-            log::warn!("cannot publish {topic}: {e}");
+        for attempt in 1..=PUBLISH_ATTEMPTS {
+            let ctx = containerd_shim::protos::ttrpc::context::with_duration(PUBLISH_LIMIT);
+            match publisher.publish(ctx, topic, &self.namespace, event.clone_box()) {
+                Ok(()) => return,
+                Err(e) if attempt == PUBLISH_ATTEMPTS => {
+                    log::error!("cannot publish {topic} ({attempt} attempts): {e}");
+                }
+                Err(e) => {
+                    log::warn!("cannot publish {topic} (attempt {attempt}): {e}; retrying");
+                    std::thread::sleep(std::time::Duration::from_millis(100 << attempt));
+                }
+            }
         }
     }
 }
