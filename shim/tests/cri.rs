@@ -141,19 +141,23 @@ impl Pod<'_> {
         }
     }
 
-    /// Waits for `line` in container `name`'s CRI log (`TIME STREAM TAG LINE` lines).
-    fn wait_log_line(&self, name: &str, line: &str) -> String {
+    /// Container `name`'s CRI log so far (`TIME STREAM TAG LINE` lines).
+    fn log(&self, name: &str) -> String {
         let path = std::path::Path::new(&self.config.log_directory).join(format!("{name}.log"));
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
+    /// Waits for `line` in container `name`'s CRI log.
+    fn wait_log_line(&self, name: &str, line: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            let log = self.log(name);
             if log.lines().any(|l| l.ends_with(line)) {
                 return log;
             }
             assert!(
                 Instant::now() < deadline,
-                "no line {line:?} in {}:\n{log}",
-                path.display()
+                "no line {line:?} in {name}'s log:\n{log}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -295,6 +299,45 @@ fn a_pod_runs_containers_as_vms_with_exit_codes_and_logs() {
     assert_eq!(leftover, 0, "containers' cgroups left in {cgroup}");
 }
 
+/// `GET /` over HTTP/1.0 to `addr` from network namespace `netns`, on a thread that
+/// joins it: the reply up to the server's close, or which step failed. Every step is
+/// bounded, so a lost connection fails the test instead of hanging it.
+fn http_get_in_netns(netns: &str, addr: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    let path = format!("/var/run/netns/{netns}");
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let ns = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+            // SAFETY: setns on a descriptor we own; it moves only this thread, which ends
+            // with the scope.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(format!("setns {path}: {}", std::io::Error::last_os_error()));
+            }
+            let limit = Duration::from_secs(30);
+            let mut stream = std::net::TcpStream::connect_timeout(&addr, limit)
+                .map_err(|e| format!("connect to {addr}: {e}"))?;
+            stream.set_read_timeout(Some(limit)).unwrap();
+            stream.set_write_timeout(Some(limit)).unwrap();
+            stream
+                .write_all(b"GET / HTTP/1.0\r\n\r\n")
+                .map_err(|e| format!("send the request to {addr}: {e}"))?;
+            let mut reply = Vec::new();
+            match stream.read_to_end(&mut reply) {
+                Ok(_) => Ok(String::from_utf8_lossy(&reply).into_owned()),
+                Err(e) => Err(format!(
+                    "read the reply from {addr}: {e} after {} bytes: {:?}",
+                    reply.len(),
+                    String::from_utf8_lossy(&reply)
+                )),
+            }
+        })
+        .join()
+        .unwrap()
+    })
+}
+
 #[test]
 fn the_http_sample_answers_at_its_pod_ip() {
     let Some((c, _dir)) = with_images() else {
@@ -308,11 +351,16 @@ fn the_http_sample_answers_at_its_pod_ip() {
     pod.wait_log_line("server", "listening on fd 3");
     assert_eq!(pod.status(&server).state, CONTAINER_RUNNING);
     // From the test's network namespace, across the CNI bridge, to the VM in the pod.
-    let request =
-        format!("exec 3<>/dev/tcp/{ip}/8080 && printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3");
-    let o = c.in_netns(&["bash", "-c", &request]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).starts_with("HTTP/1."), "{}", stdout(&o));
+    let reply = http_get_in_netns(&c.netns, &format!("{ip}:8080")).unwrap_or_else(|e| {
+        let log = c.log();
+        let tail: Vec<&str> = log.lines().rev().take(80).collect();
+        panic!(
+            "{e}\nserver log:\n{}\ncontainerd log (last lines):\n{}",
+            pod.log("server"),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )
+    });
+    assert!(reply.starts_with("HTTP/1."), "{reply}");
     let _: Empty = cri
         .call(
             "StopContainer",

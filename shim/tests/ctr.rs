@@ -243,11 +243,11 @@ fn what_a_vm_cannot_run_fails_that_container_with_a_reason_and_others_run_on() {
     }
 
     // exec is answered, not crashed on.
-    let o = c
-        .ctr()
-        .args(["task", "exec", "--exec-id", "x", "neighbour", "/app.img"])
-        .output()
-        .unwrap();
+    let o = output_within(
+        c.ctr()
+            .args(["task", "exec", "--exec-id", "x", "neighbour", "/app.img"]),
+        QUICK_LIMIT,
+    );
     assert!(!o.status.success());
     assert!(
         stderr(&o).contains("exec is not supported"),

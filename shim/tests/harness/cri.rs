@@ -196,6 +196,10 @@ pub struct ContainerStatusResponse {
 pub const CONTAINER_EXITED: i32 = 2;
 pub const CONTAINER_RUNNING: i32 = 1;
 
+/// How long one CRI call may take: pulling nothing and booting one small VM takes
+/// seconds, even on a slow, loaded machine.
+pub const CALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(90);
+
 /// A connection to containerd's CRI service.
 pub struct Cri {
     runtime: tokio::runtime::Runtime,
@@ -226,7 +230,9 @@ impl Cri {
         Cri { runtime, channel }
     }
 
-    /// One unary call of `runtime.v1.RuntimeService/METHOD`.
+    /// One unary call of `runtime.v1.RuntimeService/METHOD`, failing with
+    /// `DeadlineExceeded` after [`CALL_LIMIT`] (a call containerd never answers, such as a
+    /// StopContainer whose exit event never comes, fails the test instead of hanging it).
     pub fn call<Req, Resp>(&self, method: &str, req: Req) -> Result<Resp, tonic::Status>
     where
         Req: prost::Message + Send + Sync + 'static,
@@ -234,7 +240,7 @@ impl Cri {
     {
         let path = format!("/runtime.v1.RuntimeService/{method}");
         let mut grpc = tonic::client::Grpc::new(self.channel.clone());
-        self.runtime.block_on(async {
+        let call = async {
             grpc.ready()
                 .await
                 .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
@@ -242,6 +248,15 @@ impl Cri {
             grpc.unary(tonic::Request::new(req), path.parse().unwrap(), codec)
                 .await
                 .map(|r| r.into_inner())
+        };
+        self.runtime.block_on(async {
+            tokio::time::timeout(CALL_LIMIT, call)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(tonic::Status::deadline_exceeded(format!(
+                        "{method} got no answer within {CALL_LIMIT:?}"
+                    )))
+                })
         })
     }
 }

@@ -198,13 +198,13 @@ state = "{d}/state"
 
     /// `ctr images import` into namespace `ns` (CRI's is `k8s.io`) for `platform`.
     pub fn import_into(&self, ns: &str, tarball: &Path, platform: &str) {
-        let o = Command::new("ctr")
-            .arg("-a")
+        let mut cmd = Command::new("ctr");
+        cmd.arg("-a")
             .arg(&self.socket)
             .args(["-n", ns, "images", "import", "--platform", platform])
             .arg(tarball)
-            .output()
-            .unwrap();
+            .stdin(Stdio::null());
+        let o = output_within(cmd, Duration::from_secs(120));
         assert!(o.status.success(), "import: {}", stderr(&o));
     }
 
@@ -257,7 +257,7 @@ state = "{d}/state"
 
     /// The pid of a running task (`ctr task ls`).
     pub fn task_pid(&self, id: &str) -> u32 {
-        let o = self.ctr().args(["task", "ls"]).output().unwrap();
+        let o = output_within(self.ctr().args(["task", "ls"]), Duration::from_secs(60));
         let out = stdout(&o);
         out.lines()
             .find_map(|l| {
@@ -265,15 +265,6 @@ state = "{d}/state"
                 (f.next() == Some(id)).then(|| f.next().unwrap().parse().unwrap())
             })
             .unwrap_or_else(|| panic!("no task {id} in:\n{out}"))
-    }
-
-    /// Runs `cmd ARGS` inside the test's network namespace.
-    pub fn in_netns(&self, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.netns])
-            .args(args)
-            .output()
-            .unwrap()
     }
 }
 
@@ -352,44 +343,6 @@ impl Drop for Containerd {
     }
 }
 
-/// Runs `cmd` to its end with output captured, killing it after `limit` (a hung client
-/// fails the test instead of hanging it).
-pub fn output_within(mut cmd: Command, limit: Duration) -> Output {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            // SAFETY: kill has no memory-safety preconditions.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            panic!("{cmd:?} did not finish within {limit:?}");
-        }
-    }
-}
-
-/// Waits for `child` to exit within two minutes, else kills it and fails.
-pub fn wait_within(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("process {} did not end within 120 s", child.id());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Whether process `pid` runs the shim under test.
 pub fn is_shim(pid: u32) -> bool {
     let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -433,8 +386,9 @@ pub fn wait_gone(pid: u32) -> bool {
     true
 }
 
+/// Runs `cmd`, which must succeed within two minutes.
 pub fn run_ok(cmd: &mut Command) -> Output {
-    let o = cmd.output().unwrap();
+    let o = output_within(&mut *cmd, Duration::from_secs(120));
     assert!(o.status.success(), "{cmd:?}: {}", stderr(&o));
     o
 }
