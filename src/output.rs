@@ -209,8 +209,16 @@ mod tests {
         });
         std::thread::sleep(Duration::from_millis(50));
         assert!(!t.is_finished(), "the writer waits for the reader");
-        // ...until the run gives up on the reader.
+        // ...until the run gives up on the reader (within seconds, or the test fails).
         out.abandon();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !t.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "abandoning the reader did not release the writer within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         t.join().unwrap();
         out.drain();
     }

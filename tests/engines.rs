@@ -336,7 +336,10 @@ fn run_time_features_work_on_the_compiled_engine() {
         .status()
         .unwrap();
     assert!(killed.success());
-    assert_eq!(child.wait_with_output().unwrap().status.code(), Some(143));
+    assert_eq!(
+        wait_with_output_within(child, RUN_LIMIT).status.code(),
+        Some(143)
+    );
 
     // A live directory and a persistent volume, through `run app.wasm --engine wasmtime`:
     // the files sample does the same to a fresh directory on either engine.

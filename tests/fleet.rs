@@ -35,6 +35,8 @@ const SLEEPER: &str = r#"
 "#;
 
 const DEADLINE: Duration = Duration::from_secs(60);
+/// How long one fleet command (`run -d`, `stop`, `ps`...) may take before it counts as hung.
+const COMMAND_LIMIT: Duration = Duration::from_secs(120);
 
 /// One test's fleet: its state and runtime directories, its images, and a safety net that
 /// kills whatever it started should the test fail halfway.
@@ -62,8 +64,9 @@ impl Fleet {
         cmd
     }
 
+    /// `wasmvm ARGS` to its end, within [`COMMAND_LIMIT`].
     fn wasmvm(&self, args: &[&str]) -> Output {
-        self.command(args).output().unwrap()
+        output_within(self.command(args), COMMAND_LIMIT)
     }
 
     /// Runs `wasmvm ARGS`, which must succeed, and returns its stdout.
@@ -340,7 +343,7 @@ fn names_are_unique_valid_and_known() {
         .collect();
     let codes: Vec<_> = racers
         .into_iter()
-        .map(|c| c.wait_with_output().unwrap().status.code())
+        .map(|c| wait_with_output_within(c, COMMAND_LIMIT).status.code())
         .collect();
     codes
         .iter()
@@ -392,7 +395,7 @@ fn logs_show_the_output_and_follow_until_the_end() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let greeting = "Hello from a wasmvm VM!\nargs: [\"a b\"]\nGREETING=hi\n";
-    let followed = follow.wait_with_output().unwrap();
+    let followed = wait_with_output_within(follow, DEADLINE);
     assert_eq!(followed.status.code(), Some(0));
     assert_eq!(stdout(&followed), greeting);
     assert_eq!(fleet.ok(&["logs", &name]), greeting);

@@ -5,13 +5,27 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::*;
 use wasmvm_abi::bundle::RunConfig;
 use wasmvm_loader::qemu::Qemu;
 use wasmvm_loader::reference::HostMode;
 use wasmvm_loader::vmm::Builtin;
 use wasmvm_loader::vmm::vcpu::{VcpuEnd, probe};
-use wasmvm_loader::{Backend, Ending, RunOptions, run_captured};
+use wasmvm_loader::{Backend, Ending, RunError, RunOptions, run_captured};
+
+/// The VM backends' own timeout for the library runs (a stuck guest ends as a timeout).
+const RUN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// [`probe`] of `img` in `memory_mib` of RAM, on a thread of its own: a vCPU that never
+/// comes back fails the test after [`RUN_LIMIT`] instead of hanging it.
+fn probe_within(img: &Path, memory_mib: u64) -> Result<(VcpuEnd, f64), RunError> {
+    let img = img.to_path_buf();
+    within(RUN_LIMIT, "the vCPU probe", move || {
+        probe(&img, memory_mib, &RunConfig::default())
+    })
+}
 
 #[test]
 fn the_builtin_vmm_boots_an_image_to_its_exit_port() {
@@ -22,7 +36,7 @@ fn the_builtin_vmm_boots_an_image_to_its_exit_port() {
     let img = dir.path().join("silent.img");
     // An app that prints nothing: without devices the guest has no console yet.
     pack(&sample("exitcode"), &img, &["--", "exit", "0"]);
-    let (end, ms) = probe(&img, 64, &RunConfig::default()).expect("probe");
+    let (end, ms) = probe_within(&img, 64).expect("probe");
     assert_eq!(end, VcpuEnd::ExitPort, "after {ms:.1} ms");
     eprintln!("built-in VMM: image loaded, booted and at the exit port in {ms:.1} ms");
 }
@@ -36,7 +50,7 @@ fn the_builtin_vmm_reports_a_triple_fault() {
     let img = dir.path().join("crash.img");
     pack(&sample("exitcode"), &img, &["--", "exit", "0"]);
     patch_entry_with_ud2(&img);
-    let (end, _) = probe(&img, 64, &RunConfig::default()).expect("probe");
+    let (end, _) = probe_within(&img, 64).expect("probe");
     assert!(matches!(end, VcpuEnd::Crashed(_)), "{end:?}");
 }
 
@@ -49,7 +63,7 @@ fn the_builtin_vmm_refuses_an_image_larger_than_guest_memory() {
     let img = dir.path().join("big.img");
     pack(&sample("exitcode"), &img, &[]);
     // 4 MiB of RAM cannot hold the kernel's 4 MiB stack plus the bundle above 1 MiB.
-    let e = probe(&img, 4, &RunConfig::default()).unwrap_err();
+    let e = probe_within(&img, 4).unwrap_err();
     assert!(
         e.to_string().contains("does not fit in guest memory"),
         "{e}"
@@ -61,28 +75,33 @@ fn the_library_runs_an_image_and_returns_exit_and_output() {
     let dir = scratch();
     let img = dir.path().join("exit.img");
     pack(&sample("exitcode"), &img, &[]);
-    let mut runs: Vec<Box<dyn Backend>> = vec![Box::new(HostMode)];
-    for vmm in backends() {
-        match *vmm {
-            "builtin" => runs.push(Box::new(Builtin::default())),
-            _ => runs.push(Box::new(Qemu::default())),
-        }
-    }
-    for backend in &runs {
-        let vmm = backend.name();
-        let opts = RunOptions {
-            args: Some(vec![b"cat".to_vec()]),
-            ..RunOptions::default()
+    let mut runs = vec!["host"];
+    runs.extend(backends());
+    for vmm in runs {
+        // Each run on a thread of its own (the backend made there), bounded: host mode
+        // honours no timeout, so the thread's deadline is what stops a hang there.
+        let run = |args: &[&str], stdin: &[u8]| {
+            let (vmm, img, stdin): (&'static str, _, _) = (vmm, img.clone(), stdin.to_vec());
+            let opts = RunOptions {
+                args: Some(args.iter().map(|a| a.as_bytes().to_vec()).collect()),
+                timeout: Some(RUN_TIMEOUT),
+                ..RunOptions::default()
+            };
+            within(RUN_LIMIT, &format!("{vmm}: run_captured"), move || {
+                let backend: Box<dyn Backend> = match vmm {
+                    "host" => Box::new(HostMode),
+                    "builtin" => Box::new(Builtin::default()),
+                    _ => Box::new(Qemu::default()),
+                };
+                assert_eq!(backend.name(), vmm);
+                run_captured(&*backend, &img, &opts, stdin).expect("run")
+            })
         };
-        let out = run_captured(&**backend, &img, &opts, b"in and out".to_vec()).expect("run");
+        let out = run(&["cat"], b"in and out");
         assert_eq!(out.ending, Ending::Exited(0), "{vmm}");
         assert_eq!(out.stdout, b"in and out", "{vmm}");
         assert!(out.stderr.is_empty(), "{vmm}");
-        let opts = RunOptions {
-            args: Some(vec![b"exit".to_vec(), b"7".to_vec()]),
-            ..RunOptions::default()
-        };
-        let out = run_captured(&**backend, &img, &opts, Vec::new()).expect("run");
+        let out = run(&["exit", "7"], b"");
         assert_eq!(out.ending, Ending::Exited(7), "{vmm}");
     }
 }

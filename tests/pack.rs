@@ -329,7 +329,7 @@ fn non_regular_image_files_are_refused_before_reading() {
             &["run"],
             &["image", "export", "-o", "/nonexistent/disk.qcow2"],
         ] {
-            let o = wasmvm().args(args).arg(target).output().unwrap();
+            let o = output_within(wasmvm().args(args).arg(target), QUICK_LIMIT);
             assert_eq!(o.status.code(), Some(253), "{args:?} {}", target.display());
             let e = stderr(&o);
             assert!(

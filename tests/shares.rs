@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{Child, Stdio};
 
 use common::*;
 
@@ -67,20 +67,25 @@ fn files_move_both_ways_while_the_app_runs() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        assert_eq!(line, "ready\n", "{vmm}");
+        let mut out = Lines::new(child.stdout.take().unwrap());
+        expect_line(&mut out, &mut child, "ready\n", vmm);
         // Written after the VM started: the app must see it.
         std::fs::write(dir.path().join("from-host.txt"), "abc123").unwrap();
         child.stdin.take().unwrap().write_all(b"go\n").unwrap();
-        line.clear();
-        out.read_line(&mut line).unwrap();
-        assert_eq!(line, "relayed 6 bytes\n", "{vmm}");
-        let status = child.wait().unwrap();
-        assert_eq!(status.code(), Some(0), "{vmm}");
+        expect_line(&mut out, &mut child, "relayed 6 bytes\n", vmm);
+        let o = wait_with_output_within(child, RUN_LIMIT);
+        assert_eq!(o.status.code(), Some(0), "{vmm}: {}", stderr(&o));
         let back = std::fs::read_to_string(dir.path().join("from-guest.txt")).unwrap();
         assert_eq!(back, "321cba", "{vmm}");
+    }
+}
+
+/// The next line of `child`'s stdout, which must be `expected`; otherwise (or if none comes
+/// within [`RUN_LIMIT`]) the child is killed and the test fails with its stderr.
+fn expect_line(lines: &mut Lines, child: &mut Child, expected: &str, vmm: &str) {
+    match lines.next_within(RUN_LIMIT) {
+        Ok(Some(line)) if line == expected => {}
+        got => kill_and_panic(child, &format!("{vmm}: expected {expected:?}, got {got:?}")),
     }
 }
 

@@ -146,7 +146,7 @@ fn spin_then_signal(vmm_args: &[&str], signal: &str) -> std::process::Output {
         .status()
         .unwrap();
     assert!(ok.success());
-    child.wait_with_output().unwrap()
+    wait_with_output_within(child, RUN_LIMIT)
 }
 
 #[test]
@@ -361,13 +361,17 @@ fn the_apps_stdio_are_terminals_where_the_hosts_are() {
         sample("exitcode").display(),
         out.display()
     );
-    let status = std::process::Command::new("script")
-        .args(["-qec", &command, "/dev/null"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .status()
+    let mut script = std::process::Command::new("script");
+    script.args(["-qec", &command, "/dev/null"]);
+    let o = try_output_within(script, RUN_LIMIT)
         .expect("script (util-linux) runs a command under a pseudo-terminal");
-    assert!(status.success(), "{status}");
+    assert!(
+        o.status.success(),
+        "{}: {}{}",
+        o.status,
+        stdout(&o),
+        stderr(&o)
+    );
     let seen = std::fs::read_to_string(&out).unwrap();
     assert_eq!(seen, "stdin true stdout false stderr true\n");
 }
@@ -549,7 +553,7 @@ fn the_builtin_vmms_worker_threads_run_under_seccomp() {
         }
     }
     child.kill().unwrap();
-    child.wait().unwrap();
+    wait_within(&mut child);
     for thread in ["vmm-vcpu", "vmm-output", "vmm-stdin"] {
         assert!(
             confined.iter().any(|t| t == thread),
@@ -600,7 +604,7 @@ fn stdin_closed_right_after_readiness_ends_the_app() {
                 "ready\n",
             );
             drop(child.stdin.take());
-            let o = child.wait_with_output().unwrap();
+            let o = wait_with_output_within(child, RUN_LIMIT);
             assert_eq!(o.status.code(), Some(0), "{vmm}: {}", stderr(&o));
         }
     }
@@ -681,17 +685,12 @@ fn a_line_by_line_dialogue_never_strands_output() {
         for i in 0..500 {
             writeln!(questions, "question {i}").unwrap();
             let Ok(answer) = rx.recv_timeout(Duration::from_secs(20)) else {
-                let _ = child.kill();
-                let out = child.wait_with_output().unwrap();
-                panic!(
-                    "{vmm}: no answer to question {i}; stderr:\n{}",
-                    stderr(&out)
-                );
+                kill_and_panic(&mut child, &format!("{vmm}: no answer to question {i}"));
             };
             assert_eq!(answer, format!("question {i}\n"), "{vmm}");
         }
         drop(questions);
-        let out = child.wait_with_output().unwrap();
+        let out = wait_with_output_within(child, RUN_LIMIT);
         assert_eq!(out.status.code(), Some(0), "{vmm}: {}", stderr(&out));
     }
 }
@@ -760,15 +759,12 @@ fn a_stop_ends_the_run_even_when_nobody_reads_its_output() {
     let mut cmd = spew();
     cmd.args(["-v", "--", "spew", "256"]).stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
-    let mut log = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("host: VM built") {
-        line.clear();
-        let n = std::io::BufRead::read_line(&mut log, &mut line).unwrap();
-        assert!(n > 0, "the run ended before its VM was built");
+    let mut log = Lines::new(child.stderr.take().unwrap());
+    if let Err(e) = log.until(watchdog, |l| l.contains("host: VM built")) {
+        kill_and_panic(&mut child, &format!("waiting for the VM to be built: {e}"));
     }
-    // Keep draining the log so it cannot block the run.
-    std::thread::spawn(move || std::io::copy(&mut log, &mut std::io::sink()));
+    // Dropped, the reader drains the rest of the log so it cannot block the run.
+    drop(log);
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -789,7 +785,7 @@ fn guest_ram_uses_huge_pages_unless_told_not_to() {
         let mut vm = start_ready(&args, &sample("exitcode"), &["idle"], "ready\n");
         let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", vm.id())).unwrap();
         drop(vm.stdin.take());
-        assert_eq!(vm.wait().unwrap().code(), Some(0));
+        assert_eq!(wait_within(&mut vm).code(), Some(0));
         rollup
             .lines()
             .find_map(|l| l.strip_prefix("AnonHugePages:"))

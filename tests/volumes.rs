@@ -124,7 +124,7 @@ fn a_volume_in_use_is_refused_and_a_non_volume_is_named() {
     );
     let second = run_on(backends()[0], &sample("hello"), &["--volume", &spec], b"");
     drop(holder.stdin.take());
-    assert_eq!(holder.wait().unwrap().code(), Some(0));
+    assert_eq!(wait_within(&mut holder).code(), Some(0));
     assert_eq!(second.status.code(), Some(253));
     assert!(
         stderr(&second).contains("is in use by another wasmvm run"),
@@ -217,21 +217,17 @@ fn fsck_findings(img: &Path) -> Option<Vec<String>> {
     }
 }
 
-/// Reads lines from `child`'s stdout until one equals `line`.
+/// Reads lines from `child`'s stdout until one equals `line` (the rest of its stdout is
+/// drained on a thread); kills it and fails if the app ends first or no such line comes
+/// within [`RUN_LIMIT`].
 fn wait_for_line(child: &mut std::process::Child, line: &str) {
-    use std::io::BufRead;
-    let stdout = child.stdout.take().unwrap();
-    let mut reader = std::io::BufReader::new(stdout);
-    let mut got = String::new();
-    loop {
-        got.clear();
-        let n = reader.read_line(&mut got).unwrap();
-        assert!(n > 0, "the app ended before printing {line:?}");
-        if got.trim_end() == line {
-            break;
-        }
+    let mut lines = Lines::new(child.stdout.take().unwrap());
+    if let Err(e) = lines.until(RUN_LIMIT, |l| l.trim_end() == line) {
+        kill_and_panic(
+            child,
+            &format!("waiting for the app to print {line:?}: {e}"),
+        );
     }
-    child.stdout = Some(reader.into_inner());
 }
 
 #[test]
@@ -380,7 +376,7 @@ fn sighup_stops_the_run_and_saves_the_volume_on_every_backend() {
         let stdin = app.stdin.take();
         // SAFETY: kill(2) with the pid of our own child, which has not been reaped.
         assert_eq!(unsafe { libc::kill(app.id() as i32, libc::SIGHUP) }, 0);
-        let o = app.wait_with_output().unwrap();
+        let o = wait_with_output_within(app, RUN_LIMIT);
         drop(stdin);
         assert_eq!(o.status.code(), Some(129), "{vmm}: {}", stderr(&o));
         if let Some(text) = mtype(&img, "/written.txt") {
@@ -472,7 +468,7 @@ fn what_a_killed_checkout_left_is_removed_by_the_next_run() {
         "the killed run's checkout is there"
     );
     // The image is as before the killed run: its changes are lost, nothing is damaged.
-    let o = run(&["/data", "counter"]).output().unwrap();
+    let o = output_within(run(&["/data", "counter"]), RUN_LIMIT);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(stdout(&o), "count 1\n");
     assert_eq!(

@@ -24,6 +24,8 @@ pub mod image;
 pub mod qemu;
 pub mod reference;
 pub mod run;
+#[cfg(test)]
+mod test_support;
 pub mod vmm;
 
 use std::path::Path;

@@ -3,9 +3,12 @@
 //! otherwise VM tests fall back to QEMU's TCG so they still boot a real VM).
 #![allow(dead_code)]
 
+use std::borrow::BorrowMut;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::time::{Duration, Instant};
 
 /// Both engines, for tests that hold them to the same behaviour.
 pub const ENGINES: [&str; 2] = ["wasmi", "wasmtime"];
@@ -48,10 +51,11 @@ pub fn sample(name: &str) -> PathBuf {
         let samples = root().join("samples");
         // rustup adds rust-toolchain.toml's targets only when it installs the toolchain, so
         // `cargo test` on a machine that already had 1.95 would lack wasm32-wasip1.
-        let _ = Command::new("rustup")
+        let mut rustup = Command::new("rustup");
+        rustup
             .current_dir(&samples)
-            .args(["target", "add", "wasm32-wasip1"])
-            .output();
+            .args(["target", "add", "wasm32-wasip1"]);
+        let _ = try_output_within(rustup, BUILD_LIMIT);
         let target = samples.join("target");
         let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
         cmd.current_dir(&samples)
@@ -70,7 +74,7 @@ pub fn sample(name: &str) -> PathBuf {
                 cmd.env_remove(&k);
             }
         }
-        let out = cmd.output().expect("run cargo for the samples");
+        let out = output_within(cmd, BUILD_LIMIT);
         assert!(
             out.status.success(),
             "building samples failed:\n{}",
@@ -120,14 +124,15 @@ pub fn scratch() -> tempfile::TempDir {
 
 /// `wasmvm pack MODULE -o OUT [extra...]`, asserting success.
 pub fn pack(module: &Path, out: &Path, extra: &[&str]) {
-    let o = wasmvm()
-        .arg("pack")
-        .arg(module)
-        .arg("-o")
-        .arg(out)
-        .args(extra)
-        .output()
-        .unwrap();
+    let o = output_within(
+        wasmvm()
+            .arg("pack")
+            .arg(module)
+            .arg("-o")
+            .arg(out)
+            .args(extra),
+        BUILD_LIMIT,
+    );
     assert!(
         o.status.success(),
         "pack failed: {}",
@@ -144,10 +149,9 @@ pub fn backends() -> &'static [&'static str] {
         if accel() == "kvm" {
             found.push("builtin");
         }
-        let qemu = Command::new("qemu-system-x86_64")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
+        let mut version = Command::new("qemu-system-x86_64");
+        version.arg("--version");
+        let qemu = try_output_within(version, QUICK_LIMIT).is_ok_and(|o| o.status.success());
         if qemu {
             found.push("qemu");
         } else if std::env::var("WASMVM_REQUIRE_QEMU").as_deref() == Ok("1") {
@@ -163,9 +167,11 @@ pub fn backends() -> &'static [&'static str] {
     })
 }
 
-/// `wasmvm run --vmm VMM --accel A TARGET [extra...]` with stdin from `input`.
+/// `wasmvm run --vmm VMM --accel A TARGET [extra...]` with stdin from `input`, ended (and
+/// failed, with what it wrote) if it has not ended within [`RUN_LIMIT`].
 pub fn run_on(vmm: &str, target: &Path, extra: &[&str], input: &[u8]) -> Output {
     use std::io::Write;
+    use std::os::unix::process::CommandExt;
     let mut child = wasmvm()
         .args(["run", "--vmm", vmm, "--accel", accel()])
         .arg(target)
@@ -173,16 +179,17 @@ pub fn run_on(vmm: &str, target: &Path, extra: &[&str], input: &[u8]) -> Output 
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let input = input.to_vec();
-    let writer = std::thread::spawn(move || {
+    // Not joined: a run that never reads all its input ends (or is killed) with the writer
+    // blocked, which the broken pipe then ends.
+    std::thread::spawn(move || {
         let _ = stdin.write_all(&input);
     });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    out
+    wait_with_output_within(child, RUN_LIMIT)
 }
 
 /// Runs TARGET on every [`backends`] entry (or once, on the backend `extra` names with
@@ -239,18 +246,20 @@ pub fn run(target: &Path, extra: &[&str], input: &[u8]) -> Output {
 /// Spawns `cmd` with stdout piped and waits for its first line of output, which must be
 /// `ready` (a readiness line, never a sleep); otherwise, or if none comes within two
 /// minutes, kills it and panics with its stderr (when piped).
-pub fn spawn_ready(mut cmd: Command, ready: &str) -> std::process::Child {
-    use std::io::{BufRead, BufReader};
+///
+/// The child stays in the test's process group (unlike [`output_within`]'s), so that a
+/// Ctrl-C of `cargo test` also ends the servers the tests start.
+pub fn spawn_ready(mut cmd: Command, ready: &str) -> Child {
     let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut reader = BufReader::new(stdout);
         let mut line = String::new();
         let _ = reader.read_line(&mut line);
         let _ = tx.send((line, reader.into_inner()));
     });
-    let line = match rx.recv_timeout(std::time::Duration::from_secs(120)) {
+    let line = match rx.recv_timeout(Duration::from_secs(120)) {
         Ok((line, stdout)) => {
             child.stdout = Some(stdout);
             line
@@ -258,11 +267,9 @@ pub fn spawn_ready(mut cmd: Command, ready: &str) -> std::process::Child {
         Err(_) => String::from("(nothing within 120 s)"),
     };
     if line.trim_end() != ready.trim_end() {
-        let _ = child.kill();
-        let out = child.wait_with_output().unwrap();
-        panic!(
-            "expected the readiness line {ready:?}, got {line:?}; stderr:\n{}",
-            String::from_utf8_lossy(&out.stderr)
+        kill_and_panic(
+            &mut child,
+            &format!("expected the readiness line {ready:?}, got {line:?}"),
         );
     }
     child
@@ -270,12 +277,7 @@ pub fn spawn_ready(mut cmd: Command, ready: &str) -> std::process::Child {
 
 /// Starts `wasmvm run RUN_ARGS TARGET -- APP_ARGS` with stdin, stdout and stderr piped, and
 /// waits for its readiness line `ready` ([`spawn_ready`]).
-pub fn start_ready(
-    run_args: &[&str],
-    target: &Path,
-    app_args: &[&str],
-    ready: &str,
-) -> std::process::Child {
+pub fn start_ready(run_args: &[&str], target: &Path, app_args: &[&str], ready: &str) -> Child {
     let mut cmd = wasmvm();
     cmd.arg("run")
         .args(run_args)
@@ -303,34 +305,34 @@ pub fn bare_qemu(image: &Path) -> Output {
 
 /// [`bare_qemu`] with more QEMU arguments (e.g. `-initrd FILE`).
 pub fn bare_qemu_with(image: &Path, extra: &[&std::ffi::OsStr]) -> Output {
-    Command::new("qemu-system-x86_64")
-        .args([
-            "-M",
-            "microvm",
-            "-accel",
-            "tcg",
-            "-nographic",
-            "-no-reboot",
-            "-kernel",
-        ])
-        .arg(image)
-        .args(extra)
-        .stdin(Stdio::null())
-        .output()
-        .expect("qemu-system-x86_64 must be installed")
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args([
+        "-M",
+        "microvm",
+        "-accel",
+        "tcg",
+        "-nographic",
+        "-no-reboot",
+        "-kernel",
+    ])
+    .arg(image)
+    .args(extra);
+    try_output_within(qemu, RUN_LIMIT).expect("qemu-system-x86_64 must be installed")
 }
 
 /// `mcopy -i IMG FROM TO` (mtools), which must succeed; `None` without mtools (a failure
 /// under CI, which installs it).
 pub fn mcopy(img: &Path, from: &str, to: &str) -> Option<()> {
-    match Command::new("mcopy")
-        .arg("-i")
-        .arg(img)
-        .args([from, to])
-        .status()
-    {
-        Ok(status) => {
-            assert!(status.success(), "mcopy -i {} {from} {to}", img.display());
+    let mut mcopy = Command::new("mcopy");
+    mcopy.arg("-i").arg(img).args([from, to]);
+    match try_output_within(mcopy, QUICK_LIMIT) {
+        Ok(o) => {
+            assert!(
+                o.status.success(),
+                "mcopy -i {} {from} {to}: {}",
+                img.display(),
+                stderr(&o)
+            );
             Some(())
         }
         Err(_) => {
@@ -356,24 +358,27 @@ pub fn zig() -> Option<PathBuf> {
         let dir = root().join("target/toolchains/ziglang-0.17.0");
         let bin = dir.join("ziglang/zig");
         if !bin.exists() {
-            let ok = Command::new("python3")
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                ])
-                .args(["--no-warn-script-location", "--target"])
-                .arg(&dir)
-                .arg("ziglang==0.17.0")
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok || !bin.exists() {
+            let mut pip = Command::new("python3");
+            pip.args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(["--no-warn-script-location", "--target"])
+            .arg(&dir)
+            .arg("ziglang==0.17.0");
+            let installed = try_output_within(pip, BUILD_LIMIT);
+            if !installed.as_ref().is_ok_and(|o| o.status.success()) || !bin.exists() {
+                let why = match &installed {
+                    Ok(o) => stderr(o),
+                    Err(e) => e.to_string(),
+                };
                 let required = std::env::var("WASMVM_REQUIRE_TOOLCHAINS").as_deref() == Ok("1");
                 assert!(
                     !required,
-                    "WASMVM_REQUIRE_TOOLCHAINS=1 but `pip install ziglang` failed"
+                    "WASMVM_REQUIRE_TOOLCHAINS=1 but `pip install ziglang` failed: {why}"
                 );
                 eprintln!("note: zig is not available (pip install ziglang failed); skipping");
                 return None;
@@ -412,7 +417,7 @@ pub fn zig_build(source: &str, out: &Path, extra: &[&str]) -> Option<PathBuf> {
             .arg(format!("-femit-bin={}", out.display()));
     }
     cmd.current_dir(out.parent().unwrap());
-    let o = cmd.output().expect("run zig");
+    let o = output_within(cmd, BUILD_LIMIT);
     assert!(
         o.status.success(),
         "zig failed on {source}:\n{}",
@@ -427,15 +432,19 @@ pub fn assemblyscript_sample(out: &Path) -> Option<PathBuf> {
     static INSTALLED: OnceLock<bool> = OnceLock::new();
     let dir = root().join("samples/assemblyscript");
     let installed = *INSTALLED.get_or_init(|| {
-        let ok = Command::new("npm")
-            .args(["ci", "--silent", "--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .status()
-            .is_ok_and(|s| s.success());
+        let mut npm = Command::new("npm");
+        npm.args(["ci", "--silent", "--no-audit", "--no-fund"])
+            .current_dir(&dir);
+        let installed = try_output_within(npm, BUILD_LIMIT);
+        let ok = installed.as_ref().is_ok_and(|o| o.status.success());
         let required = std::env::var("WASMVM_REQUIRE_TOOLCHAINS").as_deref() == Ok("1");
         assert!(
             ok || !required,
-            "WASMVM_REQUIRE_TOOLCHAINS=1 but `npm ci` failed"
+            "WASMVM_REQUIRE_TOOLCHAINS=1 but `npm ci` failed: {}",
+            match &installed {
+                Ok(o) => stderr(o),
+                Err(e) => e.to_string(),
+            }
         );
         if !ok {
             eprintln!("note: npm is not available; skipping the AssemblyScript sample");
@@ -445,18 +454,17 @@ pub fn assemblyscript_sample(out: &Path) -> Option<PathBuf> {
     if !installed {
         return None;
     }
-    let o = Command::new("npx")
-        .args([
-            "asc",
-            "hello.ts",
-            "--config",
-            "node_modules/@assemblyscript/wasi-shim/asconfig.json",
-        ])
-        .args(["-O3", "-o"])
-        .arg(out)
-        .current_dir(&dir)
-        .output()
-        .expect("run npx asc");
+    let mut asc = Command::new("npx");
+    asc.args([
+        "asc",
+        "hello.ts",
+        "--config",
+        "node_modules/@assemblyscript/wasi-shim/asconfig.json",
+    ])
+    .args(["-O3", "-o"])
+    .arg(out)
+    .current_dir(&dir);
+    let o = output_within(asc, BUILD_LIMIT);
     assert!(
         o.status.success(),
         "asc failed:\n{}",
@@ -506,10 +514,351 @@ pub fn wasmtime_cli() -> Option<PathBuf> {
     let path = std::env::var_os("WASMTIME")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("wasmtime"));
-    Command::new(&path)
-        .arg("--version")
-        .output()
+    let mut version = Command::new(&path);
+    version.arg("--version");
+    try_output_within(version, QUICK_LIMIT)
         .ok()
         .filter(|o| o.status.success())
         .map(|_| path)
+}
+
+// Deadlines. Every wait a test makes on a process, stream or thread ends by one of these
+// helpers: a hang becomes a failure that says what was collected, never a stuck CI job. The
+// limits are hang detectors, not timing assertions: generous on purpose.
+
+/// How long one `wasmvm` run (or one in-process run) of a test may take.
+pub const RUN_LIMIT: Duration = Duration::from_secs(300);
+/// How long a command that should end at once (a refusal, a `--version`) may take.
+pub const QUICK_LIMIT: Duration = Duration::from_secs(60);
+/// Sample builds and toolchain installs (registries, compilers).
+pub const BUILD_LIMIT: Duration = Duration::from_secs(15 * 60);
+/// How long the output streams of a process that has exited (or was killed) may stay open.
+const STREAM_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs `cmd` to its end with its output captured, killing it after `limit` (a hung command
+/// fails the test instead of hanging it) and panicking with what it wrote meanwhile. As with
+/// [`Command::output`], stdin is /dev/null. The command leads a process group of its own,
+/// and the whole group is killed, so a process it started that holds the pipes cannot keep
+/// the wait going.
+pub fn output_within(mut cmd: impl BorrowMut<Command>, limit: Duration) -> Output {
+    let cmd = cmd.borrow_mut();
+    try_output_within(&mut *cmd, limit).unwrap_or_else(|e| panic!("{cmd:?} cannot start: {e}"))
+}
+
+/// [`output_within`], with a command that cannot be started (not installed, say) an error
+/// instead of a panic.
+pub fn try_output_within(
+    mut cmd: impl BorrowMut<Command>,
+    limit: Duration,
+) -> std::io::Result<Output> {
+    use std::os::unix::process::CommandExt;
+    let cmd = cmd.borrow_mut();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()?;
+    Ok(finish_within(&mut child, limit, &format!("{cmd:?}")))
+}
+
+/// [`Child::wait_with_output`] with a deadline: closes the child's stdin, reads its piped
+/// stdout and stderr on threads, and waits for it to end within `limit`; otherwise kills it
+/// (its whole process group when it leads one, as the children of [`output_within`] and
+/// [`run_on`] do) and panics with the output collected so far.
+pub fn wait_with_output_within(mut child: Child, limit: Duration) -> Output {
+    collect_within(&mut child, limit)
+}
+
+/// [`wait_with_output_within`] for a child the caller keeps (one a guard kills on drop).
+pub fn collect_within(child: &mut Child, limit: Duration) -> Output {
+    let what = describe(child.id());
+    finish_within(child, limit, &what)
+}
+
+/// Waits for `child` to exit within two minutes, else kills it and fails (with its stderr,
+/// when piped and unread).
+pub fn wait_within(child: &mut Child) -> ExitStatus {
+    status_within(child, Duration::from_secs(120))
+}
+
+/// Waits for `child` to exit within `limit`, else kills it (its process group when it leads
+/// one) and fails with whatever its unread piped streams still had to say.
+pub fn status_within(child: &mut Child, limit: Duration) -> ExitStatus {
+    let what = describe(child.id());
+    match exit_by(child, Instant::now() + limit) {
+        Some(status) => status,
+        None => kill_and_panic(child, &format!("{what} did not end within {limit:?}")),
+    }
+}
+
+/// Kills `child` (its process group when it leads one) and panics with `why` and what the
+/// child still had to say on its unread piped streams (read for a few seconds at most).
+pub fn kill_and_panic(child: &mut Child, why: &str) -> ! {
+    let group = leads_group(child);
+    drop(child.stdin.take());
+    let out = Capture::start(child.stdout.take());
+    let err = Capture::start(child.stderr.take());
+    kill_tree(child, group);
+    let _ = exit_by(child, Instant::now() + STREAM_GRACE);
+    let by = Instant::now() + STREAM_GRACE;
+    out.ended_by(by);
+    err.ended_by(by);
+    panic!("{why}; killed it{}", collected(&out, &err));
+}
+
+/// Runs `f` on a thread of its own and returns its result; fails if it takes longer than
+/// `limit` (in-process work that could hang: a vCPU, a run through the library). A panic in
+/// `f` is the caller's panic.
+pub fn within<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(value) => value,
+        Err(mpsc::RecvTimeoutError::Disconnected) => match worker.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the worker sends before it ends"),
+        },
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: not done within {limit:?}"),
+    }
+}
+
+/// The lines of a child's output stream, read on a thread so that every wait for one has a
+/// deadline. Once the reader is dropped, the thread drains the stream to its end, so the
+/// child never blocks on a full pipe.
+pub struct Lines {
+    rx: mpsc::Receiver<String>,
+    /// The last lines taken, for failure messages.
+    seen: Vec<String>,
+}
+
+impl Lines {
+    pub fn new(stream: impl Read + Send + 'static) -> Lines {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            let mut listening = true;
+            loop {
+                line.clear();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) if listening => listening = tx.send(line.clone()).is_ok(),
+                    Ok(_) => {}
+                }
+            }
+        });
+        Lines {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next line (with its newline); `Ok(None)` at the end of the stream; `Err` saying
+    /// what came before if none comes within `limit`.
+    pub fn next_within(&mut self, limit: Duration) -> Result<Option<String>, String> {
+        match self.rx.recv_timeout(limit) {
+            Ok(line) => {
+                if self.seen.len() == 50 {
+                    self.seen.remove(0);
+                }
+                self.seen.push(line.clone());
+                Ok(Some(line))
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => Ok(None),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(format!(
+                "no line within {limit:?}; the last lines: {:?}",
+                self.seen
+            )),
+        }
+    }
+
+    /// Takes lines until one for which `want` holds (given the line without its newline)
+    /// and returns it; `Err` with the lines seen if the stream ends first or no such line
+    /// comes within `limit`.
+    pub fn until(
+        &mut self,
+        limit: Duration,
+        want: impl Fn(&str) -> bool,
+    ) -> Result<String, String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_within(left)? {
+                Some(line) if want(line.trim_end_matches(['\n', '\r'])) => return Ok(line),
+                Some(_) => {}
+                None => {
+                    return Err(format!(
+                        "the stream ended first; the last lines: {:?}",
+                        self.seen
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// A child's output stream read to its end on a thread, what came so far always at hand.
+struct Capture {
+    got: Arc<Mutex<Vec<u8>>>,
+    done: mpsc::Receiver<()>,
+}
+
+impl Capture {
+    fn start(stream: Option<impl Read + Send + 'static>) -> Capture {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let (tx, done) = mpsc::channel();
+        if let Some(mut stream) = stream {
+            let sink = Arc::clone(&got);
+            std::thread::spawn(move || {
+                let mut chunk = vec![0u8; 64 << 10];
+                loop {
+                    match stream.read(&mut chunk) {
+                        Ok(0) => break,
+                        Ok(n) => lock(&sink).extend_from_slice(&chunk[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
+                    }
+                }
+                let _ = tx.send(());
+            });
+        }
+        Capture { got, done }
+    }
+
+    /// Whether the stream has ended (or there was none) by `deadline`.
+    fn ended_by(&self, deadline: Instant) -> bool {
+        let left = deadline.saturating_duration_since(Instant::now());
+        !matches!(
+            self.done.recv_timeout(left),
+            Err(mpsc::RecvTimeoutError::Timeout)
+        )
+    }
+
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *lock(&self.got))
+    }
+
+    /// The last few KiB of what came so far, for a failure message.
+    fn tail(&self) -> String {
+        const SHOWN: usize = 16 << 10;
+        let got = lock(&self.got);
+        let from = got.len().saturating_sub(SHOWN);
+        let skipped = match from {
+            0 => String::new(),
+            n => format!("[{n} bytes before]\n"),
+        };
+        format!("{skipped}{}", String::from_utf8_lossy(&got[from..]))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn collected(out: &Capture, err: &Capture) -> String {
+    format!(
+        "\n--- stdout so far ---\n{}\n--- stderr so far ---\n{}",
+        out.tail(),
+        err.tail()
+    )
+}
+
+/// Waits for `child` to end, with its output, until `limit`; see [`wait_with_output_within`].
+fn finish_within(child: &mut Child, limit: Duration, what: &str) -> Output {
+    let deadline = Instant::now() + limit;
+    let group = leads_group(child);
+    drop(child.stdin.take());
+    let out = Capture::start(child.stdout.take());
+    let err = Capture::start(child.stderr.take());
+    let Some(status) = exit_by(child, deadline) else {
+        kill_tree(child, group);
+        let _ = exit_by(child, Instant::now() + STREAM_GRACE);
+        let by = Instant::now() + STREAM_GRACE;
+        out.ended_by(by);
+        err.ended_by(by);
+        panic!(
+            "{what} did not end within {limit:?}; killed it{}",
+            collected(&out, &err)
+        );
+    };
+    // What the child started may hold its streams a little longer; not for ever.
+    let by = deadline.max(Instant::now() + STREAM_GRACE);
+    if !(out.ended_by(by) && err.ended_by(by)) {
+        kill_tree(child, group);
+        panic!(
+            "{what} ended ({status}), but its output streams stayed open (a process it \
+             started holds them){}",
+            collected(&out, &err)
+        );
+    }
+    Output {
+        status,
+        stdout: out.take(),
+        stderr: err.take(),
+    }
+}
+
+/// `child`'s exit status, if it ends by `deadline`.
+fn exit_by(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether `child` leads a process group of its own (spawned with `process_group(0)`). Asked
+/// before it is reaped: after, its pid names no process.
+fn leads_group(child: &Child) -> bool {
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: getpgid has no memory-safety preconditions.
+    unsafe { libc::getpgid(pid) == pid }
+}
+
+/// SIGKILL for `child` and, when it leads a process group (`group`), for all of that group.
+fn kill_tree(child: &mut Child, group: bool) {
+    if group {
+        // SAFETY: kill has no memory-safety preconditions. The group's id is the child's
+        // pid, which Linux does not hand out again while the group has members.
+        unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+    }
+    let _ = child.kill();
+}
+
+/// `process PID (its command line)`, for failure messages.
+fn describe(pid: u32) -> String {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let mut args: String = cmdline
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if args.is_empty() {
+        // A zombie keeps no command line, only its name.
+        args = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap_or_default()
+            .trim_end()
+            .to_string();
+    }
+    if args.len() > 1000 {
+        let mut end = 1000;
+        while !args.is_char_boundary(end) {
+            end -= 1;
+        }
+        args.truncate(end);
+        args.push_str(" ...");
+    }
+    format!("process {pid} ({args})")
 }

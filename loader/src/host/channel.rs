@@ -626,21 +626,24 @@ mod tests {
     #[test]
     fn stdin_is_framed_with_eof_in_bounded_frames() {
         use std::os::unix::net::UnixStream;
-        let (ours, theirs) = UnixStream::pair().unwrap();
-        let input = vec![7u8; STDIN_FRAME_PAYLOAD + 5];
-        let out = Mutex::new(ours);
-        let reader = std::thread::spawn(move || {
-            let mut all = Vec::new();
-            let mut theirs = theirs;
-            theirs.read_to_end(&mut all).unwrap();
-            all
+        // On a thread of its own: a pump that never ends fails the test instead.
+        crate::test_support::within(60, "pumping stdin", || {
+            let (ours, theirs) = UnixStream::pair().unwrap();
+            let input = vec![7u8; STDIN_FRAME_PAYLOAD + 5];
+            let out = Mutex::new(ours);
+            let reader = std::thread::spawn(move || {
+                let mut all = Vec::new();
+                let mut theirs = theirs;
+                theirs.read_to_end(&mut all).unwrap();
+                all
+            });
+            pump_stdin(&mut &input[..], &out, &StdinWindow::default());
+            drop(out);
+            let mut expected = frame(to_guest::STDIN, &input[..STDIN_FRAME_PAYLOAD]);
+            expected.extend(frame(to_guest::STDIN, &input[STDIN_FRAME_PAYLOAD..]));
+            expected.extend(frame(to_guest::STDIN_EOF, b""));
+            assert_eq!(reader.join().unwrap(), expected);
         });
-        pump_stdin(&mut &input[..], &out, &StdinWindow::default());
-        drop(out);
-        let mut expected = frame(to_guest::STDIN, &input[..STDIN_FRAME_PAYLOAD]);
-        expected.extend(frame(to_guest::STDIN, &input[STDIN_FRAME_PAYLOAD..]));
-        expected.extend(frame(to_guest::STDIN_EOF, b""));
-        assert_eq!(reader.join().unwrap(), expected);
     }
 
     #[test]
@@ -656,8 +659,13 @@ mod tests {
             pump_stdin(&mut &input[..], &Mutex::new(ours), &pump_window);
         });
         let mut theirs = theirs;
+        // Reads that would wait for ever fail the test instead.
+        let limit = Some(std::time::Duration::from_secs(20));
+        theirs.set_read_timeout(limit).unwrap();
         let mut got = vec![0u8; FRAME_HEADER_LEN + 10];
-        theirs.read_exact(&mut got).unwrap();
+        theirs
+            .read_exact(&mut got)
+            .expect("the first 10 bytes within 20 s");
         assert_eq!(got, frame(to_guest::STDIN, &[7u8; 10]));
         // Nothing more until the guest returns room: the pump waits on the window.
         theirs
@@ -665,10 +673,12 @@ mod tests {
             .unwrap();
         let mut more = [0u8; 1];
         assert!(theirs.read(&mut more).is_err(), "sent past the window");
-        theirs.set_read_timeout(None).unwrap();
+        theirs.set_read_timeout(limit).unwrap();
         window.grant(100);
         let mut rest = Vec::new();
-        theirs.read_to_end(&mut rest).unwrap();
+        theirs
+            .read_to_end(&mut rest)
+            .expect("the rest and the end of the stream within 20 s");
         let mut expected = frame(to_guest::STDIN, &[7u8; 15]);
         expected.extend(frame(to_guest::STDIN_EOF, b""));
         assert_eq!(rest, expected);

@@ -656,6 +656,9 @@ mod tests {
         use crate::vmm::devices::testing::RINGS;
         let (mut d, mut host, _) = console();
         host.set_nonblocking(false).unwrap();
+        // Bytes the device never sends fail the test instead of hanging it.
+        host.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
         // Three chains, each one indirect descriptor naming a table of 600 one-byte
         // buffers: more buffers than one round (SEND_ROUND) holds.
         const PER_CHAIN: u64 = 600;

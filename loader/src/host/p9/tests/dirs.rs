@@ -133,10 +133,13 @@ fn p9_mkdir_rename_link_unlink_remove() {
         })
         .unwrap();
     assert!(matches!(fifo, Rmessage::Mknod { .. }));
-    assert_eq!(
-        c.open(6, &["fifo"], wire::DOTL_RDONLY),
-        Err(libc::EOPNOTSUPP)
-    );
+    // A server that opened the FIFO would wait for a writer for ever: bounded, so that
+    // fails the test instead of hanging it.
+    let (mut c, opened) = crate::test_support::within(30, "opening a FIFO", move || {
+        let opened = c.open(6, &["fifo"], wire::DOTL_RDONLY);
+        (c, opened)
+    });
+    assert_eq!(opened, Err(libc::EOPNOTSUPP));
     c.walk_all(ROOT, 7, &[]).unwrap();
     assert_eq!(
         c.lcreate(7, "fifo", wire::DOTL_RDWR, 0o644),

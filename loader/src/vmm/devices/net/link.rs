@@ -340,10 +340,18 @@ mod tests {
         let rest = bytes[12..].to_vec();
         let t = std::thread::spawn(move || writer.write_all(&rest).unwrap());
         let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while got.len() < 3 {
             match next(&mut link) {
                 Some(f) => got.push(f),
-                None => std::thread::sleep(Duration::from_millis(1)),
+                None => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "{} of the 3 frames within 30 s",
+                        got.len()
+                    );
+                    std::thread::sleep(Duration::from_millis(1));
+                }
             }
         }
         t.join().unwrap();
@@ -400,19 +408,29 @@ mod tests {
         }
         link.flush();
         assert!(link.has_backlog());
-        // The host reads everything: the backlog drains, frames intact and in order.
+        // The host reads everything: the backlog drains, frames intact and in order. (Each
+        // wait with a deadline: a link that stops sending fails the test.)
+        host.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         let reader = std::thread::spawn(move || {
             let mut host = host;
             let mut all = Vec::new();
-            host.read_to_end(&mut all).unwrap();
-            all
+            host.read_to_end(&mut all).map(|_| all)
         });
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while link.has_backlog() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the backlog did not drain within 30 s"
+            );
             link.flush();
             std::thread::sleep(Duration::from_millis(1));
         }
         drop(link);
-        let all = reader.join().unwrap();
+        let all = reader
+            .join()
+            .unwrap()
+            .expect("everything, then the end of the stream, with no 30 s gap");
         assert_eq!(all.len(), sent * (4 + frame.len()));
         assert!(
             all.chunks(4 + frame.len())
