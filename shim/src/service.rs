@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
 use containerd_shim::protos::protobuf::MessageDyn;
@@ -128,7 +129,7 @@ impl Handoff {
 /// without a deadline that containerd never answers would hold the publisher's lock
 /// forever: no exit event would follow, and containerd's StopContainer, which waits for
 /// that event, would hang with it. (containerd's own shims also retry with a deadline.)
-const PUBLISH_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+const PUBLISH_LIMIT: Duration = Duration::from_secs(5);
 const PUBLISH_ATTEMPTS: u32 = 5;
 
 impl Shared {
@@ -136,17 +137,45 @@ impl Shared {
     /// across retries: an exit must never overtake the create before it).
     fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
         let publisher = self.publisher.lock().unwrap();
-        for attempt in 1..=PUBLISH_ATTEMPTS {
-            let ctx = containerd_shim::protos::ttrpc::context::with_duration(PUBLISH_LIMIT);
-            match publisher.publish(ctx, topic, &self.namespace, event.clone_box()) {
-                Ok(()) => return,
-                Err(e) if attempt == PUBLISH_ATTEMPTS => {
-                    log::error!("cannot publish {topic} ({attempt} attempts): {e}");
-                }
-                Err(e) => {
-                    log::warn!("cannot publish {topic} (attempt {attempt}): {e}; retrying");
-                    std::thread::sleep(std::time::Duration::from_millis(100 << attempt));
-                }
+        let retry = Retry {
+            limit: PUBLISH_LIMIT,
+            attempts: PUBLISH_ATTEMPTS,
+            pause: Duration::from_millis(200),
+        };
+        if let Err(e) = publish_with(&publisher, retry, topic, &self.namespace, &*event) {
+            log::error!("cannot publish {topic} ({PUBLISH_ATTEMPTS} attempts): {e}");
+        }
+    }
+}
+
+/// Deadline per attempt, attempts, and the pause after the first failure (doubling).
+#[derive(Clone, Copy)]
+struct Retry {
+    limit: Duration,
+    attempts: u32,
+    pause: Duration,
+}
+
+/// One event to containerd through `publisher`, each attempt bounded by `retry.limit`.
+fn publish_with(
+    publisher: &RemotePublisher,
+    retry: Retry,
+    topic: &str,
+    namespace: &str,
+    event: &dyn MessageDyn,
+) -> containerd_shim::Result<()> {
+    let mut pause = retry.pause;
+    let mut attempt = 1;
+    loop {
+        let ctx = containerd_shim::protos::ttrpc::context::with_duration(retry.limit);
+        match publisher.publish(ctx, topic, namespace, event.clone_box()) {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt >= retry.attempts => return Err(e),
+            Err(e) => {
+                log::warn!("cannot publish {topic} (attempt {attempt}): {e}; retrying");
+                std::thread::sleep(pause);
+                pause *= 2;
+                attempt += 1;
             }
         }
     }
@@ -500,5 +529,146 @@ impl containerd_shim::Task for Service {
 
     fn update(&self, _ctx: &TtrpcContext, _req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
         Err(unsupported("changing the resources of a running VM"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixListener;
+    use std::sync::mpsc;
+
+    use containerd_shim::protos::events::task::TaskExit;
+    use containerd_shim::protos::protobuf::Message;
+    use containerd_shim::protos::ttrpc::{Server, TtrpcContext};
+    use containerd_shim::protos::{Events, api::ForwardRequest, create_events};
+
+    use super::*;
+
+    /// containerd's event service that never answers the first `stuck` forwards (as a
+    /// containerd too busy to take an event would) and records the rest.
+    struct Containerd {
+        stuck: Mutex<u32>,
+        forwarded: Mutex<mpsc::Sender<(String, String)>>,
+        release: Mutex<mpsc::Receiver<()>>,
+    }
+
+    impl Events for Containerd {
+        fn forward(&self, _: &TtrpcContext, req: ForwardRequest) -> TtrpcResult<api::Empty> {
+            let stuck = {
+                let mut left = self.stuck.lock().unwrap();
+                let stuck = *left > 0;
+                *left = left.saturating_sub(1);
+                stuck
+            };
+            if stuck {
+                // Held until the test ends: the shim must not wait for it.
+                let _ = self.release.lock().unwrap().recv();
+                return Ok(api::Empty::default());
+            }
+            let env = req.envelope();
+            // containerd-shim packs events under containerd's own type URLs.
+            let any = env.event();
+            assert!(any.type_url.ends_with("TaskExit"), "{}", any.type_url);
+            let exit = TaskExit::parse_from_bytes(&any.value).unwrap();
+            let _ = self
+                .forwarded
+                .lock()
+                .unwrap()
+                .send((env.topic().to_string(), exit.container_id));
+            Ok(api::Empty::default())
+        }
+    }
+
+    fn serve(
+        stuck: u32,
+    ) -> (
+        tempfile::TempDir,
+        Server,
+        mpsc::Receiver<(String, String)>,
+        mpsc::Sender<()>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("events.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let (forwarded, got) = mpsc::channel();
+        let (release_tx, release) = mpsc::channel();
+        let events = Box::new(Containerd {
+            stuck: Mutex::new(stuck),
+            forwarded: Mutex::new(forwarded),
+            release: Mutex::new(release),
+        }) as Box<dyn Events + Send + Sync>;
+        let mut server = Server::new()
+            .add_listener(listener.as_raw_fd())
+            .unwrap()
+            .register_service(create_events(events.into()));
+        // The server owns the descriptor now.
+        std::mem::forget(listener);
+        server.start().unwrap();
+        (dir, server, got, release_tx)
+    }
+
+    fn exit_event(id: &str) -> TaskExit {
+        TaskExit {
+            container_id: id.into(),
+            id: id.into(),
+            exit_status: 143,
+            ..Default::default()
+        }
+    }
+
+    const QUICK: Retry = Retry {
+        limit: Duration::from_millis(300),
+        attempts: 3,
+        pause: Duration::from_millis(10),
+    };
+
+    #[test]
+    fn an_event_containerd_does_not_take_is_sent_again_and_arrives() {
+        let (dir, server, got, release) = serve(2);
+        let publisher =
+            RemotePublisher::new(dir.path().join("events.sock").to_str().unwrap()).unwrap();
+        publish_with(
+            &publisher,
+            QUICK,
+            TASK_EXIT_EVENT_TOPIC,
+            "ns",
+            &exit_event("web"),
+        )
+        .unwrap();
+        let (topic, id) = got.recv_timeout(Duration::from_secs(30)).unwrap();
+        assert_eq!(
+            (topic.as_str(), id.as_str()),
+            (TASK_EXIT_EVENT_TOPIC, "web")
+        );
+        drop(release);
+        server.shutdown();
+    }
+
+    #[test]
+    fn a_containerd_that_never_answers_fails_the_publish_instead_of_hanging_it() {
+        let (dir, server, got, release) = serve(u32::MAX);
+        let publisher =
+            RemotePublisher::new(dir.path().join("events.sock").to_str().unwrap()).unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let result = publish_with(
+                &publisher,
+                QUICK,
+                TASK_EXIT_EVENT_TOPIC,
+                "ns",
+                &exit_event("web"),
+            );
+            let _ = tx.send(result.is_err());
+        });
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(30)),
+            Ok(true),
+            "publish did not give up"
+        );
+        assert!(got.try_recv().is_err());
+        drop(release);
+        server.shutdown();
     }
 }
