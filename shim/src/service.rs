@@ -74,6 +74,8 @@ impl containerd_shim::Shim for Shim {
                 namespace: self.namespace.clone(),
                 exit: self.exit.clone(),
                 publisher: Mutex::new(publisher),
+                // Set by containerd for its shims; the crate connected to it already.
+                events_address: std::env::var("TTRPC_ADDRESS").ok(),
                 containers: Mutex::new(HashMap::new()),
             }),
         }
@@ -89,6 +91,8 @@ struct Shared {
     namespace: String,
     exit: Arc<ExitSignal>,
     publisher: Mutex<RemotePublisher>,
+    /// containerd's ttrpc address, to connect again after containerd restarted.
+    events_address: Option<String>,
     containers: Mutex<HashMap<String, Entry>>,
 }
 
@@ -136,13 +140,17 @@ impl Shared {
     /// Sends `event` to containerd, in order with every other event (the lock is held
     /// across retries: an exit must never overtake the create before it).
     fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        let publisher = self.publisher.lock().unwrap();
+        let mut publisher = self.publisher.lock().unwrap();
         let retry = Retry {
             limit: PUBLISH_LIMIT,
             attempts: PUBLISH_ATTEMPTS,
             pause: Duration::from_millis(200),
         };
-        if let Err(e) = publish_with(&publisher, retry, topic, &self.namespace, &*event) {
+        let sink = EventSink {
+            publisher: &mut publisher,
+            address: self.events_address.as_deref(),
+        };
+        if let Err(e) = publish_with(sink, retry, topic, &self.namespace, &*event) {
             log::error!("cannot publish {topic} ({PUBLISH_ATTEMPTS} attempts): {e}");
         }
     }
@@ -156,9 +164,17 @@ struct Retry {
     pause: Duration,
 }
 
-/// One event to containerd through `publisher`, each attempt bounded by `retry.limit`.
+/// Where events go: the connection, and the address to open a new one at when it fails
+/// (containerd restarted: the shim and its VMs outlive it, and the old connection is dead).
+struct EventSink<'a> {
+    publisher: &'a mut RemotePublisher,
+    address: Option<&'a str>,
+}
+
+/// One event to containerd, each attempt bounded by `retry.limit`, a failed attempt
+/// followed by a fresh connection.
 fn publish_with(
-    publisher: &RemotePublisher,
+    sink: EventSink<'_>,
     retry: Retry,
     topic: &str,
     namespace: &str,
@@ -168,7 +184,10 @@ fn publish_with(
     let mut attempt = 1;
     loop {
         let ctx = containerd_shim::protos::ttrpc::context::with_duration(retry.limit);
-        match publisher.publish(ctx, topic, namespace, event.clone_box()) {
+        match sink
+            .publisher
+            .publish(ctx, topic, namespace, event.clone_box())
+        {
             Ok(()) => return Ok(()),
             Err(e) if attempt >= retry.attempts => return Err(e),
             Err(e) => {
@@ -176,6 +195,12 @@ fn publish_with(
                 std::thread::sleep(pause);
                 pause *= 2;
                 attempt += 1;
+                if let Some(address) = sink.address {
+                    match RemotePublisher::new(address) {
+                        Ok(fresh) => *sink.publisher = fresh,
+                        Err(e) => log::warn!("cannot connect to containerd at {address}: {e}"),
+                    }
+                }
             }
         }
     }
@@ -536,6 +561,7 @@ impl containerd_shim::Task for Service {
 mod tests {
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixListener;
+    use std::path::{Path, PathBuf};
     use std::sync::mpsc;
 
     use containerd_shim::protos::events::task::TaskExit;
@@ -546,7 +572,7 @@ mod tests {
     use super::*;
 
     /// containerd's event service that never answers the first `stuck` forwards (as a
-    /// containerd too busy to take an event would) and records the rest.
+    /// containerd too busy to take an event would) and reports the rest.
     struct Containerd {
         stuck: Mutex<u32>,
         forwarded: Mutex<mpsc::Sender<(String, String)>>,
@@ -566,47 +592,56 @@ mod tests {
                 let _ = self.release.lock().unwrap().recv();
                 return Ok(api::Empty::default());
             }
-            let env = req.envelope();
             // containerd-shim packs events under containerd's own type URLs.
-            let any = env.event();
+            let any = req.envelope().event();
             assert!(any.type_url.ends_with("TaskExit"), "{}", any.type_url);
             let exit = TaskExit::parse_from_bytes(&any.value).unwrap();
             let _ = self
                 .forwarded
                 .lock()
                 .unwrap()
-                .send((env.topic().to_string(), exit.container_id));
+                .send((req.envelope().topic().to_string(), exit.container_id));
             Ok(api::Empty::default())
         }
     }
 
-    fn serve(
-        stuck: u32,
-    ) -> (
-        tempfile::TempDir,
-        Server,
-        mpsc::Receiver<(String, String)>,
-        mpsc::Sender<()>,
-    ) {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("events.sock");
-        let listener = UnixListener::bind(&socket).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let (forwarded, got) = mpsc::channel();
-        let (release_tx, release) = mpsc::channel();
-        let events = Box::new(Containerd {
-            stuck: Mutex::new(stuck),
-            forwarded: Mutex::new(forwarded),
-            release: Mutex::new(release),
-        }) as Box<dyn Events + Send + Sync>;
-        let mut server = Server::new()
-            .add_listener(listener.as_raw_fd())
-            .unwrap()
-            .register_service(create_events(events.into()));
-        // The server owns the descriptor now.
-        std::mem::forget(listener);
-        server.start().unwrap();
-        (dir, server, got, release_tx)
+    /// A fake containerd at `socket`: the server, the events it took, and the sender whose
+    /// drop lets its stuck forwards return.
+    struct Fake {
+        server: Server,
+        forwarded: mpsc::Receiver<(String, String)>,
+        release: mpsc::Sender<()>,
+    }
+
+    impl Fake {
+        fn serve(socket: &Path, stuck: u32) -> Fake {
+            let listener = UnixListener::bind(socket).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let (forwarded_tx, forwarded) = mpsc::channel();
+            let (release, release_rx) = mpsc::channel();
+            let events = Box::new(Containerd {
+                stuck: Mutex::new(stuck),
+                forwarded: Mutex::new(forwarded_tx),
+                release: Mutex::new(release_rx),
+            }) as Box<dyn Events + Send + Sync>;
+            let mut server = Server::new()
+                .add_listener(listener.as_raw_fd())
+                .unwrap()
+                .register_service(create_events(events.into()));
+            // The server owns the descriptor now.
+            std::mem::forget(listener);
+            server.start().unwrap();
+            Fake {
+                server,
+                forwarded,
+                release,
+            }
+        }
+
+        fn stop(self) {
+            drop(self.release);
+            self.server.shutdown();
+        }
     }
 
     fn exit_event(id: &str) -> TaskExit {
@@ -624,51 +659,64 @@ mod tests {
         pause: Duration::from_millis(10),
     };
 
+    /// Publishes an exit of `id` on a thread; whether it succeeded, within 30 s.
+    fn publish_exit(publisher: RemotePublisher, address: Option<PathBuf>, id: &str) -> bool {
+        let (tx, rx) = mpsc::channel();
+        let id = id.to_string();
+        std::thread::spawn(move || {
+            let mut publisher = publisher;
+            let address = address.map(|a| a.to_string_lossy().into_owned());
+            let sink = EventSink {
+                publisher: &mut publisher,
+                address: address.as_deref(),
+            };
+            let event = exit_event(&id);
+            let _ = tx.send(publish_with(sink, QUICK, TASK_EXIT_EVENT_TOPIC, "ns", &event).is_ok());
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("publish neither succeeded nor gave up")
+    }
+
+    fn connect(socket: &Path) -> RemotePublisher {
+        RemotePublisher::new(socket.to_str().unwrap()).unwrap()
+    }
+
     #[test]
     fn an_event_containerd_does_not_take_is_sent_again_and_arrives() {
-        let (dir, server, got, release) = serve(2);
-        let publisher =
-            RemotePublisher::new(dir.path().join("events.sock").to_str().unwrap()).unwrap();
-        publish_with(
-            &publisher,
-            QUICK,
-            TASK_EXIT_EVENT_TOPIC,
-            "ns",
-            &exit_event("web"),
-        )
-        .unwrap();
-        let (topic, id) = got.recv_timeout(Duration::from_secs(30)).unwrap();
-        assert_eq!(
-            (topic.as_str(), id.as_str()),
-            (TASK_EXIT_EVENT_TOPIC, "web")
-        );
-        drop(release);
-        server.shutdown();
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("events.sock");
+        let fake = Fake::serve(&socket, 2);
+        assert!(publish_exit(connect(&socket), None, "web"));
+        let got = fake
+            .forwarded
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap();
+        assert_eq!(got, (TASK_EXIT_EVENT_TOPIC.to_string(), "web".to_string()));
+        fake.stop();
     }
 
     #[test]
     fn a_containerd_that_never_answers_fails_the_publish_instead_of_hanging_it() {
-        let (dir, server, got, release) = serve(u32::MAX);
-        let publisher =
-            RemotePublisher::new(dir.path().join("events.sock").to_str().unwrap()).unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let result = publish_with(
-                &publisher,
-                QUICK,
-                TASK_EXIT_EVENT_TOPIC,
-                "ns",
-                &exit_event("web"),
-            );
-            let _ = tx.send(result.is_err());
-        });
-        assert_eq!(
-            rx.recv_timeout(Duration::from_secs(30)),
-            Ok(true),
-            "publish did not give up"
-        );
-        assert!(got.try_recv().is_err());
-        drop(release);
-        server.shutdown();
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("events.sock");
+        let fake = Fake::serve(&socket, u32::MAX);
+        assert!(!publish_exit(connect(&socket), Some(socket.clone()), "web"));
+        assert!(fake.forwarded.try_recv().is_err());
+        fake.stop();
+    }
+
+    #[test]
+    fn after_containerd_restarts_events_go_to_the_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("events.sock");
+        let old = Fake::serve(&socket, 0);
+        let publisher = connect(&socket);
+        old.stop();
+        std::fs::remove_file(&socket).unwrap();
+        let new = Fake::serve(&socket, 0);
+        assert!(publish_exit(publisher, Some(socket.clone()), "web"));
+        let got = new.forwarded.recv_timeout(Duration::from_secs(30)).unwrap();
+        assert_eq!(got.1, "web");
+        new.stop();
     }
 }
