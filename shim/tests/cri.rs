@@ -5,6 +5,7 @@
 
 mod harness;
 
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use harness::cri::*;
@@ -372,5 +373,78 @@ fn the_http_sample_answers_at_its_pod_ip() {
         .unwrap();
     // SIGTERM stops the VM at once: 143.
     assert_eq!(pod.wait_exit(&server).exit_code, 143);
+    pod.remove();
+}
+
+#[test]
+fn a_pod_keeps_serving_across_a_containerd_restart_and_its_exit_still_arrives() {
+    let Some((mut c, _dir)) = with_images() else {
+        return;
+    };
+    let (id, config, server, ip) = {
+        let cri = Cri::connect(&c.socket);
+        let pod = run_pod(&cri, &c, "survivor");
+        let ip = pod.ip();
+        let server = pod.start("server", "wasmvm.test/http:1", &[]);
+        pod.wait_log_line("server", "listening on fd 3");
+        (pod.id.clone(), pod.config.clone(), server, ip)
+    };
+
+    // containerd dies with SIGKILL and comes back on the same state: the shim and the VM
+    // never noticed.
+    c.restart();
+    let cri = Cri::connect(&c.socket);
+    let pod = Pod {
+        cri: &cri,
+        id,
+        config,
+    };
+    // CRI answers once it has recovered its pods and containers from the shims.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let state = loop {
+        match cri.call::<_, ContainerStatusResponse>(
+            "ContainerStatus",
+            ContainerIdRequest {
+                container_id: server.clone(),
+            },
+        ) {
+            Ok(s) => break s.status.unwrap().state,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("CRI did not recover within 60 s: {e}\n{}", c.log()),
+        }
+    };
+    assert_eq!(state, CONTAINER_RUNNING);
+    let reply = http_get_in_netns(&c.netns, &format!("{ip}:8080"))
+        .unwrap_or_else(|e| panic!("{e}\nserver log:\n{}", pod.log("server")));
+    assert!(reply.starts_with("HTTP/1."), "{reply}");
+
+    // The shim's event connection died with the old containerd; the exit must still reach
+    // the new one as an event (CRI alone would also learn it from its Wait call).
+    let mut events = Command::new("ctr");
+    events
+        .arg("-a")
+        .arg(&c.socket)
+        .args(["-n", "k8s.io", "events"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut events = events.spawn().unwrap();
+    let mut lines = Lines::new(events.stdout.take().unwrap());
+    let _: Empty = cri
+        .call(
+            "StopContainer",
+            StopContainerRequest {
+                container_id: server.clone(),
+                timeout: 10,
+            },
+        )
+        .unwrap();
+    assert_eq!(pod.wait_exit(&server).exit_code, 143);
+    let exit = lines.until(Duration::from_secs(60), |l| {
+        l.contains("/tasks/exit") && l.contains(&server)
+    });
+    let _ = events.kill();
+    let _ = events.wait();
+    exit.unwrap_or_else(|e| panic!("no exit event: {e}\n{}", c.log()));
     pod.remove();
 }

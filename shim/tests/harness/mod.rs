@@ -134,48 +134,26 @@ state = "{d}/state"
         let netns = format!("wasmvm-ctd-{tag}");
         run_ok(Command::new("ip").args(["netns", "add", &netns]));
         run_ok(Command::new("ip").args(["netns", "exec", &netns, "ip", "link", "set", "lo", "up"]));
-        let path = format!(
-            "{}:{}",
-            bin.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        // nsenter joins only the network namespace; `ip netns exec` would also give
-        // containerd a fresh /sys without the cgroup mounts.
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{netns}"))
-            .args(["containerd", "--config"])
-            .arg(d.join("config.toml"))
-            .env("PATH", path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let log = d.join("containerd.log");
-        std::thread::spawn(move || {
-            let mut file = std::fs::File::create(log).unwrap();
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                use std::io::Write;
-                let _ = writeln!(file, "{line}");
-                if line.contains("containerd successfully booted") {
-                    let _ = tx.send(());
-                }
-            }
+        let child = boot(d, &netns).unwrap_or_else(|log| {
+            let _ = Command::new("ip").args(["netns", "del", &netns]).output();
+            panic!("containerd did not boot:\n{log}")
         });
-        let me = Containerd {
+        Containerd {
             dir,
             netns,
             socket,
             namespace: format!("wasmvm-test-{tag}"),
             child,
-        };
-        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
-            panic!("containerd did not boot:\n{}", me.log());
         }
-        me
+    }
+
+    /// Kills containerd with SIGKILL (its shims and their VMs go on) and starts it again
+    /// on the same configuration and state, as after a crash or an upgrade.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = boot(self.dir.path(), &self.netns)
+            .unwrap_or_else(|log| panic!("containerd did not boot again:\n{log}"));
     }
 
     pub fn log(&self) -> String {
@@ -266,6 +244,53 @@ state = "{d}/state"
             })
             .unwrap_or_else(|| panic!("no task {id} in:\n{out}"))
     }
+}
+
+/// Starts the containerd configured in `d` inside network namespace `netns` and waits for
+/// the line that says it booted (else kills it: `Err` holds its log); its log is appended
+/// to `d/containerd.log`.
+fn boot(d: &Path, netns: &str) -> Result<Child, String> {
+    let path = format!(
+        "{}:{}",
+        d.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // nsenter joins only the network namespace; `ip netns exec` would also give
+    // containerd a fresh /sys without the cgroup mounts.
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{netns}"))
+        .args(["containerd", "--config"])
+        .arg(d.join("config.toml"))
+        .env("PATH", path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let log = d.join("containerd.log");
+    std::thread::spawn(move || {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            use std::io::Write;
+            let _ = writeln!(file, "{line}");
+            if line.contains("containerd successfully booted") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(std::fs::read_to_string(d.join("containerd.log")).unwrap_or_default());
+    }
+    Ok(child)
 }
 
 impl Drop for Containerd {
