@@ -448,3 +448,39 @@ fn a_pod_keeps_serving_across_a_containerd_restart_and_its_exit_still_arrives() 
     exit.unwrap_or_else(|e| panic!("no exit event: {e}\n{}", c.log()));
     pod.remove();
 }
+
+#[test]
+fn many_containers_started_back_to_back_in_one_pod_each_report_their_own_exit_and_log() {
+    let Some((c, _dir)) = with_images() else {
+        return;
+    };
+    let cri = Cri::connect(&c.socket);
+    let pod = run_pod(&cri, &c, "crowd");
+    const N: usize = 16;
+    // Created and started back to back, one shim serving them all: its spawner, reaper and
+    // event lock see them all at once.
+    // Even ones exit with their own code, odd ones print their own line.
+    let ids: Vec<String> = (0..N)
+        .map(|i| {
+            let name = format!("c{i}");
+            if i % 2 == 0 {
+                let code = (i % 7).to_string();
+                pod.start(&name, "wasmvm.test/exitcode:1", &["exit", &code])
+            } else {
+                let line = format!("line-{i}");
+                pod.start(&name, "wasmvm.test/exitcode:1", &["args", &line])
+            }
+        })
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        let status = pod.wait_exit(id);
+        if i % 2 == 0 {
+            assert_eq!(status.exit_code, (i % 7) as i32, "c{i}: {status:?}");
+        } else {
+            assert_eq!(status.exit_code, 0, "c{i}: {status:?}");
+            pod.wait_log_line(&format!("c{i}"), &format!("line-{i}"));
+        }
+    }
+    assert_eq!(c.shims().len(), 1, "one shim for the pod");
+    pod.remove();
+}
