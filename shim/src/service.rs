@@ -2,6 +2,7 @@
 //! service: containerd's ttrpc requests for the containers this shim holds.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -49,7 +50,22 @@ impl containerd_shim::Shim for Shim {
             .and_then(|a| a.get(CRI_SANDBOX_ID).cloned())
             .unwrap_or_else(|| opts.id.clone());
         let (_, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
-        Ok(address)
+        // The crate would print the address and then return through the drop of its
+        // signal iterator, which closes the iterator's socket while the handlers of
+        // SIGCHLD and SIGPIPE still write to it. The shim just spawned exits at once when
+        // the pod's shim already serves (every container after a pod's first): its SIGCHLD
+        // in that window makes the handler's write fail with SIGPIPE, whose handler
+        // writes again, for ever. The `start` action then spins and containerd waits for
+        // it (a StartContainer hung for an hour in CI). So the address is printed here and
+        // the process ends before that drop.
+        let mut stdout = std::io::stdout().lock();
+        if let Err(e) = write!(stdout, "{address}").and_then(|()| stdout.flush()) {
+            return Err(containerd_shim::Error::IoError {
+                context: "write the shim's address to stdout".into(),
+                err: e,
+            });
+        }
+        std::process::exit(0);
     }
 
     /// containerd's clean-up after a shim died: its VMs died with it (parent-death
