@@ -29,6 +29,9 @@ const CRI_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 pub struct Shim {
     exit: Arc<ExitSignal>,
     namespace: String,
+    /// The socket this shim serves on (`unix:///run/containerd/s/...`; empty for the
+    /// `start` and `delete` actions).
+    socket: String,
 }
 
 impl containerd_shim::Shim for Shim {
@@ -38,6 +41,7 @@ impl containerd_shim::Shim for Shim {
         Shim {
             exit: Arc::new(ExitSignal::default()),
             namespace: args.namespace.clone(),
+            socket: args.socket.clone(),
         }
     }
 
@@ -58,6 +62,16 @@ impl containerd_shim::Shim for Shim {
         // writes again, for ever. The `start` action then spins and containerd waits for
         // it (a StartContainer hung for an hour in CI). So the address is printed here and
         // the process ends before that drop.
+        // As containerd's own shims do: the bundle says where its shim serves, for a
+        // containerd that restarts and reconnects, and for `delete` after the shim died.
+        let written = std::fs::write("address.tmp", &address)
+            .and_then(|()| std::fs::rename("address.tmp", "address"));
+        if let Err(e) = written {
+            return Err(containerd_shim::Error::IoError {
+                context: "write the bundle's address file".into(),
+                err: e,
+            });
+        }
         let mut stdout = std::io::stdout().lock();
         if let Err(e) = write!(stdout, "{address}").and_then(|()| stdout.flush()) {
             return Err(containerd_shim::Error::IoError {
@@ -73,6 +87,14 @@ impl containerd_shim::Shim for Shim {
     fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
         let bundle = std::env::current_dir().unwrap_or_default();
         crate::container::remove_leftovers(&bundle);
+        // The dead shim's socket (the serving shim wrote its address into the bundle), unless
+        // a shim still answers there: a pod's shim serves its other containers.
+        if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
+            let path = socket_path(&address);
+            if std::os::unix::net::UnixStream::connect(path).is_err() {
+                remove_socket(path);
+            }
+        }
         Ok(DeleteResponse {
             exit_status: 128 + libc::SIGKILL as u32,
             exited_at: Some(containerd_shim::util::timestamp()?).into(),
@@ -82,6 +104,14 @@ impl containerd_shim::Shim for Shim {
 
     fn wait(&mut self) {
         self.exit.wait();
+        // The crate removes the socket only if the bundle's `address` file is still there
+        // after the server stops; containerd deletes the bundle right after its shutdown
+        // request, so shims left their sockets in /run/containerd/s (hundreds a day on a
+        // test machine). No one connects after shutdown; the listener goes on until the
+        // server stops.
+        if !self.socket.is_empty() {
+            remove_socket(socket_path(&self.socket));
+        }
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Service {
@@ -95,6 +125,21 @@ impl containerd_shim::Shim for Shim {
                 containers: Mutex::new(HashMap::new()),
             }),
         }
+    }
+}
+
+/// The file of a `unix://` socket address (containerd's form) or a bare path.
+fn socket_path(address: &str) -> &str {
+    let address = address.trim();
+    address.strip_prefix("unix://").unwrap_or(address)
+}
+
+/// Removes the socket file at `path` (only a socket: never another kind of file).
+fn remove_socket(path: &str) {
+    use std::os::unix::fs::FileTypeExt;
+    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+    if is_socket && let Err(e) = std::fs::remove_file(path) {
+        log::warn!("cannot remove the shim's socket {path}: {e}");
     }
 }
 

@@ -291,8 +291,15 @@ fn a_pod_runs_containers_as_vms_with_exit_codes_and_logs() {
     // The pod's containers shared one shim, which ends with the pod and leaves no cgroup.
     let shims = c.shims();
     assert_eq!(shims.len(), 1, "one shim per pod: {shims:?}");
+    let socket = shim_socket(shims[0]);
+    assert!(socket.exists(), "{}", socket.display());
     pod.remove();
     assert!(wait_gone(shims[0]), "the pod's shim outlived the pod");
+    assert!(
+        wait_removed(&socket),
+        "the pod's shim left its socket {}",
+        socket.display()
+    );
     let cgroup = format!("/sys/fs/cgroup/memory/{}-batch", c.namespace);
     let leftover = std::fs::read_dir(&cgroup)
         .map(|d| d.flatten().filter(|e| e.path().is_dir()).count())

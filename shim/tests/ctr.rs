@@ -316,9 +316,16 @@ fn a_shim_killed_with_sigkill_leaves_no_vm_running() {
         is_shim(shim as u32),
         "the VMM's parent {shim} is not the shim"
     );
+    let socket = shim_socket(shim as u32);
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(shim, libc::SIGKILL) };
     assert!(wait_gone(vmm), "the VMM outlived its shim");
+    // containerd's clean-up after the dead shim (the `delete` action) removes its socket.
+    assert!(
+        wait_removed(&socket),
+        "the killed shim's socket {} stayed",
+        socket.display()
+    );
     // The client sees the task end instead of hanging.
     drop(client.stdin.take());
     wait_within(&mut client);

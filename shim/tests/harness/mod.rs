@@ -374,6 +374,33 @@ pub fn is_shim(pid: u32) -> bool {
     String::from_utf8_lossy(&cmd).contains("containerd-shim-wasmvm-v1")
 }
 
+/// The socket file serving shim `pid` listens on (its `-socket unix://PATH` argument).
+pub fn shim_socket(pid: u32) -> PathBuf {
+    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args: Vec<String> = cmd
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let address = args
+        .iter()
+        .position(|a| a == "-socket")
+        .and_then(|i| args.get(i + 1))
+        .unwrap_or_else(|| panic!("no -socket in shim {pid}'s command line: {args:?}"));
+    PathBuf::from(address.strip_prefix("unix://").unwrap_or(address))
+}
+
+/// Waits (bounded) until nothing is at `path`; false if something still is after 30 s.
+pub fn wait_removed(path: &Path) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while path.symlink_metadata().is_ok() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
 /// Processes whose command line contains `needle`.
 pub fn processes_mentioning(needle: &str) -> Vec<u32> {
     let mut out = Vec::new();
