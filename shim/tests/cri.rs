@@ -164,6 +164,22 @@ impl Pod<'_> {
         }
     }
 
+    /// Stops container `id` as kubelet does (SIGTERM, SIGKILL after 10 s) and waits for
+    /// its exit; SIGTERM stops a VM at once (143).
+    fn stop(&self, id: &str) -> ContainerStatus {
+        let _: Empty = self
+            .cri
+            .call(
+                "StopContainer",
+                StopContainerRequest {
+                    container_id: id.into(),
+                    timeout: 10,
+                },
+            )
+            .unwrap_or_else(|e| panic!("StopContainer {id}: {e}"));
+        self.wait_exit(id)
+    }
+
     fn remove(self) {
         for method in ["StopPodSandbox", "RemovePodSandbox"] {
             let _: Empty = self
@@ -346,6 +362,20 @@ fn http_get_in_netns(netns: &str, addr: &str) -> Result<String, String> {
     })
 }
 
+/// `GET /` from the test's network namespace, across the CNI bridge, to the server in
+/// `pod` at `ip`: the reply, or a failure with the server's and containerd's logs.
+fn get_root(c: &Containerd, pod: &Pod, ip: &str) -> String {
+    http_get_in_netns(&c.netns, &format!("{ip}:8080")).unwrap_or_else(|e| {
+        let log = c.log();
+        let tail: Vec<&str> = log.lines().rev().take(80).collect();
+        panic!(
+            "{e}\nserver log:\n{}\ncontainerd log (last lines):\n{}",
+            pod.log("server"),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )
+    })
+}
+
 #[test]
 fn the_http_sample_answers_at_its_pod_ip() {
     let Some((c, _dir)) = with_images() else {
@@ -358,28 +388,9 @@ fn the_http_sample_answers_at_its_pod_ip() {
     let server = pod.start("server", "wasmvm.test/http:1", &[]);
     pod.wait_log_line("server", "listening on fd 3");
     assert_eq!(pod.status(&server).state, CONTAINER_RUNNING);
-    // From the test's network namespace, across the CNI bridge, to the VM in the pod.
-    let reply = http_get_in_netns(&c.netns, &format!("{ip}:8080")).unwrap_or_else(|e| {
-        let log = c.log();
-        let tail: Vec<&str> = log.lines().rev().take(80).collect();
-        panic!(
-            "{e}\nserver log:\n{}\ncontainerd log (last lines):\n{}",
-            pod.log("server"),
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        )
-    });
+    let reply = get_root(&c, &pod, &ip);
     assert!(reply.starts_with("HTTP/1."), "{reply}");
-    let _: Empty = cri
-        .call(
-            "StopContainer",
-            StopContainerRequest {
-                container_id: server.clone(),
-                timeout: 10,
-            },
-        )
-        .unwrap();
-    // SIGTERM stops the VM at once: 143.
-    assert_eq!(pod.wait_exit(&server).exit_code, 143);
+    assert_eq!(pod.stop(&server).exit_code, 143);
     pod.remove();
 }
 
@@ -421,8 +432,7 @@ fn a_pod_keeps_serving_across_a_containerd_restart_and_its_exit_still_arrives() 
         }
     };
     assert_eq!(state, CONTAINER_RUNNING);
-    let reply = http_get_in_netns(&c.netns, &format!("{ip}:8080"))
-        .unwrap_or_else(|e| panic!("{e}\nserver log:\n{}", pod.log("server")));
+    let reply = get_root(&c, &pod, &ip);
     assert!(reply.starts_with("HTTP/1."), "{reply}");
 
     // The shim's event connection died with the old containerd; the exit must still reach
@@ -437,16 +447,7 @@ fn a_pod_keeps_serving_across_a_containerd_restart_and_its_exit_still_arrives() 
         .stderr(Stdio::null());
     let mut events = events.spawn().unwrap();
     let mut lines = Lines::new(events.stdout.take().unwrap());
-    let _: Empty = cri
-        .call(
-            "StopContainer",
-            StopContainerRequest {
-                container_id: server.clone(),
-                timeout: 10,
-            },
-        )
-        .unwrap();
-    assert_eq!(pod.wait_exit(&server).exit_code, 143);
+    assert_eq!(pod.stop(&server).exit_code, 143);
     let exit = lines.until(Duration::from_secs(60), |l| {
         l.contains("/tasks/exit") && l.contains(&server)
     });

@@ -3,13 +3,12 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::time::Duration;
 
 use super::check::{self, Geometry};
 use super::*;
 use crate::host::p9::FileServer;
 use crate::host::p9::wire::{self, Rmessage, SetAttr, Tmessage};
+use crate::test_support::within;
 
 /// A reproducible stream of pseudo-random numbers (xorshift64) from `seed` (not 0).
 fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
@@ -19,16 +18,6 @@ fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
         seed ^= seed << 17;
         seed
     }
-}
-
-/// Runs `f` on a thread and fails if it takes longer than `secs` seconds (a hang).
-fn within<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(Duration::from_secs(secs))
-        .unwrap_or_else(|_| panic!("{what}: no answer within {secs} s (a hang)"))
 }
 
 struct Client {
