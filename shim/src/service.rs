@@ -53,47 +53,48 @@ impl containerd_shim::Shim for Shim {
             .and_then(|s| s.annotations().clone())
             .and_then(|a| a.get(CRI_SANDBOX_ID).cloned())
             .unwrap_or_else(|| opts.id.clone());
-        let (_, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
         // The crate would print the address and then return through the drop of its
-        // signal iterator, which closes the iterator's socket while the handlers of
-        // SIGCHLD and SIGPIPE still write to it. The shim just spawned exits at once when
-        // the pod's shim already serves (every container after a pod's first): its SIGCHLD
-        // in that window makes the handler's write fail with SIGPIPE, whose handler
-        // writes again, for ever. The `start` action then spins and containerd waits for
-        // it (a StartContainer hung for an hour in CI). So the address is printed here and
-        // the process ends before that drop.
+        // signal iterator, which closes the iterator's socket while the SIGCHLD and
+        // SIGPIPE handlers still write to it. The shim just spawned exits at once when the
+        // pod's shim already serves (every container after a pod's first): its SIGCHLD in
+        // that window makes the write raise SIGPIPE, whose handler writes again, for ever.
+        // The `start` action then spins and containerd waits for it (a StartContainer
+        // hung for an hour in CI). So once the shim is spawned, this process ends here,
+        // whatever happens: the address printed, an error, or a panic.
+        let spawned =
+            std::panic::catch_unwind(move || containerd_shim::spawn(opts, &grouping, Vec::new()));
+        let address = match spawned {
+            Ok(Ok((_, address))) => address,
+            // Nothing was spawned: no child's exit can come, and the crate reports it.
+            Ok(Err(e)) => return Err(e),
+            Err(_) => std::process::exit(1),
+        };
         // As containerd's own shims do: the bundle says where its shim serves, for a
         // containerd that restarts and reconnects, and for `delete` after the shim died.
         let written = std::fs::write("address.tmp", &address)
             .and_then(|()| std::fs::rename("address.tmp", "address"));
         if let Err(e) = written {
-            return Err(containerd_shim::Error::IoError {
-                context: "write the bundle's address file".into(),
-                err: e,
-            });
+            eprintln!("containerd-shim-wasmvm: cannot write the bundle's address file: {e}");
+            std::process::exit(1);
         }
         let mut stdout = std::io::stdout().lock();
         if let Err(e) = write!(stdout, "{address}").and_then(|()| stdout.flush()) {
-            return Err(containerd_shim::Error::IoError {
-                context: "write the shim's address to stdout".into(),
-                err: e,
-            });
+            eprintln!("containerd-shim-wasmvm: cannot write the shim's address: {e}");
+            std::process::exit(1);
         }
         std::process::exit(0);
     }
 
-    /// containerd's clean-up after a shim died: its VMs died with it (parent-death
-    /// signal); what remains is the cgroup and the root file system mount.
+    /// containerd's clean-up after a container's shim connection closed (a shim that died,
+    /// or one that ended with its last container): its VMs died with it (parent-death
+    /// signal); what remains is the cgroup, the root file system mount and the socket.
     fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
         let bundle = std::env::current_dir().unwrap_or_default();
         crate::container::remove_leftovers(&bundle);
         // The dead shim's socket (the serving shim wrote its address into the bundle), unless
         // a shim still answers there: a pod's shim serves its other containers.
         if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
-            let path = socket_path(&address);
-            if std::os::unix::net::UnixStream::connect(path).is_err() {
-                remove_socket(path);
-            }
+            remove_dead_socket(socket_path(&address));
         }
         Ok(DeleteResponse {
             exit_status: 128 + libc::SIGKILL as u32,
@@ -104,11 +105,10 @@ impl containerd_shim::Shim for Shim {
 
     fn wait(&mut self) {
         self.exit.wait();
-        // The crate removes the socket only if the bundle's `address` file is still there
-        // after the server stops; containerd deletes the bundle right after its shutdown
-        // request, so shims left their sockets in /run/containerd/s (hundreds a day on a
-        // test machine). No one connects after shutdown; the listener goes on until the
-        // server stops.
+        // The crate removes the socket after the server stops if the bundle's `address`
+        // file is still there, but containerd deletes the bundle right after its shutdown
+        // request. No one connects after shutdown; the listener goes on until the server
+        // stops.
         if !self.socket.is_empty() {
             remove_socket(socket_path(&self.socket));
         }
@@ -132,6 +132,24 @@ impl containerd_shim::Shim for Shim {
 fn socket_path(address: &str) -> &str {
     let address = address.trim();
     address.strip_prefix("unix://").unwrap_or(address)
+}
+
+/// Removes the socket at `path` if no one listens there: the connection is refused and the
+/// file is the one that refused it (a shim starting meanwhile may have put a live one in
+/// its place).
+fn remove_dead_socket(path: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let id = |m: std::fs::Metadata| (m.dev(), m.ino());
+    let Ok(before) = std::fs::symlink_metadata(path).map(id) else {
+        return;
+    };
+    let refused = matches!(
+        std::os::unix::net::UnixStream::connect(path),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+    );
+    if refused && std::fs::symlink_metadata(path).map(id).ok() == Some(before) {
+        remove_socket(path);
+    }
 }
 
 /// Removes the socket file at `path` (only a socket: never another kind of file).
@@ -190,39 +208,45 @@ impl Handoff {
     }
 }
 
-/// How long containerd may take to take one event, and how often the shim asks. A call
-/// without a deadline that containerd never answers would hold the publisher's lock
+/// How long containerd may take to take one event, and how long the shim keeps trying. A
+/// call without a deadline that containerd never answers would hold the publisher's lock
 /// forever: no exit event would follow, and containerd's StopContainer, which waits for
-/// that event, would hang with it. (containerd's own shims also retry with a deadline.)
-const PUBLISH_LIMIT: Duration = Duration::from_secs(5);
-const PUBLISH_ATTEMPTS: u32 = 5;
+/// that event, would hang with it. The budget covers a containerd restart; containerd's own
+/// shims also retry for ~20 s.
+const PUBLISH_RETRY: Retry = Retry {
+    limit: Duration::from_secs(5),
+    budget: Duration::from_secs(30),
+    pause: Duration::from_millis(200),
+    max_pause: Duration::from_secs(4),
+};
 
 impl Shared {
-    /// Sends `event` to containerd, in order with every other event (the lock is held
-    /// across retries: an exit must never overtake the create before it).
+    /// Sends `event` to containerd after the events before it (the lock is held across
+    /// retries, so an exit never overtakes its create, unless an attempt that timed out
+    /// is taken by containerd after all).
     fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
         let mut publisher = self.publisher.lock().unwrap();
-        let retry = Retry {
-            limit: PUBLISH_LIMIT,
-            attempts: PUBLISH_ATTEMPTS,
-            pause: Duration::from_millis(200),
-        };
         let sink = EventSink {
             publisher: &mut publisher,
             address: self.events_address.as_deref(),
         };
-        if let Err(e) = publish_with(sink, retry, topic, &self.namespace, &*event) {
-            log::error!("cannot publish {topic} ({PUBLISH_ATTEMPTS} attempts): {e}");
+        if let Err(e) = publish_with(sink, PUBLISH_RETRY, topic, &self.namespace, &*event) {
+            log::error!(
+                "cannot publish {topic} (tried for {:?}): {e}",
+                PUBLISH_RETRY.budget
+            );
         }
     }
 }
 
-/// Deadline per attempt, attempts, and the pause after the first failure (doubling).
+/// Deadline per attempt; no new attempt after `budget`; the pause after the first failure,
+/// doubling up to `max_pause`.
 #[derive(Clone, Copy)]
 struct Retry {
     limit: Duration,
-    attempts: u32,
+    budget: Duration,
     pause: Duration,
+    max_pause: Duration,
 }
 
 /// Where events go: the connection, and the address to open a new one at when it fails
@@ -233,7 +257,7 @@ struct EventSink<'a> {
 }
 
 /// One event to containerd, each attempt bounded by `retry.limit`, a failed attempt
-/// followed by a fresh connection.
+/// followed by a pause and a fresh connection, until `retry.budget` is spent.
 fn publish_with(
     sink: EventSink<'_>,
     retry: Retry,
@@ -241,6 +265,7 @@ fn publish_with(
     namespace: &str,
     event: &dyn MessageDyn,
 ) -> containerd_shim::Result<()> {
+    let give_up = std::time::Instant::now() + retry.budget;
     let mut pause = retry.pause;
     let mut attempt = 1;
     loop {
@@ -250,11 +275,11 @@ fn publish_with(
             .publish(ctx, topic, namespace, event.clone_box())
         {
             Ok(()) => return Ok(()),
-            Err(e) if attempt >= retry.attempts => return Err(e),
+            Err(e) if std::time::Instant::now() + pause >= give_up => return Err(e),
             Err(e) => {
                 log::warn!("cannot publish {topic} (attempt {attempt}): {e}; retrying");
                 std::thread::sleep(pause);
-                pause *= 2;
+                pause = (pause * 2).min(retry.max_pause);
                 attempt += 1;
                 if let Some(address) = sink.address {
                     match RemotePublisher::new(address) {
@@ -714,14 +739,21 @@ mod tests {
         }
     }
 
+    /// Room for a slow machine: a forward that is answered takes far less than `limit`.
     const QUICK: Retry = Retry {
-        limit: Duration::from_millis(300),
-        attempts: 3,
+        limit: Duration::from_secs(1),
+        budget: Duration::from_secs(10),
         pause: Duration::from_millis(10),
+        max_pause: Duration::from_millis(100),
     };
 
     /// Publishes an exit of `id` on a thread; whether it succeeded, within 30 s.
-    fn publish_exit(publisher: RemotePublisher, address: Option<PathBuf>, id: &str) -> bool {
+    fn publish_exit(
+        publisher: RemotePublisher,
+        address: Option<PathBuf>,
+        retry: Retry,
+        id: &str,
+    ) -> bool {
         let (tx, rx) = mpsc::channel();
         let id = id.to_string();
         std::thread::spawn(move || {
@@ -732,7 +764,7 @@ mod tests {
                 address: address.as_deref(),
             };
             let event = exit_event(&id);
-            let _ = tx.send(publish_with(sink, QUICK, TASK_EXIT_EVENT_TOPIC, "ns", &event).is_ok());
+            let _ = tx.send(publish_with(sink, retry, TASK_EXIT_EVENT_TOPIC, "ns", &event).is_ok());
         });
         rx.recv_timeout(Duration::from_secs(30))
             .expect("publish neither succeeded nor gave up")
@@ -747,7 +779,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("events.sock");
         let fake = Fake::serve(&socket, 2);
-        assert!(publish_exit(connect(&socket), None, "web"));
+        assert!(publish_exit(connect(&socket), None, QUICK, "web"));
         let got = fake
             .forwarded
             .recv_timeout(Duration::from_secs(30))
@@ -761,7 +793,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("events.sock");
         let fake = Fake::serve(&socket, u32::MAX);
-        assert!(!publish_exit(connect(&socket), Some(socket.clone()), "web"));
+        let short = Retry {
+            budget: Duration::from_secs(2),
+            ..QUICK
+        };
+        assert!(!publish_exit(
+            connect(&socket),
+            Some(socket.clone()),
+            short,
+            "web"
+        ));
         assert!(fake.forwarded.try_recv().is_err());
         fake.stop();
     }
@@ -775,7 +816,7 @@ mod tests {
         old.stop();
         std::fs::remove_file(&socket).unwrap();
         let new = Fake::serve(&socket, 0);
-        assert!(publish_exit(publisher, Some(socket.clone()), "web"));
+        assert!(publish_exit(publisher, Some(socket.clone()), QUICK, "web"));
         let got = new.forwarded.recv_timeout(Duration::from_secs(30)).unwrap();
         assert_eq!(got.1, "web");
         new.stop();
