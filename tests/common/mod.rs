@@ -171,17 +171,14 @@ pub fn backends() -> &'static [&'static str] {
 /// failed, with what it wrote) if it has not ended within [`RUN_LIMIT`].
 pub fn run_on(vmm: &str, target: &Path, extra: &[&str], input: &[u8]) -> Output {
     use std::io::Write;
-    use std::os::unix::process::CommandExt;
-    let mut child = wasmvm()
-        .args(["run", "--vmm", vmm, "--accel", accel()])
+    let mut cmd = wasmvm();
+    cmd.args(["run", "--vmm", vmm, "--accel", accel()])
         .arg(target)
         .args(extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    let mut child = own_group(&mut cmd).spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let input = input.to_vec();
     // Not joined: a run that never reads all its input ends (or is killed) with the writer
@@ -535,11 +532,27 @@ pub const BUILD_LIMIT: Duration = Duration::from_secs(15 * 60);
 /// How long the output streams of a process that has exited (or was killed) may stay open.
 const STREAM_GRACE: Duration = Duration::from_secs(10);
 
+/// `cmd` as the leader of a process group of its own (so that a deadline can kill it with
+/// everything it started), which dies with the thread that spawns it: a Ctrl-C of
+/// `cargo test`, which no longer reaches the group, still ends it.
+fn own_group(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    // SAFETY: the closure runs between fork and exec and only calls prctl, which is
+    // async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        })
+    }
+}
+
 /// Runs `cmd` to its end with its output captured, killing it after `limit` (a hung command
-/// fails the test instead of hanging it) and panicking with what it wrote meanwhile. As with
-/// [`Command::output`], stdin is /dev/null. The command leads a process group of its own,
-/// and the whole group is killed, so a process it started that holds the pipes cannot keep
-/// the wait going.
+/// fails the test instead of hanging it) and panicking with what it wrote meanwhile. Its
+/// stdin is /dev/null, whatever `cmd` set. The command leads a process group of its own
+/// ([`own_group`]), and the whole group is killed, so a process it started that holds the
+/// pipes cannot keep the wait going.
 pub fn output_within(mut cmd: impl BorrowMut<Command>, limit: Duration) -> Output {
     let cmd = cmd.borrow_mut();
     try_output_within(&mut *cmd, limit).unwrap_or_else(|e| panic!("{cmd:?} cannot start: {e}"))
@@ -551,14 +564,11 @@ pub fn try_output_within(
     mut cmd: impl BorrowMut<Command>,
     limit: Duration,
 ) -> std::io::Result<Output> {
-    use std::os::unix::process::CommandExt;
     let cmd = cmd.borrow_mut();
-    let mut child = cmd
-        .stdin(Stdio::null())
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()?;
+        .stderr(Stdio::piped());
+    let mut child = own_group(cmd).spawn()?;
     Ok(finish_within(&mut child, limit, &format!("{cmd:?}")))
 }
 
@@ -585,6 +595,8 @@ pub fn wait_within(child: &mut Child) -> ExitStatus {
 /// Waits for `child` to exit within `limit`, else kills it (its process group when it leads
 /// one) and fails with whatever its unread piped streams still had to say.
 pub fn status_within(child: &mut Child, limit: Duration) -> ExitStatus {
+    // As `Child::wait` does: a child that reads its stdin to the end can end.
+    drop(child.stdin.take());
     let what = describe(child.id());
     match exit_by(child, Instant::now() + limit) {
         Some(status) => status,
@@ -643,13 +655,17 @@ impl Lines {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut reader = BufReader::new(stream);
-            let mut line = String::new();
+            let mut line = Vec::new();
             let mut listening = true;
             loop {
                 line.clear();
-                match reader.read_line(&mut line) {
+                // Bytes, not `read_line`: a line that is not UTF-8 must not end the draining.
+                match reader.read_until(b'\n', &mut line) {
                     Ok(0) | Err(_) => break,
-                    Ok(_) if listening => listening = tx.send(line.clone()).is_ok(),
+                    Ok(_) if listening => {
+                        let text = String::from_utf8_lossy(&line).into_owned();
+                        listening = tx.send(text).is_ok();
+                    }
                     Ok(_) => {}
                 }
             }
