@@ -788,6 +788,11 @@ fn collected(out: &Capture, err: &Capture) -> String {
 
 /// Waits for `child` to end, with its output, until `limit`; see [`wait_with_output_within`].
 fn finish_within(child: &mut Child, limit: Duration, what: &str) -> Output {
+    collect_by(child, limit).unwrap_or_else(|why| panic!("{what} {why}"))
+}
+
+/// [`finish_within`] without the panic: the output, or (with the child killed) why not.
+fn collect_by(child: &mut Child, limit: Duration) -> Result<Output, String> {
     let deadline = Instant::now() + limit;
     let group = leads_group(child);
     drop(child.stdin.take());
@@ -799,26 +804,38 @@ fn finish_within(child: &mut Child, limit: Duration, what: &str) -> Output {
         let by = Instant::now() + STREAM_GRACE;
         out.ended_by(by);
         err.ended_by(by);
-        panic!(
-            "{what} did not end within {limit:?}; killed it{}",
+        return Err(format!(
+            "did not end within {limit:?}; killed it{}",
             collected(&out, &err)
-        );
+        ));
     };
     // What the child started may hold its streams a little longer; not for ever.
     let by = deadline.max(Instant::now() + STREAM_GRACE);
     if !(out.ended_by(by) && err.ended_by(by)) {
         kill_tree(child, group);
-        panic!(
-            "{what} ended ({status}), but its output streams stayed open (a process it \
-             started holds them){}",
+        return Err(format!(
+            "ended ({status}), but its output streams stayed open (a process it started \
+             holds them){}",
             collected(&out, &err)
-        );
+        ));
     }
-    Output {
+    Ok(Output {
         status,
         stdout: out.take(),
         stderr: err.take(),
-    }
+    })
+}
+
+/// Like [`output_within`], but never panics: `None` if `cmd` cannot start or does not end
+/// within `limit` (then killed). For clean-up code that runs while a test is already
+/// failing, where a second panic would abort the whole test binary.
+pub fn output_or_kill(mut cmd: impl BorrowMut<Command>, limit: Duration) -> Option<Output> {
+    let cmd = cmd.borrow_mut();
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = own_group(cmd).spawn().ok()?;
+    collect_by(&mut child, limit).ok()
 }
 
 /// `child`'s exit status, if it ends by `deadline`.

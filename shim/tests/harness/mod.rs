@@ -293,6 +293,9 @@ fn boot(d: &Path, netns: &str) -> Result<Child, String> {
     Ok(child)
 }
 
+/// How long one clean-up command may take.
+const CLEANUP_LIMIT: Duration = Duration::from_secs(30);
+
 impl Drop for Containerd {
     fn drop(&mut self) {
         // Through containerd first, so it unmounts root file systems and removes
@@ -302,13 +305,16 @@ impl Drop for Containerd {
                 let mut cmd = Command::new("ctr");
                 cmd.arg("-a").arg(&self.socket).args(["-n", ns]).args(args);
                 cmd.stdin(Stdio::null());
-                output_within(cmd, Duration::from_secs(30))
+                // Never a panic here: this also runs while a failed test unwinds.
+                output_or_kill(cmd, CLEANUP_LIMIT)
+                    .map(|o| stdout(&o))
+                    .unwrap_or_default()
             };
-            for task in stdout(&ctr(&["tasks", "ls", "-q"])).lines() {
+            for task in ctr(&["tasks", "ls", "-q"]).lines() {
                 ctr(&["tasks", "kill", "-s", "SIGKILL", task]);
                 ctr(&["tasks", "rm", "-f", task]);
             }
-            for container in stdout(&ctr(&["containers", "ls", "-q"])).lines() {
+            for container in ctr(&["containers", "ls", "-q"]).lines() {
                 ctr(&["containers", "rm", container]);
             }
         }
@@ -340,11 +346,12 @@ impl Drop for Containerd {
             .collect();
         points.sort_by_key(|p| std::cmp::Reverse(p.len()));
         for p in points {
-            let _ = Command::new("umount").args(["-l", p]).output();
+            let _ = output_or_kill(Command::new("umount").args(["-l", p]), CLEANUP_LIMIT);
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .output();
+        let _ = output_or_kill(
+            Command::new("ip").args(["netns", "del", &self.netns]),
+            CLEANUP_LIMIT,
+        );
         // ctr's cgroups are /NAMESPACE/ID and the pods' /NAMESPACE-POD/ID: the shim
         // removed each ID; the parents are the test's (as runc leaves /default).
         let mut roots = vec![PathBuf::from("/sys/fs/cgroup")];
