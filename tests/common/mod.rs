@@ -565,11 +565,16 @@ pub fn try_output_within(
     limit: Duration,
 ) -> std::io::Result<Output> {
     let cmd = cmd.borrow_mut();
+    let mut child = spawn_captured(cmd)?;
+    Ok(finish_within(&mut child, limit, &format!("{cmd:?}")))
+}
+
+/// `cmd` started with stdin /dev/null, stdout and stderr piped, in a group of its own.
+fn spawn_captured(cmd: &mut Command) -> std::io::Result<Child> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = own_group(cmd).spawn()?;
-    Ok(finish_within(&mut child, limit, &format!("{cmd:?}")))
+    own_group(cmd).spawn()
 }
 
 /// [`Child::wait_with_output`] with a deadline: closes the child's stdin, reads its piped
@@ -611,12 +616,21 @@ pub fn kill_and_panic(child: &mut Child, why: &str) -> ! {
     drop(child.stdin.take());
     let out = Capture::start(child.stdout.take());
     let err = Capture::start(child.stderr.take());
+    panic!(
+        "{why}; killed it{}",
+        kill_and_collect(child, group, &out, &err)
+    );
+}
+
+/// Kills `child` (and its group when `group`), gives it and its streams a few seconds to
+/// end, and says what the streams had collected.
+fn kill_and_collect(child: &mut Child, group: bool, out: &Capture, err: &Capture) -> String {
     kill_tree(child, group);
     let _ = exit_by(child, Instant::now() + STREAM_GRACE);
     let by = Instant::now() + STREAM_GRACE;
     out.ended_by(by);
     err.ended_by(by);
-    panic!("{why}; killed it{}", collected(&out, &err));
+    collected(out, err)
 }
 
 /// Runs `f` on a thread of its own and returns its result; fails if it takes longer than
@@ -799,14 +813,9 @@ fn collect_by(child: &mut Child, limit: Duration) -> Result<Output, String> {
     let out = Capture::start(child.stdout.take());
     let err = Capture::start(child.stderr.take());
     let Some(status) = exit_by(child, deadline) else {
-        kill_tree(child, group);
-        let _ = exit_by(child, Instant::now() + STREAM_GRACE);
-        let by = Instant::now() + STREAM_GRACE;
-        out.ended_by(by);
-        err.ended_by(by);
         return Err(format!(
             "did not end within {limit:?}; killed it{}",
-            collected(&out, &err)
+            kill_and_collect(child, group, &out, &err)
         ));
     };
     // What the child started may hold its streams a little longer; not for ever.
@@ -830,11 +839,7 @@ fn collect_by(child: &mut Child, limit: Duration) -> Result<Output, String> {
 /// within `limit` (then killed). For clean-up code that runs while a test is already
 /// failing, where a second panic would abort the whole test binary.
 pub fn output_or_kill(mut cmd: impl BorrowMut<Command>, limit: Duration) -> Option<Output> {
-    let cmd = cmd.borrow_mut();
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = own_group(cmd).spawn().ok()?;
+    let mut child = spawn_captured(cmd.borrow_mut()).ok()?;
     collect_by(&mut child, limit).ok()
 }
 
