@@ -4,7 +4,8 @@
 //! 1. hello cold start, process start to exit, median of many runs: built-in VMM, QEMU
 //!    microvm, host reference mode, and `wasmtime run` / the `wasmi` CLI when on PATH;
 //! 2. host memory per idle VM (RSS and PSS of the VMM process, which includes the guest
-//!    pages it touched; for QEMU the QEMU process is added);
+//!    pages it touched; for QEMU the QEMU process is added), at its readiness line and
+//!    after a second of idling (`WASMVM_BENCH_ONLY=idle` runs this part alone);
 //! 3. stdout throughput of the guest (256 MiB, start-up subtracted), and short lines per
 //!    second (one write each, as a chatty app logs);
 //! 4. N concurrent idle VMs: time until all are ready, and the host CPU they use idle;
@@ -162,7 +163,7 @@ fn main() {
     println!("Machine: {}", machine());
     println!();
 
-    // `WASMVM_BENCH_ONLY=overhead|memory|phases|stdout|density` runs one part; by default,
+    // `WASMVM_BENCH_ONLY=overhead|memory|phases|idle|stdout|density` runs one part; by default,
     // all.
     let only = std::env::var("WASMVM_BENCH_ONLY").ok();
     let wanted = |part: &str| only.as_deref().is_none_or(|o| o == part);
@@ -180,6 +181,10 @@ fn main() {
     }
     if wanted("stdout") && only.is_some() {
         stdout_rates(&vmms, &exitcode_img);
+        return;
+    }
+    if wanted("idle") && only.is_some() {
+        idle_memory(&vmms, &exitcode_img);
         return;
     }
     if wanted("density") && only.is_some() {
@@ -257,26 +262,7 @@ fn main() {
     );
 
     // 2. Memory per idle VM.
-    println!("Host memory of one idle VM (median of 5; VMM process incl. guest pages touched)");
-    println!();
-    println!("| backend | RSS MiB | PSS MiB |");
-    println!("|---|---|---|");
-    let mut memory_bars = Vec::new();
-    for vmm in &vmms {
-        let (mut rss, mut pss) = (Vec::new(), Vec::new());
-        for _ in 0..5 {
-            let child = start_idle(vmm, &exitcode_img);
-            let pids = family(child.id());
-            rss.push(sum_kb(&pids, "status", "VmRSS:") as f64);
-            pss.push(sum_kb(&pids, "smaps_rollup", "Pss:") as f64);
-            stop(child);
-        }
-        let (rss, pss) = (median(rss) / 1024.0, median(pss) / 1024.0);
-        println!("| {vmm} | {rss:.1} | {pss:.1} |");
-        memory_bars.push((format!("{vmm}: RSS"), rss));
-        memory_bars.push((format!("{vmm}: PSS"), pss));
-    }
-    println!();
+    let memory_bars = idle_memory(&vmms, &exitcode_img);
     write_chart(
         "memory.svg",
         "Host memory of one idle VM (median; smaller is better)",
@@ -356,6 +342,42 @@ fn stdout_rates(vmms: &[&str], exitcode_img: &Path) {
         "k lines/s",
         &line_bars,
     );
+}
+
+/// How long a VM idles before its memory is read: the built-in VMM gives back the zero
+/// pages of its huge pages once the guest has waited 0.1 s with nothing to do.
+const IDLE_SETTLE: Duration = Duration::from_secs(1);
+
+/// Host memory of one idle VM per backend (median of 5): RSS at the readiness line, then
+/// RSS and PSS after [`IDLE_SETTLE`]. Returns the chart's bars.
+fn idle_memory(vmms: &[&str], exitcode_img: &Path) -> Vec<(String, f64)> {
+    println!(
+        "Host memory of one idle VM (median of 5; VMM process incl. guest pages touched; idle: {} s after its readiness line)",
+        IDLE_SETTLE.as_secs_f64()
+    );
+    println!();
+    println!("| backend | RSS MiB at ready | RSS MiB idle | PSS MiB idle |");
+    println!("|---|---|---|---|");
+    let mut bars = Vec::new();
+    for vmm in vmms {
+        let (mut ready, mut rss, mut pss) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..5 {
+            let child = start_idle(vmm, exitcode_img);
+            let pids = family(child.id());
+            ready.push(sum_kb(&pids, "status", "VmRSS:") as f64);
+            std::thread::sleep(IDLE_SETTLE);
+            rss.push(sum_kb(&pids, "status", "VmRSS:") as f64);
+            pss.push(sum_kb(&pids, "smaps_rollup", "Pss:") as f64);
+            stop(child);
+        }
+        let mib = |v: Vec<f64>| median(v) / 1024.0;
+        let (ready, rss, pss) = (mib(ready), mib(rss), mib(pss));
+        println!("| {vmm} | {ready:.1} | {rss:.1} | {pss:.1} |");
+        bars.push((format!("{vmm}: RSS"), rss));
+        bars.push((format!("{vmm}: PSS"), pss));
+    }
+    println!();
+    bars
 }
 
 /// `vms` idle VMs at once: time until all are ready, host CPU while they idle, memory.
@@ -709,7 +731,8 @@ fn large_initial_memory(dir: &Path, runs: usize) {
         ));
     }
     println!(
-        "A module asking for 64 MiB at start (uses a few bytes): start to exit, median of {runs}; one idle, median of 5"
+        "A module asking for 64 MiB at start (uses a few bytes): start to exit, median of {runs}; one idle ({} s after its readiness line), median of 5",
+        IDLE_SETTLE.as_secs_f64()
     );
     println!();
     println!("| how | start ms | idle RSS MiB |");
@@ -724,6 +747,7 @@ fn large_initial_memory(dir: &Path, runs: usize) {
         let mut rss = Vec::new();
         for _ in 0..5 {
             let child = start_ready(command(), &format!("{name}: the idle app"));
+            std::thread::sleep(IDLE_SETTLE);
             rss.push(sum_kb(&family(child.id()), "status", "VmRSS:") as f64);
             stop(child);
         }

@@ -815,6 +815,75 @@ fn guest_ram_uses_huge_pages_unless_told_not_to() {
     );
 }
 
+/// One field of `/proc/PID/smaps_rollup`, in KiB (0 when the process is gone).
+fn rollup_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
+/// A guest that idles gives back the zero pages of its huge pages (the VMM's idle trim),
+/// and then goes on as before: its stack, heap and linear memory still hold what it wrote
+/// (a dialogue of lines through all three).
+#[test]
+fn an_idle_guest_gives_back_its_zero_pages_and_keeps_working() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    if !builtin_vmm_usable() {
+        return;
+    }
+    let mut vm = start_ready(
+        &["--vmm", "builtin", "-v"],
+        &sample("exitcode"),
+        &["echo"],
+        "ready\n",
+    );
+    let pid = vm.id();
+    let huge_at_start = rollup_kib(pid, "AnonHugePages:");
+    let rss_at_start = rollup_kib(pid, "Rss:");
+    // The hello-sized guest touches three huge pages; two are mostly zero.
+    if huge_at_start < 3 * 2048 {
+        eprintln!("note: the host gave {huge_at_start} KiB of huge pages; nothing to trim");
+        drop(vm.stdin.take());
+        assert_eq!(wait_within(&mut vm).code(), Some(0));
+        return;
+    }
+    // A condition with a deadline, not a sleep: the trim follows 0.1 s of idling.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rollup_kib(pid, "AnonHugePages:") > huge_at_start - 2 * 2048 {
+        if Instant::now() > deadline {
+            kill_and_panic(&mut vm, "the idle guest kept its huge pages for 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rss_idle = rollup_kib(pid, "Rss:");
+    assert!(
+        rss_idle + 3 * 1024 <= rss_at_start,
+        "RSS {rss_at_start} KiB at start, {rss_idle} KiB idle"
+    );
+    let mut questions = vm.stdin.take().unwrap();
+    let mut answers = Lines::new(vm.stdout.take().unwrap());
+    for i in 0..200 {
+        let question = format!("question {i} {}", "x".repeat(i * 37));
+        writeln!(questions, "{question}").unwrap();
+        match answers.next_within(Duration::from_secs(20)) {
+            Ok(Some(answer)) if answer == format!("{question}\n") => {}
+            other => kill_and_panic(&mut vm, &format!("question {i}: answered {other:?}")),
+        }
+    }
+    drop(questions);
+    let out = wait_with_output_within(vm, RUN_LIMIT);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("MiB of zero pages while the guest idled"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// Stdin the app does not read costs the guest at most the stdin window: 64 MiB piped into
 /// an app that never reads, in a VM of 32 MiB, must not run the guest out of memory (the
 /// host stops sending after a window's worth; the run ends by its timeout).

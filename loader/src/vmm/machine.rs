@@ -12,6 +12,7 @@ use wasmvm_abi::pvh::{self, MemmapEntry, StartInfo};
 
 use super::boot::{self, BootError, BootPath, Entry, kvm_step};
 use super::layout::*;
+use super::trim::IdleTrim;
 use crate::image::elf::{Elf, PT_LOAD, ProgramHeader};
 use crate::image::mapped::MappedImage;
 
@@ -74,6 +75,9 @@ pub struct Machine {
     pub waits_block: bool,
     /// Where the boot structures are (the console's queues among them).
     pub boot_area: BootArea,
+    /// Gives back zero pages while the guest idles: only for RAM that is anonymous
+    /// throughout (huge pages; see [`super::trim`]).
+    pub trim: Option<IdleTrim>,
     _vm: VmFd,
 }
 
@@ -383,6 +387,7 @@ pub fn build(image: &MappedImage, config: &MachineConfig) -> Result<Machine, Boo
         vcpu,
         waits_block: matches!(entry, Entry::Direct(_)),
         boot_area: area,
+        trim: config.huge_pages.then(|| IdleTrim::new(memory_mib << 20)),
         _vm: vm,
     })
 }

@@ -9,6 +9,7 @@
 //! | [`boot`]    | the vCPU's entry state, as data; [`BootError`] |
 //! | [`machine`] | building a VM: guest memory, the image, boot structures, the vCPU |
 //! | [`vcpu`]    | the vCPU loop and the guest's wait exits |
+//! | [`trim`]    | giving back an idle guest's zero pages |
 //! | [`kick`]    | interrupting a vCPU blocked in KVM_RUN |
 //! | [`seccomp`] | the filters that confine the VMM's threads |
 //! | [`devices`] | the MMIO bus and the virtio devices behind it |
@@ -19,6 +20,7 @@ pub mod kick;
 pub mod layout;
 pub mod machine;
 pub mod seccomp;
+pub mod trim;
 pub mod vcpu;
 
 use std::os::unix::net::UnixStream;
@@ -371,6 +373,17 @@ fn run(
         "host: VM ended after {:.1} ms",
         started.elapsed().as_secs_f64() * 1e3
     ));
+    if let Some(released) = machine
+        .trim
+        .as_ref()
+        .map(|t| t.released())
+        .filter(|r| *r > 0)
+    {
+        log(&format!(
+            "host: gave back {:.1} MiB of zero pages while the guest idled",
+            released as f64 / (1 << 20) as f64
+        ));
+    }
     // The devices are gone with the vCPU thread: each worker closes its server and ends.
     let mut closed = Ok(());
     for (closer, path) in closers {

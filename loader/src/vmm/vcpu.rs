@@ -17,6 +17,7 @@ use super::devices::Devices;
 use super::devices::console::Rx;
 use super::kick;
 use super::machine::{self, Machine, MachineConfig};
+use super::trim::{IDLE_BEFORE_TRIM, IdleTrim};
 use crate::RunError;
 use crate::image::Image;
 use crate::image::mapped::MappedImage;
@@ -60,7 +61,7 @@ impl Machine {
                 Ok(VcpuExit::IoOut(port, data)) if port == WAIT_PORT => {
                     let timeout = wait_timeout(data);
                     match devices.console.is_some() {
-                        true => wait_for_host(devices, &self.mem, timeout),
+                        true => wait_for_host(devices, &self.mem, timeout, self.trim.as_mut()),
                         false => std::thread::sleep(timeout.unwrap_or(Duration::from_secs(1))),
                     }
                     // The wait moved the frames already.
@@ -105,8 +106,14 @@ fn wait_timeout(data: &[u8]) -> Option<Duration> {
 /// some arrives or `timeout` passes. Host input is console bytes and, with a network card,
 /// frames. With input the guest is not taking (it sleeps without reading, or offers no
 /// receive buffer), only the deadline ends the block: watching that descriptor would spin.
-/// A stop request interrupts the block with the kick signal (see `vmm::run`).
-fn wait_for_host(devices: &mut Devices, mem: &GuestMemoryMmap, timeout: Option<Duration>) {
+/// A stop request interrupts the block with the kick signal (see `vmm::run`). A block that
+/// lasts [`IDLE_BEFORE_TRIM`] gives back the guest's zero pages (`trim`) and goes on.
+fn wait_for_host(
+    devices: &mut Devices,
+    mem: &GuestMemoryMmap,
+    timeout: Option<Duration>,
+    trim: Option<&mut IdleTrim>,
+) {
     use std::os::fd::AsRawFd;
     let mut pfds = [libc::pollfd {
         fd: -1,
@@ -158,29 +165,34 @@ fn wait_for_host(devices: &mut Devices, mem: &GuestMemoryMmap, timeout: Option<D
             watched += 1;
         }
     }
-    let ts = timeout.map(|t| libc::timespec {
-        tv_sec: t.as_secs().min(i32::MAX as u64) as i64,
-        tv_nsec: t.subsec_nanos().into(),
-    });
-    let ts_ptr = ts
-        .as_ref()
-        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
     // The guest queues no frames while it waits: the card's quiet window must not cut the
     // wait short.
     if let Some(net) = devices.net.as_mut() {
         net.device.before_wait();
     }
-    // SAFETY: the first `watched` entries of `pfds` and `ts` are valid for the duration of
-    // the call; a null timeout blocks until input or a signal (the stop kick), and a null
-    // mask leaves the mask unchanged.
-    unsafe {
-        libc::ppoll(
-            pfds.as_mut_ptr(),
-            watched as libc::nfds_t,
-            ts_ptr,
-            std::ptr::null(),
-        )
-    };
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut trim = trim;
+    let mut pause = trim.is_some().then_some(IDLE_BEFORE_TRIM);
+    loop {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        // Block until the deadline, or first for the idle pause that starts a trim.
+        let (block, trimming) = match (pause, left) {
+            (Some(p), Some(l)) if p < l => (Some(p), true),
+            (Some(p), None) => (Some(p), true),
+            (_, left) => (left, false),
+        };
+        if poll(&mut pfds[..watched], block) != 0 || !trimming {
+            // Input, the stop kick, or the deadline.
+            break;
+        }
+        // Nothing arrived for a while: the guest idles.
+        let pass = trim.as_deref_mut().map(|t| t.trim(mem));
+        // A pass cut short goes on once pending input has been checked; then block.
+        pause = match pass {
+            Some(pass) if !pass.finished => Some(Duration::ZERO),
+            _ => None,
+        };
+    }
     if let Some(console) = devices.console.as_mut() {
         let (console, queues) = console.parts();
         console.process_rx(queues, mem);
@@ -190,6 +202,28 @@ fn wait_for_host(devices: &mut Devices, mem: &GuestMemoryMmap, timeout: Option<D
         net.after_wait(queues, mem);
     }
     devices.poll(mem);
+}
+
+/// `ppoll` on `pfds` for at most `timeout` (`None`: until input or a signal); returns
+/// how many descriptors are ready, 0 at the timeout, -1 when a signal interrupted it.
+fn poll(pfds: &mut [libc::pollfd], timeout: Option<Duration>) -> libc::c_int {
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(i32::MAX as u64) as i64,
+        tv_nsec: t.subsec_nanos().into(),
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `pfds` and `ts` are valid for the duration of the call; a null timeout blocks
+    // until input or a signal (the stop kick), and a null mask leaves the mask unchanged.
+    unsafe {
+        libc::ppoll(
+            pfds.as_mut_ptr(),
+            pfds.len() as libc::nfds_t,
+            ts_ptr,
+            std::ptr::null(),
+        )
+    }
 }
 
 /// Boots the image at `image_path` with `memory_mib` of RAM and no devices, and runs it
