@@ -54,6 +54,25 @@ fn median_ms(runs: usize, mut cmd: impl FnMut() -> Command) -> Option<f64> {
     Some(median(times))
 }
 
+/// Runs `cmd` to its exit with no input or output: its wall time in ms and its peak RSS
+/// in KiB (`ru_maxrss` from `wait4`), or `None` if it failed.
+fn timed_run(mut cmd: Command) -> Option<(f64, f64)> {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null());
+    let t = Instant::now();
+    let child = cmd.spawn().ok()?;
+    let mut status = 0;
+    // SAFETY: rusage is plain data that wait4 fills in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `child` is this process's unreaped child; `status` and `usage` are valid for
+    // writes. (std never reaps a dropped Child, so there is no second wait.)
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    let ok = pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    ok.then_some((ms, usage.ru_maxrss as f64))
+}
+
 /// `wasmvm run --vmm VMM TARGET -- ARGS`; the pseudo-VMM `builtin-4k` is the built-in VMM
 /// with `--no-huge-pages`.
 fn wasmvm_run(vmm: &str, target: &Path, args: &[&str]) -> Command {
@@ -197,10 +216,12 @@ fn main() {
 
     // 1. Cold start: one run of each contender per round, so that the host's drift over the
     // minute this takes weighs on all of them alike.
-    println!("hello.wasm cold start, process start to exit, median of {runs} interleaved runs");
+    println!(
+        "hello.wasm cold start, process start to exit, and the process's peak RSS, median of {runs} interleaved runs"
+    );
     println!();
-    println!("| how | ms |");
-    println!("|---|---|");
+    println!("| how | ms | peak RSS MiB |");
+    println!("|---|---|---|");
     type MakeCommand<'a> = Box<dyn Fn() -> Command + 'a>;
     let mut contenders: Vec<(&str, &str, MakeCommand)> = Vec::new();
     for (name, vmm) in [
@@ -234,24 +255,27 @@ fn main() {
             missing.push(name);
         }
     }
-    let mut times: Vec<Option<Vec<f64>>> = vec![Some(Vec::new()); contenders.len()];
+    let mut times: Vec<Option<Vec<(f64, f64)>>> = vec![Some(Vec::new()); contenders.len()];
     for _ in 0..runs {
         for (i, (_, _, command)) in contenders.iter().enumerate() {
-            let took = times[i].as_ref().and_then(|_| median_ms(1, command));
+            let took = times[i].as_ref().and_then(|_| timed_run(command()));
             match (took, times[i].as_mut()) {
-                (Some(ms), Some(list)) => list.push(ms),
+                (Some(run), Some(list)) => list.push(run),
                 _ => times[i] = None,
             }
         }
     }
     let mut start_bars = Vec::new();
     for ((name, _, _), list) in contenders.iter().zip(times) {
-        let ms = list.map(median);
-        start_bars.extend(ms.map(|m| (name.to_string(), m)));
-        print_row(name, ms.map(|m| format!("{m:.1}")));
+        let medians = list.map(|runs| {
+            let (ms, kib): (Vec<f64>, Vec<f64>) = runs.into_iter().unzip();
+            (median(ms), median(kib) / 1024.0)
+        });
+        start_bars.extend(medians.map(|(ms, _)| (name.to_string(), ms)));
+        print_row(name, medians.map(|(ms, mib)| format!("{ms:.1} | {mib:.1}")));
     }
     for name in missing {
-        print_row(name, Some("not on PATH".into()));
+        print_row(name, Some("not on PATH | –".into()));
     }
     println!();
     write_chart(
@@ -567,8 +591,12 @@ fn write_chart(name: &str, title: &str, unit: &str, bars: &[(String, f64)]) {
     }
 }
 
+/// A row of the cold-start table: `value` holds both columns.
 fn print_row(name: &str, value: Option<String>) {
-    println!("| {name} | {} |", value.unwrap_or_else(|| "failed".into()));
+    println!(
+        "| {name} | {} |",
+        value.unwrap_or_else(|| "failed | –".into())
+    );
 }
 
 /// CPU model, core count and memory, for the record.
