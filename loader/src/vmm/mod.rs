@@ -373,15 +373,13 @@ fn run(
         "host: VM ended after {:.1} ms",
         started.elapsed().as_secs_f64() * 1e3
     ));
-    if let Some(released) = machine
-        .trim
-        .as_ref()
-        .map(|t| t.released())
-        .filter(|r| *r > 0)
+    if let Some((released, spent)) = machine.trim.as_ref().map(|t| t.released())
+        && released > 0
     {
         log(&format!(
-            "host: gave back {:.1} MiB of zero pages while the guest idled",
-            released as f64 / (1 << 20) as f64
+            "host: gave back {:.1} MiB of zero pages while the guest idled ({:.2} ms to find them)",
+            released as f64 / (1 << 20) as f64,
+            spent.as_secs_f64() * 1e3
         ));
     }
     // The devices are gone with the vCPU thread: each worker closes its server and ends.
