@@ -5,7 +5,7 @@
 //!    microvm, host reference mode, and `wasmtime run` / the `wasmi` CLI when on PATH;
 //! 2. host memory per idle VM (RSS and PSS of the VMM process, which includes the guest
 //!    pages it touched; for QEMU the QEMU process is added), at its readiness line and
-//!    after a second of idling (`WASMVM_BENCH_ONLY=idle` runs this part alone);
+//!    after two seconds of idling (`WASMVM_BENCH_ONLY=idle` runs this part alone);
 //! 3. stdout throughput of the guest (256 MiB, start-up subtracted), and short lines per
 //!    second (one write each, as a chatty app logs);
 //! 4. N concurrent idle VMs: time until all are ready, and the host CPU they use idle;
@@ -369,8 +369,8 @@ fn stdout_rates(vmms: &[&str], exitcode_img: &Path) {
 }
 
 /// How long a VM idles before its memory is read: the built-in VMM gives back the zero
-/// pages of its huge pages once the guest has waited 0.1 s with nothing to do.
-const IDLE_SETTLE: Duration = Duration::from_secs(1);
+/// pages of its huge pages once the guest has waited a second with nothing to do.
+const IDLE_SETTLE: Duration = Duration::from_secs(2);
 
 /// Host memory of one idle VM per backend (median of 5): RSS at the readiness line, then
 /// RSS and PSS after [`IDLE_SETTLE`]. Returns the chart's bars.

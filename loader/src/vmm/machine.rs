@@ -12,6 +12,7 @@ use wasmvm_abi::pvh::{self, MemmapEntry, StartInfo};
 
 use super::boot::{self, BootError, BootPath, Entry, kvm_step};
 use super::layout::*;
+use super::ram::{self, RamBacking};
 use super::trim::IdleTrim;
 use crate::image::elf::{Elf, PT_LOAD, ProgramHeader};
 use crate::image::mapped::MappedImage;
@@ -76,9 +77,11 @@ pub struct Machine {
     /// Where the boot structures are (the console's queues among them).
     pub boot_area: BootArea,
     /// Gives back zero pages while the guest idles: only for RAM that is anonymous
-    /// throughout (huge pages; see [`super::trim`]).
+    /// throughout, with huge pages (see [`super::trim`]).
     pub trim: Option<IdleTrim>,
     _vm: VmFd,
+    /// The mapping RAM lies in: dropped last, after `mem` and the VM.
+    _ram: RamBacking,
 }
 
 /// Puts one `PT_LOAD` segment into guest memory: with `map_file`, mapped from the file when
@@ -240,16 +243,16 @@ fn fill_memory(
     image: &MappedImage,
     elf: &Elf,
     config: &MachineConfig,
-) -> Result<(GuestMemoryMmap, BootArea), BootError> {
+) -> Result<FilledMemory, BootError> {
     let memory_mib = config.memory_mib;
     let mem_size = memory_mib << 20;
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[
-        (GuestAddress(0), mem_size as usize),
-        (
+    let (mem, backing) = ram::guest_memory(
+        mem_size as usize,
+        &[(
             GuestAddress(PAGE_TABLES_ADDR),
             (PAGE_TABLE_PAGES * PAGE_SIZE) as usize,
-        ),
-    ])
+        )],
+    )
     .map_err(|cause| BootError::GuestMemory { memory_mib, cause })?;
     if config.huge_pages {
         advise_huge_pages(&mem, mem_size);
@@ -260,7 +263,22 @@ fn fill_memory(
         image_end = image_end.max(load_segment(&mem, memory_mib, image, elf, ph, map_file)?);
     }
     let area = write_pvh_structures(&mem, mem_size, image_end, config.run_config, config.cmdline)?;
-    Ok((mem, area))
+    Ok(FilledMemory {
+        mem,
+        backing,
+        area,
+        file_mapped: map_file,
+    })
+}
+
+/// What [`fill_memory`] made.
+struct FilledMemory {
+    mem: GuestMemoryMmap,
+    backing: RamBacking,
+    area: BootArea,
+    /// Whether image segments may be mapped from the file into RAM (else RAM is anonymous
+    /// throughout).
+    file_mapped: bool,
 }
 
 /// Gives the VM an in-kernel local APIC (and nothing else: no PIC, no IOAPIC), best
@@ -323,7 +341,13 @@ pub fn build(image: &MappedImage, config: &MachineConfig) -> Result<Machine, Boo
         };
         (mem, created)
     });
-    let ((mem, area), (vm, vcpu)) = (mem?, created?);
+    let (filled, (vm, vcpu)) = (mem?, created?);
+    let FilledMemory {
+        mem,
+        backing,
+        area,
+        file_mapped,
+    } = filled;
     for (slot, region) in mem.iter().enumerate() {
         let at = region.start_addr();
         let host_addr = mem
@@ -382,13 +406,20 @@ pub fn build(image: &MappedImage, config: &MachineConfig) -> Result<Machine, Boo
         .map_err(kvm_step("set the vCPU's sregs"))?;
     vcpu.set_regs(&regs)
         .map_err(kvm_step("set the vCPU's registers"))?;
+    // Only RAM that is anonymous throughout: a dropped page of a file mapping would read
+    // back the file's bytes.
+    let trim = match config.huge_pages && !file_mapped {
+        true => IdleTrim::new(&mem),
+        false => None,
+    };
     Ok(Machine {
         mem,
         vcpu,
         waits_block: matches!(entry, Entry::Direct(_)),
         boot_area: area,
-        trim: config.huge_pages.then(|| IdleTrim::new(memory_mib << 20)),
+        trim,
         _vm: vm,
+        _ram: backing,
     })
 }
 

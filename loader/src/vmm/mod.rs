@@ -8,6 +8,7 @@
 //! | [`layout`]  | where things sit in guest-physical memory |
 //! | [`boot`]    | the vCPU's entry state, as data; [`BootError`] |
 //! | [`machine`] | building a VM: guest memory, the image, boot structures, the vCPU |
+//! | [`ram`]     | guest RAM, aligned to huge pages in the host's address space |
 //! | [`vcpu`]    | the vCPU loop and the guest's wait exits |
 //! | [`trim`]    | giving back an idle guest's zero pages |
 //! | [`kick`]    | interrupting a vCPU blocked in KVM_RUN |
@@ -19,6 +20,7 @@ pub mod devices;
 pub mod kick;
 pub mod layout;
 pub mod machine;
+pub mod ram;
 pub mod seccomp;
 pub mod trim;
 pub mod vcpu;
@@ -373,13 +375,11 @@ fn run(
         "host: VM ended after {:.1} ms",
         started.elapsed().as_secs_f64() * 1e3
     ));
-    if let Some((released, spent)) = machine.trim.as_ref().map(|t| t.released())
-        && released > 0
-    {
+    if let Some(trim) = machine.trim.as_ref().filter(|t| t.released() > 0) {
         log(&format!(
-            "host: gave back {:.1} MiB of zero pages while the guest idled ({:.2} ms to find them)",
-            released as f64 / (1 << 20) as f64,
-            spent.as_secs_f64() * 1e3
+            "host: gave back about {:.1} MiB of zero pages while the guest idled ({:.2} ms to find them)",
+            trim.released() as f64 / (1 << 20) as f64,
+            trim.spent().as_secs_f64() * 1e3
         ));
     }
     // The devices are gone with the vCPU thread: each worker closes its server and ends.

@@ -3,159 +3,237 @@
 //! With transparent huge pages every 2 MiB the guest touches at all is resident whole: a
 //! hello's three huge pages hold ~2.5 MiB of data in 6 MiB (the heap's first blocks and the
 //! stack's top share one, the linear memory's first pages have one of their own). When the
-//! guest has waited a while with nothing to do, the vCPU thread looks at each resident
-//! 2 MiB stretch of guest RAM once, and where at least a quarter of it reads as zero it
-//! drops those 4 KiB pages (`MADV_DONTNEED`: an anonymous private mapping reads back zero,
-//! so the guest sees no change) and marks the stretch `MADV_NOHUGEPAGE`, or khugepaged
-//! (which on a default host fills a range in whenever one page of it is present) would
-//! make it whole again. A stretch that is mostly data keeps its huge page.
+//! guest has waited [`IDLE_BEFORE_TRIM`] with nothing arriving, the vCPU thread looks at
+//! each resident 2 MiB stretch of guest RAM once (RAM is aligned to huge pages in the host's
+//! address space, `vmm::ram`, so a stretch is one host huge page), and where at least a
+//! quarter of it reads as zero it drops those 4 KiB pages (`MADV_DONTNEED`: an anonymous
+//! private mapping reads back zero, so the guest sees no change) and marks the stretch
+//! `MADV_NOHUGEPAGE`, or khugepaged (which on a default host fills a range in whenever one
+//! page of it is present) would make it whole again. A stretch that is mostly data keeps
+//! its huge page; one that is all zero (most likely the host's shared zero page, mapped by
+//! reads alone) is dropped whole and may become a huge page again.
 //!
 //! Why it is safe: the one vCPU is in the VMM (a wait exit) for the whole scan, and no other
 //! thread writes guest memory (the device models run on the vCPU thread; the 9P workers and
-//! the pumps exchange copies), so a page read as zero stays zero until it is dropped. Only
-//! anonymous RAM is trimmed: with `--no-huge-pages` the kernel's pages may be mapped from
-//! the image file, where dropping a page would bring back the file's bytes, so the VMM
-//! makes no trimmer then.
+//! the pumps exchange copies), so a page read as zero stays zero until it is dropped
+//! ([`IdleTrim::trim`] is `unsafe` for that reason: a second vCPU, an I/O thread writing
+//! guest memory or vhost would break it). Only anonymous RAM is trimmed: with
+//! `--no-huge-pages` the kernel's pages may be mapped from the image file, where dropping a
+//! page would bring back the file's bytes, so the VMM makes no trimmer then.
 //!
 //! The price: a dropped page the guest touches again costs a fault of its own (an exit on
-//! a nested host), so the trim waits for an idle pause ([`IDLE_BEFORE_TRIM`]), looks at a
-//! stretch only once, and bounds each pause's work ([`CHUNKS_PER_PAUSE`]); a guest can make
-//! it read its RAM once, no more. The host frees the pages of a split huge page when it
-//! next needs memory (the kernel's deferred split), and counts them out of the process's
-//! RSS at once.
+//! a nested host), so the trim waits for a second of idling, looks at a stretch only once,
+//! passes at most every [`PASS_INTERVAL`], and reads at most [`STRETCHES_PER_BATCH`] between
+//! two checks for input. A guest can make the VMM read its RAM once, no more. The host frees
+//! the dropped part of a split huge page when it next needs memory (the kernel's deferred
+//! split), and counts it out of the process's RSS at once.
 
 use std::time::{Duration, Instant};
 
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-/// A huge page: the unit the trimmer looks at.
-const CHUNK: usize = 2 << 20;
-/// A base page: the unit it drops.
+use super::ram::HUGE_PAGE;
+
+/// The unit the trimmer looks at: one host huge page.
+const STRETCH: usize = HUGE_PAGE;
+/// The unit it drops.
 const PAGE: usize = 4096;
-const PAGES_PER_CHUNK: usize = CHUNK / PAGE;
-/// How long a guest must have waited with nothing arriving before the trimmer runs: a busy
-/// guest waits often but briefly, and pages dropped between two requests would only be
-/// faulted back in by the next.
-pub const IDLE_BEFORE_TRIM: Duration = Duration::from_millis(100);
+const PAGES_PER_STRETCH: usize = STRETCH / PAGE;
+/// How long a guest must have waited with nothing arriving before a pass: a busy guest
+/// waits often but briefly, and pages dropped between two requests would only be faulted
+/// back in by the next.
+pub const IDLE_BEFORE_TRIM: Duration = Duration::from_secs(1);
+/// The least time from the end of one complete pass to the start of the next: a pass
+/// walks all of RAM's page tables (`mincore`), which a guest that idles briefly but often
+/// must not be able to ask for every second.
+pub const PASS_INTERVAL: Duration = Duration::from_secs(10);
+/// A pass starts only if the guest's deadline leaves it this long after the idle pause, so
+/// that its timers fire on time.
+pub const PASS_SLACK: Duration = Duration::from_millis(20);
 /// A stretch keeps its huge page unless at least this many of its pages read as zero (a
 /// quarter): splitting one costs the guest TLB reach, worth it only for real memory.
-const MIN_ZERO_PAGES: usize = PAGES_PER_CHUNK / 4;
-/// Stretches looked at in one idle pause (64 MiB, a few ms of reading): host input that
-/// arrives meanwhile waits at most that long; the rest waits for the next pause.
-const CHUNKS_PER_PAUSE: usize = 32;
+const MIN_ZERO_PAGES: usize = PAGES_PER_STRETCH / 4;
+/// Stretches read in one batch (64 MiB, a few ms): host input that arrives meanwhile waits
+/// at most that long; the caller checks for it before the next batch.
+const STRETCHES_PER_BATCH: usize = 32;
 
 /// The trimmer of one VM's RAM (guest-physical `[0, ram)`, one anonymous mapping).
 pub struct IdleTrim {
     ram: usize,
-    /// Per 2 MiB stretch: looked at already (never again).
+    /// Per stretch: looked at already (never again).
     seen: Vec<bool>,
+    /// When the next pass may start (after a complete one, [`PASS_INTERVAL`] later).
+    next_pass: Instant,
     /// Bytes dropped so far, and the time the passes took, for the run's log.
     released: u64,
     spent: Duration,
 }
 
 impl IdleTrim {
-    /// A trimmer for the first `ram` bytes of `mem`, which must be anonymous memory: never
-    /// pages mapped from a file (see the module's notes).
-    pub fn new(ram: u64) -> IdleTrim {
-        let ram = ram as usize;
-        IdleTrim {
+    /// A trimmer for `mem`'s region at guest address 0, which must be anonymous memory
+    /// (never pages mapped from a file: see the module's notes); `None` unless its host
+    /// address is aligned to a huge page (`vmm::ram` makes it so).
+    pub fn new(mem: &GuestMemoryMmap) -> Option<IdleTrim> {
+        let region = mem.find_region(GuestAddress(0))?;
+        let host = mem.get_host_address(GuestAddress(0)).ok()?;
+        if region.start_addr() != GuestAddress(0) || !(host as usize).is_multiple_of(STRETCH) {
+            return None;
+        }
+        let ram = region.len() as usize;
+        Some(IdleTrim {
             ram,
-            seen: vec![false; ram.div_ceil(CHUNK)],
+            seen: vec![false; ram.div_ceil(STRETCH)],
+            next_pass: Instant::now(),
             released: 0,
             spent: Duration::ZERO,
-        }
+        })
     }
 
-    /// Looks at up to [`CHUNKS_PER_PAUSE`] resident stretches not seen before and drops
-    /// their zero pages. Only call it while the vCPU is out of the guest.
-    pub fn trim(&mut self, mem: &GuestMemoryMmap) -> Pass {
+    /// How long a wait must have idled, from `now`, before the next pass.
+    pub fn pause(&self, now: Instant) -> Duration {
+        IDLE_BEFORE_TRIM.max(self.next_pass.saturating_duration_since(now))
+    }
+
+    /// Looks at up to [`STRETCHES_PER_BATCH`] resident stretches not seen before and drops
+    /// their zero pages.
+    ///
+    /// # Safety
+    ///
+    /// `mem` is the memory this trimmer was made for, and nothing writes guest memory during
+    /// the call: the vCPU is out of the guest, and no other thread or device writes it.
+    pub unsafe fn trim(&mut self, mem: &GuestMemoryMmap) -> Pass {
         let began = Instant::now();
-        let pass = self.pass(mem);
+        let pass = self.batch(mem);
         self.released += pass.dropped;
         self.spent += began.elapsed();
+        if pass.finished {
+            self.next_pass = Instant::now() + PASS_INTERVAL;
+        }
         pass
     }
 
-    fn pass(&mut self, mem: &GuestMemoryMmap) -> Pass {
-        let done = Pass {
+    fn batch(&mut self, mem: &GuestMemoryMmap) -> Pass {
+        let mut pass = Pass {
             dropped: 0,
             finished: true,
         };
-        let Ok(host) = mem.get_host_address(GuestAddress(0)) else {
-            return done;
+        let same = mem
+            .find_region(GuestAddress(0))
+            .is_some_and(|r| r.len() as usize == self.ram);
+        let Some(host) = mem.get_host_address(GuestAddress(0)).ok().filter(|_| same) else {
+            return pass;
         };
-        let Some(resident) = resident_pages(host, self.ram) else {
-            return done;
-        };
-        let mut dropped = 0;
-        let (mut looked, mut finished) = (0, true);
-        for (chunk, seen) in self.seen.iter_mut().enumerate() {
-            let first = chunk * PAGES_PER_CHUNK;
-            let pages = &resident[first..resident.len().min(first + PAGES_PER_CHUNK)];
-            // Nothing there yet: look when the guest has touched it.
-            if *seen || pages.iter().all(|r| r & 1 == 0) {
+        let mut resident = [0u8; STRETCHES_PER_BATCH * PAGES_PER_STRETCH];
+        let mut looked = 0;
+        for window in 0..self.seen.len().div_ceil(STRETCHES_PER_BATCH) {
+            let first_stretch = window * STRETCHES_PER_BATCH;
+            let start = first_stretch * STRETCH;
+            let len = (STRETCHES_PER_BATCH * STRETCH).min(self.ram - start);
+            let stretches = first_stretch..first_stretch + len.div_ceil(STRETCH);
+            if self.seen[stretches.clone()].iter().all(|s| *s) {
                 continue;
             }
-            if looked == CHUNKS_PER_PAUSE {
-                // Left for the next pass.
-                finished = false;
-                break;
+            // SAFETY: `[start, start + len)` lies in the RAM mapping (`ram` bytes from
+            // `host`), and `resident` has a byte for each of its pages.
+            let ok = unsafe { libc::mincore(host.add(start).cast(), len, resident.as_mut_ptr()) };
+            if ok != 0 {
+                return pass;
             }
-            looked += 1;
-            *seen = true;
-            let mut zero = [false; PAGES_PER_CHUNK];
-            let mut zeros = 0;
-            for (i, _) in pages.iter().enumerate().filter(|(_, r)| *r & 1 != 0) {
-                // SAFETY: the page lies in the RAM mapping (`ram` bytes from `host`), and
-                // nothing writes guest memory while the vCPU is out of the guest and this
-                // thread scans (module notes), so a shared view of it is sound.
-                let page =
-                    unsafe { std::slice::from_raw_parts(host.add((first + i) * PAGE), PAGE) };
-                if is_zero(page) {
-                    zero[i] = true;
-                    zeros += 1;
+            for stretch in stretches {
+                let first = (stretch - first_stretch) * PAGES_PER_STRETCH;
+                let pages = PAGES_PER_STRETCH.min((self.ram - stretch * STRETCH) / PAGE);
+                let resident = &resident[first..first + pages];
+                // Nothing there yet: look when the guest has touched it.
+                if self.seen[stretch] || resident.iter().all(|r| r & 1 == 0) {
+                    continue;
                 }
-            }
-            // All of a stretch resident and zero is most likely the host's shared zero
-            // page, mapped by reads alone: dropped like the rest, but not counted as given
-            // back (the log's figure is a floor).
-            let counted = zeros < PAGES_PER_CHUNK;
-            if zeros >= MIN_ZERO_PAGES {
-                let start = chunk * CHUNK;
-                let len = CHUNK.min(self.ram - start);
-                // SAFETY: `[start, start + len)` lies in the VM's anonymous RAM mapping
-                // (`ram` bytes from `host`); the advice changes no contents.
-                unsafe { libc::madvise(host.add(start).cast(), len, libc::MADV_NOHUGEPAGE) };
-                for run in runs(&zero[..pages.len()]) {
-                    let at = start + run.start * PAGE;
-                    let len = run.len() * PAGE;
-                    // SAFETY: as above, and every page of the run read as zero with the
-                    // vCPU out of the guest and no other writer (module notes): dropping
-                    // it makes the next access read zero, so the guest sees no change.
-                    if unsafe { libc::madvise(host.add(at).cast(), len, libc::MADV_DONTNEED) } == 0
-                        && counted
-                    {
-                        dropped += len as u64;
-                    }
+                if looked == STRETCHES_PER_BATCH {
+                    pass.finished = false;
+                    return pass;
                 }
+                looked += 1;
+                self.seen[stretch] = true;
+                // SAFETY: the stretch lies in the RAM mapping; nothing writes guest memory
+                // during the call (the caller's promise).
+                pass.dropped += unsafe { drop_zero_pages(host.add(stretch * STRETCH), resident) };
             }
         }
-        Pass { dropped, finished }
+        pass
     }
 
-    /// Bytes dropped so far, and the time spent looking.
-    pub fn released(&self) -> (u64, Duration) {
-        (self.released, self.spent)
+    /// Bytes dropped so far.
+    pub fn released(&self) -> u64 {
+        self.released
     }
+
+    /// The time the passes took so far.
+    pub fn spent(&self) -> Duration {
+        self.spent
+    }
+}
+
+/// Drops the zero pages of the stretch at `at` (`resident` has a byte per page, bit 0 set
+/// where `mincore` found one) if they are a quarter of it or more; returns the bytes of
+/// memory given back (none for a stretch that was all zero: the host's shared zero page).
+///
+/// # Safety
+///
+/// `[at, at + resident.len() pages)` is anonymous private memory of this process that
+/// nothing writes during the call.
+unsafe fn drop_zero_pages(at: *mut u8, resident: &[u8]) -> u64 {
+    let mut zero = [false; PAGES_PER_STRETCH];
+    let mut zeros = 0;
+    for (i, _) in resident.iter().enumerate().filter(|(_, r)| *r & 1 != 0) {
+        // SAFETY: the page lies in the range the caller vouches for, which nothing writes
+        // now, so a shared view of it is sound.
+        let page = unsafe { std::slice::from_raw_parts(at.add(i * PAGE), PAGE) };
+        if is_zero(page) {
+            zero[i] = true;
+            zeros += 1;
+        }
+    }
+    let len = resident.len() * PAGE;
+    if zeros == resident.len() {
+        // All zero and all resident: most likely the shared zero page, mapped by reads.
+        // Dropped whole (it may become a huge page again), not counted.
+        // SAFETY: every page of the range read as zero, and nothing writes it: dropping it
+        // makes the next access read zero, so the guest sees no change.
+        unsafe { libc::madvise(at.cast(), len, libc::MADV_DONTNEED) };
+        return 0;
+    }
+    if zeros < MIN_ZERO_PAGES {
+        return 0;
+    }
+    // SAFETY: advice on the caller's range; it changes no contents. If it fails,
+    // khugepaged would fill the stretch back in, so nothing is dropped.
+    if unsafe { libc::madvise(at.cast(), len, libc::MADV_NOHUGEPAGE) } != 0 {
+        return 0;
+    }
+    let mut dropped = 0;
+    for run in runs(&zero[..resident.len()]) {
+        // SAFETY: every page of the run read as zero, and nothing writes it (the caller's
+        // promise): dropping it makes the next access read zero, so the guest sees no
+        // change.
+        let done = unsafe {
+            libc::madvise(
+                at.add(run.start * PAGE).cast(),
+                run.len() * PAGE,
+                libc::MADV_DONTNEED,
+            )
+        };
+        if done == 0 {
+            dropped += (run.len() * PAGE) as u64;
+        }
+    }
+    dropped
 }
 
 /// What one [`IdleTrim::trim`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pass {
-    /// Bytes dropped.
+    /// Bytes given back.
     pub dropped: u64,
-    /// False when it stopped at [`CHUNKS_PER_PAUSE`] with resident stretches still unseen.
+    /// False when it stopped after [`STRETCHES_PER_BATCH`] with resident stretches unseen.
     pub finished: bool,
 }
 
@@ -165,15 +243,6 @@ fn is_zero(page: &[u8]) -> bool {
     page.chunks_exact(8).fold(0u64, |acc, w| {
         acc | u64::from_ne_bytes(w.try_into().unwrap())
     }) == 0
-}
-
-/// `mincore` of `[host, host + len)`: one byte per page, bit 0 set where it is resident.
-fn resident_pages(host: *mut u8, len: usize) -> Option<Vec<u8>> {
-    let mut resident = vec![0u8; len.div_ceil(PAGE)];
-    // SAFETY: `host` starts a mapping of `len` bytes (the VM's RAM) and `resident` has one
-    // byte per page of it; mincore only writes that vector.
-    let ok = unsafe { libc::mincore(host.cast(), len, resident.as_mut_ptr()) } == 0;
-    ok.then_some(resident)
 }
 
 /// The runs of consecutive `true`s, as index ranges.
@@ -194,24 +263,58 @@ fn runs(marks: &[bool]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vmm::ram::{self, RamBacking};
     use vm_memory::Bytes;
 
-    /// 8 MiB of anonymous guest memory that asks for huge pages, as the VMM's RAM does.
-    fn ram() -> GuestMemoryMmap {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 * CHUNK)]).unwrap();
+    /// `stretches` × 2 MiB of guest RAM as the VMM makes it (aligned, asking for huge
+    /// pages).
+    fn ram(stretches: usize) -> (GuestMemoryMmap, RamBacking) {
+        let (mem, backing) = ram::guest_memory(stretches * STRETCH, &[]).unwrap();
         let host = mem.get_host_address(GuestAddress(0)).unwrap();
-        // SAFETY: advice on the test's own mapping.
-        unsafe { libc::madvise(host.cast(), 4 * CHUNK, libc::MADV_HUGEPAGE) };
-        mem
+        // SAFETY: advice on the test's own mapping; it changes no contents.
+        unsafe { libc::madvise(host.cast(), stretches * STRETCH, libc::MADV_HUGEPAGE) };
+        (mem, backing)
+    }
+
+    /// A pass over the test's memory, which no vCPU or other thread writes.
+    fn pass(trim: &mut IdleTrim, mem: &GuestMemoryMmap) -> Pass {
+        // SAFETY: the trimmer was made for `mem`, and only this thread touches it.
+        unsafe { trim.trim(mem) }
     }
 
     fn resident(mem: &GuestMemoryMmap) -> Vec<bool> {
         let host = mem.get_host_address(GuestAddress(0)).unwrap();
-        resident_pages(host, 4 * CHUNK)
-            .unwrap()
-            .iter()
-            .map(|r| r & 1 != 0)
-            .collect()
+        let len = mem.find_region(GuestAddress(0)).unwrap().len() as usize;
+        let mut pages = vec![0u8; len / PAGE];
+        // SAFETY: `[host, host + len)` is the test's RAM mapping, and `pages` has a byte for
+        // each of its pages.
+        let ok = unsafe { libc::mincore(host.cast(), len, pages.as_mut_ptr()) };
+        assert_eq!(ok, 0);
+        pages.iter().map(|r| r & 1 != 0).collect()
+    }
+
+    /// Whether the mapping holding stretch `n` of `mem` is marked `MADV_NOHUGEPAGE`
+    /// (`nh` in its `VmFlags`).
+    fn no_huge_pages(mem: &GuestMemoryMmap, n: usize) -> bool {
+        let at = mem
+            .get_host_address(GuestAddress((n * STRETCH) as u64))
+            .unwrap() as usize;
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ')
+                && let Some((from, to)) = range.split_once('-')
+                && let (Ok(from), Ok(to)) = (
+                    usize::from_str_radix(from, 16),
+                    usize::from_str_radix(to, 16),
+                )
+            {
+                inside = (from..to).contains(&at);
+            } else if inside && let Some(flags) = line.strip_prefix("VmFlags:") {
+                return flags.split_whitespace().any(|f| f == "nh");
+            }
+        }
+        panic!("no mapping holds {at:#x}")
     }
 
     fn page_of(n: usize) -> [u8; PAGE] {
@@ -224,8 +327,8 @@ mod tests {
     /// one page of 50 and zeros written over the rest; stretch 2 never touched; one page of
     /// data in the middle of stretch 3.
     fn expected(p: usize) -> Option<[u8; PAGE]> {
-        let (chunk, i) = (p / PAGES_PER_CHUNK, p % PAGES_PER_CHUNK);
-        match (chunk, i) {
+        let (stretch, i) = (p / PAGES_PER_STRETCH, p % PAGES_PER_STRETCH);
+        match (stretch, i) {
             (0, _) => Some(page_of(i)),
             (1, i) if i % 50 == 7 => Some(page_of(i)),
             (1, _) => Some([0; PAGE]),
@@ -236,105 +339,135 @@ mod tests {
 
     #[test]
     fn zero_pages_go_data_stays_and_untouched_memory_stays_untouched() {
-        let mem = ram();
-        for p in 0..4 * PAGES_PER_CHUNK {
+        let (mem, _backing) = ram(4);
+        for p in 0..4 * PAGES_PER_STRETCH {
             if let Some(bytes) = expected(p) {
                 mem.write_slice(&bytes, GuestAddress((p * PAGE) as u64))
                     .unwrap();
             }
         }
-        let mut trim = IdleTrim::new(4 * CHUNK as u64);
-        let pass = trim.trim(&mem);
-        assert!(pass.finished);
-        let dropped = pass.dropped;
-        assert_eq!(trim.released().0, dropped);
+        let mut trim = IdleTrim::new(&mem).unwrap();
+        let done = pass(&mut trim, &mem);
+        assert!(done.finished);
+        assert_eq!(trim.released(), done.dropped);
 
         let after = resident(&mem);
+        let stretch = |n: usize| &after[n * PAGES_PER_STRETCH..(n + 1) * PAGES_PER_STRETCH];
+        assert!(stretch(0).iter().all(|r| *r), "stretch 0 lost data pages");
         assert!(
-            after[..PAGES_PER_CHUNK].iter().all(|r| *r),
-            "stretch 0 lost data pages"
+            !no_huge_pages(&mem, 0),
+            "a stretch of data lost its huge page"
         );
-        for i in 0..PAGES_PER_CHUNK {
-            assert_eq!(
-                after[PAGES_PER_CHUNK + i],
-                i % 50 == 7,
-                "stretch 1, page {i}"
-            );
+        for (i, r) in stretch(1).iter().enumerate() {
+            assert_eq!(*r, i % 50 == 7, "stretch 1, page {i}");
         }
         assert!(
-            after[2 * PAGES_PER_CHUNK..3 * PAGES_PER_CHUNK]
-                .iter()
-                .all(|r| !r),
+            no_huge_pages(&mem, 1),
+            "khugepaged may fill stretch 1 back in"
+        );
+        assert!(
+            stretch(2).iter().all(|r| !r),
             "the untouched stretch was faulted in"
         );
-        assert!(after[3 * PAGES_PER_CHUNK + 100]);
+        assert!(stretch(3)[100]);
         // Stretch 1 gave back its 501 zero pages (and stretch 3 its 511 where the host
         // backed it with a huge page).
-        assert!(dropped >= 501 * PAGE as u64, "{dropped}");
+        assert!(done.dropped >= 501 * PAGE as u64, "{}", done.dropped);
         // The guest reads the same bytes.
         let mut page = [0u8; PAGE];
-        for p in 0..4 * PAGES_PER_CHUNK {
+        for p in 0..4 * PAGES_PER_STRETCH {
             mem.read_slice(&mut page, GuestAddress((p * PAGE) as u64))
                 .unwrap();
             assert_eq!(page, expected(p).unwrap_or([0; PAGE]), "page {p} changed");
         }
     }
 
-    /// Writes zeros over a quarter of stretch `chunk`'s pages (enough to trim, with or
-    /// without a huge page under them) and data into the page after them (a stretch that is
-    /// all zero counts as the host's zero page, not as given back).
-    fn zero_quarter(mem: &GuestMemoryMmap, chunk: usize) {
+    /// Writes zeros over a quarter of stretch `n`'s pages (enough to trim, with or without
+    /// a huge page under them) and data into the page after them (a stretch that is all
+    /// zero counts as the host's zero page, not as given back).
+    fn zero_quarter(mem: &GuestMemoryMmap, n: usize) {
         for i in 0..MIN_ZERO_PAGES {
-            let at = (chunk * CHUNK + i * PAGE) as u64;
+            let at = (n * STRETCH + i * PAGE) as u64;
             mem.write_slice(&[0; PAGE], GuestAddress(at)).unwrap();
         }
-        let data = (chunk * CHUNK + MIN_ZERO_PAGES * PAGE) as u64;
+        let data = (n * STRETCH + MIN_ZERO_PAGES * PAGE) as u64;
         mem.write_slice(&page_of(1), GuestAddress(data)).unwrap();
     }
 
     #[test]
     fn each_stretch_is_looked_at_once_and_later_ones_when_touched() {
-        let mem = ram();
+        let (mem, _backing) = ram(4);
         zero_quarter(&mem, 0);
-        let mut trim = IdleTrim::new(4 * CHUNK as u64);
-        assert!(trim.trim(&mem).dropped >= (MIN_ZERO_PAGES * PAGE) as u64);
+        let mut trim = IdleTrim::new(&mem).unwrap();
+        assert_eq!(trim.pause(Instant::now()), IDLE_BEFORE_TRIM);
+        assert!(pass(&mut trim, &mem).dropped >= (MIN_ZERO_PAGES * PAGE) as u64);
+        // A complete pass puts the next one off.
+        assert!(trim.pause(Instant::now()) > PASS_INTERVAL - Duration::from_secs(1));
         // A stretch seen already is not looked at again, even with zero pages in it now.
         zero_quarter(&mem, 0);
-        assert_eq!(trim.trim(&mem).dropped, 0, "stretch 0 was looked at twice");
+        assert_eq!(
+            pass(&mut trim, &mem).dropped,
+            0,
+            "stretch 0 was looked at twice"
+        );
         assert!(resident(&mem)[0]);
         // One touched later is.
         zero_quarter(&mem, 2);
-        assert!(trim.trim(&mem).dropped >= (MIN_ZERO_PAGES * PAGE) as u64);
-        assert!(!resident(&mem)[2 * PAGES_PER_CHUNK]);
+        assert!(pass(&mut trim, &mem).dropped >= (MIN_ZERO_PAGES * PAGE) as u64);
+        assert!(!resident(&mem)[2 * PAGES_PER_STRETCH]);
     }
 
     #[test]
-    fn one_pause_looks_at_a_bounded_number_of_stretches() {
-        let chunks = CHUNKS_PER_PAUSE + 3;
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), chunks * CHUNK)]).unwrap();
-        for c in 0..chunks {
-            mem.write_slice(&[0; PAGE], GuestAddress((c * CHUNK) as u64))
-                .unwrap();
+    fn one_batch_reads_a_bounded_number_of_stretches() {
+        let stretches = 2 * STRETCHES_PER_BATCH + 3;
+        let (mem, _backing) = ram(stretches);
+        for n in 0..stretches {
+            zero_quarter(&mem, n);
         }
-        let mut trim = IdleTrim::new((chunks * CHUNK) as u64);
-        assert!(!trim.trim(&mem).finished);
-        assert_eq!(trim.seen.iter().filter(|s| **s).count(), CHUNKS_PER_PAUSE);
-        assert!(trim.trim(&mem).finished);
+        let mut trim = IdleTrim::new(&mem).unwrap();
+        for batches in 1..=2 {
+            assert!(!pass(&mut trim, &mem).finished);
+            let seen = trim.seen.iter().filter(|s| **s).count();
+            assert_eq!(seen, batches * STRETCHES_PER_BATCH);
+            // Not a complete pass: the next batch may follow at once.
+            assert_eq!(trim.pause(Instant::now()), IDLE_BEFORE_TRIM);
+        }
+        assert!(pass(&mut trim, &mem).finished);
         assert!(trim.seen.iter().all(|s| *s));
     }
 
     #[test]
-    fn a_stretch_only_read_is_dropped_but_not_counted() {
-        let mem = ram();
+    fn a_stretch_only_read_is_dropped_whole_but_not_counted() {
+        let (mem, _backing) = ram(4);
         let mut page = [1u8; PAGE];
-        for i in 0..PAGES_PER_CHUNK {
+        for i in 0..PAGES_PER_STRETCH {
             mem.read_slice(&mut page, GuestAddress((i * PAGE) as u64))
                 .unwrap();
         }
         assert_eq!(page, [0; PAGE]);
-        let mut trim = IdleTrim::new(4 * CHUNK as u64);
-        assert_eq!(trim.trim(&mem).dropped, 0);
+        let mut trim = IdleTrim::new(&mem).unwrap();
+        assert_eq!(pass(&mut trim, &mem).dropped, 0);
         assert!(!resident(&mem)[0]);
+        assert!(!no_huge_pages(&mem, 0), "it may be a huge page again");
+    }
+
+    #[test]
+    fn a_last_stretch_shorter_than_a_huge_page_is_trimmed_in_bounds() {
+        // 65 MiB: 32 whole stretches and a half one.
+        let (mem, _backing) = ram::guest_memory(65 << 20, &[]).unwrap();
+        let last = 32 * STRETCH;
+        for i in 0..MIN_ZERO_PAGES {
+            mem.write_slice(&[0; PAGE], GuestAddress((last + i * PAGE) as u64))
+                .unwrap();
+        }
+        mem.write_slice(&page_of(5), GuestAddress((last + (1 << 20) - PAGE) as u64))
+            .unwrap();
+        let mut trim = IdleTrim::new(&mem).unwrap();
+        assert!(pass(&mut trim, &mem).dropped >= (MIN_ZERO_PAGES * PAGE) as u64);
+        let mut page = [0u8; PAGE];
+        mem.read_slice(&mut page, GuestAddress((last + (1 << 20) - PAGE) as u64))
+            .unwrap();
+        assert_eq!(page, page_of(5));
     }
 
     #[test]

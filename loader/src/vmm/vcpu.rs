@@ -17,7 +17,7 @@ use super::devices::Devices;
 use super::devices::console::Rx;
 use super::kick;
 use super::machine::{self, Machine, MachineConfig};
-use super::trim::{IDLE_BEFORE_TRIM, IdleTrim};
+use super::trim::{IdleTrim, PASS_SLACK};
 use crate::RunError;
 use crate::image::Image;
 use crate::image::mapped::MappedImage;
@@ -107,12 +107,12 @@ fn wait_timeout(data: &[u8]) -> Option<Duration> {
 /// frames. With input the guest is not taking (it sleeps without reading, or offers no
 /// receive buffer), only the deadline ends the block: watching that descriptor would spin.
 /// A stop request interrupts the block with the kick signal (see `vmm::run`). A block that
-/// lasts [`IDLE_BEFORE_TRIM`] gives back the guest's zero pages (`trim`) and goes on.
+/// lasts the trimmer's idle pause gives back the guest's zero pages (`trim`) and goes on.
 fn wait_for_host(
     devices: &mut Devices,
     mem: &GuestMemoryMmap,
     timeout: Option<Duration>,
-    trim: Option<&mut IdleTrim>,
+    mut trim: Option<&mut IdleTrim>,
 ) {
     use std::os::fd::AsRawFd;
     let mut pfds = [libc::pollfd {
@@ -170,14 +170,16 @@ fn wait_for_host(
     if let Some(net) = devices.net.as_mut() {
         net.device.before_wait();
     }
-    let deadline = timeout.map(|t| Instant::now() + t);
-    let mut trim = trim;
-    let mut pause = trim.is_some().then_some(IDLE_BEFORE_TRIM);
+    let now = Instant::now();
+    let deadline = timeout.map(|t| now + t);
+    let mut pause = trim.as_deref().map(|t| t.pause(now));
     loop {
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        // Block until the deadline, or first for the idle pause that starts a trim.
+        // Block until the deadline, or first for the idle pause that starts a trim (when
+        // the deadline leaves room for a pass after it, so that the guest's timers fire on
+        // time).
         let (block, trimming) = match (pause, left) {
-            (Some(p), Some(l)) if p < l => (Some(p), true),
+            (Some(p), Some(l)) if p + PASS_SLACK <= l => (Some(p), true),
             (Some(p), None) => (Some(p), true),
             (_, left) => (left, false),
         };
@@ -186,8 +188,11 @@ fn wait_for_host(
             break;
         }
         // Nothing arrived for a while: the guest idles.
-        let pass = trim.as_deref_mut().map(|t| t.trim(mem));
-        // A pass cut short goes on once pending input has been checked; then block.
+        // SAFETY: the trimmer was made for this VM's memory (`Machine::trim`), the one
+        // vCPU is out of the guest (this thread runs it), and no other thread writes guest
+        // memory (the device models run here; see `vmm::trim`).
+        let pass = trim.as_deref_mut().map(|t| unsafe { t.trim(mem) });
+        // A batch cut short goes on once pending input has been checked; then block.
         pause = match pass {
             Some(pass) if !pass.finished => Some(Duration::ZERO),
             _ => None,
