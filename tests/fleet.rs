@@ -236,13 +236,22 @@ fn fifty_vms_start_stop_and_fail_truthfully() {
     for name in &names {
         fleet.wait_log(name, "ready\n");
     }
+    // Each one's memory: the VMM's resident pages, guest RAM it touched among them (a
+    // booted guest's kernel alone is ~2 MiB of it).
+    for v in fleet.ps() {
+        let rss = v["rss_bytes"].as_u64().unwrap_or(0);
+        assert!(rss > 2 << 20 && rss < 256 << 20, "{v:#}");
+    }
     let table = fleet.ok(&["ps"]);
     let mut lines = table.lines();
     let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "STATUS", "PID", "IMAGE", "RESTARTS"]);
+    assert_eq!(
+        header,
+        ["NAME", "STATUS", "PID", "MEMORY", "IMAGE", "RESTARTS"]
+    );
     assert_eq!(lines.clone().count(), 50, "{table}");
     assert!(
-        lines.all(|l| l.contains(" running ") && l.contains("sleeper.img")),
+        lines.all(|l| l.contains(" running ") && l.contains(" MiB ") && l.contains("sleeper.img")),
         "{table}"
     );
 
@@ -259,7 +268,7 @@ fn fifty_vms_start_stop_and_fail_truthfully() {
             assert_eq!(v["status"], "stopped", "{v:#}");
             assert_eq!(v["exit_code"], 143, "{v:#}");
             assert!(
-                v["vmm_pid"].is_null() && v["supervisor_pid"].is_null(),
+                v["vmm_pid"].is_null() && v["supervisor_pid"].is_null() && v["rss_bytes"].is_null(),
                 "{v:#}"
             );
         } else {

@@ -38,6 +38,9 @@ struct Entry {
     finished_at: Option<u64>,
     supervisor_pid: Option<i32>,
     vmm_pid: Option<i32>,
+    /// Resident memory of the VMM (guest RAM the guest touched included) and its children
+    /// (passt, QEMU), while it runs.
+    rss_bytes: Option<u64>,
     log: PathBuf,
 }
 
@@ -60,6 +63,7 @@ impl Entry {
             finished_at: None,
             supervisor_pid: None,
             vmm_pid: None,
+            rss_bytes: None,
             log: vm.log_path(),
         }
     }
@@ -87,7 +91,8 @@ pub fn ps(all: bool, json: bool) -> Result<i32> {
         if !all && !is_up(state.status) {
             continue;
         }
-        let live = |p: Option<ProcId>| p.filter(|_| is_up(state.status)).map(|p| p.pid);
+        let running = |p: &Option<ProcId>| p.filter(|_| is_up(state.status));
+        let live = |p: Option<ProcId>| running(&p).map(|p| p.pid);
         entries.push(Entry {
             name: vm.name.clone(),
             status: state.status,
@@ -103,6 +108,7 @@ pub fn ps(all: bool, json: bool) -> Result<i32> {
             finished_at: state.finished_at,
             supervisor_pid: live(state.supervisor),
             vmm_pid: live(state.vmm),
+            rss_bytes: running(&state.vmm).and_then(|p| p.resident_bytes()),
             log: vm.log_path(),
         });
     }
@@ -110,13 +116,16 @@ pub fn ps(all: bool, json: bool) -> Result<i32> {
         println!("{}", serde_json::to_string_pretty(&entries)?);
         return Ok(0);
     }
-    let rows: Vec<[String; 5]> = entries
+    let rows: Vec<[String; 6]> = entries
         .iter()
         .map(|e| {
             [
                 e.name.clone(),
                 e.status_text.clone(),
                 e.vmm_pid.map_or("-".to_string(), |p| p.to_string()),
+                e.rss_bytes.map_or("-".to_string(), |b| {
+                    format!("{:.1} MiB", b as f64 / f64::from(1 << 20))
+                }),
                 e.image.file_name().map_or_else(
                     || e.image.display().to_string(),
                     |n| n.to_string_lossy().into_owned(),
@@ -125,7 +134,7 @@ pub fn ps(all: bool, json: bool) -> Result<i32> {
             ]
         })
         .collect();
-    let header = ["NAME", "STATUS", "PID", "IMAGE", "RESTARTS"].map(String::from);
+    let header = ["NAME", "STATUS", "PID", "MEMORY", "IMAGE", "RESTARTS"].map(String::from);
     let mut widths = header.clone().map(|h| h.chars().count());
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {

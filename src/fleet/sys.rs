@@ -95,6 +95,39 @@ impl ProcId {
             Err(e) => Err(e.into()),
         }
     }
+
+    /// Resident memory of this process and of its children (passt, or QEMU under
+    /// `--vmm qemu`), in bytes; `None` once it has ended, or if `/proc` does not say. Read
+    /// between two identity checks, so a pid reused meanwhile is not counted.
+    pub fn resident_bytes(&self) -> Option<u64> {
+        if !self.alive() {
+            return None;
+        }
+        let mut total = rss_bytes(self.pid)?;
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid)).ok()?;
+        for task in tasks.flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                total += rss_bytes(child).unwrap_or(0);
+            }
+        }
+        self.alive().then_some(total)
+    }
+}
+
+/// `VmRSS` of `/proc/PID/status`, in bytes.
+fn rss_bytes(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 /// This boot of the machine (`/proc/sys/kernel/random/boot_id`): pids recorded in another
