@@ -10,17 +10,33 @@
 //! the stretch it means. So RAM is carved out of a mapping 2 MiB larger, at its first
 //! aligned address; the slack is address space only, never touched.
 
-use vm_memory::mmap::{FromRangesError, MmapRegion, MmapRegionBuilder};
+use std::mem::ManuallyDrop;
+use std::sync::Arc;
+
+use vm_memory::mmap::{FromRangesError, MmapRegion, MmapRegionBuilder, MmapRegionError};
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 /// A huge page, and the alignment of guest RAM in the host's address space.
 pub const HUGE_PAGE: usize = 2 << 20;
 
-/// The mapping guest RAM was carved from. Dropping it unmaps RAM, so it must outlive the
-/// [`GuestMemoryMmap`] made with it and every clone of that (a `Machine` keeps both, this
-/// one dropped last).
+/// The mapping guest RAM was carved from, unmapped when this is dropped, but only if no
+/// one else still holds RAM's region. Drop the memory first (a `Machine` does): a
+/// [`GuestMemoryMmap`] (or a clone of it, it is `Clone`) still alive then keeps the mapping
+/// for good (leaked), never a dangling view of it.
 pub struct RamBacking {
-    _mapping: MmapRegion<()>,
+    ram: Option<Arc<MmapRegion<()>>>,
+    mapping: ManuallyDrop<MmapRegion<()>>,
+}
+
+impl Drop for RamBacking {
+    fn drop(&mut self) {
+        if self.ram.take().and_then(Arc::into_inner).is_some() {
+            // SAFETY: RAM's region, the only view into the mapping besides this one, is
+            // gone (its last reference was dropped just now), and `mapping` is not used
+            // again.
+            unsafe { ManuallyDrop::drop(&mut self.mapping) };
+        }
+    }
 }
 
 /// Guest memory: `ram` bytes of anonymous RAM at guest address 0, aligned to [`HUGE_PAGE`]
@@ -30,25 +46,36 @@ pub fn guest_memory(
     ram: usize,
     extra: &[(GuestAddress, usize)],
 ) -> Result<(GuestMemoryMmap, RamBacking), FromRangesError> {
-    let backing = MmapRegion::<()>::new(ram + HUGE_PAGE)?;
-    let skip = backing.as_ptr().align_offset(HUGE_PAGE);
-    let start = backing.as_ptr().wrapping_add(skip);
-    // SAFETY: `skip < HUGE_PAGE`, so `[start, start + ram)` lies inside `backing`'s
-    // anonymous mapping, which `RamBacking` keeps mapped for as long as the caller keeps it
-    // (past every use of the memory made here, see `RamBacking`).
+    if ram == 0 {
+        // What mmap says of an empty mapping.
+        let empty = std::io::Error::from_raw_os_error(libc::EINVAL);
+        return Err(MmapRegionError::Mmap(empty).into());
+    }
+    let mapping = MmapRegion::<()>::new(ram + HUGE_PAGE)?;
+    let skip = (HUGE_PAGE - mapping.as_ptr() as usize % HUGE_PAGE) % HUGE_PAGE;
+    let start = mapping.as_ptr().wrapping_add(skip);
+    // SAFETY: `skip < HUGE_PAGE`, so `[start, start + ram)` lies inside `mapping`, an
+    // anonymous mapping that `RamBacking` unmaps only once this region is gone.
     let builder = unsafe { MmapRegionBuilder::new(ram).with_raw_mmap_pointer(start) };
-    let region = builder
-        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-        .with_mmap_flags(libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_PRIVATE)
-        .build()?;
+    let region = Arc::new(
+        builder
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_PRIVATE)
+            .build()?,
+    );
+    let backing = RamBacking {
+        ram: Some(Arc::clone(&region)),
+        mapping: ManuallyDrop::new(mapping),
+    };
     let mut regions = vec![
-        GuestRegionMmap::new(region, GuestAddress(0)).ok_or(FromRangesError::InvalidGuestRegion)?,
+        GuestRegionMmap::with_arc(region, GuestAddress(0))
+            .ok_or(FromRangesError::InvalidGuestRegion)?,
     ];
     for &(at, len) in extra {
         regions.push(GuestRegionMmap::from_range(at, len, None)?);
     }
     let mem = GuestMemoryMmap::from_regions(regions).map_err(FromRangesError::from)?;
-    Ok((mem, RamBacking { _mapping: backing }))
+    Ok((mem, backing))
 }
 
 #[cfg(test)]
@@ -76,6 +103,44 @@ mod tests {
                 mem.write_slice(&[7], GuestAddress((mib << 20) as u64))
                     .is_err()
             );
+            drop(mem);
+            drop(_backing);
         }
+    }
+
+    /// Whether the page at `at` is mapped in this process (`mincore` fails with ENOMEM on
+    /// an address that is not).
+    fn mapped(at: *mut u8) -> bool {
+        let mut vec = [0u8];
+        // SAFETY: mincore only writes one byte to `vec` and reads no memory at `at`.
+        unsafe { libc::mincore(at.cast(), 4096, vec.as_mut_ptr()) == 0 }
+    }
+
+    #[test]
+    fn ram_is_unmapped_once_the_memory_and_then_the_backing_are_gone() {
+        let (mem, backing) = guest_memory(4 << 20, &[]).unwrap();
+        let host = mem.get_host_address(GuestAddress(0)).unwrap();
+        assert!(mapped(host));
+        drop(mem);
+        assert!(mapped(host), "RAM went with the memory, before its backing");
+        drop(backing);
+        assert!(!mapped(host), "RAM outlived both");
+    }
+
+    #[test]
+    fn a_clone_of_the_memory_outliving_the_backing_keeps_ram_mapped() {
+        let (mem, backing) = guest_memory(4 << 20, &[]).unwrap();
+        let kept = mem.clone();
+        drop(mem);
+        drop(backing);
+        kept.write_slice(&[9; 4096], GuestAddress(0x1000)).unwrap();
+        let mut page = [0u8; 4096];
+        kept.read_slice(&mut page, GuestAddress(0x1000)).unwrap();
+        assert_eq!(page, [9; 4096]);
+    }
+
+    #[test]
+    fn no_ram_is_an_error_not_a_panic() {
+        assert!(guest_memory(0, &[]).is_err());
     }
 }

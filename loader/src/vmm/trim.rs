@@ -64,6 +64,8 @@ pub struct IdleTrim {
     seen: Vec<bool>,
     /// When the next pass may start (after a complete one, [`PASS_INTERVAL`] later).
     next_pass: Instant,
+    /// The window a pass cut short resumes at.
+    resume: usize,
     /// Bytes dropped so far, and the time the passes took, for the run's log.
     released: u64,
     spent: Duration,
@@ -84,6 +86,7 @@ impl IdleTrim {
             ram,
             seen: vec![false; ram.div_ceil(STRETCH)],
             next_pass: Instant::now(),
+            resume: 0,
             released: 0,
             spent: Duration::ZERO,
         })
@@ -95,15 +98,16 @@ impl IdleTrim {
     }
 
     /// Looks at up to [`STRETCHES_PER_BATCH`] resident stretches not seen before and drops
-    /// their zero pages.
+    /// their zero pages; stops early (unfinished) once `until` has passed.
     ///
     /// # Safety
     ///
     /// `mem` is the memory this trimmer was made for, and nothing writes guest memory during
     /// the call: the vCPU is out of the guest, and no other thread or device writes it.
-    pub unsafe fn trim(&mut self, mem: &GuestMemoryMmap) -> Pass {
+    pub unsafe fn trim(&mut self, mem: &GuestMemoryMmap, until: Option<Instant>) -> Pass {
         let began = Instant::now();
-        let pass = self.batch(mem);
+        // SAFETY: the caller's promise, passed on.
+        let pass = unsafe { self.batch(mem, until) };
         self.released += pass.dropped;
         self.spent += began.elapsed();
         if pass.finished {
@@ -112,7 +116,8 @@ impl IdleTrim {
         pass
     }
 
-    fn batch(&mut self, mem: &GuestMemoryMmap) -> Pass {
+    /// [`trim`](Self::trim)'s work, under the same contract.
+    unsafe fn batch(&mut self, mem: &GuestMemoryMmap, until: Option<Instant>) -> Pass {
         let mut pass = Pass {
             dropped: 0,
             finished: true,
@@ -125,7 +130,8 @@ impl IdleTrim {
         };
         let mut resident = [0u8; STRETCHES_PER_BATCH * PAGES_PER_STRETCH];
         let mut looked = 0;
-        for window in 0..self.seen.len().div_ceil(STRETCHES_PER_BATCH) {
+        let windows = self.seen.len().div_ceil(STRETCHES_PER_BATCH);
+        for window in self.resume.min(windows)..windows {
             let first_stretch = window * STRETCHES_PER_BATCH;
             let start = first_stretch * STRETCH;
             let len = (STRETCHES_PER_BATCH * STRETCH).min(self.ram - start);
@@ -147,8 +153,11 @@ impl IdleTrim {
                 if self.seen[stretch] || resident.iter().all(|r| r & 1 == 0) {
                     continue;
                 }
-                if looked == STRETCHES_PER_BATCH {
+                let late = until.is_some_and(|u| Instant::now() >= u);
+                if looked == STRETCHES_PER_BATCH || late {
+                    // The rest of this window and the windows after it, next time.
                     pass.finished = false;
+                    self.resume = window;
                     return pass;
                 }
                 looked += 1;
@@ -158,6 +167,7 @@ impl IdleTrim {
                 pass.dropped += unsafe { drop_zero_pages(host.add(stretch * STRETCH), resident) };
             }
         }
+        self.resume = 0;
         pass
     }
 
@@ -173,8 +183,10 @@ impl IdleTrim {
 }
 
 /// Drops the zero pages of the stretch at `at` (`resident` has a byte per page, bit 0 set
-/// where `mincore` found one) if they are a quarter of it or more; returns the bytes of
-/// memory given back (none for a stretch that was all zero: the host's shared zero page).
+/// where `mincore` found one) if they are a quarter of it or more; returns about the bytes
+/// of memory given back: none for a stretch that was all zero, taken to be the host's
+/// shared zero page (a guest that wrote zeros over all of one goes uncounted), and pages
+/// still mapped to the shared zero page inside a partly zero stretch are counted.
 ///
 /// # Safety
 ///
@@ -268,18 +280,20 @@ mod tests {
 
     /// `stretches` × 2 MiB of guest RAM as the VMM makes it (aligned, asking for huge
     /// pages).
-    fn ram(stretches: usize) -> (GuestMemoryMmap, RamBacking) {
+    /// Bound as `let (_backing, mem)`: the memory is dropped first, then the backing,
+    /// which then unmaps RAM.
+    fn ram(stretches: usize) -> (RamBacking, GuestMemoryMmap) {
         let (mem, backing) = ram::guest_memory(stretches * STRETCH, &[]).unwrap();
         let host = mem.get_host_address(GuestAddress(0)).unwrap();
         // SAFETY: advice on the test's own mapping; it changes no contents.
         unsafe { libc::madvise(host.cast(), stretches * STRETCH, libc::MADV_HUGEPAGE) };
-        (mem, backing)
+        (backing, mem)
     }
 
     /// A pass over the test's memory, which no vCPU or other thread writes.
     fn pass(trim: &mut IdleTrim, mem: &GuestMemoryMmap) -> Pass {
         // SAFETY: the trimmer was made for `mem`, and only this thread touches it.
-        unsafe { trim.trim(mem) }
+        unsafe { trim.trim(mem, None) }
     }
 
     fn resident(mem: &GuestMemoryMmap) -> Vec<bool> {
@@ -339,7 +353,7 @@ mod tests {
 
     #[test]
     fn zero_pages_go_data_stays_and_untouched_memory_stays_untouched() {
-        let (mem, _backing) = ram(4);
+        let (_backing, mem) = ram(4);
         for p in 0..4 * PAGES_PER_STRETCH {
             if let Some(bytes) = expected(p) {
                 mem.write_slice(&bytes, GuestAddress((p * PAGE) as u64))
@@ -396,7 +410,7 @@ mod tests {
 
     #[test]
     fn each_stretch_is_looked_at_once_and_later_ones_when_touched() {
-        let (mem, _backing) = ram(4);
+        let (_backing, mem) = ram(4);
         zero_quarter(&mem, 0);
         let mut trim = IdleTrim::new(&mem).unwrap();
         assert_eq!(trim.pause(Instant::now()), IDLE_BEFORE_TRIM);
@@ -420,7 +434,7 @@ mod tests {
     #[test]
     fn one_batch_reads_a_bounded_number_of_stretches() {
         let stretches = 2 * STRETCHES_PER_BATCH + 3;
-        let (mem, _backing) = ram(stretches);
+        let (_backing, mem) = ram(stretches);
         for n in 0..stretches {
             zero_quarter(&mem, n);
         }
@@ -437,8 +451,31 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_stops_at_its_deadline_and_the_next_resumes() {
+        let stretches = STRETCHES_PER_BATCH + 5;
+        let (_backing, mem) = ram(stretches);
+        for n in 0..stretches {
+            zero_quarter(&mem, n);
+        }
+        let mut trim = IdleTrim::new(&mem).unwrap();
+        // SAFETY: the trimmer was made for `mem`, and only this thread touches it.
+        let late = unsafe { trim.trim(&mem, Some(Instant::now())) };
+        assert!(!late.finished);
+        let seen = |t: &IdleTrim| t.seen.iter().filter(|s| **s).count();
+        assert_eq!(seen(&trim), 0, "it read past its deadline");
+        assert!(!pass(&mut trim, &mem).finished);
+        assert_eq!(
+            trim.resume, 1,
+            "the second window is where the next batch starts"
+        );
+        assert!(pass(&mut trim, &mem).finished);
+        assert_eq!(seen(&trim), stretches);
+        assert_eq!(trim.resume, 0);
+    }
+
+    #[test]
     fn a_stretch_only_read_is_dropped_whole_but_not_counted() {
-        let (mem, _backing) = ram(4);
+        let (_backing, mem) = ram(4);
         let mut page = [1u8; PAGE];
         for i in 0..PAGES_PER_STRETCH {
             mem.read_slice(&mut page, GuestAddress((i * PAGE) as u64))
@@ -454,7 +491,7 @@ mod tests {
     #[test]
     fn a_last_stretch_shorter_than_a_huge_page_is_trimmed_in_bounds() {
         // 65 MiB: 32 whole stretches and a half one.
-        let (mem, _backing) = ram::guest_memory(65 << 20, &[]).unwrap();
+        let (mem, backing) = ram::guest_memory(65 << 20, &[]).unwrap();
         let last = 32 * STRETCH;
         for i in 0..MIN_ZERO_PAGES {
             mem.write_slice(&[0; PAGE], GuestAddress((last + i * PAGE) as u64))
@@ -462,12 +499,29 @@ mod tests {
         }
         mem.write_slice(&page_of(5), GuestAddress((last + (1 << 20) - PAGE) as u64))
             .unwrap();
+        // A marker just past RAM, in the slack of the mapping RAM was carved from: a
+        // trim that strayed past RAM would drop it.
+        let past = mem
+            .get_host_address(GuestAddress(0))
+            .unwrap()
+            .wrapping_add(65 << 20);
+        // SAFETY: `vmm::ram` leaves at least a page of the mapping after RAM, and nothing
+        // else uses it.
+        unsafe { past.write_bytes(0x5a, PAGE) };
         let mut trim = IdleTrim::new(&mem).unwrap();
         assert!(pass(&mut trim, &mem).dropped >= (MIN_ZERO_PAGES * PAGE) as u64);
         let mut page = [0u8; PAGE];
         mem.read_slice(&mut page, GuestAddress((last + (1 << 20) - PAGE) as u64))
             .unwrap();
         assert_eq!(page, page_of(5));
+        // SAFETY: as above; the page is still mapped (the backing is alive).
+        let marker = unsafe { std::slice::from_raw_parts(past, PAGE) };
+        assert!(
+            marker.iter().all(|b| *b == 0x5a),
+            "the trim reached past RAM"
+        );
+        drop(mem);
+        drop(backing);
     }
 
     #[test]

@@ -61,7 +61,10 @@ impl Machine {
                 Ok(VcpuExit::IoOut(port, data)) if port == WAIT_PORT => {
                     let timeout = wait_timeout(data);
                     match devices.console.is_some() {
-                        true => wait_for_host(devices, &self.mem, timeout, self.trim.as_mut()),
+                        true => {
+                            let trim = self.trim.as_mut();
+                            wait_for_host(devices, &self.mem, timeout, trim, stop)
+                        }
                         false => std::thread::sleep(timeout.unwrap_or(Duration::from_secs(1))),
                     }
                     // The wait moved the frames already.
@@ -113,6 +116,7 @@ fn wait_for_host(
     mem: &GuestMemoryMmap,
     timeout: Option<Duration>,
     mut trim: Option<&mut IdleTrim>,
+    stop: &AtomicBool,
 ) {
     use std::os::fd::AsRawFd;
     let mut pfds = [libc::pollfd {
@@ -183,15 +187,18 @@ fn wait_for_host(
             (Some(p), None) => (Some(p), true),
             (_, left) => (left, false),
         };
-        if poll(&mut pfds[..watched], block) != 0 || !trimming {
+        // A stop kick that landed during a batch (not in a poll) is seen here.
+        if poll(&mut pfds[..watched], block) != 0 || !trimming || stop.load(Ordering::Relaxed) {
             // Input, the stop kick, or the deadline.
             break;
         }
         // Nothing arrived for a while: the guest idles.
+        // The batch ends before the deadline, so that the guest's timers fire on time.
+        let until = deadline.map(|d| d - PASS_SLACK / 2);
         // SAFETY: the trimmer was made for this VM's memory (`Machine::trim`), the one
         // vCPU is out of the guest (this thread runs it), and no other thread writes guest
         // memory (the device models run here; see `vmm::trim`).
-        let pass = trim.as_deref_mut().map(|t| unsafe { t.trim(mem) });
+        let pass = trim.as_deref_mut().map(|t| unsafe { t.trim(mem, until) });
         // A batch cut short goes on once pending input has been checked; then block.
         pause = match pass {
             Some(pass) if !pass.finished => Some(Duration::ZERO),
