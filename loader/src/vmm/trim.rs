@@ -23,8 +23,8 @@
 //!
 //! The price: a dropped page the guest touches again costs a fault of its own (an exit on
 //! a nested host), so the trim waits for a second of idling, looks at a stretch only once,
-//! passes at most every [`PASS_INTERVAL`], and reads at most [`STRETCHES_PER_BATCH`] between
-//! two checks for input. A guest can make the VMM read its RAM once, no more. The host frees
+//! passes at most every [`PASS_INTERVAL`], reads at most [`STRETCHES_PER_BATCH`] between
+//! two checks for input and a stop, and ends a batch before the guest's deadline. A guest can make the VMM read its RAM once, no more. The host frees
 //! the dropped part of a split huge page when it next needs memory (the kernel's deferred
 //! split), and counts it out of the process's RSS at once.
 

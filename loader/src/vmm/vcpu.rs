@@ -194,7 +194,7 @@ fn wait_for_host(
         }
         // Nothing arrived for a while: the guest idles.
         // The batch ends before the deadline, so that the guest's timers fire on time.
-        let until = deadline.map(|d| d - PASS_SLACK / 2);
+        let until = deadline.map(|d| d.checked_sub(PASS_SLACK / 2).unwrap_or(d));
         // SAFETY: the trimmer was made for this VM's memory (`Machine::trim`), the one
         // vCPU is out of the guest (this thread runs it), and no other thread writes guest
         // memory (the device models run here; see `vmm::trim`).
