@@ -314,7 +314,7 @@ fn run(
     // The user's streams, behind queues of their own: a reader that never reads cannot
     // hold a stopped run (see `output`).
     let (out, err) = (
-        Output::new(std::io::stdout()),
+        Output::new(output::unbuffered_stdout()),
         Output::new(std::io::stderr()),
     );
     let give_up = GiveUp::new(&out, &err);
