@@ -498,17 +498,7 @@ fn wait_quiet(lines: &std::sync::mpsc::Receiver<String>, connections: u64, what:
 /// Waits (bounded) until the built-in VMM `pid` has split at least one of its guest's huge
 /// pages to give back zero pages; returns at once if the host gave it fewer than two.
 fn wait_for_idle_trim(pid: u32) {
-    let huge = || {
-        std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-            .ok()?
-            .lines()
-            .find_map(|l| l.strip_prefix("AnonHugePages:"))?
-            .trim()
-            .trim_end_matches(" kB")
-            .trim()
-            .parse::<u64>()
-            .ok()
-    };
+    let huge = || rollup_kib(pid, "AnonHugePages:");
     let at_start = huge().expect("the VMM is gone");
     if at_start < 2 * 2048 {
         eprintln!("note: {at_start} KiB of huge pages; no trim to wait for");

@@ -783,14 +783,10 @@ fn guest_ram_uses_huge_pages_unless_told_not_to() {
         let mut args = vec!["--vmm", "builtin"];
         args.extend_from_slice(extra);
         let mut vm = start_ready(&args, &sample("exitcode"), &["idle"], "ready\n");
-        let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", vm.id())).unwrap();
+        let huge = rollup_kib(vm.id(), "AnonHugePages:").expect("the VMM is gone");
         drop(vm.stdin.take());
         assert_eq!(wait_within(&mut vm).code(), Some(0));
-        rollup
-            .lines()
-            .find_map(|l| l.strip_prefix("AnonHugePages:"))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
-            .unwrap_or(0)
+        huge
     };
     if thp.contains("[madvise]") {
         assert!(huge_kib(&[]) >= 2048, "no huge page backs guest RAM");
@@ -813,15 +809,6 @@ fn guest_ram_uses_huge_pages_unless_told_not_to() {
         "{}",
         stderr(&o)
     );
-}
-
-/// One field of `/proc/PID/smaps_rollup`, in KiB; `None` once the process is gone.
-fn rollup_kib(pid: u32, field: &str) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
 }
 
 /// A guest that idles gives back the zero pages of its huge pages (the VMM's idle trim)

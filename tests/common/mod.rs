@@ -900,3 +900,12 @@ fn describe(pid: u32) -> String {
     }
     format!("process {pid} ({args})")
 }
+
+/// One field of `/proc/PID/smaps_rollup`, in KiB; `None` once the process is gone.
+pub fn rollup_kib(pid: u32, field: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+}
