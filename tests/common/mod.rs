@@ -10,6 +10,13 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
+// The loader's unit tests have the same need: one copy of it, in the loader.
+#[path = "../../loader/src/test_support.rs"]
+mod test_support;
+// Not every test crate uses it (as with `dead_code` above).
+#[allow(unused_imports)]
+pub use test_support::within;
+
 /// Both engines, for tests that hold them to the same behaviour.
 pub const ENGINES: [&str; 2] = ["wasmi", "wasmtime"];
 
@@ -631,28 +638,6 @@ fn kill_and_collect(child: &mut Child, group: bool, out: &Capture, err: &Capture
     out.ended_by(by);
     err.ended_by(by);
     collected(out, err)
-}
-
-/// Runs `f` on a thread of its own and returns its result; fails if it takes longer than
-/// `limit` (in-process work that could hang: a vCPU, a run through the library). A panic in
-/// `f` is the caller's panic.
-pub fn within<T: Send + 'static>(
-    limit: Duration,
-    what: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = mpsc::channel();
-    let worker = std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(value) => value,
-        Err(mpsc::RecvTimeoutError::Disconnected) => match worker.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => unreachable!("the worker sends before it ends"),
-        },
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: not done within {limit:?}"),
-    }
 }
 
 /// The lines of a child's output stream, read on a thread so that every wait for one has a

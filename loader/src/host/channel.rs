@@ -376,6 +376,7 @@ fn wait_writable<W: AsFd + ?Sized>(output: &Mutex<W>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn frame(kind: u8, data: &[u8]) -> Vec<u8> {
         let mut v = FrameHeader {
@@ -627,7 +628,7 @@ mod tests {
     fn stdin_is_framed_with_eof_in_bounded_frames() {
         use std::os::unix::net::UnixStream;
         // On a thread of its own: a pump that never ends fails the test instead.
-        crate::test_support::within(60, "pumping stdin", || {
+        crate::test_support::within(Duration::from_secs(60), "pumping stdin", || {
             let (ours, theirs) = UnixStream::pair().unwrap();
             let input = vec![7u8; STDIN_FRAME_PAYLOAD + 5];
             let out = Mutex::new(ours);

@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::check::{self, Geometry};
 use super::*;
@@ -453,7 +454,9 @@ fn crafted_images_are_refused_quickly_and_by_name() {
         let crafted = sample.img.with_file_name("crafted.img");
         std::fs::write(&crafted, &bytes).unwrap();
         let path = crafted.clone();
-        let result = within(20, name, move || open_live(&path).map(drop));
+        let result = within(Duration::from_secs(20), name, move || {
+            open_live(&path).map(drop)
+        });
         match result {
             Err(VolumeError::Damaged { damage, .. }) => {
                 assert!(damage.what.contains(expected), "{name}: {damage}")
@@ -466,7 +469,9 @@ fn crafted_images_are_refused_quickly_and_by_name() {
         }
         // The checkout path refuses it the same way.
         let path = crafted.clone();
-        let result = within(20, name, move || Checkout::open(&path).map(drop));
+        let result = within(Duration::from_secs(20), name, move || {
+            Checkout::open(&path).map(drop)
+        });
         assert!(
             matches!(
                 result,
@@ -738,7 +743,7 @@ fn random_damage_never_hangs_or_panics() {
     let g = sample.g;
     let meta_end = g.data_offset as usize + 4 * g.cluster_bytes as usize;
     let img = sample.img.clone();
-    within(120, "random damage", move || {
+    within(Duration::from_secs(120), "random damage", move || {
         let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
         let (mut accepted, mut refused) = (0, 0);
         for _ in 0..1500 {

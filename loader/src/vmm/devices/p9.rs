@@ -368,9 +368,11 @@ mod tests {
         let started = Instant::now();
         // On a thread of its own: a device that waits for the worker for ever fails the
         // test instead of hanging it.
-        let (len, _) = crate::test_support::within(30, "a request to a stuck worker", move || {
-            call(&mut d, 1, Tmessage::Flush { oldtag: 0 }, 64)
-        });
+        let (len, _) = crate::test_support::within(
+            Duration::from_secs(30),
+            "a request to a stuck worker",
+            move || call(&mut d, 1, Tmessage::Flush { oldtag: 0 }, 64),
+        );
         assert_eq!(len, 0);
         assert!(started.elapsed() < Duration::from_secs(5));
         // The request did reach the worker.

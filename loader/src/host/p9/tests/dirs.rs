@@ -3,6 +3,7 @@
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::time::Duration;
 
 use super::{Fixture, ROOT, truncate_to};
 use crate::host::p9::wire::{self, Rmessage, Tmessage};
@@ -135,10 +136,11 @@ fn p9_mkdir_rename_link_unlink_remove() {
     assert!(matches!(fifo, Rmessage::Mknod { .. }));
     // A server that opened the FIFO would wait for a writer for ever: bounded, so that
     // fails the test instead of hanging it.
-    let (mut c, opened) = crate::test_support::within(30, "opening a FIFO", move || {
-        let opened = c.open(6, &["fifo"], wire::DOTL_RDONLY);
-        (c, opened)
-    });
+    let (mut c, opened) =
+        crate::test_support::within(Duration::from_secs(30), "opening a FIFO", move || {
+            let opened = c.open(6, &["fifo"], wire::DOTL_RDONLY);
+            (c, opened)
+        });
     assert_eq!(opened, Err(libc::EOPNOTSUPP));
     c.walk_all(ROOT, 7, &[]).unwrap();
     assert_eq!(
