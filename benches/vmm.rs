@@ -40,16 +40,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn median_ms(runs: usize, mut cmd: impl FnMut() -> Command) -> Option<f64> {
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
-        let mut c = cmd();
-        c.stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .stdin(Stdio::null());
-        let t = Instant::now();
-        let status = c.status().ok()?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-        if !status.success() {
-            return None;
-        }
+        times.push(timed_run(cmd())?.0);
     }
     Some(median(times))
 }
