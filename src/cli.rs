@@ -431,7 +431,7 @@ pub enum Vmm {
     /// QEMU `-M microvm` on KVM (or TCG with `--accel tcg`), the compatibility backend.
     Qemu,
     /// No VM: the same image on the host with wasmi and wasi-common, the reference
-    /// behaviour the VM is tested against. Ignores --accel, --memory and --timeout.
+    /// behaviour the VM is tested against. Ignores --accel and --memory.
     Host,
 }
 

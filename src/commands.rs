@@ -322,12 +322,8 @@ fn run(
     if let Some(timeout) = opts.timeout {
         give_up.after(timeout + output::GRACE);
     }
-    // SIGINT, SIGTERM and SIGHUP stop the VM cleanly; a backend that cannot be stopped (host
-    // mode) leaves them at their default action, which ends the process.
-    let signal_handle = match backend.honours_stop() {
-        true => Some(stop_on_signals(control.stopper(), give_up.clone())?),
-        false => None,
-    };
+    // SIGINT, SIGTERM and SIGHUP stop the run cleanly, whatever the backend.
+    let signal_handle = stop_on_signals(control.stopper(), give_up.clone())?;
 
     let (mut stdout, mut stderr) = (out.clone(), err.clone());
     let mut log = |line: &str| {
@@ -353,9 +349,7 @@ fn run(
         process_stdio: true,
     };
     let ending = wasmvm_loader::run::run(backend, &image_path, &opts, io, control);
-    if let Some(handle) = signal_handle {
-        handle.close();
-    }
+    signal_handle.close();
     // Everything the app wrote reaches the reader before our own last words; after a stop
     // or timeout, only what the reader takes within the grace period.
     out.drain();

@@ -124,6 +124,76 @@ fn a_timeout_stops_the_vm_with_status_252() {
     assert_eq!(o.status.code(), Some(252), "{}", stderr(&o));
     assert_eq!(stdout(&o), "spinning\n");
     assert!(stderr(&o).contains("timed out"), "{}", stderr(&o));
+    // Host mode too: the interpreter cannot be preempted, but the run ends all the same.
+    let o = run_on(
+        "host",
+        &sample("exitcode"),
+        &["--timeout", "1s", "--", "spin"],
+        b"",
+    );
+    assert_eq!(o.status.code(), Some(252), "host: {}", stderr(&o));
+    assert_eq!(stdout(&o), "spinning\n", "host");
+}
+
+#[test]
+fn a_timeout_ends_a_host_mode_run_through_the_library_with_its_output() {
+    // `run_captured` pumps the app's pipes: the app left computing keeps them open, and the
+    // run still returns, with what the app wrote before.
+    let dir = scratch();
+    let img = dir.path().join("spin.img");
+    pack(&sample("exitcode"), &img, &[]);
+    let opts = wasmvm_loader::RunOptions {
+        timeout: Some(std::time::Duration::from_millis(500)),
+        args: Some(vec![b"spin".to_vec()]),
+        ..Default::default()
+    };
+    let captured = within(RUN_LIMIT, "a host-mode run with a timeout", move || {
+        wasmvm_loader::run_captured(&wasmvm_loader::reference::HostMode, &img, &opts, vec![])
+    })
+    .unwrap();
+    assert_eq!(captured.ending, wasmvm_loader::Ending::TimedOut);
+    assert_eq!(captured.stdout, b"spinning\n");
+}
+
+#[test]
+fn a_signal_ends_a_host_mode_app_waiting_for_input_and_removes_its_scratch() {
+    let dir = scratch();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let img = dir.path().join("files.img");
+    // A packed directory: host mode writes it out to a scratch directory.
+    let packed = dir.path().join("packed");
+    std::fs::create_dir(&packed).unwrap();
+    std::fs::write(packed.join("a.txt"), "a").unwrap();
+    pack(
+        &sample("exitcode"),
+        &img,
+        &["--dir", &format!("{}::/packed", packed.display())],
+    );
+    for (signal, status) in [("TERM", 143), ("INT", 130), ("HUP", 129)] {
+        let mut cmd = wasmvm();
+        cmd.env("TMPDIR", &tmp)
+            .args(["run", "--vmm", "host"])
+            .arg(&img)
+            .args(["--", "idle"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        // Blocked in a read of its stdin, held open until the end: only the signal can
+        // end it.
+        let mut child = spawn_ready(cmd, "ready");
+        let stdin = child.stdin.take();
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let o = wait_with_output_within(child, RUN_LIMIT);
+        drop(stdin);
+        assert_eq!(o.status.code(), Some(status), "{signal}: {}", stderr(&o));
+        assert!(stderr(&o).contains("stopped"), "{signal}: {}", stderr(&o));
+        let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+        assert!(left.is_empty(), "{signal}: left behind: {left:?}");
+    }
 }
 
 #[test]
@@ -133,6 +203,12 @@ fn sigterm_sigint_and_sighup_stop_the_vm() {
             let o = spin_then_signal(&["--vmm", vmm, "--accel", accel()], signal);
             assert_eq!(o.status.code(), Some(status), "{vmm}: {}", stderr(&o));
         }
+    }
+    // Host mode's app computes in this process, without a host call to stop it at: the run
+    // ends anyway, with the same statuses.
+    for (signal, status) in [("TERM", 143), ("INT", 130), ("HUP", 129)] {
+        let o = spin_then_signal(&["--vmm", "host"], signal);
+        assert_eq!(o.status.code(), Some(status), "host: {}", stderr(&o));
     }
 }
 

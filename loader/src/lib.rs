@@ -54,13 +54,6 @@ pub trait Backend {
         control: Control,
     ) -> Result<Ending, RunError>;
 
-    /// Whether a [`Stopper`] can end its runs. A backend that cannot be interrupted (host
-    /// mode: the app runs in this process) says no, and callers then leave signals at their
-    /// default action so that they still end the process.
-    fn honours_stop(&self) -> bool {
-        true
-    }
-
     /// Whether it serves `--volume` images itself, live (the built-in VMM, through
     /// `host::volume::live`). Otherwise [`run::run`] checks each volume out into a
     /// directory around the run and writes it back at the end.

@@ -10,10 +10,14 @@
 //! the listener on guest port GUEST to the host address and port instead. wasi-common has
 //! no outbound sockets, so a tap network or a published port no listener uses is refused.
 
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering::SeqCst};
+use std::time::{Duration, Instant};
 
-use wasmi::{Engine, Linker, Module, Store};
+use wasmi::{CallHook, Engine, Linker, Module, Store};
 use wasmi_wasi::WasiCtx;
 use wasmi_wasi::sync::{Dir, TcpListener, WasiCtxBuilder, ambient_authority};
 use wasmvm_abi::bundle::{FsNodeKind, RunConfig};
@@ -22,6 +26,7 @@ use wasmvm_engine::{call_entry, engine_config};
 
 use crate::error::io_err;
 use crate::image::Image;
+use crate::run::control::RunEvent;
 use crate::run::network::{NetError, NetworkMode, Proto};
 use crate::run::{Control, RunIo};
 use crate::{Backend, Ending, RunError, RunOptions};
@@ -35,29 +40,46 @@ fn text(b: &[u8]) -> String {
 const STACK_SIZE: usize = 256 << 20;
 
 /// Host reference mode as a [`Backend`]: the image's module run in this process.
+///
+/// A stop (a signal, `--timeout`) cannot preempt an interpreter running on one of this
+/// process's threads, so host calls are its boundary: once a stop is requested the app may
+/// neither start nor return from one ([`StopGate`]), and its files and output stop
+/// changing. The run then returns at once ([`Ending::Stopped`] or [`Ending::TimedOut`]),
+/// so its volumes are written back and its scratch directory removed, as for a VM. Its
+/// thread is left behind if it has not ended: one computing without host calls, or blocked
+/// in one (reading stdin, accepting, sleeping), runs on until the process exits.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HostMode;
+
+/// How long a host call in progress at a stop request gets to return before the run ends
+/// without it. File calls return well within it; one still running is waiting for input
+/// (stdin, a socket, a sleep), and what it would still change is what an app stopped at
+/// that instant would have changed.
+const HOST_CALL_GRACE: Duration = Duration::from_millis(500);
 
 impl Backend for HostMode {
     fn name(&self) -> &'static str {
         "host"
     }
 
-    fn honours_stop(&self) -> bool {
-        false
-    }
-
-    /// Runs the app on a thread of its own. With `io.process_stdio` the app gets this
-    /// process's stdin, stdout and stderr; otherwise pipes, pumped from and to `io`'s
-    /// streams. `control` is not consulted: an interpreter in this process cannot be
-    /// stopped from outside, so a signal ends the whole process, as `wasmtime run`'s does.
+    /// Runs the app on a thread of its own, until it ends, `control` stops it or
+    /// `opts.timeout` passes. With `io.process_stdio` the app gets this process's stdin,
+    /// stdout and stderr; otherwise pipes, pumped from and to `io`'s streams.
     fn run(
         &self,
         image: &Path,
         opts: &RunOptions,
         io: RunIo,
-        _control: Control,
+        control: Control,
     ) -> Result<Ending, RunError> {
+        let deadline = opts.timeout.map(|t| Instant::now() + t);
+        // The packed directories are written out here, owned by this call rather than the
+        // interpreter thread: the directory goes when the run returns, even when the
+        // thread is left behind.
+        let scratch = tempfile::Builder::new()
+            .prefix("wasmvm-host-")
+            .tempdir()
+            .map_err(io_err("creating a scratch directory"))?;
         std::thread::scope(|scope| {
             let RunIo {
                 stdin,
@@ -66,27 +88,115 @@ impl Backend for HostMode {
                 process_stdio,
                 ..
             } = io;
-            let streams = match process_stdio {
-                true => None,
-                false => Some(Piped::start(scope, stdin, stdout, stderr)?),
+            let (app_streams, pumps) = match process_stdio {
+                true => (None, None),
+                false => {
+                    let (streams, pumps) = Piped::start(scope, stdin, stdout, stderr)?;
+                    (Some(streams), Some(pumps))
+                }
             };
-            let (app_streams, pumps) = match streams {
-                Some((s, p)) => (Some(s), Some(p)),
-                None => (None, None),
+            let gate = Arc::new(StopGate::default());
+            let interpreter = {
+                let (image, opts) = (image.to_path_buf(), opts.clone());
+                let (scratch, gate) = (scratch.path().to_path_buf(), gate.clone());
+                let ended = control.tx.clone();
+                std::thread::Builder::new()
+                    .name("wasmvm-host".into())
+                    .stack_size(STACK_SIZE)
+                    .spawn(move || {
+                        let ending = run_here(&image, &opts, app_streams, &scratch, gate);
+                        let _ = ended.send(RunEvent::AppEnded);
+                        ending
+                    })
+                    .map_err(io_err("starting the interpreter thread"))?
             };
-            let ending = std::thread::Builder::new()
-                .name("wasmvm-host".into())
-                .stack_size(STACK_SIZE)
-                .spawn_scoped(scope, move || run_here(image, opts, app_streams))
-                .map_err(io_err("starting the interpreter thread"))?
-                .join()
-                .unwrap_or_else(|_| Err(RunError::Host("the interpreter thread panicked".into())));
-            // The app's ends of the pipes are closed now: the output pumps drain and end.
-            if let Some(pumps) = pumps {
-                pumps.finish();
+            let joined = |interpreter: std::thread::JoinHandle<_>| {
+                interpreter.join().unwrap_or_else(|_| {
+                    Err(RunError::Host("the interpreter thread panicked".into()))
+                })
+            };
+            let stopped = match control.wait(deadline) {
+                Some(RunEvent::Stop(reason)) => Ending::Stopped(reason),
+                None => Ending::TimedOut,
+                Some(RunEvent::AppEnded | RunEvent::Stream(_)) => {
+                    let ending = joined(interpreter);
+                    if let Some(pumps) = pumps {
+                        pumps.finish(true);
+                    }
+                    return ending;
+                }
+            };
+            let app_ended = stop(&gate, &control);
+            if app_ended {
+                // Its store is dropped (its files closed) before the volumes are read.
+                let _ = interpreter.join();
             }
-            ending
+            if let Some(pumps) = pumps {
+                // The app's ends of the pipes close when it ends, and the pumps end with
+                // them; those of an app left behind stay open, so the pumps take what the
+                // pipes hold and end.
+                pumps.finish(app_ended);
+            }
+            Ok(stopped)
         })
+    }
+}
+
+/// Stops the app at a host call boundary; returns whether its thread has ended (else it
+/// is left behind, with nothing more to change).
+fn stop(gate: &StopGate, control: &Control) -> bool {
+    if !gate.stop() {
+        // Computing in wasm: its next host call is refused, so nothing changes any more.
+        return false;
+    }
+    let until = Instant::now() + HOST_CALL_GRACE;
+    loop {
+        match control.wait(Some(until)) {
+            Some(RunEvent::AppEnded) => return true,
+            // A second signal changes nothing; the first stop goes on.
+            Some(RunEvent::Stop(_) | RunEvent::Stream(_)) => {}
+            None => return false,
+        }
+    }
+}
+
+/// Where a stop request meets the app's host calls (the interpreter's call hook): once a
+/// stop is requested, a host call can neither start nor return to the app, which then
+/// ends with an error at its next boundary. One word for both facts, so that a call and a
+/// stop request racing each other are ordered.
+#[derive(Debug, Default)]
+pub(crate) struct StopGate(AtomicU8);
+
+impl StopGate {
+    const STOPPING: u8 = 1;
+    const IN_HOST_CALL: u8 = 2;
+
+    /// The interpreter's call hook.
+    pub(crate) fn on_call(&self, hook: CallHook) -> Result<(), wasmi::Error> {
+        let stopped = || wasmi::Error::new("the run was stopped");
+        match hook {
+            CallHook::CallingHost => self
+                .0
+                .fetch_update(SeqCst, SeqCst, |s| {
+                    (s & Self::STOPPING == 0).then_some(s | Self::IN_HOST_CALL)
+                })
+                .map(drop)
+                .map_err(|_| stopped()),
+            CallHook::ReturningFromHost => {
+                match self.0.fetch_and(!Self::IN_HOST_CALL, SeqCst) & Self::STOPPING {
+                    0 => Ok(()),
+                    _ => Err(stopped()),
+                }
+            }
+            CallHook::CallingWasm | CallHook::ReturningFromWasm => Ok(()),
+        }
+    }
+
+    /// Requests the stop; returns whether a host call was in progress (it may still change
+    /// something until it returns). A host call that ends the app with an error (`proc_exit`)
+    /// never returns through the hook, so this can also be true of an app that has ended.
+    pub(crate) fn stop(&self) -> bool {
+        self.0.fetch_or(Self::STOPPING, SeqCst) & Self::IN_HOST_CALL != 0
     }
 }
 
@@ -97,9 +207,12 @@ struct AppStreams {
     stderr: std::fs::File,
 }
 
-/// The threads that move bytes between the pipes and the run's streams.
+/// The threads that move bytes from the app's output pipes to the run's streams.
 struct Piped<'scope> {
     outputs: Vec<std::thread::ScopedJoinHandle<'scope, ()>>,
+    /// Dropped to tell the pumps that the app was left behind: they then take what their
+    /// pipe holds and end, where they would otherwise wait for its end.
+    abandon: std::io::PipeWriter,
 }
 
 impl<'scope> Piped<'scope> {
@@ -111,21 +224,22 @@ impl<'scope> Piped<'scope> {
     ) -> Result<(AppStreams, Piped<'scope>), RunError> {
         let pipe = || std::io::pipe().map_err(io_err("creating a pipe for the app"));
         let (stdin_app, mut stdin_host) = pipe()?;
-        let (mut stdout_host, stdout_app) = pipe()?;
-        let (mut stderr_host, stderr_app) = pipe()?;
+        let (stdout_host, stdout_app) = pipe()?;
+        let (stderr_host, stderr_app) = pipe()?;
+        let (abandoned, abandon) = pipe()?;
+        let abandoned = std::sync::Arc::new(abandoned);
         // stdin may block forever (a terminal): its thread is detached, not joined. A
         // write error means the app closed its end; nothing more to forward then.
         std::thread::spawn(move || {
             let _ = std::io::copy(&mut stdin, &mut stdin_host);
         });
-        let outputs = vec![
-            scope.spawn(move || {
-                let _ = std::io::copy(&mut stdout_host, stdout);
-            }),
-            scope.spawn(move || {
-                let _ = std::io::copy(&mut stderr_host, stderr);
-            }),
-        ];
+        let outputs = [(stdout_host, stdout), (stderr_host, stderr)]
+            .into_iter()
+            .map(|(from, to)| {
+                let abandoned = abandoned.clone();
+                scope.spawn(move || pump(from, &abandoned, to))
+            })
+            .collect();
         let file = |fd: std::os::fd::OwnedFd| std::fs::File::from(fd);
         Ok((
             AppStreams {
@@ -133,22 +247,75 @@ impl<'scope> Piped<'scope> {
                 stdout: file(stdout_app.into()),
                 stderr: file(stderr_app.into()),
             },
-            Piped { outputs },
+            Piped { outputs, abandon },
         ))
     }
 
-    /// Waits until everything the app wrote has reached the run's streams.
-    fn finish(self) {
+    /// Waits until everything the app wrote has reached the run's streams: until the
+    /// pipes' ends if the app has ended, else until they are empty.
+    fn finish(self, app_ended: bool) {
+        if !app_ended {
+            drop(self.abandon);
+        }
         for pump in self.outputs {
             let _ = pump.join();
         }
     }
 }
 
+/// Copies what the app writes to `from` into `to` until the app closes its end, or, once
+/// `abandoned` reads as closed, until `from` is empty. A stream that fails to take bytes
+/// gets no more, but the pipe is still drained: an app blocked on a full pipe would never
+/// end.
+fn pump(from: std::io::PipeReader, abandoned: &std::io::PipeReader, to: &mut dyn Write) {
+    use rustix::event::{PollFd, PollFlags, poll};
+    use std::io::{ErrorKind, Read};
+    let mut from = from;
+    if rustix::io::ioctl_fionbio(&from, true).is_err() {
+        // Blocking reads still end at the app's end; only an abandoned app's pipe waits.
+        let _ = std::io::copy(&mut from, to);
+        return;
+    }
+    let mut buf = vec![0; 64 << 10];
+    let mut to = Some(to);
+    loop {
+        let mut fds = [
+            PollFd::new(&from, PollFlags::IN),
+            PollFd::new(abandoned, PollFlags::IN),
+        ];
+        match poll(&mut fds, None) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return,
+        }
+        let last = !fds[1].revents().is_empty();
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    if let Some(out) = to.as_mut()
+                        && out.write_all(&buf[..n]).is_err()
+                    {
+                        to = None;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        if last {
+            return;
+        }
+    }
+}
+
+/// Runs the app to its end on this thread, its packed directories written out under
+/// `scratch`, its host calls through `gate`.
 fn run_here(
     image_path: &Path,
     opts: &RunOptions,
     streams: Option<AppStreams>,
+    scratch: &Path,
+    gate: Arc<StopGate>,
 ) -> Result<Ending, RunError> {
     let bytes = crate::image::file::read(image_path)?;
     let image = Image::parse(&bytes)?;
@@ -161,10 +328,6 @@ fn run_here(
     };
     let settings = image.manifest.settings(&run);
 
-    let scratch = tempfile::Builder::new()
-        .prefix("wasmvm-host-")
-        .tempdir()
-        .map_err(io_err("creating a scratch directory"))?;
     let mut builder = WasiCtxBuilder::new();
     match streams {
         None => builder.inherit_stdio(),
@@ -193,7 +356,7 @@ fn run_here(
             .map_err(|e| RunError::Host(e.to_string()))?;
     }
     for (i, guest) in image.manifest.preopens.iter().enumerate() {
-        let root = scratch.path().join(i.to_string());
+        let root = scratch.join(i.to_string());
         std::fs::create_dir(&root).map_err(io_err("creating a preopen"))?;
         // The image is untrusted: every node must name a fresh entry inside a directory
         // created before it, so no path (`..`, `/`, or a packed symlink) can lead outside
@@ -275,6 +438,7 @@ fn run_here(
         })
     })?;
     let mut store = Store::new(&engine, builder.build());
+    store.call_hook(move |_, hook| gate.on_call(hook));
     let mut linker = Linker::<WasiCtx>::new(&engine);
     wasmi_wasi::add_to_linker(&mut linker, |ctx| ctx).map_err(|e| RunError::Host(e.to_string()))?;
     if image.manifest.stub_imports {
@@ -356,4 +520,87 @@ fn listeners(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stop_refuses_every_host_call_after_it_and_the_return_of_one_in_progress() {
+        let gate = StopGate::default();
+        assert!(gate.on_call(CallHook::CallingHost).is_ok());
+        assert!(gate.on_call(CallHook::ReturningFromHost).is_ok());
+        assert!(!gate.stop(), "no host call was in progress");
+        assert!(gate.on_call(CallHook::CallingHost).is_err());
+        // Entering and leaving wasm are not boundaries where the app could change anything.
+        assert!(gate.on_call(CallHook::CallingWasm).is_ok());
+
+        let gate = StopGate::default();
+        assert!(gate.on_call(CallHook::CallingHost).is_ok());
+        assert!(
+            gate.stop(),
+            "the call in progress may still change something"
+        );
+        assert!(gate.on_call(CallHook::ReturningFromHost).is_err());
+        assert!(gate.on_call(CallHook::CallingHost).is_err());
+    }
+
+    #[test]
+    fn a_host_call_racing_a_stop_either_starts_before_it_is_seen_or_is_refused() {
+        for _ in 0..200 {
+            let gate = Arc::new(StopGate::default());
+            let caller = {
+                let gate = gate.clone();
+                std::thread::spawn(move || gate.on_call(CallHook::CallingHost).is_ok())
+            };
+            let in_progress = gate.stop();
+            let started = caller.join().unwrap();
+            // A call that started is one the stop saw in progress, and none starts unseen.
+            assert_eq!(started, in_progress);
+        }
+    }
+
+    #[test]
+    fn a_pump_left_with_an_open_pipe_takes_what_it_holds_and_ends() {
+        let (from, mut app) = std::io::pipe().unwrap();
+        let (abandoned, abandon) = std::io::pipe().unwrap();
+        app.write_all(b"written before the stop").unwrap();
+        let out = crate::test_support::within(Duration::from_secs(10), "the pump", move || {
+            let mut out = Vec::new();
+            std::thread::scope(|s| {
+                let pumping = s.spawn(|| pump(from, &abandoned, &mut out));
+                drop(abandon);
+                pumping.join().unwrap();
+            });
+            out
+        });
+        assert_eq!(out, b"written before the stop");
+        drop(app);
+    }
+
+    #[test]
+    fn a_pump_whose_stream_fails_still_drains_the_pipe_until_its_end() {
+        struct Broken;
+        impl Write for Broken {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let (from, mut app) = std::io::pipe().unwrap();
+        let (abandoned, _abandon) = std::io::pipe().unwrap();
+        crate::test_support::within(Duration::from_secs(10), "the pump", move || {
+            std::thread::scope(|s| {
+                s.spawn(|| pump(from, &abandoned, &mut Broken));
+                // Far more than a pipe holds: the writer blocks unless the pump drains.
+                for _ in 0..64 {
+                    app.write_all(&[b'x'; 64 << 10]).unwrap();
+                }
+                drop(app);
+            })
+        });
+    }
 }

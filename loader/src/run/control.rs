@@ -32,6 +32,9 @@ pub enum RunEvent {
     /// The guest channel ended (an exit record, a garbled stream, or closed).
     Stream(std::io::Result<StreamEnd>),
     Stop(StopReason),
+    /// Host mode's interpreter thread ended (its outcome is in its join handle). A VM
+    /// backend never sends it.
+    AppEnded,
 }
 
 /// A channel for run events, and the [`Stopper`] that feeds it.

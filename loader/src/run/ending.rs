@@ -108,6 +108,8 @@ pub(crate) fn outcome(event: Option<RunEvent>) -> Outcome {
         Some(RunEvent::Stream(Ok(StreamEnd::Garbled(why)))) => Outcome::Ended(Ending::Crashed(why)),
         Some(RunEvent::Stream(Ok(StreamEnd::Closed))) => Outcome::NoRecord(None),
         Some(RunEvent::Stream(Err(e))) => Outcome::NoRecord(Some(e.to_string())),
+        // Host mode's own event: if a VM's loop saw it, nothing would say how the VM ended.
+        Some(RunEvent::AppEnded) => Outcome::NoRecord(None),
         Some(RunEvent::Stop(reason)) => Outcome::Ended(Ending::Stopped(reason)),
         None => Outcome::Ended(Ending::TimedOut),
     }
