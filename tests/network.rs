@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::*;
 
-/// A VM serving on a published host port; killed when dropped.
+/// A VM serving on a published host port; stopped (SIGTERM, as a user would) when dropped.
 struct Guest {
     child: Child,
     port: u16,
@@ -21,8 +21,7 @@ struct Guest {
 
 impl Drop for Guest {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        terminate(&mut self.child);
     }
 }
 

@@ -828,6 +828,25 @@ pub fn output_or_kill(mut cmd: impl BorrowMut<Command>, limit: Duration) -> Opti
     collect_by(&mut child, limit).ok()
 }
 
+/// Ends `child` as a user or an orchestrator would: SIGTERM (a VM stops cleanly, host mode
+/// removes its scratch directory), then SIGKILL if it has not ended within 30 s. For guards'
+/// `Drop`: never panics.
+pub fn terminate(child: &mut Child) {
+    if !matches!(child.try_wait(), Ok(None)) {
+        return; // ended (and reaped): its pid may be another process's by now
+    }
+    // SAFETY: kill has no memory-safety preconditions; the child is not reaped yet, so the
+    // pid is still its own.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        exit_by(child, Instant::now() + Duration::from_secs(30)).is_some()
+    }));
+    if !matches!(ended, Ok(true)) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 /// `child`'s exit status, if it ends by `deadline`.
 fn exit_by(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
     loop {
