@@ -78,8 +78,8 @@ fn the_library_runs_an_image_and_returns_exit_and_output() {
     let mut runs = vec!["host"];
     runs.extend(backends());
     for vmm in runs {
-        // Each run on a thread of its own (the backend made there), bounded: host mode
-        // honours no timeout, so the thread's deadline is what stops a hang there.
+        // Each run on a thread of its own (the backend made there), bounded: a hang fails
+        // the test instead of stalling it.
         let run = |args: &[&str], stdin: &[u8]| {
             let (vmm, img, stdin): (&'static str, _, _) = (vmm, img.clone(), stdin.to_vec());
             let opts = RunOptions {
@@ -103,5 +103,34 @@ fn the_library_runs_an_image_and_returns_exit_and_output() {
         assert!(out.stderr.is_empty(), "{vmm}");
         let out = run(&["exit", "7"], b"");
         assert_eq!(out.ending, Ending::Exited(7), "{vmm}");
+    }
+}
+
+#[test]
+fn a_library_run_that_times_out_returns_with_what_the_app_wrote() {
+    // `tick` sleeps in a system call: host mode refuses its return after the deadline, so
+    // its thread ends too (the computing case is in tests/host_mode.rs).
+    let dir = scratch();
+    let img = dir.path().join("tick.img");
+    pack(&sample("exitcode"), &img, &[]);
+    let mut runs = vec!["host"];
+    runs.extend(backends());
+    for vmm in runs {
+        let img = img.clone();
+        let opts = RunOptions {
+            args: Some(vec![b"tick".to_vec()]),
+            timeout: Some(std::time::Duration::from_secs(3)),
+            ..RunOptions::default()
+        };
+        let captured = within(RUN_LIMIT, &format!("{vmm}: run_captured"), move || {
+            let backend: Box<dyn Backend> = match vmm {
+                "host" => Box::new(HostMode),
+                "builtin" => Box::new(Builtin::default()),
+                _ => Box::new(Qemu::default()),
+            };
+            run_captured(&*backend, &img, &opts, Vec::new()).expect("run")
+        });
+        assert_eq!(captured.ending, Ending::TimedOut, "{vmm}");
+        assert_eq!(captured.stdout, b"ticking\n", "{vmm}");
     }
 }

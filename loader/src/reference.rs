@@ -43,18 +43,23 @@ const STACK_SIZE: usize = 256 << 20;
 ///
 /// A stop (a signal, `--timeout`) cannot preempt an interpreter running on one of this
 /// process's threads, so host calls are its boundary: once a stop is requested the app may
-/// neither start nor return from one ([`StopGate`]), and its files and output stop
-/// changing. The run then returns at once ([`Ending::Stopped`] or [`Ending::TimedOut`]),
-/// so its volumes are written back and its scratch directory removed, as for a VM. Its
-/// thread is left behind if it has not ended: one computing without host calls, or blocked
-/// in one (reading stdin, accepting, sleeping), runs on until the process exits.
+/// neither start nor return from one ([`StopGate`]). The run then returns
+/// ([`Ending::Stopped`] or [`Ending::TimedOut`]) at once if the app is computing, else when
+/// its call returns or [`HOST_CALL_GRACE`] has passed, so its volumes are written back and
+/// its scratch directory removed, as for a VM; from then on nothing the app does changes a
+/// file or the output, except a call still running past the grace. An app that has not
+/// ended is left behind: one computing runs on (a core's worth of CPU) and one blocked in a
+/// call keeps its descriptors, listeners included, until the process exits. The CLI exits
+/// right after; a long-lived embedder that stops host-mode runs of untrusted apps should run
+/// them in a process of its own.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HostMode;
 
 /// How long a host call in progress at a stop request gets to return before the run ends
-/// without it. File calls return well within it; one still running is waiting for input
-/// (stdin, a socket, a sleep), and what it would still change is what an app stopped at
-/// that instant would have changed.
+/// without it. File calls return well within it; one still running is most likely waiting
+/// for input (stdin, a socket, a sleep), which changes nothing. One that is still writing
+/// (a huge write, a stalled output pipe) finishes after the run returned, as if the app had
+/// been stopped in the middle of it.
 const HOST_CALL_GRACE: Duration = Duration::from_millis(500);
 
 impl Backend for HostMode {
@@ -96,34 +101,33 @@ impl Backend for HostMode {
                 }
             };
             let gate = Arc::new(StopGate::default());
+            let prepared = prepare(image, opts, app_streams, scratch.path(), gate.clone())?;
             let interpreter = {
-                let (image, opts) = (image.to_path_buf(), opts.clone());
-                let (scratch, gate) = (scratch.path().to_path_buf(), gate.clone());
-                let ended = control.tx.clone();
+                let ended = EndedOnDrop(control.tx.clone());
                 std::thread::Builder::new()
                     .name("wasmvm-host".into())
                     .stack_size(STACK_SIZE)
                     .spawn(move || {
-                        let ending = run_here(&image, &opts, app_streams, &scratch, gate);
-                        let _ = ended.send(RunEvent::AppEnded);
-                        ending
+                        let _ended = ended;
+                        run_app(prepared)
                     })
                     .map_err(io_err("starting the interpreter thread"))?
             };
-            let joined = |interpreter: std::thread::JoinHandle<_>| {
-                interpreter.join().unwrap_or_else(|_| {
-                    Err(RunError::Host("the interpreter thread panicked".into()))
-                })
-            };
-            let stopped = match control.wait(deadline) {
-                Some(RunEvent::Stop(reason)) => Ending::Stopped(reason),
-                None => Ending::TimedOut,
-                Some(RunEvent::AppEnded | RunEvent::Stream(_)) => {
-                    let ending = joined(interpreter);
-                    if let Some(pumps) = pumps {
-                        pumps.finish(true);
+            let stopped = loop {
+                match control.wait(deadline) {
+                    Some(RunEvent::Stop(reason)) => break Ending::Stopped(reason),
+                    None => break Ending::TimedOut,
+                    Some(RunEvent::AppEnded) => {
+                        let ending = interpreter
+                            .join()
+                            .map_err(|_| RunError::Host("the interpreter thread panicked".into()));
+                        if let Some(pumps) = pumps {
+                            pumps.finish(true);
+                        }
+                        return ending;
                     }
-                    return ending;
+                    // Only the VMs' guest channel sends it.
+                    Some(RunEvent::Stream(_)) => {}
                 }
             };
             let app_ended = stop(&gate, &control);
@@ -139,6 +143,15 @@ impl Backend for HostMode {
             }
             Ok(stopped)
         })
+    }
+}
+
+/// Tells the run that the interpreter thread ended, however it ended (a panic too).
+struct EndedOnDrop(std::sync::mpsc::Sender<RunEvent>);
+
+impl Drop for EndedOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(RunEvent::AppEnded);
     }
 }
 
@@ -163,7 +176,8 @@ fn stop(gate: &StopGate, control: &Control) -> bool {
 /// Where a stop request meets the app's host calls (the interpreter's call hook): once a
 /// stop is requested, a host call can neither start nor return to the app, which then
 /// ends with an error at its next boundary. One word for both facts, so that a call and a
-/// stop request racing each other are ordered.
+/// stop request racing each other are ordered. One bit of "in a call" suffices because no
+/// WASI function (nor a stub) calls back into wasm, so host calls never nest.
 #[derive(Debug, Default)]
 pub(crate) struct StopGate(AtomicU8);
 
@@ -266,16 +280,10 @@ impl<'scope> Piped<'scope> {
 /// Copies what the app writes to `from` into `to` until the app closes its end, or, once
 /// `abandoned` reads as closed, until `from` is empty. A stream that fails to take bytes
 /// gets no more, but the pipe is still drained: an app blocked on a full pipe would never
-/// end.
-fn pump(from: std::io::PipeReader, abandoned: &std::io::PipeReader, to: &mut dyn Write) {
+/// end. Each read follows a poll that found the pipe readable, so none blocks.
+fn pump(mut from: std::io::PipeReader, abandoned: &std::io::PipeReader, to: &mut dyn Write) {
     use rustix::event::{PollFd, PollFlags, poll};
     use std::io::{ErrorKind, Read};
-    let mut from = from;
-    if rustix::io::ioctl_fionbio(&from, true).is_err() {
-        // Blocking reads still end at the app's end; only an abandoned app's pipe waits.
-        let _ = std::io::copy(&mut from, to);
-        return;
-    }
     let mut buf = vec![0; 64 << 10];
     let mut to = Some(to);
     loop {
@@ -284,39 +292,51 @@ fn pump(from: std::io::PipeReader, abandoned: &std::io::PipeReader, to: &mut dyn
             PollFd::new(abandoned, PollFlags::IN),
         ];
         match poll(&mut fds, None) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
             Err(_) => return,
         }
-        let last = !fds[1].revents().is_empty();
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    if let Some(out) = to.as_mut()
-                        && out.write_all(&buf[..n]).is_err()
-                    {
-                        to = None;
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => break,
+        if fds[0].revents().is_empty() {
+            if fds[1].revents().is_empty() {
+                continue;
             }
+            return; // abandoned, and the pipe is empty
         }
-        if last {
-            return;
+        match from.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if let Some(out) = to.as_mut()
+                    && out.write_all(&buf[..n]).is_err()
+                {
+                    to = None;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return,
         }
     }
 }
 
-/// Runs the app to its end on this thread, its packed directories written out under
-/// `scratch`, its host calls through `gate`.
-fn run_here(
+/// The app ready to start: what [`prepare`] made.
+struct Prepared {
+    store: Store<WasiCtx>,
+    linker: Linker<WasiCtx>,
+    module: Module,
+    invoke: Option<String>,
+}
+
+/// Everything before the app's first instruction: the image read and checked, its packed
+/// directories written out under `scratch`, shares opened, listeners bound, the module
+/// compiled, its host calls routed through `gate`. Runs no app code, so it runs on the
+/// caller's thread: a stop that comes meanwhile waits for it, and nothing of it goes on
+/// after the run returns.
+fn prepare(
     image_path: &Path,
     opts: &RunOptions,
     streams: Option<AppStreams>,
     scratch: &Path,
     gate: Arc<StopGate>,
-) -> Result<Ending, RunError> {
+) -> Result<Prepared, RunError> {
     let bytes = crate::image::file::read(image_path)?;
     let image = Image::parse(&bytes)?;
     let run = RunConfig {
@@ -446,11 +466,27 @@ fn run_here(
             .map_err(|e| RunError::Host(e.to_string()))?;
     }
     let invoke = image.manifest.invoke.as_ref().map(|b| text(b));
+    Ok(Prepared {
+        store,
+        linker,
+        module,
+        invoke,
+    })
+}
+
+/// Runs the app to its end on this thread (instantiation runs its start function).
+fn run_app(prepared: Prepared) -> Ending {
+    let Prepared {
+        mut store,
+        linker,
+        module,
+        invoke,
+    } = prepared;
     let outcome = linker
         .instantiate_and_start(&mut store, &module)
         .and_then(|instance| call_entry(&mut store, &instance, invoke.as_deref()));
     drop(store);
-    Ok(match outcome {
+    match outcome {
         Ok(status) => match status.unwrap_or(0) {
             s if (0..=wasmvm_abi::exit::MAX_APP_STATUS).contains(&s) => Ending::Exited(s),
             _ => Ending::InvalidExitStatus,
@@ -472,7 +508,7 @@ fn run_here(
                 }
             }
         }
-    })
+    }
 }
 
 /// Binds the host sockets for `listens` (the app's listeners, in order): each on its own
@@ -559,6 +595,21 @@ mod tests {
             // A call that started is one the stop saw in progress, and none starts unseen.
             assert_eq!(started, in_progress);
         }
+    }
+
+    #[test]
+    fn the_run_hears_of_an_interpreter_thread_that_panicked() {
+        let control = Control::default();
+        let ended = EndedOnDrop(control.tx.clone());
+        let thread = std::thread::spawn(move || {
+            let _ended = ended;
+            panic!("inside the interpreter");
+        });
+        assert!(matches!(
+            control.wait(Some(Instant::now() + Duration::from_secs(60))),
+            Some(RunEvent::AppEnded)
+        ));
+        assert!(thread.join().is_err());
     }
 
     #[test]

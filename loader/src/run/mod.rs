@@ -134,7 +134,8 @@ pub struct Captured {
 
 /// Runs the image at `image` to its end on `backend` with `stdin` as its input, and returns
 /// how it ended with everything it wrote: the library form of `wasmvm run` for embedders
-/// and tests.
+/// and tests. With host mode a run that times out may leave its app's thread behind in this
+/// process ([`crate::reference::HostMode`]).
 pub fn run_captured(
     backend: &dyn Backend,
     image: &Path,

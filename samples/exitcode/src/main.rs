@@ -7,7 +7,8 @@
 //! app logs), `echo` (prints "ready", then answers every stdin line with the same line,
 //! written in two pieces, until stdin ends), `alloc` (takes memory 1 MiB at a time, writing every page, until
 //! none is left, then prints "allocated N MiB" and exits 0), `tty` (prints which of stdin,
-//! stdout and stderr are terminals, as `isatty` says).
+//! stdout and stderr are terminals, as `isatty` says), `tick` (prints "ticking", then sleeps
+//! 20 ms at a time forever: nearly always inside a system call).
 use std::io::{IsTerminal, Read, Write};
 
 fn main() {
@@ -98,6 +99,12 @@ fn main() {
                 println!("{a}");
             }
         }
+        Some("tick") => {
+            println!("ticking");
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
         Some("tty") => {
             println!(
                 "stdin {} stdout {} stderr {}",
@@ -108,7 +115,7 @@ fn main() {
         }
         other => {
             eprintln!(
-                "usage: exitcode exit N | stderr TEXT | cat | trap | spin | idle | spew MIB | alloc | env | args | tty (got {other:?})"
+                "usage: exitcode exit N | stderr TEXT | cat | trap | spin | idle | spew MIB | alloc | env | args | tty | tick (got {other:?})"
             );
             std::process::exit(2);
         }
