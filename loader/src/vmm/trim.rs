@@ -3,7 +3,8 @@
 //! With transparent huge pages every 2 MiB the guest touches at all is resident whole: a
 //! hello's three huge pages hold ~2.5 MiB of data in 6 MiB (the heap's first blocks and the
 //! stack's top share one, the linear memory's first pages have one of their own). When the
-//! guest has waited [`IDLE_BEFORE_TRIM`] with nothing arriving, the vCPU thread looks at
+//! guest has gone [`IDLE_BEFORE_TRIM`] without host input (however often its own timers
+//! wake it meanwhile) and is waiting, the vCPU thread looks at
 //! each resident 2 MiB stretch of guest RAM once (RAM is aligned to huge pages in the host's
 //! address space, `vmm::ram`, so a stretch is one host huge page), and where at least a
 //! quarter of it reads as zero it drops those 4 KiB pages (`MADV_DONTNEED`: an anonymous
@@ -22,7 +23,7 @@
 //! page would bring back the file's bytes, so the VMM makes no trimmer then.
 //!
 //! The price: a dropped page the guest touches again costs a fault of its own (an exit on
-//! a nested host), so the trim waits for a second of idling, looks at a stretch only once,
+//! a nested host), so the trim waits for a second without input, looks at a stretch only once,
 //! passes at most every [`PASS_INTERVAL`], reads at most [`STRETCHES_PER_BATCH`] between
 //! two checks for input and a stop, and ends a batch before the guest's deadline. A guest can make the VMM read its RAM once, no more. The host frees
 //! the dropped part of a split huge page when it next needs memory (the kernel's deferred
@@ -39,17 +40,20 @@ const STRETCH: usize = HUGE_PAGE;
 /// The unit it drops.
 const PAGE: usize = 4096;
 const PAGES_PER_STRETCH: usize = STRETCH / PAGE;
-/// How long a guest must have waited with nothing arriving before a pass: a busy guest
-/// waits often but briefly, and pages dropped between two requests would only be faulted
-/// back in by the next.
+/// How long a guest must have gone without host input (console bytes, frames) before a
+/// pass: a busy server waits often but briefly, and pages dropped between two requests
+/// would only be faulted back in by the next. Its own timers do not count: a runtime that
+/// wakes every few milliseconds to look at its clock (Go's does) idles all the same.
 pub const IDLE_BEFORE_TRIM: Duration = Duration::from_secs(1);
 /// The least time from the end of one complete pass to the start of the next: a pass
 /// walks all of RAM's page tables (`mincore`), which a guest that idles briefly but often
 /// must not be able to ask for every second.
 pub const PASS_INTERVAL: Duration = Duration::from_secs(10);
-/// A pass starts only if the guest's deadline leaves it this long after the idle pause, so
-/// that its timers fire on time.
-pub const PASS_SLACK: Duration = Duration::from_millis(20);
+/// A batch starts only if the guest's deadline leaves it this long after the idle pause,
+/// and ends half of it before the deadline, so that the guest's timers fire on time: it
+/// checks the time before each stretch, and one stretch (reading 2 MiB) takes a fraction of
+/// a millisecond.
+pub const PASS_SLACK: Duration = Duration::from_millis(4);
 /// A stretch keeps its huge page unless at least this many of its pages read as zero (a
 /// quarter): splitting one costs the guest TLB reach, worth it only for real memory.
 const MIN_ZERO_PAGES: usize = PAGES_PER_STRETCH / 4;
@@ -64,6 +68,8 @@ pub struct IdleTrim {
     seen: Vec<bool>,
     /// When the next pass may start (after a complete one, [`PASS_INTERVAL`] later).
     next_pass: Instant,
+    /// When host input last reached the guest (at first, when the trimmer was made).
+    input_at: Instant,
     /// The window a pass cut short resumes at.
     resume: usize,
     /// Bytes dropped so far, and the time the passes took, for the run's log.
@@ -86,15 +92,24 @@ impl IdleTrim {
             ram,
             seen: vec![false; ram.div_ceil(STRETCH)],
             next_pass: Instant::now(),
+            input_at: Instant::now(),
             resume: 0,
             released: 0,
             spent: Duration::ZERO,
         })
     }
 
-    /// How long a wait must have idled, from `now`, before the next pass.
+    /// How long from `now` before the next pass may start, if no host input comes first:
+    /// until the guest has gone [`IDLE_BEFORE_TRIM`] without input, and
+    /// [`PASS_INTERVAL`] has passed since the last complete pass.
     pub fn pause(&self, now: Instant) -> Duration {
-        IDLE_BEFORE_TRIM.max(self.next_pass.saturating_duration_since(now))
+        let quiet = (self.input_at + IDLE_BEFORE_TRIM).saturating_duration_since(now);
+        quiet.max(self.next_pass.saturating_duration_since(now))
+    }
+
+    /// Host input reached the guest at `now`: it is not idle.
+    pub fn note_input(&mut self, now: Instant) {
+        self.input_at = now;
     }
 
     /// Looks at up to [`STRETCHES_PER_BATCH`] resident stretches not seen before and drops
@@ -413,7 +428,7 @@ mod tests {
         let (_backing, mem) = ram(4);
         zero_quarter(&mem, 0);
         let mut trim = IdleTrim::new(&mem).unwrap();
-        assert_eq!(trim.pause(Instant::now()), IDLE_BEFORE_TRIM);
+        assert_eq!(trim.pause(trim.input_at), IDLE_BEFORE_TRIM);
         assert!(pass(&mut trim, &mem).dropped >= (MIN_ZERO_PAGES * PAGE) as u64);
         // A complete pass puts the next one off.
         assert!(trim.pause(Instant::now()) > PASS_INTERVAL - Duration::from_secs(1));
@@ -432,6 +447,22 @@ mod tests {
     }
 
     #[test]
+    fn the_idle_pause_counts_from_the_last_input_not_from_the_wait() {
+        let (_backing, mem) = ram(1);
+        let mut trim = IdleTrim::new(&mem).unwrap();
+        let start = trim.input_at;
+        // A guest whose timers wake it every 20 ms, with no input: its waits are short, but
+        // a second after its last input it idles.
+        let later = start + Duration::from_millis(980);
+        assert_eq!(trim.pause(later), Duration::from_millis(20));
+        assert_eq!(trim.pause(start + IDLE_BEFORE_TRIM), Duration::ZERO);
+        // Input starts the second again.
+        trim.note_input(later);
+        assert_eq!(trim.pause(later), IDLE_BEFORE_TRIM);
+        assert_eq!(trim.pause(later + IDLE_BEFORE_TRIM), Duration::ZERO);
+    }
+
+    #[test]
     fn one_batch_reads_a_bounded_number_of_stretches() {
         let stretches = 2 * STRETCHES_PER_BATCH + 3;
         let (_backing, mem) = ram(stretches);
@@ -444,7 +475,8 @@ mod tests {
             let seen = trim.seen.iter().filter(|s| **s).count();
             assert_eq!(seen, batches * STRETCHES_PER_BATCH);
             // Not a complete pass: the next batch may follow at once.
-            assert_eq!(trim.pause(Instant::now()), IDLE_BEFORE_TRIM);
+            let idle = trim.input_at + IDLE_BEFORE_TRIM;
+            assert_eq!(trim.pause(idle), Duration::ZERO);
         }
         assert!(pass(&mut trim, &mem).finished);
         assert!(trim.seen.iter().all(|s| *s));

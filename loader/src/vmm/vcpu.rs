@@ -109,8 +109,9 @@ fn wait_timeout(data: &[u8]) -> Option<Duration> {
 /// some arrives or `timeout` passes. Host input is console bytes and, with a network card,
 /// frames. With input the guest is not taking (it sleeps without reading, or offers no
 /// receive buffer), only the deadline ends the block: watching that descriptor would spin.
-/// A stop request interrupts the block with the kick signal (see `vmm::run`). A block that
-/// lasts the trimmer's idle pause gives back the guest's zero pages (`trim`) and goes on.
+/// A stop request interrupts the block with the kick signal (see `vmm::run`). A guest that
+/// has gone the trimmer's idle pause without input, and waits long enough, has its zero
+/// pages given back (`trim`) during the wait.
 fn wait_for_host(
     devices: &mut Devices,
     mem: &GuestMemoryMmap,
@@ -136,13 +137,17 @@ fn wait_for_host(
     if let Some(net) = devices.net.as_mut() {
         let (net, queues) = net.parts();
         if net.pump(queues, mem) {
+            note_input(trim);
             return;
         }
     }
     if let Some(console) = devices.console.as_mut() {
         let (console, queues) = console.parts();
         match console.process_rx(queues, mem) {
-            Rx::Delivered => return,
+            Rx::Delivered => {
+                note_input(trim);
+                return;
+            }
             Rx::Idle => {
                 pfds[watched] = libc::pollfd {
                     fd: console.host_fd().as_raw_fd(),
@@ -157,6 +162,7 @@ fn wait_for_host(
     if let Some(net) = devices.net.as_mut() {
         let (net, queues) = net.parts();
         if net.pump(queues, mem) {
+            note_input(trim);
             return;
         }
         let events = net.wait_events(queues, mem);
@@ -188,7 +194,12 @@ fn wait_for_host(
             (_, left) => (left, false),
         };
         // A stop kick that landed during a batch (not in a poll) is seen here.
-        if poll(&mut pfds[..watched], block) != 0 || !trimming || stop.load(Ordering::Relaxed) {
+        let ready = poll(&mut pfds[..watched], block);
+        if ready > 0 {
+            // Host input (or room for a backlog of frames): the guest is busy.
+            note_input(trim.as_deref_mut());
+        }
+        if ready != 0 || !trimming || stop.load(Ordering::Relaxed) {
             // Input, the stop kick, or the deadline.
             break;
         }
@@ -214,6 +225,13 @@ fn wait_for_host(
         net.after_wait(queues, mem);
     }
     devices.poll(mem);
+}
+
+/// Tells the trimmer, if any, that host input reached the guest now.
+fn note_input(trim: Option<&mut IdleTrim>) {
+    if let Some(trim) = trim {
+        trim.note_input(Instant::now());
+    }
 }
 
 /// `ppoll` on `pfds` for at most `timeout` (`None`: until input or a signal); returns
