@@ -155,6 +155,10 @@ fn main() {
     let runs = env_usize("WASMVM_BENCH_RUNS", 21);
     let vms = env_usize("WASMVM_BENCH_VMS", 100);
     let dir = common::scratch();
+    // Memory is measured of an installed copy, like the peers' (see the function).
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    common::use_installed_copy(&bin);
     let hello = common::sample("hello");
     let hello_img = dir.path().join("hello.img");
     common::pack(&hello, &hello_img, &[]);

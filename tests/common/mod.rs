@@ -24,10 +24,27 @@ pub fn wasmvm() -> Command {
     Command::new(wasmvm_binary())
 }
 
+/// A copy of the CLI that [`wasmvm_binary`] names instead of the one cargo built, once set.
+static INSTALLED_BINARY: OnceLock<PathBuf> = OnceLock::new();
+
+/// Runs the CLI from a copy in `dir`, as `cargo install` makes one, from here on (for the
+/// benchmarks). The memory a process maps from its binary depends on how the file came into
+/// the page cache: the linker's writes leave large folios, each mapped whole at its first
+/// touch (a freshly built binary ran an idle VM with ~2 MiB more RSS than a copy of it),
+/// and the peers measured beside it are installed copies too.
+pub fn use_installed_copy(dir: &Path) -> PathBuf {
+    let copy = dir.join("wasmvm");
+    std::fs::copy(wasmvm_binary(), &copy).expect("copying the CLI");
+    INSTALLED_BINARY.get_or_init(|| copy).clone()
+}
+
 /// The CLI under test. Tests of other workspace members (the containerd shim) include
 /// this module too: for them it is the one `cargo test --workspace` built beside their own
 /// binaries.
 pub fn wasmvm_binary() -> PathBuf {
+    if let Some(path) = INSTALLED_BINARY.get() {
+        return path.clone();
+    }
     if let Some(path) = option_env!("CARGO_BIN_EXE_wasmvm") {
         return PathBuf::from(path);
     }
