@@ -864,6 +864,13 @@ fn a_stop_ends_the_run_even_when_nobody_reads_its_output() {
         .unwrap();
     assert!(killed.success());
     assert_eq!(wait_or_fail(child, watchdog), 143);
+    // Host mode: the app itself is blocked writing to the full pipe, inside a host call
+    // that never returns; the run ends without it once the call's grace has passed.
+    let child = spew()
+        .args(["--vmm", "host", "--timeout", "2s", "--", "spew", "256"])
+        .spawn()
+        .unwrap();
+    assert_eq!(wait_or_fail(child, watchdog), 252);
 }
 
 /// Guest RAM is backed by transparent huge pages unless `--no-huge-pages` says otherwise
