@@ -13,7 +13,7 @@ use wasmvm_loader::image::elf::Elf;
 use wasmvm_loader::image::pack::{DirSpec, PackOptions, check_env, pack_module};
 use wasmvm_loader::image::{self, Image, module};
 use wasmvm_loader::reference::HostMode;
-use wasmvm_loader::{Backend, Control, RunIo, RunOptions, StopReason};
+use wasmvm_loader::{Backend, Control, RunIo, RunOptions};
 
 use crate::KERNELS;
 use crate::cli::{
@@ -96,6 +96,9 @@ fn run_command(args: RunArgs) -> Result<i32> {
         Some(pubkey) => Some(crate::keys::verified_image(&args.image, pubkey)?),
         None => None,
     };
+    let _registered = verified
+        .as_ref()
+        .map(|v| crate::signals::temporary(v.path()));
     // `-d`: a supervisor replays this command line in the background (and verifies again at
     // every start); a bad image has been refused here, in the foreground.
     if args.detach.wanted() {
@@ -247,6 +250,7 @@ pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
         .unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("cannot write {}", path.display()))?;
+    let _registered = crate::signals::temporary(tmp.path());
     // Images are ordinary files others may boot: rw-r--r-- (tempfile starts at 0600).
     use std::os::unix::fs::PermissionsExt;
     tmp.write_all(data)
@@ -279,7 +283,7 @@ fn run(
 ) -> Result<i32> {
     // A module is packed in memory (with the options as pack-time settings); an image takes
     // them as run-time overrides.
-    let _packed;
+    let (_packed, _registered);
     let image_path = if is_wasm(target)? {
         let wasm = read_module(target)?;
         let packed_bytes = pack_with_progress(target, &wasm, &pack_options(target, app, &[])?)
@@ -288,6 +292,7 @@ fn run(
             .prefix("wasmvm-image-")
             .tempfile()
             .context("cannot create a temporary image")?;
+        _registered = crate::signals::temporary(tmp.path());
         std::io::Write::write_all(&mut tmp, &packed_bytes)
             .context("cannot write a temporary image")?;
         let path = tmp.path().to_path_buf();
@@ -322,8 +327,6 @@ fn run(
     if let Some(timeout) = opts.timeout {
         give_up.after(timeout + output::GRACE);
     }
-    // SIGINT, SIGTERM and SIGHUP stop the run cleanly, whatever the backend.
-    let signal_handle = stop_on_signals(control.stopper(), give_up.clone())?;
 
     let (mut stdout, mut stderr) = (out.clone(), err.clone());
     let mut log = |line: &str| {
@@ -348,8 +351,16 @@ fn run(
         verbose,
         process_stdio: true,
     };
-    let ending = wasmvm_loader::run::run(backend, &image_path, &opts, io, control);
-    signal_handle.close();
+    // SIGINT, SIGTERM and SIGHUP stop the run cleanly, whatever the backend; the reader
+    // then has `output::GRACE` to take the rest of the output.
+    let stopper = control.stopper();
+    let stop = move |reason| {
+        stopper.stop(reason);
+        give_up.after(output::GRACE);
+    };
+    let ending = crate::signals::while_running(stop, || {
+        wasmvm_loader::run::run(backend, &image_path, &opts, io, control)
+    });
     // Everything the app wrote reaches the reader before our own last words; after a stop
     // or timeout, only what the reader takes within the grace period.
     out.drain();
@@ -359,33 +370,6 @@ fn run(
         eprintln!("wasmvm: {message}");
     }
     Ok(ending.status())
-}
-
-/// Turns SIGINT, SIGTERM and SIGHUP into stop requests for the running VM, so each ends it
-/// cleanly (volumes written back) with its own status; the reader then has
-/// `output::GRACE` to take the rest of the output.
-fn stop_on_signals(
-    stopper: wasmvm_loader::Stopper,
-    give_up: GiveUp,
-) -> Result<signal_hook::iterator::Handle> {
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ])
-    .context("cannot install signal handlers")?;
-    let handle = signals.handle();
-    std::thread::spawn(move || {
-        for sig in signals.forever() {
-            stopper.stop(match sig {
-                signal_hook::consts::SIGINT => StopReason::Interrupt,
-                signal_hook::consts::SIGHUP => StopReason::Hangup,
-                _ => StopReason::Terminate,
-            });
-            give_up.after(output::GRACE);
-        }
-    });
-    Ok(handle)
 }
 
 /// Drops the output a stopped run's reader will not take, once the reader has had its

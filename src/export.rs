@@ -69,8 +69,22 @@ pub fn export(
         Some(args) => Some(domain_xml(&image, output, format, args)?),
         None => None,
     };
-    let exported = disk::export(&image, output, format)
-        .with_context(|| format!("cannot export {}", target.display()))?;
+    // The disk is built in a directory beside the output and renamed into place; a signal
+    // meanwhile removes the directory (`signals`).
+    let dir = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let scratch = tempfile::Builder::new()
+        .prefix(".wasmvm-export-")
+        .tempdir_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    let registered = crate::signals::temporary(scratch.path());
+    let exported = disk::export(&image, output, format, scratch.path())
+        .with_context(|| format!("cannot export {}", target.display()));
+    drop(scratch);
+    drop(registered);
+    let exported = exported?;
     eprintln!(
         "wasmvm: wrote {} ({} disk, {} MiB, GPT: BIOS and UEFI boot)",
         output.display(),

@@ -8,6 +8,7 @@ mod fleet;
 mod keys;
 mod output;
 mod progress;
+mod signals;
 
 use std::process::ExitCode;
 
@@ -42,6 +43,10 @@ fn main() -> ExitCode {
     // their own (see the function).
     wasmvm_loader::vmm::seccomp::single_arena();
     no_error_backtraces();
+    if let Err(e) = signals::install() {
+        eprintln!("wasmvm: error: {e:#}");
+        return ExitCode::from(exit::USAGE as u8);
+    }
     let args = match cli::Cli::try_parse() {
         Ok(a) => a,
         Err(e) => {

@@ -498,3 +498,63 @@ fn export_errors_name_the_problem() {
     assert_eq!(o.status.code(), Some(253), "{}", stderr(&o));
     assert!(stderr(&o).contains("--libvirt"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_signal_during_an_export_leaves_no_partial_disk() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::time::{Duration, Instant};
+    if !tools_present() {
+        return;
+    }
+    let dir = scratch();
+    let img = packed(dir.path(), "hello", &[]);
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let out = out_dir.join("disk.qcow2");
+    let entries = || -> Vec<String> {
+        std::fs::read_dir(&out_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    // The disk is built in a `.wasmvm-export-*` directory beside the output: once it
+    // exists, SIGTERM. An export that ends first (it takes a fraction of a second) is tried
+    // again.
+    let mut interrupted = 0;
+    for _ in 0..10 {
+        let mut export = wasmvm()
+            .args(["image", "export"])
+            .arg(&img)
+            .arg("-o")
+            .arg(&out)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut ended = None;
+        while entries().is_empty() && Instant::now() < deadline {
+            ended = export.try_wait().unwrap();
+            if ended.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let status = match ended {
+            Some(status) => status,
+            None => {
+                // SAFETY: kill(2) with the pid of our own child, not reaped yet.
+                unsafe { libc::kill(export.id() as i32, libc::SIGTERM) };
+                wait_within(&mut export)
+            }
+        };
+        if status.signal() == Some(libc::SIGTERM) {
+            interrupted += 1;
+            assert_eq!(entries(), Vec::<String>::new(), "left behind");
+        } else {
+            assert_eq!(status.code(), Some(0), "an export that ended first");
+            assert_eq!(entries(), vec!["disk.qcow2".to_string()]);
+            std::fs::remove_file(&out).unwrap();
+        }
+    }
+    assert!(interrupted > 0, "no export was interrupted in ten tries");
+}

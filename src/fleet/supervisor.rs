@@ -72,7 +72,9 @@ fn run(dir: &Path, run_args: &[OsString], ready: &mut Readiness) -> Result<()> {
         bail!("VM `{}` already has a supervisor", vm.name);
     }
     // Signals arrive as messages, so one thread decides everything: no race between a
-    // SIGTERM and a child that is being spawned or reaped.
+    // SIGTERM and a child that is being spawned or reaped. The command's own handler
+    // (`signals`) stands aside.
+    crate::signals::handled_elsewhere();
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGCHLD])
         .context("cannot install signal handlers")?;
     let (tx, rx) = std::sync::mpsc::channel();

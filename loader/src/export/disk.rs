@@ -209,8 +209,16 @@ pub struct Exported {
     pub volume_uuid: String,
 }
 
-/// Writes `image` (a packed wasmvm image) as a bootable disk at `out`.
-pub fn export(image: &[u8], out: &Path, format: DiskFormat) -> Result<Exported, DiskError> {
+/// Writes `image` (a packed wasmvm image) as a bootable disk at `out`, built in `scratch`
+/// (an empty directory on `out`'s file system, which the caller removes afterwards: the
+/// disk is renamed out of it when complete, so a failed or interrupted export leaves
+/// nothing at `out`).
+pub fn export(
+    image: &[u8],
+    out: &Path,
+    format: DiskFormat,
+    scratch: &Path,
+) -> Result<Exported, DiskError> {
     Image::parse(image)?;
     if !multiboot2_loadable(image) {
         return Err(DiskError::NoMultiboot);
@@ -223,25 +231,17 @@ pub fn export(image: &[u8], out: &Path, format: DiskFormat) -> Result<Exported, 
         })?),
         DiskFormat::Raw => None,
     };
-    let dir = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let scratch = tempfile::Builder::new()
-        .prefix(".wasmvm-export-")
-        .tempdir_in(dir)
-        .map_err(io_at(dir))?;
 
     // Everything derived from the image's digest: the same image gives the same disk.
     let digest: [u8; 32] = Sha256::digest(image).into();
     let volume_id = u32::from_le_bytes(digest[..4].try_into().expect("4 bytes"));
-    let bios_config = scratch.path().join("grub-bios.cfg");
+    let bios_config = scratch.join("grub-bios.cfg");
     std::fs::write(&bios_config, grub_config(volume_id, true)).map_err(io_at(&bios_config))?;
-    let efi_config = scratch.path().join("grub-efi.cfg");
+    let efi_config = scratch.join("grub-efi.cfg");
     std::fs::write(&efi_config, grub_config(volume_id, false)).map_err(io_at(&efi_config))?;
     let bios_modules = [COMMON_MODULES, BIOS_ONLY_MODULES].concat();
-    let core = grub.mkimage("i386-pc", &bios_config, &bios_modules, scratch.path())?;
-    let efi = grub.mkimage("x86_64-efi", &efi_config, COMMON_MODULES, scratch.path())?;
+    let core = grub.mkimage("i386-pc", &bios_config, &bios_modules, scratch)?;
+    let efi = grub.mkimage("x86_64-efi", &efi_config, COMMON_MODULES, scratch)?;
     let boot_img = {
         let path = grub.lib.join("i386-pc/boot.img");
         std::fs::read(&path).map_err(io_at(&path))?
@@ -249,12 +249,12 @@ pub fn export(image: &[u8], out: &Path, format: DiskFormat) -> Result<Exported, 
 
     let fat = fat_volume(image, &efi, volume_id)?;
     let disk = lay_out(&boot_img, &core, &fat, &digest)?;
-    let raw_path = scratch.path().join("disk.raw");
+    let raw_path = scratch.join("disk.raw");
     disk.write_to(&raw_path, &fat)?;
 
     let finished = match &qemu_img {
         Some(qemu_img) => {
-            let qcow2 = scratch.path().join("disk.qcow2");
+            let qcow2 = scratch.join("disk.qcow2");
             let result = Command::new(qemu_img)
                 .args(["convert", "-f", "raw", "-O", "qcow2"])
                 .arg(&raw_path)

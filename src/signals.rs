@@ -1,0 +1,148 @@
+//! SIGINT, SIGTERM and SIGHUP: one handler for the whole command, installed first thing.
+//!
+//! Outside a run a signal ends the command as its default action would (the process dies
+//! by the signal, which shells and supervisors read as such), but first removes the
+//! temporary files the command has made so far ([`temporary`]): a pack, an export or the
+//! packing before a `run app.wasm` can take seconds, and Ctrl-C then must not leave a half
+//! written image in the output's directory or a copy in `$TMPDIR`. While a run goes on
+//! ([`while_running`]) a signal asks it to stop instead, and the run cleans up after itself
+//! (volumes written back, temporary files dropped) before the command exits with the
+//! signal's status.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use anyhow::{Context, Result};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use wasmvm_loader::StopReason;
+
+/// What a signal does now.
+enum Mode {
+    /// Remove these paths (files or directories), then die by the signal.
+    Cleanup(Vec<PathBuf>),
+    /// Ask the run to stop.
+    Stop(Box<dyn Fn(StopReason) + Send>),
+    /// Nothing: another part of the command waits for them itself (the fleet supervisor).
+    Elsewhere,
+}
+
+static MODE: Mutex<Mode> = Mutex::new(Mode::Cleanup(Vec::new()));
+
+fn mode() -> std::sync::MutexGuard<'static, Mode> {
+    // A panic while the lock was held leaves a list that is still a list.
+    MODE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Installs the handler (a thread that waits for the three signals).
+pub fn install() -> Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("cannot install signal handlers")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                handle(signal);
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
+}
+
+fn handle(signal: i32) {
+    let mut mode = mode();
+    match &mut *mode {
+        Mode::Stop(stop) => stop(match signal {
+            SIGINT => StopReason::Interrupt,
+            SIGHUP => StopReason::Hangup,
+            _ => StopReason::Terminate,
+        }),
+        Mode::Cleanup(paths) => {
+            for path in paths.drain(..) {
+                remove(&path);
+            }
+            // The lock stays held: nothing registers a file after the sweep.
+            let _ = signal_hook::low_level::emulate_default_handler(signal);
+            // Only reached if the default action did not end the process.
+            std::process::exit(128 + signal);
+        }
+        Mode::Elsewhere => {}
+    }
+}
+
+/// From now on the signals are handled by a part of the command that waits for them
+/// itself (the fleet supervisor, which forwards a stop to its VMM): this handler does
+/// nothing.
+pub fn handled_elsewhere() {
+    *mode() = Mode::Elsewhere;
+}
+
+fn remove(path: &Path) {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => drop(std::fs::remove_dir_all(path)),
+        Ok(_) => drop(std::fs::remove_file(path)),
+        Err(_) => {}
+    }
+}
+
+/// Removes `path` (a file or a directory) if a signal ends the command while the returned
+/// guard lives; drop it once the path is renamed into place or removed.
+#[must_use = "the path is the signal handler's only while the guard lives"]
+pub fn temporary(path: &Path) -> Temporary {
+    match &mut *mode() {
+        Mode::Cleanup(paths) => paths.push(path.to_path_buf()),
+        // During a run, which cleans up after itself; or handled elsewhere.
+        Mode::Stop(_) | Mode::Elsewhere => {}
+    }
+    Temporary(path.to_path_buf())
+}
+
+/// A path the signal handler removes, until dropped ([`temporary`]).
+pub struct Temporary(PathBuf);
+
+impl Drop for Temporary {
+    fn drop(&mut self) {
+        if let Mode::Cleanup(paths) = &mut *mode() {
+            paths.retain(|p| *p != self.0);
+        }
+    }
+}
+
+/// Runs `run` with signals turned into `stop` requests; the temporary files registered so
+/// far stay registered, for the signals that come after it.
+pub fn while_running<T>(stop: impl Fn(StopReason) + Send + 'static, run: impl FnOnce() -> T) -> T {
+    let before = std::mem::replace(&mut *mode(), Mode::Stop(Box::new(stop)));
+    let result = run();
+    *mode() = before;
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_registered_path_is_forgotten_once_kept_and_kept_through_a_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        drop(temporary(&a));
+        let b_guard = temporary(&b);
+        let stops = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = stops.clone();
+        while_running(
+            move |_| {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            },
+            || handle(SIGTERM),
+        );
+        assert_eq!(stops.load(std::sync::atomic::Ordering::SeqCst), 1);
+        match &*mode() {
+            Mode::Cleanup(paths) => assert!(paths.contains(&b) && !paths.contains(&a)),
+            _ => panic!("still in the run's mode"),
+        }
+        drop(b_guard);
+        match &*mode() {
+            Mode::Cleanup(paths) => assert!(!paths.contains(&b)),
+            _ => panic!("still in the run's mode"),
+        }
+    }
+}
