@@ -262,6 +262,68 @@ fn a_guest_crash_is_reported_as_such() {
 }
 
 #[test]
+fn arguments_that_are_not_utf8_reach_a_vm_as_bytes_and_host_mode_refuses_them() {
+    use std::os::unix::ffi::OsStrExt;
+    let arg = std::ffi::OsStr::from_bytes(b"caf\xe9");
+    let args = |vmm: &str| {
+        let mut cmd = wasmvm();
+        cmd.args(["run", "--vmm", vmm, "--accel", accel()])
+            .arg(sample("exitcode"))
+            .args(["--", "args"])
+            .arg(arg);
+        output_within(&mut cmd, RUN_LIMIT)
+    };
+    // The Rust app's `std::env::args` panics on them: the bytes arrived unchanged.
+    for vmm in backends() {
+        let o = args(vmm);
+        assert_eq!(o.status.code(), Some(134), "{vmm}: {}", stderr(&o));
+        assert!(stderr(&o).contains("\\xE9"), "{vmm}: {}", stderr(&o));
+    }
+    // wasi-common takes only strings: refused, not changed into something else.
+    let o = args("host");
+    assert_eq!(o.status.code(), Some(253), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the argument \"caf\u{fffd}\" is not UTF-8"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(stdout(&o), "");
+}
+
+#[test]
+fn an_entry_point_outside_the_image_is_refused_before_boot() {
+    if !builtin_vmm_usable() {
+        eprintln!("note: no built-in VMM here; skipped");
+        return;
+    }
+    let dir = scratch();
+    let img = dir.path().join("entry.img");
+    pack(&sample("hello"), &img, &[]);
+    let mut bytes = std::fs::read(&img).unwrap();
+    // The direct entry's note (wasmvm_abi::direct): namesz 7, descsz 8, type 3, "wasmvm".
+    let note: Vec<u8> = [7u32, 8, 3]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .chain(*b"wasmvm\0\0")
+        .collect();
+    let at = bytes
+        .windows(note.len())
+        .position(|w| w == note.as_slice())
+        .expect("the direct entry note")
+        + note.len();
+    // In the first 2 MiB, which the kernel (linked at 2 MiB) never loads.
+    bytes[at..at + 8].copy_from_slice(&0x1000u64.to_le_bytes());
+    std::fs::write(&img, &bytes).unwrap();
+    let o = run_on("builtin", &img, &[], b"");
+    assert_eq!(o.status.code(), Some(253), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("entry point 0x1000 lies outside the code it loads"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
 fn a_bare_qemu_boots_the_image_and_ends() {
     // The image is an ordinary PVH kernel: plain QEMU boots it with no wasmvm on the host,
     // output on the serial port (TCG, where CPL-3 serial I/O works everywhere).

@@ -31,8 +31,16 @@ use crate::run::network::{NetError, NetworkMode, Proto};
 use crate::run::{Control, RunIo};
 use crate::{Backend, Ending, RunError, RunOptions};
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+/// `bytes` as text for wasi-common, whose arguments, environment and preopen names are
+/// Rust strings: anything else is refused, naming `what`, rather than changed (a VM hands
+/// the app the bytes as they are).
+fn text(bytes: &[u8], what: &str) -> Result<String, RunError> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| {
+        RunError::Host(format!(
+            "{what} {:?} is not UTF-8, which host mode (wasi-common) cannot pass on; a VM passes any bytes",
+            String::from_utf8_lossy(bytes)
+        ))
+    })
 }
 
 /// Stack for the interpreter thread: wasmi and wasi-common recurse more than a main
@@ -365,11 +373,11 @@ fn prepare(
     };
     for arg in &settings.args {
         builder
-            .arg(&text(arg))
+            .arg(&text(arg, "the argument")?)
             .map_err(|e| RunError::Host(e.to_string()))?;
     }
     for var in &settings.env {
-        let var = text(var);
+        let var = text(var, "the environment variable")?;
         let (k, v) = var.split_once('=').unwrap_or((&var, ""));
         builder
             .env(k, v)
@@ -418,8 +426,23 @@ fn prepare(
         let dir = Dir::open_ambient_dir(&root, ambient_authority())
             .map_err(io_err("opening a preopen"))?;
         builder
-            .preopened_dir(dir, text(guest))
+            .preopened_dir(dir, text(guest, "the packed directory")?)
             .map_err(|e| RunError::Host(e.to_string()))?;
+    }
+    // The VM refuses a packed node whose preopen does not exist; so does host mode.
+    if let Some(node) = image
+        .manifest
+        .fs_nodes
+        .iter()
+        .find(|n| n.preopen as usize >= image.manifest.preopens.len())
+    {
+        return Err(RunError::Image(crate::image::ImageError::Bundle(
+            wasmvm_abi::DecodeError::Malformed(if node.kind == FsNodeKind::Dir {
+                "a packed directory names a missing preopen"
+            } else {
+                "a packed file names a missing preopen"
+            }),
+        )));
     }
 
     // Live directories after the packed ones, as in the VM.
@@ -433,7 +456,7 @@ fn prepare(
         }
         let dir = Dir::from_std_file(std::fs::File::from(share.open()?));
         builder
-            .preopened_dir(dir, text(&share.guest))
+            .preopened_dir(dir, text(&share.guest, "the directory name")?)
             .map_err(|e| RunError::Host(e.to_string()))?;
     }
 
@@ -465,7 +488,10 @@ fn prepare(
         wasmvm_engine::add_stubs(&mut linker, &module)
             .map_err(|e| RunError::Host(e.to_string()))?;
     }
-    let invoke = image.manifest.invoke.as_ref().map(|b| text(b));
+    let invoke = match &image.manifest.invoke {
+        Some(name) => Some(text(name, "the export to invoke")?),
+        None => None,
+    };
     Ok(Prepared {
         store,
         linker,

@@ -29,6 +29,10 @@ pub enum BootError {
     #[error("the image has neither a direct nor a PVH entry note")]
     NoEntry,
     #[error(
+        "the image's kernel entry point {entry:#x} lies outside the code it loads: a damaged or crafted image, refused"
+    )]
+    EntryOutsideImage { entry: u64 },
+    #[error(
         "the image's segment at {addr:#x} ({len} bytes) does not fit in guest memory of {memory_mib} MiB: give the VM at least --memory {needed_mib}M"
     )]
     SegmentDoesNotFit {
@@ -158,10 +162,24 @@ impl Entry {
             BootPath::Best => direct_entry(elf),
             BootPath::Pvh => None,
         };
-        match (direct, pvh_entry(elf)) {
-            (Some(at), _) => Ok(Entry::Direct(at)),
-            (None, Some(at)) => Ok(Entry::Pvh(at)),
-            (None, None) => Err(BootError::NoEntry),
+        let entry = match (direct, pvh_entry(elf)) {
+            (Some(at), _) => Entry::Direct(at),
+            (None, Some(at)) => Entry::Pvh(at),
+            (None, None) => return Err(BootError::NoEntry),
+        };
+        // An entry outside the bytes the image loads would start the vCPU on zeroed memory
+        // and end as a triple fault: say what is wrong instead.
+        let at = match entry {
+            Entry::Direct(at) | Entry::Pvh(at) => at,
+        };
+        let loaded = |ph: &&crate::image::elf::ProgramHeader| {
+            ph.p_type == crate::image::elf::PT_LOAD
+                && ph.p_paddr <= at
+                && at - ph.p_paddr < ph.p_filesz
+        };
+        match elf.phdrs.iter().any(|ph| loaded(&ph)) {
+            true => Ok(entry),
+            false => Err(BootError::EntryOutsideImage { entry: at }),
         }
     }
 }
