@@ -70,6 +70,58 @@ impl Errno {
     pub fn raw(self) -> u32 {
         self.0 as u32
     }
+
+    /// What the errno means, for messages (the C name beside it); `None` for numbers this
+    /// crate never returns.
+    pub fn meaning(self) -> Option<(&'static str, &'static str)> {
+        Some(match self {
+            Errno::ACCES => ("permission denied", "EACCES"),
+            Errno::ADDRINUSE => ("address in use", "EADDRINUSE"),
+            Errno::ADDRNOTAVAIL => ("address not available", "EADDRNOTAVAIL"),
+            Errno::BADF => ("bad file descriptor", "EBADF"),
+            Errno::EXIST => ("already exists", "EEXIST"),
+            Errno::FBIG => ("file too large", "EFBIG"),
+            Errno::INVAL => ("invalid argument", "EINVAL"),
+            Errno::IO => ("input/output error", "EIO"),
+            Errno::ISDIR => ("is a directory", "EISDIR"),
+            Errno::LOOP => ("too many symbolic links", "ELOOP"),
+            Errno::NAMETOOLONG => ("name too long", "ENAMETOOLONG"),
+            Errno::NOBUFS => ("no buffer space", "ENOBUFS"),
+            Errno::NOENT => ("no such file or directory", "ENOENT"),
+            Errno::NOMEM => ("out of memory", "ENOMEM"),
+            Errno::NOSPC => ("no space left", "ENOSPC"),
+            Errno::NOTDIR => ("not a directory", "ENOTDIR"),
+            Errno::NOTEMPTY => ("directory not empty", "ENOTEMPTY"),
+            Errno::NOTSUP => ("not supported", "ENOTSUP"),
+            Errno::PERM => ("not permitted", "EPERM"),
+            Errno::NOTCAPABLE => ("outside the directory", "ENOTCAPABLE"),
+            _ => return None,
+        })
+    }
+}
+
+/// "no such file or directory (ENOENT)", or "errno N" for a number without a meaning here.
+impl core::fmt::Display for Errno {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.meaning() {
+            Some((meaning, name)) => write!(f, "{meaning} ({name})"),
+            None => write!(f, "errno {}", self.0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_errno_says_what_it_means() {
+        assert_eq!(
+            alloc::format!("{}", Errno::NOENT),
+            "no such file or directory (ENOENT)"
+        );
+        assert_eq!(alloc::format!("{}", Errno::TIMEDOUT), "errno 73");
+    }
 }
 
 /// Result of one WASI call body: success, or an errno to return to the guest.

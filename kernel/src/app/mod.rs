@@ -238,7 +238,7 @@ fn attach_network(
     });
     for listen in listens {
         wasi.preopen_listener(*listen)
-            .map_err(|e| format!("listening on {listen}: errno {}", e.0))?;
+            .map_err(|e| format!("listening on {listen}: {e}"))?;
     }
     Ok(())
 }
@@ -287,7 +287,7 @@ fn populate(
         let root = wasi
             .fs()
             .mkdir_all(format!("{i}").as_bytes())
-            .map_err(|e| format!("preopen {i}: errno {}", e.0))?;
+            .map_err(|e| format!("preopen {i}: {e}"))?;
         roots.push((root, guest));
     }
     for node in nodes {
@@ -298,7 +298,7 @@ fn populate(
         let fs = wasi.fs();
         let parent = fs
             .parent(root, &node.path)
-            .map_err(|e| format!("packed file {}: errno {}", shown(), e.0))?;
+            .map_err(|e| format!("packed file {}: {e}", shown()))?;
         let (dir, name) = (parent.dir, parent.name.to_vec());
         let kind = match node.kind {
             FsNodeKind::Dir => Kind::Dir(Default::default(), 0),
@@ -306,7 +306,7 @@ fn populate(
             FsNodeKind::Symlink => Kind::Symlink(node.contents),
         };
         fs.create(dir, &name, kind, now)
-            .map_err(|e| format!("packed file {}: errno {}", shown(), e.0))?;
+            .map_err(|e| format!("packed file {}: {e}", shown()))?;
     }
     for (root, guest) in roots {
         wasi.preopen(root, guest);
@@ -326,13 +326,7 @@ fn preopen_shares(wasi: &mut Wasi<KernelPlatform>, shares: &[Share]) -> Result<(
             ));
         }
         wasi.preopen_share(&share.guest_path, i as u32)
-            .map_err(|e| {
-                format!(
-                    "live directory {}: attaching failed: errno {}",
-                    shown(),
-                    e.0
-                )
-            })?;
+            .map_err(|e| format!("live directory {}: attaching failed: {e}", shown()))?;
     }
     Ok(())
 }
