@@ -70,6 +70,15 @@ fn the_builtin_vmm_refuses_an_image_larger_than_guest_memory() {
     );
 }
 
+/// The backend `--vmm NAME` names, with its defaults (made on the thread that runs it).
+fn backend_named(name: &str) -> Box<dyn Backend> {
+    match name {
+        "host" => Box::new(HostMode),
+        "builtin" => Box::new(Builtin::default()),
+        _ => Box::new(Qemu::default()),
+    }
+}
+
 #[test]
 fn the_library_runs_an_image_and_returns_exit_and_output() {
     let dir = scratch();
@@ -88,11 +97,7 @@ fn the_library_runs_an_image_and_returns_exit_and_output() {
                 ..RunOptions::default()
             };
             within(RUN_LIMIT, &format!("{vmm}: run_captured"), move || {
-                let backend: Box<dyn Backend> = match vmm {
-                    "host" => Box::new(HostMode),
-                    "builtin" => Box::new(Builtin::default()),
-                    _ => Box::new(Qemu::default()),
-                };
+                let backend = backend_named(vmm);
                 assert_eq!(backend.name(), vmm);
                 run_captured(&*backend, &img, &opts, stdin).expect("run")
             })
@@ -123,12 +128,7 @@ fn a_library_run_that_times_out_returns_with_what_the_app_wrote() {
             ..RunOptions::default()
         };
         let captured = within(RUN_LIMIT, &format!("{vmm}: run_captured"), move || {
-            let backend: Box<dyn Backend> = match vmm {
-                "host" => Box::new(HostMode),
-                "builtin" => Box::new(Builtin::default()),
-                _ => Box::new(Qemu::default()),
-            };
-            run_captured(&*backend, &img, &opts, Vec::new()).expect("run")
+            run_captured(&*backend_named(vmm), &img, &opts, Vec::new()).expect("run")
         });
         assert_eq!(captured.ending, Ending::TimedOut, "{vmm}");
         assert_eq!(captured.stdout, b"ticking\n", "{vmm}");

@@ -980,18 +980,9 @@ fn guest_ram_uses_huge_pages_unless_told_not_to() {
 fn an_idle_guest_gives_back_its_zero_pages_and_keeps_working() {
     use std::io::Write;
     use std::time::Duration;
-    let thp =
-        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
-    if !builtin_vmm_usable() || !thp.contains("[madvise]") && !thp.contains("[always]") {
-        eprintln!("note: no built-in VMM or no transparent huge pages here ({thp:?}); skipped");
+    let Some(mut vm) = start_trimmable(&["echo"], "ready\n") else {
         return;
-    }
-    let mut vm = start_ready(
-        &["--vmm", "builtin", "-v"],
-        &sample("exitcode"),
-        &["echo"],
-        "ready\n",
-    );
+    };
     let mut questions = vm.stdin.take().unwrap();
     let mut answers = Lines::new(vm.stdout.take().unwrap());
     let mut ask = |vm: &mut std::process::Child, i: usize| {
@@ -1032,6 +1023,19 @@ fn an_idle_guest_gives_back_its_zero_pages_and_keeps_working() {
     );
 }
 
+/// Starts `exitcode APP_ARGS` on the built-in VMM with `-v` and waits for `ready`; `None`,
+/// with a note, where there is no built-in VMM or no transparent huge pages to trim.
+fn start_trimmable(app_args: &[&str], ready: &str) -> Option<std::process::Child> {
+    let thp =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    if !builtin_vmm_usable() || !thp.contains("[madvise]") && !thp.contains("[always]") {
+        eprintln!("note: no built-in VMM or no transparent huge pages here ({thp:?}); skipped");
+        return None;
+    }
+    let args = ["--vmm", "builtin", "-v"];
+    Some(start_ready(&args, &sample("exitcode"), app_args, ready))
+}
+
 /// Waits until the VM `vm` holds at least two huge pages fewer than `huge` KiB and 2 MiB
 /// less than `rss` KiB: a condition with a deadline, not a sleep. After a second without
 /// input at least the two mostly-zero huge pages are split and their zero pages gone.
@@ -1060,18 +1064,9 @@ fn wait_for_trim(vm: &mut std::process::Child, huge: u64, rss: u64) {
 #[test]
 fn a_guest_whose_timers_wake_it_often_still_gives_back_its_zero_pages() {
     // `tick` wakes every 20 ms and gets no input: no wait of its lasts a second, yet it idles.
-    let thp =
-        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
-    if !builtin_vmm_usable() || !thp.contains("[madvise]") && !thp.contains("[always]") {
-        eprintln!("note: no built-in VMM or no transparent huge pages here ({thp:?}); skipped");
+    let Some(mut vm) = start_trimmable(&["tick"], "ticking") else {
         return;
-    }
-    let mut vm = start_ready(
-        &["--vmm", "builtin", "-v"],
-        &sample("exitcode"),
-        &["tick"],
-        "ticking",
-    );
+    };
     let stdin = vm.stdin.take();
     let (Some(huge), Some(rss)) = (
         rollup_kib(vm.id(), "AnonHugePages:"),
