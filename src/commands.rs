@@ -365,7 +365,14 @@ fn run(
     // or timeout, only what the reader takes within the grace period.
     out.drain();
     err.drain();
-    let ending = ending?;
+    // A refused image is named as the user gave it (not the temporary copy the run booted);
+    // errors about the file itself name it already.
+    let ending = ending.map_err(|e| match e {
+        wasmvm_loader::RunError::Image(_) => {
+            anyhow::Error::new(e).context(target.display().to_string())
+        }
+        e => e.into(),
+    })?;
     if let Some(message) = ending.describe() {
         eprintln!("wasmvm: {message}");
     }

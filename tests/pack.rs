@@ -181,6 +181,32 @@ fn inspect_reports_versions_module_and_settings() {
 }
 
 #[test]
+fn run_names_an_image_it_refuses_once() {
+    let dir = scratch();
+    let not_image = dir.path().join("notes.img");
+    std::fs::write(&not_image, "hello").unwrap();
+    let shown = not_image.display().to_string();
+    let mut vmms = vec!["host"];
+    if builtin_vmm_usable() {
+        vmms.push("builtin");
+    }
+    for vmm in vmms {
+        let o = wasmvm()
+            .args(["run", "--vmm", vmm])
+            .arg(&not_image)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(253), "{vmm}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains(&format!("{shown}: not a wasmvm image")),
+            "{vmm}: {err}"
+        );
+        assert_eq!(err.matches(&shown).count(), 1, "{vmm}: {err}");
+    }
+}
+
+#[test]
 fn inspect_refuses_non_images_and_tampered_bundles() {
     let dir = scratch();
     let o = wasmvm()
