@@ -110,6 +110,9 @@ impl core::fmt::Display for Errno {
     }
 }
 
+/// Result of one WASI call body: success, or an errno to return to the guest.
+pub type WasiResult<T = ()> = Result<T, Errno>;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +126,3 @@ mod tests {
         assert_eq!(alloc::format!("{}", Errno::TIMEDOUT), "errno 73");
     }
 }
-
-/// Result of one WASI call body: success, or an errno to return to the guest.
-pub type WasiResult<T = ()> = Result<T, Errno>;
