@@ -79,6 +79,12 @@ pub fn read(path: &Path) -> Result<Vec<u8>, ImageFileError> {
             size: bytes.len() as u64,
         });
     }
+    // As the built-in VMM's mapping says it, so every command names the same problem.
+    if bytes.is_empty() {
+        return Err(ImageFileError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
     Ok(bytes)
 }
 
@@ -114,5 +120,9 @@ mod tests {
         let small = dir.path().join("small.img");
         std::fs::write(&small, b"abc").unwrap();
         assert_eq!(read(&small).unwrap(), b"abc");
+        let empty = dir.path().join("empty.img");
+        std::fs::write(&empty, b"").unwrap();
+        let e = read(&empty).unwrap_err().to_string();
+        assert!(e.ends_with("empty.img: the image file is empty"), "{e}");
     }
 }
