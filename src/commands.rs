@@ -240,14 +240,19 @@ pub fn pack_with_progress(path: &Path, wasm: &[u8], opts: &PackOptions) -> Resul
     Ok(packed.image)
 }
 
+/// The directory `path` is in (`.` for a bare file name): where a file that is renamed to
+/// `path` once complete is written first.
+pub(crate) fn directory_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// Writes through a temporary file in the same directory, so a failed write never leaves a
 /// half image (or archive) behind.
 pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = directory_of(path);
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("cannot write {}", path.display()))?;
     let _registered = crate::signals::temporary(tmp.path());

@@ -71,10 +71,7 @@ pub fn export(
     };
     // The disk is built in a directory beside the output and renamed into place; a signal
     // meanwhile removes the directory (`signals`).
-    let dir = output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = crate::commands::directory_of(output);
     let scratch = tempfile::Builder::new()
         .prefix(".wasmvm-export-")
         .tempdir_in(dir)

@@ -172,12 +172,12 @@ impl Entry {
         let at = match entry {
             Entry::Direct(at) | Entry::Pvh(at) => at,
         };
-        let loaded = |ph: &&crate::image::elf::ProgramHeader| {
+        let loaded = elf.phdrs.iter().any(|ph| {
             ph.p_type == crate::image::elf::PT_LOAD
                 && ph.p_paddr <= at
                 && at - ph.p_paddr < ph.p_filesz
-        };
-        match elf.phdrs.iter().any(|ph| loaded(&ph)) {
+        });
+        match loaded {
             true => Ok(entry),
             false => Err(BootError::EntryOutsideImage { entry: at }),
         }
