@@ -542,8 +542,7 @@ fn a_signal_during_an_export_leaves_no_partial_disk() {
         let status = match ended {
             Some(status) => status,
             None => {
-                // SAFETY: kill(2) with the pid of our own child, not reaped yet.
-                unsafe { libc::kill(export.id() as i32, libc::SIGTERM) };
+                send_signal(&export, libc::SIGTERM);
                 wait_within(&mut export)
             }
         };

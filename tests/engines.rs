@@ -331,11 +331,7 @@ fn run_time_features_work_on_the_compiled_engine() {
         &["spin"],
         "spinning\n",
     );
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    send_signal(&child, libc::SIGTERM);
     assert_eq!(
         wait_with_output_within(child, RUN_LIMIT).status.code(),
         Some(143)

@@ -149,11 +149,7 @@ fn a_signal_stops_an_app_sleeping_in_a_system_call() {
             "ticking",
         );
         let stdin = app.stdin.take();
-        let ok = std::process::Command::new("kill")
-            .args(["-TERM", &app.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        send_signal(&app, libc::SIGTERM);
         let o = wait_with_output_within(app, RUN_LIMIT);
         drop(stdin);
         assert_eq!(o.status.code(), Some(143), "{vmm}: {}", stderr(&o));
@@ -176,7 +172,11 @@ fn a_signal_ends_a_host_mode_app_waiting_for_input_and_removes_its_scratch() {
         &img,
         &["--dir", &format!("{}::/packed", packed.display())],
     );
-    for (signal, status) in [("TERM", 143), ("INT", 130), ("HUP", 129)] {
+    for (signal, status) in [
+        (libc::SIGTERM, 143),
+        (libc::SIGINT, 130),
+        (libc::SIGHUP, 129),
+    ] {
         let mut cmd = wasmvm();
         cmd.env("TMPDIR", &tmp)
             .args(["run", "--vmm", "host"])
@@ -188,11 +188,7 @@ fn a_signal_ends_a_host_mode_app_waiting_for_input_and_removes_its_scratch() {
         // end it.
         let mut child = spawn_ready(cmd, "ready");
         let stdin = child.stdin.take();
-        let ok = std::process::Command::new("kill")
-            .args([&format!("-{signal}"), &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        send_signal(&child, signal);
         let o = wait_with_output_within(child, RUN_LIMIT);
         drop(stdin);
         assert_eq!(o.status.code(), Some(status), "{signal}: {}", stderr(&o));
@@ -216,14 +212,22 @@ fn a_signal_ends_a_host_mode_app_waiting_for_input_and_removes_its_scratch() {
 #[test]
 fn sigterm_sigint_and_sighup_stop_the_vm() {
     for vmm in backends() {
-        for (signal, status) in [("TERM", 143), ("INT", 130), ("HUP", 129)] {
+        for (signal, status) in [
+            (libc::SIGTERM, 143),
+            (libc::SIGINT, 130),
+            (libc::SIGHUP, 129),
+        ] {
             let o = spin_then_signal(&["--vmm", vmm, "--accel", accel()], signal);
             assert_eq!(o.status.code(), Some(status), "{vmm}: {}", stderr(&o));
         }
     }
     // Host mode's app computes in this process, without a host call to stop it at: the run
     // ends anyway, with the same statuses.
-    for (signal, status) in [("TERM", 143), ("INT", 130), ("HUP", 129)] {
+    for (signal, status) in [
+        (libc::SIGTERM, 143),
+        (libc::SIGINT, 130),
+        (libc::SIGHUP, 129),
+    ] {
         let o = spin_then_signal(&["--vmm", "host"], signal);
         assert_eq!(o.status.code(), Some(status), "host: {}", stderr(&o));
     }
@@ -231,14 +235,9 @@ fn sigterm_sigint_and_sighup_stop_the_vm() {
 
 /// Starts `wasmvm run [vmm_args] exitcode.wasm -- spin`, waits for its readiness line, sends
 /// `signal` (a `kill` name) and returns how it ended.
-fn spin_then_signal(vmm_args: &[&str], signal: &str) -> std::process::Output {
+fn spin_then_signal(vmm_args: &[&str], signal: libc::c_int) -> std::process::Output {
     let child = start_ready(vmm_args, &sample("exitcode"), &["spin"], "spinning\n");
-    let pid = child.id().to_string();
-    let ok = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &pid])
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    send_signal(&child, signal);
     wait_with_output_within(child, RUN_LIMIT)
 }
 
@@ -920,11 +919,7 @@ fn a_stop_ends_the_run_even_when_nobody_reads_its_output() {
     }
     // Dropped, the reader drains the rest of the log so it cannot block the run.
     drop(log);
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    send_signal(&child, libc::SIGTERM);
     assert_eq!(wait_or_fail(child, watchdog), 143);
     // Host mode: the app itself is blocked writing to the full pipe, inside a host call
     // that never returns; the run ends without it once the call's grace has passed.
@@ -1080,8 +1075,7 @@ fn a_guest_whose_timers_wake_it_often_still_gives_back_its_zero_pages() {
         return;
     }
     wait_for_trim(&mut vm, huge, rss);
-    // SAFETY: kill(2) with the pid of our own child, which has not been reaped.
-    assert_eq!(unsafe { libc::kill(vm.id() as i32, libc::SIGTERM) }, 0);
+    send_signal(&vm, libc::SIGTERM);
     let out = wait_with_output_within(vm, RUN_LIMIT);
     drop(stdin);
     assert_eq!(out.status.code(), Some(143), "{}", stderr(&out));

@@ -369,8 +369,7 @@ fn sighup_stops_the_run_and_saves_the_volume_on_every_backend() {
         );
         // Held open: the app waits for the end of its stdin, which must not come first.
         let stdin = app.stdin.take();
-        // SAFETY: kill(2) with the pid of our own child, which has not been reaped.
-        assert_eq!(unsafe { libc::kill(app.id() as i32, libc::SIGHUP) }, 0);
+        send_signal(&app, libc::SIGHUP);
         let o = wait_with_output_within(app, RUN_LIMIT);
         drop(stdin);
         assert_eq!(o.status.code(), Some(129), "{vmm}: {}", stderr(&o));

@@ -845,6 +845,14 @@ pub fn output_or_kill(mut cmd: impl BorrowMut<Command>, limit: Duration) -> Opti
     collect_by(&mut child, limit).ok()
 }
 
+/// Sends `signal` to `child`, which has not been reaped (so its pid is still its own).
+pub fn send_signal(child: &Child, signal: libc::c_int) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    let sent = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+    let why = std::io::Error::last_os_error();
+    assert_eq!(sent, 0, "signal {signal} to {}: {why}", child.id());
+}
+
 /// Ends `child` as a user or an orchestrator would: SIGTERM (a VM stops cleanly, host mode
 /// removes its scratch directory), then SIGKILL if it has not ended within 30 s. For guards'
 /// `Drop`: never panics.
