@@ -198,12 +198,19 @@ fn a_signal_ends_a_host_mode_app_waiting_for_input_and_removes_its_scratch() {
     }
     // A deadline that passes while the packed files are still being written out: the
     // writing finishes first (it runs no app code), then the run ends and removes them.
+    // stdin stays open, so the app cannot end by itself if setup beats the deadline.
     let mut cmd = wasmvm();
     cmd.env("TMPDIR", &tmp)
         .args(["run", "--vmm", "host", "--timeout", "1ms"])
         .arg(&img)
-        .args(["--", "idle"]);
-    let o = output_within(&mut cmd, RUN_LIMIT);
+        .args(["--", "idle"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let stdin = child.stdin.take();
+    let o = wait_with_output_within(child, RUN_LIMIT);
+    drop(stdin);
     assert_eq!(o.status.code(), Some(252), "{}", stderr(&o));
     let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
     assert!(left.is_empty(), "timeout: left behind: {left:?}");

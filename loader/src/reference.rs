@@ -110,6 +110,16 @@ impl Backend for HostMode {
             };
             let gate = Arc::new(StopGate::default());
             let prepared = prepare(image, opts, app_streams, scratch.path(), gate.clone())?;
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                // The deadline passed during setup: the app never starts (a stop that came
+                // meanwhile is already queued and ends the wait below first). Started, an
+                // app that ends at once would race the deadline to the wait.
+                drop(prepared);
+                if let Some(pumps) = pumps {
+                    pumps.finish(true);
+                }
+                return Ok(Ending::TimedOut);
+            }
             let interpreter = {
                 let ended = EndedOnDrop(control.tx.clone());
                 std::thread::Builder::new()
