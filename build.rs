@@ -52,6 +52,7 @@ fn main() {
         "wasi/Cargo.toml",
         "engine/src",
         "engine/Cargo.toml",
+        "vendor/smoltcp",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(input).display());
     }
