@@ -161,9 +161,13 @@ impl SocketMemory {
         Some((new_tcp_socket(rx, tx), rx + tx))
     }
 
+    fn idle_bytes(&self) -> usize {
+        self.idle.iter().map(|i| i.bytes).sum()
+    }
+
     /// Drops idle sockets, the oldest first, until `bytes` more fit beside them.
     fn make_room(&mut self, bytes: usize) {
-        let mut idle_bytes: usize = self.idle.iter().map(|i| i.bytes).sum();
+        let mut idle_bytes = self.idle_bytes();
         while self.in_use + idle_bytes + bytes > self.budget && !self.idle.is_empty() {
             idle_bytes -= self.idle.remove(0).bytes;
         }
@@ -595,10 +599,12 @@ impl Net {
                 alloc::format!("{}", b / 1024)
             });
         platform.log(&alloc::format!(
-            "net: quiet after {} connections: {} sockets, {} KiB of socket buffers, {} sockets reused, {} socket allocations refused for memory, heap {heap} KiB in use",
+            "net: quiet after {} connections: {} sockets, {} KiB of socket buffers, {} sockets kept for reuse ({} KiB), {} reused, {} socket allocations refused for memory, heap {heap} KiB in use",
             self.connections,
             self.set.iter().count(),
             self.mem.in_use / 1024,
+            self.mem.idle.len(),
+            self.mem.idle_bytes() / 1024,
             self.mem.reused,
             self.mem.refused,
         ));
@@ -791,29 +797,17 @@ impl Net {
             incoming: VecDeque::new(),
             backlog: backlog.clamp(1, MAX_BACKLOG),
         };
-        for _ in 0..LISTEN_SPARES.min(l.backlog) {
-            let (mut s, bytes) = match self.tcp_socket(options) {
-                Ok(socket) => socket,
-                Err(e) => {
-                    self.drop_listener(l);
-                    return Err(e);
-                }
-            };
-            s.set_timeout(Some(QUEUED_TIMEOUT));
-            if s.listen(endpoint).is_err() {
-                self.drop_listener(l);
-                return Err(Errno::INVAL);
-            }
-            l.spares.push(self.mem.add(&mut self.set, s, bytes));
+        // One spare to start with: the next poll tops the spares up as memory allows, and
+        // every SYN that takes one has it replaced before the next packet. Four at once
+        // let a default VM's socket memory hold only 17 listeners, the first ones taking
+        // spares the later ones then could not have.
+        let (mut s, bytes) = self.tcp_socket(options)?;
+        s.set_timeout(Some(QUEUED_TIMEOUT));
+        if s.listen(endpoint).is_err() {
+            return Err(Errno::INVAL);
         }
+        l.spares.push(self.mem.add(&mut self.set, s, bytes));
         Ok(l)
-    }
-
-    /// Frees a listener that never reached the app.
-    fn drop_listener(&mut self, l: Listener) {
-        for h in l.spares.into_iter().chain(l.incoming) {
-            self.mem.remove(&mut self.set, h);
-        }
     }
 
     /// Turns a fresh socket into a listener (`sock_listen`).
@@ -1392,8 +1386,7 @@ mod tests {
             reused: 0,
             refused: 0,
         };
-        let held =
-            |mem: &SocketMemory| mem.in_use + mem.idle.iter().map(|i| i.bytes).sum::<usize>();
+        let held = |mem: &SocketMemory| mem.in_use + mem.idle_bytes();
         let mut set = SocketSet::new(Vec::new());
         let mut handles = Vec::new();
         while let Some((s, bytes)) = mem.tcp_socket() {

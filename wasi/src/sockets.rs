@@ -966,6 +966,11 @@ mod tests {
     const HOST: [u8; 4] = [10, 0, 2, 2];
 
     fn world(wire: &Rc<RefCell<Wire>>, side: usize) -> Wasi<End> {
+        world_with_memory(wire, side, 64 << 20)
+    }
+
+    /// A [`world`] whose sockets may take `socket_memory` bytes of buffers.
+    fn world_with_memory(wire: &Rc<RefCell<Wire>>, side: usize, socket_memory: usize) -> Wasi<End> {
         let mut w = Wasi::new(
             End {
                 wire: wire.clone(),
@@ -985,7 +990,7 @@ mod tests {
                 mtu: 1500,
             }),
             mtu: 1500,
-            socket_memory: 64 << 20,
+            socket_memory,
         });
         w
     }
@@ -1191,6 +1196,37 @@ mod tests {
     }
 
     #[test]
+    fn a_default_vms_socket_memory_holds_sixty_listeners_and_each_accepts() {
+        // A 64 MiB VM's socket memory: a quarter of its ~60 MiB heap.
+        let wire = Rc::new(RefCell::new(Wire::default()));
+        let (mut guest, mut host) = (world_with_memory(&wire, 0, 15 << 20), world(&wire, 1));
+        let (mut gm, mut hm) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+        let mut listeners = Vec::new();
+        let refused = loop {
+            let port = 9000 + listeners.len() as u16;
+            match guest.preopen_listener(Listen { addr: [0; 4], port }) {
+                Ok(fd) => listeners.push((fd, port)),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(refused, Errno::NOBUFS);
+        assert!(listeners.len() >= 60, "{} listeners", listeners.len());
+        // The stack tops the spares up as memory allows; every listener still accepts.
+        pump(&mut guest, &mut host);
+        for &(fd, port) in [listeners[0], listeners[listeners.len() - 1]].iter() {
+            nonblocking(&mut guest, &mut gm, fd);
+            let client = connect(&mut host, &mut hm, GUEST, port);
+            pump(&mut guest, &mut host);
+            let (e, conn) = accept(&mut guest, &mut gm, fd);
+            assert_eq!(e, Errno::SUCCESS, "port {port}");
+            for (w, m, fd) in [(&mut guest, &mut gm, conn), (&mut host, &mut hm, client)] {
+                assert_eq!(call(w, m, Func::FdClose, &[fd as u64]), Errno::SUCCESS);
+            }
+            pump(&mut guest, &mut host);
+        }
+    }
+
+    #[test]
     fn a_lost_segment_is_sent_again_within_a_tenth_of_a_second() {
         // passt drops a segment when its socket to the host's peer is full and waits for
         // the retransmission: RFC 6298's 1 s floor for the timeout made each drop a stall
@@ -1329,6 +1365,8 @@ mod tests {
         let (mut guest, mut host) = listening_pair(7);
         let (mut gm, mut hm) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
         nonblocking(&mut guest, &mut gm, 3);
+        // The listener's spares once the stack has topped them up.
+        pump(&mut guest, &mut host);
         let baseline = guest.net.as_ref().unwrap().set_len();
         for round in 0..300 {
             let client = connect(&mut host, &mut hm, GUEST, 7);

@@ -28,7 +28,7 @@ use wasmvm_abi::bundle::{BundleRef, Engine, FsNode, FsNodeKind, Manifest, RunCon
 use wasmvm_abi::channel::{ExitKind, ExitRecord, trap};
 use wasmvm_abi::net::{Listen, NetConfig};
 use wasmvm_wasi::fs::Kind;
-use wasmvm_wasi::{Nic, Wasi};
+use wasmvm_wasi::{Errno, Nic, Wasi};
 
 use crate::platform::KernelPlatform;
 
@@ -237,8 +237,12 @@ fn attach_network(
         socket_memory: socket_memory(),
     });
     for listen in listens {
-        wasi.preopen_listener(*listen)
-            .map_err(|e| format!("listening on {listen}: {e}"))?;
+        wasi.preopen_listener(*listen).map_err(|e| match e {
+            Errno::NOBUFS => format!(
+                "listening on {listen}: {e}: the listeners before it took the VM's socket memory (a quarter of its heap): run with a larger --memory"
+            ),
+            e => format!("listening on {listen}: {e}"),
+        })?;
     }
     Ok(())
 }
