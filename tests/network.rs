@@ -515,29 +515,17 @@ fn parse_quiet(line: &str) -> Option<Quiet> {
         .filter(|w| !w.is_empty())
         .map(|w| w.parse().unwrap())
         .collect();
-    match numbers[..] {
-        [
-            connections,
-            sockets,
-            buffers_kib,
-            kept,
-            kept_kib,
-            reused,
-            refused,
-            heap_kib,
-            ..,
-        ] => Some(Quiet {
-            connections,
-            sockets,
-            buffers_kib,
-            kept,
-            kept_kib,
-            reused,
-            refused,
-            heap_kib,
-        }),
-        _ => None,
-    }
+    let n = numbers.get(..8)?;
+    Some(Quiet {
+        connections: n[0],
+        sockets: n[1],
+        buffers_kib: n[2],
+        kept: n[3],
+        kept_kib: n[4],
+        reused: n[5],
+        refused: n[6],
+        heap_kib: n[7],
+    })
 }
 
 /// Waits (up to two minutes) for a quiet report covering at least `connections`.

@@ -1061,6 +1061,32 @@ mod tests {
         (e, u32::from_le_bytes(mem[100..104].try_into().unwrap()))
     }
 
+    /// The host connects to the guest's nonblocking `listener` on `port` and the guest
+    /// accepts: (the host's descriptor, the guest's).
+    fn connect_and_accept(
+        (guest, gm): (&mut Wasi<End>, &mut [u8]),
+        (host, hm): (&mut Wasi<End>, &mut [u8]),
+        listener: u32,
+        port: u16,
+    ) -> (u32, u32) {
+        let client = connect(host, hm, GUEST, port);
+        pump(guest, host);
+        let (e, conn) = accept(guest, gm, listener);
+        assert_eq!(e, Errno::SUCCESS, "accepting on port {port}");
+        (client, conn)
+    }
+
+    /// Two stacks with one connection to the guest's listener on `port`: the guest, the
+    /// host, their memories, the host's descriptor and the guest's.
+    fn connected_pair(port: u16) -> (Wasi<End>, Wasi<End>, Vec<u8>, Vec<u8>, u32, u32) {
+        let (mut guest, mut host) = listening_pair(port);
+        let (mut gm, mut hm) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+        nonblocking(&mut guest, &mut gm, 3);
+        let (client, conn) =
+            connect_and_accept((&mut guest, &mut gm), (&mut host, &mut hm), 3, port);
+        (guest, host, gm, hm, client, conn)
+    }
+
     #[test]
     fn a_preopened_listener_accepts_and_talks() {
         let (mut guest, mut host) = listening_pair(8080);
@@ -1140,10 +1166,8 @@ mod tests {
         let (mut gm, mut hm) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
         nonblocking(&mut guest, &mut gm, 3);
         for round in 0..40 {
-            let client = connect(&mut host, &mut hm, GUEST, 8080);
-            pump(&mut guest, &mut host);
-            let (e, conn) = accept(&mut guest, &mut gm, 3);
-            assert_eq!(e, Errno::SUCCESS, "round {round}");
+            let (client, conn) =
+                connect_and_accept((&mut guest, &mut gm), (&mut host, &mut hm), 3, 8080);
             let request = alloc::format!("request {round}");
             assert_eq!(
                 send(&mut host, &mut hm, client, request.as_bytes()).0,
@@ -1215,10 +1239,8 @@ mod tests {
         pump(&mut guest, &mut host);
         for &(fd, port) in [listeners[0], listeners[listeners.len() - 1]].iter() {
             nonblocking(&mut guest, &mut gm, fd);
-            let client = connect(&mut host, &mut hm, GUEST, port);
-            pump(&mut guest, &mut host);
-            let (e, conn) = accept(&mut guest, &mut gm, fd);
-            assert_eq!(e, Errno::SUCCESS, "port {port}");
+            let (client, conn) =
+                connect_and_accept((&mut guest, &mut gm), (&mut host, &mut hm), fd, port);
             for (w, m, fd) in [(&mut guest, &mut gm, conn), (&mut host, &mut hm, client)] {
                 assert_eq!(call(w, m, Func::FdClose, &[fd as u64]), Errno::SUCCESS);
             }
@@ -1231,13 +1253,7 @@ mod tests {
         // passt drops a segment when its socket to the host's peer is full and waits for
         // the retransmission: RFC 6298's 1 s floor for the timeout made each drop a stall
         // of seconds; the patched smoltcp's floor is 50 ms (vendor/smoltcp/WASMVM.md).
-        let (mut guest, mut host) = listening_pair(8080);
-        let (mut gm, mut hm) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
-        nonblocking(&mut guest, &mut gm, 3);
-        let client = connect(&mut host, &mut hm, GUEST, 8080);
-        pump(&mut guest, &mut host);
-        let (e, conn) = accept(&mut guest, &mut gm, 3);
-        assert_eq!(e, Errno::SUCCESS);
+        let (mut guest, mut host, mut gm, mut hm, client, conn) = connected_pair(8080);
         // A first exchange gives the guest's stack its round-trip estimate.
         let data = [7u8; 1000];
         assert_eq!(
@@ -1326,12 +1342,7 @@ mod tests {
 
     #[test]
     fn a_large_transfer_arrives_intact() {
-        let (mut guest, mut host) = listening_pair(9);
-        let (mut gm, mut hm) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
-        nonblocking(&mut guest, &mut gm, 3);
-        let client = connect(&mut host, &mut hm, GUEST, 9);
-        pump(&mut guest, &mut host);
-        let (_, conn) = accept(&mut guest, &mut gm, 3);
+        let (mut guest, mut host, mut gm, mut hm, client, conn) = connected_pair(9);
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 31 + 7) as u8).collect();
         let (mut sent, mut got) = (0, Vec::new());
         for _ in 0..100_000 {
@@ -1369,10 +1380,8 @@ mod tests {
         pump(&mut guest, &mut host);
         let baseline = guest.net.as_ref().unwrap().set_len();
         for round in 0..300 {
-            let client = connect(&mut host, &mut hm, GUEST, 7);
-            pump(&mut guest, &mut host);
-            let (e, conn) = accept(&mut guest, &mut gm, 3);
-            assert_eq!(e, Errno::SUCCESS, "round {round}");
+            let (client, conn) =
+                connect_and_accept((&mut guest, &mut gm), (&mut host, &mut hm), 3, 7);
             // Alternate which side closes first.
             let mut scratch = [0u8; 64];
             if round % 2 == 0 {
@@ -1419,10 +1428,8 @@ mod tests {
         let (mut gm, mut hm) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
         nonblocking(&mut guest, &mut gm, 3);
         for round in 0..20 {
-            let client = connect(&mut host, &mut hm, GUEST, 80);
-            pump(&mut guest, &mut host);
-            let (e, conn) = accept(&mut guest, &mut gm, 3);
-            assert_eq!(e, Errno::SUCCESS);
+            let (client, conn) =
+                connect_and_accept((&mut guest, &mut gm), (&mut host, &mut hm), 3, 80);
             send(&mut host, &mut hm, client, b"GET / HTTP/1.1\r\n\r\n");
             pump(&mut guest, &mut host);
             assert_eq!(recv(&mut guest, &mut gm, conn, 100).0, Errno::SUCCESS);
