@@ -95,7 +95,8 @@ struct SocketMemory {
     in_use: usize,
     /// The buffer bytes of each smoltcp socket that has them.
     sizes: BTreeMap<SocketHandle, usize>,
-    /// TCP sockets removed from the set, kept with their buffers for the next connections:
+    /// TCP sockets removed from the set, oldest first, kept with their buffers for the next
+    /// connections of the same size:
     /// a new socket's buffers are zeroed (the heap zeroes reused memory), 640 KiB at full
     /// size: with one request per connection that `memset` took a fifth of the guest's time.
     /// Each is reset (`listen`/`connect`) before it serves again; smoltcp reads only the
@@ -142,19 +143,16 @@ impl SocketMemory {
             self.refused += 1;
             return None;
         }
-        // The smallest idle socket at least this large: reusing one never adds to the
-        // memory held (its bytes move from the idle ones to the set), so it may be larger
-        // than memory would now allow a new one.
+        // An idle socket of exactly this size: a larger one would hold more of the budget
+        // than memory now allows a connection (under load that refused ten times as many
+        // connections), a smaller one would serve with less than it could.
         let reusable = self
             .idle
             .iter()
-            .enumerate()
-            .filter(|(_, i)| i.socket.recv_capacity() >= rx && i.socket.send_capacity() >= tx)
-            .min_by_key(|(_, i)| i.bytes)
-            .map(|(at, _)| at);
+            .rposition(|i| i.socket.recv_capacity() == rx && i.socket.send_capacity() == tx);
         if let Some(at) = reusable {
             self.reused += 1;
-            let IdleTcp { socket, bytes } = self.idle.swap_remove(at);
+            let IdleTcp { socket, bytes } = self.idle.remove(at);
             return Some((reuse_tcp_socket(socket), bytes));
         }
         self.make_room(rx + tx);
@@ -224,13 +222,10 @@ impl SocketMemory {
         };
         self.in_use -= bytes;
         if let smoltcp::socket::Socket::Tcp(socket) = socket {
-            self.idle.push(IdleTcp { socket, bytes });
-            if self.idle.len() > IDLE_TCP_SOCKETS {
-                // The smallest goes (the oldest of those): a larger one serves any
-                // connection a smaller one would.
-                let smallest = (0..self.idle.len()).min_by_key(|&i| self.idle[i].bytes);
-                self.idle.remove(smallest.unwrap_or(0));
+            if self.idle.len() == IDLE_TCP_SOCKETS {
+                self.idle.remove(0);
             }
+            self.idle.push(IdleTcp { socket, bytes });
         }
     }
 }
@@ -1379,7 +1374,7 @@ mod tests {
     fn closed_tcp_sockets_serve_again_within_the_budget() {
         let full = TCP_RX_BUFFER + TCP_TX_BUFFER;
         let mut mem = SocketMemory {
-            budget: 12 * full,
+            budget: 200 * full,
             in_use: 0,
             sizes: BTreeMap::new(),
             idle: Vec::new(),
@@ -1388,11 +1383,11 @@ mod tests {
         };
         let held = |mem: &SocketMemory| mem.in_use + mem.idle_bytes();
         let mut set = SocketSet::new(Vec::new());
-        let mut handles = Vec::new();
-        while let Some((s, bytes)) = mem.tcp_socket() {
-            handles.push(mem.add(&mut set, s, bytes));
-        }
-        assert!(handles.len() > IDLE_TCP_SOCKETS);
+        let mut open = |mem: &mut SocketMemory, set: &mut SocketSet<'static>| {
+            let (s, bytes) = mem.tcp_socket().unwrap();
+            mem.add(set, s, bytes)
+        };
+        let handles: Vec<_> = (0..20).map(|_| open(&mut mem, &mut set)).collect();
         // Closed sockets are kept, up to the limit, their memory still counted.
         for h in handles {
             mem.remove(&mut set, h);
@@ -1400,28 +1395,63 @@ mod tests {
         }
         assert_eq!(mem.in_use, 0);
         assert_eq!(mem.idle.len(), IDLE_TCP_SOCKETS);
-        // The next connection reuses the smallest kept socket that is large enough: with
-        // all the budget free, a full-size one; no new buffers are made.
+        // The next connection takes one back: no new buffers, no more memory held.
         let kept = held(&mem);
         let (s, bytes) = mem.tcp_socket().unwrap();
         assert_eq!((bytes, mem.reused), (full, 1));
         assert_eq!(s.state(), tcp::State::Closed);
         let h = mem.add(&mut set, s, bytes);
         assert_eq!(held(&mem), kept, "reuse moves memory, it adds none");
-        // A reservation that needs the kept sockets' memory takes it.
-        let rest = mem.budget - mem.in_use;
-        assert!(mem.reserve(rest).is_ok());
-        assert!(mem.idle.is_empty());
         // A reused socket is as good as new: it listens, with a new socket's settings.
         mem.remove(&mut set, h);
-        let (mut s, _) = mem.tcp_socket().unwrap();
-        assert_eq!(mem.reused, 2);
+        let (mut s, bytes) = mem.tcp_socket().unwrap();
+        assert_eq!((bytes, mem.reused), (full, 2));
         assert!(s.listen(8080).is_ok());
         assert!(!s.nagle_enabled());
         assert_eq!(
             (s.timeout(), s.keep_alive(), s.ack_delay()),
             (None, None, None)
         );
+        // Under load a connection gets smaller buffers; a kept full-size socket is not
+        // handed out instead (it would hold more than the load allows), and making the
+        // smaller one gives back kept memory as needed.
+        mem.budget = 16 * full;
+        let mut fresh = SocketMemory {
+            budget: mem.budget,
+            in_use: 0,
+            sizes: BTreeMap::new(),
+            idle: Vec::new(),
+            reused: 0,
+            refused: 0,
+        };
+        let mut fresh_set = SocketSet::new(Vec::new());
+        let mut sizes = (Vec::new(), Vec::new());
+        while let Some((s, bytes)) = fresh.tcp_socket() {
+            fresh.add(&mut fresh_set, s, bytes);
+            sizes.0.push(bytes);
+        }
+        let mut load = Vec::new();
+        while let Some((s, bytes)) = mem.tcp_socket() {
+            load.push(mem.add(&mut set, s, bytes));
+            sizes.1.push(bytes);
+            assert!(held(&mem) <= mem.budget);
+        }
+        assert_eq!(
+            sizes.1, sizes.0,
+            "kept sockets change no connection's buffers"
+        );
+        assert!(
+            mem.reused > 2,
+            "kept sockets served while full size was due"
+        );
+        assert!(mem.idle.is_empty());
+        // A reservation that needs kept sockets' memory takes it.
+        for h in load.drain(..) {
+            mem.remove(&mut set, h);
+        }
+        assert!(!mem.idle.is_empty());
+        assert!(mem.reserve(mem.budget - mem.in_use).is_ok());
+        assert!(mem.idle.is_empty());
     }
 
     #[test]
