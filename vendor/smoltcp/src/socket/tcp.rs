@@ -161,7 +161,12 @@ const RTTE_MIN_RTO: u32 = 50;
 
 // RFC 6298 (2.5) A maximum value MAY be placed on RTO provided it is at least 60
 // seconds
-const RTTE_MAX_RTO: u32 = 60_000;
+//
+// wasmvm: 2 s. passt acknowledges the guest's data only as its own peer does, and reports
+// that only when something arrives from the guest: after a reader that paused resumes,
+// the guest hears of it at its next retransmission or window probe, whose backoff to 60 s
+// held such a download still for up to a minute.
+const RTTE_MAX_RTO: u32 = 2_000;
 
 #[derive(Debug, Clone, Copy)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -2205,7 +2210,17 @@ impl<'a> Socket<'a> {
         }
         if self.remote_win_len != 0 && self.timer.is_zero_window_probe() {
             tcp_trace!("stopping zero-window-probe timer");
-            self.timer.set_for_idle(cx.now(), self.keep_alive);
+            // wasmvm: with data still in flight, back to the retransmission timer rather
+            // than idle. The zero-window probe timer replaced it when the peer closed its
+            // window; idle, a peer that reopens its window without acknowledging the data in
+            // flight (passt: its ACKs follow its own peer's, which it reports only when
+            // something arrives from the guest) would never hear from this side again.
+            if self.remote_last_seq > self.local_seq_no {
+                let rto = self.rtte.retransmission_timeout();
+                self.timer.set_for_retransmit(cx.now(), rto);
+            } else {
+                self.timer.set_for_idle(cx.now(), self.keep_alive);
+            }
         }
 
         let payload_len = payload.len();
