@@ -265,6 +265,49 @@ fn large_transfers_arrive_intact_both_ways() {
     }
 }
 
+/// A client with a small receive buffer, and one that pauses before reading: passt
+/// acknowledges the guest's data only as the client takes it, and tells the guest only
+/// when the guest sends again. Such downloads stopped for good after the guest's send
+/// buffer (512 KiB), or resumed up to a minute after the reader did (vendored smoltcp:
+/// vendor/smoltcp/WASMVM.md). Both must arrive whole, the read timeout catching a stall.
+#[test]
+fn slow_readers_get_their_whole_download() {
+    use std::os::fd::AsRawFd;
+    // Past the guest's 512 KiB send buffer.
+    const LEN: u64 = 768 << 10;
+    // passt's behaviour; QEMU's slirp is another network.
+    if !builtin_vmm_usable() {
+        return;
+    }
+    let guest = Guest::start("builtin", http_image(), 8080, HTTP_READY, &[]);
+    for (rcvbuf, pause) in [(8192, Duration::ZERO), (0, Duration::from_secs(2))] {
+        let mut s = guest.connect();
+        if rcvbuf > 0 {
+            let size: libc::c_int = rcvbuf;
+            // SAFETY: setsockopt on a socket this test owns, with a pointer to a c_int and
+            // its length.
+            let r = unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUF,
+                    (&size as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        }
+        write!(s, "GET /bytes/{LEN} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        std::thread::sleep(pause);
+        let (code, body) = read_response(&mut BufReader::new(s));
+        assert_eq!((code, body.len() as u64), (200, LEN), "rcvbuf {rcvbuf}");
+        let bad = (0..LEN).find(|&i| body[i as usize] != pattern(i));
+        assert_eq!(bad, None, "rcvbuf {rcvbuf}: first corrupted byte");
+    }
+    request(&guest, "GET", "/exit/0", b"");
+    assert_eq!(guest.wait().0, 0);
+}
+
 /// File descriptors a process holds.
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
