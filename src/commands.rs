@@ -91,14 +91,14 @@ fn run_command(args: RunArgs) -> Result<i32> {
     let opts = args.options().map_err(anyhow::Error::msg)?;
     let backend = args.backend().map_err(anyhow::Error::msg)?;
     // `--verify`: boot a private copy of exactly the bytes that were verified
-    // (`signing::verified_copy`), never the file again; it lives until the run ends.
-    let verified = match &args.verify {
-        Some(pubkey) => Some(crate::keys::verified_image(&args.image, pubkey)?),
-        None => None,
+    // (`signing::verified_bytes`), never the file again; it lives until the run ends.
+    let (verified, _registered) = match &args.verify {
+        Some(pubkey) => {
+            let (copy, registered) = crate::keys::verified_image(&args.image, pubkey)?;
+            (Some(copy), Some(registered))
+        }
+        None => (None, None),
     };
-    let _registered = verified
-        .as_ref()
-        .map(|v| crate::signals::temporary(v.path()));
     // `-d`: a supervisor replays this command line in the background (and verifies again at
     // every start); a bad image has been refused here, in the foreground.
     if args.detach.wanted() {
@@ -253,9 +253,9 @@ pub(crate) fn directory_of(path: &Path) -> &Path {
 pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
     let dir = directory_of(path);
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    let _registered = crate::signals::temporary(tmp.path());
+    let (mut tmp, _registered) =
+        crate::signals::make_temporary(|| tempfile::NamedTempFile::new_in(dir))
+            .with_context(|| format!("cannot write {}", path.display()))?;
     // Images are ordinary files others may boot: rw-r--r-- (tempfile starts at 0600).
     use std::os::unix::fs::PermissionsExt;
     tmp.write_all(data)
@@ -293,11 +293,11 @@ fn run(
         let wasm = read_module(target)?;
         let packed_bytes = pack_with_progress(target, &wasm, &pack_options(target, app, &[])?)
             .with_context(|| format!("cannot run {}", target.display()))?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix("wasmvm-image-")
-            .tempfile()
-            .context("cannot create a temporary image")?;
-        _registered = crate::signals::temporary(tmp.path());
+        let mut tmp;
+        (tmp, _registered) = crate::signals::make_temporary(|| {
+            tempfile::Builder::new().prefix("wasmvm-image-").tempfile()
+        })
+        .context("cannot create a temporary image")?;
         std::io::Write::write_all(&mut tmp, &packed_bytes)
             .context("cannot write a temporary image")?;
         let path = tmp.path().to_path_buf();

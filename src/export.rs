@@ -72,11 +72,12 @@ pub fn export(
     // The disk is built in a directory beside the output and renamed into place; a signal
     // meanwhile removes the directory (`signals`).
     let dir = crate::commands::directory_of(output);
-    let scratch = tempfile::Builder::new()
-        .prefix(".wasmvm-export-")
-        .tempdir_in(dir)
-        .with_context(|| format!("cannot write in {}", dir.display()))?;
-    let registered = crate::signals::temporary(scratch.path());
+    let (scratch, registered) = crate::signals::make_temporary(|| {
+        tempfile::Builder::new()
+            .prefix(".wasmvm-export-")
+            .tempdir_in(dir)
+    })
+    .with_context(|| format!("cannot write in {}", dir.display()))?;
     let exported = disk::export(&image, output, format, scratch.path())
         .with_context(|| format!("cannot export {}", target.display()));
     drop(scratch);

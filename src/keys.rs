@@ -41,11 +41,25 @@ pub fn sign_if(image: Vec<u8>, key: Option<&SigningKey>) -> Result<Vec<u8>> {
 }
 
 /// `run --verify PUBKEY TARGET`: a private copy of TARGET's bytes, verified against PUBKEY,
-/// which `run` boots instead of TARGET (see `signing::verified_copy` for why a copy).
-pub fn verified_image(target: &Path, pubkey: &Path) -> Result<tempfile::NamedTempFile> {
+/// which `run` boots instead of TARGET (see `signing::verified_bytes` for why a copy), and
+/// the guard that removes it if a signal ends the command.
+pub fn verified_image(
+    target: &Path,
+    pubkey: &Path,
+) -> Result<(tempfile::NamedTempFile, crate::signals::Temporary)> {
     let trusted = signing::read_verifying_key(pubkey).context("--verify")?;
-    signing::verified_copy(target, &trusted)
-        .with_context(|| format!("refusing to run {}", target.display()))
+    let bytes = signing::verified_bytes(target, &trusted)
+        .with_context(|| format!("refusing to run {}", target.display()))?;
+    let (mut copy, registered) = crate::signals::make_temporary(|| {
+        tempfile::Builder::new()
+            .prefix("wasmvm-verified-")
+            .tempfile()
+    })
+    .context("cannot create the verified copy")?;
+    std::io::Write::write_all(&mut copy, &bytes)
+        .and_then(|()| std::io::Write::flush(&mut copy))
+        .context("cannot write the verified copy")?;
+    Ok((copy, registered))
 }
 
 /// The signature of an image file for `inspect`: its JSON value (`null` when unsigned) and

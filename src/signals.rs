@@ -84,19 +84,28 @@ fn remove(path: &Path) {
     }
 }
 
-/// Removes `path` (a file or a directory) if a signal ends the command while the returned
-/// guard lives; drop it once the path is renamed into place or removed.
-#[must_use = "the path is the signal handler's only while the guard lives"]
-pub fn temporary(path: &Path) -> Temporary {
-    match &mut *mode() {
-        Mode::Cleanup(paths) => paths.push(path.to_path_buf()),
+/// Makes a temporary file or directory with `make` and registers it in the same step: the
+/// signal thread waits for the lock `make` runs under, so a signal that comes while the
+/// path is being made finds it registered and removes it (registered after it was made, a
+/// signal in between left it behind: one export in ten under a test that signals as soon
+/// as the directory appears). `make` should do no more than make the path. The path is
+/// removed if a signal ends the command while the returned guard lives; drop the guard once
+/// the path is renamed into place or removed.
+pub fn make_temporary<T: AsRef<Path>>(
+    make: impl FnOnce() -> std::io::Result<T>,
+) -> std::io::Result<(T, Temporary)> {
+    let mut mode = mode();
+    let made = make()?;
+    let path = made.as_ref().to_path_buf();
+    match &mut *mode {
+        Mode::Cleanup(paths) => paths.push(path.clone()),
         // During a run, which cleans up after itself; or handled elsewhere.
         Mode::Stop(_) | Mode::Elsewhere => {}
     }
-    Temporary(path.to_path_buf())
+    Ok((made, Temporary(path)))
 }
 
-/// A path the signal handler removes, until dropped ([`temporary`]).
+/// A path the signal handler removes, until dropped ([`make_temporary`]).
 pub struct Temporary(PathBuf);
 
 impl Drop for Temporary {
@@ -124,8 +133,14 @@ mod tests {
     fn a_registered_path_is_forgotten_once_kept_and_kept_through_a_run() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-        drop(temporary(&a));
-        let b_guard = temporary(&b);
+        let make = |path: &PathBuf| {
+            let path = path.clone();
+            make_temporary(move || std::fs::write(&path, "x").map(|()| path)).unwrap()
+        };
+        drop(make(&a).1);
+        let (_, b_guard) = make(&b);
+        // Made under the lock the signal thread takes: registered before a signal is seen.
+        assert!(b.exists());
         let stops = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let seen = stops.clone();
         while_running(

@@ -248,9 +248,9 @@ pub fn signer(file: &[u8]) -> Result<Option<SignatureInfo>, SigningError> {
     }))
 }
 
-/// `wasmvm run --verify`: reads the image at `path` once, verifies those bytes against
-/// `trusted`, and writes them to a private temporary file (mode 0600, a fresh name under
-/// `$TMPDIR`), which the caller boots instead of `path`.
+/// `wasmvm run --verify`: reads the image at `path` once and verifies those bytes against
+/// `trusted`; the caller writes them to a private temporary file (mode 0600, a fresh name
+/// under `$TMPDIR`) and boots that instead of `path`.
 ///
 /// Why a copy: the built-in VMM maps the image file, and a private mapping still shows later
 /// writes to the file in pages not yet copied, QEMU reopens the file by name, and host mode
@@ -258,27 +258,13 @@ pub fn signer(file: &[u8]) -> Result<Option<SignatureInfo>, SigningError> {
 /// someone who may write `path` (but not our temporary file) swaps in other bytes. The copy
 /// holds exactly the verified bytes, trailer included, and only this user (who could as well
 /// change `wasmvm` itself) can change it.
-pub fn verified_copy(
-    path: &Path,
-    trusted: &VerifyingKey,
-) -> Result<tempfile::NamedTempFile, SigningError> {
+pub fn verified_bytes(path: &Path, trusted: &VerifyingKey) -> Result<Vec<u8>, SigningError> {
     let bytes = crate::image::file::read(path)?;
     if bytes.starts_with(b"\0asm") {
         return Err(SigningError::Module);
     }
     verify(&bytes, trusted)?;
-    let tmp_err = |cause| SigningError::Io {
-        path: std::env::temp_dir(),
-        cause,
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix("wasmvm-verified-")
-        .tempfile()
-        .map_err(tmp_err)?;
-    tmp.write_all(&bytes)
-        .and_then(|()| tmp.flush())
-        .map_err(tmp_err)?;
-    Ok(tmp)
+    Ok(bytes)
 }
 
 #[cfg(test)]
