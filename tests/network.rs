@@ -654,9 +654,9 @@ fn thousands_of_connections_the_server_closes_leave_it_as_it_was() {
             (before.sockets, before.buffers_kib, before.refused),
             "{vmm}: sockets linger: before {before:?}, after {after:?}"
         );
-        // Closed sockets are kept for the next connections (at most 16): the heap holds
-        // what it held before beside them.
-        assert!(after.kept <= 16, "{vmm}: {after:?}");
+        // Closed sockets are kept for the next connections: the heap holds what it held
+        // before beside them.
+        assert!(after.kept > 0, "{vmm}: no socket kept: {after:?}");
         assert!(
             after.reused >= (CLIENTS * EACH) as u64 / 2,
             "{vmm}: few sockets served again: {after:?}"

@@ -36,7 +36,8 @@ pub(crate) const TCP_RX_BUFFER: usize = 128 * 1024;
 /// Send buffer of each TCP connection while socket memory is plentiful: room for eight
 /// 64 KiB segments in flight. A segment the peer drops (passt does when its host socket is
 /// full) is then followed by others that draw duplicate ACKs, and smoltcp retransmits at
-/// once, where with two in flight it waits for its retransmission timeout (1 s at least).
+/// once, where with two in flight it waits for its retransmission timeout (50 ms at least
+/// with the vendored smoltcp, 1 s upstream).
 pub(crate) const TCP_TX_BUFFER: usize = 512 * 1024;
 /// The smallest buffers a connection gets when socket memory runs low; below that, new
 /// connections are refused (see [`SocketMemory`]).
@@ -123,6 +124,17 @@ const IDLE_TCP_SOCKETS: usize = 16;
 impl SocketMemory {
     /// A TCP socket with buffers sized to what is left, or `None` (counted) if nothing fits.
     fn tcp_socket(&mut self) -> Option<(tcp::Socket<'static>, usize)> {
+        let socket = self.spare_tcp_socket();
+        if socket.is_none() {
+            self.refused += 1;
+        }
+        socket
+    }
+
+    /// [`tcp_socket`](Self::tcp_socket) for a listener's spare, a refusal not counted: the
+    /// stack tops spares up after every packet, so while memory is short most attempts
+    /// fail, and `promote` counts a listener running out instead.
+    fn spare_tcp_socket(&mut self) -> Option<(tcp::Socket<'static>, usize)> {
         // Idle sockets' memory is free for this one.
         let free = self.budget.saturating_sub(self.in_use);
         // Keep room for eight more connections of the chosen size, so memory runs low
@@ -140,7 +152,6 @@ impl SocketMemory {
             (rx, tx) = sizes(halvings);
         }
         if rx + tx > free {
-            self.refused += 1;
             return None;
         }
         // An idle socket of exactly this size: a larger one would hold more of the budget
@@ -173,11 +184,11 @@ impl SocketMemory {
 
     /// Room for `bytes` more, or `ENOBUFS` (counted).
     fn reserve(&mut self, bytes: usize) -> WasiResult {
-        self.make_room(bytes);
         if self.in_use + bytes > self.budget {
             self.refused += 1;
             return Err(Errno::NOBUFS);
         }
+        self.make_room(bytes);
         Ok(())
     }
 
@@ -214,7 +225,8 @@ impl SocketMemory {
             .is_some_and(|&bytes| bytes < TCP_RX_BUFFER + TCP_TX_BUFFER)
     }
 
-    /// Removes `handle` from the set; a TCP socket is kept for reuse while there is room.
+    /// Removes `handle` from the set; a TCP socket is kept for reuse (the oldest kept one
+    /// goes when 16 are).
     fn remove(&mut self, set: &mut SocketSet<'static>, handle: SocketHandle) {
         let socket = set.remove(handle);
         let Some(bytes) = self.sizes.remove(&handle) else {
@@ -256,6 +268,9 @@ pub(crate) struct Listener {
     /// Sockets that left LISTEN, in arrival order, until `accept` takes them.
     incoming: VecDeque<SocketHandle>,
     backlog: usize,
+    /// It has no spare and memory for none: its peers' SYNs are reset (counted once in
+    /// `SocketMemory::refused` each time it gets here).
+    starved: bool,
 }
 
 impl Listener {
@@ -791,6 +806,7 @@ impl Net {
             spares: Vec::new(),
             incoming: VecDeque::new(),
             backlog: backlog.clamp(1, MAX_BACKLOG),
+            starved: false,
         };
         // One spare to start with: the next poll tops the spares up as memory allows, and
         // every SYN that takes one has it replaced before the next packet. Four at once
@@ -1072,6 +1088,12 @@ impl Net {
         self.mem.reused
     }
 
+    /// Socket allocations refused for memory, as the quiet report counts them.
+    #[cfg(test)]
+    pub(crate) fn sockets_refused(&self) -> u64 {
+        self.mem.refused
+    }
+
     /// Whether every closed connection has had its data and FIN acknowledged (or was
     /// reset), so ending the VM loses nothing the app sent.
     pub fn settled(&self) -> bool {
@@ -1293,8 +1315,13 @@ fn promote(set: &mut SocketSet<'static>, mem: &mut SocketMemory, l: &mut Listene
     }
     let want = l.spares_wanted();
     while l.spares.len() < want {
-        // Out of socket memory: no spare, so the next SYN is reset (and counted).
-        let Some((mut s, bytes)) = mem.tcp_socket() else {
+        let Some((mut s, bytes)) = mem.spare_tcp_socket() else {
+            // Out of socket memory: with no spare left the next SYN is reset; counted
+            // once each time the listener runs out.
+            if l.spares.is_empty() && !l.starved {
+                l.starved = true;
+                mem.refused += 1;
+            }
             break;
         };
         s.set_timeout(Some(QUEUED_TIMEOUT));
@@ -1302,6 +1329,9 @@ fn promote(set: &mut SocketSet<'static>, mem: &mut SocketMemory, l: &mut Listene
             break;
         }
         l.spares.push(mem.add(set, s, bytes));
+    }
+    if !l.spares.is_empty() {
+        l.starved = false;
     }
 }
 
@@ -1316,7 +1346,7 @@ fn restore_spares(set: &mut SocketSet<'static>, mem: &mut SocketMemory, l: &mut 
         if !listening || !mem.can_restore(*spare) {
             continue;
         }
-        let Some((mut s, bytes)) = mem.tcp_socket() else {
+        let Some((mut s, bytes)) = mem.spare_tcp_socket() else {
             return;
         };
         s.set_timeout(Some(QUEUED_TIMEOUT));
@@ -1402,16 +1432,26 @@ mod tests {
         assert_eq!(s.state(), tcp::State::Closed);
         let h = mem.add(&mut set, s, bytes);
         assert_eq!(held(&mem), kept, "reuse moves memory, it adds none");
-        // A reused socket is as good as new: it listens, with a new socket's settings.
+        // A reused socket is as good as new: one that was listening, with every setting
+        // changed, comes back closed, with a new socket's settings, and listens again.
+        let s = set.get_mut::<tcp::Socket>(h);
+        s.set_timeout(Some(Duration::from_secs(5)));
+        s.set_keep_alive(Some(Duration::from_secs(5)));
+        s.set_hop_limit(Some(7));
+        s.set_nagle_enabled(true);
+        s.set_ack_delay(Some(Duration::from_millis(10)));
+        s.listen(9999).unwrap();
         mem.remove(&mut set, h);
         let (mut s, bytes) = mem.tcp_socket().unwrap();
         assert_eq!((bytes, mem.reused), (full, 2));
-        assert!(s.listen(8080).is_ok());
+        assert_eq!(s.state(), tcp::State::Closed);
         assert!(!s.nagle_enabled());
         assert_eq!(
             (s.timeout(), s.keep_alive(), s.ack_delay()),
             (None, None, None)
         );
+        assert_eq!(s.hop_limit(), None);
+        assert!(s.listen(8080).is_ok());
         // Under load a connection gets smaller buffers; a kept full-size socket is not
         // handed out instead (it would hold more than the load allows), and making the
         // smaller one gives back kept memory as needed.
@@ -1481,6 +1521,7 @@ mod tests {
             spares: Vec::new(),
             incoming: VecDeque::new(),
             backlog: 16,
+            starved: false,
         };
         promote(&mut set, &mut mem, &mut l);
         assert_eq!(l.spares.len(), LISTEN_SPARES);

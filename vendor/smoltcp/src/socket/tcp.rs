@@ -2526,7 +2526,17 @@ impl<'a> Socket<'a> {
             // now for whatever reason (like zero window), this avoids an
             // infinite polling loop where `poll_at` returns `Now` but `dispatch`
             // can't actually do anything.
-            self.timer.set_for_idle(cx.now(), self.keep_alive);
+            //
+            // wasmvm: into a zero window, probe it rather than go idle. A peer that
+            // closed its window without acknowledging anything new (so no probe timer
+            // started) and then stays silent would otherwise never hear from this side
+            // again: nothing is sent into a zero window, and an idle timer sends nothing.
+            if self.remote_win_len == 0 && !self.tx_buffer.is_empty() {
+                let rto = self.rtte.retransmission_timeout();
+                self.timer.set_for_zero_window_probe(cx.now(), rto);
+            } else {
+                self.timer.set_for_idle(cx.now(), self.keep_alive);
+            }
 
             // Inform RTTE, so that it can avoid bogus measurements.
             self.rtte.on_retransmit();
