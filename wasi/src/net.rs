@@ -1413,7 +1413,7 @@ mod tests {
         };
         let held = |mem: &SocketMemory| mem.in_use + mem.idle_bytes();
         let mut set = SocketSet::new(Vec::new());
-        let mut open = |mem: &mut SocketMemory, set: &mut SocketSet<'static>| {
+        let open = |mem: &mut SocketMemory, set: &mut SocketSet<'static>| {
             let (s, bytes) = mem.tcp_socket().unwrap();
             mem.add(set, s, bytes)
         };
