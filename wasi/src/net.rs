@@ -122,6 +122,17 @@ struct IdleTcp {
 const IDLE_TCP_SOCKETS: usize = 16;
 
 impl SocketMemory {
+    fn new(budget: usize) -> Self {
+        SocketMemory {
+            budget,
+            in_use: 0,
+            sizes: BTreeMap::new(),
+            idle: Vec::new(),
+            reused: 0,
+            refused: 0,
+        }
+    }
+
     /// A TCP socket with buffers sized to what is left, or `None` (counted) if nothing fits.
     fn tcp_socket(&mut self) -> Option<(tcp::Socket<'static>, usize)> {
         let socket = self.spare_tcp_socket();
@@ -469,14 +480,7 @@ impl Net {
             now_ns: 0,
             next_port: EPHEMERAL_FIRST,
             query: None,
-            mem: SocketMemory {
-                budget: nic.socket_memory,
-                in_use: 0,
-                sizes: BTreeMap::new(),
-                idle: Vec::new(),
-                reused: 0,
-                refused: 0,
-            },
+            mem: SocketMemory::new(nic.socket_memory),
             connections: 0,
             report_pending: false,
             reported_at: None,
@@ -1364,14 +1368,7 @@ mod tests {
 
     #[test]
     fn socket_buffers_shrink_as_memory_runs_low_and_then_are_refused() {
-        let mut mem = SocketMemory {
-            budget: 8 << 20,
-            in_use: 0,
-            sizes: BTreeMap::new(),
-            idle: Vec::new(),
-            reused: 0,
-            refused: 0,
-        };
+        let mut mem = SocketMemory::new(8 << 20);
         let mut set = SocketSet::new(Vec::new());
         let mut handles = Vec::new();
         let mut sizes = Vec::new();
@@ -1403,14 +1400,7 @@ mod tests {
     #[test]
     fn closed_tcp_sockets_serve_again_within_the_budget() {
         let full = TCP_RX_BUFFER + TCP_TX_BUFFER;
-        let mut mem = SocketMemory {
-            budget: 200 * full,
-            in_use: 0,
-            sizes: BTreeMap::new(),
-            idle: Vec::new(),
-            reused: 0,
-            refused: 0,
-        };
+        let mut mem = SocketMemory::new(200 * full);
         let held = |mem: &SocketMemory| mem.in_use + mem.idle_bytes();
         let mut set = SocketSet::new(Vec::new());
         let open = |mem: &mut SocketMemory, set: &mut SocketSet<'static>| {
@@ -1456,14 +1446,7 @@ mod tests {
         // handed out instead (it would hold more than the load allows), and making the
         // smaller one gives back kept memory as needed.
         mem.budget = 16 * full;
-        let mut fresh = SocketMemory {
-            budget: mem.budget,
-            in_use: 0,
-            sizes: BTreeMap::new(),
-            idle: Vec::new(),
-            reused: 0,
-            refused: 0,
-        };
+        let mut fresh = SocketMemory::new(mem.budget);
         let mut fresh_set = SocketSet::new(Vec::new());
         let mut sizes = (Vec::new(), Vec::new());
         while let Some((s, bytes)) = fresh.tcp_socket() {
@@ -1497,14 +1480,7 @@ mod tests {
     #[test]
     fn spares_made_while_memory_ran_low_get_full_buffers_once_it_is_back() {
         let full = TCP_RX_BUFFER + TCP_TX_BUFFER;
-        let mut mem = SocketMemory {
-            budget: 16 * full,
-            in_use: 0,
-            sizes: BTreeMap::new(),
-            idle: Vec::new(),
-            reused: 0,
-            refused: 0,
-        };
+        let mut mem = SocketMemory::new(16 * full);
         let mut set = SocketSet::new(Vec::new());
         // A burst holds most of the budget while the listener tops its spares up.
         let burst: Vec<_> = (0..10)
