@@ -92,11 +92,10 @@ use crate::time::Instant;
 #[cfg(feature = "segmentation-offload")]
 use core::num::{NonZeroU16, NonZeroUsize};
 
-#[cfg(all(
-    any(feature = "phy-raw_socket", feature = "phy-tuntap_interface"),
-    unix
-))]
-mod sys;
+// wasmvm: this copy leaves out the host's raw-socket and TAP devices (`phy/sys`,
+// `phy/raw_socket.rs`, `phy/tuntap_interface.rs`: unsafe FFI the guest never builds).
+#[cfg(any(feature = "phy-raw_socket", feature = "phy-tuntap_interface"))]
+compile_error!("wasmvm's copy of smoltcp has no phy-raw_socket or phy-tuntap_interface");
 
 mod fault_injector;
 #[cfg(feature = "alloc")]
@@ -104,20 +103,8 @@ mod fuzz_injector;
 #[cfg(feature = "alloc")]
 mod loopback;
 mod pcap_writer;
-#[cfg(all(feature = "phy-raw_socket", unix))]
-mod raw_socket;
 mod tracer;
-#[cfg(all(
-    feature = "phy-tuntap_interface",
-    any(target_os = "linux", target_os = "android")
-))]
-mod tuntap_interface;
 
-#[cfg(all(
-    any(feature = "phy-raw_socket", feature = "phy-tuntap_interface"),
-    unix
-))]
-pub use self::sys::wait;
 
 pub use self::fault_injector::FaultInjector;
 #[cfg(feature = "alloc")]
@@ -125,14 +112,7 @@ pub use self::fuzz_injector::{FuzzInjector, Fuzzer};
 #[cfg(feature = "alloc")]
 pub use self::loopback::Loopback;
 pub use self::pcap_writer::{PcapLinkType, PcapMode, PcapSink, PcapWriter};
-#[cfg(all(feature = "phy-raw_socket", unix))]
-pub use self::raw_socket::RawSocket;
 pub use self::tracer::{Tracer, TracerDirection, TracerPacket};
-#[cfg(all(
-    feature = "phy-tuntap_interface",
-    any(target_os = "linux", target_os = "android")
-))]
-pub use self::tuntap_interface::TunTapInterface;
 
 /// The IPV4 payload fragment size must be an increment of this value.
 #[cfg(feature = "proto-ipv4-fragmentation")]
