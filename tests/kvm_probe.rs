@@ -84,9 +84,7 @@ fn the_library_runs_an_image_and_returns_exit_and_output() {
     let dir = scratch();
     let img = dir.path().join("exit.img");
     pack(&sample("exitcode"), &img, &[]);
-    let mut runs = vec!["host"];
-    runs.extend(backends());
-    for vmm in runs {
+    for vmm in backends_and_host() {
         // Each run on a thread of its own (the backend made there), bounded: a hang fails
         // the test instead of stalling it.
         let run = |args: &[&str], stdin: &[u8]| {
@@ -118,9 +116,7 @@ fn a_library_run_that_times_out_returns_with_what_the_app_wrote() {
     let dir = scratch();
     let img = dir.path().join("tick.img");
     pack(&sample("exitcode"), &img, &[]);
-    let mut runs = vec!["host"];
-    runs.extend(backends());
-    for vmm in runs {
+    for vmm in backends_and_host() {
         let img = img.clone();
         let opts = RunOptions {
             args: Some(vec![b"tick".to_vec()]),

@@ -143,9 +143,7 @@ fn a_signed_image_runs_verified_on_every_backend() {
     let o = run(&img, &[], b"");
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains(GREETING));
-    let mut vmms = backends().to_vec();
-    vmms.push("host");
-    for vmm in vmms {
+    for vmm in backends_and_host() {
         let o = run_verified(vmm, &img, &public);
         assert_eq!(o.status.code(), Some(0), "{vmm}: {}", stderr(&o));
         assert_eq!(stdout(&o), format!("{GREETING}\n"), "{vmm}");

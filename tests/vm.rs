@@ -139,9 +139,7 @@ fn a_timeout_stops_the_vm_with_status_252() {
 fn a_signal_stops_an_app_sleeping_in_a_system_call() {
     // `tick` sleeps 20 ms at a time: in host mode the stop nearly always meets it inside
     // `poll_oneoff`, whose return is then refused, and the app ends within the grace.
-    let mut runs = backends().to_vec();
-    runs.push("host");
-    for vmm in runs {
+    for vmm in backends_and_host() {
         let mut app = start_ready(
             &["--vmm", vmm, "--accel", accel()],
             &sample("exitcode"),

@@ -85,8 +85,7 @@ fn files_survive_runs_on_every_backend_and_host_tools_read_them() {
     let img = dir.path().join("data.img");
     assert!(create(&img, "64M").status.success());
     let spec = format!("{}::/data", img.display());
-    let mut runs = backends().to_vec();
-    runs.push("host");
+    let runs = backends_and_host();
     for (i, vmm) in runs.iter().enumerate() {
         let o = run_on(
             vmm,
@@ -337,9 +336,7 @@ fn a_damaged_volume_is_refused_before_boot_on_every_backend() {
         .set_len(8 << 20)
         .unwrap();
     let spec = format!("{}::/data", img.display());
-    let mut runs = backends().to_vec();
-    runs.push("host");
-    for vmm in runs {
+    for vmm in backends_and_host() {
         let o = run_on(vmm, &sample("hello"), &["--volume", &spec], b"");
         assert_eq!(o.status.code(), Some(253), "{vmm}: {}", stderr(&o));
         let err = stderr(&o);
@@ -355,9 +352,7 @@ fn a_damaged_volume_is_refused_before_boot_on_every_backend() {
 #[test]
 fn sighup_stops_the_run_and_saves_the_volume_on_every_backend() {
     let dir = scratch();
-    let mut runs = backends().to_vec();
-    runs.push("host");
-    for vmm in runs {
+    for vmm in backends_and_host() {
         let img = dir.path().join(format!("{vmm}.img"));
         assert!(create(&img, "16M").status.success());
         let spec = format!("{}::/data", img.display());

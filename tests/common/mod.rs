@@ -191,6 +191,13 @@ pub fn backends() -> &'static [&'static str] {
     })
 }
 
+/// [`backends`], then host mode (`--vmm host`, no VM): every way `run` can run an app.
+pub fn backends_and_host() -> Vec<&'static str> {
+    let mut all = backends().to_vec();
+    all.push("host");
+    all
+}
+
 /// `wasmvm run --vmm VMM --accel A TARGET [extra...]` with stdin from `input`, ended (and
 /// failed, with what it wrote) if it has not ended within [`RUN_LIMIT`].
 pub fn run_on(vmm: &str, target: &Path, extra: &[&str], input: &[u8]) -> Output {
