@@ -65,6 +65,11 @@ impl MappedImage {
         Ok(MappedImage { file, ptr, len })
     }
 
+    /// The file mapped.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     pub fn bytes(&self) -> &[u8] {
         // SAFETY: `ptr` maps `len` readable bytes for as long as `self` lives, and nothing
         // writes through the private read-only mapping.

@@ -13,7 +13,7 @@ use wasmvm_abi::pvh::{self, MemmapEntry, StartInfo};
 use super::boot::{self, BootError, BootPath, Entry, kvm_step};
 use super::layout::*;
 use super::ram::{self, RamBacking};
-use super::trim::IdleTrim;
+use super::trim::{FileSpan, IdleTrim, ImagePages};
 use crate::image::elf::{Elf, PT_LOAD, ProgramHeader};
 use crate::image::mapped::MappedImage;
 
@@ -263,11 +263,28 @@ fn fill_memory(
         image_end = image_end.max(load_segment(&mem, memory_mib, image, elf, ph, map_file)?);
     }
     let area = write_pvh_structures(&mem, mem_size, image_end, config.run_config, config.cmdline)?;
+    // Copies the idle trim may map from the file once the guest idles, on the same terms
+    // as mapping them at boot (`MachineConfig::map_file`).
+    let copies = match config.map_file && config.huge_pages {
+        true => image.file().try_clone().ok().map(|file| {
+            let spans = elf.phdrs.iter().filter(|p| p.p_type == PT_LOAD);
+            ImagePages::new(
+                file,
+                spans.map(|ph| FileSpan {
+                    guest: ph.p_paddr,
+                    offset: ph.p_offset,
+                    len: ph.p_filesz,
+                }),
+            )
+        }),
+        false => None,
+    };
     Ok(FilledMemory {
         mem,
         backing,
         area,
         file_mapped: map_file,
+        copies,
     })
 }
 
@@ -279,6 +296,9 @@ struct FilledMemory {
     /// Whether image segments may be mapped from the file into RAM (else RAM is anonymous
     /// throughout).
     file_mapped: bool,
+    /// The segments copied from the image file, which an idle guest's trim may map from
+    /// it instead.
+    copies: Option<ImagePages>,
 }
 
 /// Gives the VM an in-kernel local APIC (and nothing else: no PIC, no IOAPIC), best
@@ -347,6 +367,7 @@ pub fn build(image: &MappedImage, config: &MachineConfig) -> Result<Machine, Boo
         backing,
         area,
         file_mapped,
+        copies,
     } = filled;
     for (slot, region) in mem.iter().enumerate() {
         let at = region.start_addr();
@@ -409,7 +430,10 @@ pub fn build(image: &MappedImage, config: &MachineConfig) -> Result<Machine, Boo
     // Only RAM that is anonymous throughout: a dropped page of a file mapping would read
     // back the file's bytes.
     let trim = match config.huge_pages && !file_mapped {
-        true => IdleTrim::new(&mem),
+        true => IdleTrim::new(&mem).map(|t| match copies {
+            Some(copies) => t.sharing(copies),
+            None => t,
+        }),
         false => None,
     };
     Ok(Machine {

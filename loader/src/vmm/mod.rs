@@ -375,12 +375,21 @@ fn run(
         "host: VM ended after {:.1} ms",
         started.elapsed().as_secs_f64() * 1e3
     ));
-    if let Some(trim) = machine.trim.as_ref().filter(|t| t.released() > 0) {
-        log(&format!(
-            "host: gave back about {:.1} MiB of zero pages while the guest idled ({:.2} ms to find them)",
-            trim.released() as f64 / (1 << 20) as f64,
-            trim.spent().as_secs_f64() * 1e3
-        ));
+    if let Some(trim) = machine.trim.as_ref() {
+        let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+        if trim.released() > 0 {
+            log(&format!(
+                "host: gave back about {:.1} MiB of zero pages while the guest idled ({:.2} ms to find them)",
+                mib(trim.released()),
+                trim.spent().as_secs_f64() * 1e3
+            ));
+        }
+        if trim.shared() > 0 {
+            log(&format!(
+                "host: mapped {:.1} MiB of the guest's copies of the image from the file while it idled (shared between VMs of the image)",
+                mib(trim.shared())
+            ));
+        }
     }
     // The devices are gone with the vCPU thread: each worker closes its server and ends.
     let mut closed = Ok(());

@@ -160,8 +160,10 @@ fn rules(extra: &[i64]) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::
         libc::SYS_munmap,
         libc::SYS_mremap,
         libc::SYS_madvise,
-        // Which guest pages are resident (the idle trim, `vmm::trim`).
+        // Which guest pages are resident, and the image file's length before pages are
+        // mapped from it (the idle trim, `vmm::trim`).
         libc::SYS_mincore,
+        libc::SYS_fstat,
         libc::SYS_brk,
         libc::SYS_rt_sigreturn,
         libc::SYS_rt_sigprocmask,

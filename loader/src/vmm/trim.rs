@@ -28,7 +28,22 @@
 //! two checks for input and a stop, and ends a batch before the guest's deadline. A guest can make the VMM read its RAM once, no more. The host frees
 //! the dropped part of a split huge page when it next needs memory (the kernel's deferred
 //! split), and counts it out of the process's RSS at once.
+//!
+//! The same pass shares what the VMM copied from the image file at boot ([`ImagePages`]):
+//! with huge pages the kernel's code and the app bundle (the module, and the compiled
+//! engine's artifact) are copies, private to each VM, where `--no-huge-pages` maps them
+//! from the file. A page the guest has left as it was copied (it compares equal to the
+//! file) is mapped from the file over the copy (`MAP_FIXED`, private: a later guest write
+//! still makes a copy of its own), so an idle VM holds no private copy of its code and
+//! VMs of one image share those pages in the host's page cache. The guest reads the same
+//! bytes; what it touches again costs a fault of its own, once. Pages mapped from the file
+//! are never dropped as zero pages afterwards (dropping one would bring back the file's
+//! bytes), which holds because a stretch is looked at once. The file is checked to be long
+//! enough first; an image truncated or rewritten in place under a running VM is the
+//! user's business, as with `--no-huge-pages` (`docs/design.md`).
 
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -72,9 +87,213 @@ pub struct IdleTrim {
     input_at: Instant,
     /// The window a pass cut short resumes at.
     resume: usize,
-    /// Bytes dropped so far, and the time the passes took, for the run's log.
+    /// What was copied from the image file at boot, to map from the file again.
+    image: Option<ImagePages>,
+    /// Bytes dropped and mapped from the image file so far, and the time the passes took,
+    /// for the run's log.
     released: u64,
+    shared: u64,
     spent: Duration,
+}
+
+/// Guest RAM that the VMM filled with copies of the image file's bytes at boot.
+pub struct ImagePages {
+    file: File,
+    spans: Vec<FileSpan>,
+}
+
+/// `len` bytes of guest RAM from guest address `guest` were copied from the image file's
+/// bytes at `offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileSpan {
+    pub guest: u64,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl ImagePages {
+    /// The copies in `spans` of `file`'s bytes; only whole pages can be mapped, so each
+    /// span is cut to the whole pages it covers, and one whose guest address and file
+    /// offset do not lie alike within a page is left out.
+    pub fn new(file: File, spans: impl IntoIterator<Item = FileSpan>) -> ImagePages {
+        let page = PAGE as u64;
+        let spans = spans
+            .into_iter()
+            .filter(|s| s.guest % page == s.offset % page)
+            .filter_map(|s| {
+                let skip = (page - s.guest % page) % page;
+                let len = s.len.checked_sub(skip)? / page * page;
+                (len > 0).then_some(FileSpan {
+                    guest: s.guest + skip,
+                    offset: s.offset + skip,
+                    len,
+                })
+            })
+            .collect();
+        ImagePages { file, spans }
+    }
+
+    /// The file's length now (`fstat`, which the VMM's threads may make).
+    fn file_len(&self) -> Option<u64> {
+        let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: fstat writes a `stat` into the buffer it is given, which is that large;
+        // the descriptor is the file this value owns. Called as a raw system call so that
+        // it is `fstat` itself, which the seccomp filter allows, whatever the C library
+        // would make of it.
+        let got =
+            unsafe { libc::syscall(libc::SYS_fstat, self.file.as_raw_fd(), stat.as_mut_ptr()) };
+        // SAFETY: fstat succeeded, so it filled the buffer in.
+        (got == 0).then(|| unsafe { stat.assume_init() }.st_size as u64)
+    }
+
+    /// Maps from the file, over the stretch at `at` (guest address `start`, a page per
+    /// byte of `resident`, bit 0 set where `mincore` found one), every resident page of a
+    /// span that still holds the file's bytes, and marks it in `shared`; returns the bytes
+    /// so mapped.
+    ///
+    /// # Safety
+    ///
+    /// `[at, at + resident.len() pages)` is anonymous private memory of this process that
+    /// nothing writes or holds a reference into during the call.
+    unsafe fn share(&self, at: *mut u8, start: u64, resident: &[u8], shared: &mut [bool]) -> u64 {
+        let end = start + (resident.len() * PAGE) as u64;
+        let Some(file_len) = self.file_len() else {
+            return 0;
+        };
+        let mut bytes = 0;
+        for span in &self.spans {
+            let from = span.guest.max(start);
+            let to = (span.guest + span.len).min(end);
+            let offset = span.offset + from.saturating_sub(span.guest);
+            // A truncated file would fault the comparison below (SIGBUS): keep the copies.
+            if from >= to || offset.saturating_add(to - from) > file_len {
+                continue;
+            }
+            let first = ((from - start) as usize) / PAGE;
+            let pages = ((to - from) as usize) / PAGE;
+            let mut same = [false; PAGES_PER_STRETCH];
+            for chunk in (0..pages).step_by(VIEW_PAGES) {
+                let n = VIEW_PAGES.min(pages - chunk);
+                let Some(view) = self.view(offset + (chunk * PAGE) as u64, n * PAGE) else {
+                    break;
+                };
+                for i in chunk..chunk + n {
+                    if resident[first + i] & 1 == 0 {
+                        continue;
+                    }
+                    // SAFETY: both pages lie in mappings that live through the loop (the
+                    // caller's stretch, the view), which nothing writes now.
+                    let guest =
+                        unsafe { std::slice::from_raw_parts(at.add((first + i) * PAGE), PAGE) };
+                    same[first + i] = guest == &view.bytes()[(i - chunk) * PAGE..][..PAGE];
+                }
+            }
+            for run in runs(&same[..resident.len()]) {
+                let file_at = offset + ((run.start - first) * PAGE) as u64;
+                let run_len = run.len() * PAGE;
+                let target = at.wrapping_add(run.start * PAGE);
+                // SAFETY: the run lies in the caller's stretch and in the span, so the
+                // file holds `run_len` bytes from `file_at`; the pages it replaces hold
+                // exactly those bytes, so the guest reads no change, and nothing refers
+                // into them (the caller's promise).
+                let got = unsafe {
+                    libc::mmap(
+                        target.cast(),
+                        run_len,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_FIXED,
+                        self.file.as_raw_fd(),
+                        file_at as libc::off_t,
+                    )
+                };
+                if got == libc::MAP_FAILED {
+                    // SAFETY: as above.
+                    unsafe { self.restore(target, file_at, run_len) };
+                    return bytes;
+                }
+                shared[run].fill(true);
+                bytes += run_len as u64;
+            }
+        }
+        bytes
+    }
+
+    /// A read-only view of `len` bytes of the file from `offset` (within its length), for
+    /// as long as the value lives: compared a chunk at a time, so that the file's pages
+    /// mapped here add little to the process's RSS beside the copies.
+    fn view(&self, offset: u64, len: usize) -> Option<View> {
+        // SAFETY: a fresh read-only private mapping of `len` bytes of the file; the kernel
+        // picks the address, so it overlaps nothing.
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                self.file.as_raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        (at != libc::MAP_FAILED).then_some(View { at: at.cast(), len })
+    }
+
+    /// After a failed `MAP_FIXED`, which may have unmapped the range before failing: puts
+    /// anonymous memory at `at` again with the `len` file bytes from `offset` it held, best
+    /// effort (a guest reading a range left unmapped stops the run with an error from
+    /// `KVM_RUN`; it never reads other bytes).
+    ///
+    /// # Safety
+    ///
+    /// `[at, at + len)` is guest RAM that nothing refers into, and held those file bytes.
+    unsafe fn restore(&self, at: *mut u8, offset: u64, len: usize) {
+        // SAFETY: replaces only the caller's range, which nothing refers into.
+        let got = unsafe {
+            libc::mmap(
+                at.cast(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if got == libc::MAP_FAILED {
+            return;
+        }
+        for chunk in (0..len).step_by(VIEW_PAGES * PAGE) {
+            let n = (VIEW_PAGES * PAGE).min(len - chunk);
+            let Some(view) = self.view(offset + chunk as u64, n) else {
+                return;
+            };
+            // SAFETY: `at` is now `len` writable bytes, the view `n` readable ones elsewhere.
+            unsafe { std::ptr::copy_nonoverlapping(view.at, at.add(chunk), n) };
+        }
+    }
+}
+
+/// Pages of the image file compared at a time (see [`ImagePages::view`]).
+const VIEW_PAGES: usize = 16;
+
+/// A read-only mapping of part of the image file, unmapped when dropped.
+struct View {
+    at: *mut u8,
+    len: usize,
+}
+
+impl View {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `at` maps `len` readable bytes for as long as `self` lives, and nothing
+        // writes through the private read-only mapping.
+        unsafe { std::slice::from_raw_parts(self.at, self.len) }
+    }
+}
+
+impl Drop for View {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping `ImagePages::view` made; no borrow of it
+        // outlives `self`.
+        unsafe { libc::munmap(self.at.cast(), self.len) };
+    }
 }
 
 impl IdleTrim {
@@ -94,9 +313,18 @@ impl IdleTrim {
             next_pass: Instant::now(),
             input_at: Instant::now(),
             resume: 0,
+            image: None,
             released: 0,
+            shared: 0,
             spent: Duration::ZERO,
         })
+    }
+
+    /// Also maps `image`'s copies from the file where the guest left them as they were
+    /// (see the module's notes).
+    pub fn sharing(mut self, image: ImagePages) -> IdleTrim {
+        self.image = Some(image);
+        self
     }
 
     /// How long from `now` before the next pass may start, if no host input comes first:
@@ -124,6 +352,7 @@ impl IdleTrim {
         // SAFETY: the caller's promise, passed on.
         let pass = unsafe { self.batch(mem, until) };
         self.released += pass.dropped;
+        self.shared += pass.shared;
         self.spent += began.elapsed();
         if pass.finished {
             self.next_pass = Instant::now() + PASS_INTERVAL;
@@ -135,6 +364,7 @@ impl IdleTrim {
     unsafe fn batch(&mut self, mem: &GuestMemoryMmap, until: Option<Instant>) -> Pass {
         let mut pass = Pass {
             dropped: 0,
+            shared: 0,
             finished: true,
         };
         let same = mem
@@ -177,9 +407,20 @@ impl IdleTrim {
                 }
                 looked += 1;
                 self.seen[stretch] = true;
-                // SAFETY: the stretch lies in the RAM mapping; nothing writes guest memory
-                // during the call (the caller's promise).
-                pass.dropped += unsafe { drop_zero_pages(host.add(stretch * STRETCH), resident) };
+                let at = host.wrapping_add(stretch * STRETCH);
+                let mut shared = [false; PAGES_PER_STRETCH];
+                if let Some(image) = &self.image {
+                    // SAFETY: the stretch lies in the RAM mapping, which is anonymous but
+                    // for what this very call maps from the file (a stretch is looked at
+                    // once); nothing writes guest memory or refers into it during the call
+                    // (the caller's promise).
+                    pass.shared += unsafe {
+                        image.share(at, (stretch * STRETCH) as u64, resident, &mut shared)
+                    };
+                }
+                let shared = &shared[..resident.len()];
+                // SAFETY: as above; the pages just mapped from the file are left alone.
+                pass.dropped += unsafe { drop_zero_pages(at, resident, shared) };
             }
         }
         self.resume = 0;
@@ -191,6 +432,11 @@ impl IdleTrim {
         self.released
     }
 
+    /// Bytes mapped from the image file so far.
+    pub fn shared(&self) -> u64 {
+        self.shared
+    }
+
     /// The time the passes took so far.
     pub fn spent(&self) -> Duration {
         self.spent
@@ -198,19 +444,25 @@ impl IdleTrim {
 }
 
 /// Drops the zero pages of the stretch at `at` (`resident` has a byte per page, bit 0 set
-/// where `mincore` found one) if they are a quarter of it or more; returns about the bytes
-/// of memory given back: none for a stretch that was all zero, taken to be the host's
-/// shared zero page (a guest that wrote zeros over all of one goes uncounted), and pages
-/// still mapped to the shared zero page inside a partly zero stretch are counted.
+/// where `mincore` found one) if they are a quarter of it or more, leaving alone the pages
+/// marked in `shared` (just mapped from the image file); returns about the bytes of memory
+/// given back: none for a stretch that was all zero, taken to be the host's shared zero
+/// page (a guest that wrote zeros over all of one goes uncounted), and pages still mapped
+/// to the shared zero page inside a partly zero stretch are counted. Where pages were
+/// mapped from the file the huge page is split already, so every zero page goes.
 ///
 /// # Safety
 ///
-/// `[at, at + resident.len() pages)` is anonymous private memory of this process that
-/// nothing writes during the call.
-unsafe fn drop_zero_pages(at: *mut u8, resident: &[u8]) -> u64 {
+/// `[at, at + resident.len() pages)` is private memory of this process that nothing
+/// writes during the call, anonymous but for the pages marked in `shared`.
+unsafe fn drop_zero_pages(at: *mut u8, resident: &[u8], shared: &[bool]) -> u64 {
     let mut zero = [false; PAGES_PER_STRETCH];
     let mut zeros = 0;
+    let split = shared.iter().any(|s| *s);
     for (i, _) in resident.iter().enumerate().filter(|(_, r)| *r & 1 != 0) {
+        if shared[i] {
+            continue;
+        }
         // SAFETY: the page lies in the range the caller vouches for, which nothing writes
         // now, so a shared view of it is sound.
         let page = unsafe { std::slice::from_raw_parts(at.add(i * PAGE), PAGE) };
@@ -223,12 +475,13 @@ unsafe fn drop_zero_pages(at: *mut u8, resident: &[u8]) -> u64 {
     if zeros == resident.len() {
         // All zero and all resident: most likely the shared zero page, mapped by reads.
         // Dropped whole (it may become a huge page again), not counted.
-        // SAFETY: every page of the range read as zero, and nothing writes it: dropping it
-        // makes the next access read zero, so the guest sees no change.
+        // SAFETY: every page of the range read as zero (none was mapped from the file), and
+        // nothing writes it: dropping it makes the next access read zero, so the guest sees
+        // no change.
         unsafe { libc::madvise(at.cast(), len, libc::MADV_DONTNEED) };
         return 0;
     }
-    if zeros < MIN_ZERO_PAGES {
+    if zeros < MIN_ZERO_PAGES && !split {
         return 0;
     }
     // SAFETY: advice on the caller's range; it changes no contents. If it fails,
@@ -238,9 +491,9 @@ unsafe fn drop_zero_pages(at: *mut u8, resident: &[u8]) -> u64 {
     }
     let mut dropped = 0;
     for run in runs(&zero[..resident.len()]) {
-        // SAFETY: every page of the run read as zero, and nothing writes it (the caller's
-        // promise): dropping it makes the next access read zero, so the guest sees no
-        // change.
+        // SAFETY: every page of the run is anonymous and read as zero, and nothing writes
+        // it (the caller's promise): dropping it makes the next access read zero, so the
+        // guest sees no change.
         let done = unsafe {
             libc::madvise(
                 at.add(run.start * PAGE).cast(),
@@ -260,6 +513,8 @@ unsafe fn drop_zero_pages(at: *mut u8, resident: &[u8]) -> u64 {
 pub struct Pass {
     /// Bytes given back.
     pub dropped: u64,
+    /// Bytes mapped from the image file.
+    pub shared: u64,
     /// False when it stopped after [`STRETCHES_PER_BATCH`] with resident stretches unseen.
     pub finished: bool,
 }
@@ -554,6 +809,189 @@ mod tests {
         );
         drop(mem);
         drop(backing);
+    }
+
+    /// The image file of the sharing tests: page `n` of it is `page_of(n + 1000)` but for
+    /// page 40, which is zero; `pages` pages long.
+    fn image_file(pages: usize) -> File {
+        use std::io::Write;
+        let mut file = tempfile::tempfile().unwrap();
+        for n in 0..pages {
+            let page = if n == 40 {
+                [0; PAGE]
+            } else {
+                page_of(n + 1000)
+            };
+            file.write_all(&page).unwrap();
+        }
+        file
+    }
+
+    /// The start of the mapping that holds guest address `addr` of `mem`, and whether it
+    /// maps a file (an inode other than 0 in `/proc/self/maps`).
+    fn mapping_of(mem: &GuestMemoryMmap, addr: usize) -> (usize, bool) {
+        let at = mem.get_host_address(GuestAddress(addr as u64)).unwrap() as usize;
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        for line in maps.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (from, to) = fields[0].split_once('-').unwrap();
+            let (from, to) = (
+                usize::from_str_radix(from, 16).unwrap(),
+                usize::from_str_radix(to, 16).unwrap(),
+            );
+            if (from..to).contains(&at) {
+                return (from, fields[4] != "0");
+            }
+        }
+        panic!("no mapping holds {at:#x}")
+    }
+
+    /// Whether guest page `p` of `mem` is mapped in this process now
+    /// (`/proc/self/pagemap`'s present bit).
+    fn present(mem: &GuestMemoryMmap, p: usize) -> bool {
+        use std::os::unix::fs::FileExt;
+        let at = mem
+            .get_host_address(GuestAddress((p * PAGE) as u64))
+            .unwrap() as u64;
+        let pagemap = File::open("/proc/self/pagemap").unwrap();
+        let mut entry = [0u8; 8];
+        pagemap
+            .read_exact_at(&mut entry, at / PAGE as u64 * 8)
+            .unwrap();
+        u64::from_le_bytes(entry) >> 63 == 1
+    }
+
+    #[test]
+    fn pages_left_as_copied_are_mapped_from_the_image_and_the_rest_stay_copies() {
+        let (_backing, mem) = ram(2);
+        // The VMM's copy of 600 pages of the file from its second page, at guest page 10:
+        // the span ends in a partial page, which stays a copy.
+        let file = image_file(601);
+        let copied = |p: usize| (10..610).contains(&p);
+        let file_page = |p: usize| match p - 9 {
+            40 => [0; PAGE],
+            n => page_of(n + 1000),
+        };
+        for p in (0..2 * PAGES_PER_STRETCH).filter(|p| copied(*p)) {
+            mem.write_slice(&file_page(p), GuestAddress((p * PAGE) as u64))
+                .unwrap();
+        }
+        // The guest changed two pages since: data in one, zeros over the other.
+        let mut expected: Vec<[u8; PAGE]> = (0..2 * PAGES_PER_STRETCH)
+            .map(|p| match copied(p) {
+                true => file_page(p),
+                false => [0; PAGE],
+            })
+            .collect();
+        expected[20] = page_of(7);
+        expected[30] = [0; PAGE];
+        for p in [20, 30] {
+            mem.write_slice(&expected[p], GuestAddress((p * PAGE) as u64))
+                .unwrap();
+        }
+        let span = FileSpan {
+            guest: 10 * PAGE as u64,
+            offset: PAGE as u64,
+            len: 600 * PAGE as u64 - 100,
+        };
+        let image = ImagePages::new(file.try_clone().unwrap(), [span]);
+        let mut trim = IdleTrim::new(&mem).unwrap().sharing(image);
+        let done = pass(&mut trim, &mem);
+        assert!(done.finished);
+        // Pages 10..609, across both stretches, but the two the guest changed (the span's
+        // partial last page, 609, is left out).
+        let shared = (10..609).filter(|p| ![20, 30].contains(p)).count();
+        assert_eq!(done.shared, (shared * PAGE) as u64);
+        assert_eq!(trim.shared(), done.shared);
+        // The copies are gone from this process; what the guest changed is its own still.
+        // (`mincore` would report the file's pages in the page cache.)
+        assert!(
+            !present(&mem, 11) && !present(&mem, 608),
+            "the copies are still mapped"
+        );
+        assert!(present(&mem, 20), "a page the guest wrote was dropped");
+        assert_eq!(mapping_of(&mem, 11 * PAGE), mapping_of(&mem, 19 * PAGE));
+        assert!(
+            mapping_of(&mem, 11 * PAGE).1,
+            "page 11 is not mapped from the file"
+        );
+        for p in [20, 30, 609, 700] {
+            assert!(
+                !mapping_of(&mem, p * PAGE).1,
+                "page {p} is mapped from the file"
+            );
+        }
+        // The guest reads the same bytes everywhere, and writes stay its own.
+        let read = |p: usize| {
+            let mut page = [0u8; PAGE];
+            mem.read_slice(&mut page, GuestAddress((p * PAGE) as u64))
+                .unwrap();
+            page
+        };
+        for (p, want) in expected.iter().enumerate() {
+            assert_eq!(&read(p), want, "page {p} changed");
+        }
+        mem.write_slice(&page_of(3), GuestAddress(11 * PAGE as u64))
+            .unwrap();
+        assert_eq!(read(11), page_of(3));
+        let mut in_file = [0u8; PAGE];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut in_file, 2 * PAGE as u64).unwrap();
+        assert!(
+            in_file == page_of(1002),
+            "a guest write reached the image file"
+        );
+        // A stretch is looked at once: nothing is mapped or dropped twice.
+        let again = pass(&mut trim, &mem);
+        assert_eq!((again.shared, again.dropped), (0, 0));
+    }
+
+    #[test]
+    fn a_truncated_image_file_leaves_the_copies_alone() {
+        let (_backing, mem) = ram(1);
+        let file = image_file(100);
+        for p in 0..100 {
+            let page = match p {
+                40 => [0; PAGE],
+                p => page_of(p + 1000),
+            };
+            mem.write_slice(&page, GuestAddress((p * PAGE) as u64))
+                .unwrap();
+        }
+        let span = FileSpan {
+            guest: 0,
+            offset: 0,
+            len: 100 * PAGE as u64,
+        };
+        let image = ImagePages::new(file.try_clone().unwrap(), [span]);
+        file.set_len(50 * PAGE as u64).unwrap();
+        let mut trim = IdleTrim::new(&mem).unwrap().sharing(image);
+        assert_eq!(pass(&mut trim, &mem).shared, 0);
+        let mut page = [0u8; PAGE];
+        mem.read_slice(&mut page, GuestAddress(70 * PAGE as u64))
+            .unwrap();
+        assert_eq!(page, page_of(1070));
+    }
+
+    #[test]
+    fn spans_are_cut_to_whole_pages_that_lie_alike() {
+        let file = tempfile::tempfile().unwrap();
+        let span = |guest: u64, offset: u64, len: u64| FileSpan { guest, offset, len };
+        let image = ImagePages::new(
+            file,
+            [
+                span(0x20_0000, 0x1000, 0x1f_4a58),
+                span(0x4f_e100, 0x1f_6100, 0x3000),
+                span(0x1000, 0x1800, 0x4000),
+                span(0x1000, 0x1000, 0xfff),
+            ],
+        );
+        assert_eq!(
+            image.spans,
+            [
+                span(0x20_0000, 0x1000, 0x1f_4000),
+                span(0x4f_f000, 0x1f_7000, 0x2000),
+            ]
+        );
     }
 
     #[test]
