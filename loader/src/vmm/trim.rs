@@ -66,8 +66,9 @@ pub const IDLE_BEFORE_TRIM: Duration = Duration::from_secs(1);
 pub const PASS_INTERVAL: Duration = Duration::from_secs(10);
 /// A batch starts only if the guest's deadline leaves it this long after the idle pause,
 /// and ends half of it before the deadline, so that the guest's timers fire on time: it
-/// checks the time before each stretch, and one stretch (reading 2 MiB) takes a fraction of
-/// a millisecond.
+/// checks the time before each stretch, and one stretch (reading 2 MiB, and for a stretch
+/// holding copies of the image comparing them with the file and mapping them) takes up to
+/// about a millisecond.
 pub const PASS_SLACK: Duration = Duration::from_millis(4);
 /// A stretch keeps its huge page unless at least this many of its pages read as zero (a
 /// quarter): splitting one costs the guest TLB reach, worth it only for real memory.
