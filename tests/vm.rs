@@ -1030,6 +1030,47 @@ fn an_idle_guest_gives_back_its_zero_pages_and_keeps_working() {
     );
 }
 
+/// An image file truncated under a running VM that maps pages of it (`--no-huge-pages`
+/// maps the kernel's code from the file) ends the run as a crash that says so, not a bare
+/// `Bad address`.
+#[test]
+fn an_image_truncated_under_its_vm_ends_the_run_with_an_error_that_says_so() {
+    use std::io::Write;
+    use std::time::Duration;
+    if !builtin_vmm_usable() {
+        eprintln!("note: no built-in VMM here; skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("echo.img");
+    pack(&sample("exitcode"), &image, &[]);
+    let args = ["--vmm", "builtin", "--no-huge-pages"];
+    let mut vm = start_ready(&args, &image, &["echo"], "ready\n");
+    let mut input = vm.stdin.take().unwrap();
+    let mut answers = Lines::new(vm.stdout.take().unwrap());
+    writeln!(input, "before").unwrap();
+    match answers.next_within(Duration::from_secs(20)) {
+        Ok(Some(line)) if line == "before\n" => {}
+        other => kill_and_panic(&mut vm, &format!("answered {other:?}")),
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    // The guest's kernel code for the next line is gone from the file.
+    let _ = writeln!(input, "after");
+    drop(input);
+    let out = wait_with_output_within(vm, RUN_LIMIT);
+    assert_eq!(out.status.code(), Some(251), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("most likely truncated while the VM ran"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// A guest with a writable live directory could write the image file itself (it may lie in
 /// the share), so its copies of the image are never mapped from the file: the idle trim
 /// gives back zero pages only.

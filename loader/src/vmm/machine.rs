@@ -38,8 +38,9 @@ pub struct MachineConfig<'a> {
     /// guest writing it would change the code of every VM mapping it). With `huge_pages`
     /// the segments are copied anyway: the file's page-cache pages are 4 KiB, so KVM maps
     /// them one fault at a time (~270 exits for a hello's kernel code on a nested host),
-    /// where a copy in huge-page RAM costs two. The price is the sharing of those pages
-    /// between VMs of one image, which `--no-huge-pages` keeps.
+    /// where a copy in huge-page RAM costs two. The copies are private to each VM until
+    /// it first idles: then the idle trim maps what the guest left unchanged from the file
+    /// (`vmm::trim`), on the same terms as this flag.
     pub map_file: bool,
     /// Tell a guest entering directly that its network card suppresses notifications
     /// (`devices::net`); a PVH guest is not told, and its card notifies as usual.
@@ -79,6 +80,10 @@ pub struct Machine {
     /// Gives back zero pages while the guest idles: only for RAM that is anonymous
     /// throughout, with huge pages (see [`super::trim`]).
     pub trim: Option<IdleTrim>,
+    /// Whether pages of the image file were mapped into guest RAM at boot (with
+    /// `--no-huge-pages`); the trim may map more later. A truncated file then fails the
+    /// guest's next touch of them.
+    pub maps_image: bool,
     _vm: VmFd,
     /// The mapping RAM lies in: dropped last, after `mem` and the VM.
     _ram: RamBacking,
@@ -442,6 +447,7 @@ pub fn build(image: &MappedImage, config: &MachineConfig) -> Result<Machine, Boo
         waits_block: matches!(entry, Entry::Direct(_)),
         boot_area: area,
         trim,
+        maps_image: file_mapped,
         _vm: vm,
         _ram: backing,
     })

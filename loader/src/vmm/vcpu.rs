@@ -85,9 +85,25 @@ impl Machine {
                 Ok(VcpuExit::Hlt) => return VcpuEnd::Crashed("the vCPU halted".into()),
                 Ok(other) => return VcpuEnd::Crashed(format!("unexpected exit {other:?}")),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
-                Err(e) => return VcpuEnd::Crashed(format!("KVM_RUN: {e}")),
+                Err(e) => return VcpuEnd::Crashed(self.run_failed(&e)),
             }
             devices.poll(&self.mem);
+        }
+    }
+}
+
+impl Machine {
+    /// What a failed `KVM_RUN` says. It fails with `EFAULT` when guest RAM cannot be read
+    /// on the host: with pages of the image file mapped into it, most likely because the
+    /// file was truncated while the VM ran (design.md, *Threat model*), which the user can
+    /// act on.
+    fn run_failed(&self, e: &kvm_ioctls::Error) -> String {
+        let maps_image = self.maps_image || self.trim.as_ref().is_some_and(|t| t.shared() > 0);
+        match e.errno() == libc::EFAULT && maps_image {
+            true => format!(
+                "KVM_RUN: {e}: guest memory the host could not read; it maps pages of the image file, which was most likely truncated while the VM ran"
+            ),
+            false => format!("KVM_RUN: {e}"),
         }
     }
 }
