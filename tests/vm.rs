@@ -1030,6 +1030,60 @@ fn an_idle_guest_gives_back_its_zero_pages_and_keeps_working() {
     );
 }
 
+/// The compiled engine runs its artifact where the bundle lies in guest RAM: once the guest
+/// idles, those pages (and the kernel's) are mapped from the image file instead of a copy
+/// (the file shows in the VMM's mappings), and the app runs on from them.
+#[test]
+fn an_idle_compiled_guest_runs_on_from_its_image_file() {
+    use std::io::Write;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("echo-compiled.img");
+    pack(&sample("exitcode"), &image, &["--engine", "wasmtime"]);
+    let Some(mut vm) = start_trimmable_with(&[], Some(&image), &["echo"], "ready\n") else {
+        return;
+    };
+    let mut questions = vm.stdin.take().unwrap();
+    let mut answers = Lines::new(vm.stdout.take().unwrap());
+    let mut ask = |vm: &mut std::process::Child, i: usize| {
+        writeln!(questions, "question {i}").unwrap();
+        match answers.next_within(Duration::from_secs(20)) {
+            Ok(Some(answer)) if answer == format!("question {i}\n") => {}
+            other => kill_and_panic(vm, &format!("question {i}: answered {other:?}")),
+        }
+    };
+    ask(&mut vm, 0);
+    let maps_image = |vm: &std::process::Child| {
+        std::fs::read_to_string(format!("/proc/{}/maps", vm.id()))
+            .is_ok_and(|maps| maps.contains(&*image.to_string_lossy()))
+    };
+    assert!(
+        !maps_image(&vm),
+        "the image is mapped before the guest idled"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !maps_image(&vm) {
+        if std::time::Instant::now() > deadline {
+            kill_and_panic(
+                &mut vm,
+                "the idle guest's copies were not mapped from the file",
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for i in 1..50 {
+        ask(&mut vm, i);
+    }
+    drop(questions);
+    let out = wait_with_output_within(vm, RUN_LIMIT);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("of the guest's copies of the image from the file"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// An image file truncated under a running VM that maps pages of it (`--no-huge-pages`
 /// maps the kernel's code from the file) ends the run as a crash that says so, not a bare
 /// `Bad address`.
@@ -1078,7 +1132,7 @@ fn an_image_truncated_under_its_vm_ends_the_run_with_an_error_that_says_so() {
 fn an_idle_guest_with_a_writable_share_keeps_its_copies_of_the_image() {
     let share = tempfile::tempdir().unwrap();
     let dir = format!("{}::/data", share.path().display());
-    let Some(mut vm) = start_trimmable_with(&["--dir", &dir], &["idle"], "ready\n") else {
+    let Some(mut vm) = start_trimmable_with(&["--dir", &dir], None, &["idle"], "ready\n") else {
         return;
     };
     let (Some(huge), Some(rss)) = (
@@ -1111,12 +1165,14 @@ fn an_idle_guest_with_a_writable_share_keeps_its_copies_of_the_image() {
 /// Starts `exitcode APP_ARGS` on the built-in VMM with `-v` and waits for `ready`; `None`,
 /// with a note, where there is no built-in VMM or no transparent huge pages to trim.
 fn start_trimmable(app_args: &[&str], ready: &str) -> Option<std::process::Child> {
-    start_trimmable_with(&[], app_args, ready)
+    start_trimmable_with(&[], None, app_args, ready)
 }
 
-/// [`start_trimmable`] with `run_args` for `wasmvm run` besides.
+/// [`start_trimmable`] with `run_args` for `wasmvm run` besides, and `image` instead of
+/// the `exitcode` sample if given.
 fn start_trimmable_with(
     run_args: &[&str],
+    image: Option<&std::path::Path>,
     app_args: &[&str],
     ready: &str,
 ) -> Option<std::process::Child> {
@@ -1128,7 +1184,8 @@ fn start_trimmable_with(
     }
     let mut args = vec!["--vmm", "builtin", "-v"];
     args.extend_from_slice(run_args);
-    Some(start_ready(&args, &sample("exitcode"), app_args, ready))
+    let target = image.map_or_else(|| sample("exitcode"), std::path::Path::to_path_buf);
+    Some(start_ready(&args, &target, app_args, ready))
 }
 
 /// Waits until the VM `vm` holds at least two huge pages fewer than `huge` KiB and 2 MiB

@@ -88,8 +88,12 @@ pub struct IdleTrim {
     input_at: Instant,
     /// The window a pass cut short resumes at.
     resume: usize,
-    /// What was copied from the image file at boot, to map from the file again.
+    /// What was copied from the image file at boot, to map from the file again (dropped,
+    /// with its descriptor, once a replacement fails).
     image: Option<ImagePages>,
+    /// The guest pages mapped from the image file, as runs of page numbers: never to be
+    /// dropped as zero pages.
+    from_file: Vec<std::ops::Range<usize>>,
     /// Bytes dropped and mapped from the image file so far, and the time the passes took,
     /// for the run's log.
     released: u64,
@@ -150,24 +154,49 @@ impl ImagePages {
     /// Maps from the file, over the stretch at `at` (guest address `start`, a page per
     /// byte of `resident`, bit 0 set where `mincore` found one), every resident page of a
     /// span that still holds the file's bytes, and marks it in `shared`; returns the bytes
-    /// so mapped.
+    /// so mapped, or `Err` when a replacement failed (see [`replace`]): the stretch is then
+    /// left alone from there on, and so is sharing for the rest of the run.
     ///
     /// # Safety
     ///
     /// `[at, at + resident.len() pages)` is anonymous private memory of this process that
-    /// nothing writes or holds a reference into during the call.
-    unsafe fn share(&self, at: *mut u8, start: u64, resident: &[u8], shared: &mut [bool]) -> u64 {
+    /// nothing reads, writes or holds a reference into during the call.
+    unsafe fn share(
+        &self,
+        at: *mut u8,
+        start: u64,
+        resident: &[u8],
+        shared: &mut [bool],
+    ) -> Result<u64, Broken> {
         let end = start + (resident.len() * PAGE) as u64;
+        let resident_page = |p: usize| resident[p] & 1 != 0;
+        // The parts of spans in this stretch that hold a resident page: most stretches
+        // hold none, and cost no system call here.
+        let parts: Vec<(u64, u64, u64)> = self
+            .spans
+            .iter()
+            .filter_map(|span| {
+                let from = span.guest.max(start);
+                let to = (span.guest + span.len).min(end);
+                if from >= to {
+                    return None;
+                }
+                let mut pages = ((from - start) as usize / PAGE)..((to - start) as usize / PAGE);
+                pages
+                    .any(resident_page)
+                    .then_some((from, to, span.offset + (from - span.guest)))
+            })
+            .collect();
+        if parts.is_empty() {
+            return Ok(0);
+        }
         let Some(file_len) = self.file_len() else {
-            return 0;
+            return Ok(0);
         };
         let mut bytes = 0;
-        for span in &self.spans {
-            let from = span.guest.max(start);
-            let to = (span.guest + span.len).min(end);
-            let offset = span.offset + from.saturating_sub(span.guest);
+        for (from, to, offset) in parts {
             // A truncated file would fault the comparison below (SIGBUS): keep the copies.
-            if from >= to || offset.saturating_add(to - from) > file_len {
+            if offset.saturating_add(to - from) > file_len {
                 continue;
             }
             let first = ((from - start) as usize) / PAGE;
@@ -175,48 +204,88 @@ impl ImagePages {
             let mut same = [false; PAGES_PER_STRETCH];
             for chunk in (0..pages).step_by(VIEW_PAGES) {
                 let n = VIEW_PAGES.min(pages - chunk);
+                if !(first + chunk..first + chunk + n).any(resident_page) {
+                    continue;
+                }
                 let Some(view) = self.view(offset + (chunk * PAGE) as u64, n * PAGE) else {
                     break;
                 };
-                for i in chunk..chunk + n {
-                    if resident[first + i] & 1 == 0 {
-                        continue;
-                    }
-                    // SAFETY: both pages lie in mappings that live through the loop (the
-                    // caller's stretch, the view), which nothing writes now.
-                    let guest =
-                        unsafe { std::slice::from_raw_parts(at.add((first + i) * PAGE), PAGE) };
-                    same[first + i] = guest == &view.bytes()[(i - chunk) * PAGE..][..PAGE];
+                for i in (chunk..chunk + n).filter(|i| resident_page(first + i)) {
+                    // SAFETY: both pages lie in mappings that live through the call (the
+                    // caller's stretch, the view); compared through pointers, since another
+                    // process may write the file under the view.
+                    same[first + i] = unsafe {
+                        libc::memcmp(
+                            at.add((first + i) * PAGE).cast(),
+                            view.at.add((i - chunk) * PAGE).cast(),
+                            PAGE,
+                        )
+                    } == 0;
                 }
             }
             for run in runs(&same[..resident.len()]) {
                 let file_at = offset + ((run.start - first) * PAGE) as u64;
-                let run_len = run.len() * PAGE;
-                let target = at.wrapping_add(run.start * PAGE);
-                // SAFETY: the run lies in the caller's stretch and in the span, so the
-                // file holds `run_len` bytes from `file_at`; the pages it replaces hold
-                // exactly those bytes, so the guest reads no change, and nothing refers
-                // into them (the caller's promise).
-                let got = unsafe {
-                    libc::mmap(
-                        target.cast(),
-                        run_len,
-                        libc::PROT_READ | libc::PROT_WRITE,
-                        libc::MAP_PRIVATE | libc::MAP_FIXED,
-                        self.file.as_raw_fd(),
-                        file_at as libc::off_t,
-                    )
-                };
-                if got == libc::MAP_FAILED {
-                    // SAFETY: as above.
-                    unsafe { self.restore(target, file_at, run_len) };
-                    return bytes;
-                }
-                shared[run].fill(true);
-                bytes += run_len as u64;
+                // SAFETY: the run lies in the caller's stretch, which nothing reads, writes
+                // or refers into, and its pages hold the file's bytes from `file_at`, which
+                // the file holds (its length was checked).
+                unsafe {
+                    self.replace(at.wrapping_add(run.start * PAGE), run.len() * PAGE, file_at)
+                }?;
+                shared[run.clone()].fill(true);
+                bytes += (run.len() * PAGE) as u64;
             }
         }
-        bytes
+        Ok(bytes)
+    }
+
+    /// Maps `len` bytes of the file from `offset` over `target`, which holds the same
+    /// bytes. The file is mapped at an address of the kernel's choosing first and then moved
+    /// over the target (`mremap`), so that a file system refusing the mapping leaves the
+    /// target as it was. If the move fails and takes the target's pages with it (the kernel
+    /// unmaps the destination first), the bytes are put back in anonymous memory from the
+    /// file's mapping; if even that fails the range is left unmapped, and the guest's next
+    /// touch of it ends the run with an error from `KVM_RUN` (it never reads other bytes).
+    ///
+    /// # Safety
+    ///
+    /// `[target, target + len)` is guest RAM that nothing reads, writes or refers into
+    /// during the call, holding the file's `len` bytes from `offset`, which the file holds.
+    unsafe fn replace(&self, target: *mut u8, len: usize, offset: u64) -> Result<(), Broken> {
+        // SAFETY: a fresh private mapping of `len` bytes of the file (within its length);
+        // the kernel picks the address, so it overlaps nothing.
+        let source = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE,
+                self.file.as_raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        if source == libc::MAP_FAILED {
+            return Err(Broken::Untouched);
+        }
+        // SAFETY: moves the mapping just made (nothing refers into it) over the caller's
+        // range, whose pages hold the same bytes and which nothing refers into.
+        let moved = unsafe {
+            libc::mremap(
+                source,
+                len,
+                len,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                target.cast::<libc::c_void>(),
+            )
+        };
+        if moved != libc::MAP_FAILED {
+            return Ok(());
+        }
+        // SAFETY: the caller's range and the source mapping, which the failed move left in
+        // place; see `put_back`.
+        let broken = unsafe { put_back(target, source.cast(), len) };
+        // SAFETY: unmaps exactly the source mapping, which nothing refers into.
+        unsafe { libc::munmap(source, len) };
+        Err(broken)
     }
 
     /// A read-only view of `len` bytes of the file from `offset` (within its length), for
@@ -237,39 +306,50 @@ impl ImagePages {
         };
         (at != libc::MAP_FAILED).then_some(View { at: at.cast(), len })
     }
+}
 
-    /// After a failed `MAP_FIXED`, which may have unmapped the range before failing: puts
-    /// anonymous memory at `at` again with the `len` file bytes from `offset` it held, best
-    /// effort (a guest reading a range left unmapped stops the run with an error from
-    /// `KVM_RUN`; it never reads other bytes).
-    ///
-    /// # Safety
-    ///
-    /// `[at, at + len)` is guest RAM that nothing refers into, and held those file bytes.
-    unsafe fn restore(&self, at: *mut u8, offset: u64, len: usize) {
-        // SAFETY: replaces only the caller's range, which nothing refers into.
-        let got = unsafe {
-            libc::mmap(
-                at.cast(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if got == libc::MAP_FAILED {
-            return;
-        }
-        for chunk in (0..len).step_by(VIEW_PAGES * PAGE) {
-            let n = (VIEW_PAGES * PAGE).min(len - chunk);
-            let Some(view) = self.view(offset + chunk as u64, n) else {
-                return;
-            };
-            // SAFETY: `at` is now `len` writable bytes, the view `n` readable ones elsewhere.
-            unsafe { std::ptr::copy_nonoverlapping(view.at, at.add(chunk), n) };
-        }
+/// How a replacement failed (the stretch is left alone from then on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Broken {
+    /// The target is as it was.
+    Untouched,
+    /// The target's pages are gone; the same bytes are back in anonymous memory.
+    Restored,
+    /// The target's pages are gone and could not be put back: it is unmapped.
+    Unmapped,
+}
+
+/// After a failed move over `target`: nothing to do if the target is still mapped
+/// (`mincore` succeeds on mapped memory only); else anonymous memory there again, with
+/// `len` bytes from `source`.
+///
+/// # Safety
+///
+/// `[target, target + len)` is guest RAM nothing refers into, and `source` `len` readable
+/// bytes elsewhere.
+unsafe fn put_back(target: *mut u8, source: *const u8, len: usize) -> Broken {
+    let mut residency = vec![0u8; len.div_ceil(PAGE)];
+    // SAFETY: `residency` has a byte per page of the range; mincore only reports.
+    if unsafe { libc::mincore(target.cast(), len, residency.as_mut_ptr()) } == 0 {
+        return Broken::Untouched;
     }
+    // SAFETY: replaces only the caller's range, which nothing refers into.
+    let got = unsafe {
+        libc::mmap(
+            target.cast(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if got == libc::MAP_FAILED {
+        return Broken::Unmapped;
+    }
+    // SAFETY: `target` is now `len` writable bytes, `source` `len` readable ones elsewhere.
+    unsafe { std::ptr::copy_nonoverlapping(source, target, len) };
+    Broken::Restored
 }
 
 /// Pages of the image file compared at a time (see [`ImagePages::view`]).
@@ -279,14 +359,6 @@ const VIEW_PAGES: usize = 16;
 struct View {
     at: *mut u8,
     len: usize,
-}
-
-impl View {
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: `at` maps `len` readable bytes for as long as `self` lives, and nothing
-        // writes through the private read-only mapping.
-        unsafe { std::slice::from_raw_parts(self.at, self.len) }
-    }
 }
 
 impl Drop for View {
@@ -315,6 +387,7 @@ impl IdleTrim {
             input_at: Instant::now(),
             resume: 0,
             image: None,
+            from_file: Vec::new(),
             released: 0,
             shared: 0,
             spent: Duration::ZERO,
@@ -346,8 +419,9 @@ impl IdleTrim {
     ///
     /// # Safety
     ///
-    /// `mem` is the memory this trimmer was made for, and nothing writes guest memory during
-    /// the call: the vCPU is out of the guest, and no other thread or device writes it.
+    /// `mem` is the memory this trimmer was made for, and nothing reads or writes guest
+    /// memory during the call: the vCPU is out of the guest, and no other thread or device
+    /// touches it (pages are replaced under it: mapped from the file, or put back).
     pub unsafe fn trim(&mut self, mem: &GuestMemoryMmap, until: Option<Instant>) -> Pass {
         let began = Instant::now();
         // SAFETY: the caller's promise, passed on.
@@ -357,6 +431,9 @@ impl IdleTrim {
         self.spent += began.elapsed();
         if pass.finished {
             self.next_pass = Instant::now() + PASS_INTERVAL;
+            // The VMM wrote every page of its copies at boot, so the first complete pass
+            // has looked at all of them: the file's descriptor can go.
+            self.image = None;
         }
         pass
     }
@@ -409,19 +486,41 @@ impl IdleTrim {
                 looked += 1;
                 self.seen[stretch] = true;
                 let at = host.wrapping_add(stretch * STRETCH);
+                let first_page = stretch * PAGES_PER_STRETCH;
                 let mut shared = [false; PAGES_PER_STRETCH];
                 if let Some(image) = &self.image {
-                    // SAFETY: the stretch lies in the RAM mapping, which is anonymous but
-                    // for what this very call maps from the file (a stretch is looked at
-                    // once); nothing writes guest memory or refers into it during the call
-                    // (the caller's promise).
-                    pass.shared += unsafe {
+                    // SAFETY: the stretch lies in the RAM mapping, anonymous but for pages
+                    // mapped from the file, which no stretch holds before it is looked at
+                    // (once); nothing reads or writes guest memory or refers into it
+                    // during the call (the caller's promise).
+                    let done = unsafe {
                         image.share(at, (stretch * STRETCH) as u64, resident, &mut shared)
                     };
+                    let runs = runs(&shared[..resident.len()]);
+                    self.from_file
+                        .extend(runs.map(|r| first_page + r.start..first_page + r.end));
+                    match done {
+                        Ok(bytes) => pass.shared += bytes,
+                        Err(_) => {
+                            // Something refused a mapping: no more of it, and this stretch
+                            // (which may now hold a hole) is not read.
+                            self.image = None;
+                            continue;
+                        }
+                    }
                 }
-                let shared = &shared[..resident.len()];
-                // SAFETY: as above; the pages just mapped from the file are left alone.
-                pass.dropped += unsafe { drop_zero_pages(at, resident, shared) };
+                // Pages mapped from the file are never dropped: they would read back the
+                // file, whatever the guest wrote since.
+                let mut from_file = [false; PAGES_PER_STRETCH];
+                let pages = first_page..first_page + resident.len();
+                for run in &self.from_file {
+                    for page in run.start.max(pages.start)..run.end.min(pages.end) {
+                        from_file[page - first_page] = true;
+                    }
+                }
+                let from_file = &from_file[..resident.len()];
+                // SAFETY: as above; the pages mapped from the file are left alone.
+                pass.dropped += unsafe { drop_zero_pages(at, resident, from_file) };
             }
         }
         self.resume = 0;
@@ -911,6 +1010,8 @@ mod tests {
             "the copies are still mapped"
         );
         assert!(present(&mem, 20), "a page the guest wrote was dropped");
+        // The huge page under stretch 0 is split: its zero pages went, however few.
+        assert!(!present(&mem, 0) && !present(&mem, 9), "zero pages stayed");
         assert_eq!(mapping_of(&mem, 11 * PAGE), mapping_of(&mem, 19 * PAGE));
         assert!(
             mapping_of(&mem, 11 * PAGE).1,
@@ -944,6 +1045,75 @@ mod tests {
         // A stretch is looked at once: nothing is mapped or dropped twice.
         let again = pass(&mut trim, &mem);
         assert_eq!((again.shared, again.dropped), (0, 0));
+        // Were a stretch looked at again, a page mapped from the file that the guest has
+        // since zeroed must stay zero: dropping it would bring back the file's bytes.
+        mem.write_slice(&[0; PAGE], GuestAddress(12 * PAGE as u64))
+            .unwrap();
+        trim.seen.fill(false);
+        pass(&mut trim, &mem);
+        assert_eq!(read(12), [0; PAGE], "a zeroed page read back the file");
+    }
+
+    #[test]
+    fn stretches_before_and_after_a_span_are_trimmed_as_before() {
+        let (_backing, mem) = ram(3);
+        let file = image_file(PAGES_PER_STRETCH);
+        for p in 0..PAGES_PER_STRETCH {
+            let page = match p {
+                40 => [0; PAGE],
+                p => page_of(p + 1000),
+            };
+            mem.write_slice(&page, GuestAddress((STRETCH + p * PAGE) as u64))
+                .unwrap();
+        }
+        zero_quarter(&mem, 0);
+        zero_quarter(&mem, 2);
+        let span = FileSpan {
+            guest: STRETCH as u64,
+            offset: 0,
+            len: STRETCH as u64,
+        };
+        let mut trim = IdleTrim::new(&mem)
+            .unwrap()
+            .sharing(ImagePages::new(file, [span]));
+        let done = pass(&mut trim, &mem);
+        assert_eq!(done.shared, STRETCH as u64);
+        assert!(done.dropped >= 2 * (MIN_ZERO_PAGES * PAGE) as u64);
+        assert!(
+            trim.image.is_none(),
+            "the descriptor outlived the first complete pass"
+        );
+    }
+
+    #[test]
+    fn a_failed_move_puts_the_bytes_back_only_where_they_went() {
+        let (_backing, mem) = ram(1);
+        let at = |p: usize| {
+            mem.get_host_address(GuestAddress((p * PAGE) as u64))
+                .unwrap()
+        };
+        let source = [page_of(1), page_of(2)].concat();
+        let read = |p: usize| {
+            let mut page = [0u8; PAGE];
+            mem.read_slice(&mut page, GuestAddress((p * PAGE) as u64))
+                .unwrap();
+            page
+        };
+        // Still mapped: left as it is.
+        mem.write_slice(&page_of(9), GuestAddress(0)).unwrap();
+        // SAFETY: the test's own RAM, which nothing else touches; `source` is two pages.
+        let untouched = unsafe { put_back(at(0), source.as_ptr(), 2 * PAGE) };
+        assert_eq!(untouched, Broken::Untouched);
+        assert_eq!(read(0), page_of(9));
+        // Unmapped (as a move that failed after unmapping its destination leaves it): the
+        // bytes come back, in anonymous memory.
+        // SAFETY: as above; the two pages are put back before anything reads them.
+        unsafe { libc::munmap(at(4).cast(), 2 * PAGE) };
+        // SAFETY: as above.
+        let restored = unsafe { put_back(at(4), source.as_ptr(), 2 * PAGE) };
+        assert_eq!(restored, Broken::Restored);
+        assert_eq!((read(4), read(5)), (page_of(1), page_of(2)));
+        assert!(!mapping_of(&mem, 4 * PAGE).1);
     }
 
     #[test]

@@ -223,8 +223,8 @@ fn wait_for_host(
         // The batch ends before the deadline, so that the guest's timers fire on time.
         let until = deadline.map(|d| d.checked_sub(PASS_SLACK / 2).unwrap_or(d));
         // SAFETY: the trimmer was made for this VM's memory (`Machine::trim`), the one
-        // vCPU is out of the guest (this thread runs it), and no other thread writes guest
-        // memory (the device models run here; see `vmm::trim`).
+        // vCPU is out of the guest (this thread runs it), and no other thread reads or
+        // writes guest memory (the device models run here; see `vmm::trim`).
         let pass = trim.as_deref_mut().map(|t| unsafe { t.trim(mem, until) });
         // A batch cut short goes on once pending input has been checked; then block.
         pause = match pass {
