@@ -1018,16 +1018,8 @@ fn an_idle_guest_gives_back_its_zero_pages_and_keeps_working() {
     // The trim, not a host that gave no huge pages, brought them down; and the kernel's
     // code and the app bundle the VMM copied in at boot were mapped from the image file,
     // which the 199 answers after it ran on.
-    assert!(
-        stderr(&out).contains("MiB of zero pages while the guest idled"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(
-        stderr(&out).contains("of the guest's copies of the image from the file"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_has(&out, "MiB of zero pages while the guest idled");
+    assert_stderr_has(&out, "of the guest's copies of the image from the file");
 }
 
 /// The compiled engine runs its artifact where the bundle lies in guest RAM: once the guest
@@ -1077,11 +1069,7 @@ fn an_idle_compiled_guest_runs_on_from_its_image_file() {
     drop(questions);
     let out = wait_with_output_within(vm, RUN_LIMIT);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("of the guest's copies of the image from the file"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_has(&out, "of the guest's copies of the image from the file");
 }
 
 /// An image file truncated under a running VM that maps pages of it (`--no-huge-pages`
@@ -1118,11 +1106,7 @@ fn an_image_truncated_under_its_vm_ends_the_run_with_an_error_that_says_so() {
     drop(input);
     let out = wait_with_output_within(vm, RUN_LIMIT);
     assert_eq!(out.status.code(), Some(251), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("most likely truncated while the VM ran"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_has(&out, "most likely truncated while the VM ran");
 }
 
 /// A guest with a writable live directory could write the image file itself (it may lie in
@@ -1135,31 +1119,23 @@ fn an_idle_guest_with_a_writable_share_keeps_its_copies_of_the_image() {
     let Some(mut vm) = start_trimmable_with(&["--dir", &dir], None, &["idle"], "ready\n") else {
         return;
     };
-    let (Some(huge), Some(rss)) = (
-        rollup_kib(vm.id(), "AnonHugePages:"),
-        rollup_kib(vm.id(), "Rss:"),
-    ) else {
-        kill_and_panic(&mut vm, "the VMM ended while its guest idled");
-    };
-    if huge < 3 * 2048 {
-        eprintln!("note: the guest holds {huge} KiB of huge pages; nothing to trim");
-        terminate(&mut vm);
+    if !trimmed(&mut vm) {
         return;
     }
-    wait_for_trim(&mut vm, huge, rss);
     drop(vm.stdin.take());
     let out = wait_with_output_within(vm, RUN_LIMIT);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("MiB of zero pages while the guest idled"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_has(&out, "MiB of zero pages while the guest idled");
     assert!(
         !stderr(&out).contains("copies of the image"),
         "{}",
         stderr(&out)
     );
+}
+
+/// Fails, showing it all, unless the run's stderr holds `text`.
+fn assert_stderr_has(out: &std::process::Output, text: &str) {
+    assert!(stderr(out).contains(text), "{}", stderr(out));
 }
 
 /// Starts `exitcode APP_ARGS` on the built-in VMM with `-v` and waits for `ready`; `None`,
@@ -1186,6 +1162,24 @@ fn start_trimmable_with(
     args.extend_from_slice(run_args);
     let target = image.map_or_else(|| sample("exitcode"), std::path::Path::to_path_buf);
     Some(start_ready(&args, &target, app_args, ready))
+}
+
+/// Waits for the idle trim of the VM `vm` (see [`wait_for_trim`]), from what it holds now;
+/// false, with a note and the VM ended, where the host gave it too few huge pages to trim.
+fn trimmed(vm: &mut std::process::Child) -> bool {
+    let (Some(huge), Some(rss)) = (
+        rollup_kib(vm.id(), "AnonHugePages:"),
+        rollup_kib(vm.id(), "Rss:"),
+    ) else {
+        kill_and_panic(vm, "the VMM ended while its guest idled");
+    };
+    if huge < 3 * 2048 {
+        eprintln!("note: the guest holds {huge} KiB of huge pages; nothing to trim");
+        terminate(vm);
+        return false;
+    }
+    wait_for_trim(vm, huge, rss);
+    true
 }
 
 /// Waits until the VM `vm` holds at least two huge pages fewer than `huge` KiB and 2 MiB
@@ -1220,27 +1214,14 @@ fn a_guest_whose_timers_wake_it_often_still_gives_back_its_zero_pages() {
         return;
     };
     let stdin = vm.stdin.take();
-    let (Some(huge), Some(rss)) = (
-        rollup_kib(vm.id(), "AnonHugePages:"),
-        rollup_kib(vm.id(), "Rss:"),
-    ) else {
-        kill_and_panic(&mut vm, "the VMM ended while its guest ticked");
-    };
-    if huge < 3 * 2048 {
-        eprintln!("note: the guest holds {huge} KiB of huge pages; nothing to trim");
-        terminate(&mut vm);
+    if !trimmed(&mut vm) {
         return;
     }
-    wait_for_trim(&mut vm, huge, rss);
     send_signal(&vm, libc::SIGTERM);
     let out = wait_with_output_within(vm, RUN_LIMIT);
     drop(stdin);
     assert_eq!(out.status.code(), Some(143), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("MiB of zero pages while the guest idled"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_has(&out, "MiB of zero pages while the guest idled");
 }
 
 /// Stdin the app does not read costs the guest at most the stdin window: 64 MiB piped into
