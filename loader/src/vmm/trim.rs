@@ -33,14 +33,14 @@
 //! with huge pages the kernel's code and the app bundle (the module, and the compiled
 //! engine's artifact) are copies, private to each VM, where `--no-huge-pages` maps them
 //! from the file. A page the guest has left as it was copied (it compares equal to the
-//! file) is mapped from the file over the copy (`MAP_FIXED`, private: a later guest write
-//! still makes a copy of its own), so an idle VM holds no private copy of its code and
-//! VMs of one image share those pages in the host's page cache. The guest reads the same
-//! bytes; what it touches again costs a fault of its own, once. Pages mapped from the file
-//! are never dropped as zero pages afterwards (dropping one would bring back the file's
-//! bytes), which holds because a stretch is looked at once. The file is checked to be long
-//! enough first; an image truncated or rewritten in place under a running VM is the
-//! user's business, as with `--no-huge-pages` (`docs/design.md`).
+//! file) is mapped from the file over the copy (mapped elsewhere, then moved over it with
+//! `mremap`; private: a later guest write still makes a copy of its own), so an idle VM
+//! holds no private copy of its code and VMs of one image share those pages in the host's
+//! page cache. The guest reads the same bytes; what it touches again costs a fault of its
+//! own, once. Pages mapped from the file are remembered and never dropped as zero pages
+//! (dropping one would bring back the file's bytes, whatever the guest wrote since). The
+//! file is checked to be long enough first; an image truncated or rewritten in place under
+//! a running VM is the user's business, as with `--no-huge-pages` (`docs/design.md`).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
