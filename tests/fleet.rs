@@ -517,7 +517,7 @@ fn a_killed_supervisor_shows_as_failed_and_takes_its_vmm_along() {
     assert!(reason.starts_with("supervisor (pid "), "{reason}");
     // Its VMM got SIGTERM from the kernel (the parent-death signal) and stopped its guest.
     fleet.assert_no_processes();
-    fleet.wait_log(&name, "terminated: the VM was stopped");
+    fleet.wait_log(&name, "terminated: the run was stopped");
     let o = fleet.wasmvm(&["stop", &name]);
     assert_eq!(o.status.code(), Some(0));
 }
