@@ -447,19 +447,27 @@ fn a_pod_keeps_serving_across_a_containerd_restart_and_its_exit_still_arrives() 
         .stderr(Stdio::null());
     let mut events = events.spawn().unwrap();
     let mut lines = Lines::new(events.stdout.take().unwrap());
-    // Subscribed once an event of our own shows up (the exit comes within a second).
-    let label = Command::new("ctr")
-        .arg("-a")
-        .arg(&c.socket)
-        .args(["namespaces", "label", "k8s.io", "wasmvm-probe=1"])
-        .output()
-        .unwrap();
-    assert!(label.status.success(), "{}", stderr(&label));
-    lines
-        .until(Duration::from_secs(60), |l| {
-            l.contains("/namespaces/update")
-        })
-        .unwrap_or_else(|e| panic!("ctr events saw nothing: {e}"));
+    // Subscribed once an event of our own shows up. `ctr events` may subscribe after the
+    // first one went out, which it then never sees: label again until one arrives.
+    let mut subscribed = false;
+    for probe in 0..60 {
+        let label = Command::new("ctr")
+            .arg("-a")
+            .arg(&c.socket)
+            .args(["namespaces", "label", "k8s.io"])
+            .arg(format!("wasmvm-probe={probe}"))
+            .output()
+            .unwrap();
+        assert!(label.status.success(), "{}", stderr(&label));
+        if lines
+            .until(Duration::from_secs(1), |l| l.contains("/namespaces/update"))
+            .is_ok()
+        {
+            subscribed = true;
+            break;
+        }
+    }
+    assert!(subscribed, "ctr events saw none of 60 namespace updates");
     assert_eq!(pod.stop(&server).exit_code, 143);
     let exit = lines.until(Duration::from_secs(60), |l| {
         l.contains("/tasks/exit") && l.contains(&server)

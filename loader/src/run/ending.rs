@@ -81,7 +81,9 @@ impl Ending {
             Ending::BootFailed(m) => format!("guest could not start the app: {m}"),
             Ending::Crashed(m) => format!("guest crashed: {m}"),
             Ending::TimedOut => "timed out: the run was stopped".to_string(),
-            Ending::Stopped(StopReason::Interrupt) => "interrupted: the run was stopped".to_string(),
+            Ending::Stopped(StopReason::Interrupt) => {
+                "interrupted: the run was stopped".to_string()
+            }
             Ending::Stopped(StopReason::Terminate) => "terminated: the run was stopped".to_string(),
             Ending::Stopped(StopReason::Hangup) => "hung up: the run was stopped".to_string(),
         })
