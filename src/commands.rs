@@ -293,13 +293,9 @@ fn run(
         let wasm = read_module(target)?;
         let packed_bytes = pack_with_progress(target, &wasm, &pack_options(target, app, &[])?)
             .with_context(|| format!("cannot run {}", target.display()))?;
-        let mut tmp;
-        (tmp, _registered) = crate::signals::make_temporary(|| {
-            tempfile::Builder::new().prefix("wasmvm-image-").tempfile()
-        })
-        .context("cannot create a temporary image")?;
-        std::io::Write::write_all(&mut tmp, &packed_bytes)
-            .context("cannot write a temporary image")?;
+        let tmp;
+        (tmp, _registered) =
+            crate::signals::temporary_file("wasmvm-image-", &packed_bytes, "a temporary image")?;
         let path = tmp.path().to_path_buf();
         _packed = tmp;
         path

@@ -50,16 +50,7 @@ pub fn verified_image(
     let trusted = signing::read_verifying_key(pubkey).context("--verify")?;
     let bytes = signing::verified_bytes(target, &trusted)
         .with_context(|| format!("refusing to run {}", target.display()))?;
-    let (mut copy, registered) = crate::signals::make_temporary(|| {
-        tempfile::Builder::new()
-            .prefix("wasmvm-verified-")
-            .tempfile()
-    })
-    .context("cannot create the verified copy")?;
-    std::io::Write::write_all(&mut copy, &bytes)
-        .and_then(|()| std::io::Write::flush(&mut copy))
-        .context("cannot write the verified copy")?;
-    Ok((copy, registered))
+    crate::signals::temporary_file("wasmvm-verified-", &bytes, "the verified copy")
 }
 
 /// The signature of an image file for `inspect`: its JSON value (`null` when unsigned) and

@@ -105,6 +105,20 @@ pub fn make_temporary<T: AsRef<Path>>(
     Ok((made, Temporary(path)))
 }
 
+/// A new file under `$TMPDIR` named `PREFIX…` (mode 0600) holding `bytes`, made and
+/// registered as [`make_temporary`] does; errors name it `what`.
+pub fn temporary_file(
+    prefix: &str,
+    bytes: &[u8],
+    what: &str,
+) -> Result<(tempfile::NamedTempFile, Temporary)> {
+    let (mut file, registered) =
+        make_temporary(|| tempfile::Builder::new().prefix(prefix).tempfile())
+            .with_context(|| format!("cannot create {what}"))?;
+    std::io::Write::write_all(&mut file, bytes).with_context(|| format!("cannot write {what}"))?;
+    Ok((file, registered))
+}
+
 /// A path the signal handler removes, until dropped ([`make_temporary`]).
 pub struct Temporary(PathBuf);
 
