@@ -978,22 +978,12 @@ fn guest_ram_uses_huge_pages_unless_told_not_to() {
 /// a dialogue of lines on after it.
 #[test]
 fn an_idle_guest_gives_back_its_zero_pages_and_keeps_working() {
-    use std::io::Write;
-    use std::time::Duration;
     let Some(mut vm) = start_trimmable(&["echo"], "ready\n") else {
         return;
     };
-    let mut questions = vm.stdin.take().unwrap();
-    let mut answers = Lines::new(vm.stdout.take().unwrap());
-    let mut ask = |vm: &mut std::process::Child, i: usize| {
-        let question = format!("question {i} {}", "x".repeat(i * 37));
-        writeln!(questions, "{question}").unwrap();
-        match answers.next_within(Duration::from_secs(20)) {
-            Ok(Some(answer)) if answer == format!("{question}\n") => {}
-            other => kill_and_panic(vm, &format!("question {i}: answered {other:?}")),
-        }
-    };
-    ask(&mut vm, 0);
+    let mut echo = Echo::of(&mut vm);
+    let question = |i: usize| format!("question {i} {}", "x".repeat(i * 37));
+    echo.ask(&mut vm, &question(0));
     // Right after an answer the guest has not idled a second yet: what it holds now.
     let kib = |vm: &mut std::process::Child, field: &str| match rollup_kib(vm.id(), field) {
         Some(kib) => kib,
@@ -1004,15 +994,15 @@ fn an_idle_guest_gives_back_its_zero_pages_and_keeps_working() {
     // heap, the linear memory, with -v a console buffer); the host may give fewer.
     if huge < 3 * 2048 {
         eprintln!("note: the guest holds {huge} KiB of huge pages; nothing to trim");
-        drop(questions);
+        drop(echo);
         assert_eq!(wait_within(&mut vm).code(), Some(0));
         return;
     }
     wait_for_trim(&mut vm, huge, rss);
     for i in 1..200 {
-        ask(&mut vm, i);
+        echo.ask(&mut vm, &question(i));
     }
-    drop(questions);
+    drop(echo);
     let out = wait_with_output_within(vm, RUN_LIMIT);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     // The trim, not a host that gave no huge pages, brought them down; and the kernel's
@@ -1027,7 +1017,6 @@ fn an_idle_guest_gives_back_its_zero_pages_and_keeps_working() {
 /// (the file shows in the VMM's mappings), and the app runs on from them.
 #[test]
 fn an_idle_compiled_guest_runs_on_from_its_image_file() {
-    use std::io::Write;
     use std::time::Duration;
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("echo-compiled.img");
@@ -1035,16 +1024,8 @@ fn an_idle_compiled_guest_runs_on_from_its_image_file() {
     let Some(mut vm) = start_trimmable_with(&[], Some(&image), &["echo"], "ready\n") else {
         return;
     };
-    let mut questions = vm.stdin.take().unwrap();
-    let mut answers = Lines::new(vm.stdout.take().unwrap());
-    let mut ask = |vm: &mut std::process::Child, i: usize| {
-        writeln!(questions, "question {i}").unwrap();
-        match answers.next_within(Duration::from_secs(20)) {
-            Ok(Some(answer)) if answer == format!("question {i}\n") => {}
-            other => kill_and_panic(vm, &format!("question {i}: answered {other:?}")),
-        }
-    };
-    ask(&mut vm, 0);
+    let mut echo = Echo::of(&mut vm);
+    echo.ask(&mut vm, "question 0");
     let maps_image = |vm: &std::process::Child| {
         std::fs::read_to_string(format!("/proc/{}/maps", vm.id()))
             .is_ok_and(|maps| maps.contains(&*image.to_string_lossy()))
@@ -1064,9 +1045,9 @@ fn an_idle_compiled_guest_runs_on_from_its_image_file() {
         std::thread::sleep(Duration::from_millis(50));
     }
     for i in 1..50 {
-        ask(&mut vm, i);
+        echo.ask(&mut vm, &format!("question {i}"));
     }
-    drop(questions);
+    drop(echo);
     let out = wait_with_output_within(vm, RUN_LIMIT);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_stderr_has(&out, "of the guest's copies of the image from the file");
@@ -1078,7 +1059,6 @@ fn an_idle_compiled_guest_runs_on_from_its_image_file() {
 #[test]
 fn an_image_truncated_under_its_vm_ends_the_run_with_an_error_that_says_so() {
     use std::io::Write;
-    use std::time::Duration;
     if !builtin_vmm_usable() {
         eprintln!("note: no built-in VMM here; skipped");
         return;
@@ -1088,13 +1068,8 @@ fn an_image_truncated_under_its_vm_ends_the_run_with_an_error_that_says_so() {
     pack(&sample("exitcode"), &image, &[]);
     let args = ["--vmm", "builtin", "--no-huge-pages"];
     let mut vm = start_ready(&args, &image, &["echo"], "ready\n");
-    let mut input = vm.stdin.take().unwrap();
-    let mut answers = Lines::new(vm.stdout.take().unwrap());
-    writeln!(input, "before").unwrap();
-    match answers.next_within(Duration::from_secs(20)) {
-        Ok(Some(line)) if line == "before\n" => {}
-        other => kill_and_panic(&mut vm, &format!("answered {other:?}")),
-    }
+    let mut echo = Echo::of(&mut vm);
+    echo.ask(&mut vm, "before");
     std::fs::OpenOptions::new()
         .write(true)
         .open(&image)
@@ -1102,8 +1077,8 @@ fn an_image_truncated_under_its_vm_ends_the_run_with_an_error_that_says_so() {
         .set_len(4096)
         .unwrap();
     // The guest's kernel code for the next line is gone from the file.
-    let _ = writeln!(input, "after");
-    drop(input);
+    let _ = writeln!(echo.input, "after");
+    drop(echo);
     let out = wait_with_output_within(vm, RUN_LIMIT);
     assert_eq!(out.status.code(), Some(251), "{}", stderr(&out));
     assert_stderr_has(&out, "most likely truncated while the VM ran");
@@ -1131,6 +1106,31 @@ fn an_idle_guest_with_a_writable_share_keeps_its_copies_of_the_image() {
         "{}",
         stderr(&out)
     );
+}
+
+/// A VM running `exitcode echo`: lines written to its stdin come back on its stdout.
+struct Echo {
+    input: std::process::ChildStdin,
+    answers: Lines,
+}
+
+impl Echo {
+    fn of(vm: &mut std::process::Child) -> Echo {
+        Echo {
+            input: vm.stdin.take().unwrap(),
+            answers: Lines::new(vm.stdout.take().unwrap()),
+        }
+    }
+
+    /// Writes `line` and waits (20 s at most) for it back; ends `vm` and fails otherwise.
+    fn ask(&mut self, vm: &mut std::process::Child, line: &str) {
+        use std::io::Write;
+        writeln!(self.input, "{line}").unwrap();
+        match self.answers.next_within(std::time::Duration::from_secs(20)) {
+            Ok(Some(answer)) if answer == format!("{line}\n") => {}
+            other => kill_and_panic(vm, &format!("{line:?}: answered {other:?}")),
+        }
+    }
 }
 
 /// Fails, showing it all, unless the run's stderr holds `text`.
