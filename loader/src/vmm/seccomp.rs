@@ -3,16 +3,17 @@
 //! The threads that touch guest-controlled data (the vCPU thread, which runs the device
 //! models, and the output pump, which parses the guest's frames) and the stdin pump each
 //! install this filter as their first act, after the VM is built. From then on they can only
-//! move bytes over descriptors they already hold, wait, allocate memory, and run the vCPU:
-//! no `open`, no `exec`, no new sockets, no `ioctl` but `KVM_RUN`, no executable mappings. A
-//! call outside the list kills the whole process (SIGSYS), which the user sees as a crash
-//! of `wasmvm` rather than a compromised host.
+//! move bytes over descriptors they already hold (and learn a held file's length), wait,
+//! allocate memory and map held files, and run the vCPU: no `open`, no `exec`, no new
+//! sockets, no `ioctl` but `KVM_RUN`, no executable mappings. A call outside the list kills
+//! the whole process (SIGSYS), which the user sees as a crash of `wasmvm` rather than a
+//! compromised host.
 //!
 //! Each live directory's 9P server thread (`devices::p9`) runs under [`share_filter`]: the same
 //! list plus the `*at` filesystem calls the server makes beneath the share's descriptor.
 //!
 //! Each volume's worker thread runs under [`volume_filter`]: the list plus positioned reads
-//! and writes, `fstat`, `fsync`/`fdatasync` and `flock` on the image it already holds.
+//! and writes, `statx`, `fsync`/`fdatasync` and `flock` on the image it already holds.
 //!
 //! The network card (`devices::net`) runs in the vCPU thread and needs nothing more: it reads
 //! (`read`), sends (`sendto`, `write`) and waits (`ppoll`) on the link descriptor it was
@@ -76,7 +77,6 @@ pub fn share_filter() -> Result<BpfProgram, RunError> {
         libc::SYS_openat,
         libc::SYS_openat2,
         libc::SYS_newfstatat,
-        libc::SYS_fstat,
         libc::SYS_statx,
         libc::SYS_fstatfs,
         libc::SYS_mkdirat,
@@ -111,7 +111,6 @@ pub fn volume_filter() -> Result<BpfProgram, RunError> {
         libc::SYS_pread64,
         libc::SYS_pwrite64,
         libc::SYS_lseek,
-        libc::SYS_fstat,
         libc::SYS_statx,
         libc::SYS_newfstatat,
         libc::SYS_fsync,
