@@ -914,6 +914,8 @@ mod tests {
         /// Frames carrying data (longer than any bare header) the wire drops next, by the
         /// side that sends them.
         lose_data: [u32; 2],
+        /// The window field of every TCP segment the guest (side 0) sent, in order.
+        guest_windows: Vec<u16>,
     }
 
     struct End {
@@ -953,6 +955,11 @@ mod tests {
             let mut frame = vec![0; len];
             fill(&mut frame);
             let mut wire = self.wire.borrow_mut();
+            if self.side == 0 {
+                if let Some(window) = tcp_window(&frame) {
+                    wire.guest_windows.push(window);
+                }
+            }
             if len > 100 && wire.lose_data[self.side] > 0 {
                 wire.lose_data[self.side] -= 1;
                 return true;
@@ -960,6 +967,16 @@ mod tests {
             wire.frames[1 - self.side].push_back(frame);
             true
         }
+    }
+
+    /// The window field of the TCP segment in an Ethernet frame, if it holds one.
+    fn tcp_window(frame: &[u8]) -> Option<u16> {
+        use smoltcp::wire::{EthernetFrame, IpProtocol, Ipv4Packet, TcpPacket};
+        let ip = Ipv4Packet::new_checked(EthernetFrame::new_checked(frame).ok()?.payload()).ok()?;
+        if ip.next_header() != IpProtocol::Tcp {
+            return None;
+        }
+        Some(TcpPacket::new_checked(ip.payload()).ok()?.window_len())
     }
 
     const GUEST: [u8; 4] = [10, 0, 2, 15];
@@ -1503,6 +1520,48 @@ mod tests {
             "received {} of {} bytes, or corrupted",
             got.len(),
             data.len()
+        );
+    }
+
+    #[test]
+    fn the_advertised_window_stays_steady_while_unread_data_fits_beside_it() {
+        let (mut guest, mut host, mut gm, mut hm, client, conn) = connected_pair(9);
+        let wire = guest.platform.wire.clone();
+        let windows = |from: usize| wire.borrow().guest_windows[from..].to_vec();
+        let data = vec![7u8; 60_000];
+        // Half the receive buffer is the window: 120 KB left unread leaves room for it, so
+        // every ACK advertises the same window (passt clamps its host socket's window to
+        // each one the guest advertises, and a shrinking clamp stalled uploads).
+        let start = wire.borrow().guest_windows.len();
+        for _ in 0..2 {
+            assert_eq!(send(&mut host, &mut hm, client, &data).0, Errno::SUCCESS);
+            pump(&mut guest, &mut host);
+        }
+        let steady = windows(start);
+        assert!(steady.len() >= 2, "the guest acknowledged: {steady:?}");
+        assert!(steady.iter().all(|&w| w == steady[0]), "{steady:?}");
+        // Past that, the window shrinks as the buffer fills...
+        let start = wire.borrow().guest_windows.len();
+        for _ in 0..2 {
+            assert_eq!(send(&mut host, &mut hm, client, &data).0, Errno::SUCCESS);
+            pump(&mut guest, &mut host);
+        }
+        let filling = windows(start);
+        assert!(filling.last() < Some(&steady[0]), "{filling:?}");
+        // ...and once the app has read it all, it is steady at its size again.
+        let mut got = 0;
+        while got < 4 * data.len() {
+            let (e, chunk) = recv(&mut guest, &mut gm, conn, 100_000);
+            assert_eq!(e, Errno::SUCCESS);
+            got += chunk.len();
+        }
+        let start = wire.borrow().guest_windows.len();
+        assert_eq!(send(&mut host, &mut hm, client, &data).0, Errno::SUCCESS);
+        pump(&mut guest, &mut host);
+        let again = windows(start);
+        assert!(
+            !again.is_empty() && again.iter().all(|&w| w == steady[0]),
+            "{again:?}"
         );
     }
 

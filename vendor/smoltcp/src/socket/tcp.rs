@@ -543,6 +543,9 @@ pub struct Socket<'a> {
     /// Used for rate-limiting: No more challenge ACKs will be sent until this instant.
     challenge_ack_timer: Instant,
 
+    /// wasmvm: the largest window advertised, however much of the receive buffer is free.
+    window_limit: usize,
+
     /// Nagle's Algorithm enabled.
     nagle: bool,
 
@@ -627,6 +630,7 @@ impl<'a> Socket<'a> {
             ack_delay: Some(ACK_DELAY_DEFAULT),
             ack_delay_timer: AckDelayTimer::Idle,
             challenge_ack_timer: Instant::from_secs(0),
+            window_limit: usize::MAX,
             nagle: true,
             tsval_generator: None,
             last_remote_tsval: 0,
@@ -772,7 +776,20 @@ impl<'a> Socket<'a> {
     /// Used in internal calculations as well as packet generation.
     #[inline]
     fn scaled_window(&self) -> u16 {
-        u16::try_from(self.rx_buffer.window() >> self.remote_win_shift).unwrap_or(u16::MAX)
+        u16::try_from(self.advertised_window() >> self.remote_win_shift).unwrap_or(u16::MAX)
+    }
+
+    /// wasmvm: the free part of the receive buffer, at most the window limit.
+    #[inline]
+    fn advertised_window(&self) -> usize {
+        self.rx_buffer.window().min(self.window_limit)
+    }
+
+    /// wasmvm: advertise at most `limit` bytes of window, however much of the receive
+    /// buffer is free (at least one byte). A receive buffer larger than the limit then
+    /// keeps the advertised window steady while the app has not yet read what arrived.
+    pub fn set_window_limit(&mut self, limit: usize) {
+        self.window_limit = limit.max(1);
     }
 
     /// Return the last window field value, including scaling according to RFC 1323.
@@ -2631,7 +2648,8 @@ impl<'a> Socket<'a> {
                 repr.control = TcpControl::Syn;
                 repr.seq_number = self.local_seq_no;
                 // window len must NOT be scaled in SYNs.
-                repr.window_len = u16::try_from(self.rx_buffer.window()).unwrap_or(u16::MAX);
+                // wasmvm: at most the window limit, as in every later segment.
+                repr.window_len = u16::try_from(self.advertised_window()).unwrap_or(u16::MAX);
                 if self.state == State::SynSent {
                     repr.ack_number = None;
                     repr.window_scale = Some(self.remote_win_shift);
