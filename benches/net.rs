@@ -1,8 +1,10 @@
 //! Network performance of the HTTP sample, side by side: the built-in VMM, QEMU, and host
-//! reference mode. `cargo bench --bench net` prints one table:
+//! reference mode. `cargo bench --bench net` prints two tables and draws them as charts
+//! (`docs/charts/http.svg`, `docs/charts/bulk.svg`):
 //!
-//! - requests per second and p50/p99 latency under `wrk` (Debian's package; 32 keep-alive
-//!   connections, 2 threads) for `GET /`;
+//! - requests per second and p50/p99 latency under `wrk` (Debian's package; 32
+//!   connections, 2 threads) for `GET /`, with keep-alive and with one request per
+//!   connection;
 //! - bulk TCP throughput of one connection, each way: `GET /bytes/N` (guest to host) and
 //!   `POST /sum` (host to guest; the guest hashes the body).
 //!
@@ -11,11 +13,15 @@
 //!
 //! `WASMVM_BENCH_SECONDS` sets the wrk duration (default 10), `WASMVM_BENCH_MIB` the bulk
 //! size (default 512).
-//! Targets (issue #6): built-in ≥ half of host mode's requests/s, p99 < 5 ms at 32
-//! connections, bulk ≥ 100 MB/s.
+//! Targets (issue #16): built-in ≥ half of host mode's requests/s, p99 < 5 ms at 32
+//! connections, both ways; host→guest bulk ≥ 100 MB/s.
 
+#[path = "support/chart.rs"]
+mod chart;
 #[path = "../tests/common/mod.rs"]
 mod common;
+
+use chart::Bar;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -165,15 +171,23 @@ fn main() {
 
     let mut rows = Vec::new();
     let mut closing = Vec::new();
-    for (image, vmm, label) in [
-        (&img, "builtin", "built-in VMM (passt)"),
+    // Each contender: its image, backend, label in the tables, and the shorter one its
+    // chart bars start with.
+    for (image, vmm, label, short) in [
+        (&img, "builtin", "built-in VMM (passt)", "built-in VMM"),
         (
             &compiled,
             "builtin",
             "built-in VMM (passt), compiled engine",
+            "built-in VMM, compiled",
         ),
-        (&img, "qemu", "QEMU microvm (slirp)"),
-        (&img, "host", "host reference (wasmi + wasi-common)"),
+        (&img, "qemu", "QEMU microvm (slirp)", "QEMU microvm"),
+        (
+            &img,
+            "host",
+            "host reference (wasmi + wasi-common)",
+            "host mode",
+        ),
     ] {
         let served = serve(image, vmm);
         let (rps, p50, p99) = wrk(served.port, seconds, false, label);
@@ -185,7 +199,7 @@ fn main() {
                 ("failed".to_string(), "failed".to_string())
             }
         };
-        rows.push((vmm, label, rps, p50, p99, down, up));
+        rows.push((vmm, label, rps, p50, p99, down, up, short));
         closing.push((label, close_rps, close_p99));
     }
     let host_rps = rows.iter().find(|r| r.0 == "host").map_or(1.0, |r| r.2);
@@ -201,7 +215,7 @@ fn main() {
         "| where | requests/s | vs host | p50 (ms) | p99 (ms) | guest→host MB/s | host→guest MB/s |"
     );
     println!("|---|---|---|---|---|---|---|");
-    for (_, label, rps, p50, p99, down, up) in &rows {
+    for (_, label, rps, p50, p99, down, up, _) in &rows {
         println!(
             "| {label} | {rps:.0} | {:.2}x | {p50:.2} | {p99:.2} | {down} | {up} |",
             rps / host_rps
@@ -217,4 +231,35 @@ fn main() {
             rps / host_close
         );
     }
+    println!();
+    let mut requests = Vec::new();
+    for ((vmm, _, rps, .., short), (_, close_rps, _)) in rows.iter().zip(&closing) {
+        let ours = *vmm == "builtin";
+        requests.push(Bar::new(format!("{short}, keep-alive"), *rps / 1e3, ours));
+        requests.push(Bar::new(
+            format!("{short}, one per connection"),
+            close_rps / 1e3,
+            ours,
+        ));
+    }
+    chart::write(
+        "http.svg",
+        "HTTP GET / from 32 wrk connections, thousands of requests/s (longer is better)",
+        "k/s",
+        &requests,
+    );
+    let mut bulk = Vec::new();
+    for (vmm, _, _, _, _, down, up, short) in &rows {
+        for (way, rate) in [("guest→host", down), ("host→guest", up)] {
+            if let Ok(rate) = rate.parse::<f64>() {
+                bulk.push(Bar::new(format!("{short}, {way}"), rate, *vmm == "builtin"));
+            }
+        }
+    }
+    chart::write(
+        "bulk.svg",
+        &format!("One TCP connection, {mib} MiB each way (MB/s; longer is better)"),
+        "MB/s",
+        &bulk,
+    );
 }

@@ -1,23 +1,29 @@
 //! The micro-VMM benchmark: every number of the micro-VMM issue side by side, in one run,
 //! printed as markdown tables (copy them into docs/benchmarks.md).
 //!
-//! 1. hello cold start, process start to exit, median of many runs: built-in VMM, QEMU
-//!    microvm, host reference mode, and `wasmtime run` / the `wasmi` CLI when on PATH;
+//! 1. hello cold start, process start to exit, median of many runs: built-in VMM (with
+//!    wasmi and with the compiled engine), QEMU microvm, host reference mode, and `wasmtime
+//!    run` / the `wasmi` CLI when on PATH (`WASMVM_BENCH_ONLY=start` runs this part alone);
 //! 2. host memory per idle VM (RSS and PSS of the VMM process, which includes the guest
 //!    pages it touched; for QEMU the QEMU process is added), at its readiness line and
 //!    after two seconds of idling (`WASMVM_BENCH_ONLY=idle` runs this part alone);
 //! 3. stdout throughput of the guest (256 MiB, start-up subtracted), and short lines per
 //!    second (one write each, as a chatty app logs);
-//! 4. N concurrent idle VMs: time until all are ready, and the host CPU they use idle;
+//! 4. N concurrent idle VMs: time until all are ready, the host CPU they use idle, and
+//!    their memory;
 //! 5. where a hello's start goes (`WASMVM_BENCH_ONLY=phases`): the `--verbose` milestones.
 //!
 //! `cargo bench --bench vmm`; `WASMVM_BENCH_RUNS` (default 21) and `WASMVM_BENCH_VMS`
-//! (default 100; the issue's target is for 500) change the sizes. A full run also draws
-//! the start-up, memory and short-line tables as SVG bar charts into `docs/charts/` (benchmarks.md
-//! shows them).
+//! (default 100; the issue's target is for 1000) change the sizes. The start-up, memory,
+//! short-line and density tables are also drawn as SVG bar charts into `docs/charts/`
+//! (benchmarks.md shows them).
 
+#[path = "support/chart.rs"]
+mod chart;
 #[path = "../tests/common/mod.rs"]
 mod common;
+
+use chart::Bar;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -162,6 +168,8 @@ fn main() {
     let hello = common::sample("hello");
     let hello_img = dir.path().join("hello.img");
     common::pack(&hello, &hello_img, &[]);
+    let hello_compiled_img = dir.path().join("hello-compiled.img");
+    common::pack(&hello, &hello_compiled_img, &["--engine", "wasmtime"]);
     let exitcode_img = dir.path().join("exitcode.img");
     common::pack(&common::sample("exitcode"), &exitcode_img, &[]);
     let qemu = Command::new("qemu-system-x86_64")
@@ -177,7 +185,7 @@ fn main() {
     println!("Machine: {}", machine());
     println!();
 
-    // `WASMVM_BENCH_ONLY=overhead|memory|phases|idle|stdout|density` runs one part; by default,
+    // `WASMVM_BENCH_ONLY=overhead|memory|phases|start|idle|stdout|density` runs one part; by default,
     // all.
     let only = std::env::var("WASMVM_BENCH_ONLY").ok();
     let wanted = |part: &str| only.as_deref().is_none_or(|o| o == part);
@@ -205,11 +213,38 @@ fn main() {
         density(vms, &exitcode_img);
         return;
     }
+    if wanted("start") && only.is_some() {
+        cold_start(runs, &hello, &hello_img, &hello_compiled_img, qemu);
+        return;
+    }
     if only.is_some() {
         return;
     }
 
-    // 1. Cold start: one run of each contender per round, so that the host's drift over the
+    // 1. Cold start.
+    cold_start(runs, &hello, &hello_img, &hello_compiled_img, qemu);
+
+    // 2. Memory per idle VM.
+    let memory_bars = idle_memory(&vmms, &exitcode_img);
+    chart::write(
+        "memory.svg",
+        "Host memory of one idle VM (median; smaller is better)",
+        "MiB",
+        &memory_bars,
+    );
+
+    // 3. Stdout.
+    stdout_rates(&vmms, &exitcode_img);
+
+    // 4. Density.
+    density(vms, &exitcode_img);
+}
+
+/// hello.wasm's cold start, process start to exit, and the process's peak RSS, of every
+/// contender (`hello_img` packed for wasmi, `hello_compiled_img` for the compiled engine,
+/// `hello` for the peers), median of `runs` interleaved runs; draws `start.svg`.
+fn cold_start(runs: usize, hello: &Path, hello_img: &Path, hello_compiled_img: &Path, qemu: bool) {
+    // One run of each contender per round, so that the host's drift over the
     // minute this takes weighs on all of them alike.
     println!(
         "hello.wasm cold start, process start to exit, and the process's peak RSS, median of {runs} interleaved runs"
@@ -226,8 +261,14 @@ fn main() {
         ("wasmvm run --vmm host (no VM)", "host"),
     ] {
         if vmm != "qemu" || qemu {
-            let img = &hello_img;
-            contenders.push((name, vmm, Box::new(move || wasmvm_run(vmm, img, &[]))));
+            contenders.push((name, vmm, Box::new(move || wasmvm_run(vmm, hello_img, &[]))));
+        }
+        if vmm == "builtin" {
+            contenders.push((
+                "wasmvm run (built-in VMM, compiled engine)",
+                vmm,
+                Box::new(move || wasmvm_run(vmm, hello_compiled_img, &[])),
+            ));
         }
     }
     let mut missing = Vec::new();
@@ -236,7 +277,6 @@ fn main() {
         ("wasmi CLI", "wasmi", &[][..]),
     ] {
         if Command::new(tool).arg("--version").output().is_ok() {
-            let hello = &hello;
             contenders.push((
                 name,
                 tool,
@@ -266,34 +306,20 @@ fn main() {
             let (ms, kib): (Vec<f64>, Vec<f64>) = runs.into_iter().unzip();
             (median(ms), median(kib) / 1024.0)
         });
-        start_bars.extend(medians.map(|(ms, _)| (name.to_string(), ms)));
+        start_bars
+            .extend(medians.map(|(ms, _)| Bar::new(*name, ms, name.contains("built-in VMM"))));
         print_row(name, medians.map(|(ms, mib)| format!("{ms:.1} | {mib:.1}")));
     }
     for name in missing {
         print_row(name, Some("not on PATH | –".into()));
     }
     println!();
-    write_chart(
+    chart::write(
         "start.svg",
         "hello.wasm cold start, process start to exit (median; shorter is better)",
         "ms",
         &start_bars,
     );
-
-    // 2. Memory per idle VM.
-    let memory_bars = idle_memory(&vmms, &exitcode_img);
-    write_chart(
-        "memory.svg",
-        "Host memory of one idle VM (median; smaller is better)",
-        "MiB",
-        &memory_bars,
-    );
-
-    // 3. Stdout.
-    stdout_rates(&vmms, &exitcode_img);
-
-    // 4. Density.
-    density(vms, &exitcode_img);
 }
 
 /// Stdout throughput (256 MiB in 64 KiB writes) and short lines per second (one write
@@ -346,7 +372,7 @@ fn stdout_rates(vmms: &[&str], exitcode_img: &Path) {
             .map(|v| format!("{:.0}", (mib << 20) as f64 / median(v) / 1e6));
         let per_s = line[i].clone().map(|v| lines as f64 / median(v));
         if let Some(r) = per_s {
-            line_bars.push((name.clone(), r / 1e3));
+            line_bars.push(Bar::new(name.clone(), r / 1e3, name.starts_with("builtin")));
         }
         println!(
             "| {name} | {} | {} |",
@@ -355,7 +381,7 @@ fn stdout_rates(vmms: &[&str], exitcode_img: &Path) {
         );
     }
     println!();
-    write_chart(
+    chart::write(
         "lines.svg",
         "Short lines written per second (thousands; longer is better)",
         "k lines/s",
@@ -369,7 +395,7 @@ const IDLE_SETTLE: Duration = Duration::from_secs(2);
 
 /// Host memory of one idle VM per backend (median of 5): RSS at the readiness line, then
 /// RSS and PSS after [`IDLE_SETTLE`]. Returns the chart's bars.
-fn idle_memory(vmms: &[&str], exitcode_img: &Path) -> Vec<(String, f64)> {
+fn idle_memory(vmms: &[&str], exitcode_img: &Path) -> Vec<Bar> {
     println!(
         "Host memory of one idle VM (median of 5; VMM process incl. guest pages touched; idle: {} s after its readiness line)",
         IDLE_SETTLE.as_secs_f64()
@@ -392,21 +418,43 @@ fn idle_memory(vmms: &[&str], exitcode_img: &Path) -> Vec<(String, f64)> {
         let mib = |v: Vec<f64>| median(v) / 1024.0;
         let (ready, rss, pss) = (mib(ready), mib(rss), mib(pss));
         println!("| {vmm} | {ready:.1} | {rss:.1} | {pss:.1} |");
-        bars.push((format!("{vmm}: RSS"), rss));
-        bars.push((format!("{vmm}: PSS"), pss));
+        let ours = vmm.starts_with("builtin");
+        bars.push(Bar::new(format!("{vmm}: RSS"), rss, ours));
+        bars.push(Bar::new(format!("{vmm}: PSS"), pss, ours));
     }
     println!();
     bars
 }
 
-/// `vms` idle VMs at once: time until all are ready, host CPU while they idle, memory.
+/// `vms` idle VMs at once: time until all are ready, host CPU while they idle, memory;
+/// draws `density.svg` and `density-memory.svg`.
 fn density(vms: usize, exitcode_img: &Path) {
-    for vmm in ["builtin", "builtin-4k"] {
-        density_of(vms, exitcode_img, vmm);
+    let (mut ready_bars, mut memory_bars) = (Vec::new(), Vec::new());
+    for (vmm, label) in [
+        ("builtin", "built-in VMM"),
+        ("builtin-4k", "built-in VMM --no-huge-pages"),
+    ] {
+        let (ready, pss_mib) = density_of(vms, exitcode_img, vmm);
+        ready_bars.push(Bar::new(label, ready.as_secs_f64(), true));
+        memory_bars.push(Bar::new(label, pss_mib / vms as f64, true));
     }
+    chart::write(
+        "density.svg",
+        &format!("{vms} idle VMs started at once: seconds until all are ready (shorter is better)"),
+        "s",
+        &ready_bars,
+    );
+    chart::write(
+        "density-memory.svg",
+        &format!("Host memory per VM with {vms} idle VMs: PSS (smaller is better)"),
+        "MiB",
+        &memory_bars,
+    );
 }
 
-fn density_of(vms: usize, exitcode_img: &Path, vmm: &str) {
+/// One [`density`] run on `vmm`: prints its table, returns the time until every VM was
+/// ready and their total PSS in MiB once idle.
+fn density_of(vms: usize, exitcode_img: &Path, vmm: &str) -> (Duration, f64) {
     println!("{vms} concurrent idle VMs ({vmm})");
     println!();
     let t = Instant::now();
@@ -474,6 +522,7 @@ fn density_of(vms: usize, exitcode_img: &Path, vmm: &str) {
     for child in children.drain(..) {
         stop(child);
     }
+    (all_ready, pss as f64 / 1024.0)
 }
 
 /// Where a hello's start goes: the milestones `wasmvm run --verbose` prints (the host's
@@ -542,58 +591,6 @@ fn milestone_ms(line: &str) -> f64 {
         .next()
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no time in `{line}`"))
-}
-
-/// Draws `bars` as a horizontal bar chart into `docs/charts/NAME` (an SVG that GitHub and
-/// browsers render), labelled with each value in `unit`.
-fn write_chart(name: &str, title: &str, unit: &str, bars: &[(String, f64)]) {
-    if bars.is_empty() {
-        return;
-    }
-    let (label_w, bar_w, row_h, top) = (330.0, 360.0, 26.0, 40.0);
-    let max = bars.iter().map(|b| b.1).fold(0.0f64, f64::max).max(1e-9);
-    let height = top + row_h * bars.len() as f64 + 10.0;
-    let width = label_w + bar_w + 90.0;
-    let escape = |t: &str| {
-        t.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-    };
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
-         font-family=\"sans-serif\" font-size=\"13\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"10\" y=\"22\" font-weight=\"bold\">{}</text>\n",
-        escape(title)
-    );
-    for (i, (label, value)) in bars.iter().enumerate() {
-        let y = top + row_h * i as f64;
-        let w = (value / max * bar_w).max(1.0);
-        let fill = if label.starts_with("wasmvm run (") || label.starts_with("builtin") {
-            "#2f6fdf"
-        } else {
-            "#9aa7b8"
-        };
-        svg += &format!(
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n\
-             <rect x=\"{label_w}\" y=\"{}\" width=\"{w:.1}\" height=\"{}\" fill=\"{fill}\"/>\n\
-             <text x=\"{:.1}\" y=\"{}\">{value:.1} {unit}</text>\n",
-            label_w - 8.0,
-            y + 17.0,
-            escape(label),
-            y + 4.0,
-            row_h - 8.0,
-            label_w + w + 6.0,
-            y + 17.0,
-        );
-    }
-    svg += "</svg>\n";
-    let dir = common::root().join("docs/charts");
-    let written = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(dir.join(name), svg));
-    match written {
-        Ok(()) => println!("(chart: docs/charts/{name})\n"),
-        Err(e) => println!("(chart docs/charts/{name} not written: {e})\n"),
-    }
 }
 
 /// A row of the cold-start table: `value` holds both columns.
