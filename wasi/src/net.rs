@@ -103,7 +103,7 @@ struct SocketMemory {
     sizes: BTreeMap<SocketHandle, usize>,
     /// TCP sockets removed from the set, oldest first, kept with their buffers for the next
     /// connections of the same size:
-    /// a new socket's buffers are zeroed (the heap zeroes reused memory), 640 KiB at full
+    /// a new socket's buffers are zeroed (the heap zeroes reused memory), 768 KiB at full
     /// size: with one request per connection that `memset` took a fifth of the guest's time.
     /// Each is reset (`listen`/`connect`) before it serves again; smoltcp reads only the
     /// bytes a connection wrote, so an old connection's bytes never reach a new one. Their
@@ -1257,16 +1257,13 @@ impl Net {
     }
 }
 
-/// A TCP socket with `rx` bytes of receive and `tx` of send buffer, advertising at most
-/// half the receive buffer as its window (see [`TCP_RX_BUFFER`]), and the settings every
+/// A TCP socket with `rx` bytes of receive and `tx` of send buffer, and the settings every
 /// one shares.
 fn new_tcp_socket(rx: usize, tx: usize) -> tcp::Socket<'static> {
-    let mut s = tcp::Socket::new(
+    configure_tcp_socket(tcp::Socket::new(
         tcp::SocketBuffer::new(vec![0; rx]),
         tcp::SocketBuffer::new(vec![0; tx]),
-    );
-    s.set_window_limit(rx / 2);
-    configure_tcp_socket(s)
+    ))
 }
 
 /// A socket that served a connection, closed and with the settings of a new one. Its
@@ -1283,6 +1280,10 @@ fn reuse_tcp_socket(mut s: tcp::Socket<'static>) -> tcp::Socket<'static> {
 }
 
 fn configure_tcp_socket(mut s: tcp::Socket<'static>) -> tcp::Socket<'static> {
+    // At most half the receive buffer as the window, so that it stays steady while what
+    // arrived waits for the app (see [`TCP_RX_BUFFER`]).
+    let rx = s.recv_capacity();
+    s.set_window_limit(rx / 2);
     // Apps cannot set TCP_NODELAY through preview1, and a response written in two pieces
     // must not wait for an ACK; batching happens per poll anyway.
     s.set_nagle_enabled(false);

@@ -916,6 +916,8 @@ mod tests {
         lose_data: [u32; 2],
         /// The window field of every TCP segment the guest (side 0) sent, in order.
         guest_windows: Vec<u16>,
+        /// The last TCP segment the guest sent.
+        last_guest_segment: Option<Vec<u8>>,
     }
 
     struct End {
@@ -955,10 +957,11 @@ mod tests {
             let mut frame = vec![0; len];
             fill(&mut frame);
             let mut wire = self.wire.borrow_mut();
-            if self.side == 0 {
-                if let Some(window) = tcp_window(&frame) {
-                    wire.guest_windows.push(window);
-                }
+            if self.side == 0
+                && let Some(window) = tcp_window(&frame)
+            {
+                wire.guest_windows.push(window);
+                wire.last_guest_segment = Some(frame.clone());
             }
             if len > 100 && wire.lose_data[self.side] > 0 {
                 wire.lose_data[self.side] -= 1;
@@ -1277,6 +1280,19 @@ mod tests {
     /// A bare ACK for the TCP segment in the Ethernet `frame`, from its receiver: `ack`
     /// and `window` as given.
     fn ack_for(frame: &[u8], ack: smoltcp::wire::TcpSeqNumber, window: u16) -> Vec<u8> {
+        reply_to(frame, 0, ack, window, &[])
+    }
+
+    /// A TCP segment answering the one in the Ethernet `frame`, from its receiver: its
+    /// sequence number `offset` past what the frame acknowledges, with `ack`, `window` and
+    /// `payload` as given.
+    fn reply_to(
+        frame: &[u8],
+        offset: usize,
+        ack: smoltcp::wire::TcpSeqNumber,
+        window: u16,
+        payload: &[u8],
+    ) -> Vec<u8> {
         use smoltcp::phy::ChecksumCapabilities;
         use smoltcp::wire::{
             EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Packet, Ipv4Repr,
@@ -1289,7 +1305,7 @@ mod tests {
             src_port: tcp.dst_port(),
             dst_port: tcp.src_port(),
             control: TcpControl::None,
-            seq_number: tcp.ack_number(),
+            seq_number: tcp.ack_number() + offset,
             ack_number: Some(ack),
             window_len: window,
             window_scale: None,
@@ -1297,7 +1313,7 @@ mod tests {
             sack_permitted: false,
             sack_ranges: [None; 3],
             timestamp: None,
-            payload: &[],
+            payload,
         };
         let ip_repr = Ipv4Repr {
             src_addr: ip.dst_addr(),
@@ -1397,6 +1413,96 @@ mod tests {
             longest <= 2_100_000_000 && wire.borrow().clock - last_sent <= 2_100_000_000,
             "{} ms between retransmissions or probes",
             longest / 1_000_000
+        );
+    }
+
+    #[test]
+    fn a_peer_that_sends_past_the_free_buffer_right_after_the_handshake_gets_what_fits() {
+        // The guest's SYN-ACK advertises its window unscaled; smoltcp read it as scaled
+        // until the guest's next segment, so it accepted twice its 256 KiB buffer, and the
+        // ring buffer panicked: any peer on a tap network could end the VM that way.
+        let (mut guest, _host, mut gm, _hm, _client, conn) = connected_pair(8080);
+        let wire = guest.platform.wire.clone();
+        let syn_ack = wire.borrow().last_guest_segment.clone().unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + 3) as u8).collect();
+        for (i, chunk) in data.chunks(1400).enumerate() {
+            let segment = reply_to(&syn_ack, i * 1400, seq_of(&syn_ack) + 1, 65535, chunk);
+            wire.borrow_mut().frames[0].push_back(segment);
+        }
+        // One poll takes every segment before the guest sends anything.
+        guest.net.as_mut().unwrap().poll(&mut guest.platform);
+        let mut got = Vec::new();
+        loop {
+            match recv(&mut guest, &mut gm, conn, 100_000) {
+                (Errno::SUCCESS, chunk) if !chunk.is_empty() => got.extend(chunk),
+                _ => break,
+            }
+        }
+        assert!(
+            !got.is_empty() && got.len() <= crate::net::TCP_RX_BUFFER && data.starts_with(&got),
+            "took {} bytes of {}",
+            got.len(),
+            data.len()
+        );
+    }
+
+    /// The end of the TCP segment in an Ethernet frame: its sequence number plus its
+    /// payload's length.
+    fn end_of(frame: &[u8]) -> smoltcp::wire::TcpSeqNumber {
+        use smoltcp::wire::{EthernetFrame, Ipv4Packet, TcpPacket};
+        let eth = EthernetFrame::new_checked(frame).unwrap();
+        let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+        let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+        tcp.seq_number() + tcp.payload().len()
+    }
+
+    #[test]
+    fn a_closed_window_that_takes_each_probe_byte_is_probed_less_and_less_often() {
+        // A download to a reader that stopped: passt's socket to it takes a probe's one byte
+        // now and then and acknowledges it with the window still closed. Upstream restarts
+        // the probe timer at the retransmission timeout (50 ms here) on every such ACK, and
+        // each stuck reader woke its VM 20 times a second for good (vendor/smoltcp/WASMVM.md).
+        let (mut guest, _host, mut gm, _hm, _client, conn) = connected_pair(8080);
+        let wire = guest.platform.wire.clone();
+        assert_eq!(
+            send(&mut guest, &mut gm, conn, &vec![5u8; 256 << 10]).0,
+            Errno::SUCCESS
+        );
+        guest.net.as_mut().unwrap().poll(&mut guest.platform);
+        // Everything sent is acknowledged, and the window closes with data still to send.
+        let sent: Vec<Vec<u8>> = wire.borrow_mut().frames[1].drain(..).collect();
+        let last = sent
+            .iter()
+            .rfind(|f| f.len() > 100)
+            .expect("data segments")
+            .clone();
+        let ack = ack_for(&last, end_of(&last), 0);
+        wire.borrow_mut().frames[0].push_back(ack);
+        let start = wire.borrow().clock;
+        let mut probes = Vec::new();
+        while wire.borrow().clock - start < 30_000_000_000 {
+            guest.net.as_mut().unwrap().poll(&mut guest.platform);
+            let probe = wire.borrow_mut().frames[1].pop_front();
+            if let Some(probe) = probe {
+                assert_eq!(end_of(&probe) - seq_of(&probe), 1, "a one-byte probe");
+                probes.push(wire.borrow().clock);
+                let ack = ack_for(&probe, end_of(&probe), 0);
+                wire.borrow_mut().frames[0].push_back(ack);
+            }
+        }
+        // 50, 100, 200... ms apart, then every 2 s: not 600 probes in 30 s.
+        assert!(
+            (10..=25).contains(&probes.len()),
+            "{} probes in 30 s",
+            probes.len()
+        );
+        let gaps: Vec<u64> = probes
+            .windows(2)
+            .map(|p| (p[1] - p[0]) / 1_000_000)
+            .collect();
+        assert!(
+            gaps.last().is_some_and(|&ms| (1900..=2100).contains(&ms)),
+            "probes ms apart: {gaps:?}"
         );
     }
 
@@ -1540,6 +1646,8 @@ mod tests {
         let steady = windows(start);
         assert!(steady.len() >= 2, "the guest acknowledged: {steady:?}");
         assert!(steady.iter().all(|&w| w == steady[0]), "{steady:?}");
+        // Half the buffer, in the units of its window scale (3 for 256 KiB).
+        assert_eq!(usize::from(steady[0]), (crate::net::TCP_RX_BUFFER / 2) >> 3);
         // Past that, the window shrinks as the buffer fills...
         let start = wire.borrow().guest_windows.len();
         for _ in 0..2 {
@@ -1547,7 +1655,10 @@ mod tests {
             pump(&mut guest, &mut host);
         }
         let filling = windows(start);
-        assert!(filling.last() < Some(&steady[0]), "{filling:?}");
+        assert!(
+            filling.last().is_some_and(|&w| w < steady[0]),
+            "{filling:?}"
+        );
         // ...and once the app has read it all, it is steady at its size again.
         let mut got = 0;
         while got < 4 * data.len() {

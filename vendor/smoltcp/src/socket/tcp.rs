@@ -630,7 +630,7 @@ impl<'a> Socket<'a> {
             ack_delay: Some(ACK_DELAY_DEFAULT),
             ack_delay_timer: AckDelayTimer::Idle,
             challenge_ack_timer: Instant::from_secs(0),
-            window_limit: usize::MAX,
+            window_limit: usize::MAX, // wasmvm
             nagle: true,
             tsval_generator: None,
             last_remote_tsval: 0,
@@ -776,20 +776,24 @@ impl<'a> Socket<'a> {
     /// Used in internal calculations as well as packet generation.
     #[inline]
     fn scaled_window(&self) -> u16 {
+        // wasmvm: the advertised window, not all of the free buffer.
         u16::try_from(self.advertised_window() >> self.remote_win_shift).unwrap_or(u16::MAX)
     }
 
-    /// wasmvm: the free part of the receive buffer, at most the window limit.
+    /// wasmvm: the free part of the receive buffer, at most the window limit (and that at
+    /// least one unit of the window scale, so that a window can open).
     #[inline]
     fn advertised_window(&self) -> usize {
-        self.rx_buffer.window().min(self.window_limit)
+        let limit = self.window_limit.max(1 << self.remote_win_shift);
+        self.rx_buffer.window().min(limit)
     }
 
     /// wasmvm: advertise at most `limit` bytes of window, however much of the receive
-    /// buffer is free (at least one byte). A receive buffer larger than the limit then
-    /// keeps the advertised window steady while the app has not yet read what arrived.
+    /// buffer is free. A receive buffer larger than the limit then keeps the advertised
+    /// window steady while the app has not yet read what arrived. The limit survives
+    /// [`reset`](Self::reset), so a socket reused through `listen` or `connect` keeps it.
     pub fn set_window_limit(&mut self, limit: usize) {
-        self.window_limit = limit.max(1);
+        self.window_limit = limit;
     }
 
     /// Return the last window field value, including scaling according to RFC 1323.
@@ -1732,7 +1736,19 @@ impl<'a> Socket<'a> {
 
         let window_start = self.remote_seq_no + self.rx_buffer.len();
         let window_end = if let Some(last_ack) = self.remote_last_ack {
-            last_ack + ((self.remote_last_win as usize) << self.remote_win_shift)
+            let advertised = last_ack + ((self.remote_last_win as usize) << self.remote_win_shift);
+            // wasmvm: never past the free part of the buffer: data accepted beyond it made
+            // the ring buffer's `enqueue_unallocated` panic. Upstream trusts the last
+            // advertised window, and reads a SYN's (which is not scaled) as scaled: with a
+            // window scale of 3 that is twice a 256 KiB buffer until the next segment goes
+            // out. (Storing the SYN's window in scaled units instead makes smoltcp's
+            // window-update rule resend the SYN-ACK for ever.)
+            let free_end = window_start + self.rx_buffer.window();
+            if advertised > free_end {
+                free_end
+            } else {
+                advertised
+            }
         } else {
             window_start
         };
@@ -2217,9 +2233,13 @@ impl<'a> Socket<'a> {
         }
 
         // start/stop the Zero Window Probe timer.
+        // wasmvm: an ACK of a probe's byte that leaves the window closed keeps the probe
+        // timer's backoff; upstream restarts it at the retransmission timeout. passt takes a
+        // probe's byte now and then from a reader that stopped and acknowledges it with the
+        // window still closed, so every stuck reader drew a probe every 50 ms for good.
         if self.remote_win_len == 0
             && !self.tx_buffer.is_empty()
-            && (self.timer.is_idle() || ack_len > 0)
+            && (self.timer.is_idle() || (ack_len > 0 && !self.timer.is_zero_window_probe()))
         {
             let delay = self.rtte.retransmission_timeout();
             tcp_trace!("starting zero-window-probe timer for t+{}", delay);
