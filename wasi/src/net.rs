@@ -30,7 +30,7 @@ use crate::platform::{Clock, Platform};
 
 /// Receive buffer of each TCP connection while socket memory is plentiful; fresh heap pages
 /// the app never fills are never touched (reused heap is zeroed). The window advertised is
-/// at most half of it ([`new_tcp_socket`]): 128 KiB keeps a fast link busy (smoltcp scales
+/// at most half of it (`configure_tcp_socket`): 128 KiB keeps a fast link busy (smoltcp scales
 /// the window past 64 KiB), and the other half holds what arrived while the app has not
 /// read yet, so the window stays steady instead of shrinking with each unread segment.
 /// passt, the user-mode network, clamps its host socket's receive window to every window
