@@ -519,6 +519,7 @@ fn density_of(vms: usize, exitcode_img: &Path, vmm: &str) -> (Duration, f64) {
         rss as f64 / 1024.0,
         pss as f64 / 1024.0
     );
+    println!();
     for child in children.drain(..) {
         stop(child);
     }
