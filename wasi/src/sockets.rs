@@ -1280,23 +1280,25 @@ mod tests {
     /// A bare ACK for the TCP segment in the Ethernet `frame`, from its receiver: `ack`
     /// and `window` as given.
     fn ack_for(frame: &[u8], ack: smoltcp::wire::TcpSeqNumber, window: u16) -> Vec<u8> {
-        reply_to(frame, 0, ack, window, &[])
+        reply_to(frame, 0, ack, window, smoltcp::wire::TcpControl::None, &[])
     }
 
     /// A TCP segment answering the one in the Ethernet `frame`, from its receiver: its
-    /// sequence number `offset` past what the frame acknowledges, with `ack`, `window` and
-    /// `payload` as given.
+    /// sequence number `offset` past what the frame acknowledges (wrapping; negative is
+    /// before it), with `ack`, `window`,
+    /// `control` and `payload` as given.
     fn reply_to(
         frame: &[u8],
-        offset: usize,
+        offset: i32,
         ack: smoltcp::wire::TcpSeqNumber,
         window: u16,
+        control: smoltcp::wire::TcpControl,
         payload: &[u8],
     ) -> Vec<u8> {
         use smoltcp::phy::ChecksumCapabilities;
         use smoltcp::wire::{
             EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Packet, Ipv4Repr,
-            TcpControl, TcpPacket, TcpRepr,
+            TcpPacket, TcpRepr,
         };
         let eth = EthernetFrame::new_checked(frame).unwrap();
         let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
@@ -1304,8 +1306,8 @@ mod tests {
         let tcp_repr = TcpRepr {
             src_port: tcp.dst_port(),
             dst_port: tcp.src_port(),
-            control: TcpControl::None,
-            seq_number: tcp.ack_number() + offset,
+            control,
+            seq_number: smoltcp::wire::TcpSeqNumber(tcp.ack_number().0.wrapping_add(offset)),
             ack_number: Some(ack),
             window_len: window,
             window_scale: None,
@@ -1426,7 +1428,14 @@ mod tests {
         let syn_ack = wire.borrow().last_guest_segment.clone().unwrap();
         let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + 3) as u8).collect();
         for (i, chunk) in data.chunks(1400).enumerate() {
-            let segment = reply_to(&syn_ack, i * 1400, seq_of(&syn_ack) + 1, 65535, chunk);
+            let segment = reply_to(
+                &syn_ack,
+                i as i32 * 1400,
+                seq_of(&syn_ack) + 1,
+                65535,
+                smoltcp::wire::TcpControl::None,
+                chunk,
+            );
             wire.borrow_mut().frames[0].push_back(segment);
         }
         // One poll takes every segment before the guest sends anything.
@@ -1444,6 +1453,87 @@ mod tests {
             got.len(),
             data.len()
         );
+    }
+
+    #[test]
+    fn crafted_segments_from_a_peer_never_panic_the_guest() {
+        // Whoever reaches a published port speaks TCP to the guest's stack: segments at,
+        // around and far from the expected sequence numbers, with any flags, windows and
+        // lengths, interleaved with the app reading and writing, must never panic it.
+        use smoltcp::wire::TcpControl;
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut total = 0;
+        for round in 0..40 {
+            let (mut guest, _host, mut gm, _hm, _client, conn) = connected_pair(8080);
+            let wire = guest.platform.wire.clone();
+            let syn_ack = wire.borrow().last_guest_segment.clone().unwrap();
+            let their_ack = seq_of(&syn_ack) + 1;
+            let payload = vec![round as u8; 60_000];
+            // Where the peer's in-order stream has got to: most segments continue it.
+            let mut cursor = 0i32;
+            let mut received = 0;
+            for _ in 0..200 {
+                let r = next();
+                let offset = match r % 8 {
+                    0 => (r >> 8) as i32 % 4096,
+                    1 => (r >> 8) as i32 % (600 << 10),
+                    2 => -((r >> 8) as i32 % 4096),
+                    3 => (r >> 8) as i32,
+                    _ => cursor,
+                };
+                let ack = match (r >> 20) % 8 {
+                    0 => their_ack + (r >> 24) as usize % (700 << 10),
+                    1 => smoltcp::wire::TcpSeqNumber((r >> 32) as i32),
+                    _ => their_ack,
+                };
+                // A reset ends the connection and a SYN may: both rare, so that most of a
+                // round works on a live connection.
+                let control = match (r >> 40) % 64 {
+                    0 => TcpControl::Rst,
+                    1 | 2 => TcpControl::Syn,
+                    3..=6 => TcpControl::Fin,
+                    7..=14 => TcpControl::Psh,
+                    _ => TcpControl::None,
+                };
+                let len = match (r >> 44) % 4 {
+                    0 => 0,
+                    1 => (r >> 48) as usize % 1500,
+                    _ => (r >> 48) as usize % payload.len(),
+                };
+                let window = (r >> 52) as u16;
+                let segment = reply_to(&syn_ack, offset, ack, window, control, &payload[..len]);
+                if offset == cursor {
+                    cursor = cursor.wrapping_add(len as i32);
+                }
+                wire.borrow_mut().frames[0].push_back(segment);
+                if r % 11 == 0 {
+                    let (_, got) = recv(&mut guest, &mut gm, conn, 100_000);
+                    received += got.len();
+                }
+                if r % 13 == 0 {
+                    let _ = send(
+                        &mut guest,
+                        &mut gm,
+                        conn,
+                        &payload[..(r as usize >> 8) % 50_000],
+                    );
+                }
+                // Bursts: the guest takes several segments before it answers any.
+                if (r >> 60) % 8 == 0 {
+                    guest.net.as_mut().unwrap().poll(&mut guest.platform);
+                    wire.borrow_mut().frames[1].clear();
+                }
+            }
+            total += received;
+        }
+        // The rounds exercised live connections, not only resets.
+        assert!(total > 1 << 20, "the app read {total} bytes in all");
     }
 
     /// The end of the TCP segment in an Ethernet frame: its sequence number plus its
