@@ -65,6 +65,9 @@ use crate::{Backend, RunError};
 /// How long a stopped run keeps the guest's output channel open for the vCPU's last exit,
 /// which hands over output queued during a quiet window (`devices::quiet`).
 const STOP_GRACE: Duration = Duration::from_millis(100);
+/// Send buffer of passt's end of the network socket: room for what passt relays to the
+/// guest between two exits of a busy vCPU.
+const PASST_SEND_BUFFER: i32 = 4 << 20;
 
 /// The built-in VMM as a [`Backend`], with what only it needs.
 #[derive(Debug, Clone)]
@@ -151,6 +154,11 @@ fn run(
                 Nic::User => {
                     let (vmm_end, passt_end) =
                         UnixStream::pair().map_err(io_err("creating the network socket"))?;
+                    // passt drops a frame for the guest when its end is full (the VMM takes
+                    // frames only at the vCPU's exits), and a dropped one stalled its
+                    // connection for passt's 2 s timeout (20 concurrent uploads: 2-8 s
+                    // each instead of 0.2) and could leave a reset unheard.
+                    devices::set_send_buffer(&passt_end, PASST_SEND_BUFFER, true);
                     passt = Some(Passt::spawn(
                         &vmm.passt,
                         &plan.publish,

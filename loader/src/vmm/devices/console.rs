@@ -98,23 +98,6 @@ pub enum Rx {
     Backlog,
 }
 
-/// Asks for a send buffer of `bytes` on `socket` (the system caps it at `wmem_max`): room
-/// for a quiet period's output, so taking it rarely blocks the vCPU on the output thread.
-fn set_send_buffer(socket: &UnixStream, bytes: libc::c_int) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a valid socket and a c_int option value of the stated size; failure (a
-    // smaller buffer) only costs speed.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&bytes as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-}
-
 /// Buffers [`Console::process_tx`] gathers before it sends them: one `sendmsg`'s worth
 /// (`IOV_MAX`).
 const SEND_ROUND: usize = 1024;
@@ -175,7 +158,9 @@ fn write_slots(out: &UnixStream, slots: &mut [IoSlot]) -> std::io::Result<()> {
 impl Console {
     pub fn new(to_host: UnixStream, from_host: UnixStream) -> std::io::Result<Self> {
         from_host.set_nonblocking(true)?;
-        set_send_buffer(&to_host, TO_HOST_BUFFER);
+        // Room for a quiet period's output, so taking it rarely blocks the vCPU on the
+        // output thread (the system caps it at `wmem_max`).
+        super::set_send_buffer(&to_host, TO_HOST_BUFFER, false);
         Ok(Console {
             to_host,
             from_host,

@@ -20,6 +20,29 @@ use mmio::{Mmio, MmioHandler, WINDOW};
 use net::NetDevice;
 use p9::P9Device;
 
+/// Asks for a send buffer of `bytes` on `socket`. The system caps `SO_SNDBUF` at
+/// `net.core.wmem_max` (208 KiB by default); with `force` and the privilege for it
+/// (`CAP_NET_ADMIN`, root), `SO_SNDBUFFORCE` sets the size past that cap, else the capped
+/// request stands. Failure only costs speed.
+pub(crate) fn set_send_buffer(socket: &std::os::unix::net::UnixStream, bytes: i32, force: bool) {
+    use std::os::fd::AsRawFd;
+    let set = |option: libc::c_int| {
+        // SAFETY: a valid socket and a c_int option value of the stated size.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&bytes as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    if !force || set(libc::SO_SNDBUFFORCE) != 0 {
+        set(libc::SO_SNDBUF);
+    }
+}
+
 #[derive(Default)]
 pub struct Devices {
     pub console: Option<Mmio<Console>>,
@@ -135,5 +158,38 @@ mod tests {
         net.read(8, &mut id);
         assert_eq!(u32::from_le_bytes(id), 1);
         assert!(devices.at(MMIO_BASE + WINDOW).is_none());
+    }
+
+    #[test]
+    fn a_forced_send_buffer_passes_the_systems_cap_where_privileged() {
+        use std::os::fd::AsRawFd;
+        let send_buffer = |socket: &std::os::unix::net::UnixStream| {
+            let mut value: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: a valid socket, and an int-sized out value with its length.
+            let rc = unsafe {
+                libc::getsockopt(
+                    socket.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_SNDBUF,
+                    (&mut value as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
+            assert_eq!(rc, 0);
+            value
+        };
+        let (capped, forced) = (
+            std::os::unix::net::UnixStream::pair().unwrap().0,
+            std::os::unix::net::UnixStream::pair().unwrap().0,
+        );
+        set_send_buffer(&capped, 4 << 20, false);
+        set_send_buffer(&forced, 4 << 20, true);
+        // The kernel doubles what it is given, for its bookkeeping.
+        assert!(send_buffer(&forced) >= send_buffer(&capped));
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            assert!(send_buffer(&forced) >= 8 << 20, "{}", send_buffer(&forced));
+        }
     }
 }
