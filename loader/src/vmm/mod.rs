@@ -157,7 +157,7 @@ fn run(
                     // passt drops a frame for the guest when its end is full (the VMM takes
                     // frames only at the vCPU's exits), and a dropped one stalled its
                     // connection for passt's 2 s timeout (20 concurrent uploads: 2-8 s
-                    // each instead of 0.2) and could leave a reset unheard.
+                    // each instead of 0.2).
                     devices::set_send_buffer(&passt_end, PASST_SEND_BUFFER, true);
                     passt = Some(Passt::spawn(
                         &vmm.passt,
