@@ -1580,7 +1580,7 @@ mod tests {
                 wire.borrow_mut().frames[0].push_back(ack);
             }
         }
-        // 50, 100, 200... ms apart, then every 2 s: not 600 probes in 30 s.
+        // 100, 200, 400... ms apart, then every 2 s: not 600 probes in 30 s.
         assert!(
             (10..=25).contains(&probes.len()),
             "{} probes in 30 s",
