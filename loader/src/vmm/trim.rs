@@ -142,10 +142,9 @@ impl ImagePages {
     fn file_len(&self) -> Option<u64> {
         let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
         let fd = self.file.as_raw_fd();
-        // SAFETY: fstat writes a `stat` into the buffer it is given, which is that large;
-        // the descriptor is the file this value owns. Called as a raw system call so that
-        // it is `fstat` itself, which the seccomp filter allows, whatever the C library
-        // would make of it.
+        // A raw system call, so that it is `fstat` itself, which the seccomp filter allows,
+        // whatever the C library would make of it.
+        // SAFETY: fstat fills the `stat`-sized buffer given; `fd` is the file this owns.
         let got = unsafe { libc::syscall(libc::SYS_fstat, fd, stat.as_mut_ptr()) };
         // SAFETY: fstat succeeded, so it filled the buffer in.
         (got == 0).then(|| unsafe { stat.assume_init() }.st_size as u64)
@@ -490,10 +489,10 @@ impl IdleTrim {
                 let mut shared = [false; PAGES_PER_STRETCH];
                 if let Some(image) = &self.image {
                     let start = (stretch * STRETCH) as u64;
-                    // SAFETY: the stretch lies in the RAM mapping, anonymous but for pages
-                    // mapped from the file, which no stretch holds before it is looked at
-                    // (once); nothing reads or writes guest memory or refers into it
-                    // during the call (the caller's promise).
+                    // The stretch is anonymous RAM: pages come from the file only once a
+                    // stretch has been looked at, and each is looked at once.
+                    // SAFETY: the stretch lies in the RAM mapping; nothing touches guest
+                    // memory or refers into it during the call (the caller's promise).
                     let done = unsafe { image.share(at, start, resident, &mut shared) };
                     let runs = runs(&shared[..resident.len()]);
                     self.from_file
