@@ -974,12 +974,29 @@ mod tests {
 
     /// The window field of the TCP segment in an Ethernet frame, if it holds one.
     fn tcp_window(frame: &[u8]) -> Option<u16> {
+        tcp_fields(frame).map(|f| f.window)
+    }
+
+    /// What the tests read of a TCP segment.
+    struct TcpFields {
+        seq: smoltcp::wire::TcpSeqNumber,
+        payload_len: usize,
+        window: u16,
+    }
+
+    /// The fields of the TCP segment in an Ethernet frame, if it holds one.
+    fn tcp_fields(frame: &[u8]) -> Option<TcpFields> {
         use smoltcp::wire::{EthernetFrame, IpProtocol, Ipv4Packet, TcpPacket};
         let ip = Ipv4Packet::new_checked(EthernetFrame::new_checked(frame).ok()?.payload()).ok()?;
         if ip.next_header() != IpProtocol::Tcp {
             return None;
         }
-        Some(TcpPacket::new_checked(ip.payload()).ok()?.window_len())
+        let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+        Some(TcpFields {
+            seq: tcp.seq_number(),
+            payload_len: tcp.payload().len(),
+            window: tcp.window_len(),
+        })
     }
 
     const GUEST: [u8; 4] = [10, 0, 2, 15];
@@ -1350,10 +1367,7 @@ mod tests {
 
     /// The sequence number of the TCP segment in the Ethernet `frame`.
     fn seq_of(frame: &[u8]) -> smoltcp::wire::TcpSeqNumber {
-        use smoltcp::wire::{EthernetFrame, Ipv4Packet, TcpPacket};
-        let eth = EthernetFrame::new_checked(frame).unwrap();
-        let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
-        TcpPacket::new_checked(ip.payload()).unwrap().seq_number()
+        tcp_fields(frame).expect("a TCP segment").seq
     }
 
     #[test]
@@ -1568,11 +1582,8 @@ mod tests {
     /// The end of the TCP segment in an Ethernet frame: its sequence number plus its
     /// payload's length.
     fn end_of(frame: &[u8]) -> smoltcp::wire::TcpSeqNumber {
-        use smoltcp::wire::{EthernetFrame, Ipv4Packet, TcpPacket};
-        let eth = EthernetFrame::new_checked(frame).unwrap();
-        let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
-        let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
-        tcp.seq_number() + tcp.payload().len()
+        let tcp = tcp_fields(frame).expect("a TCP segment");
+        tcp.seq + tcp.payload_len
     }
 
     #[test]
